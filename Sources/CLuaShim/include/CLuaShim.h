@@ -1,0 +1,42 @@
+#ifndef MOONPROXY_CLUASHIM_H
+#define MOONPROXY_CLUASHIM_H
+
+#include <lua.h>
+#include <lualib.h>
+#include <lauxlib.h>
+
+/*
+ * Lua reports errors with longjmp. A longjmp across Swift frames is undefined behaviour, so Swift code
+ * never calls lua_error/luaL_error itself. Instead a Swift function exposed to Lua returns
+ * MOON_LUA_RAISE after pushing the error value, and the C trampoline below raises it once the Swift
+ * frame has returned.
+ */
+#define MOON_LUA_RAISE (-1)
+
+typedef int (*moon_swift_function)(lua_State *L);
+
+/* Pushes a C closure calling `fn`; `nup` values on the stack become upvalues 2...nup+1 (upvalue 1 holds fn). */
+void moon_push_swift_function(lua_State *L, moon_swift_function fn, int nup);
+
+/* Installs a panic handler that logs the message to stderr before Lua aborts. */
+void moon_set_panic_handler(lua_State *L);
+
+/* Runs `luaL_openlibs` inside a protected call; returns a lua status code. */
+int moon_open_libs(lua_State *L);
+
+/* Thin wrappers for C macros Swift cannot import. */
+int moon_pcall(lua_State *L, int nargs, int nresults, int msgh);
+void moon_pop(lua_State *L, int n);
+int moon_upvalueindex(int i);
+void moon_newtable(lua_State *L);
+const char *moon_tostring(lua_State *L, int idx, size_t *len);
+int moon_isnoneornil(lua_State *L, int idx);
+lua_Integer moon_tointeger(lua_State *L, int idx, int *isnum);
+lua_Number moon_tonumber(lua_State *L, int idx, int *isnum);
+void moon_remove(lua_State *L, int idx);
+void moon_insert(lua_State *L, int idx);
+void moon_replace(lua_State *L, int idx);
+int moon_registryindex(void);
+int moon_dostring(lua_State *L, const char *chunk, const char *chunkname);
+
+#endif

@@ -1,0 +1,188 @@
+import NIOCore
+
+/// An OK packet (header 0x00), or the OK-shaped packet with header 0xFE that ends a result set when
+/// CLIENT_DEPRECATE_EOF is on.
+public struct OKPacket: Hashable, Sendable {
+    public var header: UInt8
+    public var affectedRows: UInt64
+    public var lastInsertID: UInt64
+    public var status: ServerStatus
+    public var warnings: UInt16
+    /// Human-readable info ("Rows matched: 1  Changed: 1  Warnings: 0").
+    public var info: String
+    /// Raw session state change data (CLIENT_SESSION_TRACK with SERVER_SESSION_STATE_CHANGED).
+    public var sessionStateChanges: ByteBuffer?
+
+    public init(header: UInt8 = 0x00, affectedRows: UInt64 = 0, lastInsertID: UInt64 = 0,
+                status: ServerStatus = .autocommit, warnings: UInt16 = 0, info: String = "",
+                sessionStateChanges: ByteBuffer? = nil) {
+        self.header = header
+        self.affectedRows = affectedRows
+        self.lastInsertID = lastInsertID
+        self.status = status
+        self.warnings = warnings
+        self.info = info
+        self.sessionStateChanges = sessionStateChanges
+    }
+
+    public init(parsing payload: ByteBuffer, capabilities: CapabilityFlags) throws(WireError) {
+        var buffer = payload
+        let header: UInt8 = try buffer.readMySQLInteger("OK header")
+        guard header == 0x00 || header == 0xFE else { throw .invalid("OK packet header is 0x\(String(header, radix: 16))") }
+        self.header = header
+        self.affectedRows = try buffer.readMySQLLengthEncodedInteger("OK affected rows")
+        self.lastInsertID = try buffer.readMySQLLengthEncodedInteger("OK last insert id")
+        self.status = ServerStatus(rawValue: try buffer.readMySQLInteger("OK status flags"))
+        self.warnings = try buffer.readMySQLInteger("OK warning count")
+        self.sessionStateChanges = nil
+        if capabilities.contains(.sessionTrack) {
+            if buffer.readableBytes > 0 {
+                self.info = try buffer.readMySQLLengthEncodedString("OK info")
+                if status.contains(.sessionStateChanged) {
+                    self.sessionStateChanges = try buffer.readMySQLLengthEncodedSlice("OK session state")
+                }
+            } else {
+                self.info = ""
+            }
+        } else {
+            self.info = buffer.readString(length: buffer.readableBytes) ?? ""
+        }
+    }
+
+    /// Reads only what the response tracker needs: the status flags (and warnings) of an OK packet.
+    @inlinable
+    public static func peekStatus(_ payload: ByteBuffer) throws(WireError) -> (status: ServerStatus, warnings: UInt16, affectedRows: UInt64, lastInsertID: UInt64) {
+        var buffer = payload
+        buffer.moveReaderIndex(forwardBy: 1)
+        let affected = try buffer.readMySQLLengthEncodedInteger("OK affected rows")
+        let insertID = try buffer.readMySQLLengthEncodedInteger("OK last insert id")
+        let status: UInt16 = try buffer.readMySQLInteger("OK status flags")
+        let warnings: UInt16 = try buffer.readMySQLInteger("OK warning count")
+        return (ServerStatus(rawValue: status), warnings, affected, insertID)
+    }
+
+    public func write(to buffer: inout ByteBuffer, capabilities: CapabilityFlags) {
+        buffer.writeInteger(header)
+        buffer.writeMySQLLengthEncodedInteger(affectedRows)
+        buffer.writeMySQLLengthEncodedInteger(lastInsertID)
+        buffer.writeMySQLInteger(status.rawValue)
+        buffer.writeMySQLInteger(warnings)
+        if capabilities.contains(.sessionTrack) {
+            if !info.isEmpty || sessionStateChanges != nil {
+                buffer.writeMySQLLengthEncodedString(info)
+            }
+            if let changes = sessionStateChanges, status.contains(.sessionStateChanged) {
+                buffer.writeMySQLLengthEncodedBuffer(changes)
+            }
+        } else {
+            buffer.writeString(info)
+        }
+    }
+}
+
+/// An ERR packet. Before the handshake has settled PROTOCOL_41 (and for clients without it) there is
+/// no SQLSTATE; otherwise the message is preceded by '#' and a 5-character SQLSTATE.
+public struct ERRPacket: Hashable, Sendable, Error, CustomStringConvertible {
+    public var code: UInt16
+    public var sqlState: String?
+    public var message: String
+
+    public init(code: UInt16, sqlState: String? = "HY000", message: String) {
+        self.code = code
+        self.sqlState = sqlState
+        self.message = message
+    }
+
+    public init(parsing payload: ByteBuffer) throws(WireError) {
+        var buffer = payload
+        let header: UInt8 = try buffer.readMySQLInteger("ERR header")
+        guard header == 0xFF else { throw .invalid("ERR packet header is 0x\(String(header, radix: 16))") }
+        self.code = try buffer.readMySQLInteger("ERR code")
+        if buffer.readableBytes >= 6, buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) == UInt8(ascii: "#") {
+            buffer.moveReaderIndex(forwardBy: 1)
+            self.sqlState = buffer.readString(length: 5)
+        } else {
+            self.sqlState = nil
+        }
+        self.message = buffer.readString(length: buffer.readableBytes) ?? ""
+    }
+
+    public func write(to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(0xFF))
+        buffer.writeMySQLInteger(code)
+        if let state = sqlState {
+            buffer.writeInteger(UInt8(ascii: "#"))
+            var padded = Array(state.utf8.prefix(5))
+            while padded.count < 5 { padded.append(UInt8(ascii: "0")) }
+            buffer.writeBytes(padded)
+        }
+        buffer.writeString(message)
+    }
+
+    public var description: String {
+        "ERROR \(code) (\(sqlState ?? "HY000")): \(message)"
+    }
+}
+
+/// An EOF packet (header 0xFE, fewer than 9 bytes), used when CLIENT_DEPRECATE_EOF is off.
+public struct EOFPacket: Hashable, Sendable {
+    public var warnings: UInt16
+    public var status: ServerStatus
+
+    public init(warnings: UInt16 = 0, status: ServerStatus = .autocommit) {
+        self.warnings = warnings
+        self.status = status
+    }
+
+    public init(parsing payload: ByteBuffer) throws(WireError) {
+        var buffer = payload
+        let header: UInt8 = try buffer.readMySQLInteger("EOF header")
+        guard header == 0xFE else { throw .invalid("EOF packet header is 0x\(String(header, radix: 16))") }
+        if buffer.readableBytes == 0 {
+            // A pre-4.1 EOF carries no flags.
+            self.warnings = 0
+            self.status = []
+            return
+        }
+        self.warnings = try buffer.readMySQLInteger("EOF warning count")
+        self.status = ServerStatus(rawValue: try buffer.readMySQLInteger("EOF status flags"))
+    }
+
+    public func write(to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(0xFE))
+        buffer.writeMySQLInteger(warnings)
+        buffer.writeMySQLInteger(status.rawValue)
+    }
+
+    /// Whether a payload is an EOF packet in the classic protocol.
+    @inlinable
+    public static func isEOF(firstByte: UInt8?, payloadLength: Int) -> Bool {
+        firstByte == 0xFE && payloadLength < 9
+    }
+}
+
+extension ERRPacket {
+    // Errors the proxy itself reports, with the codes and SQLSTATEs a client library would use for
+    // the same situation.
+    public static func lostConnection(_ detail: String = "") -> ERRPacket {
+        ERRPacket(code: 2013, sqlState: "HY000", message: "Lost connection to MySQL server during query" + (detail.isEmpty ? "" : " (\(detail))"))
+    }
+    public static func malformedPacket(_ detail: String) -> ERRPacket {
+        ERRPacket(code: 2027, sqlState: "HY000", message: "Malformed packet: \(detail)")
+    }
+    public static func noBackend(_ detail: String) -> ERRPacket {
+        ERRPacket(code: 2003, sqlState: "HY000", message: "Can't connect to MySQL server: \(detail)")
+    }
+    public static func badHandshake(_ detail: String) -> ERRPacket {
+        ERRPacket(code: 1043, sqlState: "08S01", message: "Bad handshake" + (detail.isEmpty ? "" : ": \(detail)"))
+    }
+    public static func unknownCommand() -> ERRPacket {
+        ERRPacket(code: 1047, sqlState: "08S01", message: "Unknown command")
+    }
+    public static func packetsOutOfOrder() -> ERRPacket {
+        ERRPacket(code: 1156, sqlState: "08S01", message: "Got packets out of order")
+    }
+    public static func shutdownInProgress() -> ERRPacket {
+        ERRPacket(code: 1053, sqlState: "08S01", message: "Server shutdown in progress")
+    }
+}

@@ -1,0 +1,404 @@
+import NIOCore
+
+/// Follows a connection's conversation packet by packet and knows, without buffering anything, where
+/// each command's response ends and what the session state is.
+///
+/// Feed it the start of every logical packet seen in either direction (the header and first bytes,
+/// see `FrameScanner`): `clientPacketStarted` for packets from the client, `serverPacketStarted` for
+/// packets from the server. Commands may be pipelined: responses are matched to commands in order.
+///
+/// It covers the text protocol (OK, ERR, result sets, multi-results through
+/// SERVER_MORE_RESULTS_EXISTS, LOCAL INFILE), prepared statements (prepare responses, binary result
+/// sets, cursors, fetch), COM_FIELD_LIST, COM_STATISTICS, the status-only commands, authentication
+/// exchanges (the initial one and COM_CHANGE_USER, auth switch and more-data included), commands
+/// without a response, and replication streams, with or without CLIENT_DEPRECATE_EOF.
+public struct ResponseTracker: Sendable {
+    /// What a packet from the client is.
+    public enum ClientPacket: Hashable, Sendable {
+        /// A command that starts a new exchange.
+        case command(CommandCode, ResponseShape)
+        /// Data of an exchange already under way: a LOCAL INFILE upload, an authentication answer,
+        /// a replication stream.
+        case data
+        /// The empty packet that ends a LOCAL INFILE upload.
+        case endOfUpload
+    }
+
+    /// What a packet from the server means for the response it belongs to.
+    public enum ServerPacket: Hashable, Sendable {
+        /// Part of a response that goes on.
+        case partOfResponse
+        /// A result set row.
+        case row
+        /// The server asks for a LOCAL INFILE upload: the client sends its file, then an empty packet.
+        case localInfileRequest
+        /// An authentication step (auth switch or more data) that the client may answer.
+        case authenticationStep
+        /// This packet ends the response to the oldest pending command.
+        case endOfResponse(ResponseEnd)
+        /// A packet while no response is pending (a server's last words before closing, usually ERR).
+        case unsolicited
+    }
+
+    public struct ResponseEnd: Hashable, Sendable {
+        public enum Kind: Hashable, Sendable { case ok, error, eof, other }
+        /// The command answered, nil for the authentication after the greeting.
+        public var command: CommandCode?
+        public var kind: Kind
+        /// The status flags of the final OK/EOF, if there was one.
+        public var status: ServerStatus?
+        public var warnings: UInt16
+        public var affectedRows: UInt64
+        public var lastInsertID: UInt64
+        /// Rows seen in all of this response's result sets.
+        public var rows: UInt64
+        /// Result sets (and OKs) seen in this response.
+        public var results: Int
+    }
+
+    /// Which kind of packet the client sends next.
+    public enum ClientPhase: Hashable, Sendable {
+        case handshakeResponse
+        case command
+        case authentication
+        case localInfile
+        case stream
+        case quit
+    }
+
+    private enum ResponseState: Hashable, Sendable {
+        case idle
+        case firstPacket
+        case columnDefinitions(remaining: UInt64)
+        case columnsEOF
+        case rows
+        case prepareParameters(remaining: UInt16, columns: UInt16)
+        case prepareParametersEOF(columns: UInt16)
+        case prepareColumns(remaining: UInt16)
+        case prepareColumnsEOF
+        case fieldList
+        case singlePacket
+        case status
+        case authentication
+        case stream
+    }
+
+    private struct Pending: Sendable {
+        var command: CommandCode?
+        var shape: ResponseShape
+    }
+
+    public var capabilities: CapabilityFlags
+    public private(set) var clientPhase: ClientPhase = .handshakeResponse
+    /// The session's status as of the last OK or EOF packet.
+    public private(set) var status: ServerStatus = .autocommit
+    private var pending = CircularBuffer<Pending>(initialCapacity: 4)
+    private var state: ResponseState = .idle
+    private var current = ResponseEnd(command: nil, kind: .other, status: nil, warnings: 0, affectedRows: 0, lastInsertID: 0, rows: 0, results: 0)
+
+    public init(capabilities: CapabilityFlags = [.protocol41]) {
+        self.capabilities = capabilities
+    }
+
+    /// Whether commands are waiting for (the rest of) their response.
+    public var isAwaitingResponse: Bool { !pending.isEmpty }
+    /// How many commands are waiting for their response.
+    public var pendingCount: Int { pending.count }
+    /// The command whose response is being received.
+    public var currentCommand: CommandCode? { pending.first?.command }
+    /// Whether the server is in the middle of a result set (rows may follow).
+    public var isInsideResultSet: Bool {
+        switch state {
+        case .columnDefinitions, .columnsEOF, .rows: return true
+        default: return false
+        }
+    }
+
+    // MARK: client → server
+
+    /// The client's handshake response (or its answer to an auth switch) went to the server: an
+    /// authentication exchange follows.
+    public mutating func handshakeResponseSent(capabilities: CapabilityFlags) {
+        self.capabilities = capabilities
+        self.clientPhase = .authentication
+        enqueue(Pending(command: nil, shape: .authentication))
+    }
+
+    /// Classifies a packet from the client by its first bytes and registers the response it calls for.
+    public mutating func clientPacketStarted(_ packet: FrameScanner.PacketStart) throws(WireError) -> ClientPacket {
+        switch clientPhase {
+        case .command:
+            guard let byte = packet.firstByte else {
+                throw .invalid("empty command packet")
+            }
+            let code = CommandCode(byte)
+            let shape = ResponseShape(command: code)
+            switch shape {
+            case .none:
+                if code == .quit { clientPhase = .quit }
+            case .authentication:
+                clientPhase = .authentication
+                enqueue(Pending(command: code, shape: shape))
+            case .stream:
+                clientPhase = .stream
+                enqueue(Pending(command: code, shape: shape))
+            default:
+                enqueue(Pending(command: code, shape: shape))
+            }
+            return .command(code, shape)
+        case .localInfile:
+            if packet.header.payloadLength == 0 {
+                clientPhase = .command
+                return .endOfUpload
+            }
+            return .data
+        case .authentication, .stream:
+            return .data
+        case .handshakeResponse:
+            throw .unexpectedPacket("the handshake response must be handled before the command phase")
+        case .quit:
+            throw .unexpectedPacket("packet after COM_QUIT")
+        }
+    }
+
+    /// Registers a command the proxy itself sends to the server (not seen through `clientPacketStarted`).
+    public mutating func commandSent(_ code: CommandCode) {
+        let shape = ResponseShape(command: code)
+        if shape != .none { enqueue(Pending(command: code, shape: shape)) }
+    }
+
+    private mutating func enqueue(_ item: Pending) {
+        pending.append(item)
+        if pending.count == 1 { beginResponse(item) }
+    }
+
+    private mutating func beginResponse(_ item: Pending) {
+        current = ResponseEnd(command: item.command, kind: .other, status: nil, warnings: 0, affectedRows: 0, lastInsertID: 0, rows: 0, results: 0)
+        switch item.shape {
+        case .textResult, .binaryResult, .prepare: state = .firstPacket
+        case .fetch: state = .rows
+        case .fieldList: state = .fieldList
+        case .singlePacket: state = .singlePacket
+        case .status: state = .status
+        case .authentication: state = .authentication
+        case .stream: state = .stream
+        case .none: state = .idle
+        }
+    }
+
+    // MARK: server → client
+
+    /// Classifies a packet from the server and advances the response it belongs to.
+    public mutating func serverPacketStarted(_ packet: FrameScanner.PacketStart) throws(WireError) -> ServerPacket {
+        guard let item = pending.first else { return .unsolicited }
+        let first = packet.firstByte
+        let length = packet.header.payloadLength
+        // A packet starting with 0xFF is ERR wherever a response may end with one: no row, column
+        // definition or count can start with it. 0xFE on a packet shorter than 16 MiB is an
+        // EOF (or, with CLIENT_DEPRECATE_EOF, an OK with the 0xFE header).
+        let isError = first == 0xFF
+        let isTerminator = first == 0xFE && !packet.isMultiFrame
+
+        switch state {
+        case .idle:
+            return .unsolicited
+
+        case .firstPacket:
+            guard let first else { throw .invalid("empty packet where a response starts") }
+            if isError { return finish(kind: .error, status: nil, item) }
+            if item.shape == .prepare {
+                guard first == 0x00 else { throw .unexpectedPacket("prepare response starts with 0x\(String(first, radix: 16))") }
+                var prefix = packet.prefix
+                prefix.moveReaderIndex(forwardBy: 5)
+                let columns: UInt16 = try prefix.readMySQLInteger("prepare OK column count")
+                let parameters: UInt16 = try prefix.readMySQLInteger("prepare OK parameter count")
+                prefix.moveReaderIndex(forwardBy: min(1, prefix.readableBytes))
+                current.warnings = prefix.readInteger(endianness: .little, as: UInt16.self) ?? 0
+                if parameters > 0 {
+                    state = .prepareParameters(remaining: parameters, columns: columns)
+                    return .partOfResponse
+                }
+                return afterPrepareParameters(columns: columns, item)
+            }
+            switch first {
+            case 0x00:
+                let ok = try OKPacket.peekStatus(packet.prefix)
+                return resultEnded(kind: .ok, status: ok.status, warnings: ok.warnings, affected: ok.affectedRows, insertID: ok.lastInsertID, item)
+            case 0xFB where item.shape == .textResult:
+                clientPhase = .localInfile
+                return .localInfileRequest
+            case 0xFE where isTerminator:
+                let end = try terminatorStatus(packet)
+                return resultEnded(kind: .eof, status: end.status, warnings: end.warnings, affected: 0, insertID: 0, item)
+            default:
+                var prefix = packet.prefix
+                let count = try prefix.readMySQLLengthEncodedInteger("column count")
+                guard count > 0 else { throw .invalid("result set with zero columns") }
+                state = .columnDefinitions(remaining: count)
+                return .partOfResponse
+            }
+
+        case .columnDefinitions(let remaining):
+            if isError { return finish(kind: .error, status: nil, item) }
+            if remaining > 1 {
+                state = .columnDefinitions(remaining: remaining - 1)
+            } else {
+                state = capabilities.contains(.deprecateEOF) ? .rows : .columnsEOF
+            }
+            return .partOfResponse
+
+        case .columnsEOF:
+            if isError { return finish(kind: .error, status: nil, item) }
+            guard EOFPacket.isEOF(firstByte: first, payloadLength: length) else {
+                throw .unexpectedPacket("expected EOF after column definitions")
+            }
+            let eof = try terminatorStatus(packet)
+            status = eof.status
+            if item.shape == .binaryResult, eof.status.contains(.cursorExists) {
+                // A cursor was opened: rows come later, through COM_STMT_FETCH.
+                return resultEnded(kind: .eof, status: eof.status, warnings: eof.warnings, affected: 0, insertID: 0, item)
+            }
+            state = .rows
+            return .partOfResponse
+
+        case .rows:
+            if isError { return finish(kind: .error, status: nil, item) }
+            if isTerminator {
+                let end = try terminatorStatus(packet)
+                if item.shape == .fetch {
+                    return finish(kind: .eof, status: end.status, warnings: end.warnings, item)
+                }
+                return resultEnded(kind: .eof, status: end.status, warnings: end.warnings, affected: end.affected, insertID: end.insertID, item)
+            }
+            guard first != nil else { throw .invalid("empty row packet") }
+            current.rows &+= 1
+            return .row
+
+        case .prepareParameters(let remaining, let columns):
+            if remaining > 1 {
+                state = .prepareParameters(remaining: remaining - 1, columns: columns)
+                return .partOfResponse
+            }
+            if !capabilities.contains(.deprecateEOF) {
+                state = .prepareParametersEOF(columns: columns)
+                return .partOfResponse
+            }
+            return afterPrepareParameters(columns: columns, item, consumedPacket: true)
+
+        case .prepareParametersEOF(let columns):
+            guard EOFPacket.isEOF(firstByte: first, payloadLength: length) else {
+                throw .unexpectedPacket("expected EOF after parameter definitions")
+            }
+            return afterPrepareParameters(columns: columns, item, consumedPacket: true)
+
+        case .prepareColumns(let remaining):
+            if remaining > 1 {
+                state = .prepareColumns(remaining: remaining - 1)
+                return .partOfResponse
+            }
+            if !capabilities.contains(.deprecateEOF) {
+                state = .prepareColumnsEOF
+                return .partOfResponse
+            }
+            return finish(kind: .ok, status: nil, item)
+
+        case .prepareColumnsEOF:
+            guard EOFPacket.isEOF(firstByte: first, payloadLength: length) else {
+                throw .unexpectedPacket("expected EOF after column definitions")
+            }
+            let eof = try terminatorStatus(packet)
+            return finish(kind: .ok, status: eof.status, item)
+
+        case .fieldList:
+            if isError { return finish(kind: .error, status: nil, item) }
+            if isTerminator {
+                let end = try terminatorStatus(packet)
+                return finish(kind: .eof, status: end.status, warnings: end.warnings, item)
+            }
+            return .partOfResponse
+
+        case .singlePacket:
+            return finish(kind: isError ? .error : .other, status: nil, item)
+
+        case .status:
+            switch first {
+            case 0x00:
+                let ok = try OKPacket.peekStatus(packet.prefix)
+                current.affectedRows = ok.affectedRows
+                current.lastInsertID = ok.lastInsertID
+                return finish(kind: .ok, status: ok.status, warnings: ok.warnings, item)
+            case 0xFF:
+                return finish(kind: .error, status: nil, item)
+            case 0xFE where isTerminator:
+                let end = try terminatorStatus(packet)
+                return finish(kind: .eof, status: end.status, warnings: end.warnings, item)
+            default:
+                return finish(kind: .other, status: nil, item)
+            }
+
+        case .authentication:
+            switch first {
+            case 0x00:
+                let ok = try OKPacket.peekStatus(packet.prefix)
+                clientPhase = .command
+                return finish(kind: .ok, status: ok.status, warnings: ok.warnings, item)
+            case 0xFF:
+                clientPhase = .command
+                return finish(kind: .error, status: nil, item)
+            default:
+                // 0xFE auth switch, 0x01 more data (caching_sha2_password's verdict or RSA key).
+                return .authenticationStep
+            }
+
+        case .stream:
+            return .partOfResponse
+        }
+    }
+
+    private mutating func afterPrepareParameters(columns: UInt16, _ item: Pending, consumedPacket: Bool = false) -> ServerPacket {
+        if columns > 0 {
+            state = .prepareColumns(remaining: columns)
+            return .partOfResponse
+        }
+        return finish(kind: .ok, status: nil, item)
+    }
+
+    /// Reads an EOF's, or a DEPRECATE_EOF OK's, status.
+    private func terminatorStatus(_ packet: FrameScanner.PacketStart) throws(WireError) -> (status: ServerStatus, warnings: UInt16, affected: UInt64, insertID: UInt64) {
+        if capabilities.contains(.deprecateEOF) && packet.header.payloadLength >= 7 {
+            let ok = try OKPacket.peekStatus(packet.prefix)
+            return (ok.status, ok.warnings, ok.affectedRows, ok.lastInsertID)
+        }
+        let eof = try EOFPacket(parsing: packet.prefix)
+        return (eof.status, eof.warnings, 0, 0)
+    }
+
+    /// One result of a possibly multi-result response ended; the response ends unless more follow.
+    private mutating func resultEnded(kind: ResponseEnd.Kind, status: ServerStatus, warnings: UInt16, affected: UInt64, insertID: UInt64, _ item: Pending) -> ServerPacket {
+        current.results += 1
+        current.affectedRows = affected
+        current.lastInsertID = insertID
+        if status.contains(.moreResultsExist) {
+            self.status = status
+            state = .firstPacket
+            return .partOfResponse
+        }
+        return finish(kind: kind, status: status, warnings: warnings, item)
+    }
+
+    private mutating func finish(kind: ResponseEnd.Kind, status: ServerStatus?, warnings: UInt16 = 0, _ item: Pending) -> ServerPacket {
+        if let status { self.status = status }
+        var end = current
+        end.kind = kind
+        end.status = status
+        end.warnings = warnings
+        if kind == .error || kind == .other { end.results += 1 }
+        pending.removeFirst()
+        if let next = pending.first {
+            beginResponse(next)
+        } else {
+            state = .idle
+        }
+        return .endOfResponse(end)
+    }
+}

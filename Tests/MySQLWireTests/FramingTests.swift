@@ -1,0 +1,200 @@
+import NIOCore
+import Testing
+@testable import MySQLWire
+
+@Suite struct FramingTests {
+    let max = PacketHeader.maxPayloadLength
+
+    /// Splits encoded output back into (length, sequence id) pairs.
+    func frames(of buffer: ByteBuffer) -> [(Int, UInt8)] {
+        var copy = buffer
+        var result: [(Int, UInt8)] = []
+        while let frame = copy.readMySQLFrame() {
+            result.append((frame.payload.readableBytes, frame.sequenceID))
+        }
+        #expect(copy.readableBytes == 0)
+        return result
+    }
+
+    @Test func emptyPayloadIsOneEmptyFrame() {
+        var out = ByteBuffer()
+        var seq: UInt8 = 0
+        out.writeMySQLPacket(ByteBuffer(), sequenceID: &seq)
+        #expect(out.hex == "00000000")
+        #expect(seq == 1)
+    }
+
+    @Test func comQuitFromTheDocumentation() {
+        // "01 00 00 00 01": length 1, sequence 0, COM_QUIT
+        var out = ByteBuffer()
+        var seq: UInt8 = 0
+        out.writeMySQLPacket(ByteBuffer(hex: "01"), sequenceID: &seq)
+        #expect(out.hex == "0100000001")
+    }
+
+    @Test func payloadOfMaxMinusOneIsOneFrame() {
+        var out = ByteBuffer()
+        var seq: UInt8 = 3
+        out.writeMySQLPacket(ByteBuffer(repeating: 7, count: max - 1), sequenceID: &seq)
+        #expect(frames(of: out).map(\.0) == [max - 1])
+        #expect(seq == 4)
+    }
+
+    @Test func payloadOfExactlyMaxNeedsAnEmptyTrailingFrame() {
+        var out = ByteBuffer()
+        var seq: UInt8 = 0
+        out.writeMySQLPacket(ByteBuffer(repeating: 7, count: max), sequenceID: &seq)
+        let f = frames(of: out)
+        #expect(f.map(\.0) == [max, 0])
+        #expect(f.map(\.1) == [0, 1])
+    }
+
+    @Test func payloadOfMaxPlusOne() {
+        var out = ByteBuffer()
+        var seq: UInt8 = 0
+        out.writeMySQLPacket(ByteBuffer(repeating: 7, count: max + 1), sequenceID: &seq)
+        #expect(frames(of: out).map(\.0) == [max, 1])
+    }
+
+    @Test func twiceMaxEndsWithEmptyFrameAndSequenceWraps() {
+        var out = ByteBuffer()
+        var seq: UInt8 = 255
+        out.writeMySQLPacket(ByteBuffer(repeating: 1, count: 2 * max), sequenceID: &seq)
+        let f = frames(of: out)
+        #expect(f.map(\.0) == [max, max, 0])
+        #expect(f.map(\.1) == [255, 0, 1])
+        #expect(seq == 2)
+    }
+
+    @Test func assemblerJoinsContinuationFrames() throws {
+        var out = ByteBuffer()
+        var seq: UInt8 = 0
+        var payload = ByteBuffer(repeating: 0x61, count: max + 10)
+        payload.setInteger(UInt8(1), at: 0)
+        payload.setInteger(UInt8(2), at: max)
+        out.writeMySQLPacket(payload, sequenceID: &seq)
+        var assembler = PacketAssembler()
+        var result: MySQLFrame?
+        while let frame = out.readMySQLFrame() {
+            result = try assembler.append(frame)
+        }
+        #expect(result?.payload == payload)
+        #expect(result?.sequenceID == 0)
+        #expect(!assembler.isAssembling)
+    }
+
+    @Test func assemblerRefusesPacketsOverItsLimit() throws {
+        var out = ByteBuffer()
+        var seq: UInt8 = 0
+        out.writeMySQLPacket(ByteBuffer(repeating: 0, count: max + 10), sequenceID: &seq)
+        var assembler = PacketAssembler(maximumPacketLength: max + 5)
+        let first = out.readMySQLFrame()!
+        #expect(try assembler.append(first) == nil)
+        let second = out.readMySQLFrame()!
+        #expect(throws: WireError.self) { try assembler.append(second) }
+    }
+
+    @Test func incompleteFrameIsNotConsumed() {
+        var buffer = ByteBuffer(hex: "0500000003414243")  // says 5 bytes, has 4
+        #expect(buffer.readMySQLFrame() == nil)
+        #expect(buffer.readableBytes == 8)
+        var short = ByteBuffer(hex: "0500")
+        #expect(short.readMySQLFrame() == nil)
+    }
+}
+
+@Suite struct FrameScannerTests {
+    enum Seen: Equatable { case start(len: Int, seq: UInt8, prefix: String), end }
+
+    func scan(_ chunks: [ByteBuffer]) -> [Seen] {
+        var scanner = FrameScanner()
+        var seen: [Seen] = []
+        for var chunk in chunks {
+            while let event = scanner.next(&chunk) {
+                switch event {
+                case .packetStart(let s): seen.append(.start(len: s.header.payloadLength, seq: s.header.sequenceID, prefix: s.prefix.hex))
+                case .packetEnd: seen.append(.end)
+                }
+            }
+            #expect(chunk.readableBytes == 0)
+        }
+        return seen
+    }
+
+    /// A result set as MariaDB sent it (SELECT 1 through mysqltest).
+    var selectOne: ByteBuffer {
+        var b = ByteBuffer()
+        for (hex, seq) in [("01", 1), ("03646566000000013100000c3f0001000000038100000000", 2), ("fe00000200", 3), ("0131", 4), ("fe00000200", 5)] {
+            var f = frame(hex, seq: UInt8(seq))
+            b.writeBuffer(&f)
+        }
+        return b
+    }
+
+    @Test func wholeChunk() {
+        let seen = scan([selectOne])
+        #expect(seen.count == 10)
+        #expect(seen[0] == .start(len: 1, seq: 1, prefix: "01"))
+        #expect(seen[2] == .start(len: 24, seq: 2, prefix: "03646566000000013100000c3f0001000000038100000000"))
+        #expect(seen[9] == .end)
+    }
+
+    @Test func everySplitPointGivesTheSameEvents() {
+        let whole = scan([selectOne])
+        for split in 0...selectOne.readableBytes {
+            let a = selectOne.getSlice(at: 0, length: split)!
+            let b = selectOne.getSlice(at: split, length: selectOne.readableBytes - split)!
+            #expect(scan([a, b]) == whole, "split at \(split)")
+        }
+    }
+
+    @Test func byteByByte() {
+        let bytes = Array(selectOne.readableBytesView)
+        #expect(scan(bytes.map { ByteBuffer(bytes: [$0]) }) == scan([selectOne]))
+    }
+
+    @Test func prefixIsCappedAndLongPayloadsAreSkipped() {
+        let payload = String(repeating: "ab", count: 100)
+        let seen = scan([frame(payload, seq: 9)])
+        #expect(seen == [.start(len: 100, seq: 9, prefix: String(repeating: "ab", count: 32)), .end])
+    }
+
+    @Test func multiFramePacketIsOnePacket() {
+        var buffer = ByteBuffer()
+        var seq: UInt8 = 0
+        buffer.writeMySQLPacket(ByteBuffer(repeating: 0x42, count: PacketHeader.maxPayloadLength), sequenceID: &seq)
+        var eof = frame("fe00000200", seq: seq)
+        buffer.writeBuffer(&eof)
+        // Deliver it in 64 KiB reads, as a socket would.
+        var chunks: [ByteBuffer] = []
+        while buffer.readableBytes > 0 {
+            chunks.append(buffer.readSlice(length: Swift.min(65536, buffer.readableBytes))!)
+        }
+        let seen = scan(chunks)
+        #expect(seen.count == 4)
+        #expect(seen[0] == .start(len: PacketHeader.maxPayloadLength, seq: 0, prefix: String(repeating: "42", count: 32)))
+        #expect(seen[1] == .end)
+        #expect(seen[2] == .start(len: 5, seq: 2, prefix: "fe00000200"))
+    }
+
+    @Test func emptyPacketStartsAndEnds() {
+        #expect(scan([ByteBuffer(hex: "00000003")]) == [.start(len: 0, seq: 3, prefix: ""), .end])
+    }
+
+    @Test func boundaryIsKnown() {
+        var scanner = FrameScanner()
+        // 40-byte payload: the first read has the header and 35 bytes, the second the last 5.
+        var chunk = ByteBuffer(hex: "28000003" + String(repeating: "41", count: 35))
+        #expect(scanner.isAtPacketBoundary)
+        while scanner.next(&chunk) != nil {}
+        #expect(!scanner.isAtPacketBoundary)
+        var rest = ByteBuffer(hex: "4545454545")
+        let event = scanner.next(&rest)
+        guard case .packetEnd = event else {
+            Issue.record("expected the packet's end, got \(String(describing: event))")
+            return
+        }
+        #expect(scanner.isAtPacketBoundary)
+        #expect(scanner.lastSequenceID == 3)
+    }
+}

@@ -1,0 +1,157 @@
+"""A minimal MySQL protocol client over a raw socket, for tests and captures that need control
+over capability flags and exact bytes (libmariadb never sets CLIENT_DEPRECATE_EOF, for one).
+
+It only does mysql_native_password authentication. Responses are read packet by packet; `read_all`
+collects packets until the peer has been silent for a moment, which suits captures, while tests use
+the structured readers.
+"""
+import hashlib
+import socket
+import struct
+
+CLIENT_LONG_PASSWORD = 1
+CLIENT_FOUND_ROWS = 2
+CLIENT_LONG_FLAG = 4
+CLIENT_CONNECT_WITH_DB = 8
+CLIENT_LOCAL_FILES = 128
+CLIENT_PROTOCOL_41 = 512
+CLIENT_SSL = 2048
+CLIENT_TRANSACTIONS = 8192
+CLIENT_SECURE_CONNECTION = 32768
+CLIENT_MULTI_STATEMENTS = 1 << 16
+CLIENT_MULTI_RESULTS = 1 << 17
+CLIENT_PS_MULTI_RESULTS = 1 << 18
+CLIENT_PLUGIN_AUTH = 1 << 19
+CLIENT_CONNECT_ATTRS = 1 << 20
+CLIENT_PLUGIN_AUTH_LENENC = 1 << 21
+CLIENT_SESSION_TRACK = 1 << 23
+CLIENT_DEPRECATE_EOF = 1 << 24
+
+DEFAULT_CAPS = (CLIENT_LONG_PASSWORD | CLIENT_LONG_FLAG | CLIENT_PROTOCOL_41 | CLIENT_TRANSACTIONS
+                | CLIENT_SECURE_CONNECTION | CLIENT_MULTI_STATEMENTS | CLIENT_MULTI_RESULTS
+                | CLIENT_PS_MULTI_RESULTS | CLIENT_PLUGIN_AUTH | CLIENT_PLUGIN_AUTH_LENENC
+                | CLIENT_LOCAL_FILES)
+
+
+def native_password(password: bytes, scramble: bytes) -> bytes:
+    if not password:
+        return b""
+    h1 = hashlib.sha1(password).digest()
+    h2 = hashlib.sha1(h1).digest()
+    h3 = hashlib.sha1(scramble + h2).digest()
+    return bytes(a ^ b for a, b in zip(h1, h3))
+
+
+def lenenc(n: int) -> bytes:
+    if n < 0xFB:
+        return bytes([n])
+    if n <= 0xFFFF:
+        return b"\xfc" + struct.pack("<H", n)
+    if n <= 0xFFFFFF:
+        return b"\xfd" + struct.pack("<I", n)[:3]
+    return b"\xfe" + struct.pack("<Q", n)
+
+
+class RawClient:
+    def __init__(self, host, port, user="root", password="", database=None, caps=DEFAULT_CAPS, timeout=10):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+        self.seq = 0
+        self.greeting = self.read_packet()
+        if self.greeting[0] == 0xFF:
+            raise ConnectionError(self.greeting)
+        g = self.greeting
+        pos = g.index(b"\0", 1) + 1
+        self.server_version = g[1:pos - 1].decode()
+        self.connection_id = struct.unpack_from("<I", g, pos)[0]
+        scramble = g[pos + 4:pos + 12]
+        pos += 13
+        self.server_caps = struct.unpack_from("<H", g, pos)[0]
+        self.server_caps |= struct.unpack_from("<H", g, pos + 5)[0] << 16
+        auth_len = g[pos + 7]
+        pos += 18
+        part2 = g[pos:pos + max(13, auth_len - 8)]
+        self.scramble = scramble + part2.rstrip(b"\0")
+        self.caps = caps & (self.server_caps | CLIENT_LONG_PASSWORD)
+        if database:
+            self.caps |= CLIENT_CONNECT_WITH_DB
+        auth = native_password(password.encode(), self.scramble)
+        body = struct.pack("<IIB", self.caps, 1 << 24, 33) + b"\0" * 23
+        body += user.encode() + b"\0"
+        body += lenenc(len(auth)) + auth if self.caps & CLIENT_PLUGIN_AUTH_LENENC else bytes([len(auth)]) + auth
+        if database:
+            body += database.encode() + b"\0"
+        body += b"mysql_native_password\0"
+        self.write_packet(body, seq=1)
+        reply = self.read_packet()
+        if reply[0] == 0xFE:  # auth switch
+            name_end = reply.index(b"\0", 1)
+            data = reply[name_end + 1:].rstrip(b"\0")
+            self.write_packet(native_password(password.encode(), data), seq=self.seq)
+            reply = self.read_packet()
+        if reply[0] != 0:
+            raise ConnectionError(reply)
+        self.auth_ok = reply
+
+    def write_packet(self, payload: bytes, seq=None):
+        if seq is not None:
+            self.seq = seq
+        out = b""
+        while True:
+            chunk = payload[:0xFFFFFF]
+            payload = payload[0xFFFFFF:]
+            out += struct.pack("<I", len(chunk))[:3] + bytes([self.seq & 0xFF]) + chunk
+            self.seq += 1
+            if len(chunk) < 0xFFFFFF:
+                break
+        self.sock.sendall(out)
+
+    def _fill(self, n):
+        while len(self.buf) < n:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError("connection closed")
+            self.buf += data
+
+    def read_frame(self):
+        self._fill(4)
+        length = int.from_bytes(self.buf[:3], "little")
+        self.seq = self.buf[3] + 1
+        self._fill(4 + length)
+        payload = self.buf[4:4 + length]
+        self.buf = self.buf[4 + length:]
+        return payload
+
+    def read_packet(self):
+        payload = self.read_frame()
+        while len(payload) % 0xFFFFFF == 0 and len(payload) > 0:
+            more = self.read_frame()
+            payload += more
+            if len(more) < 0xFFFFFF:
+                break
+        return payload
+
+    def command(self, code: int, body: bytes = b""):
+        self.write_packet(bytes([code]) + body, seq=0)
+
+    def read_all(self, quiet=0.3):
+        """Every packet until the server has been silent for `quiet` seconds."""
+        packets = []
+        old = self.sock.gettimeout()
+        self.sock.settimeout(quiet)
+        try:
+            while True:
+                try:
+                    packets.append(self.read_packet())
+                except socket.timeout:
+                    break
+        finally:
+            self.sock.settimeout(old)
+        return packets
+
+    def close(self):
+        try:
+            self.command(0x01)
+        except OSError:
+            pass
+        self.sock.close()

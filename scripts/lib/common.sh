@@ -1,0 +1,107 @@
+# Shared helpers for MoonProxy's scripts (sourced, not executed).
+# Everything here runs on a fresh Debian machine with the Swift toolchain and nothing else.
+
+MOON_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# Installs the Debian packages a script needs, only when one is missing.
+ensure_packages() {
+    local missing=()
+    local p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq >/dev/null
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_python_packages() {
+    local p missing=()
+    for p in "$@"; do
+        python3 -c "import ${p,,}" 2>/dev/null || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "pip installing ${missing[*]}"
+    python3 -m pip install -q "${missing[@]}"
+}
+
+# Prints a TCP port below the ephemeral range that nothing listens on.
+free_port() {
+    python3 - "$@" <<'PY'
+import random, socket, sys
+for _ in range(200):
+    port = random.randint(20000, 32000)
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    sys.exit(0)
+sys.exit("no free port found")
+PY
+}
+
+# start_mariadb DIR PORT: a throwaway MariaDB on 127.0.0.1:PORT with its data, socket and log in DIR.
+# Runs as root with --user=root; root@localhost and root@127.0.0.1 have no password.
+start_mariadb() {
+    local dir=$1 port=$2
+    mkdir -p "$dir"
+    cat >"$dir/my.cnf" <<CNF
+[mariadbd]
+user=root
+datadir=$dir/data
+socket=$dir/mysqld.sock
+pid-file=$dir/mysqld.pid
+log-error=$dir/error.log
+port=$port
+bind-address=127.0.0.1
+skip-name-resolve
+max_allowed_packet=64M
+local_infile=1
+plugin-load-add=auth_ed25519
+innodb_buffer_pool_size=256M
+innodb_log_file_size=64M
+innodb_flush_log_at_trx_commit=2
+max_connections=1000
+CNF
+    if [ ! -d "$dir/data/mysql" ]; then
+        mariadb-install-db --defaults-file="$dir/my.cnf" --auth-root-authentication-method=normal \
+            --skip-test-db >"$dir/install.log" 2>&1 || { cat "$dir/install.log" >&2; return 1; }
+    fi
+    mariadbd --defaults-file="$dir/my.cnf" >/dev/null 2>&1 &
+    local i
+    for i in $(seq 1 100); do
+        if mariadb --socket="$dir/mysqld.sock" -uroot -e 'SELECT 1' >/dev/null 2>&1; then
+            mariadb --socket="$dir/mysqld.sock" -uroot -e "
+                CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
+                GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
+                FLUSH PRIVILEGES;" || return 1
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "MariaDB did not start; see $dir/error.log" >&2
+    tail -20 "$dir/error.log" >&2
+    return 1
+}
+
+stop_mariadb() {
+    local dir=$1
+    [ -f "$dir/mysqld.pid" ] || return 0
+    local pid
+    pid=$(cat "$dir/mysqld.pid" 2>/dev/null) || return 0
+    kill "$pid" 2>/dev/null || return 0
+    local i
+    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
