@@ -108,7 +108,9 @@ public struct ColumnDefinition41: Hashable, Sendable {
         self.defaultValue = nil
     }
 
-    public init(parsing payload: ByteBuffer) throws(WireError) {
+    /// Parses a column definition. With MARIADB_CLIENT_EXTENDED_METADATA negotiated, MariaDB sends
+    /// an extra length-encoded string (type and format information) after `org_name`.
+    public init(parsing payload: ByteBuffer, mariaDBExtendedMetadata: Bool = false) throws(WireError) {
         var buffer = payload
         self.catalog = try buffer.readMySQLLengthEncodedString("catalog")
         self.schema = try buffer.readMySQLLengthEncodedString("schema")
@@ -116,6 +118,9 @@ public struct ColumnDefinition41: Hashable, Sendable {
         self.orgTable = try buffer.readMySQLLengthEncodedString("org_table")
         self.name = try buffer.readMySQLLengthEncodedString("name")
         self.orgName = try buffer.readMySQLLengthEncodedString("org_name")
+        if mariaDBExtendedMetadata {
+            _ = try buffer.readMySQLLengthEncodedSlice("extended metadata")
+        }
         let fixed = try buffer.readMySQLLengthEncodedInteger("length of fixed fields")
         guard fixed >= 0x0C, UInt64(buffer.readableBytes) >= fixed else {
             throw .truncated("column definition's fixed fields")

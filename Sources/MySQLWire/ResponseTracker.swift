@@ -283,13 +283,13 @@ public struct ResponseTracker: Sendable {
                 state = .prepareParametersEOF(columns: columns)
                 return .partOfResponse
             }
-            return afterPrepareParameters(columns: columns, item, consumedPacket: true)
+            return afterPrepareParameters(columns: columns, item)
 
         case .prepareParametersEOF(let columns):
             guard EOFPacket.isEOF(firstByte: first, payloadLength: length) else {
                 throw .unexpectedPacket("expected EOF after parameter definitions")
             }
-            return afterPrepareParameters(columns: columns, item, consumedPacket: true)
+            return afterPrepareParameters(columns: columns, item)
 
         case .prepareColumns(let remaining):
             if remaining > 1 {
@@ -355,7 +355,7 @@ public struct ResponseTracker: Sendable {
         }
     }
 
-    private mutating func afterPrepareParameters(columns: UInt16, _ item: Pending, consumedPacket: Bool = false) -> ServerPacket {
+    private mutating func afterPrepareParameters(columns: UInt16, _ item: Pending) -> ServerPacket {
         if columns > 0 {
             state = .prepareColumns(remaining: columns)
             return .partOfResponse
