@@ -57,3 +57,4 @@ int moon_dostring(lua_State *L, const char *chunk, const char *chunkname) {
     if (status != LUA_OK) return status;
     return lua_pcall(L, 0, LUA_MULTRET, 0);
 }
+const char *moon_lua_release(void) { return LUA_RELEASE; }

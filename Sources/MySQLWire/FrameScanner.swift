@@ -17,6 +17,15 @@ public struct FrameScanner: Sendable {
         public var header: PacketHeader
         /// The first bytes of the payload: `min(payloadLength, prefixLength)` of them.
         public var prefix: ByteBuffer
+        /// Whether the header and prefix arrived over more than one read, so that the packet's first
+        /// bytes belong to an earlier chunk.
+        public var isSplit: Bool = false
+
+        public init(header: PacketHeader, prefix: ByteBuffer, isSplit: Bool = false) {
+            self.header = header
+            self.prefix = prefix
+            self.isSplit = isSplit
+        }
 
         /// The first byte of the payload, nil for an empty packet.
         @inlinable public var firstByte: UInt8? { prefix.getInteger(at: prefix.readerIndex, as: UInt8.self) }
@@ -62,6 +71,7 @@ public struct FrameScanner: Sendable {
                 return .packetEnd
             }
             let wantPrefix = !inPacket  // a continuation frame needs only its header
+            let carried = carry != nil
             guard let (header, prefix, taken) = self.takeHeader(&chunk, wantPrefix: wantPrefix) else { return nil }
             lastSequenceID = header.sequenceID
             framesSeen &+= 1
@@ -69,13 +79,14 @@ public struct FrameScanner: Sendable {
             remaining = header.payloadLength - taken
             if wantPrefix {
                 inPacket = true
-                return .packetStart(PacketStart(header: header, prefix: prefix))
+                return .packetStart(PacketStart(header: header, prefix: prefix, isSplit: carried || taken > 0))
             }
         }
     }
 
     /// Returns the next header (and prefix) and how many payload bytes it already consumed.
     private mutating func takeHeader(_ chunk: inout ByteBuffer, wantPrefix: Bool) -> (PacketHeader, ByteBuffer, Int)? {
+        if carry == nil && chunk.readableBytes == 0 { return nil }
         if carry == nil, let header = PacketHeader.peek(chunk, at: chunk.readerIndex) {
             let prefixLength = wantPrefix ? Swift.min(header.payloadLength, Self.prefixLength) : 0
             if chunk.readableBytes >= PacketHeader.size + prefixLength {

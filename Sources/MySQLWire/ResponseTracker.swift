@@ -224,7 +224,8 @@ public struct ResponseTracker: Sendable {
             case 0x00:
                 let ok = try OKPacket.peekStatus(packet.prefix)
                 return resultEnded(kind: .ok, status: ok.status, warnings: ok.warnings, affected: ok.affectedRows, insertID: ok.lastInsertID, item)
-            case 0xFB where item.shape == .textResult:
+            case 0xFB:
+                // LOAD DATA LOCAL INFILE, also through COM_STMT_EXECUTE (MariaDB prepares it).
                 clientPhase = .localInfile
                 return .localInfileRequest
             case 0xFE where isTerminator:

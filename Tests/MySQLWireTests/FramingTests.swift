@@ -177,6 +177,16 @@ import Testing
         #expect(seen[2] == .start(len: 5, seq: 2, prefix: "fe00000200"))
     }
 
+    @Test func aChunkThatEndsOnAPacketBoundaryLeavesNothingBehind() {
+        var scanner = FrameScanner()
+        var chunk = frame("0131", seq: 4)
+        while scanner.next(&chunk) != nil {}
+        #expect(scanner.isAtPacketBoundary)
+        var next = frame("fe00000200", seq: 5)
+        guard case .packetStart(let start) = scanner.next(&next) else { Issue.record(); return }
+        #expect(!start.isSplit)
+    }
+
     @Test func emptyPacketStartsAndEnds() {
         #expect(scan([ByteBuffer(hex: "00000003")]) == [.start(len: 0, seq: 3, prefix: ""), .end])
     }

@@ -39,4 +39,7 @@ void moon_replace(lua_State *L, int idx);
 int moon_registryindex(void);
 int moon_dostring(lua_State *L, const char *chunk, const char *chunkname);
 
+/* "Lua 5.4.x": the release this binary was built against. */
+const char *moon_lua_release(void);
+
 #endif

@@ -1,0 +1,127 @@
+import NIOCore
+
+/// Where to listen or connect: a TCP host and port, or a unix socket path.
+public enum ProxyAddress: Hashable, Sendable, CustomStringConvertible {
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    /// Parses MySQL Proxy's address syntax: `host:port`, `:port` (all interfaces), `host` (default
+    /// port), `[v6addr]:port`, or a path containing a `/` for a unix socket.
+    public init(parsing text: String, defaultHost: String, defaultPort: Int) throws(ConfigurationError) {
+        let text = text.trimmingCharacters(in: " \t")
+        guard !text.isEmpty else { throw .invalidAddress(text, "empty address") }
+        if text.contains("/") {
+            self = .unix(path: text)
+            return
+        }
+        var host = text
+        var portText: Substring? = nil
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { throw .invalidAddress(text, "missing ']'") }
+            host = String(text[text.index(after: text.startIndex)..<close])
+            let rest = text[text.index(after: close)...]
+            if rest.hasPrefix(":") { portText = rest.dropFirst() } else if !rest.isEmpty {
+                throw .invalidAddress(text, "unexpected text after ']'")
+            }
+        } else if let colon = text.lastIndex(of: ":") {
+            if text.firstIndex(of: ":") != colon {
+                // a bare IPv6 address without brackets: no port
+                host = text
+            } else {
+                host = String(text[..<colon])
+                portText = text[text.index(after: colon)...]
+            }
+        }
+        var port = defaultPort
+        if let portText {
+            guard let p = Int(portText), (0...65535).contains(p) else {
+                throw .invalidAddress(text, "port must be a number from 0 to 65535")
+            }
+            port = p
+        }
+        self = .tcp(host: host.isEmpty ? defaultHost : host, port: port)
+    }
+
+    public var description: String {
+        switch self {
+        case .tcp(let host, let port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case .unix(let path): return path
+        }
+    }
+}
+
+extension String {
+    fileprivate func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let c = s.first, set.contains(c) { s = s.dropFirst() }
+        while let c = s.last, set.contains(c) { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+public enum ConfigurationError: Error, Equatable, Sendable, CustomStringConvertible {
+    case invalidAddress(String, String)
+    case invalidValue(option: String, value: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .invalidAddress(let text, let reason): return "invalid address '\(text)': \(reason)"
+        case .invalidValue(let option, let value, let reason): return "invalid value '\(value)' for \(option): \(reason)"
+        }
+    }
+}
+
+public enum BackendType: String, Hashable, Sendable {
+    case readWrite = "rw"
+    case readOnly = "ro"
+}
+
+public struct BackendConfiguration: Hashable, Sendable {
+    public var address: ProxyAddress
+    public var type: BackendType
+
+    public init(address: ProxyAddress, type: BackendType = .readWrite) {
+        self.address = address
+        self.type = type
+    }
+
+    /// Parses a comma-separated list of backend addresses (each `host:port` or a unix socket path).
+    public static func parseList(_ text: String, type: BackendType) throws(ConfigurationError) -> [BackendConfiguration] {
+        var result: [BackendConfiguration] = []
+        for part in text.split(separator: ",", omittingEmptySubsequences: true) {
+            let item = String(part).trimmingCharacters(in: " \t")
+            if item.isEmpty { continue }
+            result.append(BackendConfiguration(address: try ProxyAddress(parsing: item, defaultHost: "127.0.0.1", defaultPort: 3306), type: type))
+        }
+        return result
+    }
+}
+
+/// Everything a proxy instance needs to run. The defaults are MySQL Proxy 0.8's.
+public struct ProxyConfiguration: Sendable {
+    /// `--proxy-address`, default `:4040` (all interfaces).
+    public var listenAddress: ProxyAddress = .tcp(host: "0.0.0.0", port: 4040)
+    /// `--proxy-backend-addresses` and `--proxy-read-only-backend-addresses`.
+    public var backends: [BackendConfiguration] = [BackendConfiguration(address: .tcp(host: "127.0.0.1", port: 3306))]
+    /// `--proxy-connect-timeout`, default 2 s.
+    public var connectTimeout: TimeAmount = .seconds(2)
+    /// `--proxy-read-timeout`: how long a client may stay silent between commands, and how long the
+    /// server may stay silent while a command waits for its response. Default 8 hours.
+    public var readTimeout: TimeAmount = .hours(8)
+    /// `--proxy-write-timeout`: how long a write may stay blocked (a peer that does not read).
+    /// Default 8 hours.
+    public var writeTimeout: TimeAmount = .hours(8)
+    /// How long a backend marked down is left alone before a new client may try it again.
+    public var backendRetryInterval: TimeAmount = .seconds(5)
+    /// How long a graceful shutdown lets running commands finish before closing everything.
+    public var shutdownGracePeriod: TimeAmount = .seconds(10)
+    /// `--event-threads`, default 1 as in MySQL Proxy.
+    public var eventThreads: Int = 1
+    /// Largest packet the proxy will assemble in memory where it must see a whole packet
+    /// (handshake, and what scripts ask for). Relayed packets are never assembled.
+    public var maxAssembledPacketSize: Int = 1 << 30
+    /// `--max-open-files`; 0 leaves the limit alone.
+    public var maxOpenFiles: Int = 0
+
+    public init() {}
+}

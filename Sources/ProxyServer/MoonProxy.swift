@@ -1,0 +1,127 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// A MoonProxy instance: a listener relaying MySQL connections to backends.
+///
+/// Start it, read `localAddress` (handy with port 0), and shut it down: a graceful shutdown stops
+/// accepting, lets commands that are running finish (up to the grace period) and then closes every
+/// connection. It also runs as a swift-service-lifecycle `Service`.
+public final class MoonProxy: Sendable {
+    public let configuration: ProxyConfiguration
+    public let backends: BackendPool
+    public let statistics = ProxyStatistics()
+    private let logger: Logger
+    private let group: EventLoopGroup
+    private let ownsGroup: Bool
+    private let context: ProxyContext
+    private let state = NIOLockedValueBox(ServerState())
+
+    private struct ServerState {
+        var serverChannel: Channel?
+        var clients: [ObjectIdentifier: Channel] = [:]
+        var stopping = false
+    }
+
+    public convenience init(configuration: ProxyConfiguration, eventLoopGroup: EventLoopGroup? = nil,
+                logger: Logger = Logger(label: "moonproxy")) {
+        self.init(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger, connector: SocketBackendConnector())
+    }
+
+    init(configuration: ProxyConfiguration, eventLoopGroup: EventLoopGroup?, logger: Logger, connector: BackendConnector) {
+        self.configuration = configuration
+        self.logger = logger
+        if let eventLoopGroup {
+            self.group = eventLoopGroup
+            self.ownsGroup = false
+        } else {
+            self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventThreads))
+            self.ownsGroup = true
+        }
+        self.backends = BackendPool(configuration.backends, retryInterval: configuration.backendRetryInterval)
+        self.context = ProxyContext(configuration: configuration, backends: backends, statistics: statistics,
+                                    connector: connector, logger: logger)
+    }
+
+    /// The address the listener is bound to, once started.
+    public var localAddress: SocketAddress? {
+        state.withLockedValue { $0.serverChannel?.localAddress }
+    }
+
+    /// Number of client connections open right now.
+    public var connectionCount: Int {
+        state.withLockedValue { $0.clients.count }
+    }
+
+    /// Binds the listener. Throws if the address is taken or invalid.
+    public func start() async throws {
+        let context = self.context
+        let registry = self.state
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.backlog, value: 1024)
+            .childChannelInitializer { channel in
+                let id = ObjectIdentifier(channel)
+                let accepted = registry.withLockedValue { state -> Bool in
+                    guard !state.stopping else { return false }
+                    state.clients[id] = channel
+                    return true
+                }
+                guard accepted else { return channel.close() }
+                channel.closeFuture.whenComplete { _ in
+                    _ = registry.withLockedValue { $0.clients.removeValue(forKey: id) }
+                }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ClientChannelHandler(shared: context))
+                }
+            }
+        let channel: Channel
+        switch configuration.listenAddress {
+        case .tcp(let host, let port):
+            channel = try await bootstrap.bind(host: host, port: port).get()
+        case .unix(let path):
+            channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+        }
+        state.withLockedValue { $0.serverChannel = channel }
+        logger.notice("listening on \(channel.localAddress.map { "\($0)" } ?? "\(configuration.listenAddress)")",
+                      metadata: ["backends": "\(configuration.backends.map { "\($0.address) (\($0.type.rawValue))" }.joined(separator: ", "))"])
+    }
+
+    /// Stops accepting, lets running commands finish for up to `gracePeriod` (the configuration's
+    /// by default), closes every connection and, if the proxy made its own threads, stops them.
+    public func shutdown(gracePeriod: TimeAmount? = nil) async {
+        let (server, clients) = state.withLockedValue { state -> (Channel?, [Channel]) in
+            state.stopping = true
+            let server = state.serverChannel
+            state.serverChannel = nil
+            return (server, Array(state.clients.values))
+        }
+        try? await server?.close()
+        for client in clients {
+            client.pipeline.fireUserInboundEventTriggered(ProxyShutdownEvent())
+        }
+        let deadline = NIODeadline.now() + (gracePeriod ?? configuration.shutdownGracePeriod)
+        while connectionCount > 0 && NIODeadline.now() < deadline {
+            try? await Task.sleep(nanoseconds: 20_000_000)
+        }
+        let remaining = state.withLockedValue { Array($0.clients.values) }
+        if !remaining.isEmpty {
+            logger.warning("closing \(remaining.count) connection(s) still busy after the shutdown grace period")
+            for client in remaining { try? await client.close() }
+        }
+        if ownsGroup {
+            try? await group.shutdownGracefully()
+        }
+        logger.notice("stopped")
+    }
+}
+
+extension MoonProxy: Service {
+    public func run() async throws {
+        if localAddress == nil { try await start() }
+        try? await gracefulShutdown()
+        await shutdown()
+    }
+}

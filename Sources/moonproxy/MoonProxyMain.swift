@@ -1,0 +1,195 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Dispatch
+import Logging
+import NIOCore
+import ProxyServer
+import ServiceLifecycle
+
+// moonproxy: parse MySQL Proxy's command line (and --defaults-file), set up logging and the
+// process (daemon, keepalive, pid file, limits, user), then run the proxy until SIGTERM or SIGINT.
+
+import NIOConcurrencyHelpers
+
+@main
+enum MoonProxyMain {
+    static func fail(_ message: String, code: Int32) -> Never {
+        var line = "moonproxy: \(message)\n"
+        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        exit(code)
+    }
+
+    static func main() {
+        let commandLine = Array(CommandLine.arguments.dropFirst())
+
+        if commandLine.contains(where: { ["--help-all", "--help-proxy", "--help-admin", "-?"].contains($0) }) {
+            print(Options.helpMessage(columns: nil))
+            exit(0)
+        }
+
+        var options: Options
+        do {
+            options = try Options.parse(commandLine)
+            if options.version {
+                print(MoonProxyVersion.report)
+                exit(0)
+            }
+            if let file = options.defaultsFile {
+                let pairs = try DefaultsFile.read(path: file)
+                let fromFile = try DefaultsFile.arguments(from: pairs, commandLine: commandLine)
+                options = try Options.parse(fromFile + commandLine)
+            }
+        } catch let problem as DefaultsFile.Problem {
+            fail(problem.description, code: 2)
+        } catch {
+            if Options.exitCode(for: error) == .success {
+                print(Options.fullMessage(for: error))
+                exit(0)
+            }
+            fail("\(Options.message(for: error))\nTry 'moonproxy --help' for the list of options.", code: 2)
+        }
+
+        /// Relative paths in the configuration are taken relative to --basedir when it is given.
+        let basedir = options.basedir
+        func resolve(_ path: String?) -> String? {
+            guard let path, !path.isEmpty else { return path }
+            guard let base = basedir, !path.hasPrefix("/") else { return path }
+            return base.hasSuffix("/") ? base + path : base + "/" + path
+        }
+
+        // MARK: configuration
+
+        var configuration = ProxyConfiguration()
+        do {
+            configuration.listenAddress = try ProxyAddress(parsing: options.proxyAddress ?? ":4040", defaultHost: "0.0.0.0", defaultPort: 4040)
+            var backends: [BackendConfiguration] = []
+            for list in options.proxyBackendAddresses {
+                backends += try BackendConfiguration.parseList(list, type: .readWrite)
+            }
+            if options.proxyBackendAddresses.isEmpty {
+                backends.append(BackendConfiguration(address: .tcp(host: "127.0.0.1", port: 3306)))
+            }
+            for list in options.proxyReadOnlyBackendAddresses {
+                backends += try BackendConfiguration.parseList(list, type: .readOnly)
+            }
+            configuration.backends = backends
+        } catch {
+            fail("\(error)", code: 2)
+        }
+        func seconds(_ value: Double?, _ fallback: TimeAmount) -> TimeAmount {
+            guard let value else { return fallback }
+            return .nanoseconds(Int64(value * 1_000_000_000))
+        }
+        configuration.connectTimeout = seconds(options.proxyConnectTimeout, configuration.connectTimeout)
+        configuration.readTimeout = seconds(options.proxyReadTimeout, configuration.readTimeout)
+        configuration.writeTimeout = seconds(options.proxyWriteTimeout, configuration.writeTimeout)
+        configuration.backendRetryInterval = seconds(options.proxyBackendRetryInterval, configuration.backendRetryInterval)
+        configuration.shutdownGracePeriod = seconds(options.proxyShutdownTimeout, configuration.shutdownGracePeriod)
+        configuration.eventThreads = options.eventThreads ?? 1
+        configuration.maxOpenFiles = options.maxOpenFiles ?? 0
+
+        // MARK: logging
+
+        let logOutput: LogOutput
+        do {
+            if options.logUseSyslog {
+                logOutput = LogOutput(target: .syslog)
+            } else if let file = resolve(options.logFile) {
+                logOutput = try LogOutput.file(file)
+            } else {
+                logOutput = LogOutput(target: .stderr)
+            }
+        } catch {
+            fail("\(error)", code: 1)
+        }
+        let logLevel = MoonLogHandler.level(options.logLevel ?? .warning)
+        LoggingSystem.bootstrap { label in
+            MoonLogHandler(label: label, output: logOutput, logLevel: logLevel)
+        }
+        let logger = Logger(label: "moonproxy")
+
+        // MARK: process
+
+        if options.daemon {
+            do { try ProcessControl.daemonize() } catch { fail("\(error)", code: 1) }
+        }
+        if options.keepalive {
+            ProcessControl.superviseChild { logger.critical("\($0)") }
+        }
+        if configuration.maxOpenFiles > 0 {
+            do { try ProcessControl.setMaxOpenFiles(configuration.maxOpenFiles) } catch { logger.critical("\(error)"); exit(1) }
+        }
+        let pidFile = resolve(options.pidFile)
+        if let pidFile {
+            do { try ProcessControl.writePIDFile(pidFile) } catch { logger.critical("\(error)"); exit(1) }
+        }
+
+        for (given, note) in [
+            (options.proxySkipProfiling, "--proxy-skip-profiling: MoonProxy does not profile queries, nothing to skip"),
+            (options.proxyFixBug25371, "--proxy-fix-bug-25371: not needed, MoonProxy relays the server's packets as sent"),
+            (options.logBacktraceOnCrash, "--log-backtrace-on-crash: the Swift runtime prints a backtrace on a crash by itself"),
+            (options.pluginDir != nil, "--plugin-dir: MoonProxy's plugins are built in"),
+            (options.proxyPoolNoChangeUser, "--proxy-pool-no-change-user: noted; it matters once connection pooling is used"),
+            (options.proxyLuaScript != nil, "--proxy-lua-script: scripting is not available in this build; the proxy relays without a script"),
+            (options.luaPath != nil || options.luaCpath != nil, "--lua-path/--lua-cpath: noted for scripting"),
+            (options.pluginList.contains("admin") || options.adminAddress != nil, "--plugins=admin: the admin interface is not available in this build"),
+        ] where given {
+            logger.info("\(note)")
+        }
+
+        // MARK: run
+
+        let runProxy = !options.noProxy && (options.pluginList.isEmpty || options.pluginList.contains("proxy"))
+        let proxy = MoonProxy(configuration: configuration, logger: logger)
+
+        let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        signal(SIGHUP, SIG_IGN)
+        hangup.setEventHandler { logOutput.reopen() }
+        hangup.resume()
+
+        let finished = DispatchSemaphore(value: 0)
+        let exitCode = NIOLockedValueBox<Int32>(0)
+        let switchToUser = options.user
+        Task.detached {
+            defer { finished.signal() }
+            do {
+                if runProxy {
+                    try await proxy.start()
+                } else {
+                    logger.notice("--no-proxy: the proxy module is not started")
+                }
+                if let user = switchToUser {
+                    try ProcessControl.switchUser(user)
+                }
+                let group = ServiceGroup(configuration: .init(
+                    services: runProxy ? [.init(service: proxy)] : [],
+                    gracefulShutdownSignals: [.sigterm, .sigint],
+                    logger: logger))
+                if runProxy {
+                    try await group.run()
+                } else {
+                    // Nothing to serve: wait for a signal all the same, as MySQL Proxy does.
+                    let idle = ServiceGroup(configuration: .init(services: [.init(service: IdleService())], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+                    try await idle.run()
+                }
+            } catch {
+                logger.critical("\(error)")
+                exitCode.withLockedValue { $0 = 1 }
+            }
+        }
+        finished.wait()
+        if let pidFile { ProcessControl.removePIDFile(pidFile) }
+        if options.verboseShutdown {
+            logger.notice("shutting down normally, exit code is: \(exitCode.withLockedValue { $0 })")
+        }
+        exit(exitCode.withLockedValue { $0 })
+    }
+}
+
+struct IdleService: Service {
+    func run() async throws {
+        try? await gracefulShutdown()
+    }
+}

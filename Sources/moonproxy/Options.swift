@@ -1,0 +1,150 @@
+import ArgumentParser
+
+/// The log levels MySQL Proxy accepts, from most to least severe.
+enum LogLevelOption: String, ExpressibleByArgument, CaseIterable, Sendable {
+    case critical, error, warning, message, info, debug
+}
+
+/// MySQL Proxy 0.8.5's command line, option for option (names, short forms, defaults), plus a few
+/// of MoonProxy's own. Options that mean nothing for MoonProxy are accepted and noted in the log.
+struct Options: ParsableArguments {
+    // MARK: proxy module
+    @Option(name: [.customShort("P", allowingJoined: true), .customLong("proxy-address")],
+            help: ArgumentHelp("listening address:port of the proxy-server (default: :4040); a path is a unix socket", valueName: "host:port"))
+    var proxyAddress: String?
+
+    @Option(name: [.customShort("r", allowingJoined: true), .customLong("proxy-read-only-backend-addresses")],
+            help: ArgumentHelp("address:port of the remote slave-server (default: not set); repeatable, comma-separated", valueName: "host:port"))
+    var proxyReadOnlyBackendAddresses: [String] = []
+
+    @Option(name: [.customShort("b", allowingJoined: true), .customLong("proxy-backend-addresses")],
+            help: ArgumentHelp("address:port of the remote backend-servers (default: 127.0.0.1:3306); repeatable, comma-separated", valueName: "host:port"))
+    var proxyBackendAddresses: [String] = []
+
+    @Flag(name: .customLong("proxy-skip-profiling"), help: "disables profiling of queries (accepted for compatibility)")
+    var proxySkipProfiling = false
+
+    @Flag(name: .customLong("proxy-fix-bug-25371"), help: "fix bug #25371 (mysqld > 5.1.12) for older libmysql versions (accepted for compatibility)")
+    var proxyFixBug25371 = false
+
+    @Option(name: [.customShort("s", allowingJoined: true), .customLong("proxy-lua-script")],
+            help: ArgumentHelp("filename of the lua script (default: not set)", valueName: "file"))
+    var proxyLuaScript: String?
+
+    @Flag(name: .customLong("no-proxy"), help: "don't start the proxy-module (default: enabled)")
+    var noProxy = false
+
+    @Flag(name: .customLong("proxy-pool-no-change-user"), help: "don't use CHANGE_USER to reset the connection coming from the pool (default: enabled)")
+    var proxyPoolNoChangeUser = false
+
+    @Option(name: .customLong("proxy-connect-timeout"), help: ArgumentHelp("connect timeout in seconds (default: 2.0 seconds)", valueName: "seconds"))
+    var proxyConnectTimeout: Double?
+
+    @Option(name: .customLong("proxy-read-timeout"), help: ArgumentHelp("read timeout in seconds (default: 8 hours)", valueName: "seconds"))
+    var proxyReadTimeout: Double?
+
+    @Option(name: .customLong("proxy-write-timeout"), help: ArgumentHelp("write timeout in seconds (default: 8 hours)", valueName: "seconds"))
+    var proxyWriteTimeout: Double?
+
+    @Option(name: .customLong("proxy-backend-retry-interval"),
+            help: ArgumentHelp("seconds before a backend marked down is tried again (MoonProxy; default: 5)", valueName: "seconds"))
+    var proxyBackendRetryInterval: Double?
+
+    @Option(name: .customLong("proxy-shutdown-timeout"),
+            help: ArgumentHelp("seconds a shutdown waits for running commands (MoonProxy; default: 10)", valueName: "seconds"))
+    var proxyShutdownTimeout: Double?
+
+    // MARK: admin module
+    @Option(name: .customLong("admin-address"), help: ArgumentHelp("listening address:port of the admin-server (default: :4041)", valueName: "host:port"))
+    var adminAddress: String?
+
+    @Option(name: .customLong("admin-username"), help: ArgumentHelp("username to allow to log in", valueName: "user"))
+    var adminUsername: String?
+
+    @Option(name: .customLong("admin-password"), help: ArgumentHelp("password to allow to log in", valueName: "password"))
+    var adminPassword: String?
+
+    @Option(name: .customLong("admin-lua-script"), help: ArgumentHelp("script to execute by the admin plugin", valueName: "file"))
+    var adminLuaScript: String?
+
+    // MARK: application
+    @Flag(name: [.customShort("V"), .customLong("version")], help: "Show version")
+    var version = false
+
+    @Option(name: .customLong("defaults-file"), help: ArgumentHelp("configuration file ([mysql-proxy] section, same keys)", valueName: "file"))
+    var defaultsFile: String?
+
+    @Flag(name: .customLong("verbose-shutdown"), help: "Always log the exit code when shutting down")
+    var verboseShutdown = false
+
+    @Flag(name: .customLong("daemon"), help: "Start in daemon-mode")
+    var daemon = false
+
+    @Option(name: .customLong("user"), help: ArgumentHelp("Run moonproxy as user", valueName: "user"))
+    var user: String?
+
+    @Option(name: .customLong("basedir"), help: ArgumentHelp("Base directory to prepend to relative paths in the config", valueName: "absolute path"))
+    var basedir: String?
+
+    @Option(name: .customLong("pid-file"), help: ArgumentHelp("PID file in case we are started as daemon", valueName: "file"))
+    var pidFile: String?
+
+    @Option(name: .customLong("plugin-dir"), help: ArgumentHelp("path to the plugins (accepted for compatibility)", valueName: "path"))
+    var pluginDir: String?
+
+    @Option(name: .customLong("plugins"), help: ArgumentHelp("plugins to load: proxy, admin (repeatable, comma-separated)", valueName: "name"))
+    var plugins: [String] = []
+
+    @Option(name: .customLong("log-level"), help: ArgumentHelp("log all messages of level ... or higher (default: warning)", valueName: "critical|error|warning|info|message|debug"))
+    var logLevel: LogLevelOption?
+
+    @Option(name: .customLong("log-file"), help: ArgumentHelp("log all messages in a file", valueName: "file"))
+    var logFile: String?
+
+    @Flag(name: .customLong("log-use-syslog"), help: "log all messages to syslog")
+    var logUseSyslog = false
+
+    @Flag(name: .customLong("log-backtrace-on-crash"), help: "try to invoke debugger on crash (Swift prints a backtrace itself)")
+    var logBacktraceOnCrash = false
+
+    @Flag(name: .customLong("keepalive"), help: "try to restart the proxy if it crashed")
+    var keepalive = false
+
+    @Option(name: .customLong("max-open-files"), help: ArgumentHelp("maximum number of open files (ulimit -n)", valueName: "n"))
+    var maxOpenFiles: Int?
+
+    @Option(name: .customLong("event-threads"), help: ArgumentHelp("number of event-handling threads (default: 1)", valueName: "n"))
+    var eventThreads: Int?
+
+    @Option(name: .customLong("lua-path"), help: ArgumentHelp("set the LUA_PATH", valueName: "path"))
+    var luaPath: String?
+
+    @Option(name: .customLong("lua-cpath"), help: ArgumentHelp("set the LUA_CPATH", valueName: "path"))
+    var luaCpath: String?
+
+    mutating func validate() throws {
+        if let n = eventThreads, n < 1 || n > 1024 { throw ValidationError("--event-threads must be between 1 and 1024") }
+        if let n = maxOpenFiles, n < 0 { throw ValidationError("--max-open-files must not be negative") }
+        for (name, value) in [("--proxy-connect-timeout", proxyConnectTimeout), ("--proxy-read-timeout", proxyReadTimeout),
+                              ("--proxy-write-timeout", proxyWriteTimeout), ("--proxy-backend-retry-interval", proxyBackendRetryInterval),
+                              ("--proxy-shutdown-timeout", proxyShutdownTimeout)] {
+            if let v = value, !(v >= 0 && v <= 31_536_000) { throw ValidationError("\(name) must be a number of seconds from 0 to 31536000") }
+        }
+        for plugin in pluginList where plugin != "proxy" && plugin != "admin" {
+            throw ValidationError("unknown plugin '\(plugin)' (MoonProxy has: proxy, admin)")
+        }
+    }
+
+    var pluginList: [String] {
+        plugins.flatMap { $0.split(separator: ",").map { String($0).trimmed } }.filter { !$0.isEmpty }
+    }
+}
+
+extension String {
+    var trimmed: String {
+        var s = Substring(self)
+        while let c = s.first, c == " " || c == "\t" { s = s.dropFirst() }
+        while let c = s.last, c == " " || c == "\t" || c == "\r" { s = s.dropLast() }
+        return String(s)
+    }
+}
