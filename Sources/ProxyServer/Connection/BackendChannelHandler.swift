@@ -73,9 +73,14 @@ final class BackendChannelHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     // MARK: writing
 
+    /// Queues bytes for the backend; the client handler flushes once per read cycle.
     func write(_ buffer: ByteBuffer) {
         guard let context else { return }
-        context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
+        context.write(self.wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func flush() {
+        context?.flush()
     }
 
     var isWritable: Bool { context?.channel.isWritable ?? true }

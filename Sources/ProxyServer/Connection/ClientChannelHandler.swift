@@ -60,7 +60,7 @@ final class ClientChannelHandler: ChannelDuplexHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        backend?.context?.flush()
+        backend?.flush()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
