@@ -162,16 +162,25 @@ public struct EOFPacket: Hashable, Sendable {
 }
 
 extension ERRPacket {
-    // Errors the proxy itself reports, with the codes and SQLSTATEs a client library would use for
-    // the same situation.
+    // Errors the proxy itself reports. They use server error codes (below 2000) on purpose:
+    // libmariadb (the mariadb CLI, mysqltest, PHP, ...) rejects an ERR packet carrying a client-side
+    // code such as 2003 or 2013 as "Received malformed packet".
+
+    /// The backend connection broke while the client waited for a response.
     public static func lostConnection(_ detail: String = "") -> ERRPacket {
-        ERRPacket(code: 2013, sqlState: "HY000", message: "Lost connection to MySQL server during query" + (detail.isEmpty ? "" : " (\(detail))"))
+        ERRPacket(code: 1158, sqlState: "08S01",
+                  message: "Lost connection to the backend server during query" + (detail.isEmpty ? "" : " (\(detail))"))
+    }
+    /// The backend sent nothing for longer than the read timeout.
+    public static func backendReadTimeout() -> ERRPacket {
+        ERRPacket(code: 1159, sqlState: "08S01", message: "Got timeout reading communication packets from the backend server")
     }
     public static func malformedPacket(_ detail: String) -> ERRPacket {
-        ERRPacket(code: 2027, sqlState: "HY000", message: "Malformed packet: \(detail)")
+        ERRPacket(code: 1835, sqlState: "08S01", message: "Malformed communication packet: \(detail)")
     }
+    /// No backend could be reached; sent instead of a greeting.
     public static func noBackend(_ detail: String) -> ERRPacket {
-        ERRPacket(code: 2003, sqlState: "HY000", message: "Can't connect to MySQL server: \(detail)")
+        ERRPacket(code: 1105, sqlState: "HY000", message: "No backend server is available: \(detail)")
     }
     public static func badHandshake(_ detail: String) -> ERRPacket {
         ERRPacket(code: 1043, sqlState: "08S01", message: "Bad handshake" + (detail.isEmpty ? "" : ": \(detail)"))

@@ -153,6 +153,9 @@ final class ClientChannelHandler: ChannelDuplexHandler {
         case .closeConnections(let reason):
             if let reason { logger.info("closing: \(reason)") }
             closeBoth()
+        case .abortConnections(let reason):
+            logger.warning("closing: \(reason)")
+            closeBoth()
         }
         resumeClientReadsIfPossible()
     }
@@ -195,7 +198,7 @@ final class ClientChannelHandler: ChannelDuplexHandler {
     private func connectToNextBackend() {
         guard let context, !closed else { return }
         guard let (index, address) = shared.backends.pickForNewClient(excluding: triedBackends) else {
-            let detail = triedBackends.isEmpty ? "no backend is up (MoonProxy)" : "every backend refused the connection (MoonProxy)"
+            let detail = triedBackends.isEmpty ? "all backends are down (MoonProxy)" : "no backend accepted the connection (MoonProxy)"
             run(machine.noBackendAvailable(detail))
             return
         }
@@ -253,7 +256,7 @@ final class ClientChannelHandler: ChannelDuplexHandler {
         if let backend, !backend.isWritable { backendBlockedTicks += 1 } else { backendBlockedTicks = 0 }
 
         if clientBlockedTicks >= writeTicks || backendBlockedTicks >= writeTicks {
-            run(.closeConnections(reason: "a write stayed blocked for longer than the write timeout"))
+            run(.abortConnections(reason: "a write stayed blocked for longer than the write timeout"))
         } else if clientIdleTicks >= readTicks {
             clientIdleTicks = 0
             run(machine.readTimedOut(client: true))

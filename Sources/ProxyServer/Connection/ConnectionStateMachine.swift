@@ -51,6 +51,9 @@ struct ConnectionStateMachine {
         case sendToClientAndClose(ByteBuffer, reason: String)
         /// Close both sides without a word; `reason` is logged (nil: an ordinary end).
         case closeConnections(reason: String?)
+        /// Close both sides because something went wrong where no ERR can be sent (in the middle
+        /// of a packet); `reason` is logged as a warning.
+        case abortConnections(reason: String)
     }
 
     private(set) var state: State = .initialized
@@ -124,7 +127,7 @@ struct ConnectionStateMachine {
             state = .closed
             statistics.add(.backendsLost)
             statistics.add(.errorsSentByProxy)
-            let err = ERRPacket(code: 2013, sqlState: nil, message: "Lost connection to MySQL server at 'reading initial communication packet'")
+            let err = ERRPacket.lostConnection("the backend closed the connection before its greeting")
             return .sendToClientAndClose(Self.framed(err, sequenceID: 0, protocol41: false), reason: "backend closed before its greeting")
         case .awaitingHandshakeResponse:
             // The client is about to send its handshake response (sequence 1); answer it with 2.
@@ -140,7 +143,7 @@ struct ConnectionStateMachine {
                 return .closeConnections(reason: "backend closed the connection")
             }
             guard relay.fromServer.isAtPacketBoundary else {
-                return .closeConnections(reason: "backend closed the connection in the middle of a packet")
+                return .abortConnections(reason: "backend closed the connection in the middle of a packet")
             }
             statistics.add(.errorsSentByProxy)
             return .sendToClientAndClose(Self.framed(.lostConnection(), sequenceID: relay.nextSequenceToClient, protocol41: true),
@@ -181,10 +184,10 @@ struct ConnectionStateMachine {
             state = .closed
             statistics.add(.errorsSentByProxy)
             if relay.fromServer.isAtPacketBoundary {
-                return .sendToClientAndClose(Self.framed(.lostConnection("backend read timeout"), sequenceID: relay.nextSequenceToClient, protocol41: true),
+                return .sendToClientAndClose(Self.framed(.backendReadTimeout(), sequenceID: relay.nextSequenceToClient, protocol41: true),
                                              reason: "backend sent nothing for longer than the read timeout")
             }
-            return .closeConnections(reason: "backend stalled for longer than the read timeout")
+            return .abortConnections(reason: "backend stalled for longer than the read timeout")
         }
         return .none
     }
@@ -205,7 +208,7 @@ struct ConnectionStateMachine {
             state = .modifying
             let action = Self.relayFromServer(chunk, &relay, statistics)
             switch action {
-            case .sendToClientAndClose, .closeConnections:
+            case .sendToClientAndClose, .closeConnections, .abortConnections:
                 state = .closed
             case .forwardToClient(let bytes) where relay.closeWhenIdle && !relay.tracker.isAwaitingResponse:
                 state = .closed
@@ -271,7 +274,7 @@ struct ConnectionStateMachine {
     /// Forwards what came before the bad packet and puts an ERR where it stood.
     private static func serverPacketMalformed(_ chunk: ByteBuffer, at index: Int, _ packet: FrameScanner.PacketStart, _ error: WireError) -> Action {
         let reason = "malformed packet from the backend: \(error)"
-        guard !packet.isSplit else { return .closeConnections(reason: reason) }
+        guard !packet.isSplit else { return .abortConnections(reason: reason) }
         var out = chunk.getSlice(at: chunk.readerIndex, length: index - chunk.readerIndex) ?? ByteBuffer()
         var err = Self.framed(.malformedPacket("from the server: \(error)"), sequenceID: packet.header.sequenceID, protocol41: true)
         out.writeBuffer(&err)
@@ -290,7 +293,10 @@ struct ConnectionStateMachine {
         case .relaying(var relay):
             state = .modifying
             let action = Self.relayFromClient(chunk, &relay, statistics)
-            if case .sendToClientAndClose = action { state = .closed } else { state = .relaying(relay) }
+            switch action {
+            case .sendToClientAndClose, .abortConnections: state = .closed
+            default: state = .relaying(relay)
+            }
             return action
         case .closed:
             return .none
@@ -299,7 +305,7 @@ struct ConnectionStateMachine {
             // unless it speaks first; MySQL clients never do.
             state = .closed
             statistics.add(.clientProtocolErrors)
-            return .closeConnections(reason: "client sent data before the server's greeting")
+            return .abortConnections(reason: "client sent data before the server's greeting")
         }
     }
 
@@ -308,7 +314,7 @@ struct ConnectionStateMachine {
         guard let frame = input.readMySQLFrame() else {
             if buffer.readableBytes > 1 << 16 {
                 state = .closed
-                return .closeConnections(reason: "handshake response larger than 64 KiB")
+                return .abortConnections(reason: "handshake response larger than 64 KiB")
             }
             state = .awaitingHandshakeResponse(buffer, session)
             return .none
@@ -347,7 +353,7 @@ struct ConnectionStateMachine {
                 out.writeBuffer(&rest)
             } else {
                 state = .closed
-                return .closeConnections(reason: "malformed data after the handshake response")
+                return .abortConnections(reason: "malformed data after the handshake response")
             }
         }
         state = .relaying(relay)
@@ -368,7 +374,7 @@ struct ConnectionStateMachine {
                 statistics.add(.clientProtocolErrors)
                 let reason = "malformed packet from the client: \(error)"
                 if relay.tracker.isAwaitingResponse || packet.isSplit {
-                    return .closeConnections(reason: reason)
+                    return .abortConnections(reason: reason)
                 }
                 statistics.add(.errorsSentByProxy)
                 return .sendToClientAndClose(Self.framed(.unknownCommand(), sequenceID: packet.header.sequenceID &+ 1, protocol41: true), reason: reason)
