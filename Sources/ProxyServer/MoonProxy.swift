@@ -85,7 +85,7 @@ public final class MoonProxy: Sendable {
             channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
         }
         state.withLockedValue { $0.serverChannel = channel }
-        logger.notice("listening on \(channel.localAddress.map { "\($0)" } ?? "\(configuration.listenAddress)")",
+        logger.notice("listening on \(channel.localAddress.map(ClientChannelHandler.describe) ?? "\(configuration.listenAddress)")",
                       metadata: ["backends": "\(configuration.backends.map { "\($0.address) (\($0.type.rawValue))" }.joined(separator: ", "))"])
     }
 
