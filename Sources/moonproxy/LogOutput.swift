@@ -60,7 +60,7 @@ final class LogOutput: @unchecked Sendable {
                 case .info: priority = LOG_INFO
                 case .debug, .trace: priority = LOG_DEBUG
                 }
-                withVaList([line]) { vsyslog(priority, "%s", $0) }
+                line.withCString { text in withVaList([text]) { vsyslog(priority, "%s", $0) } }
             }
         }
     }

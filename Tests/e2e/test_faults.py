@@ -283,6 +283,27 @@ def test_nothing_leaks_after_many_connections(proxy):
     assert proxy.rss_kib() < rss_before + 8 * 1024
 
 
+def test_memory_does_not_grow_with_the_number_of_connections(proxy):
+    """Every connection's state must be freed: a leak of one handler per connection (about 1.3 KiB)
+    shows as megabytes after a few thousand connections."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def connect_and_query(_):
+        c = RawClient("127.0.0.1", proxy.port)  # PyMySQL spends 20 ms in each connect
+        c.command(0x03, b"SELECT 1")
+        c.read_packet()
+        c.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(connect_and_query, range(1000)))
+        time.sleep(0.5)
+        settled = proxy.rss_kib()
+        list(pool.map(connect_and_query, range(3000)))
+    time.sleep(0.5)
+    growth = proxy.rss_kib() - settled
+    assert growth < 1024, f"RSS grew by {growth} KiB over 3000 connections"
+
+
 def test_read_timeout_closes_idle_clients(start_proxy):
     p = start_proxy("--proxy-read-timeout=1", "--log-level=info")
     c = p.connect()

@@ -41,6 +41,12 @@ final class ClientChannelHandler: ChannelDuplexHandler {
         self.context = context
     }
 
+    func handlerRemoved(context: ChannelHandlerContext) {
+        // The context holds this handler: drop it here, or neither is ever freed.
+        finish()
+        self.context = nil
+    }
+
     func channelActive(context: ChannelHandlerContext) {
         shared.statistics.add(.connectionsAccepted)
         shared.statistics.add(.connectionsActive)

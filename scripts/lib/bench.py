@@ -1,0 +1,228 @@
+"""Side-by-side benchmark of direct / HAProxy / MoonProxy (driven by scripts/bench).
+
+Each workload runs against every target in every round; the order of the targets rotates from
+round to round so that none of them always runs on a warmer (or more tired) machine. The figures
+are medians over the rounds. On a 2-core machine the client, MariaDB and the proxy share the CPUs,
+so the ratios matter, not the absolute rates.
+"""
+import argparse
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    import random
+    while True:
+        port = random.randint(20000, 32000)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+
+
+def wait_for(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(port)
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss(pid):
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+class Target:
+    def __init__(self, name, port, pid=None, stop=None):
+        self.name, self.port, self.pid, self._stop = name, port, pid, stop
+
+    def stop(self):
+        if self._stop:
+            self._stop()
+
+
+def start_haproxy(workdir, backend_port, threads):
+    port = free_port()
+    cfg = workdir / "haproxy.cfg"
+    cfg.write_text(f"""global
+    maxconn 4000
+    nbthread {threads}
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 8h
+    timeout server 8h
+listen mysql
+    bind 127.0.0.1:{port}
+    server db 127.0.0.1:{backend_port}
+""")
+    proc = subprocess.Popen(["haproxy", "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(port)
+    return Target("haproxy", port, proc.pid, lambda: (proc.terminate(), proc.wait()))
+
+
+def start_moonproxy(binary, backend_port, threads, name="moonproxy", extra=()):
+    port = free_port()
+    proc = subprocess.Popen([binary, f"--proxy-address=127.0.0.1:{port}", f"--proxy-backend-addresses=127.0.0.1:{backend_port}",
+                             f"--event-threads={threads}", "--log-level=warning", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(port)
+    return Target(name, port, proc.pid, lambda: (proc.send_signal(signal.SIGTERM), proc.wait()))
+
+
+def sysbench(args, port, seconds, threads, script=None):
+    cmd = ["sysbench", script or args[0], "--mysql-host=127.0.0.1", f"--mysql-port={port}", "--mysql-user=root",
+           "--mysql-db=sbtest", "--tables=4", "--table-size=50000", f"--threads={threads}", f"--time={seconds}",
+           "--percentile=95", *args[1:], "run"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120).stdout
+    queries = re.search(r"queries:\s+(\d+)\s+\(([\d.]+) per sec", out)
+    events = re.search(r"transactions:\s+(\d+)\s+\(([\d.]+) per sec", out)
+    p95 = re.search(r"95th percentile:\s+([\d.]+)", out)
+    errors = re.search(r"ignored errors:\s+(\d+)", out)
+    if not (queries and p95):
+        raise RuntimeError("sysbench failed:\n" + out)
+    count, rate = (int(events.group(1)), float(events.group(2))) if script else (int(queries.group(1)), float(queries.group(2)))
+    return {"count": count, "rate": rate, "p95": float(p95.group(1)), "errors": int(errors.group(1)) if errors else 0}
+
+
+def stream(port, mib):
+    rows = mib * 1024
+    cmd = ["mariadb", "-h127.0.0.1", f"-P{port}", "-uroot", "--quick", "--batch", "--skip-column-names",
+           "-e", f"SELECT REPEAT('x', 1020) FROM seq_1_to_{rows}", "sbtest"]
+    started = time.time()
+    with open(os.devnull, "wb") as null:
+        subprocess.run(cmd, stdout=null, check=True, timeout=600)
+    elapsed = time.time() - started
+    return {"count": rows, "rate": mib / elapsed, "p95": elapsed * 1000, "errors": 0}
+
+
+WORKLOADS = {
+    "point_select_text": ("queries/s", lambda port, a: sysbench(["oltp_point_select", "--db-ps-mode=disable"], port, a.seconds, a.threads)),
+    "point_select_ps": ("queries/s", lambda port, a: sysbench(["oltp_point_select", "--db-ps-mode=auto"], port, a.seconds, a.threads)),
+    "read_only": ("queries/s", lambda port, a: sysbench(["oltp_read_only", "--db-ps-mode=disable"], port, a.seconds, a.threads)),
+    "connect_storm": ("connects/s", lambda port, a: sysbench(["connect_storm"], port, a.seconds, a.threads, script=str(HERE / "connect_storm.lua"))),
+    "stream_256mb": ("MiB/s", lambda port, a: stream(port, 256)),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mariadb-port", type=int, required=True)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--moonproxy", required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--proxy-threads", type=int, default=1, help="event threads of MoonProxy and HAProxy's nbthread")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--extra-moonproxy", action="append", default=[],
+                    help="NAME=ARGS: another MoonProxy target started with these extra arguments")
+    a = ap.parse_args()
+    workdir = Path(a.workdir)
+    workloads = [w for w in a.workloads.split(",") if w]
+
+    print("preparing sysbench tables ...", file=sys.stderr)
+    subprocess.run(["mariadb", "-h127.0.0.1", f"-P{a.mariadb_port}", "-uroot", "-e", "CREATE DATABASE IF NOT EXISTS sbtest"], check=True)
+    subprocess.run(["sysbench", "oltp_read_only", "--mysql-host=127.0.0.1", f"--mysql-port={a.mariadb_port}", "--mysql-user=root",
+                    "--mysql-db=sbtest", "--tables=4", "--table-size=50000", "prepare"], check=True, capture_output=True)
+
+    targets = [Target("direct", a.mariadb_port),
+               start_haproxy(workdir, a.mariadb_port, a.proxy_threads),
+               start_moonproxy(a.moonproxy, a.mariadb_port, a.proxy_threads)]
+    for spec in a.extra_moonproxy:
+        name, _, args = spec.partition("=")
+        targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, a.proxy_threads, name=name, extra=args.split()))
+
+    results = {w: {t.name: [] for t in targets} for w in workloads}
+    try:
+        for w in workloads:  # warm up every path once
+            for t in targets:
+                if w == "stream_256mb":
+                    continue
+                ns = argparse.Namespace(**{**vars(a), "seconds": 2})
+                WORKLOADS[w][1](t.port, ns)
+        for r in range(a.rounds):
+            order = targets[r % len(targets):] + targets[:r % len(targets)]
+            for w in workloads:
+                for t in order:
+                    cpu0 = cpu_seconds(t.pid) if t.pid else 0
+                    if t.pid:
+                        reset_peak_rss(t.pid)
+                    res = WORKLOADS[w][1](t.port, a)
+                    if t.pid:
+                        res["cpu_per_10k"] = (cpu_seconds(t.pid) - cpu0) / max(res["count"], 1) * 10_000
+                        res["peak_rss_mib"] = peak_rss_kib(t.pid) / 1024
+                    results[w][t.name].append(res)
+                    print(f"round {r + 1} {w:18} {t.name:10} {res['rate']:10.1f}", file=sys.stderr)
+    finally:
+        for t in targets:
+            t.stop()
+
+    def med(values):
+        return statistics.median(values) if values else float("nan")
+
+    print()
+    print(f"MoonProxy benchmark: {a.rounds} rounds x {a.seconds}s, {a.threads} client threads, "
+          f"{a.proxy_threads} proxy thread(s), {os.cpu_count()} CPUs; medians over rounds")
+    print(f"{'workload':20} {'target':14} {'rate':>12} {'unit':10} {'p95 ms':>9} {'CPU s/10k':>10} {'peak RSS':>9}")
+    for w in workloads:
+        unit = WORKLOADS[w][0]
+        summary = {}
+        for t in targets:
+            runs = results[w][t.name]
+            rate = med([x["rate"] for x in runs])
+            p95 = med([x["p95"] for x in runs])
+            cpu = med([x["cpu_per_10k"] for x in runs]) if t.pid else None
+            rss = max([x["peak_rss_mib"] for x in runs]) if t.pid else None
+            errors = sum(x["errors"] for x in runs)
+            summary[t.name] = (rate, cpu)
+            label = "elapsed ms" if w == "stream_256mb" else "p95 ms"
+            print(f"{w:20} {t.name:14} {rate:12.1f} {unit:10} {p95:9.2f} "
+                  f"{(f'{cpu:.3f}' if cpu is not None else '-'):>10} {(f'{rss:.1f}M' if rss is not None else '-'):>9}"
+                  + (f"  ({errors} errors)" if errors else ""))
+        base_rate, base_cpu = summary["haproxy"]
+        direct_rate = summary["direct"][0]
+        for t in targets:
+            if t.name in ("direct", "haproxy"):
+                continue
+            rate, cpu = summary[t.name]
+            print(f"{'':20} {t.name + ' ratios':14} rate/haproxy {rate / base_rate:5.2f}  rate/direct {rate / direct_rate:5.2f}  "
+                  f"CPU/haproxy {cpu / base_cpu if base_cpu else float('nan'):5.2f}")
+
+
+if __name__ == "__main__":
+    main()
