@@ -49,15 +49,15 @@ public struct OKPacket: Hashable, Sendable {
         }
     }
 
-    /// Reads only what the response tracker needs: the status flags (and warnings) of an OK packet.
+    /// Reads only what the response tracker needs from an OK packet's first bytes: affected rows,
+    /// last insert id, status flags and warnings (at most 1 + 9 + 9 + 4 bytes).
     @inlinable
-    public static func peekStatus(_ payload: ByteBuffer) throws(WireError) -> (status: ServerStatus, warnings: UInt16, affectedRows: UInt64, lastInsertID: UInt64) {
-        var buffer = payload
-        buffer.moveReaderIndex(forwardBy: 1)
-        let affected = try buffer.readMySQLLengthEncodedInteger("OK affected rows")
-        let insertID = try buffer.readMySQLLengthEncodedInteger("OK last insert id")
-        let status: UInt16 = try buffer.readMySQLInteger("OK status flags")
-        let warnings: UInt16 = try buffer.readMySQLInteger("OK warning count")
+    public static func peekStatus(_ prefix: PacketPrefix) throws(WireError) -> (status: ServerStatus, warnings: UInt16, affectedRows: UInt64, lastInsertID: UInt64) {
+        var index = 1
+        let affected = try prefix.lengthEncodedInteger(at: &index, "OK affected rows")
+        let insertID = try prefix.lengthEncodedInteger(at: &index, "OK last insert id")
+        let status = try prefix.uint16(at: index, "OK status flags")
+        let warnings = try prefix.uint16(at: index + 2, "OK warning count")
         return (ServerStatus(rawValue: status), warnings, affected, insertID)
     }
 

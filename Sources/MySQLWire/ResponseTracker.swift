@@ -208,12 +208,10 @@ public struct ResponseTracker: Sendable {
             if isError { return finish(kind: .error, status: nil, item) }
             if item.shape == .prepare {
                 guard first == 0x00 else { throw .unexpectedPacket("prepare response starts with 0x\(String(first, radix: 16))") }
-                var prefix = packet.prefix
-                prefix.moveReaderIndex(forwardBy: 5)
-                let columns: UInt16 = try prefix.readMySQLInteger("prepare OK column count")
-                let parameters: UInt16 = try prefix.readMySQLInteger("prepare OK parameter count")
-                prefix.moveReaderIndex(forwardBy: min(1, prefix.readableBytes))
-                current.warnings = prefix.readInteger(endianness: .little, as: UInt16.self) ?? 0
+                // 0x00, statement id (4), columns (2), parameters (2), filler, warnings (2)
+                let columns = try packet.prefix.uint16(at: 5, "prepare OK column count")
+                let parameters = try packet.prefix.uint16(at: 7, "prepare OK parameter count")
+                current.warnings = packet.prefix.uint16(at: 10) ?? 0
                 if parameters > 0 {
                     state = .prepareParameters(remaining: parameters, columns: columns)
                     return .partOfResponse
@@ -232,8 +230,8 @@ public struct ResponseTracker: Sendable {
                 let end = try terminatorStatus(packet)
                 return resultEnded(kind: .eof, status: end.status, warnings: end.warnings, affected: 0, insertID: 0, item)
             default:
-                var prefix = packet.prefix
-                let count = try prefix.readMySQLLengthEncodedInteger("column count")
+                var index = 0
+                let count = try packet.prefix.lengthEncodedInteger(at: &index, "column count")
                 guard count > 0 else { throw .invalid("result set with zero columns") }
                 state = .columnDefinitions(remaining: count)
                 return .partOfResponse
@@ -370,8 +368,13 @@ public struct ResponseTracker: Sendable {
             let ok = try OKPacket.peekStatus(packet.prefix)
             return (ok.status, ok.warnings, ok.affectedRows, ok.lastInsertID)
         }
-        let eof = try EOFPacket(parsing: packet.prefix)
-        return (eof.status, eof.warnings, 0, 0)
+        // EOF: 0xFE, warnings (2), status (2). A pre-4.1 EOF is the single byte.
+        let prefix = packet.prefix
+        guard let warnings = prefix.uint16(at: 1), let status = prefix.uint16(at: 3) else {
+            if prefix.count == 1 { return ([], 0, 0, 0) }
+            throw .truncated("EOF packet")
+        }
+        return (ServerStatus(rawValue: status), warnings, 0, 0)
     }
 
     /// One result of a possibly multi-result response ended; the response ends unless more follow.

@@ -26,6 +26,8 @@ public struct BackendInfo: Hashable, Sendable {
 public final class BackendPool: Sendable {
     private struct Entry {
         var configuration: BackendConfiguration
+        /// The address resolved once, for IP literals and unix sockets (host names resolve per connect).
+        var resolved: SocketAddress?
         var state: BackendState = .unknown
         var connectedClients = 0
         var downSince: NIODeadline? = nil
@@ -38,7 +40,12 @@ public final class BackendPool: Sendable {
     public init(_ backends: [BackendConfiguration], retryInterval: TimeAmount = .seconds(5)) {
         var list: [Entry] = []
         for (i, b) in backends.enumerated() {
-            list.append(Entry(configuration: b, uuid: BackendPool.makeUUID(seed: i, address: b.address.description)))
+            var resolved: SocketAddress? = nil
+            switch b.address {
+            case .tcp(let host, let port): resolved = try? SocketAddress(ipAddress: host, port: port)
+            case .unix(let path): resolved = try? SocketAddress(unixDomainSocketPath: path)
+            }
+            list.append(Entry(configuration: b, resolved: resolved, uuid: BackendPool.makeUUID(seed: i, address: b.address.description)))
         }
         self.entries = NIOLockedValueBox((list, 0))
         self.retryInterval = retryInterval
@@ -47,7 +54,7 @@ public final class BackendPool: Sendable {
     public var count: Int { entries.withLockedValue { $0.backends.count } }
 
     /// Chooses a backend for a new client, skipping those in `excluding`; nil when none is usable.
-    public func pickForNewClient(excluding: Set<Int> = [], now: NIODeadline = .now()) -> (index: Int, address: ProxyAddress)? {
+    public func pickForNewClient(excluding: Set<Int> = [], now: NIODeadline = .now()) -> (index: Int, address: ProxyAddress, resolved: SocketAddress?)? {
         entries.withLockedValue { value in
             var best: Int? = nil
             let n = value.backends.count
@@ -62,7 +69,7 @@ public final class BackendPool: Sendable {
                 best = i
             }
             guard let chosen = best else { return nil }
-            return (chosen, value.backends[chosen].configuration.address)
+            return (chosen, value.backends[chosen].configuration.address, value.backends[chosen].resolved)
         }
     }
 

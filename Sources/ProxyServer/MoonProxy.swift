@@ -62,6 +62,7 @@ public final class MoonProxy: Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 1024)
+            .childChannelOption(.autoRead, value: false)
             .childChannelInitializer { channel in
                 let id = ObjectIdentifier(channel)
                 let accepted = registry.withLockedValue { state -> Bool in

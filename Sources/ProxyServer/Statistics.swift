@@ -1,7 +1,7 @@
 import Atomics
 
 /// Counters for the whole proxy, updated with relaxed atomics from every event loop.
-public final class ProxyStatistics: Sendable {
+public final class ProxyStatistics: @unchecked Sendable {
     public enum Counter: Int, CaseIterable, Sendable {
         case connectionsAccepted
         case connectionsActive
@@ -16,19 +16,32 @@ public final class ProxyStatistics: Sendable {
         case errorsSentByProxy
     }
 
-    private let values: [ManagedAtomic<Int>]
+    // One cache line per counter, so that event loops bumping different counters do not share one.
+    private static let stride = 8
+    private let storage: UnsafeMutablePointer<Int>
 
     public init() {
-        self.values = Counter.allCases.map { _ in ManagedAtomic(0) }
+        let count = Counter.allCases.count * Self.stride
+        storage = UnsafeMutablePointer<Int>.allocate(capacity: count)
+        storage.initialize(repeating: 0, count: count)
+    }
+
+    deinit {
+        storage.deallocate()
+    }
+
+    @inline(__always)
+    private func atomic(_ counter: Counter) -> UnsafeAtomic<Int> {
+        UnsafeAtomic(at: UnsafeMutableRawPointer(storage + counter.rawValue * Self.stride).assumingMemoryBound(to: UnsafeAtomic<Int>.Storage.self))
     }
 
     @inline(__always)
     public func add(_ counter: Counter, _ amount: Int = 1) {
-        values[counter.rawValue].wrappingIncrement(by: amount, ordering: .relaxed)
+        atomic(counter).wrappingIncrement(by: amount, ordering: .relaxed)
     }
 
     public func value(_ counter: Counter) -> Int {
-        values[counter.rawValue].load(ordering: .relaxed)
+        atomic(counter).load(ordering: .relaxed)
     }
 
     public func snapshot() -> [Counter: Int] {

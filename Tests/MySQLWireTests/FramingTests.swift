@@ -109,16 +109,40 @@ import Testing
     func scan(_ chunks: [ByteBuffer]) -> [Seen] {
         var scanner = FrameScanner()
         var seen: [Seen] = []
-        for var chunk in chunks {
-            while let event = scanner.next(&chunk) {
+        for chunk in chunks {
+            scanner.scan(chunk) { event in
                 switch event {
-                case .packetStart(let s): seen.append(.start(len: s.header.payloadLength, seq: s.header.sequenceID, prefix: s.prefix.hex))
+                case .packetStart(let s, _): seen.append(.start(len: s.header.payloadLength, seq: s.header.sequenceID, prefix: s.prefix.buffer.hex))
                 case .packetEnd: seen.append(.end)
                 }
+                return true
             }
-            #expect(chunk.readableBytes == 0)
         }
         return seen
+    }
+
+    /// Byte offsets of every event when a stream arrives in one chunk.
+    @Test func offsetsPointAtHeadersAndEnds() {
+        var scanner = FrameScanner()
+        var offsets: [String] = []
+        scanner.scan(selectOne) { event in
+            switch event {
+            case .packetStart(let s, let offset): offsets.append("start@\(offset)\(s.isSplit ? "*" : "")")
+            case .packetEnd(let offset): offsets.append("end@\(offset)")
+            }
+            return true
+        }
+        #expect(offsets == ["start@0", "end@5", "start@5", "end@33", "start@33", "end@42", "start@42", "end@48", "start@48", "end@57"])
+    }
+
+    @Test func stoppingEarly() {
+        var scanner = FrameScanner()
+        var starts = 0
+        scanner.scan(selectOne) { event in
+            if case .packetStart = event { starts += 1 }
+            return starts < 2
+        }
+        #expect(starts == 2)
     }
 
     /// A result set as MariaDB sent it (SELECT 1 through mysqltest).
@@ -179,12 +203,26 @@ import Testing
 
     @Test func aChunkThatEndsOnAPacketBoundaryLeavesNothingBehind() {
         var scanner = FrameScanner()
-        var chunk = frame("0131", seq: 4)
-        while scanner.next(&chunk) != nil {}
+        scanner.scan(frame("0131", seq: 4)) { _ in true }
         #expect(scanner.isAtPacketBoundary)
-        var next = frame("fe00000200", seq: 5)
-        guard case .packetStart(let start) = scanner.next(&next) else { Issue.record(); return }
-        #expect(!start.isSplit)
+        var split: Bool?
+        scanner.scan(frame("fe00000200", seq: 5)) { event in
+            if case .packetStart(let start, _) = event { split = start.isSplit }
+            return true
+        }
+        #expect(split == false)
+    }
+
+    @Test func splitHeadersAreMarked() {
+        var scanner = FrameScanner()
+        let whole = frame("fe00000200", seq: 5)
+        scanner.scan(whole.getSlice(at: 0, length: 2)!) { _ in true }
+        var split: Bool?
+        scanner.scan(whole.getSlice(at: 2, length: whole.readableBytes - 2)!) { event in
+            if case .packetStart(let start, _) = event { split = start.isSplit }
+            return true
+        }
+        #expect(split == true)
     }
 
     @Test func emptyPacketStartsAndEnds() {
@@ -194,16 +232,16 @@ import Testing
     @Test func boundaryIsKnown() {
         var scanner = FrameScanner()
         // 40-byte payload: the first read has the header and 35 bytes, the second the last 5.
-        var chunk = ByteBuffer(hex: "28000003" + String(repeating: "41", count: 35))
+        let chunk = ByteBuffer(hex: "28000003" + String(repeating: "41", count: 35))
         #expect(scanner.isAtPacketBoundary)
-        while scanner.next(&chunk) != nil {}
+        scanner.scan(chunk) { _ in true }
         #expect(!scanner.isAtPacketBoundary)
-        var rest = ByteBuffer(hex: "4545454545")
-        let event = scanner.next(&rest)
-        guard case .packetEnd = event else {
-            Issue.record("expected the packet's end, got \(String(describing: event))")
-            return
+        var events: [String] = []
+        scanner.scan(ByteBuffer(hex: "4545454545")) { event in
+            if case .packetEnd(let offset) = event { events.append("end@\(offset)") }
+            return true
         }
+        #expect(events == ["end@5"])
         #expect(scanner.isAtPacketBoundary)
         #expect(scanner.lastSequenceID == 3)
     }

@@ -29,7 +29,10 @@ func frame(_ payloadHex: String, seq: UInt8) -> ByteBuffer {
 /// A packet start as the scanner would produce it for a payload.
 func start(_ payloadHex: String, seq: UInt8 = 1) -> FrameScanner.PacketStart {
     var scanner = FrameScanner()
-    var buffer = frame(payloadHex, seq: seq)
-    guard case .packetStart(let s) = scanner.next(&buffer) else { fatalError("no packet start") }
-    return s
+    var found: FrameScanner.PacketStart?
+    scanner.scan(frame(payloadHex, seq: seq)) { event in
+        if case .packetStart(let s, _) = event { found = s }
+        return true
+    }
+    return found!
 }

@@ -232,10 +232,10 @@ import Testing
         for hex in ["01", "036465660000000131000c3f0001000000038100000000", "fe00000200"] {
             _ = try t.serverPacketStarted(start(hex))
         }
-        var big = FrameScanner.PacketStart(header: PacketHeader(payloadLength: PacketHeader.maxPayloadLength, sequenceID: 4), prefix: ByteBuffer(hex: "fe0000000101000000"))
+        var big = FrameScanner.PacketStart(header: PacketHeader(payloadLength: PacketHeader.maxPayloadLength, sequenceID: 4), prefix: PacketPrefix(ByteBuffer(hex: "fe0000000101000000")))
         #expect(try t.serverPacketStarted(big) == .row)
         big.header.payloadLength = 5
-        big.prefix = ByteBuffer(hex: "fe00000200")
+        big.prefix = PacketPrefix(ByteBuffer(hex: "fe00000200"))
         #expect(try t.serverPacketStarted(big) == .endOfResponse(.init(command: .query, kind: .eof, status: .autocommit, warnings: 0, affectedRows: 0, lastInsertID: 0, rows: 1, results: 1)))
     }
 

@@ -184,6 +184,8 @@ def test_raw_client_sees_the_same_packets(proxy, caps):
             packets = rc.read_all(quiet=0.2)
             if code == 0x09:
                 packets = [b"<statistics>"]  # uptime and counters differ between the two
+            if code == 0x16 and packets and packets[0][:1] == b"\x00":
+                packets[0] = packets[0][:1] + b"<id>" + packets[0][5:]  # statement ids are server-wide
             got.append(packets)
         rc.close()
         outputs.append(got)

@@ -187,7 +187,8 @@ def main():
                         res["cpu_per_10k"] = (cpu_seconds(t.pid) - cpu0) / max(res["count"], 1) * 10_000
                         res["peak_rss_mib"] = peak_rss_kib(t.pid) / 1024
                     results[w][t.name].append(res)
-                    print(f"round {r + 1} {w:18} {t.name:10} {res['rate']:10.1f}", file=sys.stderr)
+                    cpu = f" cpu/10k {res['cpu_per_10k']:.3f}" if t.pid else ""
+                    print(f"round {r + 1} {w:18} {t.name:10} {res['rate']:10.1f}{cpu}", file=sys.stderr)
     finally:
         for t in targets:
             t.stop()

@@ -3,6 +3,13 @@
 
 MOON_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
+# How MoonProxy is built for real use (demo, benchmark, deployment). Dynamic exclusivity checks are
+# a debugging aid that costs SwiftNIO about a third of its instructions per packet; debug builds
+# and the test suite keep them.
+release_build() {
+    swift build -c release -Xswiftc -enforce-exclusivity=unchecked --product moonproxy "$@"
+}
+
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Installs the Debian packages a script needs, only when one is missing.

@@ -2,16 +2,19 @@ import NIOCore
 
 /// The backend side of a proxied connection: passes bytes and events to the client's handler,
 /// which owns the connection's state, and reads from the backend only while the client keeps up.
-final class BackendChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
+///
+/// It is an inbound handler only, so that read requests do not pass through it on every read;
+/// backpressure switches the channel's autoRead option instead, which happens rarely.
+final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     /// Set to nil once the client side is gone, so that late events go nowhere.
     var owner: ClientChannelHandler?
     private(set) var context: ChannelHandlerContext?
     private var readsPaused = false
-    private var readPending = false
+    /// The backend channel's writability, kept here so the hot path need not ask the channel.
+    private(set) var isWritable = true
 
     init(owner: ClientChannelHandler) {
         self.owner = owner
@@ -39,7 +42,8 @@ final class BackendChannelHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        owner?.backendWritabilityChanged(context.channel.isWritable)
+        isWritable = context.channel.isWritable
+        owner?.backendWritabilityChanged(isWritable)
         context.fireChannelWritabilityChanged()
     }
 
@@ -50,40 +54,29 @@ final class BackendChannelHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     // MARK: backpressure
 
-    func read(context: ChannelHandlerContext) {
-        if readsPaused {
-            readPending = true
-        } else {
-            context.read()
-        }
-    }
-
-    func pauseReads() {
-        readsPaused = true
-    }
-
-    func resumeReads() {
-        guard readsPaused else { return }
-        readsPaused = false
-        if readPending, let context {
-            readPending = false
-            context.read()
-        }
+    /// Stops reading from the backend (the client is not keeping up) or starts again.
+    func setReadsPaused(_ paused: Bool) {
+        guard paused != readsPaused, let context else { return }
+        readsPaused = paused
+        try? context.channel.syncOptions?.setOption(.autoRead, value: !paused)
     }
 
     // MARK: writing
 
-    /// Queues bytes for the backend; the client handler flushes once per read cycle.
+    private var flushPending = false
+
+    /// Sends bytes to the backend. See `ClientChannelHandler.forward` for when they are flushed.
     func write(_ buffer: ByteBuffer) {
         guard let context else { return }
-        context.write(self.wrapOutboundOut(buffer), promise: nil)
+        ClientChannelHandler.forward(buffer, on: context, flushPending: &flushPending)
     }
 
-    func flush() {
-        context?.flush()
+    /// Flushes what `write` left queued, at the end of the client's read cycle.
+    func flushIfPending() {
+        guard flushPending, let context else { return }
+        flushPending = false
+        context.flush()
     }
-
-    var isWritable: Bool { context?.channel.isWritable ?? true }
 
     func close() {
         context?.close(promise: nil)

@@ -4,35 +4,48 @@ import NIOCore
 
 /// The client side of a proxied connection, and the owner of its state: it feeds the connection's
 /// state machine with what happens on either socket and carries out the actions it returns.
-final class ClientChannelHandler: ChannelDuplexHandler {
+///
+/// The client channel starts with autoRead off (a client has nothing to say before the greeting);
+/// reading is switched on and off as the machine and the backend's writability allow.
+final class ClientChannelHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private var machine: ConnectionStateMachine
     private let shared: ProxyContext
-    private var logger: Logger
+    private var connectionID: UInt64 = 0
+    private var clientAddress: SocketAddress?
+    private var backendAddress: ProxyAddress?
     private var context: ChannelHandlerContext?
     private var backend: BackendChannelHandler?
     private var backendIndex: Int?
     private var triedBackends: Set<Int> = []
-    private var clientReadPending = false
+    private var readingFromClient = false
+    private var flushPending = false
     private var closed = false
 
-    // Timeouts are checked by a coarse timer; the hot path only sets these flags.
-    private var timer: RepeatedTask?
+    // Timeouts are checked by the event loop's sweeper; the hot path only sets these flags.
+    private var sweeper: TimeoutSweeper?
     private var clientSpoke = false
     private var backendSpoke = false
     private var clientIdleTicks = 0
     private var backendIdleTicks = 0
     private var clientBlockedTicks = 0
     private var backendBlockedTicks = 0
-    private static let ticksPerTimeout = 4
 
     init(shared: ProxyContext) {
         self.shared = shared
         self.machine = ConnectionStateMachine(statistics: shared.statistics)
-        self.logger = shared.logger
+    }
+
+    /// Logs with the connection's metadata, built only when the line is actually written.
+    private func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message) {
+        guard shared.logger.logLevel <= level else { return }
+        var logger = shared.logger
+        logger[metadataKey: "conn"] = "\(connectionID)"
+        if let clientAddress { logger[metadataKey: "client"] = "\(Self.describe(clientAddress))" }
+        if let backendAddress { logger[metadataKey: "backend"] = "\(backendAddress)" }
+        logger.log(level: level, message())
     }
 
     // MARK: client channel events
@@ -50,12 +63,11 @@ final class ClientChannelHandler: ChannelDuplexHandler {
     func channelActive(context: ChannelHandlerContext) {
         shared.statistics.add(.connectionsAccepted)
         shared.statistics.add(.connectionsActive)
-        logger[metadataKey: "conn"] = "\(shared.nextConnectionID())"
-        if let remote = context.channel.remoteAddress {
-            logger[metadataKey: "client"] = "\(Self.describe(remote))"
-        }
-        logger.debug("client connected")
-        startTimer(context)
+        connectionID = shared.nextConnectionID()
+        clientAddress = context.channel.remoteAddress
+        log(.debug, "client connected")
+        sweeper = shared.sweeper(for: context.eventLoop)
+        sweeper?.add(self)
         run(machine.clientConnected())
         context.fireChannelActive()
     }
@@ -66,7 +78,7 @@ final class ClientChannelHandler: ChannelDuplexHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        backend?.flush()
+        backend?.flushIfPending()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -76,17 +88,14 @@ final class ClientChannelHandler: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable {
-            clientBlockedTicks = 0
-            backend?.resumeReads()
-        } else {
-            backend?.pauseReads()
-        }
+        let writable = context.channel.isWritable
+        if writable { clientBlockedTicks = 0 }
+        backend?.setReadsPaused(!writable)
         context.fireChannelWritabilityChanged()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        logger.debug("client connection error: \(error)")
+        log(.debug, "client connection error: \(error)")
         context.close(promise: nil)
     }
 
@@ -99,18 +108,11 @@ final class ClientChannelHandler: ChannelDuplexHandler {
     }
 
     /// Reads from the client only when the machine wants them and the backend keeps up.
-    func read(context: ChannelHandlerContext) {
-        if machine.wantsClientReads && (backend?.isWritable ?? true) {
-            context.read()
-        } else {
-            clientReadPending = true
-        }
-    }
-
-    private func resumeClientReadsIfPossible() {
-        guard clientReadPending, let context, machine.wantsClientReads, backend?.isWritable ?? true else { return }
-        clientReadPending = false
-        context.read()
+    private func updateClientReading() {
+        let wanted = machine.wantsClientReads && (backend?.isWritable ?? true)
+        guard wanted != readingFromClient, let context, !closed else { return }
+        readingFromClient = wanted
+        try? context.channel.syncOptions?.setOption(.autoRead, value: wanted)
     }
 
     // MARK: backend channel events (called by BackendChannelHandler)
@@ -121,7 +123,9 @@ final class ClientChannelHandler: ChannelDuplexHandler {
     }
 
     func backendReadComplete() {
-        context?.flush()
+        guard flushPending, let context else { return }
+        flushPending = false
+        context.flush()
     }
 
     func backendClosed() {
@@ -129,14 +133,12 @@ final class ClientChannelHandler: ChannelDuplexHandler {
     }
 
     func backendWritabilityChanged(_ writable: Bool) {
-        if writable {
-            backendBlockedTicks = 0
-            resumeClientReadsIfPossible()
-        }
+        if writable { backendBlockedTicks = 0 }
+        updateClientReading()
     }
 
     func backendErrorCaught(_ error: Error) {
-        logger.debug("backend connection error: \(error)")
+        log(.debug, "backend connection error: \(error)")
     }
 
     // MARK: actions
@@ -150,20 +152,32 @@ final class ClientChannelHandler: ChannelDuplexHandler {
         case .forwardToBackend(let buffer):
             backend?.write(buffer)
         case .forwardToClient(let buffer):
-            context?.write(self.wrapOutboundOut(buffer), promise: nil)
+            if let context { Self.forward(buffer, on: context, flushPending: &flushPending) }
         case .forwardToClientAndClose(let buffer):
             sendAndClose(buffer)
         case .sendToClientAndClose(let buffer, let reason):
-            logger.warning("\(reason)")
+            log(.warning, "\(reason)")
             sendAndClose(buffer)
         case .closeConnections(let reason):
-            if let reason { logger.info("closing: \(reason)") }
+            if let reason { log(.info, "closing: \(reason)") }
             closeBoth()
         case .abortConnections(let reason):
-            logger.warning("closing: \(reason)")
+            log(.warning, "closing: \(reason)")
             closeBoth()
         }
-        resumeClientReadsIfPossible()
+        updateClientReading()
+    }
+
+    /// Writes a chunk that was just read from the other side. A read that did not fill its buffer
+    /// is the last of its read cycle, so it is flushed at once; after a full one NIO reads again,
+    /// and the flush waits for the end of the cycle so that the chunks leave in one system call.
+    static func forward(_ buffer: ByteBuffer, on context: ChannelHandlerContext, flushPending: inout Bool) {
+        if buffer.writableBytes > 0 && !flushPending {
+            context.writeAndFlush(NIOAny(buffer), promise: nil)
+        } else {
+            context.write(NIOAny(buffer), promise: nil)
+            flushPending = true
+        }
     }
 
     private func sendAndClose(_ buffer: ByteBuffer) {
@@ -186,8 +200,8 @@ final class ClientChannelHandler: ChannelDuplexHandler {
     private func finish() {
         guard !closed else { return }
         closed = true
-        timer?.cancel()
-        timer = nil
+        sweeper?.remove(self)
+        sweeper = nil
         backend?.close()
         backend?.owner = nil
         backend = nil
@@ -196,14 +210,14 @@ final class ClientChannelHandler: ChannelDuplexHandler {
             backendIndex = nil
         }
         shared.statistics.add(.connectionsActive, -1)
-        logger.debug("client disconnected")
+        log(.debug, "client disconnected")
     }
 
     // MARK: backends
 
     private func connectToNextBackend() {
         guard let context, !closed else { return }
-        guard let (index, address) = shared.backends.pickForNewClient(excluding: triedBackends) else {
+        guard let (index, address, resolved) = shared.backends.pickForNewClient(excluding: triedBackends) else {
             let detail = triedBackends.isEmpty ? "all backends are down (MoonProxy)" : "no backend accepted the connection (MoonProxy)"
             run(machine.noBackendAvailable(detail))
             return
@@ -211,7 +225,7 @@ final class ClientChannelHandler: ChannelDuplexHandler {
         triedBackends.insert(index)
         let handler = BackendChannelHandler(owner: self)
         let eventLoop = context.eventLoop
-        shared.connector.connect(to: address, on: eventLoop, timeout: shared.configuration.connectTimeout,
+        shared.connector.connect(to: address, resolved: resolved, on: eventLoop, timeout: shared.configuration.connectTimeout,
                                  handler: NIOLoopBound(handler, eventLoop: eventLoop))
             .hop(to: eventLoop)
             .assumeIsolated()
@@ -226,13 +240,13 @@ final class ClientChannelHandler: ChannelDuplexHandler {
                     self.shared.backends.clientAttached(index)
                     self.backendIndex = index
                     self.backend = handler
-                    self.logger[metadataKey: "backend"] = "\(address)"
-                    self.logger.debug("connected to backend")
+                    self.backendAddress = address
+                    self.log(.debug, "connected to backend")
                     self.run(self.machine.backendConnected())
                 case .failure(let error):
                     self.shared.backends.markDown(index)
                     self.shared.statistics.add(.backendConnectFailures)
-                    self.logger.warning("cannot connect to backend \(address), marking it down: \(error)")
+                    self.log(.warning, "cannot connect to backend \(address), marking it down: \(error)")
                     self.connectToNextBackend()
                 }
             }
@@ -240,19 +254,8 @@ final class ClientChannelHandler: ChannelDuplexHandler {
 
     // MARK: timeouts
 
-    private func startTimer(_ context: ChannelHandlerContext) {
-        let config = shared.configuration
-        let shortest = min(config.readTimeout, config.writeTimeout)
-        let tick = TimeAmount.nanoseconds(max(shortest.nanoseconds / Int64(Self.ticksPerTimeout), 1_000_000))
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let readTicks = max(1, Int(config.readTimeout.nanoseconds / tick.nanoseconds))
-        let writeTicks = max(1, Int(config.writeTimeout.nanoseconds / tick.nanoseconds))
-        timer = context.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { _ in
-            bound.value.timerFired(readTicks: readTicks, writeTicks: writeTicks)
-        }
-    }
-
-    private func timerFired(readTicks: Int, writeTicks: Int) {
+    /// Called by the sweeper every tick.
+    func timerFired(readTicks: Int, writeTicks: Int) {
         guard !closed else { return }
         clientIdleTicks = clientSpoke ? 0 : clientIdleTicks + 1
         backendIdleTicks = backendSpoke ? 0 : backendIdleTicks + 1

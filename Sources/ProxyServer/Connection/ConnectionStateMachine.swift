@@ -9,15 +9,20 @@ import NIOCore
 /// frame headers so that the response tracker always knows where a command's response ends, which
 /// is what makes it possible to report a lost backend with an ERR packet at the right place, to
 /// finish running commands on shutdown, and (with scripts) to intercept single commands.
+///
+/// The relay's state (tracker, scanners, session) lives in stored properties next to `phase`
+/// rather than in the phase's payload: the relay runs for every chunk of every query, and moving a
+/// payload out of an enum and back costs a copy of all its references each time.
 struct ConnectionStateMachine {
-    enum State {
+    enum Phase: Equatable {
         case initialized
         case connectingToBackend
-        case awaitingGreeting(ByteBuffer)
-        case awaitingHandshakeResponse(ByteBuffer, Session)
-        case relaying(Relay)
+        /// Gathering the server's greeting in `gathered`.
+        case awaitingGreeting
+        /// Greeting relayed; gathering the client's handshake response in `gathered`.
+        case awaitingHandshakeResponse
+        case relaying
         case closed
-        case modifying
     }
 
     /// What is known about the session, for logs and (later) scripts.
@@ -26,17 +31,6 @@ struct ConnectionStateMachine {
         var username: String = ""
         var database: String?
         var capabilities: CapabilityFlags = []
-    }
-
-    struct Relay {
-        var session: Session
-        var tracker: ResponseTracker
-        var fromClient = FrameScanner()
-        var fromServer = FrameScanner()
-        /// The sequence id a packet the proxy inserts towards the client must carry.
-        var nextSequenceToClient: UInt8 = 0
-        /// Shutdown asked: close once no response is pending.
-        var closeWhenIdle = false
     }
 
     enum Action {
@@ -56,7 +50,16 @@ struct ConnectionStateMachine {
         case abortConnections(reason: String)
     }
 
-    private(set) var state: State = .initialized
+    private(set) var phase: Phase = .initialized
+    private(set) var session: Session?
+    private var gathered = ByteBuffer()
+    private var tracker = ResponseTracker()
+    private var fromClient = FrameScanner()
+    private var fromServer = FrameScanner()
+    /// The sequence id a packet the proxy inserts towards the client must carry.
+    private var nextSequenceToClient: UInt8 = 0
+    /// Shutdown asked: close once no response is pending.
+    private var closeWhenIdle = false
     let statistics: ProxyStatistics
 
     init(statistics: ProxyStatistics) {
@@ -66,125 +69,110 @@ struct ConnectionStateMachine {
     /// Whether the handler should read from the client now (before the greeting is relayed there is
     /// nothing the client may say; during a graceful shutdown no new command is taken).
     var wantsClientReads: Bool {
-        switch state {
+        switch phase {
         case .awaitingHandshakeResponse: return true
-        case .relaying(let relay): return !relay.closeWhenIdle
+        case .relaying: return !closeWhenIdle
         default: return false
         }
     }
 
-    var session: Session? {
-        switch state {
-        case .awaitingHandshakeResponse(_, let s): return s
-        case .relaying(let r): return r.session
-        default: return nil
-        }
-    }
-
     var isAwaitingResponse: Bool {
-        if case .relaying(let r) = state { return r.tracker.isAwaitingResponse }
-        return false
+        phase == .relaying && tracker.isAwaitingResponse
     }
 
     // MARK: - connection events
 
     mutating func clientConnected() -> Action {
-        guard case .initialized = state else { return .none }
-        state = .connectingToBackend
+        guard phase == .initialized else { return .none }
+        phase = .connectingToBackend
         return .connectToBackend
     }
 
     mutating func backendConnected() -> Action {
-        guard case .connectingToBackend = state else { return .none }
-        state = .awaitingGreeting(ByteBuffer())
+        guard phase == .connectingToBackend else { return .none }
+        phase = .awaitingGreeting
         return .none
     }
 
     /// No backend could be reached (all down, refused or timed out).
     mutating func noBackendAvailable(_ detail: String) -> Action {
-        state = .closed
+        phase = .closed
         statistics.add(.errorsSentByProxy)
         return .sendToClientAndClose(Self.framed(.noBackend(detail), sequenceID: 0, protocol41: false), reason: "no backend available: \(detail)")
     }
 
     mutating func clientClosed() -> Action {
-        switch state {
-        case .closed: return .none
-        case .relaying(let r) where r.tracker.isAwaitingResponse:
-            state = .closed
-            return .closeConnections(reason: "client went away while a response was pending")
-        default:
-            state = .closed
-            return .closeConnections(reason: nil)
-        }
+        let wasAwaiting = isAwaitingResponse
+        guard phase != .closed else { return .none }
+        phase = .closed
+        return .closeConnections(reason: wasAwaiting ? "client went away while a response was pending" : nil)
     }
 
     mutating func backendClosed() -> Action {
-        switch state {
-        case .initialized, .closed, .modifying:
+        switch phase {
+        case .initialized, .closed:
             return .none
         case .connectingToBackend, .awaitingGreeting:
-            state = .closed
+            phase = .closed
             statistics.add(.backendsLost)
             statistics.add(.errorsSentByProxy)
             let err = ERRPacket.lostConnection("the backend closed the connection before its greeting")
             return .sendToClientAndClose(Self.framed(err, sequenceID: 0, protocol41: false), reason: "backend closed before its greeting")
         case .awaitingHandshakeResponse:
             // The client is about to send its handshake response (sequence 1); answer it with 2.
-            state = .closed
+            phase = .closed
             statistics.add(.backendsLost)
             statistics.add(.errorsSentByProxy)
             return .sendToClientAndClose(Self.framed(.lostConnection("backend closed during the handshake"), sequenceID: 2, protocol41: true),
                                          reason: "backend closed during the handshake")
-        case .relaying(let relay):
-            state = .closed
+        case .relaying:
+            phase = .closed
             statistics.add(.backendsLost)
-            guard relay.tracker.isAwaitingResponse else {
+            guard tracker.isAwaitingResponse else {
                 return .closeConnections(reason: "backend closed the connection")
             }
-            guard relay.fromServer.isAtPacketBoundary else {
+            guard fromServer.isAtPacketBoundary else {
                 return .abortConnections(reason: "backend closed the connection in the middle of a packet")
             }
             statistics.add(.errorsSentByProxy)
-            return .sendToClientAndClose(Self.framed(.lostConnection(), sequenceID: relay.nextSequenceToClient, protocol41: true),
+            return .sendToClientAndClose(Self.framed(.lostConnection(), sequenceID: nextSequenceToClient, protocol41: true),
                                          reason: "backend closed the connection while a response was pending")
         }
     }
 
     /// A graceful shutdown began: close now if nothing runs, else once the running command ended.
     mutating func shutdownRequested() -> Action {
-        switch state {
-        case .relaying(var relay):
-            if !relay.tracker.isAwaitingResponse && relay.fromClient.isAtPacketBoundary {
-                state = .closed
+        switch phase {
+        case .relaying:
+            if !tracker.isAwaitingResponse && fromClient.isAtPacketBoundary {
+                phase = .closed
                 return .closeConnections(reason: "shutting down")
             }
-            relay.closeWhenIdle = true
-            state = .relaying(relay)
+            closeWhenIdle = true
             return .none
         case .closed:
             return .none
         default:
-            state = .closed
+            phase = .closed
             return .closeConnections(reason: "shutting down")
         }
     }
 
     /// The read timeout passed with no byte from `client` (true) or the backend (false).
     mutating func readTimedOut(client: Bool) -> Action {
-        guard case .relaying(let relay) = state else {
-            state = .closed
+        guard phase == .relaying else {
+            phase = .closed
             return .closeConnections(reason: "timed out during the handshake")
         }
-        if client && !relay.tracker.isAwaitingResponse {
-            state = .closed
+        if client && !tracker.isAwaitingResponse {
+            phase = .closed
             return .closeConnections(reason: "client idle for longer than the read timeout")
         }
-        if !client && relay.tracker.isAwaitingResponse {
-            state = .closed
+        if !client && tracker.isAwaitingResponse {
+            phase = .closed
             statistics.add(.errorsSentByProxy)
-            if relay.fromServer.isAtPacketBoundary {
-                return .sendToClientAndClose(Self.framed(.backendReadTimeout(), sequenceID: relay.nextSequenceToClient, protocol41: true),
+            if fromServer.isAtPacketBoundary {
+                return .sendToClientAndClose(Self.framed(.backendReadTimeout(), sequenceID: nextSequenceToClient, protocol41: true),
                                              reason: "backend sent nothing for longer than the read timeout")
             }
             return .abortConnections(reason: "backend stalled for longer than the read timeout")
@@ -196,42 +184,37 @@ struct ConnectionStateMachine {
 
     mutating func backendDataReceived(_ chunk: ByteBuffer) -> Action {
         statistics.add(.bytesFromBackends, chunk.readableBytes)
-        switch state {
-        case .awaitingGreeting(var buffer):
-            state = .modifying
-            buffer.writeImmutableBuffer(chunk)
-            return greetingBytesReceived(buffer)
+        switch phase {
+        case .relaying:
+            let action = relayFromServer(chunk)
+            switch action {
+            case .sendToClientAndClose, .closeConnections, .abortConnections:
+                phase = .closed
+            case .forwardToClient(let bytes) where closeWhenIdle && !tracker.isAwaitingResponse:
+                phase = .closed
+                return .forwardToClientAndClose(bytes)
+            default:
+                break
+            }
+            return action
+        case .awaitingGreeting:
+            gathered.writeImmutableBuffer(chunk)
+            return greetingBytesReceived()
         case .awaitingHandshakeResponse:
             // Nothing is expected here; a server that times out the handshake may still say why.
             return .forwardToClient(chunk)
-        case .relaying(var relay):
-            state = .modifying
-            let action = Self.relayFromServer(chunk, &relay, statistics)
-            switch action {
-            case .sendToClientAndClose, .closeConnections, .abortConnections:
-                state = .closed
-            case .forwardToClient(let bytes) where relay.closeWhenIdle && !relay.tracker.isAwaitingResponse:
-                state = .closed
-                return .forwardToClientAndClose(bytes)
-            default:
-                state = .relaying(relay)
-            }
-            return action
         default:
             return .none
         }
     }
 
-    private mutating func greetingBytesReceived(_ buffer: ByteBuffer) -> Action {
-        var input = buffer
-        guard let frame = input.readMySQLFrame() else {
-            state = .awaitingGreeting(buffer)
-            return .none
-        }
+    private mutating func greetingBytesReceived() -> Action {
+        var input = gathered
+        guard let frame = input.readMySQLFrame() else { return .none }
         if frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self) == 0xFF {
             // "Too many connections", "Host ... is blocked": the server's own words, relayed.
-            state = .closed
-            return .forwardToClientAndClose(buffer)
+            phase = .closed
+            return .forwardToClientAndClose(gathered)
         }
         var payload = frame.payload
         do {
@@ -241,10 +224,12 @@ struct ConnectionStateMachine {
             var seq = frame.sequenceID
             out.writeMySQLPacket(payload, sequenceID: &seq)
             out.writeBuffer(&input)  // nothing, unless the server talks out of turn
-            state = .awaitingHandshakeResponse(ByteBuffer(), Session(greeting: greeting))
+            session = Session(greeting: greeting)
+            gathered.clear()
+            phase = .awaitingHandshakeResponse
             return .forwardToClient(out)
         } catch {
-            state = .closed
+            phase = .closed
             statistics.add(.backendProtocolErrors)
             statistics.add(.errorsSentByProxy)
             return .sendToClientAndClose(Self.framed(.malformedPacket("the server's greeting: \(error)"), sequenceID: 0, protocol41: false),
@@ -253,29 +238,31 @@ struct ConnectionStateMachine {
     }
 
     /// Scans a chunk from the server for packet boundaries, tracking responses; forwards it whole.
-    private static func relayFromServer(_ chunk: ByteBuffer, _ relay: inout Relay, _ statistics: ProxyStatistics) -> Action {
-        var scan = chunk
-        var packetStartIndex = scan.readerIndex
-        while true {
-            packetStartIndex = scan.readerIndex
-            guard let event = relay.fromServer.next(&scan) else { break }
-            guard case .packetStart(let packet) = event else { continue }
-            do {
-                _ = try relay.tracker.serverPacketStarted(packet)
+    private mutating func relayFromServer(_ chunk: ByteBuffer) -> Action {
+        var failure: (FrameScanner.PacketStart, offset: Int, WireError)?
+        fromServer.scan(chunk) { event in
+            guard case .packetStart(let packet, let offset) = event else { return true }
+            do throws(WireError) {
+                _ = try tracker.serverPacketStarted(packet)
+                return true
             } catch {
-                statistics.add(.backendProtocolErrors)
-                return serverPacketMalformed(chunk, at: packetStartIndex, packet, error)
+                failure = (packet, offset, error)
+                return false
             }
         }
-        relay.nextSequenceToClient = relay.fromServer.lastSequenceID &+ 1
+        if let (packet, offset, error) = failure {
+            statistics.add(.backendProtocolErrors)
+            return Self.serverPacketMalformed(chunk, at: offset, packet, error)
+        }
+        nextSequenceToClient = fromServer.lastSequenceID &+ 1
         return .forwardToClient(chunk)
     }
 
     /// Forwards what came before the bad packet and puts an ERR where it stood.
-    private static func serverPacketMalformed(_ chunk: ByteBuffer, at index: Int, _ packet: FrameScanner.PacketStart, _ error: WireError) -> Action {
+    private static func serverPacketMalformed(_ chunk: ByteBuffer, at offset: Int, _ packet: FrameScanner.PacketStart, _ error: WireError) -> Action {
         let reason = "malformed packet from the backend: \(error)"
         guard !packet.isSplit else { return .abortConnections(reason: reason) }
-        var out = chunk.getSlice(at: chunk.readerIndex, length: index - chunk.readerIndex) ?? ByteBuffer()
+        var out = chunk.getSlice(at: chunk.readerIndex, length: offset) ?? ByteBuffer()
         var err = Self.framed(.malformedPacket("from the server: \(error)"), sequenceID: packet.header.sequenceID, protocol41: true)
         out.writeBuffer(&err)
         return .sendToClientAndClose(out, reason: reason)
@@ -285,52 +272,49 @@ struct ConnectionStateMachine {
 
     mutating func clientDataReceived(_ chunk: ByteBuffer) -> Action {
         statistics.add(.bytesFromClients, chunk.readableBytes)
-        switch state {
-        case .awaitingHandshakeResponse(var buffer, let session):
-            state = .modifying
-            buffer.writeImmutableBuffer(chunk)
-            return handshakeResponseBytesReceived(buffer, session)
-        case .relaying(var relay):
-            state = .modifying
-            let action = Self.relayFromClient(chunk, &relay, statistics)
+        switch phase {
+        case .relaying:
+            let action = relayFromClient(chunk)
             switch action {
-            case .sendToClientAndClose, .abortConnections: state = .closed
-            default: state = .relaying(relay)
+            case .sendToClientAndClose, .abortConnections: phase = .closed
+            default: break
             }
             return action
+        case .awaitingHandshakeResponse:
+            gathered.writeImmutableBuffer(chunk)
+            return handshakeResponseBytesReceived()
         case .closed:
             return .none
         default:
             // Reads are not asked for before the greeting went out, so a client cannot get here
             // unless it speaks first; MySQL clients never do.
-            state = .closed
+            phase = .closed
             statistics.add(.clientProtocolErrors)
             return .abortConnections(reason: "client sent data before the server's greeting")
         }
     }
 
-    private mutating func handshakeResponseBytesReceived(_ buffer: ByteBuffer, _ session: Session) -> Action {
-        var input = buffer
+    private mutating func handshakeResponseBytesReceived() -> Action {
+        var input = gathered
         guard let frame = input.readMySQLFrame() else {
-            if buffer.readableBytes > 1 << 16 {
-                state = .closed
+            if gathered.readableBytes > 1 << 16 {
+                phase = .closed
                 return .abortConnections(reason: "handshake response larger than 64 KiB")
             }
-            state = .awaitingHandshakeResponse(buffer, session)
             return .none
         }
         let reply = frame.sequenceID &+ 1
         func refuse(_ err: ERRPacket, _ reason: String) -> Action {
-            state = .closed
+            phase = .closed
             statistics.add(.clientProtocolErrors)
             statistics.add(.errorsSentByProxy)
             return .sendToClientAndClose(Self.framed(err, sequenceID: reply, protocol41: true), reason: reason)
         }
+        guard var session else { return refuse(.badHandshake(""), "handshake response without a greeting") }
         if HandshakeResponse41.isSSLRequest(frame.payload) {
             return refuse(.badHandshake("this proxy does not offer TLS yet; connect without SSL"), "client asked for TLS")
         }
         var payload = frame.payload
-        var session = session
         do {
             let asked = try HandshakeResponse41.restrictCapabilities(of: &payload, to: .relayable)
             let response = try HandshakeResponse41(parsing: payload)
@@ -340,47 +324,56 @@ struct ConnectionStateMachine {
         } catch {
             return refuse(.badHandshake(""), "malformed handshake response: \(error)")
         }
+        self.session = session
         var out = ByteBuffer()
         out.reserveCapacity(payload.readableBytes + 4)
         var seq = frame.sequenceID
         out.writeMySQLPacket(payload, sequenceID: &seq)
-        var relay = Relay(session: session, tracker: ResponseTracker())
-        relay.tracker.handshakeResponseSent(capabilities: session.capabilities)
-        relay.nextSequenceToClient = reply
+        tracker.handshakeResponseSent(capabilities: session.capabilities)
+        nextSequenceToClient = reply
+        gathered = ByteBuffer()
+        phase = .relaying
         if input.readableBytes > 0 {
             // A client that does not wait for the verdict: relay the rest like any other bytes.
-            if case .forwardToBackend(var rest) = Self.relayFromClient(input, &relay, statistics) {
-                out.writeBuffer(&rest)
-            } else {
-                state = .closed
+            guard case .forwardToBackend(var rest) = relayFromClient(input) else {
+                phase = .closed
                 return .abortConnections(reason: "malformed data after the handshake response")
             }
+            out.writeBuffer(&rest)
         }
-        state = .relaying(relay)
         return .forwardToBackend(out)
     }
 
     /// Scans a chunk from the client, registering each command with the tracker; forwards it whole.
-    private static func relayFromClient(_ chunk: ByteBuffer, _ relay: inout Relay, _ statistics: ProxyStatistics) -> Action {
-        var scan = chunk
-        while let event = relay.fromClient.next(&scan) {
-            guard case .packetStart(let packet) = event else { continue }
-            do {
-                if case .command(let code, _) = try relay.tracker.clientPacketStarted(packet) {
-                    statistics.add(.commands)
-                    if code == .query { statistics.add(.queries) }
+    private mutating func relayFromClient(_ chunk: ByteBuffer) -> Action {
+        var failure: (FrameScanner.PacketStart, WireError)?
+        var commands = 0
+        var queries = 0
+        fromClient.scan(chunk) { event in
+            guard case .packetStart(let packet, _) = event else { return true }
+            do throws(WireError) {
+                if case .command(let code, _) = try tracker.clientPacketStarted(packet) {
+                    commands += 1
+                    if code == .query { queries += 1 }
                 }
+                return true
             } catch {
-                statistics.add(.clientProtocolErrors)
-                let reason = "malformed packet from the client: \(error)"
-                if relay.tracker.isAwaitingResponse || packet.isSplit {
-                    return .abortConnections(reason: reason)
-                }
-                statistics.add(.errorsSentByProxy)
-                return .sendToClientAndClose(Self.framed(.unknownCommand(), sequenceID: packet.header.sequenceID &+ 1, protocol41: true), reason: reason)
+                failure = (packet, error)
+                return false
             }
         }
-        relay.nextSequenceToClient = relay.fromClient.lastSequenceID &+ 1
+        if commands > 0 { statistics.add(.commands, commands) }
+        if queries > 0 { statistics.add(.queries, queries) }
+        if let (packet, error) = failure {
+            statistics.add(.clientProtocolErrors)
+            let reason = "malformed packet from the client: \(error)"
+            if tracker.isAwaitingResponse || packet.isSplit {
+                return .abortConnections(reason: reason)
+            }
+            statistics.add(.errorsSentByProxy)
+            return .sendToClientAndClose(Self.framed(.unknownCommand(), sequenceID: packet.header.sequenceID &+ 1, protocol41: true), reason: reason)
+        }
+        nextSequenceToClient = fromClient.lastSequenceID &+ 1
         return .forwardToBackend(chunk)
     }
 

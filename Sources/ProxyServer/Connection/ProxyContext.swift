@@ -1,4 +1,5 @@
 import Atomics
+import NIOConcurrencyHelpers
 import Logging
 import NIOCore
 
@@ -10,6 +11,7 @@ final class ProxyContext: Sendable {
     let connector: BackendConnector
     let logger: Logger
     private let lastConnectionID = ManagedAtomic<UInt64>(0)
+    private let sweepers = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<TimeoutSweeper>]>([:])
 
     init(configuration: ProxyConfiguration, backends: BackendPool, statistics: ProxyStatistics,
          connector: BackendConnector, logger: Logger) {
@@ -22,6 +24,18 @@ final class ProxyContext: Sendable {
 
     func nextConnectionID() -> UInt64 {
         lastConnectionID.wrappingIncrementThenLoad(ordering: .relaxed)
+    }
+
+    /// The timeout sweeper of the calling event loop.
+    func sweeper(for eventLoop: EventLoop) -> TimeoutSweeper {
+        let key = ObjectIdentifier(eventLoop as AnyObject)
+        return sweepers.withLockedValue { all in
+            if let existing = all[key] { return existing }
+            let created = NIOLoopBound(TimeoutSweeper(eventLoop: eventLoop, readTimeout: configuration.readTimeout,
+                                                      writeTimeout: configuration.writeTimeout), eventLoop: eventLoop)
+            all[key] = created
+            return created
+        }.value
     }
 }
 

@@ -1,0 +1,50 @@
+import NIOCore
+
+/// Checks the read and write timeouts of every connection on one event loop with a single timer,
+/// which runs only while the loop has connections. Connections only set flags on the hot path;
+/// one scheduled task per connection would cost a timer setup, a cancellation and a closure each.
+final class TimeoutSweeper {
+    let eventLoop: EventLoop
+    let tick: TimeAmount
+    /// Ticks without progress after which a read or write has timed out.
+    let readTicks: Int
+    let writeTicks: Int
+    private var connections: [ObjectIdentifier: ClientChannelHandler] = [:]
+    private var task: RepeatedTask?
+
+    static let ticksPerTimeout = 4
+
+    init(eventLoop: EventLoop, readTimeout: TimeAmount, writeTimeout: TimeAmount) {
+        self.eventLoop = eventLoop
+        let shortest = min(readTimeout, writeTimeout)
+        let tick = TimeAmount.nanoseconds(max(shortest.nanoseconds / Int64(Self.ticksPerTimeout), 1_000_000))
+        self.tick = tick
+        self.readTicks = max(1, Int(readTimeout.nanoseconds / tick.nanoseconds))
+        self.writeTicks = max(1, Int(writeTimeout.nanoseconds / tick.nanoseconds))
+    }
+
+    func add(_ handler: ClientChannelHandler) {
+        eventLoop.preconditionInEventLoop()
+        connections[ObjectIdentifier(handler)] = handler
+        if task == nil {
+            let bound = NIOLoopBound(self, eventLoop: eventLoop)
+            task = eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { _ in
+                bound.value.sweep()
+            }
+        }
+    }
+
+    func remove(_ handler: ClientChannelHandler) {
+        connections.removeValue(forKey: ObjectIdentifier(handler))
+        if connections.isEmpty {
+            task?.cancel()
+            task = nil
+        }
+    }
+
+    private func sweep() {
+        for handler in Array(connections.values) {
+            handler.timerFired(readTicks: readTicks, writeTicks: writeTicks)
+        }
+    }
+}
