@@ -34,8 +34,12 @@ ensure_python_packages() {
         python3 -c "import ${p,,}" 2>/dev/null || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
-    log "pip installing ${missing[*]}"
-    python3 -m pip install -q "${missing[@]}"
+    log "installing Python packages: ${missing[*]}"
+    python3 -m pip install -q "${missing[@]}" 2>/dev/null && return 0
+    # A Debian system Python refuses pip (PEP 668): use Debian's packages instead.
+    local debs=()
+    for p in "${missing[@]}"; do debs+=("python3-${p,,}"); done
+    ensure_packages "${debs[@]}"
 }
 
 # Prints a TCP port below the ephemeral range that nothing listens on.

@@ -1,0 +1,115 @@
+"""A fake MySQL server for the authentication methods MariaDB cannot play: caching_sha2_password
+(fast path and full authentication with the RSA public-key request) and an auth switch to
+mysql_clear_password. It checks the password for real and answers OK or ERR 1045."""
+import hashlib
+import os
+import socket
+import struct
+import threading
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from fakeserver import OK, frame
+
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+PEM = KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def greeting(plugin, scramble):
+    caps = 0xF7FE & ~0x20 & ~0x800 | 1  # no compression, no TLS, CLIENT_LONG_PASSWORD
+    upper = 0x81BF
+    return (b"\x0a" + b"8.0.36-FakeAuth\x00" + struct.pack("<I", 9) + scramble[:8] + b"\x00"
+            + struct.pack("<H", caps & 0xFFFF) + b"\x21" + struct.pack("<H", 2) + struct.pack("<H", upper)
+            + bytes([21]) + b"\x00" * 10 + scramble[8:] + b"\x00" + plugin + b"\x00")
+
+
+def sha2_scramble(password, scramble):
+    p1 = hashlib.sha256(password).digest()
+    p2 = hashlib.sha256(hashlib.sha256(p1).digest() + scramble).digest()
+    return bytes(a ^ b for a, b in zip(p1, p2))
+
+
+class AuthServer:
+    """mode: 'sha2-fast' (the server has the password cached), 'sha2-full', or 'clear'."""
+
+    def __init__(self, mode, password=b"secret"):
+        self.mode, self.password = mode, password
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.steps = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _read(conn):
+        header = b""
+        while len(header) < 4:
+            chunk = conn.recv(4 - len(header))
+            if not chunk:
+                raise ConnectionError
+            header += chunk
+        length = int.from_bytes(header[:3], "little")
+        payload = b""
+        while len(payload) < length:
+            payload += conn.recv(length - len(payload))
+        return header[3], payload
+
+    def _serve(self, conn):
+        try:
+            scramble = os.urandom(20).replace(b"\x00", b"\x01")
+            plugin = b"mysql_native_password" if self.mode == "clear" else b"caching_sha2_password"
+            conn.sendall(frame(greeting(plugin, scramble), 0))
+            seq, response = self._read(conn)
+            ok = False
+            if self.mode == "clear":
+                conn.sendall(frame(b"\xfemysql_clear_password\x00", seq + 1))
+                seq, answer = self._read(conn)
+                self.steps.append("clear")
+                ok = answer.rstrip(b"\x00") == self.password
+            else:
+                pos = 32 + response[32:].index(b"\x00") + 1          # after the user name
+                length = response[pos]
+                token = response[pos + 1:pos + 1 + length]
+                if self.mode == "sha2-fast":
+                    ok = token == sha2_scramble(self.password, scramble)
+                    if ok:
+                        conn.sendall(frame(b"\x01\x03", seq + 1))  # fast auth success
+                        self.steps.append("fast")
+                        seq += 1
+                else:
+                    conn.sendall(frame(b"\x01\x04", seq + 1))      # perform full authentication
+                    seq, answer = self._read(conn)
+                    if answer == b"\x02":                          # request for the public key
+                        self.steps.append("key requested")
+                        conn.sendall(frame(b"\x01" + PEM, seq + 1))
+                        seq, answer = self._read(conn)
+                    plain = KEY.decrypt(answer, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None))
+                    xored = bytes(b ^ scramble[i % len(scramble)] for i, b in enumerate(plain))
+                    ok = xored.rstrip(b"\x00") == self.password
+                    self.steps.append("full")
+            if ok:
+                conn.sendall(frame(OK, seq + 1))
+            else:
+                msg = b"\xff" + struct.pack("<H", 1045) + b"#28000Access denied for user (using password: YES)"
+                conn.sendall(frame(msg, seq + 1))
+                return
+            while True:
+                seq, payload = self._read(conn)
+                if payload[:1] == b"\x01":
+                    return
+                conn.sendall(frame(OK, seq + 1))
+        except (OSError, ConnectionError, ValueError):
+            pass
+        finally:
+            conn.close()
