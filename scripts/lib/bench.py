@@ -46,9 +46,10 @@ def wait_for(port, timeout=20):
     raise TimeoutError(port)
 
 
-def cpu_seconds(pid):
+def cpu_times(pid):
+    """(user, system) CPU seconds of a process, from /proc/PID/stat."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def peak_rss_kib(pid):
@@ -179,12 +180,16 @@ def main():
             order = targets[r % len(targets):] + targets[:r % len(targets)]
             for w in workloads:
                 for t in order:
-                    cpu0 = cpu_seconds(t.pid) if t.pid else 0
+                    user0, sys0 = cpu_times(t.pid) if t.pid else (0, 0)
                     if t.pid:
                         reset_peak_rss(t.pid)
                     res = WORKLOADS[w][1](t.port, a)
                     if t.pid:
-                        res["cpu_per_10k"] = (cpu_seconds(t.pid) - cpu0) / max(res["count"], 1) * 10_000
+                        user1, sys1 = cpu_times(t.pid)
+                        n = max(res["count"], 1)
+                        res["cpu_per_10k"] = (user1 - user0 + sys1 - sys0) / n * 10_000
+                        res["user_us"] = (user1 - user0) / n * 1e6
+                        res["sys_us"] = (sys1 - sys0) / n * 1e6
                         res["peak_rss_mib"] = peak_rss_kib(t.pid) / 1024
                     results[w][t.name].append(res)
                     cpu = f" cpu/10k {res['cpu_per_10k']:.3f}" if t.pid else ""
@@ -199,7 +204,7 @@ def main():
     print()
     print(f"MoonProxy benchmark: {a.rounds} rounds x {a.seconds}s, {a.threads} client threads, "
           f"{a.proxy_threads} proxy thread(s), {os.cpu_count()} CPUs; medians over rounds")
-    print(f"{'workload':20} {'target':14} {'rate':>12} {'unit':10} {'p95 ms':>9} {'CPU s/10k':>10} {'peak RSS':>9}")
+    print(f"{'workload':20} {'target':14} {'rate':>12} {'unit':10} {'p95 ms':>9} {'CPU s/10k':>10} {'user+sys µs':>13} {'peak RSS':>9}")
     for w in workloads:
         unit = WORKLOADS[w][0]
         summary = {}
@@ -208,12 +213,12 @@ def main():
             rate = med([x["rate"] for x in runs])
             p95 = med([x["p95"] for x in runs])
             cpu = med([x["cpu_per_10k"] for x in runs]) if t.pid else None
+            split = f"{med([x['user_us'] for x in runs]):.1f}+{med([x['sys_us'] for x in runs]):.1f}" if t.pid else "-"
             rss = max([x["peak_rss_mib"] for x in runs]) if t.pid else None
             errors = sum(x["errors"] for x in runs)
             summary[t.name] = (rate, cpu)
-            label = "elapsed ms" if w == "stream_256mb" else "p95 ms"
             print(f"{w:20} {t.name:14} {rate:12.1f} {unit:10} {p95:9.2f} "
-                  f"{(f'{cpu:.3f}' if cpu is not None else '-'):>10} {(f'{rss:.1f}M' if rss is not None else '-'):>9}"
+                  f"{(f'{cpu:.3f}' if cpu is not None else '-'):>10} {split:>13} {(f'{rss:.1f}M' if rss is not None else '-'):>9}"
                   + (f"  ({errors} errors)" if errors else ""))
         base_rate, base_cpu = summary["haproxy"]
         direct_rate = summary["direct"][0]
