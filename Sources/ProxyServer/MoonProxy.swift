@@ -21,8 +21,6 @@ public final class MoonProxy: Sendable {
 
     private struct ServerState {
         var serverChannel: Channel?
-        var clients: [ObjectIdentifier: Channel] = [:]
-        var stopping = false
     }
 
     public convenience init(configuration: ProxyConfiguration, eventLoopGroup: EventLoopGroup? = nil,
@@ -52,28 +50,18 @@ public final class MoonProxy: Sendable {
 
     /// Number of client connections open right now.
     public var connectionCount: Int {
-        state.withLockedValue { $0.clients.count }
+        statistics.value(.connectionsActive)
     }
 
     /// Binds the listener. Throws if the address is taken or invalid.
     public func start() async throws {
         let context = self.context
-        let registry = self.state
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 1024)
             .childChannelOption(.autoRead, value: false)
             .childChannelInitializer { channel in
-                let id = ObjectIdentifier(channel)
-                let accepted = registry.withLockedValue { state -> Bool in
-                    guard !state.stopping else { return false }
-                    state.clients[id] = channel
-                    return true
-                }
-                guard accepted else { return channel.close() }
-                channel.closeFuture.whenComplete { _ in
-                    _ = registry.withLockedValue { $0.clients.removeValue(forKey: id) }
-                }
+                guard !context.isStopping else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ClientChannelHandler(shared: context))
                 }
@@ -93,24 +81,21 @@ public final class MoonProxy: Sendable {
     /// Stops accepting, lets running commands finish for up to `gracePeriod` (the configuration's
     /// by default), closes every connection and, if the proxy made its own threads, stops them.
     public func shutdown(gracePeriod: TimeAmount? = nil) async {
-        let (server, clients) = state.withLockedValue { state -> (Channel?, [Channel]) in
-            state.stopping = true
-            let server = state.serverChannel
-            state.serverChannel = nil
-            return (server, Array(state.clients.values))
+        context.isStopping = true
+        let server = state.withLockedValue { state -> Channel? in
+            defer { state.serverChannel = nil }
+            return state.serverChannel
         }
         try? await server?.close()
-        for client in clients {
-            client.pipeline.fireUserInboundEventTriggered(ProxyShutdownEvent())
-        }
+        await context.forEachSweeper { $0.shutdownRequested() }
         let deadline = NIODeadline.now() + (gracePeriod ?? configuration.shutdownGracePeriod)
         while connectionCount > 0 && NIODeadline.now() < deadline {
             try? await Task.sleep(nanoseconds: 20_000_000)
         }
-        let remaining = state.withLockedValue { Array($0.clients.values) }
-        if !remaining.isEmpty {
-            logger.warning("closing \(remaining.count) connection(s) still busy after the shutdown grace period")
-            for client in remaining { try? await client.close() }
+        let remaining = connectionCount
+        if remaining > 0 {
+            logger.warning("closing \(remaining) connection(s) still busy after the shutdown grace period")
+            await context.forEachSweeper { $0.closeAll() }
         }
         if ownsGroup {
             try? await group.shutdownGracefully()

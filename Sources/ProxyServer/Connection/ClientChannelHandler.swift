@@ -99,12 +99,14 @@ final class ClientChannelHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ProxyShutdownEvent {
-            run(machine.shutdownRequested())
-        } else {
-            context.fireUserInboundEventTriggered(event)
-        }
+    /// A graceful shutdown began (called by the event loop's sweeper).
+    func shutdownRequested() {
+        run(machine.shutdownRequested())
+    }
+
+    /// The shutdown grace period is over.
+    func forceClose() {
+        closeBoth()
     }
 
     /// Reads from the client only when the machine wants them and the backend keeps up.

@@ -11,6 +11,7 @@ final class ProxyContext: Sendable {
     let connector: BackendConnector
     let logger: Logger
     private let lastConnectionID = ManagedAtomic<UInt64>(0)
+    private let stopping = ManagedAtomic<Bool>(false)
     private let sweepers = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<TimeoutSweeper>]>([:])
 
     init(configuration: ProxyConfiguration, backends: BackendPool, statistics: ProxyStatistics,
@@ -26,7 +27,21 @@ final class ProxyContext: Sendable {
         lastConnectionID.wrappingIncrementThenLoad(ordering: .relaxed)
     }
 
-    /// The timeout sweeper of the calling event loop.
+    /// Set when a shutdown begins: new connections are closed at once.
+    var isStopping: Bool {
+        get { stopping.load(ordering: .relaxed) }
+        set { stopping.store(newValue, ordering: .relaxed) }
+    }
+
+    /// Runs `body` on every event loop's sweeper, on that loop, and waits for all of them.
+    func forEachSweeper(_ body: @escaping @Sendable (TimeoutSweeper) -> Void) async {
+        let all = sweepers.withLockedValue { Array($0.values) }
+        for bound in all {
+            try? await bound.eventLoop.submit { body(bound.value) }.get()
+        }
+    }
+
+    /// The timeout sweeper of the calling event loop, which also knows every connection on it.
     func sweeper(for eventLoop: EventLoop) -> TimeoutSweeper {
         let key = ObjectIdentifier(eventLoop as AnyObject)
         return sweepers.withLockedValue { all in
@@ -38,6 +53,3 @@ final class ProxyContext: Sendable {
         }.value
     }
 }
-
-/// Sent down every client pipeline when a graceful shutdown begins.
-struct ProxyShutdownEvent: Sendable {}

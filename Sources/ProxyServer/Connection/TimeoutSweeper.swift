@@ -1,8 +1,9 @@
 import NIOCore
 
-/// Checks the read and write timeouts of every connection on one event loop with a single timer,
-/// which runs only while the loop has connections. Connections only set flags on the hot path;
-/// one scheduled task per connection would cost a timer setup, a cancellation and a closure each.
+/// Knows every connection on one event loop: checks their read and write timeouts with a single
+/// timer (which runs only while the loop has connections) and relays a shutdown to them.
+/// Connections only set flags on the hot path; one scheduled task per connection would cost a
+/// timer setup, a cancellation and a closure each.
 final class TimeoutSweeper {
     let eventLoop: EventLoop
     let tick: TimeAmount
@@ -39,6 +40,20 @@ final class TimeoutSweeper {
         if connections.isEmpty {
             task?.cancel()
             task = nil
+        }
+    }
+
+    /// A graceful shutdown began.
+    func shutdownRequested() {
+        for handler in Array(connections.values) {
+            handler.shutdownRequested()
+        }
+    }
+
+    /// The shutdown grace period is over.
+    func closeAll() {
+        for handler in Array(connections.values) {
+            handler.forceClose()
         }
     }
 
