@@ -10,7 +10,7 @@ import threading
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from fakeserver import OK, frame
+from fakeserver import OK, FakeServer, frame
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 PEM = KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -53,17 +53,10 @@ class AuthServer:
 
     @staticmethod
     def _read(conn):
-        header = b""
-        while len(header) < 4:
-            chunk = conn.recv(4 - len(header))
-            if not chunk:
-                raise ConnectionError
-            header += chunk
-        length = int.from_bytes(header[:3], "little")
-        payload = b""
-        while len(payload) < length:
-            payload += conn.recv(length - len(payload))
-        return header[3], payload
+        seq, payload = FakeServer._read(conn)
+        if payload is None:
+            raise ConnectionError
+        return seq, payload
 
     def _serve(self, conn):
         try:

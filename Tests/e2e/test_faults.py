@@ -132,13 +132,19 @@ def test_backend_killed_mid_result(start_proxy, second_mariadb):
     assert_still_serving(p)
 
 
-def test_server_side_kill_mid_result(proxy):
+def start_big_result(proxy):
+    """A connection in the middle of a large streamed result, and its server thread id."""
     c = proxy.connect(cursorclass=pymysql.cursors.SSCursor, database="moon")
     cur = c.cursor()
     cur.execute("SELECT CONNECTION_ID()")
     thread = cur.fetchone()[0]
     cur.execute("SELECT seq, REPEAT('x', 1000) FROM seq_1_to_2000000")
     cur.fetchone()
+    return c, cur, thread
+
+
+def test_server_side_kill_mid_result(proxy):
+    c, cur, thread = start_big_result(proxy)
     killer = pymysql.connect(host="127.0.0.1", port=MARIADB_PORT, user="root")
     killer.cursor().execute(f"KILL CONNECTION {thread}")
     with pytest.raises(pymysql.err.OperationalError):
@@ -239,12 +245,7 @@ def test_client_lying_about_length_then_vanishing(proxy):
 
 
 def test_client_vanishing_mid_result_closes_its_backend(proxy):
-    c = proxy.connect(cursorclass=pymysql.cursors.SSCursor, database="moon")
-    cur = c.cursor()
-    cur.execute("SELECT CONNECTION_ID()")
-    thread = cur.fetchone()[0]
-    cur.execute("SELECT seq, REPEAT('x', 1000) FROM seq_1_to_2000000")
-    cur.fetchone()
+    c, cur, thread = start_big_result(proxy)
     c._sock.shutdown(socket.SHUT_RDWR)
     c._sock.close()
     watcher = pymysql.connect(host="127.0.0.1", port=MARIADB_PORT, user="root")
