@@ -32,7 +32,6 @@ import Testing
         var m = ConnectionStateMachine(statistics: ProxyStatistics())
         _ = m.clientConnected()
         _ = m.backendConnected()
-        #expect(!m.wantsClientReads)
         let whole = Self.packets([(Self.greeting, 0)])
         // The greeting arrives in two reads.
         guard case .none = m.backendDataReceived(whole.getSlice(at: 0, length: 30)!) else { Issue.record("forwarded half a greeting"); return }

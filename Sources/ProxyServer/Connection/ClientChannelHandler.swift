@@ -5,8 +5,8 @@ import NIOCore
 /// The client side of a proxied connection, and the owner of its state: it feeds the connection's
 /// state machine with what happens on either socket and carries out the actions it returns.
 ///
-/// The client channel starts with autoRead off (a client has nothing to say before the greeting);
-/// reading is switched on and off as the machine and the backend's writability allow.
+/// Reading from the client is switched off while the backend does not keep up, and when a
+/// graceful shutdown waits for the running command (autoRead; changes are rare).
 final class ClientChannelHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -20,7 +20,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var backend: BackendChannelHandler?
     private var backendIndex: Int?
     private var triedBackends: Set<Int> = []
-    private var readingFromClient = false
+    private var readingFromClient = true
     private var flushPending = false
     private var closed = false
 

@@ -66,14 +66,11 @@ struct ConnectionStateMachine {
         self.statistics = statistics
     }
 
-    /// Whether the handler should read from the client now (before the greeting is relayed there is
-    /// nothing the client may say; during a graceful shutdown no new command is taken).
+    /// Whether the handler should read from the client now: not during a graceful shutdown, which
+    /// takes no new command. (Before the greeting a client has nothing to say; one that speaks
+    /// anyway is cut off by `clientDataReceived`.)
     var wantsClientReads: Bool {
-        switch phase {
-        case .awaitingHandshakeResponse: return true
-        case .relaying: return !closeWhenIdle
-        default: return false
-        }
+        !(phase == .relaying && closeWhenIdle)
     }
 
     var isAwaitingResponse: Bool {
