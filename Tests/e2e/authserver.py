@@ -3,9 +3,7 @@
 mysql_clear_password. It checks the password for real and answers OK or ERR 1045."""
 import hashlib
 import os
-import socket
 import struct
-import threading
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -30,26 +28,13 @@ def sha2_scramble(password, scramble):
     return bytes(a ^ b for a, b in zip(p1, p2))
 
 
-class AuthServer:
+class AuthServer(FakeServer):
     """mode: 'sha2-fast' (the server has the password cached), 'sha2-full', or 'clear'."""
 
     def __init__(self, mode, password=b"secret"):
         self.mode, self.password = mode, password
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
         self.steps = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     @staticmethod
     def _read(conn):
