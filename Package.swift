@@ -27,6 +27,22 @@ let package = Package(
             dependencies: ["CLua"]
         ),
         .target(
+            name: "LuaVM",
+            dependencies: [
+                "CLuaShim",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .target(
+            name: "ProxyScripting",
+            dependencies: [
+                "LuaVM", "MySQLWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "MySQLWire",
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -53,6 +69,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
+        ),
+        .testTarget(
+            name: "LuaVMTests",
+            dependencies: ["LuaVM", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "ProxyScriptingTests",
+            dependencies: ["ProxyScripting", "LuaVM", "MySQLWire", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "MySQLWireTests",

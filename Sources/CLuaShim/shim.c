@@ -1,5 +1,6 @@
 #include "CLuaShim.h"
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int moon_trampoline(lua_State *L) {
@@ -17,6 +18,25 @@ void moon_push_swift_function(lua_State *L, moon_swift_function fn, int nup) {
         lua_insert(L, -(nup + 1));
     }
     lua_pushcclosure(L, moon_trampoline, nup + 1);
+}
+
+static void *moon_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    long long *bytes = (long long *)ud;
+    if (nsize == 0) {
+        if (ptr != NULL && bytes != NULL) __atomic_sub_fetch(bytes, (long long)osize, __ATOMIC_RELAXED);
+        free(ptr);
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (p != NULL && bytes != NULL) {
+        long long old = ptr != NULL ? (long long)osize : 0;
+        __atomic_add_fetch(bytes, (long long)nsize - old, __ATOMIC_RELAXED);
+    }
+    return p;
+}
+
+lua_State *moon_newstate(long long *bytes) {
+    return lua_newstate(moon_alloc, bytes);
 }
 
 static int moon_panic(lua_State *L) {
@@ -40,6 +60,47 @@ int moon_open_libs(lua_State *L) {
     return lua_pcall(L, 0, 0, 0);
 }
 
+static int moon_traceback(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) {
+            return 1;
+        }
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+void moon_push_traceback_handler(lua_State *L) {
+    lua_pushcfunction(L, moon_traceback);
+}
+
+static int moon_dump_writer(lua_State *L, const void *p, size_t size, void *ud) {
+    (void)L;
+    luaL_addlstring((luaL_Buffer *)ud, (const char *)p, size);
+    return 0;
+}
+
+static int moon_dump_protected(lua_State *L) {
+    /* the function is at index 1 */
+    luaL_Buffer b;
+    lua_settop(L, 1);
+    luaL_buffinit(L, &b);
+    /* luaL_Buffer may push a box onto the stack: dump the function copied below it */
+    lua_pushvalue(L, 1);
+    lua_dump(L, moon_dump_writer, &b, 0);
+    lua_pop(L, 1);
+    luaL_pushresult(&b);
+    return 1;
+}
+
+int moon_dump_function(lua_State *L) {
+    lua_pushcfunction(L, moon_dump_protected);
+    lua_insert(L, -2);
+    return lua_pcall(L, 1, 1, 0);
+}
+
 int moon_pcall(lua_State *L, int nargs, int nresults, int msgh) { return lua_pcall(L, nargs, nresults, msgh); }
 void moon_pop(lua_State *L, int n) { lua_pop(L, n); }
 int moon_upvalueindex(int i) { return lua_upvalueindex(i); }
@@ -52,9 +113,8 @@ void moon_remove(lua_State *L, int idx) { lua_remove(L, idx); }
 void moon_insert(lua_State *L, int idx) { lua_insert(L, idx); }
 void moon_replace(lua_State *L, int idx) { lua_replace(L, idx); }
 int moon_registryindex(void) { return LUA_REGISTRYINDEX; }
-int moon_dostring(lua_State *L, const char *chunk, const char *chunkname) {
-    int status = luaL_loadbuffer(L, chunk, strlen(chunk), chunkname);
-    if (status != LUA_OK) return status;
-    return lua_pcall(L, 0, LUA_MULTRET, 0);
+void *moon_newuserdata(lua_State *L, size_t size) { return lua_newuserdatauv(L, size, 1); }
+int moon_loadbuffer(lua_State *L, const char *buffer, size_t size, const char *chunkname, const char *mode) {
+    return luaL_loadbufferx(L, buffer, size, chunkname, mode);
 }
 const char *moon_lua_release(void) { return LUA_RELEASE; }

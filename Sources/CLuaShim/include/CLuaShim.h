@@ -1,6 +1,7 @@
 #ifndef MOONPROXY_CLUASHIM_H
 #define MOONPROXY_CLUASHIM_H
 
+#include <stddef.h>
 #include <lua.h>
 #include <lualib.h>
 #include <lauxlib.h>
@@ -18,11 +19,21 @@ typedef int (*moon_swift_function)(lua_State *L);
 /* Pushes a C closure calling `fn`; `nup` values on the stack become upvalues 2...nup+1 (upvalue 1 holds fn). */
 void moon_push_swift_function(lua_State *L, moon_swift_function fn, int nup);
 
+/* A new state whose allocations are counted in *bytes (updated atomically; may be NULL). */
+lua_State *moon_newstate(long long *bytes);
+
 /* Installs a panic handler that logs the message to stderr before Lua aborts. */
 void moon_set_panic_handler(lua_State *L);
 
 /* Runs `luaL_openlibs` inside a protected call; returns a lua status code. */
 int moon_open_libs(lua_State *L);
+
+/* Pushes a message handler for lua_pcall that appends a traceback to the error message. */
+void moon_push_traceback_handler(lua_State *L);
+
+/* Dumps the function at the top of the stack as a binary chunk and pushes it as a string.
+ * Runs protected; returns a lua status code (the error message is pushed instead on failure). */
+int moon_dump_function(lua_State *L);
 
 /* Thin wrappers for C macros Swift cannot import. */
 int moon_pcall(lua_State *L, int nargs, int nresults, int msgh);
@@ -37,7 +48,8 @@ void moon_remove(lua_State *L, int idx);
 void moon_insert(lua_State *L, int idx);
 void moon_replace(lua_State *L, int idx);
 int moon_registryindex(void);
-int moon_dostring(lua_State *L, const char *chunk, const char *chunkname);
+void *moon_newuserdata(lua_State *L, size_t size);
+int moon_loadbuffer(lua_State *L, const char *buffer, size_t size, const char *chunkname, const char *mode);
 
 /* "Lua 5.4.x": the release this binary was built against. */
 const char *moon_lua_release(void);
