@@ -199,6 +199,20 @@ public struct Lua {
         }
     }
 
+    /// Pops the top value into upvalue `n` of the function at `functionIndex`; returns the
+    /// upvalue's name, or nil (popping nothing) when there is no such upvalue.
+    @discardableResult
+    public func setUpvalue(of functionIndex: Int32, _ n: Int32) -> String? {
+        guard let name = lua_setupvalue(L, functionIndex, n) else { return nil }
+        return String(cString: name)
+    }
+
+    /// Pops the top value into upvalue `n` of the running C function.
+    public func replaceUpvalue(_ n: Int32) {
+        lua_copy(L, -1, moon_upvalueindex(n))
+        pop()
+    }
+
     // MARK: references
 
     /// Pops the top value into the registry and returns its reference.

@@ -1,0 +1,182 @@
+import LuaVM
+import NIOCore
+
+/// `proxy.connection` and `proxy.queries`: userdata whose methods reach the connection's script
+/// (and through it the proxy) via a weak box.
+enum ConnectionBinding {
+    static let connectionMetatable = "moonproxy.connection"
+    static let queriesMetatable = "moonproxy.queries"
+
+    static func registerMetatables(_ lua: Lua) {
+        lua.pushMetatable(named: connectionMetatable)
+        lua.push(function: connectionIndex)
+        lua.rawSet(-2, "__index")
+        lua.push(function: connectionNewIndex)
+        lua.rawSet(-2, "__newindex")
+        lua.pop()
+
+        lua.pushMetatable(named: queriesMetatable)
+        lua.newTable()
+        for (name, fn) in [("append", queriesAppend), ("prepend", queriesPrepend), ("reset", queriesReset), ("len", queriesLength)] {
+            lua.push(function: fn)
+            lua.rawSet(-2, name)
+        }
+        lua.rawSet(-2, "__index")
+        lua.push(function: queriesLength)
+        lua.rawSet(-2, "__len")
+        lua.pop()
+    }
+
+    static func pushConnection(_ box: ConnectionBox, _ lua: Lua) {
+        lua.push(object: box, metatable: connectionMetatable)
+    }
+
+    static func pushQueries(_ box: ConnectionBox, _ lua: Lua) {
+        lua.push(object: box, metatable: queriesMetatable)
+    }
+
+    static func pushClient(_ client: ScriptClientInfo, _ lua: Lua) {
+        lua.newTable(recordCapacity: 5)
+        lua.push(client.username)
+        lua.rawSet(-2, "username")
+        lua.push(client.defaultDB)
+        lua.rawSet(-2, "default_db")
+        lua.push(byteArray: client.scrambledPassword)
+        lua.rawSet(-2, "scrambled_password")
+        ScriptConstants.push(client.src, lua)
+        lua.rawSet(-2, "src")
+        ScriptConstants.push(client.dst, lua)
+        lua.rawSet(-2, "dst")
+        if let src = client.src {
+            // MySQL Proxy 0.6's name, still used by its own example scripts
+            lua.push(src.name)
+            lua.rawSet(-2, "address")
+        }
+    }
+
+    static func pushServer(_ server: ScriptServerInfo, _ lua: Lua) {
+        lua.newTable(recordCapacity: 8)
+        lua.push(Int(server.threadID))
+        lua.rawSet(-2, "thread_id")
+        lua.push(server.mysqldVersion)
+        lua.rawSet(-2, "mysqld_version")
+        lua.push(byteArray: server.scrambleBuffer)
+        lua.rawSet(-2, "scramble_buffer")
+        lua.push(server.defaultDB)
+        lua.rawSet(-2, "default_db")
+        lua.push(server.username)
+        lua.rawSet(-2, "username")
+        ScriptConstants.push(server.src, lua)
+        lua.rawSet(-2, "src")
+        ScriptConstants.push(server.dst, lua)
+        lua.rawSet(-2, "dst")
+        if let dst = server.dst {
+            lua.push(dst.name)
+            lua.rawSet(-2, "address")
+        }
+    }
+}
+
+private func script(_ lua: Lua, _ metatable: String) -> ConnectionScript? {
+    lua.object(at: 1, metatable: metatable, as: ConnectionBox.self)?.script
+}
+
+private let connectionIndex: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let key = lua.toString(at: 2) else { lua.pushNil(); return 1 }
+    guard let script = script(lua, ConnectionBinding.connectionMetatable), let host = script.host else {
+        return lua.raise("proxy.connection is not available: the connection is closed")
+    }
+    switch key {
+    case "client":
+        ConnectionBinding.pushClient(host.scriptClient, lua)
+    case "server":
+        if let server = host.scriptServer { ConnectionBinding.pushServer(server, lua) } else { lua.pushNil() }
+    case "backend_ndx":
+        lua.push(host.scriptBackendIndex)
+    case "default_db", "thread_id", "mysqld_version":
+        let side = key == "default_db" ? "client.default_db or proxy.connection.server" : "server"
+        return lua.raiseWithPosition("proxy.connection.\(key) is deprecated, use proxy.connection.\(side).\(key) instead")
+    default:
+        lua.pushNil()
+    }
+    return 1
+}
+
+private let connectionNewIndex: LuaFunction = { L in
+    let lua = Lua(L!)
+    let key = lua.toString(at: 2) ?? "?"
+    guard let script = script(lua, ConnectionBinding.connectionMetatable), let host = script.host else {
+        return lua.raise("proxy.connection is not available: the connection is closed")
+    }
+    switch key {
+    case "backend_ndx":
+        guard let index = lua.toInteger(at: 3) else {
+            return lua.raiseWithPosition("proxy.connection.backend_ndx needs a number, got \(lua.typeName(at: 3))")
+        }
+        host.scriptSetBackendIndex(index)
+    case "connection_close":
+        guard lua.type(at: 3) == .boolean else {
+            return lua.raiseWithPosition("proxy.connection.connection_close needs a boolean, got \(lua.typeName(at: 3))")
+        }
+        host.scriptSetConnectionClose(lua.toBool(at: 3))
+    default:
+        return lua.raiseWithPosition("proxy.connection.\(key) is not writable")
+    }
+    return 0
+}
+
+/// proxy.queries:append(id, packet [, { resultset_is_needed = bool }]) and :prepend(...)
+private func addQuery(_ L: OpaquePointer?, prepend: Bool) -> Int32 {
+    let lua = Lua(L!)
+    let method = prepend ? "prepend" : "append"
+    guard let script = script(lua, ConnectionBinding.queriesMetatable) else {
+        return lua.raiseWithPosition("proxy.queries:\(method)() needs proxy.queries as its first argument (use ':')")
+    }
+    guard let id = lua.toInteger(at: 2) else {
+        return lua.raiseWithPosition("bad argument #1 to '\(method)' (number expected, got \(lua.typeName(at: 2)))")
+    }
+    guard lua.type(at: 3) == .string, let packet = lua.toByteBuffer(at: 3) else {
+        return lua.raiseWithPosition("bad argument #2 to '\(method)' (string expected, got \(lua.typeName(at: 3)))")
+    }
+    var needed = false
+    switch lua.type(at: 4) {
+    case .none, .nil:
+        break
+    case .table:
+        switch lua.rawGet(4, "resultset_is_needed") {
+        case .nil: break
+        case .boolean: needed = lua.toBool(at: -1)
+        default:
+            lua.pop()
+            return lua.raiseWithPosition("bad argument #3 to '\(method)' ({ resultset_is_needed = boolean } expected)")
+        }
+        lua.pop()
+    default:
+        return lua.raiseWithPosition("bad argument #3 to '\(method)' (table expected, got \(lua.typeName(at: 4)))")
+    }
+    let injection = Injection(id: id, packet: packet, resultsetIsNeeded: needed, queuedAt: ConnectionScript.now())
+    if prepend { script.queries.insert(injection, at: 0) } else { script.queries.append(injection) }
+    return 0
+}
+
+private let queriesAppend: LuaFunction = { L in addQuery(L, prepend: false) }
+private let queriesPrepend: LuaFunction = { L in addQuery(L, prepend: true) }
+
+private let queriesReset: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let script = script(lua, ConnectionBinding.queriesMetatable) else {
+        return lua.raiseWithPosition("proxy.queries:reset() needs proxy.queries as its first argument (use ':')")
+    }
+    script.queries.removeAll()
+    return 0
+}
+
+private let queriesLength: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let script = script(lua, ConnectionBinding.queriesMetatable) else {
+        return lua.raiseWithPosition("proxy.queries:len() needs proxy.queries as its first argument (use ':')")
+    }
+    lua.push(script.queries.count)
+    return 1
+}

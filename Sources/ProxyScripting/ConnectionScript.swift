@@ -1,0 +1,248 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import LuaVM
+import Logging
+import MySQLWire
+import NIOCore
+
+/// What happened when the proxy called a hook.
+public enum HookOutcome: Sendable, Equatable {
+    /// The script does not define the hook: carry on as without a script.
+    case notDefined
+    /// The hook raised an error (logged with its traceback).
+    case failed(String)
+    case returned(HookDecision)
+}
+
+/// The script as one connection runs it: its environment, its `proxy.connection`, `proxy.queries`
+/// and `proxy.response`, and the hooks it defines. Every method is called on the connection's
+/// event loop and runs the hook to completion.
+public final class ConnectionScript {
+    public struct Hooks: OptionSet, Sendable {
+        public let rawValue: Int
+        public init(rawValue: Int) { self.rawValue = rawValue }
+        public static let connectServer = Hooks(rawValue: 1 << 0)
+        public static let readHandshake = Hooks(rawValue: 1 << 1)
+        public static let readAuth = Hooks(rawValue: 1 << 2)
+        public static let readAuthResult = Hooks(rawValue: 1 << 3)
+        public static let readQuery = Hooks(rawValue: 1 << 4)
+        public static let readQueryResult = Hooks(rawValue: 1 << 5)
+        public static let disconnectClient = Hooks(rawValue: 1 << 6)
+
+        static let names: [(Hooks, String)] = [
+            (.connectServer, "connect_server"), (.readHandshake, "read_handshake"), (.readAuth, "read_auth"),
+            (.readAuthResult, "read_auth_result"), (.readQuery, "read_query"), (.readQueryResult, "read_query_result"),
+            (.disconnectClient, "disconnect_client"),
+        ]
+    }
+
+    let engine: ScriptEngine
+    weak var host: ScriptConnectionHost?
+    /// The hooks the script defined when the connection started.
+    public private(set) var hooks: Hooks = []
+    /// `proxy.queries`.
+    public var queries: [Injection] = []
+    private var environmentRef = Lua.noReference
+    private var fieldsRef = Lua.noReference
+    private var closed = false
+    /// What the Lua userdata hold: a weak way back here, so that Lua never keeps this alive.
+    let box: ConnectionBox
+
+    init(engine: ScriptEngine, host: ScriptConnectionHost) {
+        self.engine = engine
+        self.host = host
+        self.box = ConnectionBox()
+        box.script = self
+    }
+
+    deinit {
+        close()
+    }
+
+    var logger: Logger { engine.logger }
+
+    /// Monotonic microseconds, for query and response times.
+    public static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec / 1000)
+    }
+
+    // MARK: setting up
+
+    func setUp(_ lua: Lua, bytecode: [UInt8], scriptName: String) throws(LuaError) {
+        // environment: { } falling back to _G
+        lua.newTable()
+        lua.push(reference: engine.environmentMetatableRef)
+        lua.setMetatable(-2)
+        environmentRef = lua.ref()
+
+        // this connection's proxy fields: connection, queries, and lazily response and hints
+        lua.newTable()
+        ConnectionBinding.pushConnection(box, lua)
+        lua.rawSet(-2, "connection")
+        ConnectionBinding.pushQueries(box, lua)
+        lua.rawSet(-2, "queries")
+        lua.push(reference: engine.fieldsMetatableRef)
+        lua.setMetatable(-2)
+        fieldsRef = lua.ref()
+
+        // the script, with this environment as its _ENV, run once for its functions
+        try Self.load(bytecode, name: scriptName, lua)
+        lua.push(reference: environmentRef)
+        if lua.setUpvalue(of: -2, 1) == nil { lua.pop() }
+        engine.makeCurrent(fieldsRef: fieldsRef, lua)
+        try lua.pcall(arguments: 0, results: 0)
+
+        for (hook, name) in Hooks.names where pushHook(name, lua) {
+            lua.pop()
+            hooks.insert(hook)
+        }
+    }
+
+    static func load(_ bytes: [UInt8], name: String, _ lua: Lua) throws(LuaError) {
+        let result: Result<Void, LuaError> = bytes.withUnsafeBytes { raw in
+            do throws(LuaError) {
+                try lua.load(raw, name: name, mode: "b")
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }
+        try result.get()
+    }
+
+    /// Pushes the hook function (from the environment, else the shared globals) and returns true,
+    /// or pushes nothing and returns false.
+    private func pushHook(_ name: String, _ lua: Lua) -> Bool {
+        lua.push(reference: environmentRef)
+        if lua.rawGet(-1, name) == .function {
+            lua.remove(at: -2)
+            return true
+        }
+        lua.pop(2)
+        lua.pushGlobalTable()
+        if lua.rawGet(-1, name) == .function {
+            lua.remove(at: -2)
+            return true
+        }
+        lua.pop(2)
+        return false
+    }
+
+    /// Releases this connection's Lua objects (after `disconnect_client`).
+    public func close() {
+        guard !closed else { return }
+        engine.withLua { releaseLocked($0) }
+    }
+
+    func releaseLocked(_ lua: Lua) {
+        guard !closed else { return }
+        closed = true
+        lua.unref(environmentRef)
+        lua.unref(fieldsRef)
+        box.script = nil
+    }
+
+    // MARK: hooks
+
+    private func call(_ hook: Hooks, arguments: (Lua) -> Int32 = { _ in 0 }, before: ((Lua) -> Void)? = nil) -> HookOutcome {
+        guard hooks.contains(hook), !closed else { return .notDefined }
+        let name = Hooks.names.first { $0.0 == hook }!.1
+        return engine.withLua { lua in
+            engine.makeCurrent(fieldsRef: fieldsRef, lua)
+            before?(lua)
+            guard pushHook(name, lua) else { return .notDefined }
+            let count = arguments(lua)
+            do throws(LuaError) {
+                try lua.pcall(arguments: count, results: 1)
+            } catch {
+                logger.critical("(\(name)) \(error.message)")
+                return .failed(error.message)
+            }
+            defer { lua.pop() }
+            guard let code = lua.toInteger(at: -1) else {
+                if lua.type(at: -1) != .nil {
+                    logger.warning("(\(name)) returned a \(lua.typeName(at: -1)), expected a proxy.PROXY_* number or nothing")
+                }
+                return .returned(.noDecision)
+            }
+            switch code {
+            case ProxyReturn.noDecision: return .returned(.noDecision)
+            case ProxyReturn.sendQuery: return .returned(.sendQuery)
+            case ProxyReturn.ignoreResult: return .returned(.ignoreResult)
+            case ProxyReturn.sendResult: return .returned(.sendResult(readResponse(lua)))
+            default: return .returned(.other(code))
+            }
+        }
+    }
+
+    /// `proxy.response` as it is now; ERR "(lua) handling proxy.response failed" if unusable.
+    private func readResponse(_ lua: Lua) -> ScriptResponse {
+        lua.push(reference: fieldsRef)
+        defer { lua.pop(2) }
+        lua.rawGet(-1, "response")
+        switch ScriptResponseDecoder.decode(lua, scriptName: engine.configuration.scriptName) {
+        case .success(let response):
+            return response
+        case .failure(let problem):
+            logger.error("\(problem)")
+            return .handlingFailed
+        }
+    }
+
+    public func connectServer() -> HookOutcome { call(.connectServer) }
+    public func readHandshake() -> HookOutcome { call(.readHandshake) }
+    public func readAuth() -> HookOutcome { call(.readAuth) }
+
+    /// `read_auth_result(auth)`, with `auth.packet` the server's verdict (OK or ERR payload).
+    public func readAuthResult(packet: ByteBuffer) -> HookOutcome {
+        call(.readAuthResult, arguments: { lua in
+            lua.newTable()
+            lua.push(packet)
+            lua.rawSet(-2, "packet")
+            return 1
+        })
+    }
+
+    /// `read_query(packet)`: `proxy.queries` and `proxy.response` start empty, `proxy.hints`
+    /// holds the query's hints.
+    public func readQuery(packet: ByteBuffer, hints: [(key: String, value: String)]) -> HookOutcome {
+        queries.removeAll(keepingCapacity: true)
+        return call(.readQuery, arguments: { lua in
+            lua.push(packet)
+            return 1
+        }, before: { lua in
+            lua.push(reference: self.fieldsRef)
+            lua.pushNil()
+            lua.rawSet(-2, "response")
+            if hints.isEmpty {
+                lua.pushNil()
+            } else {
+                lua.newTable(recordCapacity: Int32(hints.count))
+                for (key, value) in hints {
+                    lua.push(value)
+                    lua.rawSet(-2, key)
+                }
+            }
+            lua.rawSet(-2, "hints")
+            lua.pop()
+        })
+    }
+
+    /// `read_query_result(inj)` for a finished injected query.
+    public func readQueryResult(_ result: InjectionResult) -> HookOutcome {
+        call(.readQueryResult, arguments: { lua in
+            InjectionBinding.pushInjection(result, lua)
+            return 1
+        })
+    }
+
+    public func disconnectClient() -> HookOutcome { call(.disconnectClient) }
+}
+
+/// A weak reference to a connection's script, held by its Lua userdata.
+final class ConnectionBox {
+    weak var script: ConnectionScript?
+}

@@ -1,0 +1,146 @@
+import LuaVM
+import MySQLWire
+import NIOCore
+
+/// `inj` in `read_query_result(inj)`: its id, query, times and `resultset`.
+enum InjectionBinding {
+    static let injectionMetatable = "moonproxy.injection"
+    static let resultsetMetatable = "moonproxy.resultset"
+    static let fieldsMetatable = "moonproxy.fields"
+
+    static func registerMetatables(_ lua: Lua) {
+        lua.pushMetatable(named: injectionMetatable)
+        lua.push(function: injectionIndex)
+        lua.rawSet(-2, "__index")
+        lua.pop()
+        lua.pushMetatable(named: resultsetMetatable)
+        lua.push(function: resultsetIndex)
+        lua.rawSet(-2, "__index")
+        lua.pop()
+        lua.pushMetatable(named: fieldsMetatable)
+        lua.push(function: fieldsIndex)
+        lua.rawSet(-2, "__index")
+        lua.push(function: fieldsLength)
+        lua.rawSet(-2, "__len")
+        lua.pop()
+    }
+
+    static func pushInjection(_ result: InjectionResult, _ lua: Lua) {
+        lua.push(object: result, metatable: injectionMetatable)
+    }
+}
+
+private let injectionIndex: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let result = lua.object(at: 1, metatable: InjectionBinding.injectionMetatable, as: InjectionResult.self) else {
+        return lua.raise("not an injection")
+    }
+    switch lua.toString(at: 2) ?? "" {
+    case "id", "type": lua.push(result.injection.id)
+    case "query": lua.push(result.injection.packet)
+    case "query_time": lua.push(Int(result.firstPacketAt &- result.injection.queuedAt))
+    case "response_time": lua.push(Int(result.lastPacketAt &- result.injection.queuedAt))
+    case "resultset": lua.push(object: result, metatable: InjectionBinding.resultsetMetatable)
+    default: lua.pushNil()
+    }
+    return 1
+}
+
+private let resultsetIndex: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let result = lua.object(at: 1, metatable: InjectionBinding.resultsetMetatable, as: InjectionResult.self) else {
+        return lua.raise("not a result set")
+    }
+    let key = lua.toString(at: 2) ?? ""
+    switch key {
+    case "fields":
+        guard result.buffered else { return lua.raiseWithPosition(".resultset.fields isn't available if 'resultset_is_needed ~= true'") }
+        if result.parsed != nil {
+            lua.push(object: result, metatable: InjectionBinding.fieldsMetatable)
+        } else {
+            lua.pushNil()
+        }
+    case "rows":
+        guard result.buffered else { return lua.raiseWithPosition(".resultset.rows isn't available if 'resultset_is_needed ~= true'") }
+        guard let parsed = result.parsed else { lua.pushNil(); return 1 }
+        lua.pushValue(at: 1)
+        lua.push(parsed.firstRow)
+        lua.push(function: rowsIterator, upvalues: 2)
+    case "row_count": lua.push(result.rows)
+    case "bytes": lua.push(result.bytes)
+    case "raw":
+        guard result.buffered else { return lua.raiseWithPosition(".resultset.raw isn't available if 'resultset_is_needed ~= true'") }
+        if let first = result.packets.first { lua.push(first) } else { lua.pushNil() }
+    case "flags":
+        let status = ServerStatus(rawValue: result.serverStatus)
+        lua.newTable(recordCapacity: 4)
+        lua.push(status.contains(.inTransaction))
+        lua.rawSet(-2, "in_trans")
+        lua.push(status.contains(.autocommit))
+        lua.rawSet(-2, "auto_commit")
+        lua.push(status.contains(.noGoodIndexUsed))
+        lua.rawSet(-2, "no_good_index_used")
+        lua.push(status.contains(.noIndexUsed))
+        lua.rawSet(-2, "no_index_used")
+    case "warning_count": lua.push(Int(result.warnings))
+    case "affected_rows":
+        if result.wasResultSet { lua.pushNil() } else { lua.push(result.affectedRows) }
+    case "insert_id":
+        if result.wasResultSet { lua.pushNil() } else { lua.push(result.insertID) }
+    case "query_status":
+        if let status = result.queryStatus { lua.push(Int(status)) } else { lua.pushNil() }
+    default:
+        lua.pushNil()
+    }
+    return 1
+}
+
+/// The iterator `for row in inj.resultset.rows do`: upvalue 2 is the result set, 3 the next packet.
+private let rowsIterator: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let result = lua.object(at: lua.upvalueIndex(2), metatable: InjectionBinding.resultsetMetatable, as: InjectionResult.self),
+          let index = lua.toInteger(at: lua.upvalueIndex(3))
+    else { return 0 }
+    guard let row = result.row(at: index) else { return 0 }
+    guard let values = row else { return lua.raiseWithPosition("row-data is invalid") }
+    lua.push(index + 1)
+    lua.replaceUpvalue(3)
+    lua.newTable(arrayCapacity: Int32(values.count))
+    for (i, value) in values.enumerated() {
+        if let value { lua.push(value) } else { lua.pushNil() }
+        lua.rawSet(-2, i + 1)
+    }
+    return 1
+}
+
+private let fieldsIndex: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let result = lua.object(at: 1, metatable: InjectionBinding.fieldsMetatable, as: InjectionResult.self),
+          let columns = result.parsed?.columns
+    else { return lua.raise("not a field list") }
+    guard let i = lua.toInteger(at: 2), i >= 1, i <= columns.count else { lua.pushNil(); return 1 }
+    let column = columns[i - 1]
+    lua.newTable(recordCapacity: 6)
+    lua.push(column.name)
+    lua.rawSet(-2, "name")
+    lua.push(Int(column.type.rawValue))
+    lua.rawSet(-2, "type")
+    lua.push(column.orgName)
+    lua.rawSet(-2, "org_name")
+    lua.push(column.table)
+    lua.rawSet(-2, "table")
+    lua.push(column.orgTable)
+    lua.rawSet(-2, "org_table")
+    lua.push(column.schema)
+    lua.rawSet(-2, "db")
+    return 1
+}
+
+private let fieldsLength: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let result = lua.object(at: 1, metatable: InjectionBinding.fieldsMetatable, as: InjectionResult.self) else {
+        return lua.raise("not a field list")
+    }
+    lua.push(result.parsed?.columns.count ?? 0)
+    return 1
+}

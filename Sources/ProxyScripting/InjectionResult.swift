@@ -1,0 +1,79 @@
+import MySQLWire
+import NIOCore
+
+/// The result of an injected query, as `read_query_result(inj)` sees it. The proxy fills it in as
+/// the response passes (or is buffered, with `resultset_is_needed`); fields and rows are parsed
+/// from the buffered packets only when a script asks for them.
+public final class InjectionResult {
+    public let injection: Injection
+    /// Whether the response's packets were kept (`resultset_is_needed = true`).
+    public let buffered: Bool
+    /// Payloads of the response, in order (buffered results only).
+    public var packets: [ByteBuffer] = []
+    public var firstPacketAt: UInt64 = 0
+    public var lastPacketAt: UInt64 = 0
+    public var bytes = 0
+    public var rows = 0
+    public var wasResultSet = false
+    public var serverStatus: UInt16 = 0
+    public var warnings: UInt16 = 0
+    public var affectedRows: UInt64 = 0
+    public var insertID: UInt64 = 0
+    /// MYSQLD_PACKET_OK or MYSQLD_PACKET_ERR; nil until known.
+    public var queryStatus: UInt8?
+    public let capabilities: CapabilityFlags
+
+    public init(injection: Injection, buffered: Bool, capabilities: CapabilityFlags) {
+        self.injection = injection
+        self.buffered = buffered
+        self.capabilities = capabilities
+    }
+
+    /// Rows of COM_STMT_EXECUTE responses are in the binary protocol.
+    public var binary: Bool { injection.command == .stmtExecute }
+
+    struct Parsed {
+        var columns: [ColumnDefinition41]
+        var firstRow: Int
+    }
+
+    private var parsedCache: Parsed??
+
+    /// The column definitions and where the rows start, if the response is a result set.
+    var parsed: Parsed? {
+        if let cached = parsedCache { return cached }
+        let result = parse()
+        parsedCache = .some(result)
+        return result
+    }
+
+    private func parse() -> Parsed? {
+        guard var first = packets.first, let header = first.getInteger(at: first.readerIndex, as: UInt8.self),
+              header != 0x00, header != 0xFF, header != 0xFB,
+              let count = try? first.readMySQLLengthEncodedInteger(), count > 0, count < 4096,
+              packets.count > Int(count)
+        else { return nil }
+        var columns: [ColumnDefinition41] = []
+        for i in 1...Int(count) {
+            guard let column = try? ColumnDefinition41(parsing: packets[i]) else { return nil }
+            columns.append(column)
+        }
+        var next = Int(count) + 1
+        if !capabilities.contains(.deprecateEOF) { next += 1 }  // the EOF after the definitions
+        return Parsed(columns: columns, firstRow: next)
+    }
+
+    /// The row at packet `index` as text values, or nil at the end of the rows.
+    func row(at index: Int) -> [String?]?? {
+        guard let parsed, index < packets.count else { return nil }
+        let packet = packets[index]
+        let first = packet.getInteger(at: packet.readerIndex, as: UInt8.self)
+        if first == 0xFF || (first == 0xFE && packet.readableBytes < PacketHeader.maxPayloadLength) { return nil }
+        if binary {
+            guard let values = try? BinaryRow.decode(packet, columns: parsed.columns.map { ($0.type, $0.flags) }) else { return .some(nil) }
+            return .some(values.map(\.text))
+        }
+        guard let values = try? TextRow.decode(packet, columnCount: parsed.columns.count) else { return .some(nil) }
+        return .some(values.map { $0.map { String(decoding: $0.readableBytesView, as: UTF8.self) } })
+    }
+}

@@ -1,0 +1,108 @@
+import NIOCore
+
+/// Proxy hints: `/* @key value */` comments in a query, visible to `read_query` as `proxy.hints`.
+///
+/// A comment whose text starts with `@` holds one or more `@key value` pairs; a value is one word
+/// or a quoted string, and a key without a value gets "". Quoted strings, backquoted names and
+/// `--`/`#` comments of the query are skipped, so an `@` inside them is never a hint. Later keys
+/// win over earlier ones.
+public enum ProxyHints {
+    /// Parses a COM_QUERY payload (with or without its command byte).
+    public static func parse(_ query: ByteBuffer) -> [(key: String, value: String)] {
+        query.withUnsafeReadableBytes { parse(bytes: $0) }
+    }
+
+    public static func parse(bytes: UnsafeRawBufferPointer) -> [(key: String, value: String)] {
+        var hints: [(String, String)] = []
+        let n = bytes.count
+        var i = 0
+        // Fast exit: no "/*" at all.
+        guard let base = bytes.baseAddress, memchrSlash(base, n) else { return [] }
+        while i < n {
+            let c = bytes[i]
+            switch c {
+            case UInt8(ascii: "'"), UInt8(ascii: "\""), UInt8(ascii: "`"):
+                i = skipQuoted(bytes, from: i, quote: c)
+            case UInt8(ascii: "#"):
+                i = skipLine(bytes, from: i)
+            case UInt8(ascii: "-") where i + 2 < n && bytes[i + 1] == UInt8(ascii: "-") && (bytes[i + 2] == 32 || bytes[i + 2] == 9 || bytes[i + 2] == 10):
+                i = skipLine(bytes, from: i)
+            case UInt8(ascii: "/") where i + 1 < n && bytes[i + 1] == UInt8(ascii: "*"):
+                let start = i + 2
+                var end = start
+                while end + 1 < n && !(bytes[end] == UInt8(ascii: "*") && bytes[end + 1] == UInt8(ascii: "/")) { end += 1 }
+                let bodyEnd = end + 1 < n ? end : n
+                hints += parseComment(UnsafeRawBufferPointer(rebasing: bytes[start..<bodyEnd]))
+                i = min(n, bodyEnd + 2)
+            default:
+                i += 1
+            }
+        }
+        return hints
+    }
+
+    private static func memchrSlash(_ base: UnsafeRawPointer, _ n: Int) -> Bool {
+        let p = base.assumingMemoryBound(to: UInt8.self)
+        var i = 0
+        while i + 1 < n {
+            if p[i] == UInt8(ascii: "/") && p[i + 1] == UInt8(ascii: "*") { return true }
+            i += 1
+        }
+        return false
+    }
+
+    private static func skipQuoted(_ b: UnsafeRawBufferPointer, from start: Int, quote: UInt8) -> Int {
+        var i = start + 1
+        while i < b.count {
+            if b[i] == UInt8(ascii: "\\") && quote != UInt8(ascii: "`") { i += 2; continue }
+            if b[i] == quote {
+                if i + 1 < b.count && b[i + 1] == quote { i += 2; continue }  // doubled quote
+                return i + 1
+            }
+            i += 1
+        }
+        return b.count
+    }
+
+    private static func skipLine(_ b: UnsafeRawBufferPointer, from start: Int) -> Int {
+        var i = start
+        while i < b.count && b[i] != 10 { i += 1 }
+        return i
+    }
+
+    private static func isSpace(_ c: UInt8) -> Bool { c == 32 || c == 9 || c == 10 || c == 13 }
+
+    private static func parseComment(_ body: UnsafeRawBufferPointer) -> [(String, String)] {
+        var i = 0
+        let n = body.count
+        while i < n && isSpace(body[i]) { i += 1 }
+        guard i < n, body[i] == UInt8(ascii: "@") else { return [] }
+        var result: [(String, String)] = []
+        while i < n {
+            while i < n && isSpace(body[i]) { i += 1 }
+            guard i < n, body[i] == UInt8(ascii: "@") else { break }
+            i += 1
+            let keyStart = i
+            while i < n && !isSpace(body[i]) && body[i] != UInt8(ascii: "@") { i += 1 }
+            let key = String(decoding: UnsafeRawBufferPointer(rebasing: body[keyStart..<i]), as: UTF8.self)
+            while i < n && isSpace(body[i]) { i += 1 }
+            var value = ""
+            if i < n && body[i] != UInt8(ascii: "@") {
+                let q = body[i]
+                if q == UInt8(ascii: "'") || q == UInt8(ascii: "\"") {
+                    let valueStart = i + 1
+                    var j = valueStart
+                    while j < n && body[j] != q { j += 1 }
+                    value = String(decoding: UnsafeRawBufferPointer(rebasing: body[valueStart..<j]), as: UTF8.self)
+                    i = min(n, j + 1)
+                } else {
+                    let valueStart = i
+                    while i < n && !isSpace(body[i]) { i += 1 }
+                    value = String(decoding: UnsafeRawBufferPointer(rebasing: body[valueStart..<i]), as: UTF8.self)
+                }
+            }
+            if !key.isEmpty { result.append((key, value)) }
+        }
+        return result
+    }
+}

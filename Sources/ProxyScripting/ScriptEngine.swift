@@ -1,0 +1,286 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import LuaVM
+import Logging
+import MySQLWire
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// One Lua state for the whole proxy, as in MySQL Proxy: every connection runs the script in its
+/// own environment (its globals are its own; names it does not set fall through to the shared
+/// globals), and `proxy.global` is one table shared by all of them. Lua runs under a lock, so
+/// hooks on different event loops take turns; a hook runs to completion without waiting on I/O.
+///
+/// The script file is checked (mtime and size) whenever a connection starts: an edited script is
+/// compiled once and new connections get it, while existing ones keep the version they started
+/// with. A broken edit is logged with its file and line and the last good version keeps serving.
+public final class ScriptEngine: @unchecked Sendable {
+    public struct Configuration: Sendable {
+        /// The script file (`--proxy-lua-script`), or
+        public var scriptPath: String?
+        /// the script's text, for programs embedding the proxy.
+        public var scriptSource: String?
+        /// `package.path` and `package.cpath` (`--lua-path`, `--lua-cpath`, LUA_PATH, LUA_CPATH).
+        public var luaPath: String?
+        public var luaCPath: String?
+        /// `proxy.global.config`.
+        public var config: [String: ScriptValue] = [:]
+        /// Largest result an injected query with `resultset_is_needed = true` may buffer.
+        public var resultsetBufferLimit: Int = 64 << 20
+
+        public init(scriptPath: String? = nil, scriptSource: String? = nil) {
+            self.scriptPath = scriptPath
+            self.scriptSource = scriptSource
+        }
+
+        var scriptName: String { scriptPath ?? "(inline script)" }
+    }
+
+    struct Compiled {
+        var bytecode: [UInt8]
+        var mtime: timespec
+        var size: Int
+        var version: Int
+    }
+
+    public let configuration: Configuration
+    let logger: Logger
+    let backends: ScriptBackendsHost?
+    private let lock = NIOLock()
+    private let state: LuaState
+    private var compiled: Compiled?
+    private var versions = 0
+    private var lastLoadError: String?
+
+    // registry references made at start-up
+    private(set) var proxyMetatableRef: Int32 = Lua.noReference
+    private(set) var environmentMetatableRef: Int32 = Lua.noReference
+    private(set) var fieldsMetatableRef: Int32 = Lua.noReference
+
+    public init(configuration: Configuration, backends: ScriptBackendsHost?, logger: Logger) {
+        self.configuration = configuration
+        self.backends = backends
+        self.logger = logger
+        self.state = LuaState()
+        lock.withLock {
+            bootstrap()
+            _ = refreshLocked()
+        }
+    }
+
+    /// Whether a usable version of the script is loaded (after checking the file again).
+    public var isLoaded: Bool { lock.withLock { refreshLocked() != nil } }
+
+    /// Why the script could not be loaded, if it never could.
+    public var loadError: String? { lock.withLock { compiled == nil ? lastLoadError : nil } }
+
+    /// Bytes the Lua state holds.
+    public var memoryInUse: Int { lock.withLock { state.memoryInUse } }
+
+    /// Runs `body` with the Lua state, under the engine's lock.
+    func withLua<R>(_ body: (Lua) throws -> R) rethrows -> R {
+        try lock.withLock {
+            let lua = state.lua
+            let top = lua.top
+            defer {
+                if lua.top != top {
+                    logger.error("Lua stack out of balance (\(lua.top) instead of \(top)); resetting it")
+                    lua.setTop(top)
+                }
+            }
+            return try body(lua)
+        }
+    }
+
+    // MARK: start-up
+
+    private func bootstrap() {
+        let lua = state.lua
+        do throws(LuaError) {
+            try run(LuaBootstrap.compatibility, name: "=(moonproxy compatibility)", lua)
+            setPackagePaths(lua)
+
+            // _G.proxy: constants, proxy.global, and a metatable pointed at the calling connection.
+            lua.newTable()
+            let proxy = lua.absolute(-1)
+            ScriptConstants.install(into: proxy, lua)
+            lua.newTable()                                        // proxy.global
+            ScriptConstants.push(.table(configuration.config), lua)
+            lua.rawSet(-2, "config")
+            if let backends {
+                BackendsBinding.push(backends, lua)
+                lua.rawSet(-2, "backends")
+            }
+            lua.rawSet(proxy, "global")
+            lua.newTable()                                        // its metatable
+            lua.pushValue(at: -1)
+            proxyMetatableRef = lua.ref()
+            lua.setMetatable(proxy)
+            lua.pushGlobalTable()
+            lua.insert(at: -2)
+            lua.rawSet(-2, "proxy")
+            lua.pop()
+
+            // Each connection's environment falls back to the shared globals.
+            lua.newTable()
+            lua.pushGlobalTable()
+            lua.rawSet(-2, "__index")
+            environmentMetatableRef = lua.ref()
+
+            try lua.load(LuaBootstrap.connectionFieldsMetatable, name: "=(moonproxy fields)")
+            try lua.pcall(arguments: 0, results: 1)
+            fieldsMetatableRef = lua.ref()
+
+            ConnectionBinding.registerMetatables(lua)
+            InjectionBinding.registerMetatables(lua)
+        } catch {
+            logger.critical("cannot set up the Lua environment: \(error)")
+        }
+    }
+
+    private func run(_ code: String, name: String, _ lua: Lua) throws(LuaError) {
+        try lua.load(code, name: name)
+        try lua.pcall(arguments: 0, results: 0)
+    }
+
+    private func setPackagePaths(_ lua: Lua) {
+        lua.pushGlobalTable()
+        guard lua.rawGet(-1, "package") == .table else { lua.pop(2); return }
+        for (key, value) in [("path", configuration.luaPath), ("cpath", configuration.luaCPath)] {
+            guard let value else { continue }
+            // ";;" stands for the default path, as in LUA_PATH.
+            lua.rawGet(-1, key)
+            let defaultPath = lua.toString(at: -1) ?? ""
+            lua.pop()
+            lua.push(value.replacingDoubleSemicolon(with: ";" + defaultPath + ";"))
+            lua.rawSet(-2, key)
+        }
+        lua.pop(2)
+    }
+
+    // MARK: the script file
+
+    /// Loads the script if it is new or changed; returns the version to use.
+    private func refreshLocked() -> Compiled? {
+        if let source = configuration.scriptSource {
+            if compiled == nil { compile(Array(source.utf8), name: "=(inline script)", mtime: timespec(), size: source.utf8.count) }
+            return compiled
+        }
+        guard let path = configuration.scriptPath else { return nil }
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            let message = "cannot stat the Lua script \(path): \(String(cString: strerror(errno)))"
+            if message != lastLoadError { logger.critical("\(message)") }
+            lastLoadError = message
+            return compiled
+        }
+        if let c = compiled, c.mtime.tv_sec == info.st_mtim.tv_sec, c.mtime.tv_nsec == info.st_mtim.tv_nsec, c.size == Int(info.st_size) {
+            return c
+        }
+        guard let bytes = Self.readFile(path) else {
+            lastLoadError = "cannot read the Lua script \(path): \(String(cString: strerror(errno)))"
+            logger.critical("\(lastLoadError!)")
+            return compiled
+        }
+        compile(bytes, name: "@" + path, mtime: info.st_mtim, size: Int(info.st_size))
+        return compiled
+    }
+
+    private func compile(_ bytes: [UInt8], name: String, mtime: timespec, size: Int) {
+        let lua = state.lua
+        do throws(LuaError) {
+            let loaded: Result<Void, LuaError> = bytes.withUnsafeBytes { raw in
+                do throws(LuaError) {
+                    try lua.load(raw, name: name, mode: "t")
+                    return .success(())
+                } catch {
+                    return .failure(error)
+                }
+            }
+            try loaded.get()
+            let bytecode = try lua.dumpFunction()
+            versions += 1
+            let reloaded = compiled != nil
+            compiled = Compiled(bytecode: bytecode, mtime: mtime, size: size, version: versions)
+            lastLoadError = nil
+            if reloaded {
+                logger.notice("reloaded the Lua script \(configuration.scriptName); new connections use it")
+            } else {
+                logger.info("loaded the Lua script \(configuration.scriptName)")
+            }
+        } catch {
+            // keep the last good version; remember the size and time so the same broken file is
+            // reported once, not on every connection
+            if var c = compiled {
+                c.mtime = mtime
+                c.size = size
+                compiled = c
+                logger.error("the edited Lua script does not load, still serving the previous version: \(error.message)")
+            } else {
+                logger.critical("the Lua script does not load: \(error.message)")
+            }
+            lastLoadError = error.message
+        }
+    }
+
+    private static func readFile(_ path: String) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 { if errno == EINTR { continue }; return nil }
+            if n == 0 { return bytes }
+            bytes.append(contentsOf: chunk[0..<n])
+        }
+    }
+
+    // MARK: connections
+
+    public enum StartFailure: Error, Equatable, Sendable {
+        /// No version of the script ever loaded.
+        case loadFailed
+        /// The script's top-level code failed for this connection.
+        case executeFailed(String)
+    }
+
+    /// Prepares the script for a new connection: its own environment, the script's top-level code
+    /// run in it, and the hooks it defines.
+    public func startConnection(host: ScriptConnectionHost) -> Result<ConnectionScript, StartFailure> {
+        withLua { lua in
+            guard let script = refreshLocked() else { return .failure(.loadFailed) }
+            let connection = ConnectionScript(engine: self, host: host)
+            do throws(LuaError) {
+                try connection.setUp(lua, bytecode: script.bytecode, scriptName: configuration.scriptName)
+                return .success(connection)
+            } catch {
+                logger.critical("(lua-error) [\(configuration.scriptName)] \(error.message)")
+                connection.releaseLocked(lua)
+                return .failure(.executeFailed(error.message))
+            }
+        }
+    }
+
+    /// Points `_G.proxy`'s per-connection fields at the connection whose hook is about to run.
+    func makeCurrent(fieldsRef: Int32, _ lua: Lua) {
+        lua.push(reference: proxyMetatableRef)
+        lua.push(reference: fieldsRef)
+        lua.rawSet(-2, "__index")
+        lua.push(reference: fieldsRef)
+        lua.rawSet(-2, "__newindex")
+        lua.pop()
+    }
+}
+
+extension String {
+    fileprivate func replacingDoubleSemicolon(with replacement: String) -> String {
+        let chars = Array(self)
+        for i in 0..<max(0, chars.count - 1) where chars[i] == ";" && chars[i + 1] == ";" {
+            return String(chars[..<i]) + replacement + String(chars[(i + 2)...])
+        }
+        return self
+    }
+}

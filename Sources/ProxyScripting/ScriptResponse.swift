@@ -1,0 +1,206 @@
+import LuaVM
+import MySQLWire
+import NIOCore
+
+/// `proxy.response` as a value: what a hook that returned PROXY_SEND_RESULT wants sent.
+public enum ScriptResponse: Sendable, Equatable {
+    case ok(affectedRows: UInt64, insertID: UInt64, serverStatus: UInt16?, warnings: UInt16, message: String?)
+    case error(code: UInt16, sqlState: String, message: String)
+    /// Payloads sent as they are, one packet each, with consecutive sequence ids.
+    case raw([ByteBuffer])
+    case resultSet(fields: [ScriptField], rows: [[String?]], serverStatus: UInt16?, warnings: UInt16)
+
+    /// What MySQL Proxy sends when `proxy.response` cannot be used.
+    public static let handlingFailed = ScriptResponse.error(code: 1105, sqlState: "07000", message: "(lua) handling proxy.response failed, check error-log")
+
+    /// The packets that answer `command` (nil: the handshake phase), starting at `sequenceID`.
+    public func encode(command: CommandCode?, capabilities: CapabilityFlags, sequenceID: UInt8) -> ByteBuffer {
+        var out = ByteBuffer()
+        var seq = sequenceID
+        switch self {
+        case let .ok(affected, insertID, status, warnings, message):
+            let ok = OKPacket(affectedRows: affected, lastInsertID: insertID, status: ServerStatus(rawValue: status ?? ServerStatus.autocommit.rawValue),
+                              warnings: warnings, info: message ?? "")
+            ResponseEncoding.ok(ok, capabilities: capabilities, sequenceID: &seq, into: &out)
+        case let .error(code, sqlState, message):
+            ResponseEncoding.error(ERRPacket(code: code, sqlState: sqlState, message: message),
+                                   sequenceID: &seq, into: &out)
+        case .raw(let packets):
+            for packet in packets { out.writeMySQLPacket(packet, sequenceID: &seq) }
+        case let .resultSet(fields, rows, status, warnings):
+            let columns = fields.map(\.definition)
+            let serverStatus = ServerStatus(rawValue: status ?? ServerStatus.autocommit.rawValue)
+            if command == .fieldList {
+                ResponseEncoding.fieldList(columns: columns, capabilities: capabilities, status: serverStatus, sequenceID: &seq, into: &out)
+            } else {
+                ResponseEncoding.resultSet(columns: columns, rows: rows, binary: command == .stmtExecute || command == .stmtFetch,
+                                           capabilities: capabilities, status: serverStatus, warnings: warnings, sequenceID: &seq, into: &out)
+            }
+        }
+        return out
+    }
+}
+
+/// A column of a result set a script makes up.
+public struct ScriptField: Sendable, Equatable {
+    public var name: String
+    public var type: ColumnType
+    public var table: String = ""
+    public var orgName: String = ""
+    public var orgTable: String = ""
+    public var schema: String = ""
+
+    public init(name: String, type: ColumnType) {
+        self.name = name
+        self.type = type
+    }
+
+    var definition: ColumnDefinition41 {
+        // Flags and length as MySQL Proxy declared its fields.
+        var d = ColumnDefinition41(schema: schema, table: table, orgTable: orgTable, name: name, orgName: orgName,
+                                   characterSet: 0x21, columnLength: 32, type: type, flags: [.primaryKey], decimals: 0)
+        if [.tinyBlob, .mediumBlob, .longBlob, .blob].contains(type) { d.flags.insert(.blob) }
+        return d
+    }
+}
+
+/// Reads `proxy.response` (the table on top of the stack) into a value; the problems found are
+/// reported as text for the log. Raw access only: a script's metatables are not run from here.
+enum ScriptResponseDecoder {
+    static func decode(_ lua: Lua, scriptName: String) -> Result<ScriptResponse, ResponseProblem> {
+        guard lua.type(at: -1) == .table else {
+            return .failure(ResponseProblem(lua.type(at: -1) == .nil ? "proxy.response isn't set in \(scriptName)"
+                                                                   : "proxy.response has to be a table, is \(lua.typeName(at: -1)) in \(scriptName)"))
+        }
+        let table = lua.absolute(-1)
+        lua.rawGet(table, "type")
+        defer { lua.setTop(table) }
+        guard lua.type(at: -1) != .nil else { return .failure(ResponseProblem("proxy.response.type isn't set in \(scriptName)")) }
+        guard let type = lua.toInteger(at: -1) else {
+            return .failure(ResponseProblem("proxy.response.type has to be a number, is \(lua.typeName(at: -1)) in \(scriptName)"))
+        }
+        lua.pop()
+        switch type {
+        case 0x00:
+            let status = integer(lua, table, "server_status").map { UInt16(truncatingIfNeeded: $0) }
+            let warnings = UInt16(truncatingIfNeeded: integer(lua, table, "warning_count") ?? 0)
+            if lua.rawGet(table, "resultset") == .table {
+                let resultSet = lua.absolute(-1)
+                return decodeResultSet(lua, resultSet, status: status, warnings: warnings)
+            }
+            lua.pop()
+            let affected = UInt64(clamping: integer(lua, table, "affected_rows") ?? 0)
+            let insertID = UInt64(clamping: integer(lua, table, "insert_id") ?? 0)
+            var message: String? = nil
+            if lua.rawGet(table, "msg") == .string || lua.type(at: -1) == .number { message = lua.toString(at: -1) }
+            lua.pop()
+            return .success(.ok(affectedRows: affected, insertID: insertID, serverStatus: status, warnings: warnings, message: message))
+        case 0xFF:
+            let code = UInt16(truncatingIfNeeded: integer(lua, table, "errcode") ?? 1105)
+            var sqlState = "07000"
+            if lua.rawGet(table, "sqlstate") == .string, let s = lua.toString(at: -1) { sqlState = s }
+            lua.pop()
+            var message = "(lua) proxy.response.errmsg is nil"
+            if lua.rawGet(table, "errmsg") == .string || lua.type(at: -1) == .number, let m = lua.toString(at: -1) { message = m }
+            lua.pop()
+            return .success(.error(code: code, sqlState: sqlState, message: message))
+        case 0xFA:
+            guard lua.rawGet(table, "packets") == .table else {
+                return .failure(ResponseProblem(lua.type(at: -1) == .nil ? "proxy.response.packets isn't set in \(scriptName)"
+                                                                       : "proxy.response.packets has to be a table, is \(lua.typeName(at: -1)) in \(scriptName)"))
+            }
+            let packets = lua.absolute(-1)
+            var result: [ByteBuffer] = []
+            var i = 1
+            while true {
+                let kind = lua.rawGet(packets, i)
+                defer { lua.pop() }
+                if kind == .nil { break }
+                guard kind == .string, let packet = lua.toByteBuffer(at: -1) else {
+                    return .failure(ResponseProblem("proxy.response.packets should be an array of strings, field \(i) is a \(kind.name)"))
+                }
+                result.append(packet)
+                i += 1
+            }
+            return .success(.raw(result))
+        default:
+            return .failure(ResponseProblem("proxy.response.type is unknown: \(type)"))
+        }
+    }
+
+    private static func decodeResultSet(_ lua: Lua, _ resultSet: Int32, status: UInt16?, warnings: UInt16) -> Result<ScriptResponse, ResponseProblem> {
+        var fields: [ScriptField] = []
+        guard lua.rawGet(resultSet, "fields") == .table else {
+            return .failure(ResponseProblem("proxy.response.resultset.fields has to be a table, is \(lua.typeName(at: -1))"))
+        }
+        let fieldsIndex = lua.absolute(-1)
+        var i = 1
+        while true {
+            let kind = lua.rawGet(fieldsIndex, i)
+            if kind == .nil { lua.pop(); break }
+            guard kind == .table else {
+                lua.pop()
+                return .failure(ResponseProblem("proxy.response.resultset.fields[\(i)] should be a table, but is a \(kind.name)"))
+            }
+            let field = lua.absolute(-1)
+            var name = "no-field-name"
+            if lua.rawGet(field, "name") == .string || lua.type(at: -1) == .number { name = lua.toString(at: -1) ?? name }
+            lua.pop()
+            var type = ColumnType.string
+            if lua.rawGet(field, "type") == .number, let t = lua.toInteger(at: -1) { type = ColumnType(UInt8(truncatingIfNeeded: t)) }
+            lua.pop()
+            var f = ScriptField(name: name, type: type)
+            for (key, path) in [("table", \ScriptField.table), ("org_name", \.orgName), ("org_table", \.orgTable), ("db", \.schema)] {
+                if lua.rawGet(field, key) == .string { f[keyPath: path] = lua.toString(at: -1) ?? "" }
+                lua.pop()
+            }
+            fields.append(f)
+            lua.pop()
+            i += 1
+        }
+        lua.pop()
+        var rows: [[String?]] = []
+        let rowsKind = lua.rawGet(resultSet, "rows")
+        if rowsKind == .table {
+            let rowsIndex = lua.absolute(-1)
+            var r = 1
+            while true {
+                let kind = lua.rawGet(rowsIndex, r)
+                if kind == .nil { lua.pop(); break }
+                guard kind == .table else {
+                    lua.pop()
+                    return .failure(ResponseProblem("proxy.response.resultset.rows[\(r)] should be a table, but is a \(kind.name)"))
+                }
+                let row = lua.absolute(-1)
+                var values: [String?] = []
+                values.reserveCapacity(fields.count)
+                for j in 1...max(fields.count, 1) where j <= fields.count {
+                    switch lua.rawGet(row, j) {
+                    case .string, .number: values.append(lua.toString(at: -1))
+                    case .boolean: values.append(lua.toBool(at: -1) ? "1" : "0")
+                    default: values.append(nil)
+                    }
+                    lua.pop()
+                }
+                rows.append(values)
+                lua.pop()
+                r += 1
+            }
+        } else if rowsKind != .nil {
+            return .failure(ResponseProblem("proxy.response.resultset.rows has to be a table, is \(rowsKind.name)"))
+        }
+        lua.pop()
+        return .success(.resultSet(fields: fields, rows: rows, serverStatus: status, warnings: warnings))
+    }
+
+    private static func integer(_ lua: Lua, _ table: Int32, _ key: String) -> Int? {
+        defer { lua.pop() }
+        guard lua.rawGet(table, key) == .number else { return nil }
+        return lua.toInteger(at: -1) ?? lua.toNumber(at: -1).map { Int(exactly: $0.rounded(.towardZero)) ?? 0 }
+    }
+}
+
+struct ResponseProblem: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}

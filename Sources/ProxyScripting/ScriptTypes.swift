@@ -1,0 +1,149 @@
+import MySQLWire
+import NIOCore
+
+/// An endpoint as scripts see it (`src`, `dst`): MySQL Proxy's name, address, port and the
+/// socket family as `type` (2 IPv4, 10 IPv6, 1 unix).
+public struct ScriptAddress: Hashable, Sendable {
+    public var name: String
+    public var address: String
+    public var port: Int
+    public var type: Int
+
+    public init(name: String, address: String, port: Int, type: Int) {
+        self.name = name
+        self.address = address
+        self.port = port
+        self.type = type
+    }
+}
+
+/// `proxy.connection.client`.
+public struct ScriptClientInfo: Sendable {
+    public var username: String = ""
+    public var defaultDB: String = ""
+    public var scrambledPassword: [UInt8] = []
+    public var src: ScriptAddress?
+    public var dst: ScriptAddress?
+    public init() {}
+}
+
+/// `proxy.connection.server`.
+public struct ScriptServerInfo: Sendable {
+    public var threadID: UInt32 = 0
+    public var mysqldVersion: Int = 0
+    public var versionString: String = ""
+    public var scrambleBuffer: [UInt8] = []
+    public var defaultDB: String = ""
+    public var username: String = ""
+    public var src: ScriptAddress?
+    public var dst: ScriptAddress?
+    public init() {}
+
+    /// MySQL Proxy's integer version (5.1.37 is 50137); MariaDB's "5.5.5-" prefix is skipped.
+    public static func versionNumber(_ version: String) -> Int {
+        var text = Substring(version)
+        if text.hasPrefix("5.5.5-") { text = text.dropFirst(6) }
+        let parts = text.split(whereSeparator: { !$0.isNumber }).prefix(3).compactMap { Int($0) }
+        guard parts.count == 3 else { return 0 }
+        return parts[0] * 10000 + parts[1] * 100 + parts[2]
+    }
+}
+
+/// What the proxy offers a connection's script through `proxy.connection`. Called on the
+/// connection's event loop while the script runs.
+public protocol ScriptConnectionHost: AnyObject {
+    var scriptClient: ScriptClientInfo { get }
+    var scriptServer: ScriptServerInfo? { get }
+    /// 1-based index of the backend in use, 0 when there is none.
+    var scriptBackendIndex: Int { get }
+    /// `proxy.connection.backend_ndx = n`: 0 puts the server connection back into the pool, n
+    /// moves to backend n (through its pool of idle connections).
+    func scriptSetBackendIndex(_ index: Int)
+    func scriptSetConnectionClose(_ close: Bool)
+}
+
+/// A backend as `proxy.global.backends[i]` shows it.
+public struct ScriptBackendInfo: Sendable {
+    public var dst: ScriptAddress
+    public var connectedClients: Int
+    public var state: Int
+    public var type: Int
+    public var uuid: String?
+    public var idlingConnections: Int
+    public var minIdleConnections: Int
+    public var maxIdleConnections: Int
+
+    public init(dst: ScriptAddress, connectedClients: Int, state: Int, type: Int, uuid: String?,
+                idlingConnections: Int, minIdleConnections: Int, maxIdleConnections: Int) {
+        self.dst = dst
+        self.connectedClients = connectedClients
+        self.state = state
+        self.type = type
+        self.uuid = uuid
+        self.idlingConnections = idlingConnections
+        self.minIdleConnections = minIdleConnections
+        self.maxIdleConnections = maxIdleConnections
+    }
+}
+
+/// What the proxy offers every script through `proxy.global.backends`; thread-safe.
+public protocol ScriptBackendsHost: AnyObject, Sendable {
+    var backendCount: Int { get }
+    /// 0-based.
+    func backendInfo(_ index: Int) -> ScriptBackendInfo?
+    func setBackendState(_ index: Int, _ state: Int)
+    func setBackendUUID(_ index: Int, _ uuid: String?)
+    /// Idle pooled connections of `user` to backend `index`.
+    func idleConnections(_ index: Int, user: String) -> Int
+    func setPoolLimits(_ index: Int, min: Int?, max: Int?)
+}
+
+/// A value for `proxy.global.config`.
+public indirect enum ScriptValue: Sendable, Equatable {
+    case string(String)
+    case integer(Int)
+    case number(Double)
+    case boolean(Bool)
+    case array([ScriptValue])
+    case table([String: ScriptValue])
+}
+
+/// A query queued with `proxy.queries:append()`/`prepend()`.
+public struct Injection: Sendable {
+    public var id: Int
+    public var packet: ByteBuffer
+    public var resultsetIsNeeded: Bool
+    /// When it was queued (µs, monotonic), for `query_time` and `response_time`.
+    public var queuedAt: UInt64
+
+    public init(id: Int, packet: ByteBuffer, resultsetIsNeeded: Bool, queuedAt: UInt64) {
+        self.id = id
+        self.packet = packet
+        self.resultsetIsNeeded = resultsetIsNeeded
+        self.queuedAt = queuedAt
+    }
+
+    public var command: CommandCode? { packet.getInteger(at: packet.readerIndex, as: UInt8.self).map { CommandCode($0) } }
+}
+
+/// What a hook decided.
+public enum HookDecision: Sendable, Equatable {
+    /// nil or no return value: carry on as without a script.
+    case noDecision
+    /// PROXY_SEND_QUERY.
+    case sendQuery
+    /// PROXY_SEND_RESULT, with `proxy.response` as it was when the hook returned.
+    case sendResult(ScriptResponse)
+    /// PROXY_IGNORE_RESULT.
+    case ignoreResult
+    /// Any other number.
+    case other(Int)
+}
+
+/// Hook return codes, as MySQL Proxy numbers them.
+public enum ProxyReturn {
+    public static let noDecision = 0
+    public static let sendQuery = 1
+    public static let sendResult = 2
+    public static let ignoreResult = 4
+}

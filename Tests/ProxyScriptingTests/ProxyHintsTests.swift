@@ -1,0 +1,23 @@
+import NIOCore
+import Testing
+@testable import ProxyScripting
+
+@Suite struct ProxyHintsTests {
+    func hints(_ query: String) -> [String] {
+        ProxyHints.parse(ByteBuffer(string: query)).map { "\($0.key)=\($0.value)" }
+    }
+
+    @Test func oneHint() { #expect(hints("SELECT /* @trace_id abc */ 1") == ["trace_id=abc"]) }
+    @Test func severalHintsInOneAndInSeveralComments() {
+        #expect(hints("/* @route ro @timeout 5 */ SELECT 1 /* @tag 'two words' */") == ["route=ro", "timeout=5", "tag=two words"])
+    }
+    @Test func flagsAndNonHintComments() {
+        #expect(hints("SELECT /* just a comment @not */ 1 /*@nocache*/") == ["nocache="])
+    }
+    @Test func hintsInsideStringsAndLineCommentsDoNotCount() {
+        #expect(hints("SELECT '/* @x 1 */', \"/* @y 2 */\", `/* @z */` -- /* @w 3 */\n FROM t # /* @v */") == [])
+    }
+    @Test func noComment() { #expect(hints("SELECT 1").isEmpty) }
+    @Test func unterminatedCommentDoesNotTrap() { #expect(hints("SELECT /* @a b") == ["a=b"]) }
+    @Test func escapedQuotes() { #expect(hints("SELECT 'it''s /* @no */' /* @yes 1 */") == ["yes=1"]) }
+}
