@@ -100,6 +100,15 @@ public struct ResponseTracker: Sendable {
         self.capabilities = capabilities
     }
 
+    /// A tracker for a connection that is already past authentication (a pooled server connection,
+    /// or a session answered by a script).
+    public static func commandPhase(capabilities: CapabilityFlags, status: ServerStatus = .autocommit) -> ResponseTracker {
+        var t = ResponseTracker(capabilities: capabilities)
+        t.clientPhase = .command
+        t.status = status
+        return t
+    }
+
     /// Whether commands are waiting for (the rest of) their response.
     public var isAwaitingResponse: Bool { !pending.isEmpty }
     /// How many commands are waiting for their response.

@@ -1,0 +1,77 @@
+import NIOCore
+
+/// Turns a byte stream into whole logical packets (frames joined), for the places where the proxy
+/// must see or rewrite entire packets: scripted commands and buffered results. Single-frame
+/// packets come out as slices of the input; only packets of 16 MiB and more are copied together.
+public struct PacketCollector: Sendable {
+    public struct Collected: Sendable {
+        /// The whole payload, with the sequence id of its first frame.
+        public var packet: MySQLFrame
+        /// The length of the first frame (what the response tracker needs to know about it).
+        public var firstFrameLength: Int
+        /// The packet's bytes as they came (header included) when it was a single frame, so that
+        /// it can be passed on without being framed again.
+        public var raw: ByteBuffer?
+
+        /// What the response tracker and scanner call a packet start.
+        public var start: FrameScanner.PacketStart {
+            PacketCollector.start(of: packet, firstFrameLength: firstFrameLength)
+        }
+    }
+
+    private var pending = ByteBuffer()
+    private var assembler: PacketAssembler
+
+    public init(maximumPacketLength: Int = 1 << 30) {
+        assembler = PacketAssembler(maximumPacketLength: maximumPacketLength)
+    }
+
+    /// No partial packet is held.
+    public var isEmpty: Bool { pending.readableBytes == 0 && !assembler.isAssembling }
+
+    /// Bytes held waiting for the rest of their packet.
+    public var bufferedBytes: Int { pending.readableBytes }
+
+    public mutating func append(_ chunk: ByteBuffer) {
+        if pending.readableBytes == 0 {
+            pending = chunk
+        } else {
+            // Drop what was consumed before it piles up in front of a packet that is still partial.
+            if pending.readerIndex > 1 << 16 { pending.discardReadBytes() }
+            pending.writeImmutableBuffer(chunk)
+        }
+    }
+
+    /// Forgets everything held.
+    public mutating func reset() {
+        pending = ByteBuffer()
+        assembler = PacketAssembler(maximumPacketLength: assembler.maximumPacketLength)
+    }
+
+    /// The next whole packet, or nil until more bytes arrive.
+    public mutating func next() throws(WireError) -> Collected? {
+        while true {
+            let start = pending.readerIndex
+            guard let frame = pending.readMySQLFrame() else { break }
+            let continuing = assembler.isAssembling
+            let firstLength = continuing ? PacketHeader.maxPayloadLength : frame.payload.readableBytes
+            if let packet = try assembler.append(frame) {
+                var raw: ByteBuffer? = nil
+                if !continuing && !frame.continues {
+                    raw = pending.getSlice(at: start, length: pending.readerIndex - start)
+                }
+                if pending.readableBytes == 0 { pending = ByteBuffer() }
+                return Collected(packet: packet, firstFrameLength: firstLength, raw: raw)
+            }
+        }
+        if pending.readableBytes == 0 { pending = ByteBuffer() }
+        return nil
+    }
+
+    /// What the response tracker and scanner call a packet start, for a whole packet.
+    public static func start(of packet: MySQLFrame, firstFrameLength: Int) -> FrameScanner.PacketStart {
+        let prefixLength = Swift.min(packet.payload.readableBytes, PacketPrefix.capacity)
+        let prefix = packet.payload.withUnsafeReadableBytes { PacketPrefix(UnsafeRawBufferPointer(rebasing: $0[0..<prefixLength])) }
+        return FrameScanner.PacketStart(header: PacketHeader(payloadLength: firstFrameLength, sequenceID: packet.sequenceID), prefix: prefix)
+    }
+}
