@@ -6,7 +6,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "moonproxy", targets: ["moonproxy"]),
-        .library(name: "MoonProxy", targets: ["ProxyServer"]),
+        .library(name: "MoonProxy", targets: ["ProxyServer", "ProxyScripting"]),
         .library(name: "MySQLWire", targets: ["MySQLWire"]),
     ],
     dependencies: [
@@ -51,7 +51,7 @@ let package = Package(
         .target(
             name: "ProxyServer",
             dependencies: [
-                "MySQLWire",
+                "MySQLWire", "ProxyScripting",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

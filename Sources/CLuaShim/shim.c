@@ -76,29 +76,49 @@ void moon_push_traceback_handler(lua_State *L) {
     lua_pushcfunction(L, moon_traceback);
 }
 
+struct moon_dump_buffer {
+    char *data;
+    size_t size;
+    size_t capacity;
+    int failed;
+};
+
+/* lua_dump's writer: a plain growing C buffer (a luaL_Buffer would have to stay on top of the
+ * stack, below which lua_dump keeps the function). */
 static int moon_dump_writer(lua_State *L, const void *p, size_t size, void *ud) {
+    struct moon_dump_buffer *b = (struct moon_dump_buffer *)ud;
     (void)L;
-    luaL_addlstring((luaL_Buffer *)ud, (const char *)p, size);
+    if (b->size + size > b->capacity) {
+        size_t capacity = b->capacity ? b->capacity : 4096;
+        while (capacity < b->size + size) capacity *= 2;
+        char *grown = realloc(b->data, capacity);
+        if (grown == NULL) { b->failed = 1; return 1; }
+        b->data = grown;
+        b->capacity = capacity;
+    }
+    memcpy(b->data + b->size, p, size);
+    b->size += size;
     return 0;
 }
 
 static int moon_dump_protected(lua_State *L) {
-    /* the function is at index 1 */
-    luaL_Buffer b;
+    /* the function is at index 1, its dump goes in a light userdata at index 2 */
+    struct moon_dump_buffer *b = (struct moon_dump_buffer *)lua_touserdata(L, 2);
     lua_settop(L, 1);
-    luaL_buffinit(L, &b);
-    /* luaL_Buffer may push a box onto the stack: dump the function copied below it */
-    lua_pushvalue(L, 1);
-    lua_dump(L, moon_dump_writer, &b, 0);
-    lua_pop(L, 1);
-    luaL_pushresult(&b);
+    lua_dump(L, moon_dump_writer, b, 0);
+    if (b->failed) return luaL_error(L, "not enough memory to dump the script");
+    lua_pushlstring(L, b->data ? b->data : "", b->size);
     return 1;
 }
 
 int moon_dump_function(lua_State *L) {
+    struct moon_dump_buffer b = { NULL, 0, 0, 0 };
     lua_pushcfunction(L, moon_dump_protected);
     lua_insert(L, -2);
-    return lua_pcall(L, 1, 1, 0);
+    lua_pushlightuserdata(L, &b);
+    int status = lua_pcall(L, 2, 1, 0);
+    free(b.data);
+    return status;
 }
 
 int moon_pcall(lua_State *L, int nargs, int nresults, int msgh) { return lua_pcall(L, nargs, nresults, msgh); }

@@ -24,6 +24,8 @@ public final class ScriptEngine: @unchecked Sendable {
         /// `package.path` and `package.cpath` (`--lua-path`, `--lua-cpath`, LUA_PATH, LUA_CPATH).
         public var luaPath: String?
         public var luaCPath: String?
+        /// A directory of Lua modules searched first (`dir/?.lua`, `dir/?/init.lua`, `dir/?.so`).
+        public var libraryDirectory: String?
         /// `proxy.global.config`.
         public var config: [String: ScriptValue] = [:]
         /// Largest result an injected query with `resultset_is_needed = true` may buffer.
@@ -155,6 +157,16 @@ public final class ScriptEngine: @unchecked Sendable {
             lua.pop()
             lua.push(value.replacingDoubleSemicolon(with: ";" + defaultPath + ";"))
             lua.rawSet(-2, key)
+        }
+        if let dir = configuration.libraryDirectory, !dir.isEmpty {
+            let base = dir.hasSuffix("/") ? String(dir.dropLast()) : dir
+            for (key, patterns) in [("path", "\(base)/?.lua;\(base)/?/init.lua;"), ("cpath", "\(base)/?.so;")] {
+                lua.rawGet(-1, key)
+                let current = lua.toString(at: -1) ?? ""
+                lua.pop()
+                lua.push(patterns + current)
+                lua.rawSet(-2, key)
+            }
         }
         lua.pop(2)
     }

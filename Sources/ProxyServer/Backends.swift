@@ -1,5 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
+import ProxyScripting
 
 /// A backend's health as MySQL Proxy reports it (`proxy.BACKEND_STATE_*`).
 public enum BackendState: Int, Hashable, Sendable {
@@ -32,9 +34,20 @@ public final class BackendPool: Sendable {
         var connectedClients = 0
         var downSince: NIODeadline? = nil
         var uuid: String
+        /// Limits of the idle connection pool (`pool.min_idle_connections`, `max_idle_connections`).
+        var minIdle = 0
+        var maxIdle = 20
+    }
+
+    /// Idle pooled server connections, by event loop, backend and user.
+    struct IdleKey: Hashable {
+        var loop: ObjectIdentifier
+        var backend: Int
+        var user: String
     }
 
     private let entries: NIOLockedValueBox<(backends: [Entry], rotation: Int)>
+    private let idle = NIOLockedValueBox<[IdleKey: Int]>([:])
     public let retryInterval: TimeAmount
 
     public init(_ backends: [BackendConfiguration], retryInterval: TimeAmount = .seconds(5)) {
@@ -70,6 +83,17 @@ public final class BackendPool: Sendable {
             }
             guard let chosen = best else { return nil }
             return (chosen, value.backends[chosen].configuration.address, value.backends[chosen].resolved)
+        }
+    }
+
+    /// Backend `index` if it may be used now (not down, or down long enough ago), of either type:
+    /// a script's choice.
+    public func candidate(_ index: Int, now: NIODeadline = .now()) -> (index: Int, address: ProxyAddress, resolved: SocketAddress?)? {
+        entries.withLockedValue { value in
+            guard value.backends.indices.contains(index) else { return nil }
+            let e = value.backends[index]
+            if e.state == .down, let since = e.downSince, now - since < retryInterval { return nil }
+            return (index, e.configuration.address, e.resolved)
         }
     }
 
@@ -131,6 +155,25 @@ public final class BackendPool: Sendable {
         }
     }
 
+    // MARK: idle pooled connections
+
+    func idleChanged(loop: ObjectIdentifier, backend: Int, user: String, by delta: Int) {
+        idle.withLockedValue { counts in
+            let key = IdleKey(loop: loop, backend: backend, user: user)
+            let value = (counts[key] ?? 0) + delta
+            counts[key] = value > 0 ? value : nil
+        }
+    }
+
+    /// Idle connections to `backend` on every event loop.
+    func idleCount(backend: Int) -> Int {
+        idle.withLockedValue { counts in counts.reduce(0) { $0 + ($1.key.backend == backend ? $1.value : 0) } }
+    }
+
+    func maximumIdle(backend: Int) -> Int {
+        entries.withLockedValue { value in value.backends.indices.contains(backend) ? value.backends[backend].maxIdle : 0 }
+    }
+
     private static func makeUUID(seed: Int, address: String) -> String {
         var hasher = Hasher()
         hasher.combine(seed)
@@ -143,5 +186,58 @@ public final class BackendPool: Sendable {
             return String(repeating: "0", count: max(0, digits - s.count)) + s.suffix(digits)
         }
         return "\(hex(a >> 32, 8))-\(hex((a >> 16) & 0xFFFF, 4))-\(hex(a & 0xFFFF, 4))-\(hex(b >> 48, 4))-\(hex(b & 0xFFFF_FFFF_FFFF, 12))"
+    }
+}
+
+/// `proxy.global.backends` for scripts.
+extension BackendPool: ScriptBackendsHost {
+    public var backendCount: Int { count }
+
+    public func backendInfo(_ index: Int) -> ScriptBackendInfo? {
+        let idleTotal = idleCount(backend: index)
+        return entries.withLockedValue { value -> ScriptBackendInfo? in
+            guard value.backends.indices.contains(index) else { return nil }
+            let e = value.backends[index]
+            let dst: ScriptAddress
+            switch e.configuration.address {
+            case .tcp(let host, let port):
+                dst = ScriptAddress(name: e.configuration.address.description, address: host, port: port, type: host.contains(":") ? 10 : 2)
+            case .unix(let path):
+                dst = ScriptAddress(name: path, address: path, port: 0, type: 1)
+            }
+            return ScriptBackendInfo(dst: dst, connectedClients: e.connectedClients, state: e.state.rawValue,
+                                     type: e.configuration.type == .readWrite ? 1 : 2, uuid: e.uuid,
+                                     idlingConnections: idleTotal, minIdleConnections: e.minIdle, maxIdleConnections: e.maxIdle)
+        }
+    }
+
+    public func setBackendState(_ index: Int, _ state: Int) {
+        guard let s = BackendState(rawValue: state) else { return }
+        setState(index, s)
+    }
+
+    public func setBackendUUID(_ index: Int, _ uuid: String?) {
+        entries.withLockedValue { value in
+            guard value.backends.indices.contains(index) else { return }
+            value.backends[index].uuid = uuid ?? ""
+        }
+    }
+
+    /// Idle connections of `user` to backend `index`. Called from a hook, it counts those on the
+    /// hook's own event loop: the only ones its connection can take.
+    public func idleConnections(_ index: Int, user: String) -> Int {
+        let loop = MultiThreadedEventLoopGroup.currentEventLoop.map { ObjectIdentifier($0 as AnyObject) }
+        return idle.withLockedValue { counts in
+            if let loop { return counts[IdleKey(loop: loop, backend: index, user: user)] ?? 0 }
+            return counts.reduce(0) { $0 + ($1.key.backend == index && $1.key.user == user ? $1.value : 0) }
+        }
+    }
+
+    public func setPoolLimits(_ index: Int, min: Int?, max: Int?) {
+        entries.withLockedValue { value in
+            guard value.backends.indices.contains(index) else { return }
+            if let min { value.backends[index].minIdle = Swift.max(0, min) }
+            if let max { value.backends[index].maxIdle = Swift.max(0, max) }
+        }
     }
 }

@@ -123,5 +123,26 @@ public struct ProxyConfiguration: Sendable {
     /// `--max-open-files`; 0 leaves the limit alone.
     public var maxOpenFiles: Int = 0
 
+    /// `--proxy-lua-script`: the Lua script every connection runs. It is checked for changes as
+    /// clients connect; new connections get an edited version.
+    public var luaScript: String?
+    /// The script's text, for programs that embed the proxy (used when `luaScript` is nil).
+    public var luaScriptSource: String?
+    /// `--lua-path` and `--lua-cpath`: `package.path` and `package.cpath` (";;" stands for the
+    /// default, which LUA_PATH and LUA_CPATH set).
+    public var luaPath: String?
+    public var luaCPath: String?
+    /// A directory of Lua modules put in front of `package.path` and `package.cpath`
+    /// (`<prefix>/lib/moonproxy/lua` for the installed executable).
+    public var luaLibraryDirectory: String?
+    /// Largest result a script may have buffered with `resultset_is_needed = true`; a bigger one
+    /// fails its query with an error instead of filling memory.
+    public var resultsetBufferLimit: Int = 64 << 20
+    /// More entries for scripts' `proxy.global.config` (the command line's other options).
+    public var scriptConfig: [String: String] = [:]
+
+    /// Whether connections run a script.
+    public var hasScript: Bool { luaScript != nil || luaScriptSource != nil }
+
     public init() {}
 }

@@ -2,6 +2,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import ProxyScripting
 import ServiceLifecycle
 
 /// A MoonProxy instance: a listener relaying MySQL connections to backends.
@@ -39,8 +40,42 @@ public final class MoonProxy: Sendable {
             self.ownsGroup = true
         }
         self.backends = BackendPool(configuration.backends, retryInterval: configuration.backendRetryInterval)
+        var engine: ScriptEngine? = nil
+        if configuration.hasScript {
+            var script = ScriptEngine.Configuration(scriptPath: configuration.luaScript, scriptSource: configuration.luaScript == nil ? configuration.luaScriptSource : nil)
+            script.luaPath = configuration.luaPath
+            script.luaCPath = configuration.luaCPath
+            script.libraryDirectory = configuration.luaLibraryDirectory
+            script.resultsetBufferLimit = configuration.resultsetBufferLimit
+            script.config = Self.scriptConfig(configuration)
+            engine = ScriptEngine(configuration: script, backends: backends, logger: logger)
+        }
+        self.scriptEngine = engine
         self.context = ProxyContext(configuration: configuration, backends: backends, statistics: statistics,
-                                    connector: connector, logger: logger)
+                                    connector: connector, logger: logger, scriptEngine: engine)
+    }
+
+    /// The script every connection runs, if one is configured.
+    public let scriptEngine: ScriptEngine?
+
+    /// `proxy.global.config`: the effective options, under MySQL Proxy's names.
+    static func scriptConfig(_ c: ProxyConfiguration) -> [String: ScriptValue] {
+        func seconds(_ t: TimeAmount) -> ScriptValue { .number(Double(t.nanoseconds) / 1e9) }
+        var config: [String: ScriptValue] = [
+            "proxy-address": .string(c.listenAddress.description),
+            "proxy-backend-addresses": .array(c.backends.filter { $0.type == .readWrite }.map { .string($0.address.description) }),
+            "proxy-read-only-backend-addresses": .array(c.backends.filter { $0.type == .readOnly }.map { .string($0.address.description) }),
+            "proxy-connect-timeout": seconds(c.connectTimeout),
+            "proxy-read-timeout": seconds(c.readTimeout),
+            "proxy-write-timeout": seconds(c.writeTimeout),
+            "event-threads": .integer(c.eventThreads),
+            "resultset-buffer-limit": .integer(c.resultsetBufferLimit),
+        ]
+        if let script = c.luaScript { config["proxy-lua-script"] = .string(script) }
+        if let path = c.luaPath { config["lua-path"] = .string(path) }
+        if let path = c.luaCPath { config["lua-cpath"] = .string(path) }
+        for (key, value) in c.scriptConfig { config[key] = .string(value) }
+        return config
     }
 
     /// The address the listener is bound to, once started.

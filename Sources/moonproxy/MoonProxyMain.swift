@@ -90,6 +90,16 @@ enum MoonProxyMain {
         configuration.eventThreads = options.eventThreads ?? 1
         configuration.maxOpenFiles = options.maxOpenFiles ?? 0
 
+        // MARK: scripting
+
+        configuration.luaScript = resolve(options.proxyLuaScript)
+        configuration.luaPath = options.luaPath
+        configuration.luaCPath = options.luaCpath
+        configuration.luaLibraryDirectory = Self.luaLibraryDirectory(basedir: basedir)
+        if let limit = options.proxyResultsetBufferLimit { configuration.resultsetBufferLimit = limit }
+        configuration.scriptConfig["log-level"] = (options.logLevel ?? .warning).rawValue
+        if let basedir { configuration.scriptConfig["basedir"] = basedir }
+
         // MARK: logging
 
         let logOutput: LogOutput
@@ -132,8 +142,6 @@ enum MoonProxyMain {
             (options.logBacktraceOnCrash, "--log-backtrace-on-crash: the Swift runtime prints a backtrace on a crash by itself"),
             (options.pluginDir != nil, "--plugin-dir: MoonProxy's plugins are built in"),
             (options.proxyPoolNoChangeUser, "--proxy-pool-no-change-user: noted; it matters once connection pooling is used"),
-            (options.proxyLuaScript != nil, "--proxy-lua-script: scripting is not available in this build; the proxy relays without a script"),
-            (options.luaPath != nil || options.luaCpath != nil, "--lua-path/--lua-cpath: noted for scripting"),
             (options.pluginList.contains("admin") || options.adminAddress != nil, "--plugins=admin: the admin interface is not available in this build"),
         ] where given {
             logger.info("\(note)")
@@ -185,6 +193,21 @@ enum MoonProxyMain {
             logger.notice("shutting down normally, exit code is: \(exitCode.withLockedValue { $0 })")
         }
         exit(exitCode.withLockedValue { $0 })
+    }
+}
+
+extension MoonProxyMain {
+    /// MoonProxy's own directory of Lua modules, as MySQL Proxy's `lib/mysql-proxy/lua`:
+    /// `<basedir>/lib/moonproxy/lua` with --basedir, else next to the executable's `bin`.
+    static func luaLibraryDirectory(basedir: String?) -> String {
+        if let basedir { return (basedir.hasSuffix("/") ? basedir : basedir + "/") + "lib/moonproxy/lua" }
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard n > 0 else { return "/usr/local/lib/moonproxy/lua" }
+        let exe = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        var parts = exe.split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(min(2, parts.count))  // bin/moonproxy
+        return parts.joined(separator: "/") + "/lib/moonproxy/lua"
     }
 }
 

@@ -31,6 +31,10 @@ struct Options: ParsableArguments {
             help: ArgumentHelp("filename of the lua script (default: not set)", valueName: "file"))
     var proxyLuaScript: String?
 
+    @Option(name: .customLong("proxy-resultset-buffer-limit"),
+            help: ArgumentHelp("largest result a script may buffer with resultset_is_needed, in bytes (MoonProxy; default: 67108864)", valueName: "bytes"))
+    var proxyResultsetBufferLimit: Int?
+
     @Flag(name: .customLong("no-proxy"), help: "don't start the proxy-module (default: enabled)")
     var noProxy = false
 
@@ -125,6 +129,7 @@ struct Options: ParsableArguments {
     mutating func validate() throws {
         if let n = eventThreads, n < 1 || n > 1024 { throw ValidationError("--event-threads must be between 1 and 1024") }
         if let n = maxOpenFiles, n < 0 { throw ValidationError("--max-open-files must not be negative") }
+        if let n = proxyResultsetBufferLimit, n < 0 { throw ValidationError("--proxy-resultset-buffer-limit must not be negative") }
         for (name, value) in [("--proxy-connect-timeout", proxyConnectTimeout), ("--proxy-read-timeout", proxyReadTimeout),
                               ("--proxy-write-timeout", proxyWriteTimeout), ("--proxy-backend-retry-interval", proxyBackendRetryInterval),
                               ("--proxy-shutdown-timeout", proxyShutdownTimeout)] {

@@ -109,6 +109,23 @@ let addFunction: LuaFunction = { L in
         #expect(lua.toInteger(at: -1) == 42)
     }
 
+    @Test func largeFunctionsDumpWhole() throws {
+        // bigger than a luaL_Buffer's first block, so the dump grows its buffer several times
+        let state = LuaState()
+        defer { withExtendedLifetime(state) {} }
+        let lua = state.lua
+        var source = "local t = {}\n"
+        for i in 0..<2000 { source += "t[\(i)] = 'value number \(i)'\n" }
+        source += "return #t"
+        try lua.load(source, name: "=big")
+        let chunk = try lua.dumpFunction()
+        #expect(chunk.count > 20_000)
+        #expect(chunk.prefix(4) == [0x1B, 0x4C, 0x75, 0x61])
+        try chunk.withUnsafeBytes { try lua.load($0, name: "=big", mode: "b") }
+        try lua.pcall(arguments: 0, results: 1)
+        #expect(lua.toInteger(at: -1) == 1999)
+    }
+
     @Test func bytesSurviveUnchanged() throws {
         let state = LuaState()
         defer { withExtendedLifetime(state) {} }

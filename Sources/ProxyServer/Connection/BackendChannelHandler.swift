@@ -11,6 +11,8 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
 
     /// Set to nil once the client side is gone, so that late events go nowhere.
     var owner: ClientChannelHandler?
+    /// The pool holding this connection while no client uses it.
+    weak var parkedIn: ServerConnectionPool?
     private(set) var context: ChannelHandlerContext?
     private var readsPaused = false
     /// The backend channel's writability, kept here so the hot path need not ask the channel.
@@ -29,7 +31,11 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        owner?.backendDataReceived(self.unwrapInboundIn(data))
+        if let owner {
+            owner.backendDataReceived(self.unwrapInboundIn(data))
+        } else {
+            parkedIn?.parkedConnectionEnded(self)
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -38,6 +44,7 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
 
     func channelInactive(context: ChannelHandlerContext) {
         owner?.backendClosed()
+        parkedIn?.parkedConnectionEnded(self)
         context.fireChannelInactive()
     }
 
@@ -70,6 +77,16 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         guard let context else { return }
         ClientChannelHandler.forward(buffer, on: context, flushPending: &flushPending)
     }
+
+    /// Sends bytes the proxy made, now.
+    func writeAndFlush(_ buffer: ByteBuffer) {
+        guard let context else { return }
+        flushPending = false
+        context.writeAndFlush(NIOAny(buffer), promise: nil)
+    }
+
+    var localAddress: SocketAddress? { context?.channel.localAddress }
+    var remoteAddress: SocketAddress? { context?.channel.remoteAddress }
 
     /// Flushes what `write` left queued, at the end of the client's read cycle.
     func flushIfPending() {

@@ -1,6 +1,7 @@
 import Logging
 import MySQLWire
 import NIOCore
+import ProxyScripting
 
 /// The client side of a proxied connection, and the owner of its state: it feeds the connection's
 /// state machine with what happens on either socket and carries out the actions it returns.
@@ -23,6 +24,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var readingFromClient = true
     private var flushPending = false
     private var closed = false
+    /// The connection's script, when the proxy runs one.
+    private var scripted: ScriptedConnection?
+    private var disconnectHookCalled = false
 
     // Timeouts are checked by the event loop's sweeper; the hot path only sets these flags.
     private var sweeper: TimeoutSweeper?
@@ -39,7 +43,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     /// Logs with the connection's metadata, built only when the line is actually written.
-    private func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message) {
+    func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message) {
         guard shared.logger.logLevel <= level else { return }
         var logger = shared.logger
         logger[metadataKey: "conn"] = "\(connectionID)"
@@ -68,8 +72,33 @@ final class ClientChannelHandler: ChannelInboundHandler {
         log(.debug, "client connected")
         sweeper = shared.sweeper(for: context.eventLoop)
         sweeper?.add(self)
+        if let engine = shared.scriptEngine, !startScript(engine, context: context) {
+            context.fireChannelActive()
+            return
+        }
         run(machine.clientConnected())
         context.fireChannelActive()
+    }
+
+    /// Prepares the script for this connection; false when it cannot run (the client was told).
+    private func startScript(_ engine: ScriptEngine, context: ChannelHandlerContext) -> Bool {
+        let connection = ScriptedConnection(handler: self, resultsetBufferLimit: engine.configuration.resultsetBufferLimit)
+        connection.client.src = context.channel.remoteAddress.map(ScriptedConnection.scriptAddress)
+        connection.client.dst = context.channel.localAddress.map(ScriptedConnection.scriptAddress)
+        switch engine.startConnection(host: connection) {
+        case .success(let script):
+            connection.script = script
+            scripted = connection
+            machine = ConnectionStateMachine(statistics: shared.statistics, script: connection)
+            return true
+        case .failure(let failure):
+            // MySQL Proxy's words, with packet id 0, instead of a greeting
+            let err = failure == .loadFailed ? ScriptFailureMessages.loadFailed : ScriptFailureMessages.executeFailed
+            shared.statistics.add(.errorsSentByProxy)
+            log(.error, "\(err.message)")
+            sendAndClose(ConnectionStateMachine.framed(err, sequenceID: 0, protocol41: true))
+            return false
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -82,6 +111,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // A client that leaves between commands leaves a server connection the script may pool.
+        callDisconnectHook(serverIdle: machine.serverIsIdle)
         run(machine.clientClosed())
         finish()
         context.fireChannelInactive()
@@ -157,6 +188,16 @@ final class ClientChannelHandler: ChannelInboundHandler {
             if let context { Self.forward(buffer, on: context, flushPending: &flushPending) }
         case .forwardToClientAndClose(let buffer):
             sendAndClose(buffer)
+        case .send(let output):
+            if output.dropBackend { dropBackend() }
+            if let bytes = output.toBackend { backend?.writeAndFlush(bytes) }
+            if let reason = output.close {
+                log(output.closeIsOrdinary ? .debug : .info, "closing: \(reason)")
+                if let bytes = output.toClient { sendAndClose(bytes) } else { closeBoth() }
+            } else if let bytes = output.toClient, let context {
+                flushPending = false
+                context.writeAndFlush(NIOAny(bytes), promise: nil)
+            }
         case .sendToClientAndClose(let buffer, let reason):
             log(.warning, "\(reason)")
             sendAndClose(buffer)
@@ -187,6 +228,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             closeBoth()
             return
         }
+        callDisconnectHook(serverIdle: false)
         backend?.close()
         context.writeAndFlush(self.wrapOutboundOut(buffer)).assumeIsolated().whenComplete { [self] _ in
             self.closeBoth()
@@ -194,13 +236,28 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     private func closeBoth() {
+        callDisconnectHook(serverIdle: false)
         backend?.close()
         context?.close(promise: nil)
+    }
+
+    /// `disconnect_client()`, once, before the server connection is closed: the script may give
+    /// that connection to the pool (`backend_ndx = 0`) if it is idle.
+    private func callDisconnectHook(serverIdle: Bool) {
+        guard let scripted, !disconnectHookCalled else { return }
+        disconnectHookCalled = true
+        if scripted.hooks.contains(.disconnectClient) {
+            scripted.prepareHook(loggedIn: serverIdle, serverIdle: serverIdle, status: machine.serverStatus)
+            scripted.disconnectClient()
+        }
     }
 
     /// Releases what this connection holds, once.
     private func finish() {
         guard !closed else { return }
+        callDisconnectHook(serverIdle: false)
+        scripted?.close()
+        scripted = nil
         closed = true
         sweeper?.remove(self)
         sweeper = nil
@@ -219,7 +276,11 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     private func connectToNextBackend() {
         guard let context, !closed else { return }
-        guard let (index, address, resolved) = shared.backends.pickForNewClient(excluding: triedBackends) else {
+        var choice: (index: Int, address: ProxyAddress, resolved: SocketAddress?)?
+        if let wanted = scripted?.requestedBackend, !triedBackends.contains(wanted) {
+            choice = shared.backends.candidate(wanted)
+        }
+        guard let (index, address, resolved) = choice ?? shared.backends.pickForNewClient(excluding: triedBackends) else {
             let detail = triedBackends.isEmpty ? "all backends are down (MoonProxy)" : "no backend accepted the connection (MoonProxy)"
             run(machine.noBackendAvailable(detail))
             return
@@ -249,7 +310,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
                     self.shared.backends.markDown(index)
                     self.shared.statistics.add(.backendConnectFailures)
                     self.log(.warning, "cannot connect to backend \(address), marking it down: \(error)")
-                    self.connectToNextBackend()
+                    self.scripted?.requestedBackend = nil
+                    self.run(self.machine.backendConnectFailed())
                 }
             }
     }
@@ -287,5 +349,89 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case .unixDomainSocket:
             return address.pathname ?? "unix"
         }
+    }
+}
+
+// MARK: - server connections chosen by scripts
+
+extension ClientChannelHandler {
+    /// The backend of the server connection in use (0-based), nil without one.
+    var currentBackendIndex: Int? { backend != nil ? backendIndex : nil }
+    var backendLocalAddress: SocketAddress? { backend?.localAddress }
+    var backendRemoteAddress: SocketAddress? { backend?.remoteAddress }
+
+    /// `proxy.connection.backend_ndx = target + 1`: before the login it picks the backend to
+    /// connect to; after it, -1 gives the server connection to the pool and a backend takes an
+    /// idle connection of this user from its pool (staying put when there is none, as MySQL Proxy
+    /// does). The state machine learns of a change when the hook returns.
+    func scriptSelectBackend(_ target: Int, connection: ScriptedConnection) {
+        let count = shared.backends.count
+        guard target == -1 || (0..<count).contains(target) else {
+            log(.warning, "proxy.connection.backend_ndx = \(target + 1): there are only \(count) backends; ignored")
+            return
+        }
+        guard connection.loggedIn else {
+            connection.requestedBackend = target >= 0 ? target : nil
+            return
+        }
+        if backend != nil && target == backendIndex { return }
+        if backend != nil && !connection.serverIdle {
+            log(.warning, "proxy.connection.backend_ndx = \(target + 1): a response is still on its way from the server; the connection stays where it is")
+            return
+        }
+        if target == -1 {
+            if backend != nil {
+                parkServer(connection)
+                connection.serverChanged(.released)
+            }
+            return
+        }
+        guard let pool = sweeper?.serverPool else { return }
+        let key = ServerConnectionPool.Key(backend: target, user: connection.client.username, capabilities: connection.capabilities)
+        guard let parked = pool.take(key) else {
+            log(.info, "proxy.connection.backend_ndx = \(target + 1): no idle connection of user '\(connection.client.username)' to that backend in the pool; staying \(backendIndex.map { "on backend \($0 + 1)" } ?? "without a server")")
+            return
+        }
+        if backend != nil { parkServer(connection) }
+        parked.handler.owner = self
+        backend = parked.handler
+        backendIndex = target
+        backendAddress = parked.address
+        shared.backends.clientAttached(target)
+        connection.server = parked.server
+        connection.serverChanged(.replaced(status: parked.status))
+        if let context { parked.handler.setReadsPaused(!context.channel.isWritable) }
+        log(.debug, "took a pooled connection to backend \(target + 1)")
+    }
+
+    /// Gives the server connection to this loop's pool, or closes it when it cannot be kept.
+    private func parkServer(_ connection: ScriptedConnection) {
+        guard let handler = backend, let index = backendIndex, let address = backendAddress else { return }
+        backend = nil
+        backendIndex = nil
+        backendAddress = nil
+        handler.owner = nil
+        shared.backends.clientDetached(index)
+        let parked = ServerConnectionPool.Parked(
+            handler: handler,
+            key: ServerConnectionPool.Key(backend: index, user: connection.client.username, capabilities: connection.capabilities),
+            status: connection.serverStatus, server: connection.server ?? ScriptServerInfo(), address: address)
+        connection.server = nil
+        if sweeper?.serverPool.park(parked) != true {
+            log(.debug, "closing a server connection the pool cannot keep (full, or in a transaction)")
+            handler.close()
+        }
+    }
+
+    /// Closes the server connection: the script answered the login itself.
+    func dropBackend() {
+        guard let handler = backend else { return }
+        handler.owner = nil
+        handler.close()
+        backend = nil
+        if let index = backendIndex { shared.backends.clientDetached(index) }
+        backendIndex = nil
+        backendAddress = nil
+        scripted?.server = nil
     }
 }

@@ -1,5 +1,6 @@
 import MySQLWire
 import NIOCore
+import ProxyScripting
 
 /// The life of one client connection and its backend connection, as a value: events in, actions out.
 /// It owns no sockets; `ClientChannelHandler` feeds it bytes and events and carries out its actions.
@@ -8,7 +9,11 @@ import NIOCore
 /// cleared) → relay the client's handshake response (likewise) → relay everything else, scanning
 /// frame headers so that the response tracker always knows where a command's response ends, which
 /// is what makes it possible to report a lost backend with an ERR packet at the right place, to
-/// finish running commands on shutdown, and (with scripts) to intercept single commands.
+/// finish running commands on shutdown, and to hand single commands to a script.
+///
+/// Without a script, or with a script that has no `read_query`, commands and responses stream
+/// through untouched (`+Relay`). With `read_query`, the machine takes the client's commands one at
+/// a time and lets the script decide (`+Exchange`); the hooks of the handshake are in `+Handshake`.
 ///
 /// The relay's state (tracker, scanners, session) lives in stored properties next to `phase`
 /// rather than in the phase's payload: the relay runs for every chunk of every query, and moving a
@@ -19,18 +24,40 @@ struct ConnectionStateMachine {
         case connectingToBackend
         /// Gathering the server's greeting in `gathered`.
         case awaitingGreeting
-        /// Greeting relayed; gathering the client's handshake response in `gathered`.
+        /// Greeting sent; gathering the client's handshake response in `gathered`.
         case awaitingHandshakeResponse
         case relaying
         case closed
     }
 
-    /// What is known about the session, for logs and (later) scripts.
+    /// What is known about the session, for logs and scripts.
     struct Session {
         var greeting: HandshakeV10
         var username: String = ""
         var database: String?
         var capabilities: CapabilityFlags = []
+    }
+
+    /// Bytes for either side that the proxy made or rearranged, and what to do after them.
+    struct Output {
+        var toClient: ByteBuffer?
+        var toBackend: ByteBuffer?
+        /// Close the server connection (not the client's): the script answered in its place.
+        var dropBackend = false
+        /// Close both sides once the client's bytes are out; the reason is logged at info level,
+        /// or at debug level when the close is an ordinary end.
+        var close: String?
+        var closeIsOrdinary = false
+
+        mutating func client(_ bytes: ByteBuffer) {
+            if toClient == nil { toClient = bytes } else { var b = bytes; toClient!.writeBuffer(&b) }
+        }
+
+        mutating func backend(_ bytes: ByteBuffer) {
+            if toBackend == nil { toBackend = bytes } else { var b = bytes; toBackend!.writeBuffer(&b) }
+        }
+
+        var isEmpty: Bool { toClient == nil && toBackend == nil && !dropBackend && close == nil }
     }
 
     enum Action {
@@ -41,6 +68,8 @@ struct ConnectionStateMachine {
         /// Forward what the server sent, then close both sides (an ERR instead of a greeting, or
         /// the end of the last response before a shutdown).
         case forwardToClientAndClose(ByteBuffer)
+        /// Write to either side and flush at once (scripted connections).
+        case send(Output)
         /// Send packets the proxy made (usually one ERR) and close both sides; `reason` is logged.
         case sendToClientAndClose(ByteBuffer, reason: String)
         /// Close both sides without a word; `reason` is logged (nil: an ordinary end).
@@ -50,37 +79,72 @@ struct ConnectionStateMachine {
         case abortConnections(reason: String)
     }
 
-    private(set) var phase: Phase = .initialized
-    private(set) var session: Session?
-    private var gathered = ByteBuffer()
-    private var tracker = ResponseTracker()
-    private var fromClient = FrameScanner()
-    private var fromServer = FrameScanner()
+    var phase: Phase = .initialized
+    var session: Session?
+    var gathered = ByteBuffer()
+    var tracker = ResponseTracker()
+    var fromClient = FrameScanner()
+    var fromServer = FrameScanner()
     /// The sequence id a packet the proxy inserts towards the client must carry.
-    private var nextSequenceToClient: UInt8 = 0
+    var nextSequenceToClient: UInt8 = 0
     /// Shutdown asked: close once no response is pending.
-    private var closeWhenIdle = false
+    var closeWhenIdle = false
     let statistics: ProxyStatistics
 
-    init(statistics: ProxyStatistics) {
+    // MARK: scripting (see +Exchange)
+
+    /// The connection's script, nil when the proxy runs none.
+    let script: ConnectionScripting?
+    /// Whether a server connection is attached: false in mock-server mode (the script answered
+    /// `connect_server`) and after the script gave the connection back to the pool.
+    var hasServer = true
+    /// Commands go through `read_query` one at a time (else they stream through).
+    var intercepting = false
+    /// The server's verdict on the login goes to `read_auth_result` before the client.
+    var interceptingAuthResult = false
+    var clientCollector = PacketCollector()
+    var serverCollector = PacketCollector()
+    var exchange = Exchange()
+    /// Commands the client sent while an earlier one was being handled.
+    var queuedCommands = CircularBuffer<PacketCollector.Collected>()
+    static let maximumQueuedCommands = 64
+
+    init(statistics: ProxyStatistics, script: ConnectionScripting? = nil) {
         self.statistics = statistics
+        self.script = script
     }
 
     /// Whether the handler should read from the client now: not during a graceful shutdown, which
-    /// takes no new command. (Before the greeting a client has nothing to say; one that speaks
-    /// anyway is cut off by `clientDataReceived`.)
+    /// takes no new command, nor while scripted commands pile up. (Before the greeting a client
+    /// has nothing to say; one that speaks anyway is cut off by `clientDataReceived`.)
     var wantsClientReads: Bool {
-        !(phase == .relaying && closeWhenIdle)
+        !(phase == .relaying && closeWhenIdle) && queuedCommands.count < Self.maximumQueuedCommands
     }
 
     var isAwaitingResponse: Bool {
-        phase == .relaying && tracker.isAwaitingResponse
+        phase == .relaying && (tracker.isAwaitingResponse || exchange.active)
     }
+
+    /// Whether the server connection could be given to the pool now: logged in, and nothing on its way.
+    var serverIsIdle: Bool {
+        phase == .relaying && hasServer && tracker.clientPhase == .command && !tracker.isAwaitingResponse
+            && !exchange.active && fromServer.isAtPacketBoundary && serverCollector.isEmpty
+    }
+
+    /// The session's status flags as of the last OK or EOF.
+    var serverStatus: ServerStatus { tracker.status }
 
     // MARK: - connection events
 
     mutating func clientConnected() -> Action {
         guard phase == .initialized else { return .none }
+        if let script, script.hooks.contains(.connectServer) {
+            script.prepareHook(loggedIn: false, serverIdle: false, status: .autocommit)
+            if case .returned(.sendResult(let response)) = script.connectServer() {
+                return scriptAnsweredConnect(response)
+            }
+            // nil, IGNORE_RESULT or an error: connect, to the backend the script chose if it did.
+        }
         phase = .connectingToBackend
         return .connectToBackend
     }
@@ -89,6 +153,19 @@ struct ConnectionStateMachine {
         guard phase == .connectingToBackend else { return .none }
         phase = .awaitingGreeting
         return .none
+    }
+
+    /// A connect failed (the handler marked that backend down): MySQL Proxy asks `connect_server`
+    /// again, so that the script can pick another backend.
+    mutating func backendConnectFailed() -> Action {
+        guard phase == .connectingToBackend else { return .none }
+        if let script, script.hooks.contains(.connectServer) {
+            script.prepareHook(loggedIn: false, serverIdle: false, status: .autocommit)
+            if case .returned(.sendResult(let response)) = script.connectServer() {
+                return scriptAnsweredConnect(response)
+            }
+        }
+        return .connectToBackend
     }
 
     /// No backend could be reached (all down, refused or timed out).
@@ -116,6 +193,7 @@ struct ConnectionStateMachine {
             let err = ERRPacket.lostConnection("the backend closed the connection before its greeting")
             return .sendToClientAndClose(Self.framed(err, sequenceID: 0, protocol41: false), reason: "backend closed before its greeting")
         case .awaitingHandshakeResponse:
+            guard hasServer else { return .none }
             // The client is about to send its handshake response (sequence 1); answer it with 2.
             phase = .closed
             statistics.add(.backendsLost)
@@ -123,12 +201,16 @@ struct ConnectionStateMachine {
             return .sendToClientAndClose(Self.framed(.lostConnection("backend closed during the handshake"), sequenceID: 2, protocol41: true),
                                          reason: "backend closed during the handshake")
         case .relaying:
+            guard hasServer else { return .none }
             phase = .closed
             statistics.add(.backendsLost)
+            if intercepting && exchange.active {
+                return exchangeLostServer()
+            }
             guard tracker.isAwaitingResponse else {
                 return .closeConnections(reason: "backend closed the connection")
             }
-            guard fromServer.isAtPacketBoundary else {
+            guard fromServer.isAtPacketBoundary && serverCollector.isEmpty else {
                 return .abortConnections(reason: "backend closed the connection in the middle of a packet")
             }
             statistics.add(.errorsSentByProxy)
@@ -141,7 +223,7 @@ struct ConnectionStateMachine {
     mutating func shutdownRequested() -> Action {
         switch phase {
         case .relaying:
-            if !tracker.isAwaitingResponse && fromClient.isAtPacketBoundary {
+            if !isAwaitingResponse && fromClient.isAtPacketBoundary && clientCollector.isEmpty {
                 phase = .closed
                 return .closeConnections(reason: "shutting down")
             }
@@ -161,14 +243,14 @@ struct ConnectionStateMachine {
             phase = .closed
             return .closeConnections(reason: "timed out during the handshake")
         }
-        if client && !tracker.isAwaitingResponse {
+        if client && !isAwaitingResponse {
             phase = .closed
             return .closeConnections(reason: "client idle for longer than the read timeout")
         }
-        if !client && tracker.isAwaitingResponse {
+        if !client && hasServer && tracker.isAwaitingResponse {
             phase = .closed
             statistics.add(.errorsSentByProxy)
-            if fromServer.isAtPacketBoundary {
+            if fromServer.isAtPacketBoundary && serverCollector.isEmpty && (!exchange.active || exchange.clientMayTakeError) {
                 return .sendToClientAndClose(Self.framed(.backendReadTimeout(), sequenceID: nextSequenceToClient, protocol41: true),
                                              reason: "backend sent nothing for longer than the read timeout")
             }
@@ -183,11 +265,20 @@ struct ConnectionStateMachine {
         statistics.add(.bytesFromBackends, chunk.readableBytes)
         switch phase {
         case .relaying:
-            let action = relayFromServer(chunk)
+            let action: Action
+            if interceptingAuthResult {
+                action = authResultDataReceived(chunk)
+            } else if exchange.active {
+                action = exchangeServerData(chunk)
+            } else {
+                action = relayFromServer(chunk)
+            }
             switch action {
-            case .sendToClientAndClose, .closeConnections, .abortConnections:
+            case .sendToClientAndClose, .closeConnections, .abortConnections, .forwardToClientAndClose:
                 phase = .closed
-            case .forwardToClient(let bytes) where closeWhenIdle && !tracker.isAwaitingResponse:
+            case .send(let output) where output.close != nil:
+                phase = .closed
+            case .forwardToClient(let bytes) where closeWhenIdle && !isAwaitingResponse:
                 phase = .closed
                 return .forwardToClientAndClose(bytes)
             default:
@@ -199,70 +290,10 @@ struct ConnectionStateMachine {
             return greetingBytesReceived()
         case .awaitingHandshakeResponse:
             // Nothing is expected here; a server that times out the handshake may still say why.
-            return .forwardToClient(chunk)
+            return hasServer ? .forwardToClient(chunk) : .none
         default:
             return .none
         }
-    }
-
-    private mutating func greetingBytesReceived() -> Action {
-        var input = gathered
-        guard let frame = input.readMySQLFrame() else { return .none }
-        if frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self) == 0xFF {
-            // "Too many connections", "Host ... is blocked": the server's own words, relayed.
-            phase = .closed
-            return .forwardToClientAndClose(gathered)
-        }
-        var payload = frame.payload
-        do {
-            let greeting = try HandshakeV10.restrictCapabilities(of: &payload, to: .relayable)
-            var out = ByteBuffer()
-            out.reserveCapacity(payload.readableBytes + 4 + input.readableBytes)
-            var seq = frame.sequenceID
-            out.writeMySQLPacket(payload, sequenceID: &seq)
-            out.writeBuffer(&input)  // nothing, unless the server talks out of turn
-            session = Session(greeting: greeting)
-            gathered.clear()
-            phase = .awaitingHandshakeResponse
-            return .forwardToClient(out)
-        } catch {
-            phase = .closed
-            statistics.add(.backendProtocolErrors)
-            statistics.add(.errorsSentByProxy)
-            return .sendToClientAndClose(Self.framed(.malformedPacket("the server's greeting: \(error)"), sequenceID: 0, protocol41: false),
-                                         reason: "malformed greeting from the backend: \(error)")
-        }
-    }
-
-    /// Scans a chunk from the server for packet boundaries, tracking responses; forwards it whole.
-    private mutating func relayFromServer(_ chunk: ByteBuffer) -> Action {
-        var failure: (FrameScanner.PacketStart, offset: Int, WireError)?
-        fromServer.scan(chunk) { event in
-            guard case .packetStart(let packet, let offset) = event else { return true }
-            do throws(WireError) {
-                _ = try tracker.serverPacketStarted(packet)
-                return true
-            } catch {
-                failure = (packet, offset, error)
-                return false
-            }
-        }
-        if let (packet, offset, error) = failure {
-            statistics.add(.backendProtocolErrors)
-            return Self.serverPacketMalformed(chunk, at: offset, packet, error)
-        }
-        nextSequenceToClient = fromServer.lastSequenceID &+ 1
-        return .forwardToClient(chunk)
-    }
-
-    /// Forwards what came before the bad packet and puts an ERR where it stood.
-    private static func serverPacketMalformed(_ chunk: ByteBuffer, at offset: Int, _ packet: FrameScanner.PacketStart, _ error: WireError) -> Action {
-        let reason = "malformed packet from the backend: \(error)"
-        guard !packet.isSplit else { return .abortConnections(reason: reason) }
-        var out = chunk.getSlice(at: chunk.readerIndex, length: offset) ?? ByteBuffer()
-        var err = Self.framed(.malformedPacket("from the server: \(error)"), sequenceID: packet.header.sequenceID, protocol41: true)
-        out.writeBuffer(&err)
-        return .sendToClientAndClose(out, reason: reason)
     }
 
     // MARK: - bytes from the client
@@ -271,10 +302,14 @@ struct ConnectionStateMachine {
         statistics.add(.bytesFromClients, chunk.readableBytes)
         switch phase {
         case .relaying:
-            let action = relayFromClient(chunk)
+            let action = intercepting ? exchangeClientData(chunk) : relayFromClient(chunk)
             switch action {
-            case .sendToClientAndClose, .abortConnections: phase = .closed
-            default: break
+            case .sendToClientAndClose, .abortConnections, .closeConnections:
+                phase = .closed
+            case .send(let output) where output.close != nil:
+                phase = .closed
+            default:
+                break
             }
             return action
         case .awaitingHandshakeResponse:
@@ -291,89 +326,6 @@ struct ConnectionStateMachine {
         }
     }
 
-    private mutating func handshakeResponseBytesReceived() -> Action {
-        var input = gathered
-        guard let frame = input.readMySQLFrame() else {
-            if gathered.readableBytes > 1 << 16 {
-                phase = .closed
-                return .abortConnections(reason: "handshake response larger than 64 KiB")
-            }
-            return .none
-        }
-        let reply = frame.sequenceID &+ 1
-        func refuse(_ err: ERRPacket, _ reason: String) -> Action {
-            phase = .closed
-            statistics.add(.clientProtocolErrors)
-            statistics.add(.errorsSentByProxy)
-            return .sendToClientAndClose(Self.framed(err, sequenceID: reply, protocol41: true), reason: reason)
-        }
-        guard var session else { return refuse(.badHandshake(""), "handshake response without a greeting") }
-        if HandshakeResponse41.isSSLRequest(frame.payload) {
-            return refuse(.badHandshake("this proxy does not offer TLS yet; connect without SSL"), "client asked for TLS")
-        }
-        var payload = frame.payload
-        do {
-            let asked = try HandshakeResponse41.restrictCapabilities(of: &payload, to: .relayable)
-            let response = try HandshakeResponse41(parsing: payload)
-            session.username = response.username
-            session.database = response.database
-            session.capabilities = asked.intersection(session.greeting.capabilities).intersection(.relayable)
-        } catch {
-            return refuse(.badHandshake(""), "malformed handshake response: \(error)")
-        }
-        self.session = session
-        var out = ByteBuffer()
-        out.reserveCapacity(payload.readableBytes + 4)
-        var seq = frame.sequenceID
-        out.writeMySQLPacket(payload, sequenceID: &seq)
-        tracker.handshakeResponseSent(capabilities: session.capabilities)
-        nextSequenceToClient = reply
-        gathered = ByteBuffer()
-        phase = .relaying
-        if input.readableBytes > 0 {
-            // A client that does not wait for the verdict: relay the rest like any other bytes.
-            guard case .forwardToBackend(var rest) = relayFromClient(input) else {
-                phase = .closed
-                return .abortConnections(reason: "malformed data after the handshake response")
-            }
-            out.writeBuffer(&rest)
-        }
-        return .forwardToBackend(out)
-    }
-
-    /// Scans a chunk from the client, registering each command with the tracker; forwards it whole.
-    private mutating func relayFromClient(_ chunk: ByteBuffer) -> Action {
-        var failure: (FrameScanner.PacketStart, WireError)?
-        var commands = 0
-        var queries = 0
-        fromClient.scan(chunk) { event in
-            guard case .packetStart(let packet, _) = event else { return true }
-            do throws(WireError) {
-                if case .command(let code, _) = try tracker.clientPacketStarted(packet) {
-                    commands += 1
-                    if code == .query { queries += 1 }
-                }
-                return true
-            } catch {
-                failure = (packet, error)
-                return false
-            }
-        }
-        if commands > 0 { statistics.add(.commands, commands) }
-        if queries > 0 { statistics.add(.queries, queries) }
-        if let (packet, error) = failure {
-            statistics.add(.clientProtocolErrors)
-            let reason = "malformed packet from the client: \(error)"
-            if tracker.isAwaitingResponse || packet.isSplit {
-                return .abortConnections(reason: reason)
-            }
-            statistics.add(.errorsSentByProxy)
-            return .sendToClientAndClose(Self.framed(.unknownCommand(), sequenceID: packet.header.sequenceID &+ 1, protocol41: true), reason: reason)
-        }
-        nextSequenceToClient = fromClient.lastSequenceID &+ 1
-        return .forwardToBackend(chunk)
-    }
-
     // MARK: - helpers
 
     /// An ERR packet, framed. Before the handshake the client has not agreed on PROTOCOL_41, so the
@@ -386,6 +338,15 @@ struct ConnectionStateMachine {
         var out = ByteBuffer()
         var seq = sequenceID
         out.writeMySQLPacket(payload, sequenceID: &seq)
+        return out
+    }
+
+    /// A whole packet framed again (for packets that arrived in several frames).
+    static func framed(_ packet: MySQLFrame, sequenceID: UInt8? = nil) -> ByteBuffer {
+        var out = ByteBuffer()
+        out.reserveCapacity(packet.payload.readableBytes + 4)
+        var seq = sequenceID ?? packet.sequenceID
+        out.writeMySQLPacket(packet.payload, sequenceID: &seq)
         return out
     }
 }

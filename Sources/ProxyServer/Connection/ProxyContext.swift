@@ -2,6 +2,7 @@ import Atomics
 import NIOConcurrencyHelpers
 import Logging
 import NIOCore
+import ProxyScripting
 
 /// What every connection of one proxy shares.
 final class ProxyContext: Sendable {
@@ -10,12 +11,15 @@ final class ProxyContext: Sendable {
     let statistics: ProxyStatistics
     let connector: BackendConnector
     let logger: Logger
+    /// The Lua script every connection runs, if one is configured.
+    let scriptEngine: ScriptEngine?
     private let lastConnectionID = ManagedAtomic<UInt64>(0)
     private let stopping = ManagedAtomic<Bool>(false)
     private let sweepers = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<TimeoutSweeper>]>([:])
 
     init(configuration: ProxyConfiguration, backends: BackendPool, statistics: ProxyStatistics,
-         connector: BackendConnector, logger: Logger) {
+         connector: BackendConnector, logger: Logger, scriptEngine: ScriptEngine? = nil) {
+        self.scriptEngine = scriptEngine
         self.configuration = configuration
         self.backends = backends
         self.statistics = statistics
@@ -47,7 +51,8 @@ final class ProxyContext: Sendable {
         return sweepers.withLockedValue { all in
             if let existing = all[key] { return existing }
             let created = NIOLoopBound(TimeoutSweeper(eventLoop: eventLoop, readTimeout: configuration.readTimeout,
-                                                      writeTimeout: configuration.writeTimeout), eventLoop: eventLoop)
+                                                      writeTimeout: configuration.writeTimeout, backends: backends),
+                                       eventLoop: eventLoop)
             all[key] = created
             return created
         }.value

@@ -12,11 +12,14 @@ final class TimeoutSweeper {
     let writeTicks: Int
     private var connections: [ObjectIdentifier: ClientChannelHandler] = [:]
     private var task: RepeatedTask?
+    /// The loop's pool of idle server connections (scripts' `backend_ndx = 0`).
+    let serverPool: ServerConnectionPool
 
     static let ticksPerTimeout = 4
 
-    init(eventLoop: EventLoop, readTimeout: TimeAmount, writeTimeout: TimeAmount) {
+    init(eventLoop: EventLoop, readTimeout: TimeAmount, writeTimeout: TimeAmount, backends: BackendPool) {
         self.eventLoop = eventLoop
+        self.serverPool = ServerConnectionPool(eventLoop: eventLoop, backends: backends)
         let shortest = min(readTimeout, writeTimeout)
         let tick = TimeAmount.nanoseconds(max(shortest.nanoseconds / Int64(Self.ticksPerTimeout), 1_000_000))
         self.tick = tick
@@ -45,6 +48,7 @@ final class TimeoutSweeper {
 
     /// A graceful shutdown began.
     func shutdownRequested() {
+        serverPool.closeAll()
         for handler in Array(connections.values) {
             handler.shutdownRequested()
         }
@@ -52,6 +56,7 @@ final class TimeoutSweeper {
 
     /// The shutdown grace period is over.
     func closeAll() {
+        serverPool.closeAll()
         for handler in Array(connections.values) {
             handler.forceClose()
         }

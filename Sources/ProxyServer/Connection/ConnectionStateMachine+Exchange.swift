@@ -1,0 +1,462 @@
+import MySQLWire
+import NIOCore
+import ProxyScripting
+
+/// Commands handed to the script, with MySQL Proxy's semantics.
+///
+/// The client's commands are taken one at a time (later ones wait in `queuedCommands`) and given to
+/// `read_query`. Its answer decides what happens:
+/// - nothing (or an error in the hook): the command goes to the server and its response streams
+///   back exactly as in the transparent relay;
+/// - PROXY_SEND_RESULT: `proxy.response` answers the client; the server hears nothing;
+/// - PROXY_SEND_QUERY: the queries in `proxy.queries` go to the server one after the other, each
+///   with sequence id 0. A result marked `resultset_is_needed` is collected (up to the buffer
+///   limit) and handed to `read_query_result`, which may forward it, replace it or drop it; any
+///   other result streams to the client as it arrives. The client gets exactly one response per
+///   command: a second one is dropped and logged, and when none was sent the proxy answers with
+///   an ERR rather than leave the client waiting.
+extension ConnectionStateMachine {
+    struct Exchange {
+        enum Collect: Equatable {
+            /// Keep the packets for `read_query_result` (`resultset_is_needed`).
+            case buffer
+            /// Forward whole packets with their sequence ids moved by `shift`.
+            case shift
+        }
+
+        /// A command is being handled.
+        var active = false
+        var command = CommandCode.sleep
+        /// The sequence id of the command's last frame: the response starts after it.
+        var clientSequence: UInt8 = 0
+        /// COM_INIT_DB's database, to update the session when it succeeds.
+        var database: String?
+        /// The injection whose response is coming; nil while the client's own command runs.
+        var injection: InjectionResult?
+        /// How the current response is handled; nil streams it through the frame scanner.
+        var collect: Collect?
+        /// Responses sent to the client for this command (MySQL Proxy's `sent_resultset`).
+        var sent = 0
+        /// Added to the server's sequence ids on the way to the client (`.shift`).
+        var shift: UInt8 = 0
+        var bufferedBytes = 0
+        var overflowed = false
+        /// The first byte of the current response's first packet, once seen.
+        var firstByte: UInt8?
+
+        /// Whether an ERR can still stand in for the rest of this command's response.
+        var clientMayTakeError: Bool { collect != .buffer || sent == 0 }
+    }
+
+    // MARK: - from the client
+
+    mutating func exchangeClientData(_ chunk: ByteBuffer) -> Action {
+        clientCollector.append(chunk)
+        var out = Output()
+        do {
+            while out.close == nil, let c = try clientCollector.next() {
+                if hasServer && tracker.clientPhase != .command {
+                    // Data of the exchange under way: a LOCAL INFILE upload, authentication answers.
+                    _ = try tracker.clientPacketStarted(c.start)
+                    out.backend(c.raw ?? Self.framed(c.packet))
+                    continue
+                }
+                statistics.add(.commands)
+                if c.packet.payload.getInteger(at: c.packet.payload.readerIndex, as: UInt8.self) == CommandCode.query.rawValue {
+                    statistics.add(.queries)
+                }
+                if exchange.active || !queuedCommands.isEmpty {
+                    queuedCommands.append(c)
+                    continue
+                }
+                try startCommand(c, &out)
+                try drainQueue(&out)
+            }
+        } catch {
+            statistics.add(.clientProtocolErrors)
+            return .abortConnections(reason: "malformed packet from the client: \(error)")
+        }
+        return Self.finish(out)
+    }
+
+    /// Starts the commands that waited, as long as each is done at once (answered by the script).
+    mutating func drainQueue(_ out: inout Output) throws(WireError) {
+        while !exchange.active, out.close == nil, let next = queuedCommands.popFirst() {
+            try startCommand(next, &out)
+        }
+    }
+
+    private mutating func startCommand(_ c: PacketCollector.Collected, _ out: inout Output) throws(WireError) {
+        let payload = c.packet.payload
+        // The sequence id of the command's last frame (a command of 16 MiB or more has several).
+        let lastSequence = c.packet.sequenceID &+ UInt8(truncatingIfNeeded: payload.readableBytes / PacketHeader.maxPayloadLength)
+        guard let byte = payload.getInteger(at: payload.readerIndex, as: UInt8.self) else {
+            throw .invalid("empty command packet")
+        }
+        exchange = Exchange(active: true, command: CommandCode(byte), clientSequence: lastSequence)
+        nextSequenceToClient = lastSequence &+ 1
+        if exchange.command == .initDB {
+            exchange.database = payload.getString(at: payload.readerIndex + 1, length: payload.readableBytes - 1)
+        }
+        guard let script else {
+            try forwardOriginal(c, &out)
+            return
+        }
+        var decision = HookDecision.noDecision
+        if script.hooks.contains(.readQuery) {
+            script.prepareHook(loggedIn: true, serverIdle: hasServer && !tracker.isAwaitingResponse, status: tracker.status)
+            let hints = exchange.command == .query ? ProxyHints.parse(payload) : []
+            if case .returned(let returned) = script.readQuery(packet: payload, hints: hints) { decision = returned }
+            applyServerChange()
+        }
+        switch decision {
+        case .sendResult(let response):
+            answerCommand(with: response, &out)
+            finishCommand(&out)
+        case .sendQuery where !script.queries.isEmpty:
+            try sendNextInjection(&out)
+        default:
+            if case .sendQuery = decision {
+                script.log(.critical, "'return proxy.PROXY_SEND_QUERY' used without proxy.queries:append() or :prepend(); assuming nil was returned")
+            } else if !script.queries.isEmpty {
+                script.log(.critical, "proxy.queries:append() or :prepend() used without 'return proxy.PROXY_SEND_QUERY'; discarding \(script.queries.count) queued queries")
+                script.queries.removeAll()
+            }
+            try forwardOriginal(c, &out)
+        }
+    }
+
+    /// The client's command goes to the server unchanged, and its response streams back.
+    private mutating func forwardOriginal(_ c: PacketCollector.Collected, _ out: inout Output) throws(WireError) {
+        guard hasServer else {
+            noServer(&out)
+            return
+        }
+        let kind = try tracker.clientPacketStarted(c.start)
+        out.backend(c.raw ?? Self.framed(c.packet))
+        exchange.injection = nil
+        exchange.collect = nil
+        exchange.sent = 1
+        if case .command(_, .none) = kind {
+            finishCommand(&out)
+        }
+    }
+
+    /// Neither the script nor a server can answer.
+    private mutating func noServer(_ out: inout Output) {
+        exchange.sent = 1
+        if exchange.command == .quit {
+            out.close = "the client quit"
+            out.closeIsOrdinary = true
+        } else if ResponseShape(command: exchange.command) != .none {
+            script?.log(.error, "no server connection for \(exchange.command): the script neither answered it nor picked a backend")
+            statistics.add(.errorsSentByProxy)
+            let err = ERRPacket(code: 1105, sqlState: "HY000", message: "(proxy) no backend connection: the script neither answered this command nor picked a backend")
+            out.client(Self.framed(err, sequenceID: nextSequenceToClient, protocol41: true))
+        }
+        finishCommand(&out)
+    }
+
+    /// `proxy.response` answers the command.
+    private mutating func answerCommand(with response: ScriptResponse, _ out: inout Output) {
+        exchange.sent += 1
+        guard ResponseShape(command: exchange.command) != .none else {
+            if exchange.command != .quit {
+                script?.log(.warning, "the script answered \(exchange.command), which takes no answer; nothing is sent")
+            }
+            return
+        }
+        let capabilities = session?.capabilities ?? [.protocol41]
+        out.client(response.encode(command: exchange.command, capabilities: capabilities, sequenceID: nextSequenceToClient))
+    }
+
+    /// Sends the first query of `proxy.queries` to the server, or ends the command when none is left.
+    private mutating func sendNextInjection(_ out: inout Output) throws(WireError) {
+        guard let script else { return finishCommand(&out) }
+        while let injection = script.queries.first {
+            guard hasServer else {
+                script.log(.error, "no server connection to send injected query \(injection.id) to; \(script.queries.count) queries dropped")
+                script.queries.removeAll()
+                if exchange.sent == 0 { noServer(&out); return }
+                break
+            }
+            if !injection.resultsetIsNeeded && exchange.sent > 0 {
+                script.log(.critical, "proxy.queries:append() can have only one injected query without { resultset_is_needed = true } per command, as its result goes straight to the client; closing the client connection")
+                out.close = "the script injected a second query whose result would go to the client"
+                return
+            }
+            let payload = injection.packet
+            guard payload.readableBytes > 0 else {
+                script.log(.error, "injected query \(injection.id) is empty; skipped")
+                script.queries.removeFirst()
+                continue
+            }
+            let start = PacketCollector.start(of: MySQLFrame(sequenceID: 0, payload: payload),
+                                              firstFrameLength: min(payload.readableBytes, PacketHeader.maxPayloadLength))
+            let kind: ResponseTracker.ClientPacket
+            do {
+                kind = try tracker.clientPacketStarted(start)
+            } catch {
+                script.log(.error, "injected query \(injection.id) cannot be sent now (\(error)); skipped")
+                script.queries.removeFirst()
+                continue
+            }
+            var bytes = ByteBuffer()
+            bytes.reserveCapacity(payload.readableBytes + 8)
+            var seq: UInt8 = 0
+            bytes.writeMySQLPacket(payload, sequenceID: &seq)
+            out.backend(bytes)
+            if case .command(_, .none) = kind {
+                // COM_STMT_CLOSE and the like: no response, nothing to report
+                script.queries.removeFirst()
+                continue
+            }
+            let result = InjectionResult(injection: injection, buffered: injection.resultsetIsNeeded,
+                                         capabilities: session?.capabilities ?? [.protocol41])
+            exchange.injection = result
+            exchange.firstByte = nil
+            exchange.bufferedBytes = 0
+            exchange.overflowed = false
+            // `seq` is now the sequence id the server's response starts with
+            exchange.shift = nextSequenceToClient &- seq
+            if injection.resultsetIsNeeded {
+                exchange.collect = .buffer
+            } else {
+                exchange.collect = exchange.shift == 0 ? nil : .shift
+                exchange.sent += 1
+            }
+            return
+        }
+        finishCommand(&out)
+    }
+
+    /// The command is over; the client must have had its one response.
+    private mutating func finishCommand(_ out: inout Output) {
+        if exchange.sent == 0 && out.close == nil && ResponseShape(command: exchange.command) != .none {
+            script?.log(.warning, "no result went to the client for \(exchange.command): every injected result was ignored; sending an error instead")
+            let err = ERRPacket(code: 1105, sqlState: "07000", message: "(proxy) the script sent no result for this command")
+            out.client(Self.framed(err, sequenceID: nextSequenceToClient, protocol41: true))
+        }
+        exchange.active = false
+        exchange.injection = nil
+        exchange.collect = nil
+        if let script, script.connectionCloseRequested {
+            out.close = out.close ?? "the script set proxy.connection.connection_close"
+        } else if closeWhenIdle {
+            out.close = out.close ?? "shutting down"
+        }
+        if out.close != nil { queuedCommands.removeAll() }
+    }
+
+    // MARK: - from the server
+
+    mutating func exchangeServerData(_ chunk: ByteBuffer) -> Action {
+        exchange.collect == nil ? streamResponse(chunk) : collectResponse(chunk)
+    }
+
+    /// The response goes to the client as it arrives; the scanner finds where it ends.
+    private mutating func streamResponse(_ chunk: ByteBuffer) -> Action {
+        var failure: (FrameScanner.PacketStart, offset: Int, WireError)?
+        var ended: ResponseTracker.ResponseEnd?
+        fromServer.scan(chunk) { event in
+            guard case .packetStart(let packet, let offset) = event else { return true }
+            if exchange.firstByte == nil { exchange.firstByte = packet.firstByte ?? 0 }
+            do throws(WireError) {
+                if case .endOfResponse(let end) = try tracker.serverPacketStarted(packet), ended == nil {
+                    ended = end
+                }
+                return true
+            } catch {
+                failure = (packet, offset, error)
+                return false
+            }
+        }
+        if let (packet, offset, error) = failure {
+            statistics.add(.backendProtocolErrors)
+            return Self.serverPacketMalformed(chunk, at: offset, packet, error)
+        }
+        nextSequenceToClient = fromServer.lastSequenceID &+ 1
+        if let result = exchange.injection {
+            if result.firstPacketAt == 0 { result.firstPacketAt = ConnectionScript.now() }
+            result.bytes += chunk.readableBytes
+        }
+        guard let end = ended else { return .forwardToClient(chunk) }
+        var out = Output(toClient: chunk)
+        do {
+            try responseEnded(end, &out)
+            try drainQueue(&out)
+        } catch {
+            statistics.add(.clientProtocolErrors)
+            return .abortConnections(reason: "malformed packet from the client: \(error)")
+        }
+        return Self.finish(out)
+    }
+
+    /// The response is taken packet by packet: kept for the script, or passed on renumbered.
+    private mutating func collectResponse(_ chunk: ByteBuffer) -> Action {
+        serverCollector.append(chunk)
+        var out = Output()
+        do {
+            while exchange.active, let collect = exchange.collect, let c = try serverCollector.next() {
+                let payload = c.packet.payload
+                if exchange.firstByte == nil {
+                    exchange.firstByte = payload.getInteger(at: payload.readerIndex, as: UInt8.self) ?? 0
+                    exchange.injection?.firstPacketAt = ConnectionScript.now()
+                }
+                exchange.injection?.bytes += payload.readableBytes + PacketHeader.size
+                let kind = try tracker.serverPacketStarted(c.start)
+                if case .localInfileRequest = kind {
+                    // The client knows nothing of this query and has no file for it: send none.
+                    script?.log(.warning, "injected query \(exchange.injection?.injection.id ?? 0) asks for a LOCAL INFILE upload; it gets an empty file")
+                    var seq = c.packet.sequenceID &+ 1
+                    let start = FrameScanner.PacketStart(header: PacketHeader(payloadLength: 0, sequenceID: seq), prefix: PacketPrefix())
+                    var empty = ByteBuffer()
+                    empty.writeMySQLPacket(ByteBuffer(), sequenceID: &seq)
+                    out.backend(empty)
+                    _ = try tracker.clientPacketStarted(start)
+                    continue
+                }
+                switch collect {
+                case .buffer:
+                    if !exchange.overflowed, let result = exchange.injection {
+                        exchange.bufferedBytes += payload.readableBytes
+                        if exchange.bufferedBytes > (script?.resultsetBufferLimit ?? Int.max) {
+                            exchange.overflowed = true
+                            result.packets.removeAll()
+                        } else {
+                            result.packets.append(payload)
+                        }
+                    }
+                case .shift:
+                    let seq = c.packet.sequenceID &+ exchange.shift
+                    out.client(Self.framed(c.packet, sequenceID: seq))
+                    nextSequenceToClient = seq &+ UInt8(truncatingIfNeeded: payload.readableBytes / PacketHeader.maxPayloadLength + 1)
+                }
+                if case .endOfResponse(let end) = kind {
+                    try responseEnded(end, &out)
+                    try drainQueue(&out)
+                }
+            }
+        } catch {
+            statistics.add(.backendProtocolErrors)
+            return .abortConnections(reason: "malformed packet in a scripted exchange: \(error)")
+        }
+        if exchange.collect == nil && !serverCollector.isEmpty {
+            // Only a server that talks out of turn leaves bytes after the end of a response.
+            script?.log(.debug, "dropping \(serverCollector.bufferedBytes) bytes the server sent after a response")
+            serverCollector.reset()
+        }
+        return Self.finish(out)
+    }
+
+    /// One response ended: the client's own command is done; an injection's result goes to
+    /// `read_query_result`, and the next injection (if any) is sent.
+    private mutating func responseEnded(_ end: ResponseTracker.ResponseEnd, _ out: inout Output) throws(WireError) {
+        guard let script, let result = exchange.injection else {
+            if end.kind == .ok, exchange.command == .initDB, let name = exchange.database {
+                session?.database = name
+                script?.databaseChanged(to: name, forClient: true)
+            }
+            finishCommand(&out)
+            return
+        }
+        let collect = exchange.collect
+        exchange.injection = nil
+        exchange.collect = nil
+        result.lastPacketAt = ConnectionScript.now()
+        if result.firstPacketAt == 0 { result.firstPacketAt = result.lastPacketAt }
+        result.rows = Int(clamping: end.rows)
+        if let first = exchange.firstByte {
+            result.wasResultSet = first != 0x00 && first != 0xFF && first != 0xFE && first != 0xFB
+        }
+        result.serverStatus = (end.status ?? tracker.status).rawValue
+        result.warnings = end.warnings
+        result.affectedRows = end.affectedRows
+        result.insertID = end.lastInsertID
+        result.queryStatus = end.kind == .error ? 0xFF : 0x00
+        if !script.queries.isEmpty { script.queries.removeFirst() }
+        if end.kind == .ok, result.injection.command == .initDB {
+            let packet = result.injection.packet
+            if let name = packet.getString(at: packet.readerIndex + 1, length: packet.readableBytes - 1) {
+                script.databaseChanged(to: name, forClient: false)
+            }
+        }
+
+        if collect == .buffer && exchange.overflowed {
+            script.log(.error, "the result of injected query \(result.injection.id) is larger than the buffer limit of \(script.resultsetBufferLimit) bytes for resultset_is_needed; the command fails")
+            if exchange.sent == 0 {
+                exchange.sent += 1
+                statistics.add(.errorsSentByProxy)
+                let err = ERRPacket(code: 1105, sqlState: "HY000",
+                                    message: "(proxy) the result of an injected query is larger than the proxy's buffer limit (\(script.resultsetBufferLimit) bytes)")
+                out.client(Self.framed(err, sequenceID: nextSequenceToClient, protocol41: true))
+            }
+            script.queries.removeAll()
+        } else {
+            var decision = HookDecision.noDecision
+            if script.hooks.contains(.readQueryResult) {
+                script.prepareHook(loggedIn: true, serverIdle: hasServer && !tracker.isAwaitingResponse, status: tracker.status)
+                if case .returned(let returned) = script.readQueryResult(result) { decision = returned }
+                applyServerChange()
+            }
+            if !result.buffered {
+                if decision != .noDecision {
+                    script.log(.critical, "read_query_result() tries to change the result of injected query \(result.injection.id), which was not buffered: use proxy.queries:append(..., { resultset_is_needed = true }); the change is ignored")
+                }
+            } else {
+                switch decision {
+                case .sendResult(let response):
+                    if exchange.sent == 0 {
+                        answerCommand(with: response, &out)
+                    } else {
+                        script.log(.critical, "read_query_result() answered injected query \(result.injection.id), but this command already had its result; ignoring it")
+                    }
+                case .noDecision:
+                    if exchange.sent == 0 {
+                        exchange.sent += 1
+                        var bytes = ByteBuffer()
+                        var seq = nextSequenceToClient
+                        for packet in result.packets { bytes.writeMySQLPacket(packet, sequenceID: &seq) }
+                        nextSequenceToClient = seq
+                        out.client(bytes)
+                    } else {
+                        script.log(.critical, "the result of injected query \(result.injection.id) is ignored: this command already had its result")
+                    }
+                case .ignoreResult:
+                    break
+                default:
+                    script.log(.warning, "read_query_result() returned neither PROXY_SEND_RESULT nor PROXY_IGNORE_RESULT; the result of injected query \(result.injection.id) is ignored")
+                }
+            }
+        }
+        try sendNextInjection(&out)
+    }
+
+    /// The server went away while a scripted command ran.
+    mutating func exchangeLostServer() -> Action {
+        let atBoundary = exchange.collect == nil ? fromServer.isAtPacketBoundary : true
+        guard atBoundary && exchange.clientMayTakeError else {
+            return .abortConnections(reason: "backend closed the connection in the middle of a response")
+        }
+        statistics.add(.errorsSentByProxy)
+        return .sendToClientAndClose(Self.framed(.lostConnection(), sequenceID: nextSequenceToClient, protocol41: true),
+                                     reason: "backend closed the connection while a response was pending")
+    }
+
+    /// Takes note of a server connection the script swapped during a hook.
+    mutating func applyServerChange() {
+        guard let change = script?.takeServerChange() else { return }
+        let capabilities = session?.capabilities ?? [.protocol41]
+        switch change {
+        case .released:
+            hasServer = false
+            intercepting = true
+            tracker = .commandPhase(capabilities: capabilities)
+        case .replaced(let status):
+            hasServer = true
+            tracker = .commandPhase(capabilities: capabilities, status: status)
+        }
+        fromServer = FrameScanner()
+        serverCollector.reset()
+    }
+}

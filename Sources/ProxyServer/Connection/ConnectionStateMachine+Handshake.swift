@@ -1,0 +1,248 @@
+import MySQLWire
+import NIOCore
+import ProxyScripting
+
+/// The greeting, the client's handshake response and the server's verdict, with the hooks a script
+/// may run at each: `connect_server`, `read_handshake`, `read_auth` and `read_auth_result`.
+extension ConnectionStateMachine {
+    /// `connect_server` returned PROXY_SEND_RESULT: an ERR refuses the client; anything else (a RAW
+    /// greeting made by the script) makes the proxy the server: mock-server mode, no backend.
+    mutating func scriptAnsweredConnect(_ response: ScriptResponse) -> Action {
+        if case .error = response {
+            phase = .closed
+            return .send(Output(toClient: response.encode(command: nil, capabilities: [.protocol41], sequenceID: 0),
+                                close: "connect_server refused the client"))
+        }
+        var greeting = Self.mockGreeting()
+        var out = ByteBuffer()
+        if case .raw(let packets) = response, var first = packets.first,
+           let parsed = try? HandshakeV10.restrictCapabilities(of: &first, to: .relayable) {
+            greeting = parsed
+            var seq: UInt8 = 0
+            out.writeMySQLPacket(first, sequenceID: &seq)
+            for packet in packets.dropFirst() { out.writeMySQLPacket(packet, sequenceID: &seq) }
+        } else {
+            script?.log(.warning, "connect_server answered with something that is not a greeting (proxy.response.type = MYSQLD_PACKET_RAW with a handshake packet); clients will not understand it")
+            out = response.encode(command: nil, capabilities: [.protocol41], sequenceID: 0)
+        }
+        hasServer = false
+        intercepting = true
+        session = Session(greeting: greeting)
+        phase = .awaitingHandshakeResponse
+        return .send(Output(toClient: out))
+    }
+
+    /// What the proxy assumes a script's greeting offered when it cannot be read.
+    static func mockGreeting() -> HandshakeV10 {
+        HandshakeV10(serverVersion: "5.5.5-10.11.0-MoonProxy", connectionID: 1, authPluginData: Array(repeating: 0x41, count: 20),
+                     capabilities: .relayable)
+    }
+
+    mutating func greetingBytesReceived() -> Action {
+        var input = gathered
+        guard let frame = input.readMySQLFrame() else { return .none }
+        if frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self) == 0xFF {
+            // "Too many connections", "Host ... is blocked": the server's own words, relayed.
+            phase = .closed
+            return .forwardToClientAndClose(gathered)
+        }
+        var payload = frame.payload
+        let greeting: HandshakeV10
+        do {
+            greeting = try HandshakeV10.restrictCapabilities(of: &payload, to: .relayable)
+        } catch {
+            phase = .closed
+            statistics.add(.backendProtocolErrors)
+            statistics.add(.errorsSentByProxy)
+            return .sendToClientAndClose(Self.framed(.malformedPacket("the server's greeting: \(error)"), sequenceID: 0, protocol41: false),
+                                         reason: "malformed greeting from the backend: \(error)")
+        }
+        session = Session(greeting: greeting)
+        gathered.clear()
+        if let script {
+            script.greetingReceived(greeting)
+            if script.hooks.contains(.readHandshake) {
+                script.prepareHook(loggedIn: false, serverIdle: false, status: greeting.status)
+                if case .returned(.sendResult(let response)) = script.readHandshake() {
+                    // MySQL Proxy sends the script's packet and hangs up.
+                    phase = .closed
+                    return .send(Output(toClient: response.encode(command: nil, capabilities: [.protocol41], sequenceID: frame.sequenceID),
+                                        close: "read_handshake answered the client"))
+                }
+            }
+        }
+        var out = ByteBuffer()
+        out.reserveCapacity(payload.readableBytes + 4 + input.readableBytes)
+        var seq = frame.sequenceID
+        out.writeMySQLPacket(payload, sequenceID: &seq)
+        out.writeBuffer(&input)  // nothing, unless the server talks out of turn
+        phase = .awaitingHandshakeResponse
+        return .forwardToClient(out)
+    }
+
+    mutating func handshakeResponseBytesReceived() -> Action {
+        var input = gathered
+        guard let frame = input.readMySQLFrame() else {
+            if gathered.readableBytes > 1 << 16 {
+                phase = .closed
+                return .abortConnections(reason: "handshake response larger than 64 KiB")
+            }
+            return .none
+        }
+        let reply = frame.sequenceID &+ 1
+        func refuse(_ err: ERRPacket, _ reason: String) -> Action {
+            phase = .closed
+            statistics.add(.clientProtocolErrors)
+            statistics.add(.errorsSentByProxy)
+            return .sendToClientAndClose(Self.framed(err, sequenceID: reply, protocol41: true), reason: reason)
+        }
+        guard var session else { return refuse(.badHandshake(""), "handshake response without a greeting") }
+        if HandshakeResponse41.isSSLRequest(frame.payload) {
+            return refuse(.badHandshake("this proxy does not offer TLS yet; connect without SSL"), "client asked for TLS")
+        }
+        var payload = frame.payload
+        let response: HandshakeResponse41
+        do {
+            let asked = try HandshakeResponse41.restrictCapabilities(of: &payload, to: .relayable)
+            response = try HandshakeResponse41(parsing: payload)
+            session.username = response.username
+            session.database = response.database
+            session.capabilities = asked.intersection(session.greeting.capabilities).intersection(.relayable)
+        } catch {
+            return refuse(.badHandshake(""), "malformed handshake response: \(error)")
+        }
+        self.session = session
+        gathered = ByteBuffer()
+
+        if let script {
+            script.handshakeResponseReceived(response, capabilities: session.capabilities)
+            var outcome = HookOutcome.notDefined
+            if script.hooks.contains(.readAuth) {
+                script.prepareHook(loggedIn: false, serverIdle: false, status: session.greeting.status)
+                outcome = script.readAuth()
+            }
+            switch outcome {
+            case .returned(.sendResult(let answer)):
+                let bytes = answer.encode(command: nil, capabilities: session.capabilities, sequenceID: reply)
+                if case .error = answer {
+                    phase = .closed
+                    return .send(Output(toClient: bytes, close: "read_auth refused the login"))
+                }
+                return loggedInWithoutServer(answer: bytes, rest: input)
+            case .returned(.sendQuery) where hasServer && !script.queries.isEmpty:
+                // The first queued packet replaces the client's handshake response.
+                payload = script.queries.removeFirst().packet
+                script.queries.removeAll()
+            default:
+                break
+            }
+            if !hasServer {
+                // Mock-server mode and read_auth did not answer: the client is let in, as MySQL Proxy does.
+                var ok = ByteBuffer()
+                var seq = reply
+                ResponseEncoding.ok(OKPacket(status: .autocommit), capabilities: session.capabilities, sequenceID: &seq, into: &ok)
+                return loggedInWithoutServer(answer: ok, rest: input)
+            }
+            interceptingAuthResult = script.hooks.contains(.readAuthResult)
+            intercepting = script.hooks.contains(.readQuery)
+        }
+
+        var out = ByteBuffer()
+        out.reserveCapacity(payload.readableBytes + 4)
+        var seq = frame.sequenceID
+        out.writeMySQLPacket(payload, sequenceID: &seq)
+        tracker.handshakeResponseSent(capabilities: session.capabilities)
+        nextSequenceToClient = reply
+        phase = .relaying
+        guard input.readableBytes > 0 else { return .forwardToBackend(out) }
+        // A client that does not wait for the verdict: the rest goes like any other bytes.
+        return Self.combine(Output(toBackend: out), then: intercepting ? exchangeClientData(input) : relayFromClient(input))
+    }
+
+    /// The script let the client in without the server's word: the session goes on without a
+    /// server connection (one the script may pick later from the pool).
+    private mutating func loggedInWithoutServer(answer: ByteBuffer, rest: ByteBuffer) -> Action {
+        let drop = hasServer
+        hasServer = false
+        intercepting = true
+        tracker = .commandPhase(capabilities: session?.capabilities ?? [.protocol41])
+        phase = .relaying
+        let out = Output(toClient: answer, dropBackend: drop)
+        guard rest.readableBytes > 0 else { return .send(out) }
+        return Self.combine(out, then: exchangeClientData(rest))
+    }
+
+    /// The server's packets while the login runs, whole, so that its verdict (the OK or ERR that
+    /// ends the exchange) can go to `read_auth_result` before the client sees it.
+    mutating func authResultDataReceived(_ chunk: ByteBuffer) -> Action {
+        serverCollector.append(chunk)
+        var out = Output()
+        do {
+            while interceptingAuthResult, let c = try serverCollector.next() {
+                let kind = try tracker.serverPacketStarted(c.start)
+                guard case .endOfResponse(let end) = kind, end.command == nil else {
+                    out.client(c.raw ?? Self.framed(c.packet))
+                    continue
+                }
+                interceptingAuthResult = false
+                var verdict = c.raw ?? Self.framed(c.packet)
+                if let script {
+                    if end.kind == .ok { script.databaseChanged(to: session?.database ?? "", forClient: false) }
+                    script.prepareHook(loggedIn: end.kind == .ok, serverIdle: end.kind == .ok, status: tracker.status)
+                    if case .returned(.sendResult(let answer)) = script.readAuthResult(packet: c.packet.payload) {
+                        verdict = answer.encode(command: nil, capabilities: session?.capabilities ?? [.protocol41], sequenceID: c.packet.sequenceID)
+                        if case .error = answer, end.kind == .ok { out.close = "read_auth_result refused the login" }
+                    }
+                    applyServerChange()
+                    if script.connectionCloseRequested { out.close = out.close ?? "the script set proxy.connection.connection_close" }
+                }
+                out.client(verdict)
+                nextSequenceToClient = c.packet.sequenceID &+ 1
+            }
+        } catch {
+            statistics.add(.backendProtocolErrors)
+            return .abortConnections(reason: "malformed packet from the backend during the login: \(error)")
+        }
+        if !interceptingAuthResult && !serverCollector.isEmpty {
+            // the server spoke out of turn after its verdict: pass it on as it is
+            var rest = ByteBuffer()
+            while let c = try? serverCollector.next() { var raw = c.raw ?? Self.framed(c.packet); rest.writeBuffer(&raw) }
+            serverCollector.reset()
+            out.client(rest)
+        }
+        return Self.finish(out)
+    }
+
+    /// What the handler is to do with `output`, as the plainest action that does it.
+    static func finish(_ output: Output) -> Action {
+        if output.close == nil && !output.dropBackend {
+            if output.toClient == nil { return output.toBackend.map { .forwardToBackend($0) } ?? .none }
+            if output.toBackend == nil, let bytes = output.toClient { return .forwardToClient(bytes) }
+        }
+        return .send(output)
+    }
+
+    /// `output` followed by what `action` does.
+    static func combine(_ output: Output, then action: Action) -> Action {
+        var out = output
+        switch action {
+        case .none:
+            break
+        case .forwardToBackend(let bytes):
+            out.backend(bytes)
+        case .forwardToClient(let bytes):
+            out.client(bytes)
+        case .forwardToClientAndClose(let bytes):
+            out.client(bytes)
+            out.close = out.close ?? "closing"
+        case .send(let more):
+            if let bytes = more.toClient { out.client(bytes) }
+            if let bytes = more.toBackend { out.backend(bytes) }
+            out.dropBackend = out.dropBackend || more.dropBackend
+            out.close = out.close ?? more.close
+        case .connectToBackend, .sendToClientAndClose, .closeConnections, .abortConnections:
+            return action
+        }
+        return finish(out)
+    }
+}

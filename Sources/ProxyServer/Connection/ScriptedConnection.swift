@@ -1,0 +1,140 @@
+import Logging
+import MySQLWire
+import NIOCore
+import ProxyScripting
+
+/// A connection's script, seen from both sides: the state machine calls its hooks through
+/// `ConnectionScripting`, and the script reaches the connection through `ScriptConnectionHost`
+/// (`proxy.connection`). It keeps what scripts read about the client and the server, and leaves
+/// moving server connections to and from the pool to the client's handler. Lives on the
+/// connection's event loop.
+final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
+    weak var handler: ClientChannelHandler?
+    var script: ConnectionScript?
+    let resultsetBufferLimit: Int
+    private(set) var connectionCloseRequested = false
+
+    /// As of the last `prepareHook`.
+    private(set) var loggedIn = false
+    private(set) var serverIdle = false
+    private(set) var serverStatus: ServerStatus = .autocommit
+    /// The capabilities of the session (the key of pooled connections).
+    private(set) var capabilities: CapabilityFlags = []
+    private var change: ServerChange?
+
+    var client = ScriptClientInfo()
+    /// The server connection in use, nil when there is none.
+    var server: ScriptServerInfo?
+    /// The backend `connect_server` asked for (0-based).
+    var requestedBackend: Int?
+
+    init(handler: ClientChannelHandler, resultsetBufferLimit: Int) {
+        self.handler = handler
+        self.resultsetBufferLimit = resultsetBufferLimit
+    }
+
+    // MARK: ConnectionScripting
+
+    var hooks: ConnectionScript.Hooks { script?.hooks ?? [] }
+
+    var queries: [Injection] {
+        get { script?.queries ?? [] }
+        set { script?.queries = newValue }
+    }
+
+    func prepareHook(loggedIn: Bool, serverIdle: Bool, status: ServerStatus) {
+        self.loggedIn = loggedIn
+        self.serverIdle = serverIdle
+        self.serverStatus = status
+    }
+
+    func greetingReceived(_ greeting: HandshakeV10) {
+        var info = ScriptServerInfo()
+        info.threadID = greeting.connectionID
+        info.versionString = greeting.serverVersion
+        info.mysqldVersion = ScriptServerInfo.versionNumber(greeting.serverVersion)
+        info.scrambleBuffer = greeting.authPluginData
+        info.src = handler?.backendLocalAddress.map(Self.scriptAddress)
+        info.dst = handler?.backendRemoteAddress.map(Self.scriptAddress)
+        server = info
+    }
+
+    func handshakeResponseReceived(_ response: HandshakeResponse41, capabilities: CapabilityFlags) {
+        client.username = response.username
+        client.defaultDB = response.database ?? ""
+        client.scrambledPassword = response.authResponse
+        server?.username = response.username
+        self.capabilities = capabilities
+    }
+
+    func databaseChanged(to name: String, forClient: Bool) {
+        server?.defaultDB = name
+        if forClient { client.defaultDB = name }
+    }
+
+    func connectServer() -> HookOutcome { script?.connectServer() ?? .notDefined }
+    func readHandshake() -> HookOutcome { script?.readHandshake() ?? .notDefined }
+    func readAuth() -> HookOutcome { script?.readAuth() ?? .notDefined }
+    func readAuthResult(packet: ByteBuffer) -> HookOutcome { script?.readAuthResult(packet: packet) ?? .notDefined }
+
+    func readQuery(packet: ByteBuffer, hints: [(key: String, value: String)]) -> HookOutcome {
+        script?.readQuery(packet: packet, hints: hints) ?? .notDefined
+    }
+
+    func readQueryResult(_ result: InjectionResult) -> HookOutcome { script?.readQueryResult(result) ?? .notDefined }
+
+    func disconnectClient() {
+        _ = script?.disconnectClient()
+    }
+
+    func takeServerChange() -> ServerChange? {
+        defer { change = nil }
+        return change
+    }
+
+    func serverChanged(_ new: ServerChange) {
+        change = new
+    }
+
+    func log(_ level: Logger.Level, _ message: String) {
+        handler?.log(level, "\(message)")
+    }
+
+    /// Releases the Lua side of the connection.
+    func close() {
+        script?.close()
+        script = nil
+    }
+
+    // MARK: ScriptConnectionHost
+
+    var scriptClient: ScriptClientInfo { client }
+    var scriptServer: ScriptServerInfo? { server }
+
+    var scriptBackendIndex: Int {
+        if let index = handler?.currentBackendIndex { return index + 1 }
+        if !loggedIn, let requestedBackend { return requestedBackend + 1 }
+        return 0
+    }
+
+    func scriptSetBackendIndex(_ index: Int) {
+        handler?.scriptSelectBackend(index - 1, connection: self)
+    }
+
+    func scriptSetConnectionClose(_ close: Bool) {
+        connectionCloseRequested = close
+    }
+
+    /// How scripts see a socket address (`src`, `dst`).
+    static func scriptAddress(_ address: SocketAddress) -> ScriptAddress {
+        switch address {
+        case .v4:
+            return ScriptAddress(name: ClientChannelHandler.describe(address), address: address.ipAddress ?? "", port: address.port ?? 0, type: 2)
+        case .v6:
+            return ScriptAddress(name: ClientChannelHandler.describe(address), address: address.ipAddress ?? "", port: address.port ?? 0, type: 10)
+        case .unixDomainSocket:
+            let path = address.pathname ?? ""
+            return ScriptAddress(name: path, address: path, port: 0, type: 1)
+        }
+    }
+}
