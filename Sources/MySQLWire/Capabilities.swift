@@ -57,6 +57,14 @@ public struct CapabilityFlags: OptionSet, Hashable, Sendable, CustomStringConver
         .sessionTrack, .deprecateEOF, .sslVerifyServerCertificate, .rememberOptions,
     ]
 
+    /// The flags that change how a logged-in session talks or behaves (packet formats, affected
+    /// rows, multi-statements, LOCAL INFILE): two sessions that agree on these can share a server
+    /// connection. Login-only flags (CONNECT_WITH_DB, PLUGIN_AUTH, CONNECT_ATTRS, ...) don't count.
+    public static let sessionAffecting: CapabilityFlags = [
+        .longPassword, .foundRows, .longFlag, .noSchema, .localFiles, .ignoreSpace, .protocol41, .interactive,
+        .transactions, .multiStatements, .multiResults, .psMultiResults, .sessionTrack, .deprecateEOF,
+    ]
+
     /// The low 32 bits (the classic capability field).
     @inlinable public var lower32: UInt32 { UInt32(truncatingIfNeeded: rawValue) }
     /// MariaDB's extended capabilities, as sent in the reserved bytes.

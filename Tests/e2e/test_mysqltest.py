@@ -37,3 +37,17 @@ def test_mysqltest(proxy, test, mode):
     assert straight.returncode == 0, "the recording does not match the server itself:\n" + straight.stdout + straight.stderr
     through = run_mysqltest(proxy.port, test, mode)
     assert through.returncode == 0, through.stdout + through.stderr + "\n--- proxy log ---\n" + proxy.log()
+
+
+LUA = Path(__file__).resolve().parent / "lua"
+
+
+@pytest.mark.parametrize("script", ["passthrough", "buffer_all"])
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("test", TESTS)
+def test_mysqltest_through_a_script(start_proxy, test, mode, script):
+    """The same recordings through scripts that decide nothing (every hook defined) and that
+    re-send every query as a buffered injection: a script that changes nothing must change nothing."""
+    proxy = start_proxy(f"--proxy-lua-script={LUA / (script + '.lua')}")
+    through = run_mysqltest(proxy.port, test, mode)
+    assert through.returncode == 0, through.stdout + through.stderr + "\n--- proxy log ---\n" + proxy.log()

@@ -289,7 +289,7 @@ extension ConnectionStateMachine {
             statistics.add(.clientProtocolErrors)
             return .abortConnections(reason: "malformed packet from the client: \(error)")
         }
-        return Self.finish(out)
+        return Self.finish(out, fromServer: true)
     }
 
     /// The response is taken packet by packet: kept for the script, or passed on renumbered.
@@ -346,7 +346,7 @@ extension ConnectionStateMachine {
             script?.log(.debug, "dropping \(serverCollector.bufferedBytes) bytes the server sent after a response")
             serverCollector.reset()
         }
-        return Self.finish(out)
+        return Self.finish(out, fromServer: true)
     }
 
     /// One response ended: the client's own command is done; an injection's result goes to

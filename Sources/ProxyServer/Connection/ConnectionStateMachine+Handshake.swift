@@ -210,14 +210,17 @@ extension ConnectionStateMachine {
             serverCollector.reset()
             out.client(rest)
         }
-        return Self.finish(out)
+        return Self.finish(out, fromServer: true)
     }
 
-    /// What the handler is to do with `output`, as the plainest action that does it.
-    static func finish(_ output: Output) -> Action {
+    /// What the handler is to do with `output`, as the plainest action that does it. Bytes the
+    /// proxy writes to the side it is not reading from (`fromServer` tells which side that is)
+    /// must go out at once: the flush at the end of a read cycle only covers the other side.
+    static func finish(_ output: Output, fromServer: Bool = false) -> Action {
         if output.close == nil && !output.dropBackend {
-            if output.toClient == nil { return output.toBackend.map { .forwardToBackend($0) } ?? .none }
-            if output.toBackend == nil, let bytes = output.toClient { return .forwardToClient(bytes) }
+            if output.toClient == nil, let bytes = output.toBackend, !fromServer { return .forwardToBackend(bytes) }
+            if output.toBackend == nil, let bytes = output.toClient, fromServer { return .forwardToClient(bytes) }
+            if output.toClient == nil && output.toBackend == nil { return .none }
         }
         return .send(output)
     }

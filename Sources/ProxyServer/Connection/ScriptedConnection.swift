@@ -18,7 +18,7 @@ final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
     private(set) var loggedIn = false
     private(set) var serverIdle = false
     private(set) var serverStatus: ServerStatus = .autocommit
-    /// The capabilities of the session (the key of pooled connections).
+    /// The capabilities of the session that matter to pooled connections (part of their key).
     private(set) var capabilities: CapabilityFlags = []
     private var change: ServerChange?
 
@@ -64,7 +64,7 @@ final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
         client.defaultDB = response.database ?? ""
         client.scrambledPassword = response.authResponse
         server?.username = response.username
-        self.capabilities = capabilities
+        self.capabilities = capabilities.intersection(.sessionAffecting)
     }
 
     func databaseChanged(to name: String, forClient: Bool) {
