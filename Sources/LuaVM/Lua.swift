@@ -68,6 +68,8 @@ public struct Lua {
     @inlinable public func pushValue(at index: Int32) { lua_pushvalue(L, index) }
     @inlinable public func remove(at index: Int32) { moon_remove(L, index) }
     @inlinable public func insert(at index: Int32) { moon_insert(L, index) }
+    /// Pops the top value into `index`.
+    @inlinable public func replace(at index: Int32) { moon_replace(L, index) }
     public func upvalueIndex(_ i: Int32) -> Int32 { moon_upvalueindex(i) }
 
     // MARK: pushing
@@ -180,6 +182,13 @@ public struct Lua {
         lua_rawseti(L, table, lua_Integer(index))
     }
 
+    /// `table[key] = value` with the key and then the value on top of the stack (both popped).
+    @inlinable public func rawSetPair(_ table: Int32) { lua_rawset(L, table) }
+
+    /// Replaces the key on top of the stack with `table[key]`; returns its type.
+    @inlinable @discardableResult
+    public func rawGetKey(_ table: Int32) -> LuaType { LuaType(rawValue: lua_rawget(L, table)) ?? .none }
+
     public func rawLength(_ index: Int32) -> Int { Int(lua_rawlen(L, index)) }
 
     @discardableResult
@@ -249,6 +258,15 @@ public struct Lua {
     }
 
     /// Calls the function below its `arguments`, protected; on error the message carries a traceback.
+    /// Pushes the message handler that adds a traceback to errors (for `pcall(...handler:)`).
+    public func pushTracebackHandler() { moon_push_traceback_handler(L) }
+
+    /// Calls with the message handler kept at `handler` (an absolute index below the function).
+    public func pcall(arguments: Int32, results: Int32, handler: Int32) throws(LuaError) {
+        let status = moon_pcall(L, arguments, results, handler)
+        if status != LUA_OK { throw popError(status) }
+    }
+
     public func pcall(arguments: Int32, results: Int32) throws(LuaError) {
         let functionIndex = top - arguments
         moon_push_traceback_handler(L)

@@ -13,6 +13,12 @@ public struct PacketCollector: Sendable {
         /// it can be passed on without being framed again.
         public var raw: ByteBuffer?
 
+        public init(packet: MySQLFrame, firstFrameLength: Int, raw: ByteBuffer?) {
+            self.packet = packet
+            self.firstFrameLength = firstFrameLength
+            self.raw = raw
+        }
+
         /// What the response tracker and scanner call a packet start.
         public var start: FrameScanner.PacketStart {
             PacketCollector.start(of: packet, firstFrameLength: firstFrameLength)

@@ -38,7 +38,10 @@ public final class ConnectionScript {
     }
 
     let engine: ScriptEngine
-    weak var host: ScriptConnectionHost?
+    /// The connection, which owns this script. Not `weak`: a weak reference gives its target a
+    /// side table, and every retain and release of it then takes the slow path, on every hook.
+    /// `close()` clears it, and the host closes the script before it goes.
+    unowned(unsafe) var host: ScriptConnectionHost?
     /// The hooks the script defined when the connection started.
     public private(set) var hooks: Hooks = []
     /// `proxy.queries`.
@@ -131,6 +134,27 @@ public final class ConnectionScript {
         return false
     }
 
+    /// `pushHook` for the hot path: the name comes from the registry, already interned.
+    private func pushHook(keyRef: Int32, _ lua: Lua) -> Bool {
+        lua.push(reference: environmentRef)
+        let table = lua.top
+        lua.push(reference: keyRef)
+        if lua.rawGetKey(table) == .function {
+            lua.remove(at: -2)
+            return true
+        }
+        lua.pop()
+        lua.pushGlobalTable()
+        lua.replace(at: table)
+        lua.push(reference: keyRef)
+        if lua.rawGetKey(table) == .function {
+            lua.remove(at: -2)
+            return true
+        }
+        lua.pop(2)
+        return false
+    }
+
     /// Releases this connection's Lua objects (after `disconnect_client`).
     public func close() {
         guard !closed else { return }
@@ -140,30 +164,38 @@ public final class ConnectionScript {
     func releaseLocked(_ lua: Lua) {
         guard !closed else { return }
         closed = true
+        engine.forget(fieldsRef: fieldsRef)
         lua.unref(environmentRef)
         lua.unref(fieldsRef)
         box.script = nil
+        host = nil
     }
 
     // MARK: hooks
 
+    private static func position(of hook: Hooks) -> Int {
+        hook.rawValue.trailingZeroBitCount
+    }
+
     private func call(_ hook: Hooks, arguments: (Lua) -> Int32 = { _ in 0 }, before: ((Lua) -> Void)? = nil) -> HookOutcome {
         guard hooks.contains(hook), !closed else { return .notDefined }
-        let name = Hooks.names.first { $0.0 == hook }!.1
+        let position = Self.position(of: hook)
         return engine.withLua { lua in
             engine.makeCurrent(fieldsRef: fieldsRef, lua)
             before?(lua)
-            guard pushHook(name, lua) else { return .notDefined }
+            guard pushHook(keyRef: engine.keys.hooks[position], lua) else { return .notDefined }
             let count = arguments(lua)
             do throws(LuaError) {
-                try lua.pcall(arguments: count, results: 1)
+                try lua.pcall(arguments: count, results: 1, handler: ScriptEngine.tracebackHandlerIndex)
             } catch {
+                let name = Hooks.names[position].1
                 logger.critical("(\(name)) \(error.message)")
                 return .failed(error.message)
             }
             defer { lua.pop() }
             guard let code = lua.toInteger(at: -1) else {
                 if lua.type(at: -1) != .nil {
+                    let name = Hooks.names[position].1
                     logger.warning("(\(name)) returned a \(lua.typeName(at: -1)), expected a proxy.PROXY_* number or nothing")
                 }
                 return .returned(.noDecision)
@@ -209,15 +241,31 @@ public final class ConnectionScript {
     /// `read_query(packet)`: `proxy.queries` and `proxy.response` start empty, `proxy.hints`
     /// holds the query's hints.
     public func readQuery(packet: ByteBuffer, hints: [(key: String, value: String)]) -> HookOutcome {
-        queries.removeAll(keepingCapacity: true)
+        if !queries.isEmpty { queries.removeAll(keepingCapacity: true) }
         return call(.readQuery, arguments: { lua in
             lua.push(packet)
             return 1
         }, before: { lua in
+            let keys = self.engine.keys
             lua.push(reference: self.fieldsRef)
-            lua.pushNil()
-            lua.rawSet(-2, "response")
+            let fields = lua.top
+            // Clear what the last command left; reading first spares a write (and the
+            // garbage collector's barrier) when there is nothing to clear, the usual case.
+            lua.push(reference: keys.response)
+            if lua.rawGetKey(fields) != .nil {
+                lua.push(reference: keys.response)
+                lua.pushNil()
+                lua.rawSetPair(fields)
+            }
+            lua.pop()
+            lua.push(reference: keys.hints)
             if hints.isEmpty {
+                if lua.rawGetKey(fields) == .nil {
+                    lua.pop(2)
+                    return
+                }
+                lua.pop()
+                lua.push(reference: keys.hints)
                 lua.pushNil()
             } else {
                 lua.newTable(recordCapacity: Int32(hints.count))
@@ -226,7 +274,7 @@ public final class ConnectionScript {
                     lua.rawSet(-2, key)
                 }
             }
-            lua.rawSet(-2, "hints")
+            lua.rawSetPair(fields)
             lua.pop()
         })
     }
@@ -242,7 +290,9 @@ public final class ConnectionScript {
     public func disconnectClient() -> HookOutcome { call(.disconnectClient) }
 }
 
-/// A weak reference to a connection's script, held by its Lua userdata.
+/// The way from a connection's Lua userdata back to its script, which Lua may outlive: the
+/// script clears it when it closes (and it closes before it is freed). Not `weak`, for the same
+/// reason as `ConnectionScript.host`.
 final class ConnectionBox {
-    weak var script: ConnectionScript?
+    unowned(unsafe) var script: ConnectionScript?
 }

@@ -60,6 +60,22 @@ public final class ScriptEngine: @unchecked Sendable {
     private(set) var environmentMetatableRef: Int32 = Lua.noReference
     private(set) var fieldsMetatableRef: Int32 = Lua.noReference
 
+    /// Strings the hot path uses as table keys, kept in the registry so that pushing one is an
+    /// array read rather than hashing and interning the text again on every hook.
+    struct Keys {
+        var index = Lua.noReference
+        var newindex = Lua.noReference
+        var response = Lua.noReference
+        var hints = Lua.noReference
+        /// The hook names, in `ConnectionScript.Hooks.names` order.
+        var hooks: [Int32] = []
+    }
+    private(set) var keys = Keys()
+    /// The connection `_G.proxy` currently points at (see `makeCurrent`).
+    private var currentFieldsRef: Int32 = Lua.noReference
+    /// Where the traceback handler sits, at the bottom of the stack for good.
+    static let tracebackHandlerIndex: Int32 = 1
+
     public init(configuration: Configuration, backends: ScriptBackendsHost?, logger: Logger) {
         self.configuration = configuration
         self.backends = backends
@@ -99,6 +115,16 @@ public final class ScriptEngine: @unchecked Sendable {
 
     private func bootstrap() {
         let lua = state.lua
+        lua.pushTracebackHandler()  // stays at index 1: every hook's pcall uses it
+        func keyRef(_ text: String) -> Int32 {
+            lua.push(text)
+            return lua.ref()
+        }
+        keys.index = keyRef("__index")
+        keys.newindex = keyRef("__newindex")
+        keys.response = keyRef("response")
+        keys.hints = keyRef("hints")
+        keys.hooks = ConnectionScript.Hooks.names.map { keyRef($0.1) }
         do throws(LuaError) {
             try run(LuaBootstrap.compatibility, name: "=(moonproxy compatibility)", lua)
             setPackagePaths(lua)
@@ -278,12 +304,22 @@ public final class ScriptEngine: @unchecked Sendable {
 
     /// Points `_G.proxy`'s per-connection fields at the connection whose hook is about to run.
     func makeCurrent(fieldsRef: Int32, _ lua: Lua) {
+        guard fieldsRef != currentFieldsRef else { return }
+        currentFieldsRef = fieldsRef
         lua.push(reference: proxyMetatableRef)
+        let metatable = lua.top
+        lua.push(reference: keys.index)
         lua.push(reference: fieldsRef)
-        lua.rawSet(-2, "__index")
+        lua.rawSetPair(metatable)
+        lua.push(reference: keys.newindex)
         lua.push(reference: fieldsRef)
-        lua.rawSet(-2, "__newindex")
+        lua.rawSetPair(metatable)
         lua.pop()
+    }
+
+    /// A connection's fields table is going away (its reference may be handed out again).
+    func forget(fieldsRef: Int32) {
+        if fieldsRef == currentFieldsRef { currentFieldsRef = Lua.noReference }
     }
 }
 

@@ -9,6 +9,7 @@ import Testing
 final class FakeScript: ConnectionScripting {
     var hooks: ConnectionScript.Hooks
     var queries: [Injection] = []
+    var hasQueries: Bool { !queries.isEmpty }
     var connectionCloseRequested = false
     var resultsetBufferLimit = 1 << 20
     var change: ServerChange?

@@ -152,6 +152,8 @@ def main():
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--extra-moonproxy", action="append", default=[],
                     help="NAME=ARGS: another MoonProxy target started with these extra arguments")
+    ap.add_argument("--no-script-targets", action="store_true",
+                    help="leave out the MoonProxy targets running an empty read_query and an appending one")
     a = ap.parse_args()
     workdir = Path(a.workdir)
     workloads = [w for w in a.workloads.split(",") if w]
@@ -164,6 +166,9 @@ def main():
     targets = [Target("direct", a.mariadb_port),
                start_haproxy(workdir, a.mariadb_port, a.proxy_threads),
                start_moonproxy(a.moonproxy, a.mariadb_port, a.proxy_threads)]
+    if not a.no_script_targets:
+        a.extra_moonproxy = [f"moon+empty=--proxy-lua-script={HERE / 'bench_empty.lua'}",
+                             f"moon+append=--proxy-lua-script={HERE / 'bench_append.lua'}"] + a.extra_moonproxy
     for spec in a.extra_moonproxy:
         name, _, args = spec.partition("=")
         targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, a.proxy_threads, name=name, extra=args.split()))
@@ -193,7 +198,7 @@ def main():
                         res["peak_rss_mib"] = peak_rss_kib(t.pid) / 1024
                     results[w][t.name].append(res)
                     cpu = f" cpu/10k {res['cpu_per_10k']:.3f}" if t.pid else ""
-                    print(f"round {r + 1} {w:18} {t.name:10} {res['rate']:10.1f}{cpu}", file=sys.stderr)
+                    print(f"round {r + 1} {w:18} {t.name:12} {res['rate']:10.1f}{cpu}", file=sys.stderr)
     finally:
         for t in targets:
             t.stop()
@@ -222,12 +227,14 @@ def main():
                   + (f"  ({errors} errors)" if errors else ""))
         base_rate, base_cpu = summary["haproxy"]
         direct_rate = summary["direct"][0]
+        plain_cpu = summary["moonproxy"][1]
         for t in targets:
             if t.name in ("direct", "haproxy"):
                 continue
             rate, cpu = summary[t.name]
+            versus_plain = f"  CPU/moonproxy {cpu / plain_cpu:5.2f}" if t.name != "moonproxy" and plain_cpu else ""
             print(f"{'':20} {t.name + ' ratios':14} rate/haproxy {rate / base_rate:5.2f}  rate/direct {rate / direct_rate:5.2f}  "
-                  f"CPU/haproxy {cpu / base_cpu if base_cpu else float('nan'):5.2f}")
+                  f"CPU/haproxy {cpu / base_cpu if base_cpu else float('nan'):5.2f}{versus_plain}")
 
 
 if __name__ == "__main__":

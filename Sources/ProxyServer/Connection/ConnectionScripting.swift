@@ -12,6 +12,8 @@ protocol ConnectionScripting: AnyObject {
     var hooks: ConnectionScript.Hooks { get }
     /// `proxy.queries`: what is left to inject for the current command.
     var queries: [Injection] { get set }
+    /// Whether `queries` holds anything (without copying it out).
+    var hasQueries: Bool { get }
     /// `proxy.connection.connection_close` was set.
     var connectionCloseRequested: Bool { get }
     /// Largest result an injection with `resultset_is_needed` may buffer.

@@ -51,32 +51,52 @@ extension ConnectionStateMachine {
     // MARK: - from the client
 
     mutating func exchangeClientData(_ chunk: ByteBuffer) -> Action {
-        clientCollector.append(chunk)
         var out = Output()
         do {
-            while out.close == nil, let c = try clientCollector.next() {
-                if hasServer && tracker.clientPhase != .command {
-                    // Data of the exchange under way: a LOCAL INFILE upload, authentication answers.
-                    _ = try tracker.clientPacketStarted(c.start)
-                    out.backend(c.raw ?? Self.framed(c.packet))
-                    continue
+            if clientCollector.isEmpty, let single = Self.singlePacket(chunk) {
+                // the usual case: one whole command in one read, taken as it is
+                try clientPacketReceived(single, &out)
+            } else {
+                clientCollector.append(chunk)
+                while out.close == nil, let c = try clientCollector.next() {
+                    try clientPacketReceived(c, &out)
                 }
-                statistics.add(.commands)
-                if c.packet.payload.getInteger(at: c.packet.payload.readerIndex, as: UInt8.self) == CommandCode.query.rawValue {
-                    statistics.add(.queries)
-                }
-                if exchange.active || !queuedCommands.isEmpty {
-                    queuedCommands.append(c)
-                    continue
-                }
-                try startCommand(c, &out)
-                try drainQueue(&out)
             }
         } catch {
             statistics.add(.clientProtocolErrors)
             return .abortConnections(reason: "malformed packet from the client: \(error)")
         }
         return Self.finish(out)
+    }
+
+    /// `chunk` as a packet when it holds exactly one whole single-frame packet.
+    static func singlePacket(_ chunk: ByteBuffer) -> PacketCollector.Collected? {
+        guard let header = PacketHeader.peek(chunk, at: chunk.readerIndex),
+              header.payloadLength < PacketHeader.maxPayloadLength,
+              chunk.readableBytes == PacketHeader.size + header.payloadLength,
+              let payload = chunk.getSlice(at: chunk.readerIndex + PacketHeader.size, length: header.payloadLength)
+        else { return nil }
+        return PacketCollector.Collected(packet: MySQLFrame(sequenceID: header.sequenceID, payload: payload),
+                                         firstFrameLength: header.payloadLength, raw: chunk)
+    }
+
+    private mutating func clientPacketReceived(_ c: PacketCollector.Collected, _ out: inout Output) throws(WireError) {
+        if hasServer && tracker.clientPhase != .command {
+            // Data of the exchange under way: a LOCAL INFILE upload, authentication answers.
+            _ = try tracker.clientPacketStarted(c.start)
+            out.backend(c.raw ?? Self.framed(c.packet))
+            return
+        }
+        statistics.add(.commands)
+        if c.packet.payload.getInteger(at: c.packet.payload.readerIndex, as: UInt8.self) == CommandCode.query.rawValue {
+            statistics.add(.queries)
+        }
+        if exchange.active || !queuedCommands.isEmpty {
+            queuedCommands.append(c)
+            return
+        }
+        try startCommand(c, &out)
+        try drainQueue(&out)
     }
 
     /// Starts the commands that waited, as long as each is done at once (answered by the script).
@@ -113,12 +133,12 @@ extension ConnectionStateMachine {
         case .sendResult(let response):
             answerCommand(with: response, &out)
             finishCommand(&out)
-        case .sendQuery where !script.queries.isEmpty:
+        case .sendQuery where script.hasQueries:
             try sendNextInjection(&out)
         default:
             if case .sendQuery = decision {
                 script.log(.critical, "'return proxy.PROXY_SEND_QUERY' used without proxy.queries:append() or :prepend(); assuming nil was returned")
-            } else if !script.queries.isEmpty {
+            } else if script.hasQueries {
                 script.log(.critical, "proxy.queries:append() or :prepend() used without 'return proxy.PROXY_SEND_QUERY'; discarding \(script.queries.count) queued queries")
                 script.queries.removeAll()
             }

@@ -9,7 +9,9 @@ import ProxyScripting
 /// moving server connections to and from the pool to the client's handler. Lives on the
 /// connection's event loop.
 final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
-    weak var handler: ClientChannelHandler?
+    /// The connection's handler, which owns this object; cleared by `close()`. Not `weak`: that
+    /// would put every retain of the handler on the runtime's slow path.
+    unowned(unsafe) var handler: ClientChannelHandler?
     var script: ConnectionScript?
     let resultsetBufferLimit: Int
     private(set) var connectionCloseRequested = false
@@ -41,6 +43,8 @@ final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
         get { script?.queries ?? [] }
         set { script?.queries = newValue }
     }
+
+    var hasQueries: Bool { !(script?.queries.isEmpty ?? true) }
 
     func prepareHook(loggedIn: Bool, serverIdle: Bool, status: ServerStatus) {
         self.loggedIn = loggedIn
@@ -104,6 +108,7 @@ final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
     func close() {
         script?.close()
         script = nil
+        handler = nil
     }
 
     // MARK: ScriptConnectionHost
