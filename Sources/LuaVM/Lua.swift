@@ -259,6 +259,17 @@ public struct Lua {
 
     /// Calls the function below its `arguments`, protected; on error the message carries a traceback.
     /// Pushes the message handler that adds a traceback to errors (for `pcall(...handler:)`).
+    /// "file:line" of the Lua function `level` frames up (1: whoever called the running C
+    /// function), or nil when there is no such frame.
+    public func callerPosition(level: Int32) -> String? {
+        var record = lua_Debug()
+        guard lua_getstack(L, level, &record) != 0, lua_getinfo(L, "Sl", &record) != 0 else { return nil }
+        let source = withUnsafeBytes(of: &record.short_src) { raw in
+            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+        }
+        return record.currentline > 0 ? "\(source):\(record.currentline)" : source
+    }
+
     public func pushTracebackHandler() { moon_push_traceback_handler(L) }
 
     /// Calls with the message handler kept at `handler` (an absolute index below the function).

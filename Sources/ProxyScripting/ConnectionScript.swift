@@ -91,7 +91,14 @@ public final class ConnectionScript {
         lua.setMetatable(-2)
         fieldsRef = lua.ref()
 
-        // the script, with this environment as its _ENV, run once for its functions
+        // the prelude (if any), then the script, with this environment as their _ENV
+        if let prelude = engine.preludeBytecode {
+            try Self.load(prelude, name: "=(prelude)", lua)
+            lua.push(reference: environmentRef)
+            if lua.setUpvalue(of: -2, 1) == nil { lua.pop() }
+            engine.makeCurrent(fieldsRef: fieldsRef, lua)
+            try lua.pcall(arguments: 0, results: 0)
+        }
         try Self.load(bytecode, name: scriptName, lua)
         lua.push(reference: environmentRef)
         if lua.setUpvalue(of: -2, 1) == nil { lua.pop() }

@@ -30,6 +30,13 @@ public final class ScriptEngine: @unchecked Sendable {
         public var config: [String: ScriptValue] = [:]
         /// Largest result an injected query with `resultset_is_needed = true` may buffer.
         public var resultsetBufferLimit: Int = 64 << 20
+        /// What `chassis.get_stats()` reports: counters by group ("proxy", ...).
+        public var statistics: (@Sendable () -> [String: [(String, Int)]])?
+        /// What `chassis.set_shutdown()` does; without it the call is logged and ignored.
+        public var shutdownRequest: (@Sendable () -> Void)?
+        /// Lua code run in each connection's environment before the script (the admin interface
+        /// defines its login hooks this way).
+        public var prelude: String?
 
         public init(scriptPath: String? = nil, scriptSource: String? = nil) {
             self.scriptPath = scriptPath
@@ -54,6 +61,8 @@ public final class ScriptEngine: @unchecked Sendable {
     private var compiled: Compiled?
     private var versions = 0
     private var lastLoadError: String?
+    /// `configuration.prelude`, compiled.
+    private(set) var preludeBytecode: [UInt8]?
 
     // registry references made at start-up
     private(set) var proxyMetatableRef: Int32 = Lua.noReference
@@ -162,6 +171,12 @@ public final class ScriptEngine: @unchecked Sendable {
 
             ConnectionBinding.registerMetatables(lua)
             InjectionBinding.registerMetatables(lua)
+            try LuaModules.install(lua, engine: self)
+            if let prelude = configuration.prelude {
+                try lua.load(prelude, name: "=(moonproxy prelude)")
+                preludeBytecode = try lua.dumpFunction()
+                lua.pop()
+            }
         } catch {
             logger.critical("cannot set up the Lua environment: \(error)")
         }

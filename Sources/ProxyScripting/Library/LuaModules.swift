@@ -1,0 +1,244 @@
+import Crypto
+import Logging
+import LuaVM
+
+/// The Lua modules MySQL Proxy scripts `require`: the ones written in Swift (`mysql.tokenizer`,
+/// `mysql.password`, `chassis`) and the Lua ones in `LuaLibrarySources`, all registered in
+/// `package.preload` when the engine starts. As in MySQL Proxy, requiring `mysql.tokenizer`,
+/// `mysql.proto` or `mysql.password` also sets the global `tokenizer`, `proto` or `password`, and
+/// `proxy.tokenize` is always there.
+enum LuaModules {
+    /// What `chassis.get_stats()` reports: counters by group ("proxy", "chassis", ...).
+    typealias StatisticsProvider = @Sendable () -> [String: [(String, Int)]]
+
+    static let glue = #"""
+    local swift_modules, lua_modules = ...
+    local preload, proxy = package.preload, rawget(_G, "proxy")
+    local globals = { ["mysql.tokenizer"] = "tokenizer", ["mysql.proto"] = "proto", ["mysql.password"] = "password", ["chassis"] = "chassis" }
+    local function publish(name, module)
+      if globals[name] then rawset(_G, globals[name], module) end
+      local short = name:match("^proxy%.(.+)$")
+      if short and proxy and rawget(proxy, short) == nil then rawset(proxy, short, module) end
+      return module
+    end
+    for name, module in pairs(swift_modules) do
+      preload[name] = function() return publish(name, module) end
+    end
+    for name, chunk in pairs(lua_modules) do
+      preload[name] = function(...) return publish(name, chunk(...)) end
+    end
+    rawset(proxy, "tokenize", swift_modules["mysql.tokenizer"].tokenize)
+    """#
+
+    /// Registers every module; `engine` must outlive the Lua state.
+    static func install(_ lua: Lua, engine: ScriptEngine) throws(LuaError) {
+        try lua.load(glue, name: "=(moonproxy modules)")
+        let enginePointer = Unmanaged.passUnretained(engine).toOpaque()
+
+        lua.newTable()                                  // Swift modules by name
+        lua.newTable()
+        lua.push(function: tokenize)
+        lua.rawSet(-2, "tokenize")
+        lua.push("MoonProxy mysql.tokenizer 1.0")
+        lua.rawSet(-2, "_VERSION")
+        lua.rawSet(-2, "mysql.tokenizer")
+
+        lua.newTable()
+        for (name, fn) in [("hash", passwordHash), ("scramble", passwordScramble), ("unscramble", passwordUnscramble), ("check", passwordCheck)] {
+            lua.push(function: fn)
+            lua.rawSet(-2, name)
+        }
+        lua.rawSet(-2, "mysql.password")
+
+        lua.newTable()
+        for (name, level) in [("log", nil), ("critical", "critical"), ("error", "error"), ("warning", "warning"),
+                              ("message", "message"), ("info", "info"), ("debug", "debug")] as [(String, String?)] {
+            lua.push(lightUserdata: enginePointer)
+            if let level { lua.push(level) } else { lua.pushNil() }
+            lua.push(function: chassisLog, upvalues: 2)
+            lua.rawSet(-2, name)
+        }
+        lua.push(lightUserdata: enginePointer)
+        lua.push(function: chassisStats, upvalues: 1)
+        lua.rawSet(-2, "get_stats")
+        lua.push(lightUserdata: enginePointer)
+        lua.push(function: chassisSetShutdown, upvalues: 1)
+        lua.rawSet(-2, "set_shutdown")
+        lua.rawSet(-2, "chassis")
+
+        lua.newTable()                                  // Lua modules, compiled
+        for (name, source) in LuaLibrarySources.modules {
+            try lua.load(source, name: "=[moonproxy] " + name)
+            lua.rawSet(-2, name)
+        }
+        try lua.pcall(arguments: 2, results: 0)
+    }
+
+    static func engine(_ lua: Lua) -> ScriptEngine? {
+        guard let pointer = lua.toUserdata(at: lua.upvalueIndex(2)) else { return nil }
+        return Unmanaged<ScriptEngine>.fromOpaque(pointer).takeUnretainedValue()
+    }
+}
+
+// MARK: mysql.tokenizer
+
+private let tokenize: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let tokens = lua.withBytes(at: 1, { SQLTokenizer.tokenize($0) }) else {
+        return lua.raiseWithPosition("bad argument #1 to 'tokenize' (string expected, got \(lua.typeName(at: 1)))")
+    }
+    lua.newTable(arrayCapacity: Int32(clamping: tokens.count))
+    for (i, token) in tokens.enumerated() {
+        lua.newTable(recordCapacity: 3)
+        lua.push(token.id)
+        lua.rawSet(-2, "token_id")
+        lua.push(SQLTokenizer.names[token.id])
+        lua.rawSet(-2, "token_name")
+        token.text.withUnsafeBytes { lua.push(bytes: $0) }
+        lua.rawSet(-2, "text")
+        lua.rawSet(-2, i + 1)
+    }
+    return 1
+}
+
+// MARK: mysql.password (mysql_native_password)
+
+/// SHA1(password): what the server stores, hashed once more, and what a client proves it knows.
+enum NativePassword {
+    static func sha1(_ parts: [UInt8]...) -> [UInt8] {
+        var hasher = Insecure.SHA1()
+        for p in parts { hasher.update(data: p) }
+        return Array(hasher.finalize())
+    }
+
+    static func hash(_ password: [UInt8]) -> [UInt8] { sha1(password) }
+
+    /// The client's answer to `challenge`: SHA1(password) XOR SHA1(challenge + SHA1(SHA1(password))).
+    static func scramble(challenge: [UInt8], hashedPassword: [UInt8]) -> [UInt8] {
+        let mask = sha1(challenge, sha1(hashedPassword))
+        return zip(hashedPassword, mask).map { $0 ^ $1 }
+    }
+
+    /// SHA1(password) recovered from an answer, given SHA1(SHA1(password)).
+    static func unscramble(challenge: [UInt8], response: [UInt8], doubleHashed: [UInt8]) -> [UInt8] {
+        let mask = sha1(challenge, doubleHashed)
+        return zip(response, mask).map { $0 ^ $1 }
+    }
+
+    static func check(challenge: [UInt8], response: [UInt8], doubleHashed: [UInt8]) -> Bool {
+        guard response.count == 20, doubleHashed.count == 20 else { return false }
+        let candidate = unscramble(challenge: challenge, response: response, doubleHashed: doubleHashed)
+        // compare without an early exit
+        return zip(sha1(candidate), doubleHashed).reduce(0) { $0 | ($1.0 ^ $1.1) } == 0
+    }
+}
+
+private func bytesArgument(_ lua: Lua, _ index: Int32) -> [UInt8]? {
+    lua.withBytes(at: index) { Array($0) }
+}
+
+private let passwordHash: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let password = bytesArgument(lua, 1) else {
+        return lua.raiseWithPosition("bad argument #1 to 'hash' (string expected, got \(lua.typeName(at: 1)))")
+    }
+    NativePassword.hash(password).withUnsafeBytes { lua.push(bytes: $0) }
+    return 1
+}
+
+private let passwordScramble: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let challenge = bytesArgument(lua, 1), let hashed = bytesArgument(lua, 2) else {
+        return lua.raiseWithPosition("scramble(challenge, hashed_password) takes two strings")
+    }
+    NativePassword.scramble(challenge: challenge, hashedPassword: hashed).withUnsafeBytes { lua.push(bytes: $0) }
+    return 1
+}
+
+private let passwordUnscramble: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let challenge = bytesArgument(lua, 1), let response = bytesArgument(lua, 2), let double = bytesArgument(lua, 3) else {
+        return lua.raiseWithPosition("unscramble(challenge, response, double_hashed_password) takes three strings")
+    }
+    NativePassword.unscramble(challenge: challenge, response: response, doubleHashed: double).withUnsafeBytes { lua.push(bytes: $0) }
+    return 1
+}
+
+private let passwordCheck: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let challenge = bytesArgument(lua, 1), let response = bytesArgument(lua, 2), let double = bytesArgument(lua, 3) else {
+        return lua.raiseWithPosition("check(challenge, response, double_hashed_password) takes three strings")
+    }
+    lua.push(NativePassword.check(challenge: challenge, response: response, doubleHashed: double))
+    return 1
+}
+
+// MARK: chassis
+
+/// `chassis.log(level, message)` and `chassis.<level>(message)`: to MoonProxy's log, with the
+/// script's file and line.
+private let chassisLog: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let engine = LuaModules.engine(lua) else { return 0 }
+    var first: Int32 = 1
+    var levelName = lua.toString(at: lua.upvalueIndex(3))
+    if levelName == nil {
+        levelName = lua.toString(at: 1) ?? "message"
+        first = 2
+    }
+    let level: Logger.Level
+    switch levelName! {
+    case "critical": level = .critical
+    case "error": level = .error
+    case "warning": level = .warning
+    case "message": level = .notice
+    case "info": level = .info
+    case "debug": level = .debug
+    default:
+        return lua.raiseWithPosition("chassis.log: unknown level '\(levelName!)' (critical, error, warning, message, info, debug)")
+    }
+    let message = lua.toString(at: first) ?? (lua.type(at: first) == .none ? "nil" : lua.typeName(at: first))
+    let place = lua.callerPosition(level: 1)
+    engine.logger.log(level: level, "(lua) \(place.map { "(\($0)) " } ?? "")\(message)")
+    return 0
+}
+
+private let chassisStats: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let engine = LuaModules.engine(lua), let provider = engine.configuration.statistics else {
+        lua.pushNil()
+        return 1
+    }
+    let groups = provider()
+    func pushGroup(_ counters: [(String, Int)]) {
+        lua.newTable(recordCapacity: Int32(clamping: counters.count))
+        for (name, value) in counters {
+            lua.push(value)
+            lua.rawSet(-2, name)
+        }
+    }
+    if let name = lua.toString(at: 1) {
+        guard let counters = groups[name] else { lua.pushNil(); return 1 }
+        pushGroup(counters)
+    } else {
+        lua.newTable()
+        for (name, counters) in groups {
+            pushGroup(counters)
+            lua.rawSet(-2, name)
+        }
+    }
+    return 1
+}
+
+private let chassisSetShutdown: LuaFunction = { L in
+    let lua = Lua(L!)
+    if let engine = LuaModules.engine(lua) {
+        if let shutdown = engine.configuration.shutdownRequest {
+            engine.logger.notice("the Lua script asked the proxy to shut down")
+            shutdown()
+        } else {
+            engine.logger.warning("the Lua script called chassis.set_shutdown(); this proxy cannot be stopped from a script")
+        }
+    }
+    return 0
+}
