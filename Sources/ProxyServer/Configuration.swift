@@ -62,11 +62,13 @@ extension String {
 public enum ConfigurationError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidAddress(String, String)
     case invalidValue(option: String, value: String, reason: String)
+    case adminNeedsCredentials
 
     public var description: String {
         switch self {
         case .invalidAddress(let text, let reason): return "invalid address '\(text)': \(reason)"
         case .invalidValue(let option, let value, let reason): return "invalid value '\(value)' for \(option): \(reason)"
+        case .adminNeedsCredentials: return "the admin interface needs --admin-username and --admin-password; refusing to start it without them"
         }
     }
 }
@@ -143,6 +145,11 @@ public struct ProxyConfiguration: Sendable {
 
     /// Whether connections run a script.
     public var hasScript: Bool { luaScript != nil || luaScriptSource != nil }
+
+    /// Whether the proxy listener runs (`--plugins` without `proxy`, or `--no-proxy`, turn it off).
+    public var proxyEnabled: Bool = true
+    /// The admin interface (`--plugins=admin`), if wanted.
+    public var admin: AdminConfiguration?
 
     public init() {}
 }

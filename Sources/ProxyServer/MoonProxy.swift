@@ -13,7 +13,7 @@ import ServiceLifecycle
 public final class MoonProxy: Sendable {
     public let configuration: ProxyConfiguration
     public let backends: BackendPool
-    public let statistics = ProxyStatistics()
+    public let statistics: ProxyStatistics
     private let logger: Logger
     private let group: EventLoopGroup
     private let ownsGroup: Bool
@@ -22,7 +22,11 @@ public final class MoonProxy: Sendable {
 
     private struct ServerState {
         var serverChannel: Channel?
+        var adminChannel: Channel?
+        var started = false
     }
+    /// The admin interface's connections, script and counters (nil without `configuration.admin`).
+    private let adminContext: ProxyContext?
 
     public convenience init(configuration: ProxyConfiguration, eventLoopGroup: EventLoopGroup? = nil,
                 logger: Logger = Logger(label: "moonproxy")) {
@@ -39,7 +43,10 @@ public final class MoonProxy: Sendable {
             self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventThreads))
             self.ownsGroup = true
         }
-        self.backends = BackendPool(configuration.backends, retryInterval: configuration.backendRetryInterval)
+        let statistics = ProxyStatistics()
+        self.statistics = statistics
+        let backends = BackendPool(configuration.backends, retryInterval: configuration.backendRetryInterval)
+        self.backends = backends
         var engine: ScriptEngine? = nil
         if configuration.hasScript {
             var script = ScriptEngine.Configuration(scriptPath: configuration.luaScript, scriptSource: configuration.luaScript == nil ? configuration.luaScriptSource : nil)
@@ -48,11 +55,46 @@ public final class MoonProxy: Sendable {
             script.libraryDirectory = configuration.luaLibraryDirectory
             script.resultsetBufferLimit = configuration.resultsetBufferLimit
             script.config = Self.scriptConfig(configuration)
+            script.statistics = { Self.statisticsGroups(statistics, backends) }
             engine = ScriptEngine(configuration: script, backends: backends, logger: logger)
         }
         self.scriptEngine = engine
         self.context = ProxyContext(configuration: configuration, backends: backends, statistics: statistics,
                                     connector: connector, logger: logger, scriptEngine: engine)
+        if let admin = configuration.admin {
+            var script = ScriptEngine.Configuration(scriptPath: admin.luaScript,
+                                                    scriptSource: admin.luaScript == nil ? (admin.luaScriptSource ?? AdminInterface.defaultScript) : nil)
+            script.luaPath = configuration.luaPath
+            script.luaCPath = configuration.luaCPath
+            script.libraryDirectory = configuration.luaLibraryDirectory
+            script.config = Self.scriptConfig(configuration)
+            script.prelude = AdminInterface.prelude(username: admin.username, password: admin.password)
+            script.statistics = { Self.statisticsGroups(statistics, backends) }
+            var adminLogger = logger
+            adminLogger[metadataKey: "module"] = "admin"
+            let adminEngine = ScriptEngine(configuration: script, backends: backends, logger: adminLogger)
+            var adminProxy = configuration
+            adminProxy.listenAddress = admin.address
+            adminProxy.backends = []
+            self.adminContext = ProxyContext(configuration: adminProxy, backends: BackendPool([], retryInterval: .seconds(5)),
+                                             statistics: ProxyStatistics(), connector: connector, logger: adminLogger,
+                                             scriptEngine: adminEngine)
+        } else {
+            self.adminContext = nil
+        }
+    }
+
+    /// The counters `chassis.get_stats()` and the admin's `stats` table show.
+    static func statisticsGroups(_ statistics: ProxyStatistics, _ backends: BackendPool) -> [String: [(String, Int)]] {
+        func name(_ c: ProxyStatistics.Counter) -> String {
+            var out = ""
+            for ch in "\(c)" {
+                if ch.isUppercase { out += "_" + ch.lowercased() } else { out.append(ch) }
+            }
+            return out
+        }
+        let proxy = ProxyStatistics.Counter.allCases.map { (name($0), statistics.value($0)) }
+        return ["proxy": proxy]
     }
 
     /// The script every connection runs, if one is configured.
@@ -88,9 +130,35 @@ public final class MoonProxy: Sendable {
         statistics.value(.connectionsActive)
     }
 
-    /// Binds the listener. Throws if the address is taken or invalid.
+    /// The admin interface's address, once started.
+    public var adminAddress: SocketAddress? {
+        state.withLockedValue { $0.adminChannel?.localAddress }
+    }
+
+    /// Binds the listeners (the proxy's, unless disabled, and the admin interface's, if
+    /// configured). Throws if an address is taken or invalid, or the admin has no password.
     public func start() async throws {
-        let context = self.context
+        let first = state.withLockedValue { state -> Bool in
+            defer { state.started = true }
+            return !state.started
+        }
+        guard first else { return }
+        if let admin = configuration.admin, let adminContext {
+            guard !admin.password.isEmpty, !admin.username.isEmpty else {
+                throw ConfigurationError.adminNeedsCredentials
+            }
+            let channel = try await bind(admin.address, context: adminContext)
+            state.withLockedValue { $0.adminChannel = channel }
+            logger.notice("admin interface listening on \(channel.localAddress.map(ClientChannelHandler.describe) ?? "\(admin.address)")")
+        }
+        guard configuration.proxyEnabled else { return }
+        let channel = try await bind(configuration.listenAddress, context: context)
+        state.withLockedValue { $0.serverChannel = channel }
+        logger.notice("listening on \(channel.localAddress.map(ClientChannelHandler.describe) ?? "\(configuration.listenAddress)")",
+                      metadata: ["backends": "\(configuration.backends.map { "\($0.address) (\($0.type.rawValue))" }.joined(separator: ", "))"])
+    }
+
+    private func bind(_ address: ProxyAddress, context: ProxyContext) async throws -> Channel {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 1024)
@@ -100,28 +168,27 @@ public final class MoonProxy: Sendable {
                     try channel.pipeline.syncOperations.addHandler(ClientChannelHandler(shared: context))
                 }
             }
-        let channel: Channel
-        switch configuration.listenAddress {
+        switch address {
         case .tcp(let host, let port):
-            channel = try await bootstrap.bind(host: host, port: port).get()
+            return try await bootstrap.bind(host: host, port: port).get()
         case .unix(let path):
-            channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+            return try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
         }
-        state.withLockedValue { $0.serverChannel = channel }
-        logger.notice("listening on \(channel.localAddress.map(ClientChannelHandler.describe) ?? "\(configuration.listenAddress)")",
-                      metadata: ["backends": "\(configuration.backends.map { "\($0.address) (\($0.type.rawValue))" }.joined(separator: ", "))"])
     }
 
     /// Stops accepting, lets running commands finish for up to `gracePeriod` (the configuration's
     /// by default), closes every connection and, if the proxy made its own threads, stops them.
     public func shutdown(gracePeriod: TimeAmount? = nil) async {
         context.isStopping = true
-        let server = state.withLockedValue { state -> Channel? in
-            defer { state.serverChannel = nil }
-            return state.serverChannel
+        adminContext?.isStopping = true
+        let (server, admin) = state.withLockedValue { state -> (Channel?, Channel?) in
+            defer { state.serverChannel = nil; state.adminChannel = nil }
+            return (state.serverChannel, state.adminChannel)
         }
         try? await server?.close()
+        try? await admin?.close()
         await context.forEachSweeper { $0.shutdownRequested() }
+        if let adminContext { await adminContext.forEachSweeper { $0.closeAll() } }
         let deadline = NIODeadline.now() + (gracePeriod ?? configuration.shutdownGracePeriod)
         while connectionCount > 0 && NIODeadline.now() < deadline {
             try? await Task.sleep(nanoseconds: 20_000_000)
@@ -130,6 +197,11 @@ public final class MoonProxy: Sendable {
         if remaining > 0 {
             logger.warning("closing \(remaining) connection(s) still busy after the shutdown grace period")
             await context.forEachSweeper { $0.closeAll() }
+        }
+        if let adminContext {
+            while adminContext.statistics.value(.connectionsActive) > 0 && NIODeadline.now() < deadline + .seconds(1) {
+                try? await Task.sleep(nanoseconds: 10_000_000)
+            }
         }
         if ownsGroup {
             try? await group.shutdownGracefully()
@@ -140,7 +212,7 @@ public final class MoonProxy: Sendable {
 
 extension MoonProxy: Service {
     public func run() async throws {
-        if localAddress == nil { try await start() }
+        try await start()  // does nothing when already started
         try? await gracefulShutdown()
         await shutdown()
     }

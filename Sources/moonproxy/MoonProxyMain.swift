@@ -100,6 +100,23 @@ enum MoonProxyMain {
         configuration.scriptConfig["log-level"] = (options.logLevel ?? .warning).rawValue
         if let basedir { configuration.scriptConfig["basedir"] = basedir }
 
+        // MARK: admin
+
+        if options.pluginList.contains("admin") {
+            guard let username = options.adminUsername, !username.isEmpty,
+                  let password = options.adminPassword, !password.isEmpty else {
+                fail("--plugins=admin needs --admin-username and --admin-password (the admin interface does not run without a password)", code: 1)
+            }
+            var admin = AdminConfiguration(username: username, password: password)
+            do {
+                admin.address = try ProxyAddress(parsing: options.adminAddress ?? ":4041", defaultHost: "0.0.0.0", defaultPort: 4041)
+            } catch {
+                fail("--admin-address: \(error)", code: 2)
+            }
+            admin.luaScript = resolve(options.adminLuaScript)
+            configuration.admin = admin
+        }
+
         // MARK: logging
 
         let logOutput: LogOutput
@@ -142,14 +159,17 @@ enum MoonProxyMain {
             (options.logBacktraceOnCrash, "--log-backtrace-on-crash: the Swift runtime prints a backtrace on a crash by itself"),
             (options.pluginDir != nil, "--plugin-dir: MoonProxy's plugins are built in"),
             (options.proxyPoolNoChangeUser, "--proxy-pool-no-change-user: noted; it matters once connection pooling is used"),
-            (options.pluginList.contains("admin") || options.adminAddress != nil, "--plugins=admin: the admin interface is not available in this build"),
+            (!options.pluginList.contains("admin") && (options.adminAddress != nil || options.adminUsername != nil || options.adminLuaScript != nil),
+             "--admin-*: ignored without --plugins=admin"),
         ] where given {
             logger.info("\(note)")
         }
 
         // MARK: run
 
-        let runProxy = !options.noProxy && (options.pluginList.isEmpty || options.pluginList.contains("proxy"))
+        configuration.proxyEnabled = !options.noProxy && (options.pluginList.isEmpty || options.pluginList.contains("proxy"))
+        let proxyEnabled = configuration.proxyEnabled
+        let runProxy = proxyEnabled || configuration.admin != nil
         let proxy = MoonProxy(configuration: configuration, logger: logger)
 
         let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
@@ -165,6 +185,7 @@ enum MoonProxyMain {
             do {
                 if runProxy {
                     try await proxy.start()
+                    if !proxyEnabled { logger.notice("the proxy module is not started (--no-proxy or --plugins without proxy)") }
                 } else {
                     logger.notice("--no-proxy: the proxy module is not started")
                 }
