@@ -54,6 +54,8 @@ public struct ResponseTracker: Sendable {
         public var rows: UInt64
         /// Result sets (and OKs) seen in this response.
         public var results: Int
+        /// The error code of the ERR that ended the response (0 for any other end).
+        public var errorCode: UInt16 = 0
     }
 
     /// Which kind of packet the client sends next.
@@ -207,6 +209,7 @@ public struct ResponseTracker: Sendable {
         // EOF (or, with CLIENT_DEPRECATE_EOF, an OK with the 0xFE header).
         let isError = first == 0xFF
         let isTerminator = first == 0xFE && !packet.isMultiFrame
+        if isError { current.errorCode = packet.prefix.uint16(at: 1) ?? 0 }
 
         switch state {
         case .idle:

@@ -67,6 +67,7 @@ private let resultsetIndex: LuaFunction = { L in
         lua.push(parsed.firstRow)
         lua.push(function: rowsIterator, upvalues: 2)
     case "row_count": lua.push(result.rows)
+    case "error_code": lua.push(Int(result.errorCode))
     case "bytes": lua.push(result.bytes)
     case "raw":
         guard result.buffered else { return lua.raiseWithPosition(".resultset.raw isn't available if 'resultset_is_needed ~= true'") }

@@ -21,6 +21,8 @@ public final class InjectionResult {
     public var insertID: UInt64 = 0
     /// MYSQLD_PACKET_OK or MYSQLD_PACKET_ERR; nil until known.
     public var queryStatus: UInt8?
+    /// The error code when the response was an ERR (known for streamed results too).
+    public var errorCode: UInt16 = 0
     public let capabilities: CapabilityFlags
 
     public init(injection: Injection, buffered: Bool, capabilities: CapabilityFlags) {

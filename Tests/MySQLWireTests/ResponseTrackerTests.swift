@@ -114,7 +114,7 @@ import Testing
         _ = try send(&t, "0274")
         #expect(t.pendingCount == 2)
         guard case .endOfResponse(let first) = try t.serverPacketStarted(start(Captured.noDatabase)) else { Issue.record(); return }
-        #expect(first.command == .fieldList && first.kind == .error)
+        #expect(first.command == .fieldList && first.kind == .error && first.errorCode == 1046)
         guard case .endOfResponse(let second) = try t.serverPacketStarted(start("00000002000000")) else { Issue.record(); return }
         #expect(second.command == .initDB && second.kind == .ok)
     }

@@ -394,6 +394,7 @@ extension ConnectionStateMachine {
         result.affectedRows = end.affectedRows
         result.insertID = end.lastInsertID
         result.queryStatus = end.kind == .error ? 0xFF : 0x00
+        result.errorCode = end.errorCode
         if !script.queries.isEmpty { script.queries.removeFirst() }
         if end.kind == .ok, result.injection.command == .initDB {
             let packet = result.injection.packet
