@@ -152,4 +152,19 @@ public struct ProxyConfiguration: Sendable {
     public var admin: AdminConfiguration?
 
     public init() {}
+
+    /// A proxy for a program or a test to run in-process: on 127.0.0.1 with a port the system
+    /// picks (read it back from `MoonProxy.port`), with the given backends (none by default:
+    /// a script that answers in `connect_server` makes a mock server) and a script given as its
+    /// text or as a file.
+    public static func embedded(script source: String? = nil, scriptFile: String? = nil,
+                                backends: [BackendConfiguration] = []) -> ProxyConfiguration {
+        var c = ProxyConfiguration()
+        c.listenAddress = .tcp(host: "127.0.0.1", port: 0)
+        c.backends = backends
+        c.luaScriptSource = source
+        c.luaScript = scriptFile
+        c.shutdownGracePeriod = .seconds(2)
+        return c
+    }
 }

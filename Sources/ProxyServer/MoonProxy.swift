@@ -130,6 +130,9 @@ public final class MoonProxy: Sendable {
         statistics.value(.connectionsActive)
     }
 
+    /// The TCP port the proxy listens on, once started (the one the system picked for port 0).
+    public var port: Int? { localAddress?.port }
+
     /// The admin interface's address, once started.
     public var adminAddress: SocketAddress? {
         state.withLockedValue { $0.adminChannel?.localAddress }
