@@ -13,6 +13,8 @@ transaction stays where it started). A trace id, when given, is logged with the 
 Run:  moonproxy -b 127.0.0.1:3306 -r 127.0.0.1:3307 -s examples/route-by-hint.lua
 ]]
 
+local balance = require("proxy.balance")
+
 local routes = { replica = proxy.BACKEND_TYPE_RO, primary = proxy.BACKEND_TYPE_RW }
 local in_transaction = false
 
@@ -31,14 +33,7 @@ local function pooled(wanted)
 end
 
 function connect_server()
-  local best, fewest = 0, nil
-  for i = 1, #proxy.global.backends do
-    local b = proxy.global.backends[i]
-    if b.state ~= proxy.BACKEND_STATE_DOWN and (fewest == nil or b.idling_connections < fewest) then
-      best, fewest = i, b.idling_connections
-    end
-  end
-  proxy.connection.backend_ndx = best
+  proxy.connection.backend_ndx = balance.fewest_idle()
 end
 
 function read_auth_result(auth)

@@ -34,14 +34,7 @@ end
 -- Logins fill the pools: each new client logs in on the backend (not down) with the fewest
 -- idle connections, and its connection joins that backend's pool right after the login.
 function connect_server()
-  local best, fewest = 0, nil
-  for i = 1, #proxy.global.backends do
-    local b = proxy.global.backends[i]
-    if b.state ~= proxy.BACKEND_STATE_DOWN and (fewest == nil or b.idling_connections < fewest) then
-      best, fewest = i, b.idling_connections
-    end
-  end
-  proxy.connection.backend_ndx = best
+  proxy.connection.backend_ndx = balance.fewest_idle()
 end
 
 function read_auth_result(auth)

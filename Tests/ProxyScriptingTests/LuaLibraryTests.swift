@@ -215,6 +215,7 @@ private func runLua(_ code: String, backends: ScriptBackendsHost? = FakeBackends
 
         local balance = require("proxy.balance")
         eq(balance.idle_failsafe_rw(), 1); eq(balance.idle_ro(), 2)
+        eq(balance.least_connected(proxy.BACKEND_TYPE_RO), 2); eq(balance.fewest_idle(), 1)
 
         require("proxy.auto-config")
         proxy.global.config.rwsplit = { max_idle_connections = 8, is_debug = false }

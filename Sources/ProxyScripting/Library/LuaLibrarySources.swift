@@ -657,6 +657,19 @@ function M.idle_ro()
   return best
 end
 
+--- MoonProxy: the backend (not down) with the fewest idle pooled connections, or 0: logging new
+-- clients in there fills the pools evenly.
+function M.fewest_idle()
+  local best, fewest = 0, nil
+  for i = 1, #proxy.global.backends do
+    local b = proxy.global.backends[i]
+    if b.state ~= proxy.BACKEND_STATE_DOWN and (fewest == nil or b.idling_connections < fewest) then
+      best, fewest = i, b.idling_connections
+    end
+  end
+  return best
+end
+
 --- MoonProxy: the backend of the given type (default: any) that is not down and has the fewest
 -- connected clients, or 0.
 function M.least_connected(backend_type)
