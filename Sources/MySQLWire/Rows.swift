@@ -99,7 +99,7 @@ public enum BinaryRow {
         return values
     }
 
-    static func decodeValue(_ buffer: inout ByteBuffer, type: ColumnType, unsigned: Bool, index: Int) throws(WireError) -> BinaryValue {
+    public static func decodeValue(_ buffer: inout ByteBuffer, type: ColumnType, unsigned: Bool, index: Int) throws(WireError) -> BinaryValue {
         let field = "value of column \(index + 1)"
         switch type {
         case .longlong:

@@ -1,4 +1,3 @@
-import Crypto
 import Logging
 import ProxyScripting
 
@@ -27,13 +26,12 @@ public struct AdminConfiguration: Sendable {
 
 enum AdminInterface {
     static func prelude(username: String, password: String) -> String {
-        let stage1 = Array(Insecure.SHA1.hash(data: Array(password.utf8)))
-        let stage2 = Insecure.SHA1.hash(data: stage1).map { String(format2: $0) }.joined()
+        let stored = NativePassword.hash(NativePassword.hash(Array(password.utf8)))  // SHA1(SHA1(password))
         return """
         local proto = require("mysql.proto")
         local password = require("mysql.password")
-        local ADMIN_USER = \(luaQuoted(username))
-        local ADMIN_HASH = (\(luaQuoted(stage2))):gsub("..", function(h) return string.char(tonumber(h, 16)) end)
+        local ADMIN_USER = \(luaQuoted(Array(username.utf8)))
+        local ADMIN_HASH = \(luaQuoted(stored))
         local challenge
 
         function connect_server()
@@ -139,9 +137,10 @@ enum AdminInterface {
     end
     """#
 
-    static func luaQuoted(_ text: String) -> String {
+    /// A Lua string literal holding `bytes` exactly.
+    static func luaQuoted(_ bytes: [UInt8]) -> String {
         var out = "\""
-        for byte in text.utf8 {
+        for byte in bytes {
             switch byte {
             case UInt8(ascii: "\""), UInt8(ascii: "\\"): out += "\\" + String(UnicodeScalar(byte))
             case 32...126: out += String(UnicodeScalar(byte))
@@ -151,12 +150,5 @@ enum AdminInterface {
             }
         }
         return out + "\""
-    }
-}
-
-extension String {
-    fileprivate init(format2 byte: UInt8) {
-        let digits = Array("0123456789abcdef")
-        self = String([digits[Int(byte >> 4)], digits[Int(byte & 15)]])
     }
 }

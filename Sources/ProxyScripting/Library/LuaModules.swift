@@ -2,8 +2,8 @@ import Crypto
 import Logging
 import LuaVM
 
-/// The Lua modules MySQL Proxy scripts `require`: the ones written in Swift (`mysql.tokenizer`,
-/// `mysql.password`, `chassis`) and the Lua ones in `LuaLibrarySources`, all registered in
+/// The Lua modules MySQL Proxy scripts `require`: the ones written in Swift (`mysql.proto`,
+/// `mysql.tokenizer`, `mysql.password`, `chassis`) and the Lua ones in `LuaLibrarySources`, all registered in
 /// `package.preload` when the engine starts. As in MySQL Proxy, requiring `mysql.tokenizer`,
 /// `mysql.proto` or `mysql.password` also sets the global `tokenizer`, `proto` or `password`, and
 /// `proxy.tokenize` is always there.
@@ -42,6 +42,9 @@ enum LuaModules {
         lua.push("MoonProxy mysql.tokenizer 1.0")
         lua.rawSet(-2, "_VERSION")
         lua.rawSet(-2, "mysql.tokenizer")
+
+        MySQLProtoModule.push(lua)
+        lua.rawSet(-2, "mysql.proto")
 
         lua.newTable()
         for (name, fn) in [("hash", passwordHash), ("scramble", passwordScramble), ("unscramble", passwordUnscramble), ("check", passwordCheck)] {
@@ -104,14 +107,14 @@ private let tokenize: LuaFunction = { L in
 // MARK: mysql.password (mysql_native_password)
 
 /// SHA1(password): what the server stores, hashed once more, and what a client proves it knows.
-enum NativePassword {
+public enum NativePassword {
     static func sha1(_ parts: [UInt8]...) -> [UInt8] {
         var hasher = Insecure.SHA1()
         for p in parts { hasher.update(data: p) }
         return Array(hasher.finalize())
     }
 
-    static func hash(_ password: [UInt8]) -> [UInt8] { sha1(password) }
+    public static func hash(_ password: [UInt8]) -> [UInt8] { sha1(password) }
 
     /// The client's answer to `challenge`: SHA1(password) XOR SHA1(challenge + SHA1(SHA1(password))).
     static func scramble(challenge: [UInt8], hashedPassword: [UInt8]) -> [UInt8] {
