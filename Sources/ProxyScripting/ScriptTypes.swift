@@ -39,13 +39,17 @@ public struct ScriptServerInfo: Sendable {
     public var dst: ScriptAddress?
     public init() {}
 
-    /// MySQL Proxy's integer version (5.1.37 is 50137); MariaDB's "5.5.5-" prefix is skipped.
-    public static func versionNumber(_ version: String) -> Int {
+    /// MySQL Proxy's integer version (5.1.37 is 50137), or 0 when the string does not start with
+    /// three numbers of at most four digits. MariaDB's "5.5.5-" prefix is skipped unless
+    /// `keepingReplicationPrefix` (mysql.proto reports the string as the server sent it).
+    /// The version comes from the server: anything is possible, and nothing here may overflow.
+    public static func versionNumber(_ version: String, keepingReplicationPrefix: Bool = false) -> Int {
         var text = Substring(version)
-        if text.hasPrefix("5.5.5-") { text = text.dropFirst(6) }
-        let parts = text.split(whereSeparator: { !$0.isNumber }).prefix(3).compactMap { Int($0) }
-        guard parts.count == 3 else { return 0 }
-        return parts[0] * 10000 + parts[1] * 100 + parts[2]
+        if !keepingReplicationPrefix && text.hasPrefix("5.5.5-") { text = text.dropFirst(6) }
+        let parts = text.utf8.split(whereSeparator: { !(UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }).prefix(3)
+        guard parts.count == 3, parts.allSatisfy({ $0.count <= 4 }) else { return 0 }
+        let numbers = parts.map { $0.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) } }
+        return numbers[0] * 10000 + numbers[1] * 100 + numbers[2]
     }
 }
 

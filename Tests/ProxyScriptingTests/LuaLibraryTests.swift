@@ -147,6 +147,23 @@ private func runLua(_ code: String, backends: ScriptBackendsHost? = FakeBackends
         """#)
     }
 
+    /// Found by Fuzz/ProtoFuzzer: a greeting whose version string held a 19-digit number trapped on
+    /// overflow while computing `server_version`, taking the whole proxy down.
+    @Test func absurdServerVersionsReadAsZero() {
+        #expect(ScriptServerInfo.versionNumber("5.5.5-10.11.19-MariaDB") == 101119)
+        #expect(ScriptServerInfo.versionNumber("5.5.5-10.11.19-MariaDB", keepingReplicationPrefix: true) == 50505)
+        #expect(ScriptServerInfo.versionNumber("8.0.36") == 80036)
+        #expect(ScriptServerInfo.versionNumber("9223372036854775807.1.1") == 0)
+        #expect(ScriptServerInfo.versionNumber("99999999999999999999999.1.1") == 0)
+        #expect(ScriptServerInfo.versionNumber("5.\u{0663}.1") == 0)      // a non-ASCII digit is no digit
+        #expect(ScriptServerInfo.versionNumber("MariaDB") == 0)
+        runLua(#"""
+        local proto = require("mysql.proto")
+        local g = proto.to_challenge_packet({ server_version_str = "9223372036854775807.1.1" })
+        eq(proto.from_challenge_packet(g).server_version, 0)
+        """#)
+    }
+
     @Test func protoSmallPackets() {
         runLua(#"""
         local proto = require("mysql.proto")

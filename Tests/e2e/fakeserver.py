@@ -7,7 +7,8 @@ answers queries by keyword:
   - 'truncated-ok'                     → an OK packet cut short
   - 'eof-missing'                      → a row where the EOF after the definitions belongs
   - 'die'                              → closes the connection in the middle of a result set
-With greeting='garbage' it sends a malformed greeting instead of a handshake.
+With greeting='garbage' it sends a malformed greeting instead of a handshake; with
+greeting='absurd-version' a well-formed one whose version string no real server would send.
 """
 import socket
 import struct
@@ -70,7 +71,10 @@ class FakeServer:
                 conn.sendall(frame(b"\x0a5.5", 0))
                 conn.recv(1024)
                 return
-            conn.sendall(frame(GREETING, 0))
+            if self.greeting == "absurd-version":
+                conn.sendall(frame(GREETING.replace(b"5.5.5-10.11.0-FakeServer", b"9223372036854775807.1.1"), 0))
+            else:
+                conn.sendall(frame(GREETING, 0))
             seq, _ = self._read(conn)
             if seq is None:
                 return

@@ -200,6 +200,19 @@ def test_malformed_greeting(start_proxy):
     fake.close()
 
 
+def test_absurd_server_version_with_a_script(start_proxy, tmp_path):
+    # A script makes the proxy read the version as a number (proxy.connection.server.mysqld_version);
+    # a 19-digit version once overflowed there and killed the process.
+    script = tmp_path / "version.lua"
+    script.write_text("function read_handshake() print('version', proxy.connection.server.mysqld_version) end\n")
+    fake = FakeServer(greeting="absurd-version")
+    p = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{fake.port}", f"--proxy-lua-script={script}", backend=False)
+    for _ in range(2):
+        assert mariadb_cli(p.port, "SELECT ok", check=False).returncode == 0
+    assert p.proc.poll() is None
+    fake.close()
+
+
 # --- malformed packets and odd behaviour from clients -----------------------------------------
 
 def test_empty_command_packet(proxy):

@@ -146,12 +146,6 @@ func pushPacket(_ lua: Lua, _ write: (inout ByteBuffer) throws -> Void) rethrows
     return 1
 }
 
-private func versionNumber(_ version: String) -> Int {
-    let parts = version.split(whereSeparator: { !$0.isNumber }).prefix(3).compactMap { Int($0) }
-    guard parts.count == 3 else { return 0 }
-    return parts[0] * 10000 + parts[1] * 100 + parts[2]
-}
-
 // MARK: greeting and handshake response
 
 private let fromChallenge: LuaFunction = { L in
@@ -160,7 +154,7 @@ private let fromChallenge: LuaFunction = { L in
         let t = ProtoResult(lua)
         t.set("protocol_version", Int(greeting.protocolVersion))
         t.set("server_version_str", greeting.serverVersion)
-        t.set("server_version", versionNumber(greeting.serverVersion))
+        t.set("server_version", ScriptServerInfo.versionNumber(greeting.serverVersion, keepingReplicationPrefix: true))
         t.set("thread_id", Int(greeting.connectionID))
         t.set("capabilities", Int(truncatingIfNeeded: greeting.capabilities.rawValue))
         t.set("charset", Int(greeting.characterSet))
