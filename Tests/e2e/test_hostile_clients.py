@@ -1,6 +1,6 @@
 """Hostile clients, at random but reproducibly: mangled handshake responses, and after a proper
 login, commands with random codes, bodies, lengths and sequence ids. Through the transparent path
-and through a script that collects every result. Whatever each session gets, the proxy must stay
+through a script that collects every result, and against the example mock server (no backend). Whatever each session gets, the proxy must stay
 up, keep its file descriptors, and serve a well-behaved client afterwards.
 
 The fuzzers under Fuzz/ cover the parsers in process; this covers the state machines and the
@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import ROOT
 from rawclient import DEFAULT_CAPS, RawClient, lenenc
 from test_faults import assert_still_serving, proxy_fd_count
 
@@ -78,8 +79,8 @@ def hostile_handshake(rng, port):
         s.close()
 
 
-def hostile_commands(rng, port):
-    c = RawClient("127.0.0.1", port)
+def hostile_commands(rng, port, **login):
+    c = RawClient("127.0.0.1", port, **login)
     try:
         for _ in range(rng.randint(1, 6)):
             code = rng.choice(SAFE_COMMANDS)
@@ -96,24 +97,39 @@ def hostile_commands(rng, port):
         c.sock.close()
 
 
-@pytest.mark.parametrize("scripted", [False, True], ids=["transparent", "scripted"])
-def test_random_hostile_sessions(start_proxy, tmp_path, scripted):
-    args = []
-    if scripted:
+@pytest.mark.parametrize("mode", ["transparent", "scripted", "mock"])
+def test_random_hostile_sessions(start_proxy, tmp_path, mode):
+    login = {}
+    if mode == "transparent":
+        p = start_proxy()
+    elif mode == "scripted":
         script = tmp_path / "collect.lua"
         script.write_text(SCRIPT)
-        args.append(f"--proxy-lua-script={script}")
-    p = start_proxy(*args)
-    assert_still_serving(p)
+        p = start_proxy(f"--proxy-lua-script={script}")
+    else:  # no backend at all: the example mock server answers everything
+        login = {"user": "app", "password": "app-secret"}
+        p = start_proxy(f"--proxy-lua-script={ROOT / 'examples' / 'mock-server.lua'}", backend=False)
+
+    def still_serving():
+        if mode == "mock":
+            c = p.connect(**login)
+            with c.cursor() as cur:
+                cur.execute("SELECT * FROM customers")
+                assert len(cur.fetchall()) == 3
+            c.close()
+        else:
+            assert_still_serving(p)
+
+    still_serving()
     fds = proxy_fd_count(p)
-    rng = random.Random(SEED + scripted)
+    rng = random.Random(f"{SEED}-{mode}")
     for _ in range(SESSIONS):
         if rng.random() < 0.35:
             hostile_handshake(rng, p.port)
         else:
-            hostile_commands(rng, p.port)
+            hostile_commands(rng, p.port, **login)
         assert p.proc.poll() is None, p.log()[-3000:]
-    assert_still_serving(p)
+    still_serving()
     deadline = time.monotonic() + 10
     while proxy_fd_count(p) > fds and time.monotonic() < deadline:
         time.sleep(0.1)
