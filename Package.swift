@@ -65,7 +65,7 @@ let package = Package(
         .executableTarget(
             name: "moonproxy",
             dependencies: [
-                "ProxyServer",
+                "ProxyServer", "ProxyScripting",
                 "CLuaShim",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

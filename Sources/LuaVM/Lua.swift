@@ -178,6 +178,20 @@ public struct Lua {
         lua_rawset(L, t)
     }
 
+    /// `t[key] = value` for the table `t` on top of the stack, without metamethods.
+    public func setField(_ key: String, _ value: Bool) { push(value); rawSet(-2, key) }
+    public func setField(_ key: String, _ value: Int) { push(value); rawSet(-2, key) }
+    public func setField(_ key: String, _ value: Int64) { push(value); rawSet(-2, key) }
+    public func setField(_ key: String, _ value: UInt64) { push(value); rawSet(-2, key) }
+    public func setField(_ key: String, _ value: Double) { push(value); rawSet(-2, key) }
+    public func setField(_ key: String, _ value: String) { push(value); rawSet(-2, key) }
+    public func setField(_ key: String, _ value: ByteBuffer) { push(value); rawSet(-2, key) }
+    public func setField(_ key: String, function: LuaFunction) { push(function: function); rawSet(-2, key) }
+    public func setField<Bytes: Collection>(_ key: String, byteArray: Bytes) where Bytes.Element == UInt8 {
+        push(byteArray: byteArray)
+        rawSet(-2, key)
+    }
+
     public func rawSet(_ table: Int32, _ index: Int) {
         lua_rawseti(L, table, lua_Integer(index))
     }

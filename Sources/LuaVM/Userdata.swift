@@ -19,6 +19,17 @@ extension Lua {
         return top
     }
 
+    /// Creates the metatable registered as `name` with the given metamethods (`__index`, …), unless
+    /// it exists already. The stack is left as it was.
+    public func registerMetatable(named name: String, _ metamethods: [(String, LuaFunction)]) {
+        var isNew = false
+        pushMetatable(named: name, isNew: &isNew)
+        if isNew {
+            for (key, function) in metamethods { setField(key, function: function) }
+        }
+        pop()
+    }
+
     /// Pushes a userdata holding `object`, with the metatable registered as `metatable` (which must
     /// exist already).
     public func push<T: AnyObject>(object: T, metatable: String) {

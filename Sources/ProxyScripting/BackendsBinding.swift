@@ -24,34 +24,10 @@ enum BackendsBinding {
     }
 
     static func push(_ host: ScriptBackendsHost, _ lua: Lua) {
-        var isNew = false
-        lua.pushMetatable(named: backendsMetatable, isNew: &isNew)
-        if isNew {
-            lua.push(function: backendsIndex)
-            lua.rawSet(-2, "__index")
-            lua.push(function: backendsLength)
-            lua.rawSet(-2, "__len")
-        }
-        lua.pushMetatable(named: backendMetatable, isNew: &isNew)
-        if isNew {
-            lua.push(function: backendIndex)
-            lua.rawSet(-2, "__index")
-            lua.push(function: backendNewIndex)
-            lua.rawSet(-2, "__newindex")
-        }
-        lua.pushMetatable(named: poolMetatable, isNew: &isNew)
-        if isNew {
-            lua.push(function: poolIndex)
-            lua.rawSet(-2, "__index")
-            lua.push(function: poolNewIndex)
-            lua.rawSet(-2, "__newindex")
-        }
-        lua.pushMetatable(named: poolUsersMetatable, isNew: &isNew)
-        if isNew {
-            lua.push(function: poolUsersIndex)
-            lua.rawSet(-2, "__index")
-        }
-        lua.pop(4)
+        lua.registerMetatable(named: backendsMetatable, [("__index", backendsIndex), ("__len", backendsLength)])
+        lua.registerMetatable(named: backendMetatable, [("__index", backendIndex), ("__newindex", backendNewIndex)])
+        lua.registerMetatable(named: poolMetatable, [("__index", poolIndex), ("__newindex", poolNewIndex)])
+        lua.registerMetatable(named: poolUsersMetatable, [("__index", poolUsersIndex)])
         lua.push(object: Holder(host), metatable: backendsMetatable)
     }
 }
@@ -158,7 +134,6 @@ private let poolUsersIndex: LuaFunction = { L in
     }
     let user = lua.toString(at: 2) ?? ""
     lua.newTable(recordCapacity: 1)
-    lua.push(ref.host.idleConnections(ref.index, user: user))
-    lua.rawSet(-2, "cur_idle_connections")
+    lua.setField("cur_idle_connections", ref.host.idleConnections(ref.index, user: user))
     return 1
 }

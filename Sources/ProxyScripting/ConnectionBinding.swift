@@ -8,22 +8,15 @@ enum ConnectionBinding {
     static let queriesMetatable = "moonproxy.queries"
 
     static func registerMetatables(_ lua: Lua) {
-        lua.pushMetatable(named: connectionMetatable)
-        lua.push(function: connectionIndex)
-        lua.rawSet(-2, "__index")
-        lua.push(function: connectionNewIndex)
-        lua.rawSet(-2, "__newindex")
-        lua.pop()
+        lua.registerMetatable(named: connectionMetatable, [("__index", connectionIndex), ("__newindex", connectionNewIndex)])
 
         lua.pushMetatable(named: queriesMetatable)
         lua.newTable()
         for (name, fn) in [("append", queriesAppend), ("prepend", queriesPrepend), ("reset", queriesReset), ("len", queriesLength)] {
-            lua.push(function: fn)
-            lua.rawSet(-2, name)
+            lua.setField(name, function: fn)
         }
         lua.rawSet(-2, "__index")
-        lua.push(function: queriesLength)
-        lua.rawSet(-2, "__len")
+        lua.setField("__len", function: queriesLength)
         lua.pop()
     }
 
@@ -37,42 +30,32 @@ enum ConnectionBinding {
 
     static func pushClient(_ client: ScriptClientInfo, _ lua: Lua) {
         lua.newTable(recordCapacity: 5)
-        lua.push(client.username)
-        lua.rawSet(-2, "username")
-        lua.push(client.defaultDB)
-        lua.rawSet(-2, "default_db")
-        lua.push(byteArray: client.scrambledPassword)
-        lua.rawSet(-2, "scrambled_password")
+        lua.setField("username", client.username)
+        lua.setField("default_db", client.defaultDB)
+        lua.setField("scrambled_password", byteArray: client.scrambledPassword)
         ScriptConstants.push(client.src, lua)
         lua.rawSet(-2, "src")
         ScriptConstants.push(client.dst, lua)
         lua.rawSet(-2, "dst")
         if let src = client.src {
             // MySQL Proxy 0.6's name, still used by its own example scripts
-            lua.push(src.name)
-            lua.rawSet(-2, "address")
+            lua.setField("address", src.name)
         }
     }
 
     static func pushServer(_ server: ScriptServerInfo, _ lua: Lua) {
         lua.newTable(recordCapacity: 8)
-        lua.push(Int(server.threadID))
-        lua.rawSet(-2, "thread_id")
-        lua.push(server.mysqldVersion)
-        lua.rawSet(-2, "mysqld_version")
-        lua.push(byteArray: server.scrambleBuffer)
-        lua.rawSet(-2, "scramble_buffer")
-        lua.push(server.defaultDB)
-        lua.rawSet(-2, "default_db")
-        lua.push(server.username)
-        lua.rawSet(-2, "username")
+        lua.setField("thread_id", Int(server.threadID))
+        lua.setField("mysqld_version", server.mysqldVersion)
+        lua.setField("scramble_buffer", byteArray: server.scrambleBuffer)
+        lua.setField("default_db", server.defaultDB)
+        lua.setField("username", server.username)
         ScriptConstants.push(server.src, lua)
         lua.rawSet(-2, "src")
         ScriptConstants.push(server.dst, lua)
         lua.rawSet(-2, "dst")
         if let dst = server.dst {
-            lua.push(dst.name)
-            lua.rawSet(-2, "address")
+            lua.setField("address", dst.name)
         }
     }
 }

@@ -239,8 +239,7 @@ public final class ConnectionScript {
     public func readAuthResult(packet: ByteBuffer) -> HookOutcome {
         call(.readAuthResult, arguments: { lua in
             lua.newTable()
-            lua.push(packet)
-            lua.rawSet(-2, "packet")
+            lua.setField("packet", packet)
             return 1
         })
     }

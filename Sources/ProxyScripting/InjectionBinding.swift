@@ -9,20 +9,9 @@ enum InjectionBinding {
     static let fieldsMetatable = "moonproxy.fields"
 
     static func registerMetatables(_ lua: Lua) {
-        lua.pushMetatable(named: injectionMetatable)
-        lua.push(function: injectionIndex)
-        lua.rawSet(-2, "__index")
-        lua.pop()
-        lua.pushMetatable(named: resultsetMetatable)
-        lua.push(function: resultsetIndex)
-        lua.rawSet(-2, "__index")
-        lua.pop()
-        lua.pushMetatable(named: fieldsMetatable)
-        lua.push(function: fieldsIndex)
-        lua.rawSet(-2, "__index")
-        lua.push(function: fieldsLength)
-        lua.rawSet(-2, "__len")
-        lua.pop()
+        lua.registerMetatable(named: injectionMetatable, [("__index", injectionIndex)])
+        lua.registerMetatable(named: resultsetMetatable, [("__index", resultsetIndex)])
+        lua.registerMetatable(named: fieldsMetatable, [("__index", fieldsIndex), ("__len", fieldsLength)])
     }
 
     static func pushInjection(_ result: InjectionResult, _ lua: Lua) {
@@ -75,14 +64,10 @@ private let resultsetIndex: LuaFunction = { L in
     case "flags":
         let status = ServerStatus(rawValue: result.serverStatus)
         lua.newTable(recordCapacity: 4)
-        lua.push(status.contains(.inTransaction))
-        lua.rawSet(-2, "in_trans")
-        lua.push(status.contains(.autocommit))
-        lua.rawSet(-2, "auto_commit")
-        lua.push(status.contains(.noGoodIndexUsed))
-        lua.rawSet(-2, "no_good_index_used")
-        lua.push(status.contains(.noIndexUsed))
-        lua.rawSet(-2, "no_index_used")
+        lua.setField("in_trans", status.contains(.inTransaction))
+        lua.setField("auto_commit", status.contains(.autocommit))
+        lua.setField("no_good_index_used", status.contains(.noGoodIndexUsed))
+        lua.setField("no_index_used", status.contains(.noIndexUsed))
     case "warning_count": lua.push(Int(result.warnings))
     case "affected_rows":
         if result.wasResultSet { lua.pushNil() } else { lua.push(result.affectedRows) }
@@ -122,18 +107,12 @@ private let fieldsIndex: LuaFunction = { L in
     guard let i = lua.toInteger(at: 2), i >= 1, i <= columns.count else { lua.pushNil(); return 1 }
     let column = columns[i - 1]
     lua.newTable(recordCapacity: 6)
-    lua.push(column.name)
-    lua.rawSet(-2, "name")
-    lua.push(Int(column.type.rawValue))
-    lua.rawSet(-2, "type")
-    lua.push(column.orgName)
-    lua.rawSet(-2, "org_name")
-    lua.push(column.table)
-    lua.rawSet(-2, "table")
-    lua.push(column.orgTable)
-    lua.rawSet(-2, "org_table")
-    lua.push(column.schema)
-    lua.rawSet(-2, "db")
+    lua.setField("name", column.name)
+    lua.setField("type", Int(column.type.rawValue))
+    lua.setField("org_name", column.orgName)
+    lua.setField("table", column.table)
+    lua.setField("org_table", column.orgTable)
+    lua.setField("db", column.schema)
     return 1
 }
 

@@ -69,13 +69,9 @@ enum ScriptConstants {
     static func push(_ address: ScriptAddress?, _ lua: Lua) {
         guard let address else { lua.pushNil(); return }
         lua.newTable(recordCapacity: 4)
-        lua.push(address.name)
-        lua.rawSet(-2, "name")
-        lua.push(address.address)
-        lua.rawSet(-2, "address")
-        lua.push(address.port)
-        lua.rawSet(-2, "port")
-        lua.push(address.type)
-        lua.rawSet(-2, "type")
+        lua.setField("name", address.name)
+        lua.setField("address", address.address)
+        lua.setField("port", address.port)
+        lua.setField("type", address.type)
     }
 }

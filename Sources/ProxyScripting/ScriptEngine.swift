@@ -231,7 +231,7 @@ public final class ScriptEngine: @unchecked Sendable {
         if let c = compiled, c.mtime.tv_sec == info.st_mtim.tv_sec, c.mtime.tv_nsec == info.st_mtim.tv_nsec, c.size == Int(info.st_size) {
             return c
         }
-        guard let bytes = Self.readFile(path) else {
+        guard let bytes = readWholeFile(path) else {
             lastLoadError = "cannot read the Lua script \(path): \(String(cString: strerror(errno)))"
             logger.critical("\(lastLoadError!)")
             return compiled
@@ -274,20 +274,6 @@ public final class ScriptEngine: @unchecked Sendable {
                 logger.critical("the Lua script does not load: \(error.message)")
             }
             lastLoadError = error.message
-        }
-    }
-
-    private static func readFile(_ path: String) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 { if errno == EINTR { continue }; return nil }
-            if n == 0 { return bytes }
-            bytes.append(contentsOf: chunk[0..<n])
         }
     }
 

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ProxyScripting
 
 /// Reads a MySQL Proxy configuration file: an INI file whose `[mysql-proxy]` section holds
 /// `option = value` lines with the command line's long option names. Switches take `true`/`false`
@@ -28,7 +29,7 @@ enum DefaultsFile {
 
     /// Parses the `[mysql-proxy]` section into (key, value) pairs in file order.
     static func read(path: String) throws -> [(key: String, value: String)] {
-        guard let text = readTextFile(path) else {
+        guard let text = readWholeFile(path, limit: 16 << 20).map({ String(decoding: $0, as: UTF8.self) }) else {
             throw Problem(description: "cannot read the defaults file '\(path)': \(String(cString: strerror(errno)))")
         }
         var section: String? = nil
@@ -81,22 +82,4 @@ enum DefaultsFile {
         }
         return args
     }
-}
-
-/// The whole of a (small) text file, or nil if it cannot be read.
-func readTextFile(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        if n < 0 { return nil }
-        if n == 0 { break }
-        bytes.append(contentsOf: chunk[0..<n])
-        if bytes.count > 16 << 20 { return nil }
-    }
-    return String(decoding: bytes, as: UTF8.self)
 }

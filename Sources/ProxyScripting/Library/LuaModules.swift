@@ -37,10 +37,8 @@ enum LuaModules {
 
         lua.newTable()                                  // Swift modules by name
         lua.newTable()
-        lua.push(function: tokenize)
-        lua.rawSet(-2, "tokenize")
-        lua.push("MoonProxy mysql.tokenizer 1.0")
-        lua.rawSet(-2, "_VERSION")
+        lua.setField("tokenize", function: tokenize)
+        lua.setField("_VERSION", "MoonProxy mysql.tokenizer 1.0")
         lua.rawSet(-2, "mysql.tokenizer")
 
         MySQLProtoModule.push(lua)
@@ -93,10 +91,8 @@ private let tokenize: LuaFunction = { L in
     lua.newTable(arrayCapacity: Int32(clamping: tokens.count))
     for (i, token) in tokens.enumerated() {
         lua.newTable(recordCapacity: 3)
-        lua.push(token.id)
-        lua.rawSet(-2, "token_id")
-        lua.push(SQLTokenizer.names[token.id])
-        lua.rawSet(-2, "token_name")
+        lua.setField("token_id", token.id)
+        lua.setField("token_name", SQLTokenizer.names[token.id])
         token.text.withUnsafeBytes { lua.push(bytes: $0) }
         lua.rawSet(-2, "text")
         lua.rawSet(-2, i + 1)

@@ -14,7 +14,8 @@ let fromStmtPrepare: LuaFunction = { L in
     protoCall(L, "from_stmt_prepare_packet") { lua in
         var packet = try packetArgument(lua)
         try readCommand(&packet, .stmtPrepare)
-        ProtoResult(lua).set("stmt_text", String(decoding: packet.readableBytesView, as: UTF8.self))
+        lua.newTable()
+        lua.setField("stmt_text", String(decoding: packet.readableBytesView, as: UTF8.self))
         return 1
     }
 }
@@ -37,12 +38,12 @@ let fromStmtPrepareOK: LuaFunction = { L in
         let id: UInt32 = try packet.readMySQLInteger("statement id")
         let columns: UInt16 = try packet.readMySQLInteger("column count")
         let parameters: UInt16 = try packet.readMySQLInteger("parameter count")
-        let t = ProtoResult(lua)
-        t.set("stmt_id", Int(id))
-        t.set("num_columns", Int(columns))
-        t.set("num_params", Int(parameters))
+        lua.newTable()
+        lua.setField("stmt_id", Int(id))
+        lua.setField("num_columns", Int(columns))
+        lua.setField("num_params", Int(parameters))
         _ = try packet.readMySQLInteger(as: UInt8.self, "filler")
-        t.set("warnings", packet.readableBytes >= 2 ? Int(try packet.readMySQLInteger(as: UInt16.self, "warnings")) : 0)
+        lua.setField("warnings", packet.readableBytes >= 2 ? Int(try packet.readMySQLInteger(as: UInt16.self, "warnings")) : 0)
         return 1
     }
 }
@@ -83,17 +84,17 @@ let fromStmtExecute: LuaFunction = { L in
             throw ProtoError("bad argument #2 (the statement's parameter count expected)")
         }
         try readCommand(&packet, .stmtExecute)
-        let t = ProtoResult(lua)
-        t.set("stmt_id", Int(try packet.readMySQLInteger(as: UInt32.self, "statement id")))
-        t.set("flags", Int(try packet.readMySQLInteger(as: UInt8.self, "flags")))
-        t.set("iteration_count", Int(try packet.readMySQLInteger(as: UInt32.self, "iteration count")))
+        lua.newTable()
+        lua.setField("stmt_id", Int(try packet.readMySQLInteger(as: UInt32.self, "statement id")))
+        lua.setField("flags", Int(try packet.readMySQLInteger(as: UInt8.self, "flags")))
+        lua.setField("iteration_count", Int(try packet.readMySQLInteger(as: UInt32.self, "iteration count")))
         guard count > 0 else {
-            t.set("new_params_bound", false)
+            lua.setField("new_params_bound", false)
             return 1
         }
         let bitmap = try packet.readMySQLBytes(length: (count + 7) / 8, "NULL bitmap")
         let bound = try packet.readMySQLInteger(as: UInt8.self, "new params bound") == 1
-        t.set("new_params_bound", bound)
+        lua.setField("new_params_bound", bound)
         guard bound else { return 1 }
         var types: [(type: ColumnType, unsigned: Bool)] = []
         for _ in 0..<count {
@@ -104,10 +105,8 @@ let fromStmtExecute: LuaFunction = { L in
         lua.newTable(arrayCapacity: Int32(count))
         for (i, parameter) in types.enumerated() {
             lua.newTable(recordCapacity: 3)
-            lua.push(Int(parameter.type.rawValue))
-            lua.rawSet(-2, "type")
-            lua.push(parameter.unsigned)
-            lua.rawSet(-2, "unsigned")
+            lua.setField("type", Int(parameter.type.rawValue))
+            lua.setField("unsigned", parameter.unsigned)
             if bitmap[i / 8] & (1 << UInt8(i % 8)) == 0 {
                 switch try BinaryRow.decodeValue(&packet, type: parameter.type, unsigned: parameter.unsigned, index: i) {
                 case .null: lua.pushNil()
@@ -209,7 +208,8 @@ let fromStmtClose: LuaFunction = { L in
     protoCall(L, "from_stmt_close_packet") { lua in
         var packet = try packetArgument(lua)
         try readCommand(&packet, .stmtClose)
-        ProtoResult(lua).set("stmt_id", Int(try packet.readMySQLInteger(as: UInt32.self, "statement id")))
+        lua.newTable()
+        lua.setField("stmt_id", Int(try packet.readMySQLInteger(as: UInt32.self, "statement id")))
         return 1
     }
 }

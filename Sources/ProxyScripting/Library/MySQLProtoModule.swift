@@ -34,10 +34,8 @@ enum MySQLProtoModule {
             lua.push(function: function)
             lua.rawSet(-2, name)
         }
-        lua.push(Int(truncatingIfNeeded: defaultCapabilities.rawValue))
-        lua.rawSet(-2, "DEFAULT_CAPABILITIES")
-        lua.push("MoonProxy mysql.proto 1.0")
-        lua.rawSet(-2, "_VERSION")
+        lua.setField("DEFAULT_CAPABILITIES", Int(truncatingIfNeeded: defaultCapabilities.rawValue))
+        lua.setField("_VERSION", "MoonProxy mysql.proto 1.0")
     }
 
     static func challenge(count: Int) -> [UInt8] {
@@ -126,19 +124,6 @@ struct ProtoFields {
     }
 }
 
-/// Builds the result table field by field.
-struct ProtoResult {
-    let lua: Lua
-    init(_ lua: Lua) {
-        self.lua = lua
-        lua.newTable()
-    }
-    func set(_ key: String, _ value: Int) { lua.push(value); lua.rawSet(-2, key) }
-    func set(_ key: String, _ value: Bool) { lua.push(value); lua.rawSet(-2, key) }
-    func set(_ key: String, _ value: String) { lua.push(value); lua.rawSet(-2, key) }
-    func set(_ key: String, bytes: [UInt8]) { bytes.withUnsafeBytes { lua.push(bytes: $0) }; lua.rawSet(-2, key) }
-}
-
 func pushPacket(_ lua: Lua, _ write: (inout ByteBuffer) throws -> Void) rethrows -> Int32 {
     var buffer = ByteBuffer()
     try write(&buffer)
@@ -151,16 +136,16 @@ func pushPacket(_ lua: Lua, _ write: (inout ByteBuffer) throws -> Void) rethrows
 private let fromChallenge: LuaFunction = { L in
     protoCall(L, "from_challenge_packet") { lua in
         let greeting = try HandshakeV10(parsing: try packetArgument(lua))
-        let t = ProtoResult(lua)
-        t.set("protocol_version", Int(greeting.protocolVersion))
-        t.set("server_version_str", greeting.serverVersion)
-        t.set("server_version", ScriptServerInfo.versionNumber(greeting.serverVersion, keepingReplicationPrefix: true))
-        t.set("thread_id", Int(greeting.connectionID))
-        t.set("capabilities", Int(truncatingIfNeeded: greeting.capabilities.rawValue))
-        t.set("charset", Int(greeting.characterSet))
-        t.set("server_status", Int(greeting.status.rawValue))
-        t.set("challenge", bytes: greeting.authPluginData)
-        if let plugin = greeting.authPluginName { t.set("auth_plugin_name", plugin) }
+        lua.newTable()
+        lua.setField("protocol_version", Int(greeting.protocolVersion))
+        lua.setField("server_version_str", greeting.serverVersion)
+        lua.setField("server_version", ScriptServerInfo.versionNumber(greeting.serverVersion, keepingReplicationPrefix: true))
+        lua.setField("thread_id", Int(greeting.connectionID))
+        lua.setField("capabilities", Int(truncatingIfNeeded: greeting.capabilities.rawValue))
+        lua.setField("charset", Int(greeting.characterSet))
+        lua.setField("server_status", Int(greeting.status.rawValue))
+        lua.setField("challenge", byteArray: greeting.authPluginData)
+        if let plugin = greeting.authPluginName { lua.setField("auth_plugin_name", plugin) }
         return 1
     }
 }
@@ -192,16 +177,16 @@ private let toChallenge: LuaFunction = { L in
 private let fromResponse: LuaFunction = { L in
     protoCall(L, "from_response_packet") { lua in
         let response = try HandshakeResponse41(parsing: try packetArgument(lua))
-        let t = ProtoResult(lua)
+        lua.newTable()
         let capabilities = Int(truncatingIfNeeded: response.capabilities.rawValue)
-        t.set("capabilities", capabilities)
-        t.set("server_capabilities", lua.toInteger(at: 2) ?? capabilities)
-        t.set("max_packet_size", Int(response.maxPacketSize))
-        t.set("charset", Int(response.characterSet))
-        t.set("username", response.username)
-        t.set("response", bytes: response.authResponse)
-        if let database = response.database { t.set("database", database) }
-        if let plugin = response.authPluginName { t.set("auth_plugin_name", plugin) }
+        lua.setField("capabilities", capabilities)
+        lua.setField("server_capabilities", lua.toInteger(at: 2) ?? capabilities)
+        lua.setField("max_packet_size", Int(response.maxPacketSize))
+        lua.setField("charset", Int(response.characterSet))
+        lua.setField("username", response.username)
+        lua.setField("response", byteArray: response.authResponse)
+        if let database = response.database { lua.setField("database", database) }
+        if let plugin = response.authPluginName { lua.setField("auth_plugin_name", plugin) }
         return 1
     }
 }
@@ -240,12 +225,12 @@ private let toResponse: LuaFunction = { L in
 private let fromOK: LuaFunction = { L in
     protoCall(L, "from_ok_packet") { lua in
         let ok = try OKPacket(parsing: try packetArgument(lua), capabilities: [])
-        let t = ProtoResult(lua)
-        t.set("affected_rows", Int(truncatingIfNeeded: ok.affectedRows))
-        t.set("insert_id", Int(truncatingIfNeeded: ok.lastInsertID))
-        t.set("server_status", Int(ok.status.rawValue))
-        t.set("warnings", Int(ok.warnings))
-        if !ok.info.isEmpty { t.set("message", ok.info) }
+        lua.newTable()
+        lua.setField("affected_rows", Int(truncatingIfNeeded: ok.affectedRows))
+        lua.setField("insert_id", Int(truncatingIfNeeded: ok.lastInsertID))
+        lua.setField("server_status", Int(ok.status.rawValue))
+        lua.setField("warnings", Int(ok.warnings))
+        if !ok.info.isEmpty { lua.setField("message", ok.info) }
         return 1
     }
 }
@@ -263,10 +248,10 @@ private let toOK: LuaFunction = { L in
 private let fromERR: LuaFunction = { L in
     protoCall(L, "from_err_packet") { lua in
         let err = try ERRPacket(parsing: try packetArgument(lua))
-        let t = ProtoResult(lua)
-        t.set("errcode", Int(err.code))
-        if let state = err.sqlState { t.set("sqlstate", state) }
-        t.set("errmsg", err.message)
+        lua.newTable()
+        lua.setField("errcode", Int(err.code))
+        if let state = err.sqlState { lua.setField("sqlstate", state) }
+        lua.setField("errmsg", err.message)
         return 1
     }
 }
@@ -287,9 +272,9 @@ private let fromEOF: LuaFunction = { L in
             throw ProtoError("not an EOF packet")
         }
         let eof = try EOFPacket(parsing: packet)
-        let t = ProtoResult(lua)
-        t.set("warnings", Int(eof.warnings))
-        t.set("server_status", Int(eof.status.rawValue))
+        lua.newTable()
+        lua.setField("warnings", Int(eof.warnings))
+        lua.setField("server_status", Int(eof.status.rawValue))
         return 1
     }
 }
@@ -337,13 +322,13 @@ private let fromMasterInfo: LuaFunction = { L in
         guard let text = lua.toString(at: 1) else { throw ProtoError("bad argument #1 (string expected)") }
         let values = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         guard let lines = values.first.flatMap({ Int($0) }), lines >= 14 else { throw ProtoError("not a master.info file") }
-        let t = ProtoResult(lua)
+        lua.newTable()
         for (i, field) in masterInfoFields.prefix(lines).enumerated() {
             let value = i < values.count ? values[i] : ""
             if field.isInteger {
-                t.set(field.name, Int(value) ?? 0)
+                lua.setField(field.name, Int(value) ?? 0)
             } else if !value.isEmpty {
-                t.set(field.name, value)
+                lua.setField(field.name, value)
             }
         }
         return 1
