@@ -45,17 +45,32 @@ public struct CapabilityFlags: OptionSet, Hashable, Sendable, CustomStringConver
     public static let mariaDBExtendedMetadata = CapabilityFlags(rawValue: 1 << 35)
     public static let mariaDBCacheMetadata = CapabilityFlags(rawValue: 1 << 36)
 
-    /// The flags whose effect on the wire the proxy understands and can relay unchanged.
-    /// Everything else (TLS and compression until they are implemented, MySQL 8's optional metadata
-    /// and query attributes, MariaDB's progress reports, bulk operations and metadata caching, and any
-    /// bit not known yet) is cleared in both directions so that client and server negotiate it away.
+    // MariaDB extended capability of 11.5+, whose responses the proxy does not know yet.
+    public static let mariaDBBulkUnitResults = CapabilityFlags(rawValue: 1 << 37)
+
+    /// The flags whose effect on the wire the transparent relay understands and carries unchanged,
+    /// so that client and server negotiate through the proxy what they would negotiate directly.
+    /// Cleared in both directions: TLS and compression (until the proxy speaks them), COM_MULTI (no
+    /// released server offers it, and its responses cannot be told apart from a packet's first
+    /// bytes), CAPABILITY_EXTENSION, MariaDB 11.5's bulk unit results, and any bit not known yet.
     public static let relayable: CapabilityFlags = [
         .longPassword, .foundRows, .longFlag, .connectWithDB, .noSchema, .odbc, .localFiles,
         .ignoreSpace, .protocol41, .interactive, .ignoreSigpipe, .transactions, .reserved,
         .secureConnection, .multiStatements, .multiResults, .psMultiResults, .pluginAuth,
         .connectAttributes, .pluginAuthLengthEncodedClientData, .canHandleExpiredPasswords,
-        .sessionTrack, .deprecateEOF, .sslVerifyServerCertificate, .rememberOptions,
+        .sessionTrack, .deprecateEOF, .optionalResultsetMetadata, .queryAttributes,
+        .multiFactorAuthentication, .sslVerifyServerCertificate, .rememberOptions,
+        .mariaDBProgress, .mariaDBBulkOperations, .mariaDBExtendedMetadata, .mariaDBCacheMetadata,
     ]
+
+    /// What a connection whose script reads commands or results can carry: the relayable flags but
+    /// those that take from a script what MySQL Proxy's scripts rely on. Query attributes put
+    /// parameters before a COM_QUERY's text (scripts read `packet:sub(2)` as the query), and
+    /// metadata caching and optional metadata leave out the column definitions that injected
+    /// results (`resultset_is_needed`) are decoded with.
+    public static let scriptable: CapabilityFlags = relayable.subtracting([
+        .queryAttributes, .optionalResultsetMetadata, .mariaDBCacheMetadata,
+    ])
 
     /// The flags that change how a logged-in session talks or behaves (packet formats, affected
     /// rows, multi-statements, LOCAL INFILE): two sessions that agree on these can share a server
@@ -63,6 +78,8 @@ public struct CapabilityFlags: OptionSet, Hashable, Sendable, CustomStringConver
     public static let sessionAffecting: CapabilityFlags = [
         .longPassword, .foundRows, .longFlag, .noSchema, .localFiles, .ignoreSpace, .protocol41, .interactive,
         .transactions, .multiStatements, .multiResults, .psMultiResults, .sessionTrack, .deprecateEOF,
+        .optionalResultsetMetadata, .queryAttributes, .mariaDBProgress, .mariaDBBulkOperations,
+        .mariaDBExtendedMetadata, .mariaDBCacheMetadata,
     ]
 
     /// The low 32 bits (the classic capability field).
@@ -93,7 +110,7 @@ public struct CapabilityFlags: OptionSet, Hashable, Sendable, CustomStringConver
         (.mariaDBProgress, "MARIADB_PROGRESS"), (.mariaDBCommandMulti, "MARIADB_COM_MULTI"),
         (.mariaDBBulkOperations, "MARIADB_STMT_BULK_OPERATIONS"),
         (.mariaDBExtendedMetadata, "MARIADB_EXTENDED_METADATA"),
-        (.mariaDBCacheMetadata, "MARIADB_CACHE_METADATA"),
+        (.mariaDBCacheMetadata, "MARIADB_CACHE_METADATA"), (.mariaDBBulkUnitResults, "MARIADB_BULK_UNIT_RESULTS"),
     ]
 
     public var description: String {

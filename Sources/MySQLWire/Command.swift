@@ -36,6 +36,8 @@ public struct CommandCode: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let daemon = CommandCode(0x1D)
     public static let binlogDumpGTID = CommandCode(0x1E)
     public static let resetConnection = CommandCode(0x1F)
+    /// MariaDB's COM_STMT_BULK_EXECUTE: a prepared statement run for many rows of parameters.
+    public static let stmtBulkExecute = CommandCode(0xFA)
 
     /// Every command with its `COM_` name, as MySQL Proxy exposes them to scripts (`proxy.COM_*`).
     public static let all: [(name: String, code: CommandCode)] = [
@@ -50,7 +52,7 @@ public struct CommandCode: RawRepresentable, Hashable, Sendable, CustomStringCon
         ("STMT_SEND_LONG_DATA", .stmtSendLongData), ("STMT_CLOSE", .stmtClose),
         ("STMT_RESET", .stmtReset), ("SET_OPTION", .setOption), ("STMT_FETCH", .stmtFetch),
         ("DAEMON", .daemon), ("BINLOG_DUMP_GTID", .binlogDumpGTID),
-        ("RESET_CONNECTION", .resetConnection),
+        ("RESET_CONNECTION", .resetConnection), ("STMT_BULK_EXECUTE", .stmtBulkExecute),
     ]
 
     public var name: String {
@@ -68,7 +70,8 @@ public enum ResponseShape: Hashable, Sendable {
     /// OK, ERR or a text result set, possibly several (multi-statements, CALL), possibly a LOCAL
     /// INFILE request (COM_QUERY, COM_PROCESS_INFO).
     case textResult
-    /// OK, ERR or binary result sets; with a cursor, only the column definitions (COM_STMT_EXECUTE).
+    /// OK, ERR or binary result sets; with a cursor, only the column definitions (COM_STMT_EXECUTE,
+    /// COM_STMT_BULK_EXECUTE).
     case binaryResult
     /// Binary rows then EOF, or ERR (COM_STMT_FETCH).
     case fetch
@@ -82,14 +85,15 @@ public enum ResponseShape: Hashable, Sendable {
     case status
     /// A new authentication exchange that ends with OK or ERR (COM_CHANGE_USER).
     case authentication
-    /// A stream of packets until one side closes (COM_BINLOG_DUMP, COM_BINLOG_DUMP_GTID).
+    /// A stream of packets until one side closes, an ERR, or with BINLOG_DUMP_NON_BLOCK an EOF
+    /// (COM_BINLOG_DUMP, COM_BINLOG_DUMP_GTID).
     case stream
 
     public init(command: CommandCode) {
         switch command {
         case .quit, .stmtClose, .stmtSendLongData: self = .none
         case .query, .processInfo: self = .textResult
-        case .stmtExecute: self = .binaryResult
+        case .stmtExecute, .stmtBulkExecute: self = .binaryResult
         case .stmtFetch: self = .fetch
         case .stmtPrepare: self = .prepare
         case .fieldList: self = .fieldList

@@ -5,13 +5,19 @@ import NIOCore
 ///
 /// Feed it the start of every logical packet seen in either direction (the header and first bytes,
 /// see `FrameScanner`): `clientPacketStarted` for packets from the client, `serverPacketStarted` for
-/// packets from the server. Commands may be pipelined: responses are matched to commands in order.
+/// packets from the server. Commands may be pipelined, also behind the handshake response and behind
+/// COM_CHANGE_USER: responses are matched to commands in order.
 ///
 /// It covers the text protocol (OK, ERR, result sets, multi-results through
 /// SERVER_MORE_RESULTS_EXISTS, LOCAL INFILE), prepared statements (prepare responses, binary result
-/// sets, cursors, fetch), COM_FIELD_LIST, COM_STATISTICS, the status-only commands, authentication
-/// exchanges (the initial one and COM_CHANGE_USER, auth switch and more-data included), commands
-/// without a response, and replication streams, with or without CLIENT_DEPRECATE_EOF.
+/// sets, cursors, fetch, CALL with several result sets and OUT parameters), MariaDB's bulk execute,
+/// progress reports and metadata caching, MySQL's optional result set metadata, COM_FIELD_LIST,
+/// COM_STATISTICS, the status-only commands, authentication exchanges (the initial one and
+/// COM_CHANGE_USER, auth switch and more-data included), commands without a response, and
+/// replication streams, with or without CLIENT_DEPRECATE_EOF.
+///
+/// A packet it cannot place throws; the caller decides whether that ends the connection or whether
+/// the tracker is `desynchronize()`d and picks up again at the client's next command.
 public struct ResponseTracker: Sendable {
     /// What a packet from the client is.
     public enum ClientPacket: Hashable, Sendable {
@@ -30,6 +36,8 @@ public struct ResponseTracker: Sendable {
         case partOfResponse
         /// A result set row.
         case row
+        /// A MariaDB progress report (an ERR-like packet with code 0xFFFF): the command goes on.
+        case progress
         /// The server asks for a LOCAL INFILE upload: the client sends its file, then an empty packet.
         case localInfileRequest
         /// An authentication step (auth switch or more data) that the client may answer.
@@ -88,14 +96,31 @@ public struct ResponseTracker: Sendable {
     private struct Pending: Sendable {
         var command: CommandCode?
         var shape: ResponseShape
+        /// COM_STMT_EXECUTE asked for a cursor (its flags byte), so a first result set whose EOF
+        /// says SERVER_STATUS_CURSOR_EXISTS has no rows yet.
+        var cursorRequested = false
+        /// COM_BINLOG_DUMP(_GTID) with BINLOG_DUMP_NON_BLOCK: the stream ends with an EOF.
+        var nonBlocking = false
+        /// The sequence id the response's first packet carries.
+        var replySequence: UInt8 = 1
     }
 
     public var capabilities: CapabilityFlags
     public private(set) var clientPhase: ClientPhase = .handshakeResponse
     /// The session's status as of the last OK or EOF packet.
     public private(set) var status: ServerStatus = .autocommit
+    /// The tracker lost its place in the server's stream (see `desynchronize()`) and waits for the
+    /// client's next command.
+    public private(set) var isDesynchronized = false
     private var pending = CircularBuffer<Pending>(initialCapacity: 4)
     private var state: ResponseState = .idle
+    /// Whether a packet of the current response was seen.
+    private var responseStarted = false
+    /// The newest command spans several frames (16 MiB or more): its reply sequence id is known
+    /// only once its last frame was seen (`clientFramesSeen`).
+    private var newestCommandIsLong = false
+    /// The prepare response under way leaves its definitions out (MySQL's optional metadata).
+    private var prepareSkipsMetadata = false
     private var current = ResponseEnd(command: nil, kind: .other, status: nil, warnings: 0, affectedRows: 0, lastInsertID: 0, rows: 0, results: 0)
 
     public init(capabilities: CapabilityFlags = [.protocol41]) {
@@ -117,6 +142,8 @@ public struct ResponseTracker: Sendable {
     public var pendingCount: Int { pending.count }
     /// The command whose response is being received.
     public var currentCommand: CommandCode? { pending.first?.command }
+    /// Whether the response being received is a replication stream (which may never end).
+    public var isStreaming: Bool { state == .stream }
     /// Whether the server is in the middle of a result set (rows may follow).
     public var isInsideResultSet: Bool {
         switch state {
@@ -125,38 +152,33 @@ public struct ResponseTracker: Sendable {
         }
     }
 
+    /// The sequence id a packet the proxy puts in place of the rest of the current response must
+    /// carry, given the sequence id of the server's last frame: the one after it once the response
+    /// has begun, else the one that answers the command.
+    public func replySequence(afterServerSequence last: UInt8) -> UInt8 {
+        guard let first = pending.first else { return last &+ 1 }
+        return responseStarted ? last &+ 1 : first.replySequence
+    }
+
     // MARK: client → server
 
     /// The client's handshake response (or its answer to an auth switch) went to the server: an
     /// authentication exchange follows.
-    public mutating func handshakeResponseSent(capabilities: CapabilityFlags) {
+    public mutating func handshakeResponseSent(capabilities: CapabilityFlags, sequenceID: UInt8 = 1) {
         self.capabilities = capabilities
         self.clientPhase = .authentication
-        enqueue(Pending(command: nil, shape: .authentication))
+        enqueue(Pending(command: nil, shape: .authentication, replySequence: sequenceID &+ 1))
     }
 
     /// Classifies a packet from the client by its first bytes and registers the response it calls for.
     public mutating func clientPacketStarted(_ packet: FrameScanner.PacketStart) throws(WireError) -> ClientPacket {
         switch clientPhase {
         case .command:
-            guard let byte = packet.firstByte else {
-                throw .invalid("empty command packet")
-            }
-            let code = CommandCode(byte)
-            let shape = ResponseShape(command: code)
-            switch shape {
-            case .none:
-                if code == .quit { clientPhase = .quit }
-            case .authentication:
-                clientPhase = .authentication
-                enqueue(Pending(command: code, shape: shape))
-            case .stream:
-                clientPhase = .stream
-                enqueue(Pending(command: code, shape: shape))
-            default:
-                enqueue(Pending(command: code, shape: shape))
-            }
-            return .command(code, shape)
+            return try commandStarted(packet)
+        case .authentication where packet.header.sequenceID == 0:
+            // A command pipelined behind the login (or COM_CHANGE_USER) before its verdict came:
+            // answers within an authentication exchange never start a new sequence.
+            return try commandStarted(packet)
         case .localInfile:
             if packet.header.payloadLength == 0 {
                 clientPhase = .command
@@ -172,10 +194,58 @@ public struct ResponseTracker: Sendable {
         }
     }
 
+    private mutating func commandStarted(_ packet: FrameScanner.PacketStart) throws(WireError) -> ClientPacket {
+        guard let byte = packet.firstByte else {
+            throw .invalid("empty command packet")
+        }
+        isDesynchronized = false
+        let code = CommandCode(byte)
+        let shape = ResponseShape(command: code)
+        var item = Pending(command: code, shape: shape, replySequence: packet.header.sequenceID &+ 1)
+        newestCommandIsLong = packet.isMultiFrame && shape != .none
+        switch shape {
+        case .none:
+            if code == .quit { clientPhase = .quit }
+            return .command(code, shape)
+        case .authentication:
+            clientPhase = .authentication
+        case .stream:
+            // COM_BINLOG_DUMP: 0x12, position (4), flags (2); COM_BINLOG_DUMP_GTID: 0x1E, flags (2).
+            let flags = packet.prefix.uint16(at: code == .binlogDumpGTID ? 1 : 5) ?? 0
+            item.nonBlocking = flags & 0x01 != 0
+            clientPhase = .stream
+        case .binaryResult:
+            // COM_STMT_EXECUTE: 0x17, statement id (4), flags (1): READ_ONLY, FOR_UPDATE, SCROLLABLE.
+            item.cursorRequested = code == .stmtExecute && (packet.prefix[5] ?? 0) & 0x07 != 0
+        default:
+            break
+        }
+        enqueue(item)
+        return .command(code, shape)
+    }
+
+    /// The client's frames up to `lastSequenceID` were seen: a command of 16 MiB or more is answered
+    /// after its last frame.
+    public mutating func clientFramesSeen(upTo lastSequenceID: UInt8) {
+        guard newestCommandIsLong, !pending.isEmpty else { return }
+        pending[pending.index(before: pending.endIndex)].replySequence = lastSequenceID &+ 1
+    }
+
     /// Registers a command the proxy itself sends to the server (not seen through `clientPacketStarted`).
     public mutating func commandSent(_ code: CommandCode) {
         let shape = ResponseShape(command: code)
         if shape != .none { enqueue(Pending(command: code, shape: shape)) }
+    }
+
+    /// Forgets every pending response after a packet that could not be placed: the tracker takes
+    /// up again at the client's next command. Used by the transparent relay, which has no reason to
+    /// end a healthy connection because the proxy does not understand one response.
+    public mutating func desynchronize() {
+        pending.removeAll()
+        state = .idle
+        responseStarted = false
+        isDesynchronized = true
+        if clientPhase != .quit { clientPhase = .command }
     }
 
     private mutating func enqueue(_ item: Pending) {
@@ -185,6 +255,7 @@ public struct ResponseTracker: Sendable {
 
     private mutating func beginResponse(_ item: Pending) {
         current = ResponseEnd(command: item.command, kind: .other, status: nil, warnings: 0, affectedRows: 0, lastInsertID: 0, rows: 0, results: 0)
+        responseStarted = false
         switch item.shape {
         case .textResult, .binaryResult, .prepare: state = .firstPacket
         case .fetch: state = .rows
@@ -209,7 +280,15 @@ public struct ResponseTracker: Sendable {
         // EOF (or, with CLIENT_DEPRECATE_EOF, an OK with the 0xFE header).
         let isError = first == 0xFF
         let isTerminator = first == 0xFE && !packet.isMultiFrame
-        if isError { current.errorCode = packet.prefix.uint16(at: 1) ?? 0 }
+        if isError {
+            let code = packet.prefix.uint16(at: 1) ?? 0
+            if code == 0xFFFF && capabilities.contains(.mariaDBProgress) && state != .idle {
+                responseStarted = true
+                return .progress
+            }
+            current.errorCode = code
+        }
+        responseStarted = true
 
         switch state {
         case .idle:
@@ -220,13 +299,21 @@ public struct ResponseTracker: Sendable {
             if isError { return finish(kind: .error, status: nil, item) }
             if item.shape == .prepare {
                 guard first == 0x00 else { throw .unexpectedPacket("prepare response starts with 0x\(String(first, radix: 16))") }
-                // 0x00, statement id (4), columns (2), parameters (2), filler, warnings (2)
+                // 0x00, statement id (4), columns (2), parameters (2), filler, warnings (2),
+                // and with MySQL's optional metadata, whether the definitions follow (1).
                 let columns = try packet.prefix.uint16(at: 5, "prepare OK column count")
                 let parameters = try packet.prefix.uint16(at: 7, "prepare OK parameter count")
                 current.warnings = packet.prefix.uint16(at: 10) ?? 0
+                prepareSkipsMetadata = capabilities.contains(.optionalResultsetMetadata) && packet.prefix[12] == 0
                 if parameters > 0 {
-                    state = .prepareParameters(remaining: parameters, columns: columns)
-                    return .partOfResponse
+                    if !prepareSkipsMetadata {
+                        state = .prepareParameters(remaining: parameters, columns: columns)
+                        return .partOfResponse
+                    }
+                    if !capabilities.contains(.deprecateEOF) {
+                        state = .prepareParametersEOF(columns: columns)
+                        return .partOfResponse
+                    }
                 }
                 return afterPrepareParameters(columns: columns, item)
             }
@@ -245,7 +332,14 @@ public struct ResponseTracker: Sendable {
                 var index = 0
                 let count = try packet.prefix.lengthEncodedInteger(at: &index, "column count")
                 guard count > 0 else { throw .invalid("result set with zero columns") }
-                state = .columnDefinitions(remaining: count)
+                // MariaDB's metadata caching and MySQL's optional metadata add a byte after the
+                // count: 0 when the column definitions are left out (the EOF after them is not).
+                let optional = capabilities.contains(.mariaDBCacheMetadata) || capabilities.contains(.optionalResultsetMetadata)
+                if optional && packet.prefix[index] == 0 {
+                    state = capabilities.contains(.deprecateEOF) ? .rows : .columnsEOF
+                } else {
+                    state = .columnDefinitions(remaining: count)
+                }
                 return .partOfResponse
             }
 
@@ -265,7 +359,7 @@ public struct ResponseTracker: Sendable {
             }
             let eof = try terminatorStatus(packet)
             status = eof.status
-            if item.shape == .binaryResult, eof.status.contains(.cursorExists) {
+            if opensCursor(item, eof.status) {
                 // A cursor was opened: rows come later, through COM_STMT_FETCH.
                 return resultEnded(kind: .eof, status: eof.status, warnings: eof.warnings, affected: 0, insertID: 0, item)
             }
@@ -351,24 +445,43 @@ public struct ResponseTracker: Sendable {
             switch first {
             case 0x00:
                 let ok = try OKPacket.peekStatus(packet.prefix)
-                clientPhase = .command
+                if clientPhase == .authentication { clientPhase = .command }
                 return finish(kind: .ok, status: ok.status, warnings: ok.warnings, item)
             case 0xFF:
-                clientPhase = .command
+                if clientPhase == .authentication { clientPhase = .command }
                 return finish(kind: .error, status: nil, item)
             default:
-                // 0xFE auth switch, 0x01 more data (caching_sha2_password's verdict or RSA key).
+                // 0xFE auth switch, 0x01 more data (caching_sha2_password's verdict or RSA key),
+                // 0x02 MySQL's next authentication factor.
                 return .authenticationStep
             }
 
         case .stream:
+            // Binary log events start with 0x00. An ERR ends any stream; a non-blocking dump ends
+            // with an EOF once the last event was sent.
+            if isError || (item.nonBlocking && isTerminator) {
+                if clientPhase == .stream { clientPhase = .command }
+                return finish(kind: isError ? .error : .eof, status: nil, item)
+            }
             return .partOfResponse
         }
     }
 
+    /// Whether the EOF after a binary result's column definitions means a cursor was opened: only
+    /// when the client asked for one. (MariaDB also sets SERVER_STATUS_CURSOR_EXISTS on the result
+    /// sets of a procedure that has a cursor open, with their rows following.)
+    private func opensCursor(_ item: Pending, _ status: ServerStatus) -> Bool {
+        item.cursorRequested && status.contains(.cursorExists) && !status.contains(.moreResultsExist)
+    }
+
     private mutating func afterPrepareParameters(columns: UInt16, _ item: Pending) -> ServerPacket {
-        if columns > 0 {
+        guard columns > 0 else { return finish(kind: .ok, status: nil, item) }
+        if !prepareSkipsMetadata {
             state = .prepareColumns(remaining: columns)
+            return .partOfResponse
+        }
+        if !capabilities.contains(.deprecateEOF) {
+            state = .prepareColumnsEOF
             return .partOfResponse
         }
         return finish(kind: .ok, status: nil, item)
@@ -414,6 +527,7 @@ public struct ResponseTracker: Sendable {
             beginResponse(next)
         } else {
             state = .idle
+            responseStarted = false
         }
         return .endOfResponse(end)
     }

@@ -40,12 +40,13 @@ enum Captured {
     @Test func restrictingCapabilitiesTouchesOnlyTheFlags() throws {
         var payload = ByteBuffer(hex: Captured.greeting)
         let before = payload
-        let parsed = try HandshakeV10.restrictCapabilities(of: &payload, to: .relayable)
+        let parsed = try HandshakeV10.restrictCapabilities(of: &payload, to: .scriptable)
         #expect(parsed.capabilities.contains(.compress))
         let after = try HandshakeV10(parsing: payload)
-        #expect(after.capabilities == parsed.capabilities.intersection(.relayable))
+        #expect(after.capabilities == parsed.capabilities.intersection(.scriptable))
         #expect(!after.capabilities.contains(.compress))
-        #expect(after.capabilities.mariaDBExtended == 0)
+        // progress, bulk operations and extended metadata stay; metadata caching goes
+        #expect(after.capabilities.mariaDBExtended == 0x0D)
         #expect(after.authPluginData == parsed.authPluginData)
         // Only the bytes of the three capability fields differ.
         let differing = zip(before.readableBytesView, payload.readableBytesView).enumerated().filter { $1.0 != $1.1 }.map(\.offset)
@@ -97,10 +98,10 @@ enum Captured {
 
     @Test func restrictingClientCapabilities() throws {
         var payload = ByteBuffer(hex: Captured.handshakeResponse)
-        let asked = try HandshakeResponse41.restrictCapabilities(of: &payload, to: .relayable)
+        let asked = try HandshakeResponse41.restrictCapabilities(of: &payload, to: .scriptable)
         #expect(asked.mariaDBExtended == 0x1d)
         let after = try HandshakeResponse41(parsing: payload)
-        #expect(after.capabilities.mariaDBExtended == 0)
+        #expect(after.capabilities.mariaDBExtended == 0x0D)
         #expect(after.username == "nat")
     }
 

@@ -78,19 +78,18 @@ final class EmbeddedConnector: BackendConnector, @unchecked Sendable {
         #expect(context.statistics.value(.queries) == 1)
     }
 
-    @Test func backendClosingMidResultSendsAnError() throws {
+    /// What the server sent before it went away reaches the client, then the close: no ERR of the
+    /// proxy's own, as a direct client would see it.
+    @Test func backendClosingMidResultRelaysWhatCameThenCloses() throws {
         try backend.writeInbound(Self.packet(ConnectionStateMachineTests.greeting, seq: 0))
         try client.writeInbound(Self.packet(ConnectionStateMachineTests.handshakeResponse, seq: 1))
         try backend.writeInbound(Self.packet("00000002000000", seq: 2))
         _ = try readAll(client)
         try client.writeInbound(Self.packet("0353454c4543542031", seq: 0))
-        try backend.writeInbound(Self.packet("01", seq: 1))
-        _ = try readAll(client)
+        let columnCount = Self.packet("01", seq: 1)
+        try backend.writeInbound(columnCount)
         try backend.close().wait()
-        let frames = try readAll(client).frames()
-        #expect(frames.count == 1)
-        #expect(frames.first?.sequenceID == 2)
-        #expect(try ERRPacket(parsing: frames[0].payload).code == 1158)
+        #expect(try readAll(client) == columnCount)
         #expect(!client.isActive)
     }
 

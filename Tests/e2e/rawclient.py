@@ -26,6 +26,12 @@ CLIENT_CONNECT_ATTRS = 1 << 20
 CLIENT_PLUGIN_AUTH_LENENC = 1 << 21
 CLIENT_SESSION_TRACK = 1 << 23
 CLIENT_DEPRECATE_EOF = 1 << 24
+# MariaDB's extended capabilities (sent in the last 4 filler bytes when CLIENT_LONG_PASSWORD,
+# which MariaDB calls CLIENT_MYSQL, is clear)
+MARIADB_CLIENT_PROGRESS = 1
+MARIADB_CLIENT_STMT_BULK_OPERATIONS = 4
+MARIADB_CLIENT_EXTENDED_METADATA = 8
+MARIADB_CLIENT_CACHE_METADATA = 16
 
 DEFAULT_CAPS = (CLIENT_LONG_PASSWORD | CLIENT_LONG_FLAG | CLIENT_PROTOCOL_41 | CLIENT_TRANSACTIONS
                 | CLIENT_SECURE_CONNECTION | CLIENT_MULTI_STATEMENTS | CLIENT_MULTI_RESULTS
@@ -53,7 +59,7 @@ def lenenc(n: int) -> bytes:
 
 
 class RawClient:
-    def __init__(self, host, port, user="root", password="", database=None, caps=DEFAULT_CAPS, timeout=10):
+    def __init__(self, host, port, user="root", password="", database=None, caps=DEFAULT_CAPS, timeout=10, mariadb_caps=0):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
         self.seq = 0
@@ -69,14 +75,18 @@ class RawClient:
         self.server_caps = struct.unpack_from("<H", g, pos)[0]
         self.server_caps |= struct.unpack_from("<H", g, pos + 5)[0] << 16
         auth_len = g[pos + 7]
+        self.server_mariadb_caps = struct.unpack_from("<I", g, pos + 14)[0] if not self.server_caps & CLIENT_LONG_PASSWORD else 0
         pos += 18
         part2 = g[pos:pos + max(13, auth_len - 8)]
         self.scramble = scramble + part2.rstrip(b"\0")
         self.caps = caps & (self.server_caps | CLIENT_LONG_PASSWORD)
         if database:
             self.caps |= CLIENT_CONNECT_WITH_DB
+        self.mariadb_caps = mariadb_caps & self.server_mariadb_caps
+        if self.mariadb_caps:
+            self.caps &= ~CLIENT_LONG_PASSWORD
         auth = native_password(password.encode(), self.scramble)
-        body = struct.pack("<IIB", self.caps, 1 << 24, 33) + b"\0" * 23
+        body = struct.pack("<IIB", self.caps, 1 << 24, 33) + b"\0" * 19 + struct.pack("<I", self.mariadb_caps)
         body += user.encode() + b"\0"
         body += lenenc(len(auth)) + auth if self.caps & CLIENT_PLUGIN_AUTH_LENENC else bytes([len(auth)]) + auth
         if database:

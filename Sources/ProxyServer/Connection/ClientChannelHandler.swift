@@ -188,6 +188,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
             if let context { Self.forward(buffer, on: context, flushPending: &flushPending) }
         case .forwardToClientAndClose(let buffer):
             sendAndClose(buffer)
+        case .forwardToClientUnderstoodNot(let buffer, let warning):
+            log(.warning, "\(warning)")
+            if let context { Self.forward(buffer, on: context, flushPending: &flushPending) }
         case .send(let output):
             if output.dropBackend { dropBackend() }
             if let bytes = output.toBackend { backend?.writeAndFlush(bytes) }
@@ -203,7 +206,14 @@ final class ClientChannelHandler: ChannelInboundHandler {
             sendAndClose(buffer)
         case .closeConnections(let reason):
             if let reason { log(.info, "closing: \(reason)") }
-            closeBoth()
+            closeAfterFlush()
+        case .closeAfterBackendClosed(let duringResponse):
+            if duringResponse {
+                log(.warning, "the backend closed the connection while a response was pending; closing the client's")
+            } else {
+                log(.info, "closing: the backend closed the connection")
+            }
+            closeAfterFlush()
         case .abortConnections(let reason):
             log(.warning, "closing: \(reason)")
             closeBoth()
@@ -233,6 +243,12 @@ final class ClientChannelHandler: ChannelInboundHandler {
         context.writeAndFlush(self.wrapOutboundOut(buffer)).assumeIsolated().whenComplete { [self] _ in
             self.closeBoth()
         }
+    }
+
+    /// Closes both sides once what was written to the client has gone out (the server's last words
+    /// included); a client that does not read is cut off by the write timeout.
+    private func closeAfterFlush() {
+        sendAndClose(ByteBuffer())
     }
 
     private func closeBoth() {

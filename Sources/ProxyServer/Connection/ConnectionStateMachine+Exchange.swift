@@ -453,17 +453,6 @@ extension ConnectionStateMachine {
         try sendNextInjection(&out)
     }
 
-    /// The server went away while a scripted command ran.
-    mutating func exchangeLostServer() -> Action {
-        let atBoundary = exchange.collect == nil ? fromServer.isAtPacketBoundary : true
-        guard atBoundary && exchange.clientMayTakeError else {
-            return .abortConnections(reason: "backend closed the connection in the middle of a response")
-        }
-        statistics.add(.errorsSentByProxy)
-        return .sendToClientAndClose(Self.framed(.lostConnection(), sequenceID: nextSequenceToClient, protocol41: true),
-                                     reason: "backend closed the connection while a response was pending")
-    }
-
     /// Takes note of a server connection the script swapped during a hook.
     mutating func applyServerChange() {
         guard let change = script?.takeServerChange() else { return }

@@ -16,7 +16,7 @@ extension ConnectionStateMachine {
         var greeting = Self.mockGreeting()
         var out = ByteBuffer()
         if case .raw(let packets) = response, var first = packets.first,
-           let parsed = try? HandshakeV10.restrictCapabilities(of: &first, to: .relayable) {
+           let parsed = try? HandshakeV10.restrictCapabilities(of: &first, to: .scriptable) {
             greeting = parsed
             var seq: UInt8 = 0
             out.writeMySQLPacket(first, sequenceID: &seq)
@@ -32,10 +32,18 @@ extension ConnectionStateMachine {
         return .send(Output(toClient: out))
     }
 
+    /// The capabilities client and server may negotiate through this connection: all the relay
+    /// can carry, unless a script reads commands or results (or answers the login), which needs
+    /// packets in the shapes MySQL Proxy's scripts know.
+    var capabilityMask: CapabilityFlags {
+        guard let script, hasServer else { return script == nil ? .relayable : .scriptable }
+        return script.hooks.isDisjoint(with: [.readQuery, .readQueryResult, .readAuth]) ? .relayable : .scriptable
+    }
+
     /// What the proxy assumes a script's greeting offered when it cannot be read.
     static func mockGreeting() -> HandshakeV10 {
         HandshakeV10(serverVersion: "5.5.5-10.11.0-MoonProxy", connectionID: 1, authPluginData: Array(repeating: 0x41, count: 20),
-                     capabilities: .relayable)
+                     capabilities: .scriptable)
     }
 
     mutating func greetingBytesReceived() -> Action {
@@ -49,7 +57,7 @@ extension ConnectionStateMachine {
         var payload = frame.payload
         let greeting: HandshakeV10
         do {
-            greeting = try HandshakeV10.restrictCapabilities(of: &payload, to: .relayable)
+            greeting = try HandshakeV10.restrictCapabilities(of: &payload, to: capabilityMask)
         } catch {
             phase = .closed
             statistics.add(.backendProtocolErrors)
@@ -103,11 +111,11 @@ extension ConnectionStateMachine {
         var payload = frame.payload
         let response: HandshakeResponse41
         do {
-            let asked = try HandshakeResponse41.restrictCapabilities(of: &payload, to: .relayable)
+            let asked = try HandshakeResponse41.restrictCapabilities(of: &payload, to: capabilityMask)
             response = try HandshakeResponse41(parsing: payload)
             session.username = response.username
             session.database = response.database
-            session.capabilities = asked.intersection(session.greeting.capabilities).intersection(.relayable)
+            session.capabilities = asked.intersection(session.greeting.capabilities).intersection(capabilityMask)
         } catch {
             return refuse(.badHandshake(""), "malformed handshake response: \(error)")
         }
@@ -151,7 +159,7 @@ extension ConnectionStateMachine {
         out.reserveCapacity(payload.readableBytes + 4)
         var seq = frame.sequenceID
         out.writeMySQLPacket(payload, sequenceID: &seq)
-        tracker.handshakeResponseSent(capabilities: session.capabilities)
+        tracker.handshakeResponseSent(capabilities: session.capabilities, sequenceID: frame.sequenceID)
         nextSequenceToClient = reply
         phase = .relaying
         guard input.readableBytes > 0 else { return .forwardToBackend(out) }
@@ -243,7 +251,8 @@ extension ConnectionStateMachine {
             if let bytes = more.toBackend { out.backend(bytes) }
             out.dropBackend = out.dropBackend || more.dropBackend
             out.close = out.close ?? more.close
-        case .connectToBackend, .sendToClientAndClose, .closeConnections, .abortConnections:
+        case .connectToBackend, .sendToClientAndClose, .closeConnections, .abortConnections, .closeAfterBackendClosed,
+             .forwardToClientUnderstoodNot:
             return action
         }
         return finish(out)

@@ -5,24 +5,26 @@ import NIOCore
 /// packet headers and the response tracker follows the conversation. Nothing is copied or buffered.
 extension ConnectionStateMachine {
     /// Scans a chunk from the server for packet boundaries, tracking responses; forwards it whole.
+    ///
+    /// No hook is on this path, so a packet the tracker cannot place is no reason to end the
+    /// connection: the server's bytes go to the client as they are, the tracker is desynchronised
+    /// and picks up again at the client's next command, and the warning names what it could not follow.
     mutating func relayFromServer(_ chunk: ByteBuffer) -> Action {
-        var failure: (FrameScanner.PacketStart, offset: Int, WireError)?
+        var failure: (command: CommandCode?, packet: FrameScanner.PacketStart, error: WireError)?
         fromServer.scan(chunk) { event in
-            guard case .packetStart(let packet, let offset) = event else { return true }
+            guard case .packetStart(let packet, _) = event, !tracker.isDesynchronized else { return true }
             do throws(WireError) {
                 _ = try tracker.serverPacketStarted(packet)
-                return true
             } catch {
-                failure = (packet, offset, error)
-                return false
+                failure = (tracker.currentCommand, packet, error)
+                tracker.desynchronize()
             }
+            return true
         }
-        if let (packet, offset, error) = failure {
-            statistics.add(.backendProtocolErrors)
-            return Self.serverPacketMalformed(chunk, at: offset, packet, error)
-        }
-        nextSequenceToClient = fromServer.lastSequenceID &+ 1
-        return .forwardToClient(chunk)
+        guard let failure else { return .forwardToClient(chunk) }
+        statistics.add(.backendProtocolErrors)
+        let command = failure.command.map { "\($0)" } ?? "the login"
+        return .forwardToClientUnderstoodNot(chunk, warning: "cannot follow the server's response to \(command) (\(failure.error)) at a packet of \(failure.packet.header.payloadLength) bytes starting \(failure.packet.prefix.description.prefix(32)); relaying it unchanged and following again from the client's next command")
     }
 
     /// Forwards what came before the bad packet and puts an ERR where it stood.
@@ -53,6 +55,7 @@ extension ConnectionStateMachine {
                 return false
             }
         }
+        tracker.clientFramesSeen(upTo: fromClient.lastSequenceID)
         if commands > 0 { statistics.add(.commands, commands) }
         if queries > 0 { statistics.add(.queries, queries) }
         if let (packet, error) = failure {
@@ -64,7 +67,6 @@ extension ConnectionStateMachine {
             statistics.add(.errorsSentByProxy)
             return .sendToClientAndClose(Self.framed(.unknownCommand(), sequenceID: packet.header.sequenceID &+ 1, protocol41: true), reason: reason)
         }
-        nextSequenceToClient = fromClient.lastSequenceID &+ 1
         return .forwardToBackend(chunk)
     }
 }

@@ -72,8 +72,15 @@ struct ConnectionStateMachine {
         case send(Output)
         /// Send packets the proxy made (usually one ERR) and close both sides; `reason` is logged.
         case sendToClientAndClose(ByteBuffer, reason: String)
-        /// Close both sides without a word; `reason` is logged (nil: an ordinary end).
+        /// Close both sides without a word (once what was written to the client is out); `reason`
+        /// is logged (nil: an ordinary end).
         case closeConnections(reason: String?)
+        /// The server closed: close the client once what was relayed is out. Logged as a warning
+        /// when a response (or the login) was under way.
+        case closeAfterBackendClosed(duringResponse: Bool)
+        /// Forward what the server sent although the tracker could not follow it; `warning` says
+        /// why (the relay picks up again at the client's next command).
+        case forwardToClientUnderstoodNot(ByteBuffer, warning: String)
         /// Close both sides because something went wrong where no ERR can be sent (in the middle
         /// of a packet); `reason` is logged as a warning.
         case abortConnections(reason: String)
@@ -182,40 +189,19 @@ struct ConnectionStateMachine {
         return .closeConnections(reason: wasAwaiting ? "client went away while a response was pending" : nil)
     }
 
+    /// The server closed its connection. The client gets what the server sent and then the close,
+    /// as it would directly (a killed connection's ERR, or nothing: client error 2013), never an
+    /// ERR the server did not send: applications and pools decide whether to reconnect from it.
     mutating func backendClosed() -> Action {
         switch phase {
         case .initialized, .closed:
             return .none
-        case .connectingToBackend, .awaitingGreeting:
-            phase = .closed
-            statistics.add(.backendsLost)
-            statistics.add(.errorsSentByProxy)
-            let err = ERRPacket.lostConnection("the backend closed the connection before its greeting")
-            return .sendToClientAndClose(Self.framed(err, sequenceID: 0, protocol41: false), reason: "backend closed before its greeting")
-        case .awaitingHandshakeResponse:
+        case .connectingToBackend, .awaitingGreeting, .awaitingHandshakeResponse, .relaying:
             guard hasServer else { return .none }
-            // The client is about to send its handshake response (sequence 1); answer it with 2.
+            let pending = phase != .relaying || tracker.isAwaitingResponse || exchange.active
             phase = .closed
             statistics.add(.backendsLost)
-            statistics.add(.errorsSentByProxy)
-            return .sendToClientAndClose(Self.framed(.lostConnection("backend closed during the handshake"), sequenceID: 2, protocol41: true),
-                                         reason: "backend closed during the handshake")
-        case .relaying:
-            guard hasServer else { return .none }
-            phase = .closed
-            statistics.add(.backendsLost)
-            if intercepting && exchange.active {
-                return exchangeLostServer()
-            }
-            guard tracker.isAwaitingResponse else {
-                return .closeConnections(reason: "backend closed the connection")
-            }
-            guard fromServer.isAtPacketBoundary && serverCollector.isEmpty else {
-                return .abortConnections(reason: "backend closed the connection in the middle of a packet")
-            }
-            statistics.add(.errorsSentByProxy)
-            return .sendToClientAndClose(Self.framed(.lostConnection(), sequenceID: nextSequenceToClient, protocol41: true),
-                                         reason: "backend closed the connection while a response was pending")
+            return .closeAfterBackendClosed(duringResponse: pending)
         }
     }
 
@@ -226,6 +212,11 @@ struct ConnectionStateMachine {
             if !isAwaitingResponse && fromClient.isAtPacketBoundary && clientCollector.isEmpty {
                 phase = .closed
                 return .closeConnections(reason: "shutting down")
+            }
+            if tracker.isStreaming && !exchange.active {
+                // A replication stream ends when the server ends it, which may be never.
+                phase = .closed
+                return .closeConnections(reason: "shutting down (a replication stream was running)")
             }
             closeWhenIdle = true
             return .none
@@ -251,7 +242,8 @@ struct ConnectionStateMachine {
             phase = .closed
             statistics.add(.errorsSentByProxy)
             if fromServer.isAtPacketBoundary && serverCollector.isEmpty && (!exchange.active || exchange.clientMayTakeError) {
-                return .sendToClientAndClose(Self.framed(.backendReadTimeout(), sequenceID: nextSequenceToClient, protocol41: true),
+                let sequence = intercepting ? nextSequenceToClient : tracker.replySequence(afterServerSequence: fromServer.lastSequenceID)
+                return .sendToClientAndClose(Self.framed(.backendReadTimeout(), sequenceID: sequence, protocol41: true),
                                              reason: "backend sent nothing for longer than the read timeout")
             }
             return .abortConnections(reason: "backend stalled for longer than the read timeout")
@@ -274,7 +266,7 @@ struct ConnectionStateMachine {
                 action = relayFromServer(chunk)
             }
             switch action {
-            case .sendToClientAndClose, .closeConnections, .abortConnections, .forwardToClientAndClose:
+            case .sendToClientAndClose, .closeConnections, .abortConnections, .forwardToClientAndClose, .closeAfterBackendClosed:
                 phase = .closed
             case .send(let output) where output.close != nil:
                 phase = .closed
