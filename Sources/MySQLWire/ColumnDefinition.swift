@@ -135,13 +135,18 @@ public struct ColumnDefinition41: Hashable, Sendable {
         self.defaultValue = buffer.readableBytes > 0 ? try buffer.readMySQLLengthEncodedSliceOrNull("default value") : nil
     }
 
-    public func write(to buffer: inout ByteBuffer) {
+    /// Writes the definition; with MARIADB_CLIENT_EXTENDED_METADATA negotiated, the (empty) extended
+    /// type information a MariaDB client then expects after `org_name`.
+    public func write(to buffer: inout ByteBuffer, mariaDBExtendedMetadata: Bool = false) {
         buffer.writeMySQLLengthEncodedString(catalog)
         buffer.writeMySQLLengthEncodedString(schema)
         buffer.writeMySQLLengthEncodedString(table)
         buffer.writeMySQLLengthEncodedString(orgTable)
         buffer.writeMySQLLengthEncodedString(name)
         buffer.writeMySQLLengthEncodedString(orgName)
+        if mariaDBExtendedMetadata {
+            buffer.writeInteger(UInt8(0))
+        }
         buffer.writeInteger(UInt8(0x0C))
         buffer.writeMySQLInteger(characterSet)
         buffer.writeMySQLInteger(columnLength)

@@ -32,10 +32,14 @@ public enum ResponseEncoding {
         }
         var payload = ByteBuffer()
         payload.writeMySQLLengthEncodedInteger(UInt64(columns.count))
+        if capabilities.contains(.mariaDBCacheMetadata) || capabilities.contains(.optionalResultsetMetadata) {
+            payload.writeInteger(UInt8(1))  // the column definitions follow
+        }
         out.writeMySQLPacket(payload, sequenceID: &sequenceID)
+        let extended = capabilities.contains(.mariaDBExtendedMetadata)
         for column in columns {
             payload.clear()
-            column.write(to: &payload)
+            column.write(to: &payload, mariaDBExtendedMetadata: extended)
             out.writeMySQLPacket(payload, sequenceID: &sequenceID)
         }
         let deprecateEOF = capabilities.contains(.deprecateEOF)
@@ -73,7 +77,7 @@ public enum ResponseEncoding {
             payload.clear()
             var c = column
             c.defaultValue = c.defaultValue ?? ByteBuffer()
-            c.write(to: &payload)
+            c.write(to: &payload, mariaDBExtendedMetadata: capabilities.contains(.mariaDBExtendedMetadata))
             out.writeMySQLPacket(payload, sequenceID: &sequenceID)
         }
         payload.clear()

@@ -31,8 +31,8 @@ public final class InjectionResult {
         self.capabilities = capabilities
     }
 
-    /// Rows of COM_STMT_EXECUTE responses are in the binary protocol.
-    public var binary: Bool { injection.command == .stmtExecute }
+    /// Rows of COM_STMT_EXECUTE (and bulk execute) responses are in the binary protocol.
+    public var binary: Bool { injection.command == .stmtExecute || injection.command == .stmtBulkExecute }
 
     struct Parsed {
         var columns: [ColumnDefinition41]
@@ -56,8 +56,9 @@ public final class InjectionResult {
               packets.count > Int(count)
         else { return nil }
         var columns: [ColumnDefinition41] = []
+        let extended = capabilities.contains(.mariaDBExtendedMetadata)
         for i in 1...Int(count) {
-            guard let column = try? ColumnDefinition41(parsing: packets[i]) else { return nil }
+            guard let column = try? ColumnDefinition41(parsing: packets[i], mariaDBExtendedMetadata: extended) else { return nil }
             columns.append(column)
         }
         var next = Int(count) + 1

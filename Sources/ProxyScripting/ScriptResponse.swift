@@ -33,7 +33,7 @@ public enum ScriptResponse: Sendable, Equatable {
             if command == .fieldList {
                 ResponseEncoding.fieldList(columns: columns, capabilities: capabilities, status: serverStatus, sequenceID: &seq, into: &out)
             } else {
-                ResponseEncoding.resultSet(columns: columns, rows: rows, binary: command == .stmtExecute || command == .stmtFetch,
+                ResponseEncoding.resultSet(columns: columns, rows: rows, binary: command == .stmtExecute || command == .stmtFetch || command == .stmtBulkExecute,
                                            capabilities: capabilities, status: serverStatus, warnings: warnings, sequenceID: &seq, into: &out)
             }
         }

@@ -119,9 +119,9 @@ def test_backend_killed_mid_result(start_proxy, second_mariadb):
     with pytest.raises(pymysql.err.OperationalError) as e:
         while cur.fetchone() is not None:
             pass
-    assert e.value.args[0] in (1158, 2013), e.value.args  # the proxy's ERR, or a close mid-packet
+    assert e.value.args[0] == 2013, e.value.args  # lost, as a direct client sees it
     assert time.time() - started < 20
-    assert "backend closed the connection" in p.log()  # logged as a warning, seen at the default level
+    assert "backend closed the connection while a response was pending" in p.log()  # a warning, seen at the default level
     # The proxy itself is fine: its other client gets an error on its next query, not a hang,
     # and the proxy in front of the healthy server never noticed.
     with pytest.raises(pymysql.err.OperationalError):
@@ -143,51 +143,120 @@ def start_big_result(proxy):
     return c, cur, thread
 
 
-def test_server_side_kill_mid_result(proxy):
-    c, cur, thread = start_big_result(proxy)
+def outcome(port, query, **kw):
+    """What a PyMySQL client sees of `query`: its result, or the error's class and code (PyMySQL
+    raises other exceptions on packets it cannot read)."""
+    c = pymysql.connect(host="127.0.0.1", port=port, user="root", connect_timeout=10, read_timeout=30, **kw)
+    try:
+        with c.cursor() as cur:
+            cur.execute(query)
+            return ("rows", cur.fetchall())
+    except pymysql.err.MySQLError as e:
+        return (type(e).__name__, e.args[0])
+    except Exception as e:
+        return (type(e).__name__,)
+    finally:
+        try:
+            c.close()
+        except Exception:
+            pass
+
+
+@pytest.mark.parametrize("through", [False, True])
+def test_server_side_kill_mid_result(proxy, through):
+    """KILL of a connection in the middle of a result: the client sees the server's own words and
+    the close, exactly as it does directly (main.lock_kill accepts 2013 and ER_CONNECTION_KILLED,
+    and pools decide whether to reconnect from these codes)."""
+    port = proxy.port if through else MARIADB_PORT
+    c = pymysql.connect(host="127.0.0.1", port=port, user="root", cursorclass=pymysql.cursors.SSCursor, database="moon")
+    cur = c.cursor()
+    cur.execute("SELECT CONNECTION_ID()")
+    thread = cur.fetchone()[0]
+    cur.execute("SELECT seq, REPEAT('x', 1000) FROM seq_1_to_2000000")
+    cur.fetchone()
     killer = pymysql.connect(host="127.0.0.1", port=MARIADB_PORT, user="root")
     killer.cursor().execute(f"KILL CONNECTION {thread}")
-    with pytest.raises(pymysql.err.OperationalError):
+    with pytest.raises(pymysql.err.OperationalError) as e:
         while cur.fetchone() is not None:
             pass
+    assert e.value.args[0] in (1927, 2013), e.value.args
     assert_still_serving(proxy)
+
+
+def test_killed_while_waiting_gets_the_same_error_as_directly(proxy):
+    """A connection killed while its query runs: ER_CONNECTION_KILLED (or the close) from the
+    server itself, the same code through the proxy as directly, never one the proxy made up."""
+    seen = {}
+    for name, port in (("direct", MARIADB_PORT), ("proxy", proxy.port)):
+        c = pymysql.connect(host="127.0.0.1", port=port, user="root", read_timeout=30)
+        cur = c.cursor()
+        cur.execute("SELECT CONNECTION_ID()")
+        thread = cur.fetchone()[0]
+        threading.Timer(0.5, lambda t=thread: pymysql.connect(host="127.0.0.1", port=MARIADB_PORT, user="root")
+                        .cursor().execute(f"KILL CONNECTION {t}")).start()
+        with pytest.raises(pymysql.err.OperationalError) as e:
+            cur.execute("SELECT SLEEP(20)")
+        seen[name] = e.value.args[0]
+        with pytest.raises(pymysql.err.MySQLError) as e:
+            cur.execute("SELECT 1")
+        seen[name + " after"] = (type(e.value).__name__, e.value.args[0])
+    assert seen["proxy"] == seen["direct"] and seen["proxy after"] == seen["direct after"], seen
+    assert "1158" not in proxy.log()
 
 
 def test_backend_dies_mid_result_fake(start_proxy):
     fake = FakeServer()
     p = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{fake.port}", backend=False)
-    rc = RawClient("127.0.0.1", p.port)
-    rc.command(0x03, b"SELECT die")
-    packets = []
-    while True:
-        try:
-            packets.append(rc.read_packet())
-        except ConnectionError:
-            break
-    # column count, definition, EOF, one row, then the proxy's ERR in sequence.
-    assert packets[-1][0] == 0xFF
-    assert struct.unpack_from("<H", packets[-1], 1)[0] == 1158
-    assert packets[-1][3:9] == b"#08S01"
+    got = {}
+    for name, port in (("direct", fake.port), ("proxy", p.port)):
+        rc = RawClient("127.0.0.1", port)
+        rc.command(0x03, b"SELECT die")
+        packets = []
+        while True:
+            try:
+                packets.append(rc.read_packet())
+            except ConnectionError:
+                break
+        got[name] = packets
+    # column count, definition, EOF, one row, then the close: no ERR the server did not send
+    assert got["proxy"] == got["direct"] and len(got["proxy"]) == 4
     r = mariadb_cli(p.port, "SELECT die", check=False)
-    assert "ERROR 1158 (08S01)" in r.stderr and "Lost connection to the backend server" in r.stderr, r.stderr
+    assert "ERROR 2013" in r.stderr and "Lost connection" in r.stderr, r.stderr
+    assert "the backend closed the connection while a response was pending" in p.log()
     fake.close()
 
 
 # --- malformed packets from a server -----------------------------------------------------------
 
 @pytest.mark.parametrize("query", ["SELECT lying-count", "SELECT truncated-ok", "SELECT eof-missing"])
-def test_malformed_server_packet_gives_error_1835(start_proxy, query):
+def test_unexpected_server_packet_is_relayed_as_it_is(start_proxy, query):
+    """No hook on the path: a server packet the tracker cannot place is the client's to judge, as
+    it would be directly; the proxy logs what it could not follow, and the connection is not cut."""
     fake = FakeServer()
     p = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{fake.port}", backend=False)
     healthy = RawClient("127.0.0.1", p.port)
-    c = p.connect()
-    with pytest.raises(pymysql.err.MySQLError) as e:
-        c.cursor().execute(query)
-    assert e.value.args[0] == 1835, e.value.args
-    assert "malformed packet from the backend" in p.log()
+    direct = RawClient("127.0.0.1", fake.port)
+    through = RawClient("127.0.0.1", p.port)
+    for rc in (direct, through):
+        rc.command(0x03, query.encode())
+    assert through.read_all() == direct.read_all()
+    assert "cannot follow the server's response to COM_QUERY" in p.log()
+    assert outcome(p.port, query) == outcome(fake.port, query)
     # The other connection to the same (broken) server still works for a good query.
     healthy.command(0x03, b"SELECT fine")
     assert healthy.read_all()[-1][0] == 0xFE
+    fake.close()
+
+
+def test_unexpected_server_packet_with_a_hook_gives_error_1835(start_proxy):
+    """With read_query on the path the proxy must understand the response: it ends that
+    connection with ER_MALFORMED_PACKET and a log line."""
+    fake = FakeServer()
+    script = WORKDIR / "passthrough-for-malformed.lua"
+    script.write_text("function read_query(packet) end\n")
+    p = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{fake.port}", f"--proxy-lua-script={script}", backend=False)
+    assert outcome(p.port, "SELECT lying-count") == ("OperationalError", 1835)
+    assert "malformed packet from the backend" in p.log()
     fake.close()
 
 

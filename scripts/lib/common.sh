@@ -62,10 +62,11 @@ sys.exit("no free port found")
 PY
 }
 
-# start_mariadb DIR PORT: a throwaway MariaDB on 127.0.0.1:PORT with its data, socket and log in DIR.
+# start_mariadb DIR PORT [OPTIONS]: a throwaway MariaDB on 127.0.0.1:PORT with its data, socket and
+# log in DIR, and OPTIONS (newline-separated) added to its [mariadbd] section.
 # Runs as root with --user=root; root@localhost and root@127.0.0.1 have no password.
 start_mariadb() {
-    local dir=$1 port=$2
+    local dir=$1 port=$2 extra=${3:-}
     mkdir -p "$dir"
     cat >"$dir/my.cnf" <<CNF
 [mariadbd]
@@ -84,6 +85,7 @@ innodb_buffer_pool_size=256M
 innodb_log_file_size=64M
 innodb_flush_log_at_trx_commit=2
 max_connections=1000
+$extra
 CNF
     if [ ! -d "$dir/data/mysql" ]; then
         mariadb-install-db --defaults-file="$dir/my.cnf" --auth-root-authentication-method=normal \

@@ -280,9 +280,10 @@ extension ConnectionStateMachine {
         var ended: ResponseTracker.ResponseEnd?
         fromServer.scan(chunk) { event in
             guard case .packetStart(let packet, let offset) = event else { return true }
-            if exchange.firstByte == nil { exchange.firstByte = packet.firstByte ?? 0 }
             do throws(WireError) {
-                if case .endOfResponse(let end) = try tracker.serverPacketStarted(packet), ended == nil {
+                let kind = try tracker.serverPacketStarted(packet)
+                if exchange.firstByte == nil && kind != .progress { exchange.firstByte = packet.firstByte ?? 0 }
+                if case .endOfResponse(let end) = kind, ended == nil {
                     ended = end
                 }
                 return true
@@ -319,12 +320,21 @@ extension ConnectionStateMachine {
         do {
             while exchange.active, let collect = exchange.collect, let c = try serverCollector.next() {
                 let payload = c.packet.payload
-                if exchange.firstByte == nil {
+                let kind = try tracker.serverPacketStarted(c.start)
+                if exchange.firstByte == nil && kind != .progress {
                     exchange.firstByte = payload.getInteger(at: payload.readerIndex, as: UInt8.self) ?? 0
                     exchange.injection?.firstPacketAt = ConnectionScript.now()
                 }
                 exchange.injection?.bytes += payload.readableBytes + PacketHeader.size
-                let kind = try tracker.serverPacketStarted(c.start)
+                if case .progress = kind {
+                    // MariaDB's progress report: the client may see it, a buffered result does not keep it
+                    if collect == .shift {
+                        let seq = c.packet.sequenceID &+ exchange.shift
+                        out.client(Self.framed(c.packet, sequenceID: seq))
+                        nextSequenceToClient = seq &+ 1
+                    }
+                    continue
+                }
                 if case .localInfileRequest = kind {
                     // The client knows nothing of this query and has no file for it: send none.
                     script?.log(.warning, "injected query \(exchange.injection?.injection.id ?? 0) asks for a LOCAL INFILE upload; it gets an empty file")

@@ -8,7 +8,7 @@ import ProxyScripting
 /// Phases: connect to a backend → relay the server's greeting (capabilities the proxy cannot carry
 /// cleared) → relay the client's handshake response (likewise) → relay everything else, scanning
 /// frame headers so that the response tracker always knows where a command's response ends, which
-/// is what makes it possible to report a lost backend with an ERR packet at the right place, to
+/// is what makes it possible to answer a stalled backend with an ERR packet at the right place, to
 /// finish running commands on shutdown, and to hand single commands to a script.
 ///
 /// Without a script, or with a script that has no `read_query`, commands and responses stream
