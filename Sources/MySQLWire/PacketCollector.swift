@@ -48,6 +48,15 @@ public struct PacketCollector: Sendable {
         }
     }
 
+    /// The bytes held that `next()` has not returned, as they came (a partial packet included), to
+    /// be handed to another reader; nil while a packet of several frames is half assembled.
+    public mutating func takeUnread() -> ByteBuffer? {
+        guard !assembler.isAssembling else { return nil }
+        let rest = pending
+        pending = ByteBuffer()
+        return rest
+    }
+
     /// Forgets everything held.
     public mutating func reset() {
         pending = ByteBuffer()

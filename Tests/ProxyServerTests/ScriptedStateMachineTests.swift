@@ -414,6 +414,76 @@ final class FakeScript: ConnectionScripting {
         #expect(try ERRPacket(parsing: try Self.firstFrame(out.toClient).payload).code == 1040)
     }
 
+    /// A client that sends its first query in the same write as its handshake response: the query
+    /// waits for the login's verdict and then goes through read_query (a firewall is not bypassed).
+    @Test func queryPipelinedBehindTheLoginGoesThroughReadQuery() throws {
+        let script = FakeScript(hooks: [.readQuery])
+        script.onReadQuery = { _, _ in .returned(.sendResult(.error(code: 1142, sqlState: "42000", message: "refused"))) }
+        var m = ConnectionStateMachine(statistics: ProxyStatistics(), script: script)
+        _ = m.clientConnected()
+        _ = m.backendConnected()
+        _ = m.backendDataReceived(Base.packets([(Base.greeting, 0)]))
+        var both = Base.packets([(Base.handshakeResponse, 1)])
+        var query = Self.query("DROP TABLE t")
+        both.writeBuffer(&query)
+        let sent = Self.output(m.clientDataReceived(both))
+        // only the handshake response reaches the server; nothing was decided yet
+        #expect(sent.toBackend?.frames().count == 1)
+        #expect(script.hints.isEmpty)
+        let out = Self.output(m.backendDataReceived(Self.ok(seq: 2)))
+        #expect(script.hints.count == 1)
+        let frames = try #require(out.toClient).frames()
+        #expect(frames.count == 2)  // the login's OK, then the script's answer to the query
+        #expect(frames[1].sequenceID == 1)
+        #expect(try ERRPacket(parsing: frames[1].payload).code == 1142)
+        #expect(out.toBackend == nil)
+    }
+
+    /// Commands behind COM_CHANGE_USER wait for its verdict, then go through read_query.
+    @Test func queryPipelinedBehindChangeUserWaitsForTheVerdict() throws {
+        let script = FakeScript(hooks: [.readQuery])
+        var m = loggedIn(script)
+        var both = ByteBuffer()
+        var s: UInt8 = 0
+        both.writeMySQLPacket(ByteBuffer(bytes: [0x11] + Array("nat".utf8) + [0, 0]), sequenceID: &s)
+        var query = Self.query("SELECT 1")
+        both.writeBuffer(&query)
+        let sent = Self.output(m.clientDataReceived(both))
+        #expect(sent.toBackend?.frames().count == 1)
+        #expect(script.hints.count == 1)  // COM_CHANGE_USER itself
+        // an auth switch and the client's answer
+        _ = m.backendDataReceived(Base.packets([("fe6d7973716c5f6e61746976655f70617373776f726400", 1)]))
+        let answer = Self.output(m.clientDataReceived(Base.packets([("", 2)])))
+        #expect(answer.toBackend?.frames().first?.sequenceID == 2)
+        #expect(script.hints.count == 1)
+        let out = Self.output(m.backendDataReceived(Self.ok(seq: 3)))
+        #expect(script.hints.count == 2)
+        #expect(out.toBackend == Self.query("SELECT 1"))
+    }
+
+    /// With read_auth_result, what follows the verdict in the same read (here the start of a packet
+    /// that ends in the next read) is framed like everything else.
+    @Test func bytesAfterTheVerdictKeepTheirFraming() throws {
+        let script = FakeScript(hooks: [.readAuthResult])
+        var m = ConnectionStateMachine(statistics: ProxyStatistics(), script: script)
+        _ = m.clientConnected()
+        _ = m.backendConnected()
+        _ = m.backendDataReceived(Base.packets([(Base.greeting, 0)]))
+        _ = m.clientDataReceived(Base.packets([(Base.handshakeResponse, 1)]))
+        var chunk = Self.ok(seq: 2)
+        let unsolicited = Base.packets([("ff8707233730313030436f6e6e656374696f6e20776173206b696c6c6564", 0)])
+        chunk.writeImmutableBuffer(unsolicited.getSlice(at: 0, length: 10)!)
+        let first = Self.output(m.backendDataReceived(chunk))
+        let second = Self.output(m.backendDataReceived(unsolicited.getSlice(at: 10, length: unsolicited.readableBytes - 10)!))
+        var all = try #require(first.toClient)
+        var rest = try #require(second.toClient)
+        all.writeBuffer(&rest)
+        var expected = Self.ok(seq: 2)
+        expected.writeImmutableBuffer(unsolicited)
+        #expect(all == expected)
+        #expect(m.fromServer.isAtPacketBoundary)
+    }
+
     @Test func scriptWithoutReadQueryRelaysTransparently() throws {
         let script = FakeScript(hooks: [.disconnectClient])
         var m = loggedIn(script)

@@ -81,7 +81,8 @@ extension ConnectionStateMachine {
     }
 
     private mutating func clientPacketReceived(_ c: PacketCollector.Collected, _ out: inout Output) throws(WireError) {
-        if hasServer && tracker.clientPhase != .command {
+        let pipelinedBehindLogin = tracker.clientPhase == .authentication && c.packet.sequenceID == 0
+        if hasServer && tracker.clientPhase != .command && !pipelinedBehindLogin {
             // Data of the exchange under way: a LOCAL INFILE upload, authentication answers.
             _ = try tracker.clientPacketStarted(c.start)
             out.backend(c.raw ?? Self.framed(c.packet))
@@ -91,7 +92,9 @@ extension ConnectionStateMachine {
         if c.packet.payload.getInteger(at: c.packet.payload.readerIndex, as: UInt8.self) == CommandCode.query.rawValue {
             statistics.add(.queries)
         }
-        if exchange.active || !queuedCommands.isEmpty {
+        if exchange.active || !queuedCommands.isEmpty || pipelinedBehindLogin {
+            // One command at a time, and none before the login (or COM_CHANGE_USER) has its verdict:
+            // each goes through read_query in order, as the session it runs in.
             queuedCommands.append(c)
             return
         }
@@ -99,9 +102,11 @@ extension ConnectionStateMachine {
         try drainQueue(&out)
     }
 
-    /// Starts the commands that waited, as long as each is done at once (answered by the script).
+    /// Starts the commands that waited, as long as each is done at once (answered by the script),
+    /// once no authentication awaits its verdict.
     mutating func drainQueue(_ out: inout Output) throws(WireError) {
-        while !exchange.active, out.close == nil, let next = queuedCommands.popFirst() {
+        while !exchange.active, out.close == nil, !(hasServer && tracker.clientPhase == .authentication),
+              let next = queuedCommands.popFirst() {
             try startCommand(next, &out)
         }
     }

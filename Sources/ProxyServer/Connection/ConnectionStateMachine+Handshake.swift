@@ -211,12 +211,22 @@ extension ConnectionStateMachine {
             statistics.add(.backendProtocolErrors)
             return .abortConnections(reason: "malformed packet from the backend during the login: \(error)")
         }
-        if !interceptingAuthResult && !serverCollector.isEmpty {
-            // the server spoke out of turn after its verdict: pass it on as it is
-            var rest = ByteBuffer()
-            while let c = try? serverCollector.next() { var raw = c.raw ?? Self.framed(c.packet); rest.writeBuffer(&raw) }
-            serverCollector.reset()
-            out.client(rest)
+        if !interceptingAuthResult {
+            // What followed the verdict in the same read (a partial packet too) is read as usual.
+            guard let rest = serverCollector.takeUnread() else {
+                return .abortConnections(reason: "the server sent a packet of 16 MiB or more right after its verdict on the login")
+            }
+            if rest.readableBytes > 0, case .forwardToClient(let bytes) = relayFromServer(rest) {
+                out.client(bytes)
+            }
+            if out.close == nil {
+                do {
+                    try drainQueue(&out)
+                } catch {
+                    statistics.add(.clientProtocolErrors)
+                    return .abortConnections(reason: "malformed packet from the client: \(error)")
+                }
+            }
         }
         return Self.finish(out, fromServer: true)
     }

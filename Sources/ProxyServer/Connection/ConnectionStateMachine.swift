@@ -257,13 +257,24 @@ struct ConnectionStateMachine {
         statistics.add(.bytesFromBackends, chunk.readableBytes)
         switch phase {
         case .relaying:
-            let action: Action
+            var action: Action
             if interceptingAuthResult {
                 action = authResultDataReceived(chunk)
             } else if exchange.active {
                 action = exchangeServerData(chunk)
             } else {
                 action = relayFromServer(chunk)
+                if intercepting && !queuedCommands.isEmpty && tracker.clientPhase == .command, case .forwardToClient(let bytes) = action {
+                    // The login's verdict came: the commands sent behind it go to read_query now.
+                    var out = Output(toClient: bytes)
+                    do {
+                        try drainQueue(&out)
+                        action = Self.finish(out, fromServer: true)
+                    } catch {
+                        statistics.add(.clientProtocolErrors)
+                        action = .abortConnections(reason: "malformed packet from the client: \(error)")
+                    }
+                }
             }
             switch action {
             case .sendToClientAndClose, .closeConnections, .abortConnections, .forwardToClientAndClose, .closeAfterBackendClosed:
