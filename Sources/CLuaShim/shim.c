@@ -3,46 +3,302 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <time.h>
+
+/* The box holding a Swift function pointer: a full userdata of exactly this size, whose magic
+ * word Lua code cannot write (no Lua function writes into a userdata's memory). */
+#define MOON_FUNCTION_MAGIC 0x4d6f6f6e46756e63ULL /* "MoonFunc" */
+struct moon_function_box {
+    unsigned long long magic;
+    moon_swift_function fn;
+};
+
+static long long moon_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+moon_limits *moon_limits_of(lua_State *L) {
+    void *ud = NULL;
+    lua_getallocf(L, &ud);
+    return (moon_limits *)ud;
+}
+
 static int moon_trampoline(lua_State *L) {
-    moon_swift_function fn = (moon_swift_function)lua_touserdata(L, lua_upvalueindex(1));
-    int n = fn(L);
+    int slot = lua_upvalueindex(1);
+    struct moon_function_box *box = (struct moon_function_box *)lua_touserdata(L, slot);
+    if (lua_type(L, slot) != LUA_TUSERDATA || lua_rawlen(L, slot) != sizeof(struct moon_function_box)
+        || box->magic != MOON_FUNCTION_MAGIC) {
+        return luaL_error(L, "a built-in function of MoonProxy was tampered with");
+    }
+    moon_limits *limits = moon_limits_of(L);
+    int enforcing = limits ? limits->enforcing : 0;
+    /* No allocation fails inside the Swift function: a memory error raised there would unwind
+     * through Swift frames. What it allocated is checked once it has returned. */
+    if (limits) limits->enforcing = 0;
+    int n = box->fn(L);
+    if (limits) limits->enforcing = enforcing;
     if (n == MOON_LUA_RAISE) {
         return lua_error(L); /* the Swift frame has returned; raising is safe here */
+    }
+    if (enforcing && limits->memory_limit > 0 && limits->bytes > limits->memory_limit) {
+        limits->exceeded = MOON_LIMIT_MEMORY;
+        return luaL_error(L, "not enough memory (the Lua memory limit was reached)");
     }
     return n;
 }
 
 void moon_push_swift_function(lua_State *L, moon_swift_function fn, int nup) {
-    lua_pushlightuserdata(L, (void *)fn);
+    struct moon_function_box *box = (struct moon_function_box *)lua_newuserdatauv(L, sizeof(struct moon_function_box), 0);
+    box->magic = MOON_FUNCTION_MAGIC;
+    box->fn = fn;
     if (nup > 0) {
         lua_insert(L, -(nup + 1));
     }
     lua_pushcclosure(L, moon_trampoline, nup + 1);
 }
 
-/* Counts the state's bytes. A state is only ever used by one thread at a time (the engine
- * holds a lock around it), so a plain counter does: an atomic one cost a locked instruction on
- * every allocation of every hook. */
+/* Counts the state's bytes and enforces its limit. A state is only ever used by one thread at a
+ * time (the engine holds a lock around it), so plain fields do. Shrinking never fails. */
 static void *moon_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-    long long *bytes = (long long *)ud;
+    moon_limits *limits = (moon_limits *)ud;
+    size_t old = ptr != NULL ? osize : 0; /* with ptr NULL, osize encodes the object's kind */
     if (nsize == 0) {
-        if (ptr != NULL && bytes != NULL) *bytes -= (long long)osize;
+        if (ptr != NULL && limits != NULL) limits->bytes -= (long long)osize;
         free(ptr);
         return NULL;
     }
+    if (limits != NULL && limits->enforcing && limits->memory_limit > 0 && nsize > old
+        && limits->bytes + (long long)(nsize - old) > limits->memory_limit) {
+        limits->exceeded = MOON_LIMIT_MEMORY;
+        return NULL;
+    }
     void *p = realloc(ptr, nsize);
-    if (p != NULL && bytes != NULL) {
-        *bytes += (long long)nsize - (ptr != NULL ? (long long)osize : 0);
+    if (p != NULL && limits != NULL) {
+        limits->bytes += (long long)nsize - (long long)old;
     }
     return p;
 }
 
-lua_State *moon_newstate(long long *bytes) {
-    lua_State *L = lua_newstate(moon_alloc, bytes);
+#define MOON_HOOK_COUNT 10000
+
+static void moon_count_hook(lua_State *L, lua_Debug *ar) {
+    (void)ar;
+    moon_limits *limits = moon_limits_of(L);
+    if (limits == NULL || limits->deadline_ns == 0 || moon_now_ns() < limits->deadline_ns) return;
+    limits->exceeded = MOON_LIMIT_TIME;
+    /* From now on this thread checks at every instruction, so that the error is raised again
+     * as soon as a script's own pcall has caught it. */
+    lua_sethook(L, moon_count_hook, LUA_MASKCOUNT, 1);
+    luaL_error(L, "the hook ran for longer than the Lua time limit");
+}
+
+lua_State *moon_newstate(moon_limits *limits) {
+    lua_State *L = lua_newstate(moon_alloc, limits);
+    if (L == NULL) return NULL;
     /* Hooks make mostly short-lived garbage (a string per packet, small tables): the
      * generational collector deals with that for less work than the incremental one. */
-    if (L != NULL) lua_gc(L, LUA_GCGEN, 0, 0);
+    lua_gc(L, LUA_GCGEN, 0, 0);
+    /* Coroutines inherit the hook of the thread that creates them. */
+    lua_sethook(L, moon_count_hook, LUA_MASKCOUNT, MOON_HOOK_COUNT);
     return L;
+}
+
+int moon_pcall(lua_State *L, int nargs, int nresults, int msgh) {
+    moon_limits *limits = moon_limits_of(L);
+    if (limits == NULL) return lua_pcall(L, nargs, nresults, msgh);
+    int outermost = limits->depth == 0;
+    if (outermost) {
+        limits->exceeded = 0;
+        limits->deadline_ns = limits->timeout_ns > 0 ? moon_now_ns() + limits->timeout_ns : 0;
+    }
+    int enforcing = limits->enforcing;
+    limits->depth++;
+    limits->enforcing = 1;
+    int status = lua_pcall(L, nargs, nresults, msgh);
+    limits->enforcing = enforcing;
+    limits->depth--;
+    if (outermost) {
+        limits->deadline_ns = 0;
+        if (limits->exceeded == MOON_LIMIT_TIME) lua_sethook(L, moon_count_hook, LUA_MASKCOUNT, MOON_HOOK_COUNT);
+        if (status == LUA_OK) limits->exceeded = 0;
+        else if (limits->exceeded == MOON_LIMIT_MEMORY) lua_gc(L, LUA_GCCOLLECT, 0);
+    }
+    return status;
+}
+
+/* MARK: the sandbox */
+
+static int moon_refuse(lua_State *L) {
+    return luaL_error(L, "%s is not available in MoonProxy", lua_tostring(L, lua_upvalueindex(1)));
+}
+
+static void moon_replace_with_refusal(lua_State *L, const char *library, const char *name) {
+    if (lua_getglobal(L, library) != LUA_TTABLE) { lua_pop(L, 1); return; }
+    lua_pushfstring(L, "%s.%s", library, name);
+    lua_pushcclosure(L, moon_refuse, 1);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+}
+
+static int moon_debug_setupvalue(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    if (lua_iscfunction(L, 1)) return luaL_error(L, "debug.setupvalue: the upvalues of built-in functions cannot be changed in MoonProxy");
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int moon_check_no_gc(lua_State *L, int metatable);
+
+static int moon_debug_setmetatable(lua_State *L) {
+    if (lua_type(L, 1) == LUA_TUSERDATA || lua_type(L, 1) == LUA_TLIGHTUSERDATA)
+        return luaL_error(L, "debug.setmetatable: the metatables of userdata cannot be changed in MoonProxy");
+    moon_check_no_gc(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int moon_debug_getmetatable(lua_State *L) {
+    if (lua_type(L, 1) == LUA_TUSERDATA)
+        return luaL_error(L, "debug.getmetatable: the metatables of userdata are not available in MoonProxy");
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static void moon_wrap_debug(lua_State *L, const char *name, lua_CFunction wrapper) {
+    if (lua_getglobal(L, "debug") != LUA_TTABLE) { lua_pop(L, 1); return; }
+    lua_getfield(L, -1, name);
+    lua_pushcclosure(L, wrapper, 1);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+}
+
+/* load, loadfile and dofile take text only: Lua 5.4 does not verify binary chunks, and a crafted
+ * one can make the VM read and write out of bounds. */
+static int moon_load_text(lua_State *L) {
+    /* load(chunk [, chunkname [, mode [, env]]]) */
+    int top = lua_gettop(L);
+    if (top < 3) lua_settop(L, 3);
+    lua_pushliteral(L, "t");
+    lua_replace(L, 3);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int moon_loadfile_text(lua_State *L) {
+    /* loadfile([filename [, mode [, env]]]) */
+    const char *name = luaL_optstring(L, 1, NULL);
+    int hasenv = !lua_isnone(L, 3);
+    int status = luaL_loadfilex(L, name, "t");
+    if (status != LUA_OK) {
+        luaL_pushfail(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    if (hasenv) {
+        lua_pushvalue(L, 3);
+        if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1);
+    }
+    return 1;
+}
+
+static int moon_dofile_text(lua_State *L) {
+    const char *name = luaL_optstring(L, 1, NULL);
+    lua_settop(L, 1);
+    if (luaL_loadfilex(L, name, "t") != LUA_OK) return lua_error(L);
+    lua_call(L, 0, LUA_MULTRET);
+    return lua_gettop(L) - 1;
+}
+
+/* xpcall whose message handler is not run for an error raised by the time limit: that error comes
+ * from the count hook, and Lua runs the handler with hooks still off, where nothing could stop it. */
+static int moon_guarded_handler(lua_State *L) {
+    moon_limits *limits = moon_limits_of(L);
+    if (limits != NULL && limits->exceeded == MOON_LIMIT_TIME) return 1; /* the error as it is */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+static int moon_finish_pcall(lua_State *L, int status, lua_KContext extra) {
+    if (status != LUA_OK && status != LUA_YIELD) {
+        lua_pushboolean(L, 0);
+        lua_pushvalue(L, -2);
+        return 2;
+    }
+    return lua_gettop(L) - (int)extra;
+}
+
+static int moon_xpcall(lua_State *L) {
+    int n = lua_gettop(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, moon_guarded_handler, 1);
+    lua_replace(L, 2);
+    lua_pushboolean(L, 1);
+    lua_pushvalue(L, 1);
+    lua_rotate(L, 3, 2);
+    int status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, moon_finish_pcall);
+    return moon_finish_pcall(L, status, 2);
+}
+
+/* Metatables with __gc are refused: Lua runs finalizers with hooks off, so a finalizer that spins
+ * could not be stopped by the time limit. */
+static int moon_check_no_gc(lua_State *L, int metatable) {
+    if (lua_type(L, metatable) == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        int kind = lua_rawget(L, metatable);
+        lua_pop(L, 1);
+        if (kind != LUA_TNIL) return luaL_error(L, "__gc metamethods are not available in MoonProxy scripts");
+    }
+    return 0;
+}
+
+static int moon_setmetatable(lua_State *L) {
+    moon_check_no_gc(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int moon_sandbox_protected(lua_State *L) {
+    moon_wrap_debug(L, "setupvalue", moon_debug_setupvalue);
+    moon_wrap_debug(L, "setmetatable", moon_debug_setmetatable);
+    moon_wrap_debug(L, "getmetatable", moon_debug_getmetatable);
+    moon_replace_with_refusal(L, "debug", "getregistry");
+    moon_replace_with_refusal(L, "debug", "sethook");
+    moon_replace_with_refusal(L, "os", "exit");
+    moon_replace_with_refusal(L, "os", "execute");
+    moon_replace_with_refusal(L, "io", "popen");
+    lua_getglobal(L, "load");
+    lua_pushcclosure(L, moon_load_text, 1);
+    lua_setglobal(L, "load");
+    lua_pushcfunction(L, moon_loadfile_text);
+    lua_setglobal(L, "loadfile");
+    lua_pushcfunction(L, moon_dofile_text);
+    lua_setglobal(L, "dofile");
+    lua_pushcfunction(L, moon_xpcall);
+    lua_setglobal(L, "xpcall");
+    lua_getglobal(L, "setmetatable");
+    lua_pushcclosure(L, moon_setmetatable, 1);
+    lua_setglobal(L, "setmetatable");
+    return 0;
+}
+
+int moon_sandbox(lua_State *L) {
+    lua_pushcfunction(L, moon_sandbox_protected);
+    return lua_pcall(L, 0, 0, 0);
 }
 
 static int moon_panic(lua_State *L) {
@@ -127,7 +383,6 @@ int moon_dump_function(lua_State *L) {
     return status;
 }
 
-int moon_pcall(lua_State *L, int nargs, int nresults, int msgh) { return lua_pcall(L, nargs, nresults, msgh); }
 void moon_pop(lua_State *L, int n) { lua_pop(L, n); }
 int moon_upvalueindex(int i) { return lua_upvalueindex(i); }
 void moon_newtable(lua_State *L) { lua_newtable(L); }

@@ -36,7 +36,8 @@ public enum LuaType: Int32, Sendable {
 /// An error raised in Lua (or while loading a chunk), with its message and, for runtime errors,
 /// a traceback.
 public struct LuaError: Error, Equatable, Sendable, CustomStringConvertible {
-    public enum Kind: Sendable { case syntax, runtime, memory, other }
+    /// `memoryLimit` and `timeLimit`: the call was aborted by the state's limits (`LuaState`).
+    public enum Kind: Sendable { case syntax, runtime, memory, memoryLimit, timeLimit, other }
     public var kind: Kind
     public var message: String
     public var description: String { message }
@@ -312,12 +313,16 @@ public struct Lua {
     private func popError(_ status: Int32) -> LuaError {
         let message = toString(at: -1) ?? "(error object is a \(typeName(at: -1)) value)"
         pop()
-        let kind: LuaError.Kind
+        var kind: LuaError.Kind
         switch status {
         case LUA_ERRSYNTAX: kind = .syntax
         case LUA_ERRRUN: kind = .runtime
         case LUA_ERRMEM: kind = .memory
         default: kind = .other
+        }
+        if let limits = moon_limits_of(L), status != LUA_ERRSYNTAX {
+            if limits.pointee.exceeded == MOON_LIMIT_TIME { kind = .timeLimit }
+            if limits.pointee.exceeded == MOON_LIMIT_MEMORY { kind = .memoryLimit }
         }
         return LuaError(kind: kind, message: message)
     }
@@ -339,30 +344,46 @@ public struct Lua {
     }
 }
 
-/// An owned Lua state with the standard libraries, counting its memory.
+/// An owned Lua state with the standard libraries, sandboxed (see `moon_sandbox`), counting its
+/// memory and enforcing its limits: `memoryLimit` bytes while Lua code runs, and `timeout` for
+/// each protected call (`Lua.pcall`); a call that exceeds either fails with `.memoryLimit` or
+/// `.timeLimit`, and the state stays usable.
 public final class LuaState {
     public let lua: Lua
-    private let bytes: UnsafeMutablePointer<Int64>
+    private let limits: UnsafeMutablePointer<moon_limits>
 
-    public init() {
-        bytes = UnsafeMutablePointer<Int64>.allocate(capacity: 1)
-        bytes.initialize(to: 0)
-        let L = bytes.withMemoryRebound(to: CLongLong.self, capacity: 1) { moon_newstate($0) }
-        guard let L else { fatalError("cannot allocate a Lua state") }
+    public init(memoryLimit: Int = 0, timeout: Double = 0) {
+        limits = UnsafeMutablePointer<moon_limits>.allocate(capacity: 1)
+        limits.initialize(to: moon_limits())
+        guard let L = moon_newstate(limits) else { fatalError("cannot allocate a Lua state") }
         lua = Lua(L)
         moon_set_panic_handler(L)
-        if moon_open_libs(L) != LUA_OK {
+        if moon_open_libs(L) != LUA_OK || moon_sandbox(L) != LUA_OK {
             fatalError("cannot open the Lua standard libraries")
         }
+        self.memoryLimit = memoryLimit
+        self.timeout = timeout
     }
 
     deinit {
         lua_close(lua.L)
-        bytes.deallocate()
+        limits.deallocate()
     }
 
     /// Bytes currently allocated by this state.
-    public var memoryInUse: Int { Int(bytes.pointee) }
+    public var memoryInUse: Int { Int(limits.pointee.bytes) }
+
+    /// The most Lua code may make the state hold (0: no limit).
+    public var memoryLimit: Int {
+        get { Int(limits.pointee.memory_limit) }
+        set { limits.pointee.memory_limit = Int64(max(0, newValue)) }
+    }
+
+    /// How long one protected call may run, in seconds (0: no limit).
+    public var timeout: Double {
+        get { Double(limits.pointee.timeout_ns) / 1e9 }
+        set { limits.pointee.timeout_ns = newValue > 0 ? Int64(min(newValue, 1e6) * 1e9) : 0 }
+    }
 
     public static var release: String { String(cString: moon_lua_release()) }
 }

@@ -15,6 +15,9 @@ extension Lua {
             rawSet(-2, "__gc")
             push(name)
             rawSet(-2, "__name")
+            // getmetatable() gives scripts this text, not the table (whose __gc releases the object)
+            push(name)
+            rawSet(-2, "__metatable")
         }
         return top
     }

@@ -60,15 +60,22 @@ enum ConnectionBinding {
     }
 }
 
-private func script(_ lua: Lua, _ metatable: String) -> ConnectionScript? {
-    lua.object(at: 1, metatable: metatable, as: ConnectionBox.self)?.script
+/// The script of the userdata at index 1 if it is a `metatable` object; `misplaced` says why it
+/// cannot be used now (another connection's object, or a closed one's).
+private func script(_ lua: Lua, _ metatable: String, misplaced: inout OutOfPlace?) -> ConnectionScript? {
+    guard let box = lua.object(at: 1, metatable: metatable, as: ConnectionBox.self) else { return nil }
+    switch box.runningScript {
+    case .success(let script): return script
+    case .failure(let why): misplaced = why; return nil
+    }
 }
 
 private let connectionIndex: LuaFunction = { L in
     let lua = Lua(L!)
     guard let key = lua.toString(at: 2) else { lua.pushNil(); return 1 }
-    guard let script = script(lua, ConnectionBinding.connectionMetatable), let host = script.host else {
-        return lua.raise("proxy.connection is not available: the connection is closed")
+    var misplaced: OutOfPlace?
+    guard let script = script(lua, ConnectionBinding.connectionMetatable, misplaced: &misplaced), let host = script.host else {
+        return lua.raiseWithPosition("proxy.connection cannot be used here: \(misplaced ?? .closed)")
     }
     switch key {
     case "client":
@@ -89,8 +96,9 @@ private let connectionIndex: LuaFunction = { L in
 private let connectionNewIndex: LuaFunction = { L in
     let lua = Lua(L!)
     let key = lua.toString(at: 2) ?? "?"
-    guard let script = script(lua, ConnectionBinding.connectionMetatable), let host = script.host else {
-        return lua.raise("proxy.connection is not available: the connection is closed")
+    var misplaced: OutOfPlace?
+    guard let script = script(lua, ConnectionBinding.connectionMetatable, misplaced: &misplaced), let host = script.host else {
+        return lua.raiseWithPosition("proxy.connection cannot be used here: \(misplaced ?? .closed)")
     }
     switch key {
     case "backend_ndx":
@@ -113,7 +121,9 @@ private let connectionNewIndex: LuaFunction = { L in
 private func addQuery(_ L: OpaquePointer?, prepend: Bool) -> Int32 {
     let lua = Lua(L!)
     let method = prepend ? "prepend" : "append"
-    guard let script = script(lua, ConnectionBinding.queriesMetatable) else {
+    var misplaced: OutOfPlace?
+    guard let script = script(lua, ConnectionBinding.queriesMetatable, misplaced: &misplaced) else {
+        if let misplaced { return lua.raiseWithPosition("proxy.queries cannot be used here: \(misplaced)") }
         return lua.raiseWithPosition("proxy.queries:\(method)() needs proxy.queries as its first argument (use ':')")
     }
     guard let id = lua.toInteger(at: 2) else {
@@ -138,6 +148,13 @@ private func addQuery(_ L: OpaquePointer?, prepend: Bool) -> Int32 {
     default:
         return lua.raiseWithPosition("bad argument #3 to '\(method)' (table expected, got \(lua.typeName(at: 4)))")
     }
+    // What a script queues is Swift memory, outside the Lua limit: bounded here.
+    let limit = script.engine.configuration.memoryLimit > 0 ? script.engine.configuration.memoryLimit : 1 << 30
+    var queued = packet.readableBytes
+    for q in script.queries { queued += q.packet.readableBytes }
+    guard script.queries.count < 65536, queued <= limit else {
+        return lua.raiseWithPosition("proxy.queries:\(method)(): too many queries queued (at most 65536, \(limit) bytes in all)")
+    }
     let injection = Injection(id: id, packet: packet, resultsetIsNeeded: needed, queuedAt: ConnectionScript.now())
     if prepend { script.queries.insert(injection, at: 0) } else { script.queries.append(injection) }
     return 0
@@ -148,7 +165,9 @@ private let queriesPrepend: LuaFunction = { L in addQuery(L, prepend: true) }
 
 private let queriesReset: LuaFunction = { L in
     let lua = Lua(L!)
-    guard let script = script(lua, ConnectionBinding.queriesMetatable) else {
+    var misplaced: OutOfPlace?
+    guard let script = script(lua, ConnectionBinding.queriesMetatable, misplaced: &misplaced) else {
+        if let misplaced { return lua.raiseWithPosition("proxy.queries cannot be used here: \(misplaced)") }
         return lua.raiseWithPosition("proxy.queries:reset() needs proxy.queries as its first argument (use ':')")
     }
     script.queries.removeAll()
@@ -157,7 +176,9 @@ private let queriesReset: LuaFunction = { L in
 
 private let queriesLength: LuaFunction = { L in
     let lua = Lua(L!)
-    guard let script = script(lua, ConnectionBinding.queriesMetatable) else {
+    var misplaced: OutOfPlace?
+    guard let script = script(lua, ConnectionBinding.queriesMetatable, misplaced: &misplaced) else {
+        if let misplaced { return lua.raiseWithPosition("proxy.queries cannot be used here: \(misplaced)") }
         return lua.raiseWithPosition("proxy.queries:len() needs proxy.queries as its first argument (use ':')")
     }
     lua.push(script.queries.count)

@@ -97,13 +97,13 @@ public final class ConnectionScript {
             lua.push(reference: environmentRef)
             if lua.setUpvalue(of: -2, 1) == nil { lua.pop() }
             engine.makeCurrent(fieldsRef: fieldsRef, lua)
-            try lua.pcall(arguments: 0, results: 0)
+            try engine.running(self) { () throws(LuaError) in try lua.pcall(arguments: 0, results: 0) }
         }
         try Self.load(bytecode, name: scriptName, lua)
         lua.push(reference: environmentRef)
         if lua.setUpvalue(of: -2, 1) == nil { lua.pop() }
         engine.makeCurrent(fieldsRef: fieldsRef, lua)
-        try lua.pcall(arguments: 0, results: 0)
+        try engine.running(self) { () throws(LuaError) in try lua.pcall(arguments: 0, results: 0) }
 
         for (hook, name) in Hooks.names where pushHook(name, lua) {
             lua.pop()
@@ -193,9 +193,17 @@ public final class ConnectionScript {
             guard pushHook(keyRef: engine.keys.hooks[position], lua) else { return .notDefined }
             let count = arguments(lua)
             do throws(LuaError) {
-                try lua.pcall(arguments: count, results: 1, handler: ScriptEngine.tracebackHandlerIndex)
+                try engine.running(self) { () throws(LuaError) in
+                    try lua.pcall(arguments: count, results: 1, handler: ScriptEngine.tracebackHandlerIndex)
+                }
             } catch {
                 let name = Hooks.names[position].1
+                if let limit = engine.limitMessage(error) {
+                    // The proxy answers in the hook's place: that client gets an ERR, the others carry on.
+                    logger.error("(\(name)) aborted: \(limit)")
+                    queries.removeAll()
+                    return .returned(.sendResult(.error(code: 1105, sqlState: "HY000", message: "(proxy) the script's \(name) was aborted: \(limit)")))
+                }
                 logger.critical("(\(name)) \(error.message)")
                 return .failed(error.message)
             }
@@ -287,7 +295,8 @@ public final class ConnectionScript {
 
     /// `read_query_result(inj)` for a finished injected query.
     public func readQueryResult(_ result: InjectionResult) -> HookOutcome {
-        call(.readQueryResult, arguments: { lua in
+        result.owner = self
+        return call(.readQueryResult, arguments: { lua in
             InjectionBinding.pushInjection(result, lua)
             return 1
         })
@@ -301,4 +310,23 @@ public final class ConnectionScript {
 /// reason as `ConnectionScript.host`.
 final class ConnectionBox {
     unowned(unsafe) var script: ConnectionScript?
+
+    /// The script, if it is the connection whose hook runs now; else the error to raise.
+    var runningScript: Result<ConnectionScript, OutOfPlace> {
+        guard let script else { return .failure(.closed) }
+        guard script.engine.running === script else { return .failure(.anotherConnection) }
+        return .success(script)
+    }
+}
+
+/// Why a connection's Lua object cannot be used now.
+enum OutOfPlace: Error, CustomStringConvertible {
+    case closed, anotherConnection
+
+    var description: String {
+        switch self {
+        case .closed: return "its connection is closed"
+        case .anotherConnection: return "it belongs to another connection (objects of one connection kept in proxy.global work only in that connection's own hooks)"
+        }
+    }
 }

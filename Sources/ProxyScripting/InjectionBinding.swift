@@ -19,16 +19,26 @@ enum InjectionBinding {
     }
 }
 
+/// The injection result at `index` with `metatable`, if the connection it belongs to is the one
+/// whose hook runs now; else nil, with the reason in `misplaced`.
+private func injectionResult(_ lua: Lua, at index: Int32, _ metatable: String, misplaced: inout OutOfPlace?) -> InjectionResult? {
+    guard let result = lua.object(at: index, metatable: metatable, as: InjectionResult.self) else { return nil }
+    guard let owner = result.owner else { misplaced = .closed; return nil }
+    guard owner.engine.running === owner else { misplaced = .anotherConnection; return nil }
+    return result
+}
+
 private let injectionIndex: LuaFunction = { L in
     let lua = Lua(L!)
-    guard let result = lua.object(at: 1, metatable: InjectionBinding.injectionMetatable, as: InjectionResult.self) else {
-        return lua.raise("not an injection")
+    var misplaced: OutOfPlace?
+    guard let result = injectionResult(lua, at: 1, InjectionBinding.injectionMetatable, misplaced: &misplaced) else {
+        return lua.raiseWithPosition(misplaced.map { "this injection cannot be used here: \($0)" } ?? "not an injection")
     }
     switch lua.toString(at: 2) ?? "" {
     case "id", "type": lua.push(result.injection.id)
     case "query": lua.push(result.injection.packet)
-    case "query_time": lua.push(Int(result.firstPacketAt &- result.injection.queuedAt))
-    case "response_time": lua.push(Int(result.lastPacketAt &- result.injection.queuedAt))
+    case "query_time": lua.push(Int(clamping: Int64(bitPattern: result.firstPacketAt &- result.injection.queuedAt)))
+    case "response_time": lua.push(Int(clamping: Int64(bitPattern: result.lastPacketAt &- result.injection.queuedAt)))
     case "resultset": lua.push(object: result, metatable: InjectionBinding.resultsetMetatable)
     default: lua.pushNil()
     }
@@ -37,8 +47,9 @@ private let injectionIndex: LuaFunction = { L in
 
 private let resultsetIndex: LuaFunction = { L in
     let lua = Lua(L!)
-    guard let result = lua.object(at: 1, metatable: InjectionBinding.resultsetMetatable, as: InjectionResult.self) else {
-        return lua.raise("not a result set")
+    var misplaced: OutOfPlace?
+    guard let result = injectionResult(lua, at: 1, InjectionBinding.resultsetMetatable, misplaced: &misplaced) else {
+        return lua.raiseWithPosition(misplaced.map { "this result set cannot be used here: \($0)" } ?? "not a result set")
     }
     let key = lua.toString(at: 2) ?? ""
     switch key {
@@ -84,9 +95,10 @@ private let resultsetIndex: LuaFunction = { L in
 /// The iterator `for row in inj.resultset.rows do`: upvalue 2 is the result set, 3 the next packet.
 private let rowsIterator: LuaFunction = { L in
     let lua = Lua(L!)
-    guard let result = lua.object(at: lua.upvalueIndex(2), metatable: InjectionBinding.resultsetMetatable, as: InjectionResult.self),
+    var misplaced: OutOfPlace?
+    guard let result = injectionResult(lua, at: lua.upvalueIndex(2), InjectionBinding.resultsetMetatable, misplaced: &misplaced),
           let index = lua.toInteger(at: lua.upvalueIndex(3))
-    else { return 0 }
+    else { return misplaced.map { lua.raiseWithPosition("these rows cannot be read here: \($0)") } ?? 0 }
     guard let row = result.row(at: index) else { return 0 }
     guard let values = row else { return lua.raiseWithPosition("row-data is invalid") }
     lua.push(index + 1)
@@ -101,9 +113,10 @@ private let rowsIterator: LuaFunction = { L in
 
 private let fieldsIndex: LuaFunction = { L in
     let lua = Lua(L!)
-    guard let result = lua.object(at: 1, metatable: InjectionBinding.fieldsMetatable, as: InjectionResult.self),
+    var misplaced: OutOfPlace?
+    guard let result = injectionResult(lua, at: 1, InjectionBinding.fieldsMetatable, misplaced: &misplaced),
           let columns = result.parsed?.columns
-    else { return lua.raise("not a field list") }
+    else { return lua.raiseWithPosition(misplaced.map { "these fields cannot be used here: \($0)" } ?? "not a field list") }
     guard let i = lua.toInteger(at: 2), i >= 1, i <= columns.count else { lua.pushNil(); return 1 }
     let column = columns[i - 1]
     lua.newTable(recordCapacity: 6)
@@ -118,8 +131,9 @@ private let fieldsIndex: LuaFunction = { L in
 
 private let fieldsLength: LuaFunction = { L in
     let lua = Lua(L!)
-    guard let result = lua.object(at: 1, metatable: InjectionBinding.fieldsMetatable, as: InjectionResult.self) else {
-        return lua.raise("not a field list")
+    var misplaced: OutOfPlace?
+    guard let result = injectionResult(lua, at: 1, InjectionBinding.fieldsMetatable, misplaced: &misplaced) else {
+        return lua.raiseWithPosition(misplaced.map { "these fields cannot be used here: \($0)" } ?? "not a field list")
     }
     lua.push(result.parsed?.columns.count ?? 0)
     return 1

@@ -24,6 +24,9 @@ public final class InjectionResult {
     /// The error code when the response was an ERR (known for streamed results too).
     public var errorCode: UInt16 = 0
     public let capabilities: CapabilityFlags
+    /// The connection whose `read_query_result` got this (set when the hook is called): the only
+    /// one that may use it.
+    weak var owner: ConnectionScript?
 
     public init(injection: Injection, buffered: Bool, capabilities: CapabilityFlags) {
         self.injection = injection

@@ -30,6 +30,10 @@ public final class ScriptEngine: @unchecked Sendable {
         public var config: [String: ScriptValue] = [:]
         /// Largest result an injected query with `resultset_is_needed = true` may buffer.
         public var resultsetBufferLimit: Int = 64 << 20
+        /// The most the Lua state may hold, in bytes (0: no limit), and how long one hook (or a
+        /// connection's run of the script's top level) may take, in seconds (0: no limit).
+        public var memoryLimit: Int = 256 << 20
+        public var timeout: Double = 1
         /// What `chassis.get_stats()` reports: counters by group ("proxy", ...).
         public var statistics: (@Sendable () -> [String: [(String, Int)]])?
         /// What `chassis.set_shutdown()` does; without it the call is logged and ignored.
@@ -82,6 +86,11 @@ public final class ScriptEngine: @unchecked Sendable {
     private(set) var keys = Keys()
     /// The connection `_G.proxy` currently points at (see `makeCurrent`).
     private var currentFieldsRef: Int32 = Lua.noReference
+    /// The connection whose hook (or top-level code) runs now, under the lock; nil between hooks.
+    /// A connection's Lua objects work only while it is the running one: stored in
+    /// `proxy.global` and used from another connection's hook, they raise an error instead of
+    /// reaching a connection on another event loop.
+    private(set) var running: ConnectionScript?
     /// Where the traceback handler sits, at the bottom of the stack for good.
     static let tracebackHandlerIndex: Int32 = 1
 
@@ -89,7 +98,7 @@ public final class ScriptEngine: @unchecked Sendable {
         self.configuration = configuration
         self.backends = backends
         self.logger = logger
-        self.state = LuaState()
+        self.state = LuaState(memoryLimit: configuration.memoryLimit, timeout: configuration.timeout)
         lock.withLock {
             bootstrap()
             _ = refreshLocked()
@@ -104,6 +113,14 @@ public final class ScriptEngine: @unchecked Sendable {
 
     /// Bytes the Lua state holds.
     public var memoryInUse: Int { lock.withLock { state.memoryInUse } }
+
+    /// Changes the state's limits (tests drive the bindings under limits set after start-up).
+    func setLimits(memory: Int? = nil, timeout: Double? = nil) {
+        lock.withLock {
+            if let memory { state.memoryLimit = memory }
+            if let timeout { state.timeout = timeout }
+        }
+    }
 
     /// Runs `body` with the Lua state, under the engine's lock.
     func withLua<R>(_ body: (Lua) throws -> R) rethrows -> R {
@@ -300,6 +317,26 @@ public final class ScriptEngine: @unchecked Sendable {
                 connection.releaseLocked(lua)
                 return .failure(.executeFailed(error.message))
             }
+        }
+    }
+
+    /// Runs `body` with `script` as the running connection.
+    func running<R, E: Error>(_ script: ConnectionScript, _ body: () throws(E) -> R) throws(E) -> R {
+        let outer = running
+        running = script
+        defer { running = outer }
+        return try body()
+    }
+
+    /// What to tell a client whose hook was aborted by the state's limits; nil for other errors.
+    func limitMessage(_ error: LuaError) -> String? {
+        switch error.kind {
+        case .timeLimit:
+            return "it ran for longer than the Lua time limit (\(configuration.timeout) s, --proxy-lua-timeout)"
+        case .memoryLimit:
+            return "it needed more memory than the Lua memory limit allows (\(configuration.memoryLimit) bytes, --proxy-lua-memory-limit)"
+        default:
+            return nil
         }
     }
 

@@ -15,6 +15,12 @@ public enum ScriptResponse: Sendable, Equatable {
 
     /// The packets that answer `command` (nil: the handshake phase), starting at `sequenceID`.
     public func encode(command: CommandCode?, capabilities: CapabilityFlags, sequenceID: UInt8) -> ByteBuffer {
+        encodeChecked(command: command, capabilities: capabilities, sequenceID: sequenceID).bytes
+    }
+
+    /// Like `encode`, and says what is wrong with the response when it cannot be sent (a value a
+    /// binary row cannot carry): the client then gets an ERR naming it, as the script's fault.
+    public func encodeChecked(command: CommandCode?, capabilities: CapabilityFlags, sequenceID: UInt8) -> (bytes: ByteBuffer, problem: String?) {
         var out = ByteBuffer()
         var seq = sequenceID
         switch self {
@@ -33,11 +39,20 @@ public enum ScriptResponse: Sendable, Equatable {
             if command == .fieldList {
                 ResponseEncoding.fieldList(columns: columns, capabilities: capabilities, status: serverStatus, sequenceID: &seq, into: &out)
             } else {
-                ResponseEncoding.resultSet(columns: columns, rows: rows, binary: command == .stmtExecute || command == .stmtFetch || command == .stmtBulkExecute,
-                                           capabilities: capabilities, status: serverStatus, warnings: warnings, sequenceID: &seq, into: &out)
+                do {
+                    try ResponseEncoding.resultSet(columns: columns, rows: rows,
+                                                   binary: command == .stmtExecute || command == .stmtFetch || command == .stmtBulkExecute,
+                                                   capabilities: capabilities, status: serverStatus, warnings: warnings, sequenceID: &seq, into: &out)
+                } catch {
+                    let problem = "proxy.response.resultset cannot be sent in the binary protocol: \(error)"
+                    var err = ByteBuffer()
+                    var first = sequenceID
+                    ResponseEncoding.error(ERRPacket(code: 1105, sqlState: "HY000", message: "(proxy) " + problem), sequenceID: &first, into: &err)
+                    return (err, problem)
+                }
             }
         }
-        return out
+        return (out, nil)
     }
 }
 

@@ -119,9 +119,17 @@ public struct ProxyConfiguration: Sendable {
     public var shutdownGracePeriod: TimeAmount = .seconds(10)
     /// `--event-threads`, default 1 as in MySQL Proxy.
     public var eventThreads: Int = 1
-    /// Largest packet the proxy will assemble in memory where it must see a whole packet
-    /// (handshake, and what scripts ask for). Relayed packets are never assembled.
-    public var maxAssembledPacketSize: Int = 1 << 30
+    /// `--proxy-max-packet-size`: the largest packet the proxy assembles in memory where it must see
+    /// a whole packet (a command on its way to `read_query`, a server packet a script buffers); a
+    /// larger one ends that connection with ER_NET_PACKET_TOO_LARGE before it is buffered. Relayed
+    /// packets are never assembled, whatever their size. Default 64 MiB, at most 1 GiB.
+    public var maxAssembledPacketSize: Int = 64 << 20
+    /// `--proxy-lua-timeout`: how long one hook may run, in seconds (0: no limit). A hook that runs
+    /// longer is aborted and its client gets an ERR; every other client waits at most this long.
+    public var luaTimeout: Double = 1
+    /// `--proxy-lua-memory-limit`: the most the Lua state (all connections' scripts) may hold, in
+    /// bytes (0: no limit). A hook that would go past it is aborted and its client gets an ERR.
+    public var luaMemoryLimit: Int = 256 << 20
     /// `--max-open-files`; 0 leaves the limit alone.
     public var maxOpenFiles: Int = 0
 

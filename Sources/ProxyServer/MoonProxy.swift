@@ -54,6 +54,8 @@ public final class MoonProxy: Sendable {
             script.luaCPath = configuration.luaCPath
             script.libraryDirectory = configuration.luaLibraryDirectory
             script.resultsetBufferLimit = configuration.resultsetBufferLimit
+            script.memoryLimit = configuration.luaMemoryLimit
+            script.timeout = configuration.luaTimeout
             script.config = Self.scriptConfig(configuration)
             script.statistics = { Self.statisticsGroups(statistics, backends) }
             engine = ScriptEngine(configuration: script, backends: backends, logger: logger)
@@ -68,6 +70,8 @@ public final class MoonProxy: Sendable {
             script.luaCPath = configuration.luaCPath
             script.libraryDirectory = configuration.luaLibraryDirectory
             script.config = Self.scriptConfig(configuration)
+            script.memoryLimit = configuration.luaMemoryLimit
+            script.timeout = configuration.luaTimeout
             script.prelude = AdminInterface.prelude(username: admin.username, password: admin.password)
             script.statistics = { Self.statisticsGroups(statistics, backends) }
             var adminLogger = logger
@@ -112,6 +116,9 @@ public final class MoonProxy: Sendable {
             "proxy-write-timeout": seconds(c.writeTimeout),
             "event-threads": .integer(c.eventThreads),
             "resultset-buffer-limit": .integer(c.resultsetBufferLimit),
+            "proxy-lua-timeout": .number(c.luaTimeout),
+            "proxy-lua-memory-limit": .integer(c.luaMemoryLimit),
+            "proxy-max-packet-size": .integer(c.maxAssembledPacketSize),
         ]
         if let script = c.luaScript { config["proxy-lua-script"] = .string(script) }
         if let path = c.luaPath { config["lua-path"] = .string(path) }

@@ -97,6 +97,9 @@ enum MoonProxyMain {
         configuration.luaCPath = options.luaCpath
         configuration.luaLibraryDirectory = Self.luaLibraryDirectory(basedir: basedir)
         if let limit = options.proxyResultsetBufferLimit { configuration.resultsetBufferLimit = limit }
+        if let timeout = options.proxyLuaTimeout { configuration.luaTimeout = timeout }
+        if let limit = options.proxyLuaMemoryLimit.flatMap(Options.byteCount) { configuration.luaMemoryLimit = limit }
+        if let size = options.proxyMaxPacketSize.flatMap(Options.byteCount) { configuration.maxAssembledPacketSize = size }
         configuration.scriptConfig["log-level"] = (options.logLevel ?? .warning).rawValue
         if let basedir { configuration.scriptConfig["basedir"] = basedir }
 

@@ -35,6 +35,18 @@ struct Options: ParsableArguments {
             help: ArgumentHelp("largest result a script may buffer with resultset_is_needed, in bytes (MoonProxy; default: 67108864)", valueName: "bytes"))
     var proxyResultsetBufferLimit: Int?
 
+    @Option(name: .customLong("proxy-lua-timeout"),
+            help: ArgumentHelp("seconds one Lua hook may run before it is aborted and its client gets an error; 0: no limit (MoonProxy; default: 1)", valueName: "seconds"))
+    var proxyLuaTimeout: Double?
+
+    @Option(name: .customLong("proxy-lua-memory-limit"),
+            help: ArgumentHelp("bytes the Lua scripts may hold (K, M, G allowed); a hook that needs more is aborted and its client gets an error; 0: no limit (MoonProxy; default: 256M)", valueName: "bytes"))
+    var proxyLuaMemoryLimit: String?
+
+    @Option(name: .customLong("proxy-max-packet-size"),
+            help: ArgumentHelp("largest packet the proxy assembles where it must see a whole one (a command for read_query, a result a script buffers); larger ones end the connection with error 1153 (K, M, G allowed; MoonProxy; default: 64M, at most 1G)", valueName: "bytes"))
+    var proxyMaxPacketSize: String?
+
     @Flag(name: .customLong("no-proxy"), help: "don't start the proxy-module (default: enabled)")
     var noProxy = false
 
@@ -130,6 +142,16 @@ struct Options: ParsableArguments {
         if let n = eventThreads, n < 1 || n > 1024 { throw ValidationError("--event-threads must be between 1 and 1024") }
         if let n = maxOpenFiles, n < 0 { throw ValidationError("--max-open-files must not be negative") }
         if let n = proxyResultsetBufferLimit, n < 0 { throw ValidationError("--proxy-resultset-buffer-limit must not be negative") }
+        if let t = proxyLuaTimeout, !(t >= 0 && t <= 3600) { throw ValidationError("--proxy-lua-timeout must be a number of seconds from 0 to 3600") }
+        if let text = proxyLuaMemoryLimit {
+            guard let n = Self.byteCount(text), n >= 0 else { throw ValidationError("--proxy-lua-memory-limit takes a number of bytes (K, M and G allowed), not '\(text)'") }
+            if n != 0 && n < 1 << 20 { throw ValidationError("--proxy-lua-memory-limit must be 0 (no limit) or at least 1M") }
+        }
+        if let text = proxyMaxPacketSize {
+            guard let n = Self.byteCount(text), n >= 1024, n <= 1 << 30 else {
+                throw ValidationError("--proxy-max-packet-size takes a number of bytes from 1K to 1G (K, M and G allowed), not '\(text)'")
+            }
+        }
         for (name, value) in [("--proxy-connect-timeout", proxyConnectTimeout), ("--proxy-read-timeout", proxyReadTimeout),
                               ("--proxy-write-timeout", proxyWriteTimeout), ("--proxy-backend-retry-interval", proxyBackendRetryInterval),
                               ("--proxy-shutdown-timeout", proxyShutdownTimeout)] {
@@ -138,6 +160,18 @@ struct Options: ParsableArguments {
         for plugin in pluginList where plugin != "proxy" && plugin != "admin" {
             throw ValidationError("unknown plugin '\(plugin)' (MoonProxy has: proxy, admin)")
         }
+    }
+
+    /// A number of bytes, with an optional K, M or G suffix (powers of 1024).
+    static func byteCount(_ text: String) -> Int? {
+        var digits = text.trimmed
+        var scale = 1
+        if let last = digits.last?.uppercased(), let shift = ["K": 10, "M": 20, "G": 30][last] {
+            scale = 1 << shift
+            digits.removeLast()
+        }
+        guard let n = Int(digits), n >= 0, n <= Int.max / scale else { return nil }
+        return n * scale
     }
 
     var pluginList: [String] {
@@ -152,4 +186,5 @@ extension String {
         while let c = s.last, c == " " || c == "\t" || c == "\r" { s = s.dropLast() }
         return String(s)
     }
+
 }

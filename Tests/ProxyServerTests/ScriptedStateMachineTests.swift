@@ -77,7 +77,7 @@ final class FakeScript: ConnectionScripting {
         var seq = firstSeq
         let column = ColumnDefinition41(schema: "", table: "", orgTable: "", name: "v", orgName: "", characterSet: 33,
                                         columnLength: 10, type: .varString, flags: [], decimals: 0)
-        ResponseEncoding.resultSet(columns: [column], rows: values.map { [$0] }, binary: false, capabilities: capabilities,
+        try! ResponseEncoding.resultSet(columns: [column], rows: values.map { [$0] }, binary: false, capabilities: capabilities,
                                    status: .autocommit, warnings: 0, sequenceID: &seq, into: &out)
         return out
     }

@@ -16,11 +16,40 @@
 
 typedef int (*moon_swift_function)(lua_State *L);
 
-/* Pushes a C closure calling `fn`; `nup` values on the stack become upvalues 2...nup+1 (upvalue 1 holds fn). */
+/* Pushes a C closure calling `fn`; `nup` values on the stack become upvalues 2...nup+1 (upvalue 1
+ * holds fn, in a userdata that Lua code can neither forge nor, with the sandbox, replace). */
 void moon_push_swift_function(lua_State *L, moon_swift_function fn, int nup);
 
-/* A new state whose allocations are counted in *bytes (updated atomically; may be NULL). */
-lua_State *moon_newstate(long long *bytes);
+/*
+ * A state's limits and accounting. Allocations are counted in `bytes`; while Lua code runs inside
+ * moon_pcall (and not while a Swift function runs) an allocation that would take `bytes` past
+ * `memory_limit` fails, which Lua reports as a memory error. A call through moon_pcall that runs
+ * for longer than `timeout_ns` is aborted with an error raised from the count hook (and raised again
+ * at every instruction until it reaches moon_pcall, so that a script's own pcall cannot keep it
+ * alive). `exceeded` tells why the last moon_pcall failed: 0, MOON_LIMIT_MEMORY or MOON_LIMIT_TIME.
+ */
+#define MOON_LIMIT_MEMORY 1
+#define MOON_LIMIT_TIME 2
+
+typedef struct moon_limits {
+    long long bytes;
+    long long memory_limit; /* 0: none */
+    long long timeout_ns;   /* 0: none */
+    long long deadline_ns;  /* while a limited call runs */
+    int enforcing;          /* allocations may fail now */
+    int depth;              /* moon_pcall nesting */
+    int exceeded;
+} moon_limits;
+
+/* A new state using `limits` (owned by the caller, outliving the state), with the count hook set. */
+lua_State *moon_newstate(moon_limits *limits);
+moon_limits *moon_limits_of(lua_State *L);
+
+/* Replaces what a script could use to crash, stop or bypass the proxy: debug.setupvalue on
+ * built-in (C) functions, debug.setmetatable on userdata, debug.getregistry, debug.sethook,
+ * os.exit, os.execute, io.popen, binary chunks in load/loadfile/dofile, __gc metamethods
+ * (finalizers run with hooks off), and xpcall message handlers run after the time limit. */
+int moon_sandbox(lua_State *L);
 
 /* Installs a panic handler that logs the message to stderr before Lua aborts. */
 void moon_set_panic_handler(lua_State *L);
@@ -35,8 +64,10 @@ void moon_push_traceback_handler(lua_State *L);
  * Runs protected; returns a lua status code (the error message is pushed instead on failure). */
 int moon_dump_function(lua_State *L);
 
-/* Thin wrappers for C macros Swift cannot import. */
+/* lua_pcall under the state's limits (see moon_limits). */
 int moon_pcall(lua_State *L, int nargs, int nresults, int msgh);
+
+/* Thin wrappers for C macros Swift cannot import. */
 void moon_pop(lua_State *L, int n);
 int moon_upvalueindex(int i);
 void moon_newtable(lua_State *L);

@@ -33,7 +33,8 @@ enum LuaModules {
     /// Registers every module; `engine` must outlive the Lua state.
     static func install(_ lua: Lua, engine: ScriptEngine) throws(LuaError) {
         try lua.load(glue, name: "=(moonproxy modules)")
-        let enginePointer = Unmanaged.passUnretained(engine).toOpaque()
+        lua.registerMetatable(named: engineMetatable, [])
+        let reference = EngineReference(engine)
 
         lua.newTable()                                  // Swift modules by name
         lua.newTable()
@@ -54,15 +55,15 @@ enum LuaModules {
         lua.newTable()
         for (name, level) in [("log", nil), ("critical", "critical"), ("error", "error"), ("warning", "warning"),
                               ("message", "message"), ("info", "info"), ("debug", "debug")] as [(String, String?)] {
-            lua.push(lightUserdata: enginePointer)
+            lua.push(object: reference, metatable: engineMetatable)
             if let level { lua.push(level) } else { lua.pushNil() }
             lua.push(function: chassisLog, upvalues: 2)
             lua.rawSet(-2, name)
         }
-        lua.push(lightUserdata: enginePointer)
+        lua.push(object: reference, metatable: engineMetatable)
         lua.push(function: chassisStats, upvalues: 1)
         lua.rawSet(-2, "get_stats")
-        lua.push(lightUserdata: enginePointer)
+        lua.push(object: reference, metatable: engineMetatable)
         lua.push(function: chassisSetShutdown, upvalues: 1)
         lua.rawSet(-2, "set_shutdown")
         lua.rawSet(-2, "chassis")
@@ -75,10 +76,19 @@ enum LuaModules {
         try lua.pcall(arguments: 2, results: 0)
     }
 
+    static let engineMetatable = "moonproxy.engine"
+
+    /// The engine, from a function's upvalue 2 (checked: a script cannot put anything else there).
     static func engine(_ lua: Lua) -> ScriptEngine? {
-        guard let pointer = lua.toUserdata(at: lua.upvalueIndex(2)) else { return nil }
-        return Unmanaged<ScriptEngine>.fromOpaque(pointer).takeUnretainedValue()
+        lua.object(at: lua.upvalueIndex(2), metatable: engineMetatable, as: EngineReference.self)?.engine
     }
+}
+
+/// The engine as chassis functions reach it. Not a strong reference: the Lua state holding this
+/// belongs to the engine, and dies with it.
+final class EngineReference {
+    unowned(unsafe) let engine: ScriptEngine
+    init(_ engine: ScriptEngine) { self.engine = engine }
 }
 
 // MARK: mysql.tokenizer

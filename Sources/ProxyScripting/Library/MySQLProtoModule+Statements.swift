@@ -140,7 +140,10 @@ let toStmtExecute: LuaFunction = { L in
             }
             lua.pop()
         }
+        // A prepared statement has at most 65535 parameters (the prepare OK's count is 16 bits):
+        // bounded before the NULL bitmap is allocated.
         let count = try f.integer("num_params") ?? parameters.count
+        guard (0...65535).contains(count) else { throw ProtoError(".num_params = \(count) is out of range (0 to 65535)") }
         let id: UInt32 = try f.integer("stmt_id", default: 0)
         let flags: UInt8 = try f.integer("flags", default: 0)
         let iterations: UInt32 = try f.integer("iteration_count", default: 1)

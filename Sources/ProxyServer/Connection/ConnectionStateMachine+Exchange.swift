@@ -192,7 +192,12 @@ extension ConnectionStateMachine {
             return
         }
         let capabilities = session?.capabilities ?? [.protocol41]
-        out.client(response.encode(command: exchange.command, capabilities: capabilities, sequenceID: nextSequenceToClient))
+        let (bytes, problem) = response.encodeChecked(command: exchange.command, capabilities: capabilities, sequenceID: nextSequenceToClient)
+        if let problem {
+            script?.log(.error, problem)
+            statistics.add(.errorsSentByProxy)
+        }
+        out.client(bytes)
     }
 
     /// Sends the first query of `proxy.queries` to the server, or ends the command when none is left.
