@@ -327,6 +327,13 @@ public struct Lua {
         return LuaError(kind: kind, message: message)
     }
 
+    /// Bytes Lua code may still allocate under the state's memory limit (nil: no limit). A Swift
+    /// function whose output grows with its input sizes it against this before building it.
+    public var memoryHeadroom: Int? {
+        guard let limits = moon_limits_of(L), limits.pointee.memory_limit > 0 else { return nil }
+        return max(0, Int(limits.pointee.memory_limit - limits.pointee.bytes))
+    }
+
     // MARK: errors from Swift functions
 
     /// Pushes `message` as the error to raise; return the result from the Swift function.

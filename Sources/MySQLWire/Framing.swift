@@ -89,13 +89,15 @@ public struct PacketAssembler: Sendable {
 
     /// Whether a logical packet has begun but not ended.
     public var isAssembling: Bool { pending != nil }
+    /// Payload bytes of the packet being assembled so far.
+    public var assembledLength: Int { pending?.readableBytes ?? 0 }
 
     /// Adds one frame; returns the logical packet (with its first frame's sequence id) once complete.
     public mutating func append(_ frame: MySQLFrame) throws(WireError) -> MySQLFrame? {
         if var buffer = self.pending {
             self.pending = nil
             guard buffer.readableBytes + frame.payload.readableBytes <= maximumPacketLength else {
-                throw .invalid("packet longer than \(maximumPacketLength) bytes")
+                throw .tooLarge(limit: maximumPacketLength, sequenceID: frame.sequenceID)
             }
             var payload = frame.payload
             buffer.writeBuffer(&payload)
@@ -107,11 +109,11 @@ public struct PacketAssembler: Sendable {
         }
         if frame.continues {
             guard frame.payload.readableBytes <= maximumPacketLength else {
-                throw .invalid("packet longer than \(maximumPacketLength) bytes")
+                throw .tooLarge(limit: maximumPacketLength, sequenceID: frame.sequenceID)
             }
             self.firstSequenceID = frame.sequenceID
             var copy = ByteBuffer()
-            copy.reserveCapacity(frame.payload.readableBytes * 2)
+            copy.reserveCapacity(frame.payload.readableBytes)  // no more than what arrived
             var payload = frame.payload
             copy.writeBuffer(&payload)
             self.pending = copy

@@ -167,6 +167,11 @@ extension ERRPacket {
     // code such as 2003 or 2013 as "Received malformed packet".
 
     /// The backend connection broke while the client waited for a response.
+    /// ER_NET_PACKET_TOO_LARGE, as a server sends it past max_allowed_packet.
+    public static func packetTooLarge(_ limit: Int) -> ERRPacket {
+        ERRPacket(code: 1153, sqlState: "08S01", message: "Got a packet bigger than 'max_allowed_packet' bytes (MoonProxy's --proxy-max-packet-size is \(limit))")
+    }
+
     public static func lostConnection(_ detail: String = "") -> ERRPacket {
         ERRPacket(code: 1158, sqlState: "08S01",
                   message: "Lost connection to the backend server during query" + (detail.isEmpty ? "" : " (\(detail))"))

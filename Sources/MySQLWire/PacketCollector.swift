@@ -28,8 +28,14 @@ public struct PacketCollector: Sendable {
     private var pending = ByteBuffer()
     private var assembler: PacketAssembler
 
-    public init(maximumPacketLength: Int = 1 << 30) {
+    public init(maximumPacketLength: Int = 64 << 20) {
         assembler = PacketAssembler(maximumPacketLength: maximumPacketLength)
+    }
+
+    /// The largest packet this collector assembles.
+    public var maximumPacketLength: Int {
+        get { assembler.maximumPacketLength }
+        set { assembler.maximumPacketLength = newValue }
     }
 
     /// No partial packet is held.
@@ -63,10 +69,15 @@ public struct PacketCollector: Sendable {
         assembler = PacketAssembler(maximumPacketLength: assembler.maximumPacketLength)
     }
 
-    /// The next whole packet, or nil until more bytes arrive.
+    /// The next whole packet, or nil until more bytes arrive. A packet longer than the maximum is
+    /// refused as soon as a frame header shows it, before its bytes are held.
     public mutating func next() throws(WireError) -> Collected? {
         while true {
             let start = pending.readerIndex
+            if let header = PacketHeader.peek(pending, at: start),
+               assembler.assembledLength + header.payloadLength > assembler.maximumPacketLength {
+                throw .tooLarge(limit: assembler.maximumPacketLength, sequenceID: header.sequenceID)
+            }
             guard let frame = pending.readMySQLFrame() else { break }
             let continuing = assembler.isAssembling
             let firstLength = continuing ? PacketHeader.maxPayloadLength : frame.payload.readableBytes

@@ -6,7 +6,15 @@ import NIOCore
 /// or a quoted string, and a key without a value gets "". Quoted strings, backquoted names and
 /// `--`/`#` comments of the query are skipped, so an `@` inside them is never a hint. Later keys
 /// win over earlier ones.
+///
+/// Bounded whatever the query: at most `maximumCount` hints, keys of at most `maximumKeyLength`
+/// bytes and values of at most `maximumValueLength` (longer ones are left out), so that a query
+/// with a million `@k` costs no more than the query.
 public enum ProxyHints {
+    public static let maximumCount = 64
+    public static let maximumKeyLength = 64
+    public static let maximumValueLength = 1024
+
     /// Parses a COM_QUERY payload (with or without its command byte).
     public static func parse(_ query: ByteBuffer) -> [(key: String, value: String)] {
         query.withUnsafeReadableBytes { parse(bytes: $0) }
@@ -32,7 +40,8 @@ public enum ProxyHints {
                 var end = start
                 while end + 1 < n && !(bytes[end] == UInt8(ascii: "*") && bytes[end + 1] == UInt8(ascii: "/")) { end += 1 }
                 let bodyEnd = end + 1 < n ? end : n
-                hints += parseComment(UnsafeRawBufferPointer(rebasing: bytes[start..<bodyEnd]))
+                parseComment(UnsafeRawBufferPointer(rebasing: bytes[start..<bodyEnd]), into: &hints)
+                if hints.count >= maximumCount { return hints }
                 i = min(n, bodyEnd + 2)
             default:
                 i += 1
@@ -72,37 +81,37 @@ public enum ProxyHints {
 
     private static func isSpace(_ c: UInt8) -> Bool { c == 32 || c == 9 || c == 10 || c == 13 }
 
-    private static func parseComment(_ body: UnsafeRawBufferPointer) -> [(String, String)] {
+    private static func parseComment(_ body: UnsafeRawBufferPointer, into result: inout [(String, String)]) {
         var i = 0
         let n = body.count
         while i < n && isSpace(body[i]) { i += 1 }
-        guard i < n, body[i] == UInt8(ascii: "@") else { return [] }
-        var result: [(String, String)] = []
-        while i < n {
+        guard i < n, body[i] == UInt8(ascii: "@") else { return }
+        while i < n && result.count < maximumCount {
             while i < n && isSpace(body[i]) { i += 1 }
             guard i < n, body[i] == UInt8(ascii: "@") else { break }
             i += 1
             let keyStart = i
             while i < n && !isSpace(body[i]) && body[i] != UInt8(ascii: "@") { i += 1 }
-            let key = String(decoding: UnsafeRawBufferPointer(rebasing: body[keyStart..<i]), as: UTF8.self)
+            let keyRange = keyStart..<i
             while i < n && isSpace(body[i]) { i += 1 }
-            var value = ""
+            var valueRange = i..<i
             if i < n && body[i] != UInt8(ascii: "@") {
                 let q = body[i]
                 if q == UInt8(ascii: "'") || q == UInt8(ascii: "\"") {
                     let valueStart = i + 1
                     var j = valueStart
                     while j < n && body[j] != q { j += 1 }
-                    value = String(decoding: UnsafeRawBufferPointer(rebasing: body[valueStart..<j]), as: UTF8.self)
+                    valueRange = valueStart..<j
                     i = min(n, j + 1)
                 } else {
                     let valueStart = i
                     while i < n && !isSpace(body[i]) { i += 1 }
-                    value = String(decoding: UnsafeRawBufferPointer(rebasing: body[valueStart..<i]), as: UTF8.self)
+                    valueRange = valueStart..<i
                 }
             }
-            if !key.isEmpty { result.append((key, value)) }
+            guard !keyRange.isEmpty, keyRange.count <= maximumKeyLength, valueRange.count <= maximumValueLength else { continue }
+            result.append((String(decoding: UnsafeRawBufferPointer(rebasing: body[keyRange]), as: UTF8.self),
+                           String(decoding: UnsafeRawBufferPointer(rebasing: body[valueRange]), as: UTF8.self)))
         }
-        return result
     }
 }

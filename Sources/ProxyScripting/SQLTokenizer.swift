@@ -88,6 +88,12 @@ public enum SQLTokenizer {
     }
 
     public static func tokenize(_ s: UnsafeRawBufferPointer) -> [Token] {
+        tokenize(s, limit: .max) ?? []
+    }
+
+    /// The tokens of `s`, or nil once there would be more than `limit` (a bound on what a script's
+    /// input may cost).
+    public static func tokenize(_ s: UnsafeRawBufferPointer, limit: Int) -> [Token]? {
         var tokens: [Token] = []
         let n = s.count
         var i = 0
@@ -127,6 +133,7 @@ public enum SQLTokenizer {
         }
 
         while i < n {
+            if tokens.count >= limit { return nil }
             let c = s[i]
             if isSpace(c) { i += 1; continue }
 

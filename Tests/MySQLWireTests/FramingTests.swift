@@ -245,4 +245,21 @@ import Testing
         #expect(scanner.isAtPacketBoundary)
         #expect(scanner.lastSequenceID == 3)
     }
+
+    /// A packet longer than the collector's maximum is refused when its frame header shows it,
+    /// before the frame's bytes are held; a multi-frame one when its next header would pass it.
+    @Test func collectorRefusesPacketsPastItsMaximum() throws {
+        var c = PacketCollector(maximumPacketLength: 100)
+        var chunk = ByteBuffer()
+        chunk.writeBytes([200, 0, 0, 3, 0x03])  // a 200-byte packet, first byte only
+        c.append(chunk)
+        #expect(throws: WireError.tooLarge(limit: 100, sequenceID: 3)) { try c.next() }
+
+        var d = PacketCollector(maximumPacketLength: PacketHeader.maxPayloadLength + 10)
+        var frames = ByteBuffer()
+        var seq: UInt8 = 0
+        frames.writeMySQLPacket(ByteBuffer(repeating: 0x41, count: PacketHeader.maxPayloadLength + 20), sequenceID: &seq)
+        d.append(frames.getSlice(at: 0, length: PacketHeader.size + PacketHeader.maxPayloadLength + PacketHeader.size)!)
+        #expect(throws: WireError.tooLarge(limit: PacketHeader.maxPayloadLength + 10, sequenceID: 1)) { try d.next() }
+    }
 }

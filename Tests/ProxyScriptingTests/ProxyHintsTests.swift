@@ -20,4 +20,12 @@ import Testing
     @Test func noComment() { #expect(hints("SELECT 1").isEmpty) }
     @Test func unterminatedCommentDoesNotTrap() { #expect(hints("SELECT /* @a b") == ["a=b"]) }
     @Test func escapedQuotes() { #expect(hints("SELECT 'it''s /* @no */' /* @yes 1 */") == ["yes=1"]) }
+    /// A million hints cost no more than the query: the first 64 count, overlong keys and values
+    /// are left out.
+    @Test func boundedWhateverTheQuery() {
+        let many = "SELECT /* " + String(repeating: "@k ", count: 1_000_000) + "*/ 1"
+        #expect(ProxyHints.parse(ByteBuffer(string: many)).count == ProxyHints.maximumCount)
+        let long = "SELECT /* @" + String(repeating: "k", count: 65) + " v @ok " + String(repeating: "v", count: 1025) + " @fine yes */ 1"
+        #expect(hints(long) == ["fine=yes"])
+    }
 }

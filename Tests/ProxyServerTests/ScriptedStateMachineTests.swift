@@ -484,6 +484,30 @@ final class FakeScript: ConnectionScripting {
         #expect(m.fromServer.isAtPacketBoundary)
     }
 
+    /// A command read_query would need whole that is larger than --proxy-max-packet-size: ERR 1153
+    /// as the server sends past max_allowed_packet, and the close, before the packet is held.
+    @Test func commandLargerThanTheMaximumPacketSize() throws {
+        for sizes in [[2000], [8, 4000]] {
+            let script = FakeScript(hooks: [.readQuery])
+            var m = ConnectionStateMachine(statistics: ProxyStatistics(), script: script, maxPacketSize: 1024)
+            _ = m.clientConnected()
+            _ = m.backendConnected()
+            _ = m.backendDataReceived(Base.packets([(Base.greeting, 0)]))
+            _ = m.clientDataReceived(Base.packets([(Base.handshakeResponse, 1)]))
+            _ = m.backendDataReceived(Self.ok(seq: 2))
+            let big = Self.query(String(repeating: "x", count: sizes.last!))
+            // in one read, or with only the header and a few bytes in the first
+            let out = Self.output(m.clientDataReceived(sizes.count == 1 ? big : big.getSlice(at: 0, length: sizes[0])!))
+            let frame = try Self.firstFrame(out.toClient)
+            #expect(frame.sequenceID == 1)
+            let err = try ERRPacket(parsing: frame.payload)
+            #expect(err.code == 1153 && err.sqlState == "08S01")
+            #expect(out.close != nil)
+            #expect(out.toBackend == nil)
+            #expect(script.hints.isEmpty)
+        }
+    }
+
     @Test func scriptWithoutReadQueryRelaysTransparently() throws {
         let script = FakeScript(hooks: [.disconnectClient])
         var m = loggedIn(script)

@@ -95,8 +95,14 @@ final class EngineReference {
 
 private let tokenize: LuaFunction = { L in
     let lua = Lua(L!)
-    guard let tokens = lua.withBytes(at: 1, { SQLTokenizer.tokenize($0) }) else {
+    // Each token costs the script well over 64 bytes of Lua memory (a table, its fields, the text):
+    // more than the memory limit leaves room for is refused before it is built.
+    let limit = lua.memoryHeadroom.map { max(1024, $0 / 64) } ?? .max
+    guard let result = lua.withBytes(at: 1, { SQLTokenizer.tokenize($0, limit: limit) }) else {
         return lua.raiseWithPosition("bad argument #1 to 'tokenize' (string expected, got \(lua.typeName(at: 1)))")
+    }
+    guard let tokens = result else {
+        return lua.raiseWithPosition("not enough memory: the query has more tokens than the Lua memory limit leaves room for")
     }
     lua.newTable(arrayCapacity: Int32(clamping: tokens.count))
     for (i, token) in tokens.enumerated() {

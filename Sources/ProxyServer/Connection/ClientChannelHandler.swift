@@ -89,7 +89,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case .success(let script):
             connection.script = script
             scripted = connection
-            machine = ConnectionStateMachine(statistics: shared.statistics, script: connection)
+            machine = ConnectionStateMachine(statistics: shared.statistics, script: connection,
+                                             maxPacketSize: shared.configuration.maxAssembledPacketSize)
             return true
         case .failure(let failure):
             // MySQL Proxy's words, with packet id 0, instead of a greeting

@@ -53,7 +53,8 @@ extension ConnectionStateMachine {
     mutating func exchangeClientData(_ chunk: ByteBuffer) -> Action {
         var out = Output()
         do {
-            if clientCollector.isEmpty, let single = Self.singlePacket(chunk) {
+            if clientCollector.isEmpty, let single = Self.singlePacket(chunk),
+               single.packet.payload.readableBytes <= clientCollector.maximumPacketLength {
                 // the usual case: one whole command in one read, taken as it is
                 try clientPacketReceived(single, &out)
             } else {
@@ -62,6 +63,16 @@ extension ConnectionStateMachine {
                     try clientPacketReceived(c, &out)
                 }
             }
+        } catch .tooLarge(let limit, let sequenceID) {
+            // As the server does past max_allowed_packet: ER_NET_PACKET_TOO_LARGE, then the close,
+            // before more of the packet is held.
+            statistics.add(.clientProtocolErrors)
+            statistics.add(.errorsSentByProxy)
+            queuedCommands.removeAll()
+            clientCollector.reset()
+            out.client(Self.framed(.packetTooLarge(limit), sequenceID: sequenceID &+ 1, protocol41: true))
+            out.close = "the client sent a packet larger than --proxy-max-packet-size (\(limit) bytes), which read_query would need whole"
+            return .send(out)
         } catch {
             statistics.add(.clientProtocolErrors)
             return .abortConnections(reason: "malformed packet from the client: \(error)")
@@ -377,6 +388,14 @@ extension ConnectionStateMachine {
                     try drainQueue(&out)
                 }
             }
+        } catch .tooLarge(let limit, _) where exchange.clientMayTakeError {
+            statistics.add(.errorsSentByProxy)
+            serverCollector.reset()
+            var err = ERRPacket.packetTooLarge(limit)
+            err.message = "(proxy) the server sent a packet larger than the \(limit) bytes MoonProxy assembles for a script (--proxy-max-packet-size)"
+            out.client(Self.framed(err, sequenceID: nextSequenceToClient, protocol41: true))
+            out.close = "the server sent a packet larger than --proxy-max-packet-size (\(limit) bytes) in a response the script takes whole"
+            return .send(out)
         } catch {
             statistics.add(.backendProtocolErrors)
             return .abortConnections(reason: "malformed packet in a scripted exchange: \(error)")

@@ -48,7 +48,15 @@ extension ConnectionStateMachine {
 
     mutating func greetingBytesReceived() -> Action {
         var input = gathered
-        guard let frame = input.readMySQLFrame() else { return .none }
+        guard let frame = input.readMySQLFrame() else {
+            if gathered.readableBytes > 1 << 16 {
+                phase = .closed
+                statistics.add(.backendProtocolErrors)
+                return .sendToClientAndClose(Self.framed(.malformedPacket("the server's greeting is larger than 64 KiB"), sequenceID: 0, protocol41: false),
+                                             reason: "the backend's greeting is larger than 64 KiB")
+            }
+            return .none
+        }
         if frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self) == 0xFF {
             // "Too many connections", "Host ... is blocked": the server's own words, relayed.
             phase = .closed

@@ -116,9 +116,11 @@ struct ConnectionStateMachine {
     var queuedCommands = CircularBuffer<PacketCollector.Collected>()
     static let maximumQueuedCommands = 64
 
-    init(statistics: ProxyStatistics, script: ConnectionScripting? = nil) {
+    init(statistics: ProxyStatistics, script: ConnectionScripting? = nil, maxPacketSize: Int = 64 << 20) {
         self.statistics = statistics
         self.script = script
+        clientCollector.maximumPacketLength = maxPacketSize
+        serverCollector.maximumPacketLength = maxPacketSize
     }
 
     /// Whether the handler should read from the client now: not during a graceful shutdown, which
