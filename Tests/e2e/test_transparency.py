@@ -25,9 +25,14 @@ def query(c, sql, quiet=0.3):
 
 
 def prepare(c, sql):
+    """The statement id, and the prepare response with the id zeroed: MariaDB numbers statements
+    per server thread, and reuses threads, so ids differ between connections."""
     c.command(0x16, sql.encode())
     packets = c.read_all(0.3)
-    return struct.unpack_from("<I", packets[0], 1)[0], packets
+    sid = struct.unpack_from("<I", packets[0], 1)[0]
+    if packets[0][0] == 0:
+        packets[0] = packets[0][:1] + b"\0\0\0\0" + packets[0][5:]
+    return sid, packets
 
 
 # Each shape: a conversation whose server packets are compared, direct vs through the proxy.
@@ -109,20 +114,28 @@ def test_progress_reports_pass_through(proxy):
     """MariaDB's progress reports (ALTER TABLE with progress_report_time=1) reach a client that
     asked for them, within the command's response, and the connection stays in step."""
     c = client(proxy.port)
-    query(c, "CREATE OR REPLACE TABLE moon.big (a INT, b VARCHAR(100)) ENGINE=MyISAM")
-    query(c, "INSERT INTO moon.big SELECT seq, REPEAT('x', 100) FROM seq_1_to_1500000", quiet=3)
-    query(c, "SET progress_report_time=1")
+    c.sock.settimeout(300)
+
+    def ok(sql):
+        c.command(0x03, sql.encode())
+        reply = c.read_packet()
+        assert reply[0] == 0x00, reply
+    ok("CREATE OR REPLACE TABLE moon.big (a INT, b VARCHAR(200)) ENGINE=MyISAM")
+    ok("INSERT INTO moon.big SELECT seq, REPEAT('x', 200) FROM seq_1_to_1500000")
+    ok("SET progress_report_time=1")
+    started = time.time()
     c.command(0x03, b"ALTER TABLE moon.big ENGINE=Aria")
     packets = []
-    c.sock.settimeout(120)
     while True:
         p = c.read_packet()
         packets.append(p)
         if p[:3] != b"\xff\xff\xff":
             break
     assert packets[-1][0] == 0x00, packets[-1]
-    assert len(packets) >= 2, "no progress report arrived (the ALTER was too quick?)"
-    query(c, "DROP TABLE moon.big")
+    if time.time() - started < 1.5 and len(packets) == 1:
+        pytest.skip("the ALTER was too quick for a progress report")
+    assert len(packets) >= 2, "no progress report arrived"
+    ok("DROP TABLE moon.big")
     c.command(0x0E)
     assert c.read_packet()[0] == 0x00
 

@@ -196,7 +196,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             if output.dropBackend { dropBackend() }
             if let bytes = output.toBackend { backend?.writeAndFlush(bytes) }
             if let reason = output.close {
-                log(output.closeIsOrdinary ? .debug : .info, "closing: \(reason)")
+                log(output.closeLevel, "closing: \(reason)")
                 if let bytes = output.toClient { sendAndClose(bytes) } else { closeBoth() }
             } else if let bytes = output.toClient, let context {
                 flushPending = false
@@ -241,10 +241,29 @@ final class ClientChannelHandler: ChannelInboundHandler {
         }
         callDisconnectHook(serverIdle: false)
         backend?.close()
-        context.writeAndFlush(self.wrapOutboundOut(buffer)).assumeIsolated().whenComplete { [self] _ in
-            self.closeBoth()
+        context.writeAndFlush(self.wrapOutboundOut(buffer)).assumeIsolated().whenComplete { [self] result in
+            guard case .success = result, let context = self.context else {
+                self.closeBoth()
+                return
+            }
+            // A lingering close: stop writing, and let the client's own close (or a short grace
+            // period) end the connection. Closing at once while the client still sends (the rest
+            // of a packet that was too large, a pipelined command) would answer it with a reset,
+            // which can destroy the proxy's last packet before the client reads it.
+            context.close(mode: .output).assumeIsolated().whenComplete { [self] halfClosed in
+                guard case .success = halfClosed, let context = self.context else {
+                    self.closeBoth()
+                    return
+                }
+                context.eventLoop.assumeIsolated().scheduleTask(in: Self.lingerTime) { [self] in
+                    self.closeBoth()
+                }
+            }
         }
     }
+
+    /// How long a connection the proxy closes waits for the client to close its side.
+    static let lingerTime = TimeAmount.seconds(2)
 
     /// Closes both sides once what was written to the client has gone out (the server's last words
     /// included); a client that does not read is cut off by the write timeout.

@@ -72,6 +72,7 @@ extension ConnectionStateMachine {
             clientCollector.reset()
             out.client(Self.framed(.packetTooLarge(limit), sequenceID: sequenceID &+ 1, protocol41: true))
             out.close = "the client sent a packet larger than --proxy-max-packet-size (\(limit) bytes), which read_query would need whole"
+            out.closeLevel = .warning
             return .send(out)
         } catch {
             statistics.add(.clientProtocolErrors)
@@ -183,7 +184,7 @@ extension ConnectionStateMachine {
         exchange.sent = 1
         if exchange.command == .quit {
             out.close = "the client quit"
-            out.closeIsOrdinary = true
+            out.closeLevel = .debug
         } else if ResponseShape(command: exchange.command) != .none {
             script?.log(.error, "no server connection for \(exchange.command): the script neither answered it nor picked a backend")
             statistics.add(.errorsSentByProxy)
@@ -395,6 +396,7 @@ extension ConnectionStateMachine {
             err.message = "(proxy) the server sent a packet larger than the \(limit) bytes MoonProxy assembles for a script (--proxy-max-packet-size)"
             out.client(Self.framed(err, sequenceID: nextSequenceToClient, protocol41: true))
             out.close = "the server sent a packet larger than --proxy-max-packet-size (\(limit) bytes) in a response the script takes whole"
+            out.closeLevel = .warning
             return .send(out)
         } catch {
             statistics.add(.backendProtocolErrors)

@@ -1,3 +1,4 @@
+import Logging
 import MySQLWire
 import NIOCore
 import ProxyScripting
@@ -44,10 +45,10 @@ struct ConnectionStateMachine {
         var toBackend: ByteBuffer?
         /// Close the server connection (not the client's): the script answered in its place.
         var dropBackend = false
-        /// Close both sides once the client's bytes are out; the reason is logged at info level,
-        /// or at debug level when the close is an ordinary end.
+        /// Close both sides once the client's bytes are out; the reason is logged at `closeLevel`
+        /// (debug for an ordinary end, warning for a peer's fault).
         var close: String?
-        var closeIsOrdinary = false
+        var closeLevel: Logger.Level = .info
 
         mutating func client(_ bytes: ByteBuffer) {
             if toClient == nil { toClient = bytes } else { var b = bytes; toClient!.writeBuffer(&b) }
