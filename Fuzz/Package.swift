@@ -33,5 +33,22 @@ let package = Package(
             ],
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]
         ),
+        .executableTarget(
+            name: "EncoderFuzzer",
+            dependencies: [
+                .product(name: "MoonProxy", package: root),
+                .product(name: "MySQLWire", package: root),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
+        ),
+        .executableTarget(
+            name: "MachineFuzzer",
+            dependencies: [
+                .product(name: "MoonProxy", package: root),
+            ],
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
+        ),
     ]
 )
