@@ -183,6 +183,20 @@ enum MoonProxyMain {
         let finished = DispatchSemaphore(value: 0)
         let exitCode = NIOLockedValueBox<Int32>(0)
         let switchToUser = options.user
+        // The group exists before the listener is bound, and SIGTERM/SIGINT ask it to shut down
+        // from then on: a signal that comes while the proxy starts (its port already open) must
+        // not kill it with the default action, leaving its pid file behind.
+        let group = ServiceGroup(configuration: .init(
+            services: runProxy ? [.init(service: proxy)] : [.init(service: IdleService())],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        let earlySignals = [SIGTERM, SIGINT].map { number -> DispatchSourceSignal in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { @Sendable in Task { await group.triggerGracefulShutdown() } }
+            source.resume()
+            return source
+        }
         Task.detached {
             defer { finished.signal() }
             do {
@@ -190,28 +204,20 @@ enum MoonProxyMain {
                     try await proxy.start()
                     if !proxyEnabled { logger.notice("the proxy module is not started (--no-proxy or --plugins without proxy)") }
                 } else {
+                    // Nothing to serve: wait for a signal all the same, as MySQL Proxy does.
                     logger.notice("--no-proxy: the proxy module is not started")
                 }
                 if let user = switchToUser {
                     try ProcessControl.switchUser(user)
                 }
-                let group = ServiceGroup(configuration: .init(
-                    services: runProxy ? [.init(service: proxy)] : [],
-                    gracefulShutdownSignals: [.sigterm, .sigint],
-                    logger: logger))
-                if runProxy {
-                    try await group.run()
-                } else {
-                    // Nothing to serve: wait for a signal all the same, as MySQL Proxy does.
-                    let idle = ServiceGroup(configuration: .init(services: [.init(service: IdleService())], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-                    try await idle.run()
-                }
+                try await group.run()
             } catch {
                 logger.critical("\(error)")
                 exitCode.withLockedValue { $0 = 1 }
             }
         }
         finished.wait()
+        withExtendedLifetime(earlySignals) {}
         if let pidFile { ProcessControl.removePIDFile(pidFile) }
         if options.verboseShutdown {
             logger.notice("shutting down normally, exit code is: \(exitCode.withLockedValue { $0 })")

@@ -153,7 +153,14 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func backendDataReceived(_ buffer: ByteBuffer) {
         backendSpoke = true
+        let delivering = backend
         run(machine.backendDataReceived(buffer))
+        if flushPending && backend !== delivering, let context {
+            // The script gave this server connection to the pool (or took another) during the hook:
+            // its read cycle's end will not reach this handler, so what was written goes out now.
+            flushPending = false
+            context.flush()
+        }
     }
 
     func backendReadComplete() {
