@@ -196,6 +196,17 @@ extension ERRPacket {
     public static func packetsOutOfOrder() -> ERRPacket {
         ERRPacket(code: 1156, sqlState: "08S01", message: "Got packets out of order")
     }
+    /// A plaintext login where TLS is required (MariaDB's `require_secure_transport`).
+    public static func secureTransportRequired() -> ERRPacket {
+        ERRPacket(code: 3159, sqlState: "08004", message: "Connections using insecure transport are prohibited while --require_secure_transport=ON.")
+    }
+    /// The TLS link to the server that the login needs could not be made. A client connecting
+    /// directly would report CR_SSL_CONNECTION_ERROR (2026), but that is a client library's code:
+    /// libmariadb takes an ERR packet carrying a code of its own range for a malformed packet. So
+    /// the code is the server's generic one, and the message begins with the client's words.
+    public static func sslConnectionError(_ detail: String) -> ERRPacket {
+        ERRPacket(code: 1105, sqlState: "HY000", message: "SSL connection error: \(detail)")
+    }
     public static func shutdownInProgress() -> ERRPacket {
         ERRPacket(code: 1053, sqlState: "08S01", message: "Server shutdown in progress")
     }

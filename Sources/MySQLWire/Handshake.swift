@@ -120,9 +120,18 @@ public struct HandshakeV10: Hashable, Sendable {
     /// Rewrites the capability fields of a greeting in place, leaving every other byte as the server
     /// sent it, and returns the capabilities as parsed before the change.
     public static func restrictCapabilities(of payload: inout ByteBuffer, to allowed: CapabilityFlags) throws(WireError) -> HandshakeV10 {
+        try rewriteCapabilities(of: &payload) { $0.intersection(allowed) }
+    }
+
+    /// Rewrites the capability fields of a greeting in place to `change(capabilities)` (which may
+    /// add a flag, such as CLIENT_SSL when the proxy offers TLS itself); returns the greeting as
+    /// parsed before the change.
+    public static func rewriteCapabilities(of payload: inout ByteBuffer, _ change: (CapabilityFlags) -> CapabilityFlags) throws(WireError) -> HandshakeV10 {
         var offsets = CapabilityOffsets(lower: 0)
         let greeting = try HandshakeV10(parsing: payload, offsets: &offsets)
-        let caps = greeting.capabilities.intersection(allowed)
+        var caps = change(greeting.capabilities)
+        if offsets.upper == nil { caps = CapabilityFlags(lower: caps.lower32 & 0xFFFF) }
+        if offsets.mariaDBExtended == nil { caps = CapabilityFlags(lower: caps.lower32) }
         let base = payload.readerIndex
         payload.setInteger(UInt16(truncatingIfNeeded: caps.lower32), at: base + offsets.lower, endianness: .little)
         if let upper = offsets.upper {
@@ -174,6 +183,19 @@ public struct HandshakeResponse41: Hashable, Sendable {
 
     /// The fixed part is 32 bytes; a packet of exactly that size with CLIENT_SSL is an SSLRequest.
     public static let fixedLength = 32
+
+    /// The SSLRequest that precedes `response` on a link that turns to TLS: its fixed part
+    /// (capabilities with CLIENT_SSL, maximum packet size, character set, MariaDB's extended
+    /// capabilities) and nothing else.
+    public static func sslRequest(for response: ByteBuffer) throws(WireError) -> ByteBuffer {
+        guard var request = response.getSlice(at: response.readerIndex, length: fixedLength),
+              let lower = request.getInteger(at: request.readerIndex, endianness: .little, as: UInt32.self)
+        else { throw .truncated("handshake response's fixed part") }
+        var copy = ByteBuffer()
+        copy.writeBuffer(&request)
+        copy.setInteger(lower | CapabilityFlags.ssl.lower32, at: copy.readerIndex, endianness: .little)
+        return copy
+    }
 
     public static func isSSLRequest(_ payload: ByteBuffer) -> Bool {
         guard payload.readableBytes == fixedLength,
@@ -265,7 +287,7 @@ public struct HandshakeResponse41: Hashable, Sendable {
     /// Clears, in place, every capability bit of a handshake response (or SSLRequest) outside
     /// `allowed`; returns the capabilities the client asked for.
     @discardableResult
-    public static func restrictCapabilities(of payload: inout ByteBuffer, to allowed: CapabilityFlags) throws(WireError) -> CapabilityFlags {
+    public static func restrictCapabilities(of payload: inout ByteBuffer, to allowed: CapabilityFlags, adding added: CapabilityFlags = []) throws(WireError) -> CapabilityFlags {
         let base = payload.readerIndex
         guard payload.readableBytes >= fixedLength,
               let lower = payload.getInteger(at: base, endianness: .little, as: UInt32.self),
@@ -275,7 +297,7 @@ public struct HandshakeResponse41: Hashable, Sendable {
         if !asked.contains(.longPassword) {
             asked.formUnion(CapabilityFlags(lower: 0, mariaDBExtended: extended))
         }
-        let kept = asked.intersection(allowed)
+        let kept = asked.intersection(allowed).union(added)
         payload.setInteger(kept.lower32, at: base, endianness: .little)
         if !asked.contains(.longPassword) {
             payload.setInteger(kept.mariaDBExtended, at: base + 28, endianness: .little)

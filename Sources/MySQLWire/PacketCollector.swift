@@ -75,6 +75,13 @@ public struct PacketCollector: Sendable {
         return rest
     }
 
+    /// The sequence id of the packet `next()` returns next (its first frame's), once its header
+    /// is here; nil before.
+    public func peekSequence() -> UInt8? {
+        if large != nil || !pieces.isEmpty { return firstSequenceID }
+        return PacketHeader.peek(pending, at: pending.readerIndex)?.sequenceID
+    }
+
     /// Forgets everything held.
     public mutating func reset() {
         pending = ByteBuffer()

@@ -37,6 +37,8 @@ enum ConnectionBinding {
         lua.rawSet(-2, "src")
         ScriptConstants.push(client.dst, lua)
         lua.rawSet(-2, "dst")
+        pushTLS(client.ssl, lua)
+        lua.rawSet(-2, "ssl")
         if let src = client.src {
             // MySQL Proxy 0.6's name, still used by its own example scripts
             lua.setField("address", src.name)
@@ -54,9 +56,18 @@ enum ConnectionBinding {
         lua.rawSet(-2, "src")
         ScriptConstants.push(server.dst, lua)
         lua.rawSet(-2, "dst")
+        pushTLS(server.ssl, lua)
+        lua.rawSet(-2, "ssl")
         if let dst = server.dst {
             lua.setField("address", dst.name)
         }
+    }
+
+    static func pushTLS(_ tls: ScriptTLSInfo?, _ lua: Lua) {
+        guard let tls else { lua.pushNil(); return }
+        lua.newTable(recordCapacity: 2)
+        lua.setField("version", tls.version)
+        if let cipher = tls.cipher { lua.setField("cipher", cipher) }
     }
 }
 

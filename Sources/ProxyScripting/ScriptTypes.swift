@@ -24,7 +24,20 @@ public struct ScriptClientInfo: Sendable {
     public var scrambledPassword: [UInt8] = []
     public var src: ScriptAddress?
     public var dst: ScriptAddress?
+    /// The link's TLS, nil when it is plaintext.
+    public var ssl: ScriptTLSInfo?
     public init() {}
+}
+
+/// `proxy.connection.client.ssl` and `proxy.connection.server.ssl`: the protocol version and
+/// cipher as MariaDB's `Ssl_version` and `Ssl_cipher` name them.
+public struct ScriptTLSInfo: Sendable, Equatable {
+    public var version: String
+    public var cipher: String?
+    public init(version: String, cipher: String?) {
+        self.version = version
+        self.cipher = cipher
+    }
 }
 
 /// `proxy.connection.server`.
@@ -37,6 +50,8 @@ public struct ScriptServerInfo: Sendable {
     public var username: String = ""
     public var src: ScriptAddress?
     public var dst: ScriptAddress?
+    /// The link's TLS, nil when it is plaintext.
+    public var ssl: ScriptTLSInfo?
     public init() {}
 
     /// MySQL Proxy's integer version (5.1.37 is 50137), or 0 when the string does not start with

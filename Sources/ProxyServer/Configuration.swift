@@ -130,6 +130,11 @@ public struct ProxyConfiguration: Sendable {
     /// `--proxy-lua-memory-limit`: the most the Lua state (all connections' scripts) may hold, in
     /// bytes (0: no limit). A hook that would go past it is aborted and its client gets an ERR.
     public var luaMemoryLimit: Int = 256 << 20
+    /// TLS towards clients (`--ssl-cert`, `--ssl-key`, `--ssl-ca`, `--ssl-cipher`, `--tls-version`,
+    /// `--require-secure-transport`, `--skip-ssl`).
+    public var clientTLS = ClientTLSSettings()
+    /// TLS towards backends (`--proxy-backend-ssl`, `--proxy-backend-ssl-ca`, `-cert`, `-key`).
+    public var backendTLS = BackendTLSSettings()
     /// `--max-open-files`; 0 leaves the limit alone.
     public var maxOpenFiles: Int = 0
 

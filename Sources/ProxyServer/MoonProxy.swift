@@ -61,8 +61,18 @@ public final class MoonProxy: Sendable {
             engine = ScriptEngine(configuration: script, backends: backends, logger: logger)
         }
         self.scriptEngine = engine
+        var tls: TLSContexts? = nil
+        var tlsProblem: String? = nil
+        do {
+            tls = try TLSContexts(client: configuration.clientTLS, backend: configuration.backendTLS, logger: logger)
+            if let problem = tls?.backendProblem { tlsProblem = problem }
+        } catch {
+            tlsProblem = "\(error)"
+        }
+        self.tlsProblem = tlsProblem
+        self.tls = tls
         self.context = ProxyContext(configuration: configuration, backends: backends, statistics: statistics,
-                                    connector: connector, logger: logger, scriptEngine: engine)
+                                    connector: connector, logger: logger, scriptEngine: engine, tls: tls)
         if let admin = configuration.admin {
             var script = ScriptEngine.Configuration(scriptPath: admin.luaScript,
                                                     scriptSource: admin.luaScript == nil ? (admin.luaScriptSource ?? AdminInterface.defaultScript) : nil)
@@ -103,6 +113,18 @@ public final class MoonProxy: Sendable {
 
     /// The script every connection runs, if one is configured.
     public let scriptEngine: ScriptEngine?
+    private let tls: TLSContexts?
+    /// Why TLS cannot be set up as configured (`start()` refuses to run then).
+    private let tlsProblem: String?
+
+    /// Reads the TLS certificate and key files again (SIGHUP): new connections use them, existing
+    /// ones keep theirs. When the new files do not work, the old ones stay and the error says why.
+    public func reloadCertificates() throws {
+        guard let tls else { return }
+        if try tls.reload() {
+            logger.notice("TLS certificate and key reloaded from \(configuration.clientTLS.certificatePath ?? "")")
+        }
+    }
 
     /// `proxy.global.config`: the effective options, under MySQL Proxy's names.
     static func scriptConfig(_ c: ProxyConfiguration) -> [String: ScriptValue] {
@@ -153,6 +175,7 @@ public final class MoonProxy: Sendable {
             return !state.started
         }
         guard first else { return }
+        if let tlsProblem { throw TLSSetupError(tlsProblem) }
         if let admin = configuration.admin, let adminContext {
             guard !admin.password.isEmpty, !admin.username.isEmpty else {
                 throw ConfigurationError.adminNeedsCredentials

@@ -14,7 +14,7 @@ enum DefaultsFile {
     /// Long names of options that are switches (no value).
     static let switches: Set<String> = [
         "proxy-skip-profiling", "proxy-fix-bug-25371", "no-proxy", "proxy-pool-no-change-user", "verbose-shutdown",
-        "daemon", "log-use-syslog", "log-backtrace-on-crash", "keepalive", "version",
+        "daemon", "log-use-syslog", "log-backtrace-on-crash", "keepalive", "version", "require-secure-transport", "skip-ssl",
     ]
 
     /// Long names of options that take a value, with their short forms.
@@ -26,6 +26,8 @@ enum DefaultsFile {
         "admin-address": nil, "admin-username": nil, "admin-password": nil, "admin-lua-script": nil,
         "user": nil, "basedir": nil, "pid-file": nil, "plugin-dir": nil, "plugins": nil, "log-level": nil, "log-file": nil,
         "max-open-files": nil, "event-threads": nil, "lua-path": nil, "lua-cpath": nil,
+        "ssl-cert": nil, "ssl-key": nil, "ssl-ca": nil, "ssl-cipher": nil, "tls-version": nil,
+        "proxy-backend-ssl": nil, "proxy-backend-ssl-ca": nil, "proxy-backend-ssl-cert": nil, "proxy-backend-ssl-key": nil,
     ]
 
     /// Parses the `[mysql-proxy]` section into (key, value) pairs in file order.

@@ -100,6 +100,17 @@ enum MoonProxyMain {
         if let timeout = options.proxyLuaTimeout { configuration.luaTimeout = timeout }
         if let limit = options.proxyLuaMemoryLimit.flatMap(Options.byteCount) { configuration.luaMemoryLimit = limit }
         if let size = options.proxyMaxPacketSize.flatMap(Options.byteCount) { configuration.maxAssembledPacketSize = size }
+        configuration.clientTLS.certificatePath = resolve(options.sslCert)
+        configuration.clientTLS.keyPath = resolve(options.sslKey)
+        configuration.clientTLS.caPath = resolve(options.sslCa)
+        configuration.clientTLS.cipher = options.sslCipher
+        if let text = options.tlsVersion, let versions = try? ClientTLSSettings.parseVersions(text) { configuration.clientTLS.versions = versions }
+        configuration.clientTLS.requireSecureTransport = options.requireSecureTransport
+        configuration.clientTLS.disabled = options.skipSsl
+        if let mode = options.proxyBackendSsl.flatMap(BackendTLSSettings.Mode.init(rawValue:)) { configuration.backendTLS.mode = mode }
+        configuration.backendTLS.caPath = resolve(options.proxyBackendSslCa)
+        configuration.backendTLS.certificatePath = resolve(options.proxyBackendSslCert)
+        configuration.backendTLS.keyPath = resolve(options.proxyBackendSslKey)
         configuration.scriptConfig["log-level"] = (options.logLevel ?? .warning).rawValue
         if let basedir { configuration.scriptConfig["basedir"] = basedir }
 
@@ -177,7 +188,14 @@ enum MoonProxyMain {
 
         let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
         signal(SIGHUP, SIG_IGN)
-        hangup.setEventHandler { logOutput.reopen() }
+        hangup.setEventHandler { @Sendable in
+            logOutput.reopen()
+            do {
+                try proxy.reloadCertificates()
+            } catch {
+                logger.error("SIGHUP: keeping the TLS certificate in use: \(error)")
+            }
+        }
         hangup.resume()
 
         let finished = DispatchSemaphore(value: 0)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ProxyServer
 
 /// The log levels MySQL Proxy accepts, from most to least severe.
 enum LogLevelOption: String, ExpressibleByArgument, CaseIterable, Sendable {
@@ -69,6 +70,40 @@ struct Options: ParsableArguments {
     @Option(name: .customLong("proxy-shutdown-timeout"),
             help: ArgumentHelp("seconds a shutdown waits for running commands (MoonProxy; default: 10)", valueName: "seconds"))
     var proxyShutdownTimeout: Double?
+
+    // MARK: TLS (named as MariaDB's server names them: to clients the proxy is the server)
+    @Option(name: .customLong("ssl-cert"), help: ArgumentHelp("PEM certificate (chain) clients see; without it a self-signed one is made at startup (MoonProxy)", valueName: "file"))
+    var sslCert: String?
+
+    @Option(name: .customLong("ssl-key"), help: ArgumentHelp("PEM private key of --ssl-cert (MoonProxy; default: the --ssl-cert file)", valueName: "file"))
+    var sslKey: String?
+
+    @Option(name: .customLong("ssl-ca"), help: ArgumentHelp("PEM CA certificates: clients are asked for a certificate, verified against these (MoonProxy)", valueName: "file"))
+    var sslCa: String?
+
+    @Option(name: .customLong("ssl-cipher"), help: ArgumentHelp("OpenSSL cipher list for TLS 1.2 and earlier (MoonProxy)", valueName: "list"))
+    var sslCipher: String?
+
+    @Option(name: .customLong("tls-version"), help: ArgumentHelp("TLS versions clients may use (MoonProxy; default: TLSv1.2,TLSv1.3)", valueName: "list"))
+    var tlsVersion: String?
+
+    @Flag(name: .customLong("require-secure-transport"), help: "refuse plaintext logins over TCP with error 3159 (MoonProxy)")
+    var requireSecureTransport = false
+
+    @Flag(name: .customLong("skip-ssl"), help: "never offer TLS to clients (MoonProxy; by default TLS is offered when the backend offers it, or always with --ssl-cert)")
+    var skipSsl = false
+
+    @Option(name: .customLong("proxy-backend-ssl"), help: ArgumentHelp("TLS to backends: off, preferred (when the client uses TLS and the server offers it), required, verify-ca, verify-identity (MoonProxy; default: preferred)", valueName: "mode"))
+    var proxyBackendSsl: String?
+
+    @Option(name: .customLong("proxy-backend-ssl-ca"), help: ArgumentHelp("PEM CA certificates backends' certificates are verified against (MoonProxy; default: the system's)", valueName: "file"))
+    var proxyBackendSslCa: String?
+
+    @Option(name: .customLong("proxy-backend-ssl-cert"), help: ArgumentHelp("PEM client certificate the proxy presents to backends (MoonProxy)", valueName: "file"))
+    var proxyBackendSslCert: String?
+
+    @Option(name: .customLong("proxy-backend-ssl-key"), help: ArgumentHelp("PEM private key of --proxy-backend-ssl-cert (MoonProxy)", valueName: "file"))
+    var proxyBackendSslKey: String?
 
     // MARK: admin module
     @Option(name: .customLong("admin-address"), help: ArgumentHelp("listening address:port of the admin-server (default: :4041)", valueName: "host:port"))
@@ -157,6 +192,14 @@ struct Options: ParsableArguments {
                               ("--proxy-shutdown-timeout", proxyShutdownTimeout)] {
             if let v = value, !(v >= 0 && v <= 31_536_000) { throw ValidationError("\(name) must be a number of seconds from 0 to 31536000") }
         }
+        if let mode = proxyBackendSsl, BackendTLSSettings.Mode(rawValue: mode) == nil {
+            throw ValidationError("--proxy-backend-ssl takes off, preferred, required, verify-ca or verify-identity, not '\(mode)'")
+        }
+        if let text = tlsVersion {
+            do { _ = try ClientTLSSettings.parseVersions(text) } catch { throw ValidationError("\(error)") }
+        }
+        if sslKey != nil && sslCert == nil { throw ValidationError("--ssl-key needs --ssl-cert") }
+        if skipSsl && requireSecureTransport { throw ValidationError("--require-secure-transport cannot work with --skip-ssl") }
         for plugin in pluginList where plugin != "proxy" && plugin != "admin" {
             throw ValidationError("unknown plugin '\(plugin)' (MoonProxy has: proxy, admin)")
         }

@@ -110,7 +110,7 @@ final class FakeScript: ConnectionScripting {
         case .closeAfterBackendClosed: return .init(close: "the backend closed")
         case .forwardToClientUnderstoodNot(let b, _): return .init(toClient: b)
         case .abortConnections(let reason): return .init(close: reason)
-        case .connectToBackend: return .init()
+        case .connectToBackend, .startClientTLS: return .init()
         }
     }
 

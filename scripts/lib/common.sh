@@ -30,8 +30,11 @@ ensure_packages() {
 
 ensure_python_packages() {
     local p missing=()
+    local module
     for p in "$@"; do
-        python3 -c "import ${p,,}" 2>/dev/null || missing+=("$p")
+        module=${p,,}
+        [ "$module" = mysql-connector-python ] && module=mysql.connector
+        python3 -c "import $module" 2>/dev/null || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Python packages: ${missing[*]}"
@@ -65,6 +68,28 @@ PY
 # start_mariadb DIR PORT [OPTIONS]: a throwaway MariaDB on 127.0.0.1:PORT with its data, socket and
 # log in DIR, and OPTIONS (newline-separated) added to its [mariadbd] section.
 # Runs as root with --user=root; root@localhost and root@127.0.0.1 have no password.
+# Test certificates, made with openssl: a CA, a server certificate for localhost and 127.0.0.1,
+# a client certificate, and a second CA with its own client certificate (trusted by nobody).
+make_test_certs() {
+    local dir=$1 name cn ca
+    mkdir -p "$dir"
+    (
+        cd "$dir" || exit 1
+        for ca in ca other-ca; do
+            openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=MoonProxy test $ca" \
+                -keyout "$ca-key.pem" -out "$ca.pem" 2>/dev/null || exit 1
+        done
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
+        for name in server:ca server2:ca client:ca other-client:other-ca; do
+            ca=${name#*:}; name=${name%%:*}
+            case $name in server*) cn=localhost;; *) cn=moon-$name;; esac
+            openssl req -newkey rsa:2048 -nodes -subj "/CN=$cn" -keyout "$name-key.pem" -out "$name.csr" 2>/dev/null || exit 1
+            openssl x509 -req -in "$name.csr" -CA "$ca.pem" -CAkey "$ca-key.pem" -CAcreateserial -days 3650 \
+                -extfile san.ext -out "$name.pem" 2>/dev/null || exit 1
+        done
+    )
+}
+
 start_mariadb() {
     local dir=$1 port=$2 extra=${3:-}
     mkdir -p "$dir"

@@ -1,4 +1,6 @@
 import NIOCore
+import NIOSSL
+import NIOTLS
 
 /// The backend side of a proxied connection: passes bytes and events to the client's handler,
 /// which owns the connection's state, and reads from the backend only while the client keeps up.
@@ -46,6 +48,27 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         owner?.backendClosed()
         parkedIn?.parkedConnectionEnded(self)
         context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event as? TLSUserEvent ?? .shutdownCompleted {
+            owner?.backendTLSEstablished(tlsHandler?.tlsVersion)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    // MARK: TLS
+
+    private var tlsHandler: NIOSSLClientHandler?
+
+    /// Writes the SSLRequest in plaintext, then puts a TLS handler between this one and the
+    /// socket: later writes wait in it until its handshake is done.
+    func startTLS(request: ByteBuffer, context sslContext: NIOSSLContext, serverHostname: String?) throws {
+        guard let context else { return }
+        context.writeAndFlush(NIOAny(request), promise: nil)
+        let handler = try NIOSSLClientHandler(context: sslContext, serverHostname: serverHostname)
+        try context.pipeline.syncOperations.addHandler(handler, position: .first)
+        tlsHandler = handler
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

@@ -1,6 +1,8 @@
 import Logging
 import MySQLWire
 import NIOCore
+import NIOSSL
+import NIOTLS
 import ProxyScripting
 
 /// The client side of a proxied connection, and the owner of its state: it feeds the connection's
@@ -27,6 +29,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// The connection's script, when the proxy runs one.
     private var scripted: ScriptedConnection?
     private var disconnectHookCalled = false
+    /// The TLS of the client's link and of the server's, once their handshakes are done.
+    private var clientTLSHandler: NIOSSLServerHandler?
+    private(set) var clientTLS: ScriptTLSInfo?
+    private(set) var backendTLS: ScriptTLSInfo?
 
     // Timeouts are checked by the event loop's sweeper; the hot path only sets these flags.
     private var sweeper: TimeoutSweeper?
@@ -49,6 +55,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
         logger[metadataKey: "conn"] = "\(connectionID)"
         if let clientAddress { logger[metadataKey: "client"] = "\(Self.describe(clientAddress))" }
         if let backendAddress { logger[metadataKey: "backend"] = "\(backendAddress)" }
+        if let clientTLS { logger[metadataKey: "client_tls"] = "\(clientTLS.version)" }
+        if let backendTLS { logger[metadataKey: "backend_tls"] = "\(backendTLS.version)" }
         logger.log(level: level, message())
     }
 
@@ -69,6 +77,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         shared.statistics.add(.connectionsActive)
         connectionID = shared.nextConnectionID()
         clientAddress = context.channel.remoteAddress
+        machine = ConnectionStateMachine(statistics: shared.statistics, tls: tlsPolicy(context))
         log(.debug, "client connected")
         sweeper = shared.sweeper(for: context.eventLoop)
         sweeper?.add(self)
@@ -90,7 +99,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             connection.script = script
             scripted = connection
             machine = ConnectionStateMachine(statistics: shared.statistics, script: connection,
-                                             maxPacketSize: shared.configuration.maxAssembledPacketSize)
+                                             maxPacketSize: shared.configuration.maxAssembledPacketSize, tls: tlsPolicy(context))
             return true
         case .failure(let failure):
             // MySQL Proxy's words, with packet id 0, instead of a greeting
@@ -100,6 +109,17 @@ final class ClientChannelHandler: ChannelInboundHandler {
             sendAndClose(ConnectionStateMachine.framed(err, sequenceID: 0, protocol41: true))
             return false
         }
+    }
+
+    /// What this connection may do with TLS.
+    private func tlsPolicy(_ context: ChannelHandlerContext) -> ConnectionStateMachine.TLSPolicy {
+        var policy = ConnectionStateMachine.TLSPolicy()
+        guard let tls = shared.tls else { return policy }
+        policy.offer = tls.forClients == nil ? .never : tls.client.offer
+        policy.requireSecureTransport = tls.client.requireSecureTransport
+        policy.backend = tls.backendProblem == nil ? tls.backend.mode : .off
+        if case .unixDomainSocket = context.channel.localAddress { policy.localSocket = true }
+        return policy
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -126,8 +146,23 @@ final class ClientChannelHandler: ChannelInboundHandler {
         context.fireChannelWritabilityChanged()
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event as? TLSUserEvent ?? .shutdownCompleted, let handler = clientTLSHandler {
+            clientTLS = handler.tlsVersion.map { ScriptTLSInfo(version: $0.mysqlName, cipher: nil) }
+            scripted?.client.ssl = clientTLS
+            log(.debug, "TLS with the client established")
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        log(.debug, "client connection error: \(error)")
+        if Self.isTLSFailure(error) {
+            // The TLS stack has sent its alert; nothing in MySQL's protocol can follow.
+            shared.statistics.add(.clientProtocolErrors)
+            log(.warning, "closing: TLS with the client failed: \(error)")
+        } else {
+            log(.debug, "client connection error: \(error)")
+        }
         context.close(promise: nil)
     }
 
@@ -179,7 +214,42 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func backendErrorCaught(_ error: Error) {
-        log(.debug, "backend connection error: \(error)")
+        if Self.isTLSFailure(error) {
+            log(.warning, "TLS with the backend failed: \(error)")
+            run(machine.backendTLSFailed(Self.describeTLSError(error)))
+        } else {
+            log(.debug, "backend connection error: \(error)")
+        }
+    }
+
+    /// A TLS error that means the link failed; a peer that closes its socket without TLS's
+    /// close_notify (as MySQL servers and clients do after COM_QUIT) is an ordinary end.
+    static func isTLSFailure(_ error: Error) -> Bool {
+        if let error = error as? NIOSSLError, case .uncleanShutdown = error { return false }
+        return error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError
+    }
+
+    /// A TLS error in few words: BoringSSL's reason (CERTIFICATE_VERIFY_FAILED, ...) without
+    /// the source locations its messages carry.
+    static func describeTLSError(_ error: Error) -> String {
+        let text = "\(error)"
+        var reasons: [Substring] = []
+        var rest = Substring(text)
+        while let range = rest.range(of: "OPENSSL_internal:") {
+            let tail = rest[range.upperBound...]
+            let reason = tail.prefix { $0 != " " && $0 != "]" && $0 != ")" }
+            if !reason.isEmpty && !reasons.contains(reason) { reasons.append(reason) }
+            rest = tail
+        }
+        if !reasons.isEmpty { return reasons.joined(separator: ", ") }
+        if let error = error as? NIOSSLExtraError { return "\(error)" }
+        return String(text.prefix(200))
+    }
+
+    func backendTLSEstablished(_ version: TLSVersion?) {
+        backendTLS = version.map { ScriptTLSInfo(version: $0.mysqlName, cipher: nil) }
+        scripted?.server?.ssl = backendTLS
+        log(.debug, "TLS with the backend established")
     }
 
     // MARK: actions
@@ -199,8 +269,11 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case .forwardToClientUnderstoodNot(let buffer, let warning):
             log(.warning, "\(warning)")
             if let context { Self.forward(buffer, on: context, flushPending: &flushPending) }
+        case .startClientTLS(let leftover):
+            startClientTLS(leftover)
         case .send(let output):
             if output.dropBackend { dropBackend() }
+            if let request = output.backendTLSRequest { startBackendTLS(request) }
             if let bytes = output.toBackend { backend?.writeAndFlush(bytes) }
             if let reason = output.close {
                 log(output.closeLevel, "closing: \(reason)")
@@ -227,6 +300,42 @@ final class ClientChannelHandler: ChannelInboundHandler {
             closeBoth()
         }
         updateClientReading()
+    }
+
+    /// The client asked for TLS: the handshake runs in a handler in front of this one, and the
+    /// bytes that came behind the SSLRequest (the ClientHello) go through it first.
+    private func startClientTLS(_ leftover: ByteBuffer) {
+        guard let context, let sslContext = shared.tls?.forClients else {
+            closeBoth()
+            return
+        }
+        do {
+            let handler = NIOSSLServerHandler(context: sslContext)
+            try context.pipeline.syncOperations.addHandler(handler, position: .first)
+            clientTLSHandler = handler
+        } catch {
+            log(.error, "closing: cannot start TLS with the client: \(error)")
+            closeBoth()
+            return
+        }
+        if leftover.readableBytes > 0 { context.pipeline.syncOperations.fireChannelRead(NIOAny(leftover)) }
+    }
+
+    /// The login's SSLRequest goes to the server in plaintext, and the link turns to TLS; what is
+    /// written next waits in the TLS handler until its handshake is done.
+    private func startBackendTLS(_ request: ByteBuffer) {
+        guard let backend, let tls = shared.tls else { return }
+        do {
+            let sslContext = try tls.forBackend(clientVersion: clientTLSHandler?.tlsVersion)
+            var hostname: String? = nil
+            if case .tcp(let host, _) = backendAddress, (try? SocketAddress(ipAddress: host, port: 0)) == nil {
+                hostname = host  // SNI, and the name verify-identity checks; an IP address is checked against the peer's
+            }
+            try backend.startTLS(request: request, context: sslContext, serverHostname: hostname)
+        } catch {
+            log(.warning, "cannot start TLS with the backend: \(error)")
+            run(machine.backendTLSFailed(Self.describeTLSError(error)))
+        }
     }
 
     /// Writes a chunk that was just read from the other side. A read that did not fill its buffer

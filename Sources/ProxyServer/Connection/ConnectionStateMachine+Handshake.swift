@@ -15,8 +15,10 @@ extension ConnectionStateMachine {
         }
         var greeting = Self.mockGreeting()
         var out = ByteBuffer()
+        let offer = tlsPolicy.offer == .always
         if case .raw(let packets) = response, var first = packets.first,
-           let parsed = try? HandshakeV10.restrictCapabilities(of: &first, to: .scriptable) {
+           let parsed = try? HandshakeV10.rewriteCapabilities(of: &first, { offer ? $0.intersection(.scriptable).union(.ssl) : $0.intersection(.scriptable) }) {
+            clientTLSOffered = offer
             greeting = parsed
             var seq: UInt8 = 0
             out.writeMySQLPacket(first, sequenceID: &seq)
@@ -65,7 +67,14 @@ extension ConnectionStateMachine {
         var payload = frame.payload
         let greeting: HandshakeV10
         do {
-            greeting = try HandshakeV10.restrictCapabilities(of: &payload, to: capabilityMask)
+            let mask = capabilityMask
+            let policy = tlsPolicy.offer
+            var offer = false
+            greeting = try HandshakeV10.rewriteCapabilities(of: &payload) { offered in
+                offer = policy == .always || (policy == .likeBackend && offered.contains(.ssl))
+                return offer ? offered.intersection(mask).union(.ssl) : offered.intersection(mask)
+            }
+            clientTLSOffered = offer
         } catch {
             phase = .closed
             statistics.add(.backendProtocolErrors)
@@ -114,12 +123,40 @@ extension ConnectionStateMachine {
         }
         guard var session else { return refuse(.badHandshake(""), "handshake response without a greeting") }
         if HandshakeResponse41.isSSLRequest(frame.payload) {
-            return refuse(.badHandshake("this proxy does not offer TLS yet; connect without SSL"), "client asked for TLS")
+            guard clientTLSOffered && !clientTLS else {
+                return refuse(.badHandshake(""), clientTLS ? "a second SSLRequest inside TLS" : "the client asked for TLS, which the greeting did not offer")
+            }
+            // The TLS handshake follows on this connection; the client's bytes after the request
+            // are its first, and the handshake response comes inside TLS with the next sequence id.
+            clientTLS = true
+            gathered = ByteBuffer()
+            return .startClientTLS(leftover: input)
+        }
+        if tlsPolicy.requireSecureTransport && !clientTLS && !tlsPolicy.localSocket {
+            phase = .closed
+            statistics.add(.errorsSentByProxy)
+            return .sendToClientAndClose(Self.framed(.secureTransportRequired(), sequenceID: reply, protocol41: true),
+                                         reason: "a plaintext login refused: --require-secure-transport is on")
+        }
+        // The server link is TLS when the policy says so; the response then follows an SSLRequest
+        // of the proxy's and carries sequence id 2 on that link, whatever it carried here.
+        var serverSequence: UInt8 = 1
+        if hasServer {
+            guard let wanted = tlsPolicy.backendWantsTLS(clientUsesTLS: clientTLS, serverOffers: session.greeting.capabilities.contains(.ssl)) else {
+                phase = .closed
+                statistics.add(.errorsSentByProxy)
+                return .sendToClientAndClose(
+                    Self.framed(.sslConnectionError("the backend server does not offer TLS, which --proxy-backend-ssl=\(tlsPolicy.backend.rawValue) requires (MoonProxy)"),
+                                sequenceID: reply, protocol41: true),
+                    reason: "the backend does not offer TLS, which --proxy-backend-ssl=\(tlsPolicy.backend.rawValue) requires")
+            }
+            backendTLS = wanted
+            serverSequence = wanted ? 2 : 1
         }
         var payload = frame.payload
         let response: HandshakeResponse41
         do {
-            let asked = try HandshakeResponse41.restrictCapabilities(of: &payload, to: capabilityMask)
+            let asked = try HandshakeResponse41.restrictCapabilities(of: &payload, to: capabilityMask, adding: backendTLS ? .ssl : [])
             response = try HandshakeResponse41(parsing: payload)
             session.username = response.username
             session.database = response.database
@@ -165,14 +202,60 @@ extension ConnectionStateMachine {
 
         var out = ByteBuffer()
         out.reserveCapacity(payload.readableBytes + 4)
-        var seq = frame.sequenceID
+        var seq = serverSequence
         out.writeMySQLPacket(payload, sequenceID: &seq)
-        tracker.handshakeResponseSent(capabilities: session.capabilities, sequenceID: frame.sequenceID)
+        tracker.handshakeResponseSent(capabilities: session.capabilities, sequenceID: serverSequence)
+        loginShift = frame.sequenceID &- serverSequence
         nextSequenceToClient = reply
         phase = .relaying
-        guard input.readableBytes > 0 else { return .forwardToBackend(out) }
+        var output = Output(toBackend: out)
+        if backendTLS {
+            do {
+                output.backendTLSRequest = Self.framed(MySQLFrame(sequenceID: 1, payload: try HandshakeResponse41.sslRequest(for: payload)))
+            } catch {
+                return refuse(.badHandshake(""), "malformed handshake response: \(error)")
+            }
+        }
+        guard input.readableBytes > 0 else { return output.backendTLSRequest == nil ? .forwardToBackend(out) : .send(output) }
         // A client that does not wait for the verdict: the rest goes like any other bytes.
-        return Self.combine(Output(toBackend: out), then: intercepting ? exchangeClientData(input) : relayFromClient(input))
+        return Self.combine(output, then: clientDataDuringRelay(input))
+    }
+
+    /// The client's answers in the login while its sequence ids differ from the server's (one
+    /// link is TLS, the other not): whole packets, renumbered. A command pipelined behind the
+    /// login, and whatever follows the login, take the usual path.
+    mutating func loginClientData(_ chunk: ByteBuffer) -> Action {
+        clientCollector.append(chunk)
+        var out = Output()
+        do {
+            while loginShift != 0 && tracker.clientPhase == .authentication, let c = clientCollector.peekSequence(), c != 0,
+                  let packet = try clientCollector.next() {
+                _ = try tracker.clientPacketStarted(packet.start)
+                out.backend(Self.framed(packet.packet, sequenceID: packet.packet.sequenceID &- loginShift))
+            }
+        } catch {
+            statistics.add(.clientProtocolErrors)
+            return .abortConnections(reason: "malformed packet from the client during the login: \(error)")
+        }
+        if loginShift != 0 && tracker.clientPhase == .authentication && clientCollector.peekSequence() != 0 {
+            return Self.finish(out)  // the rest of a packet is on its way
+        }
+        guard let rest = clientCollector.takeUnread() else {
+            return .abortConnections(reason: "the client sent a packet of 16 MiB or more during the login")
+        }
+        guard rest.readableBytes > 0 else { return Self.finish(out) }
+        return Self.combine(out, then: intercepting ? exchangeClientData(rest) : relayFromClient(rest))
+    }
+
+    /// The TLS handshake with the server failed while the login waited for it: the client hears
+    /// what a client library reports when its own handshake fails.
+    mutating func backendTLSFailed(_ reason: String) -> Action {
+        guard phase == .relaying, backendTLS, tracker.clientPhase == .authentication else { return .none }
+        phase = .closed
+        statistics.add(.errorsSentByProxy)
+        return .sendToClientAndClose(Self.framed(.sslConnectionError("TLS with the backend server failed: \(reason) (MoonProxy)"),
+                                                 sequenceID: nextSequenceToClient, protocol41: true),
+                                     reason: "TLS with the backend failed: \(reason)")
     }
 
     /// The script let the client in without the server's word: the session goes on without a
@@ -194,32 +277,35 @@ extension ConnectionStateMachine {
         serverCollector.append(chunk)
         var out = Output()
         do {
-            while interceptingAuthResult, let c = try serverCollector.next() {
+            while interceptingAuthResult || loginShift != 0, let c = try serverCollector.next() {
                 let kind = try tracker.serverPacketStarted(c.start)
+                let toClient = loginShift == 0 ? (c.raw ?? Self.framed(c.packet)) : Self.framed(c.packet, sequenceID: c.packet.sequenceID &+ loginShift)
                 guard case .endOfResponse(let end) = kind, end.command == nil else {
-                    out.client(c.raw ?? Self.framed(c.packet))
+                    out.client(toClient)
                     continue
                 }
+                let verdictSequence = c.packet.sequenceID &+ loginShift
                 interceptingAuthResult = false
-                var verdict = c.raw ?? Self.framed(c.packet)
-                if let script {
+                loginShift = 0
+                var verdict = toClient
+                if let script, script.hooks.contains(.readAuthResult) {
                     if end.kind == .ok { script.databaseChanged(to: session?.database ?? "", forClient: false) }
                     script.prepareHook(loggedIn: end.kind == .ok, serverIdle: end.kind == .ok, status: tracker.status)
                     if case .returned(.sendResult(let answer)) = script.readAuthResult(packet: c.packet.payload) {
-                        verdict = answer.encode(command: nil, capabilities: session?.capabilities ?? [.protocol41], sequenceID: c.packet.sequenceID)
+                        verdict = answer.encode(command: nil, capabilities: session?.capabilities ?? [.protocol41], sequenceID: verdictSequence)
                         if case .error = answer, end.kind == .ok { out.close = "read_auth_result refused the login" }
                     }
                     applyServerChange()
                     if script.connectionCloseRequested { out.close = out.close ?? "the script set proxy.connection.connection_close" }
                 }
                 out.client(verdict)
-                nextSequenceToClient = c.packet.sequenceID &+ 1
+                nextSequenceToClient = verdictSequence &+ 1
             }
         } catch {
             statistics.add(.backendProtocolErrors)
             return .abortConnections(reason: "malformed packet from the backend during the login: \(error)")
         }
-        if !interceptingAuthResult {
+        if !interceptingAuthResult && loginShift == 0 {
             // What followed the verdict in the same read (a partial packet too) is read as usual.
             guard let rest = serverCollector.takeUnread() else {
                 return .abortConnections(reason: "the server sent a packet of 16 MiB or more right after its verdict on the login")
@@ -243,7 +329,7 @@ extension ConnectionStateMachine {
     /// proxy writes to the side it is not reading from (`fromServer` tells which side that is)
     /// must go out at once: the flush at the end of a read cycle only covers the other side.
     static func finish(_ output: Output, fromServer: Bool = false) -> Action {
-        if output.close == nil && !output.dropBackend {
+        if output.close == nil && !output.dropBackend && output.backendTLSRequest == nil {
             if output.toClient == nil, let bytes = output.toBackend, !fromServer { return .forwardToBackend(bytes) }
             if output.toBackend == nil, let bytes = output.toClient, fromServer { return .forwardToClient(bytes) }
             if output.toClient == nil && output.toBackend == nil { return .none }
@@ -269,7 +355,8 @@ extension ConnectionStateMachine {
             if let bytes = more.toBackend { out.backend(bytes) }
             out.dropBackend = out.dropBackend || more.dropBackend
             out.close = out.close ?? more.close
-        case .connectToBackend, .sendToClientAndClose, .closeConnections, .abortConnections, .closeAfterBackendClosed,
+            out.backendTLSRequest = out.backendTLSRequest ?? more.backendTLSRequest
+        case .connectToBackend, .startClientTLS, .sendToClientAndClose, .closeConnections, .abortConnections, .closeAfterBackendClosed,
              .forwardToClientUnderstoodNot:
             return action
         }

@@ -58,7 +58,26 @@ struct ConnectionStateMachine {
             if toBackend == nil { toBackend = bytes } else { var b = bytes; toBackend!.writeBuffer(&b) }
         }
 
-        var isEmpty: Bool { toClient == nil && toBackend == nil && !dropBackend && close == nil }
+        /// An SSLRequest to write to the server in plaintext before `toBackend`, after which the
+        /// server link turns to TLS (everything in `toBackend` goes through it).
+        var backendTLSRequest: ByteBuffer?
+
+        var isEmpty: Bool { toClient == nil && toBackend == nil && !dropBackend && close == nil && backendTLSRequest == nil }
+    }
+
+    /// What this connection may do with TLS, from the configuration and the listener.
+    struct TLSPolicy {
+        var offer: ClientTLSSettings.Offer = .never
+        var requireSecureTransport = false
+        var backend = BackendTLSSettings.Mode.off
+        /// The client came through a unix socket, which counts as secure transport.
+        var localSocket = false
+
+        func backendWantsTLS(clientUsesTLS: Bool, serverOffers: Bool) -> Bool? {
+            var settings = BackendTLSSettings()
+            settings.mode = backend
+            return settings.wantsTLS(clientUsesTLS: clientUsesTLS, serverOffers: serverOffers)
+        }
     }
 
     enum Action {
@@ -82,6 +101,9 @@ struct ConnectionStateMachine {
         /// Forward what the server sent although the tracker could not follow it; `warning` says
         /// why (the relay picks up again at the client's next command).
         case forwardToClientUnderstoodNot(ByteBuffer, warning: String)
+        /// The client sent an SSLRequest: run the TLS handshake on its connection, the handshake's
+        /// bytes that came with the request (`leftover`) first.
+        case startClientTLS(leftover: ByteBuffer)
         /// Close both sides because something went wrong where no ERR can be sent (in the middle
         /// of a packet); `reason` is logged as a warning.
         case abortConnections(reason: String)
@@ -117,9 +139,23 @@ struct ConnectionStateMachine {
     var queuedCommands = CircularBuffer<PacketCollector.Collected>()
     static let maximumQueuedCommands = 64
 
-    init(statistics: ProxyStatistics, script: ConnectionScripting? = nil, maxPacketSize: Int = 64 << 20) {
+    // MARK: TLS (see +Handshake)
+
+    let tlsPolicy: TLSPolicy
+    /// The greeting sent to the client offered CLIENT_SSL.
+    var clientTLSOffered = false
+    /// The client's link turned to TLS (after its SSLRequest).
+    var clientTLS = false
+    /// The server's link turned to TLS (after the proxy's SSLRequest).
+    var backendTLS = false
+    /// While the login runs, the client's sequence ids are the server's plus this: the SSLRequest
+    /// takes one packet on a TLS link, so when only one of the two links is TLS they are one apart.
+    var loginShift: UInt8 = 0
+
+    init(statistics: ProxyStatistics, script: ConnectionScripting? = nil, maxPacketSize: Int = 64 << 20, tls: TLSPolicy = TLSPolicy()) {
         self.statistics = statistics
         self.script = script
+        self.tlsPolicy = tls
         clientCollector.maximumPacketLength = maxPacketSize
         serverCollector.maximumPacketLength = maxPacketSize
     }
@@ -261,7 +297,7 @@ struct ConnectionStateMachine {
         switch phase {
         case .relaying:
             var action: Action
-            if interceptingAuthResult {
+            if interceptingAuthResult || loginShift != 0 {
                 action = authResultDataReceived(chunk)
             } else if exchange.active {
                 action = exchangeServerData(chunk)
@@ -308,7 +344,7 @@ struct ConnectionStateMachine {
         statistics.add(.bytesFromClients, chunk.readableBytes)
         switch phase {
         case .relaying:
-            let action = intercepting ? exchangeClientData(chunk) : relayFromClient(chunk)
+            let action = clientDataDuringRelay(chunk)
             switch action {
             case .sendToClientAndClose, .abortConnections, .closeConnections:
                 phase = .closed
@@ -330,6 +366,12 @@ struct ConnectionStateMachine {
             statistics.add(.clientProtocolErrors)
             return .abortConnections(reason: "client sent data before the server's greeting")
         }
+    }
+
+    /// Bytes from the client once its handshake response went on.
+    mutating func clientDataDuringRelay(_ chunk: ByteBuffer) -> Action {
+        if loginShift != 0 && tracker.clientPhase == .authentication { return loginClientData(chunk) }
+        return intercepting ? exchangeClientData(chunk) : relayFromClient(chunk)
     }
 
     // MARK: - helpers

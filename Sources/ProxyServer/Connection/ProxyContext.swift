@@ -13,13 +13,16 @@ final class ProxyContext: Sendable {
     let logger: Logger
     /// The Lua script every connection runs, if one is configured.
     let scriptEngine: ScriptEngine?
+    /// TLS contexts for clients and backends (nil: none, as on the admin interface).
+    let tls: TLSContexts?
     private let lastConnectionID = ManagedAtomic<UInt64>(0)
     private let stopping = ManagedAtomic<Bool>(false)
     private let sweepers = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<TimeoutSweeper>]>([:])
 
     init(configuration: ProxyConfiguration, backends: BackendPool, statistics: ProxyStatistics,
-         connector: BackendConnector, logger: Logger, scriptEngine: ScriptEngine? = nil) {
+         connector: BackendConnector, logger: Logger, scriptEngine: ScriptEngine? = nil, tls: TLSContexts? = nil) {
         self.scriptEngine = scriptEngine
+        self.tls = tls
         self.configuration = configuration
         self.backends = backends
         self.statistics = statistics

@@ -1,0 +1,186 @@
+import Crypto
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOSSL
+import SwiftASN1
+import X509
+
+/// The TLS contexts of one proxy: the one clients handshake with (replaced by `reload()` for new
+/// connections; connections keep the context they started with) and the ones for backends.
+final class TLSContexts: Sendable {
+    let client: ClientTLSSettings
+    let backend: BackendTLSSettings
+    private let serverContext: NIOLockedValueBox<NIOSSLContext?>
+    /// Backend contexts by the highest TLS version they may use (the client's, so that both links
+    /// agree), made on first use.
+    private let backendContexts = NIOLockedValueBox<[String: NIOSSLContext]>([:])
+    /// Why the backend side cannot do TLS (a CA or key file that does not load), if it cannot.
+    let backendProblem: String?
+    /// Whether the certificate clients see was made at startup.
+    let selfSigned: Bool
+
+    init(client: ClientTLSSettings, backend: BackendTLSSettings, logger: Logger) throws {
+        self.client = client
+        self.backend = backend
+        var context: NIOSSLContext? = nil
+        var generated = false
+        if !client.disabled {
+            if client.certificatePath != nil {
+                context = try Self.makeServerContext(client)
+            } else {
+                context = try Self.makeServerContext(client, identity: Self.selfSignedIdentity())
+                generated = true
+                logger.info("TLS for clients: no --ssl-cert given, using a self-signed certificate made at startup")
+            }
+        }
+        serverContext = NIOLockedValueBox(context)
+        selfSigned = generated
+        var problem: String? = nil
+        if backend.mode != .off {
+            do { _ = try Self.makeBackendContext(backend, maximum: nil) } catch { problem = "\(error)" }
+        }
+        backendProblem = problem
+    }
+
+    /// The context for a new client connection's handshake; nil when TLS is off.
+    var forClients: NIOSSLContext? { serverContext.withLockedValue { $0 } }
+
+    /// Reads the certificate and key files again (SIGHUP). On failure the old context stays and
+    /// the error says why.
+    func reload() throws -> Bool {
+        guard !client.disabled, client.certificatePath != nil else { return false }
+        let fresh = try Self.makeServerContext(client)
+        serverContext.withLockedValue { $0 = fresh }
+        return true
+    }
+
+    /// The context for a backend link whose client negotiated `clientVersion` (nil: plaintext client).
+    func forBackend(clientVersion: TLSVersion?) throws -> NIOSSLContext {
+        let key = clientVersion.map { "\($0)" } ?? "any"
+        if let existing = backendContexts.withLockedValue({ $0[key] }) { return existing }
+        let made = try Self.makeBackendContext(backend, maximum: clientVersion)
+        backendContexts.withLockedValue { $0[key] = made }
+        return made
+    }
+
+    // MARK: making contexts
+
+    struct Identity {
+        var chain: [NIOSSLCertificate]
+        var key: NIOSSLPrivateKey
+    }
+
+    static func makeServerContext(_ settings: ClientTLSSettings, identity given: Identity? = nil) throws -> NIOSSLContext {
+        let identity: Identity
+        if let given {
+            identity = given
+        } else {
+            guard let certPath = settings.certificatePath else { throw TLSSetupError("no certificate") }
+            let keyPath = settings.keyPath ?? certPath
+            let chain: [NIOSSLCertificate]
+            do { chain = try NIOSSLCertificate.fromPEMFile(certPath) } catch {
+                throw TLSSetupError("cannot read the certificate '\(certPath)': \(error)")
+            }
+            guard !chain.isEmpty else { throw TLSSetupError("no certificate in '\(certPath)'") }
+            let key: NIOSSLPrivateKey
+            do { key = try NIOSSLPrivateKey(file: keyPath, format: .pem) } catch {
+                throw TLSSetupError("cannot read the private key '\(keyPath)': \(error)")
+            }
+            identity = Identity(chain: chain, key: key)
+        }
+        var config = TLSConfiguration.makeServerConfiguration(certificateChain: identity.chain.map { .certificate($0) },
+                                                              privateKey: .privateKey(identity.key))
+        config.minimumTLSVersion = settings.versions.min(by: { rank($0) < rank($1) }) ?? .tlsv12
+        config.maximumTLSVersion = settings.versions.max(by: { rank($0) < rank($1) })
+        if let cipher = settings.cipher { config.cipherSuites = cipher }
+        if let ca = settings.caPath {
+            guard FileManager.default.isReadableFile(atPath: ca) else { throw TLSSetupError("cannot read the CA file '\(ca)'") }
+            config.trustRoots = .file(ca)
+            config.certificateVerification = .optionalVerification
+            config.sendCANameList = true
+        }
+        do { return try NIOSSLContext(configuration: config) } catch {
+            throw TLSSetupError("the certificate, key or cipher list cannot be used: \(error)")
+        }
+    }
+
+    static func makeBackendContext(_ settings: BackendTLSSettings, maximum: TLSVersion?) throws -> NIOSSLContext {
+        var config = TLSConfiguration.makeClientConfiguration()
+        config.minimumTLSVersion = .tlsv1
+        config.maximumTLSVersion = maximum
+        switch settings.mode {
+        case .off, .preferred, .required: config.certificateVerification = .none
+        case .verifyCA: config.certificateVerification = .noHostnameVerification
+        case .verifyIdentity: config.certificateVerification = .fullVerification
+        }
+        if let ca = settings.caPath {
+            guard FileManager.default.isReadableFile(atPath: ca) else { throw TLSSetupError("cannot read --proxy-backend-ssl-ca '\(ca)'") }
+            config.trustRoots = .file(ca)
+        }
+        if let certPath = settings.certificatePath {
+            do {
+                config.certificateChain = try NIOSSLCertificate.fromPEMFile(certPath).map { .certificate($0) }
+                config.privateKey = .privateKey(try NIOSSLPrivateKey(file: settings.keyPath ?? certPath, format: .pem))
+            } catch {
+                throw TLSSetupError("cannot read the backend client certificate or key: \(error)")
+            }
+        }
+        do { return try NIOSSLContext(configuration: config) } catch {
+            throw TLSSetupError("cannot set up TLS towards backends: \(error)")
+        }
+    }
+
+    static func rank(_ v: TLSVersion) -> Int {
+        switch v {
+        case .tlsv1: return 10
+        case .tlsv11: return 11
+        case .tlsv12: return 12
+        case .tlsv13: return 13
+        }
+    }
+
+    /// A P-256 key and a certificate for it, signed by itself, valid for ten years from yesterday.
+    static func selfSignedIdentity() throws -> Identity {
+        let key = P256.Signing.PrivateKey()
+        let name = try DistinguishedName {
+            CommonName("MoonProxy_Auto_Generated_Server_Certificate")
+        }
+        let now = Date()
+        let certificate = try Certificate(
+            version: .v3,
+            serialNumber: Certificate.SerialNumber(),
+            publicKey: .init(key.publicKey),
+            notValidBefore: now.addingTimeInterval(-86_400),
+            notValidAfter: now.addingTimeInterval(10 * 365 * 86_400),
+            issuer: name,
+            subject: name,
+            signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.notCertificateAuthority)
+                SubjectAlternativeNames([.dnsName("localhost"), .ipAddress(ASN1OctetString(contentBytes: [127, 0, 0, 1]))])
+            },
+            issuerPrivateKey: .init(key))
+        var serializer = DER.Serializer()
+        try serializer.serialize(certificate)
+        return Identity(chain: [try NIOSSLCertificate(bytes: serializer.serializedBytes, format: .der)],
+                        key: try NIOSSLPrivateKey(bytes: Array(key.derRepresentation), format: .der))
+    }
+}
+
+struct TLSSetupError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension TLSVersion {
+    /// The name MariaDB's `Ssl_version` status variable uses.
+    var mysqlName: String {
+        switch self {
+        case .tlsv1: return "TLSv1"
+        case .tlsv11: return "TLSv1.1"
+        case .tlsv12: return "TLSv1.2"
+        case .tlsv13: return "TLSv1.3"
+        }
+    }
+}

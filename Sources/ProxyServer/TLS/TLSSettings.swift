@@ -1,0 +1,90 @@
+import NIOSSL
+
+/// TLS towards clients, where the proxy plays the server. Options are named as MariaDB names its
+/// own (`--ssl-cert`, `--ssl-key`, `--ssl-ca`, `--ssl-cipher`, `--tls-version`,
+/// `--require-secure-transport`, `--skip-ssl`), since to a client the proxy is the server.
+public struct ClientTLSSettings: Sendable {
+    /// When the greeting offers CLIENT_SSL.
+    public enum Offer: Sendable, Equatable {
+        /// Exactly when the backend's greeting offers it, so a client sees what it would see
+        /// directly (the default: a certificate is made at startup for it).
+        case likeBackend
+        /// Always (a certificate was configured).
+        case always
+        /// Never (`--skip-ssl`).
+        case never
+    }
+
+    /// PEM files: the certificate chain and its private key. Without them the proxy makes a
+    /// self-signed certificate at startup, as MariaDB 11.4 does.
+    public var certificatePath: String?
+    public var keyPath: String?
+    /// With a CA, clients are asked for a certificate, which is verified when they send one.
+    public var caPath: String?
+    /// OpenSSL cipher list for TLS 1.2 and earlier (TLS 1.3's suites cannot be chosen).
+    public var cipher: String?
+    /// The protocol versions accepted (`--tls-version=TLSv1.2,TLSv1.3`).
+    public var versions: [TLSVersion] = [.tlsv12, .tlsv13]
+    /// Plaintext logins are refused with ER_SECURE_TRANSPORT_REQUIRED (unix sockets count as secure).
+    public var requireSecureTransport = false
+    /// `--skip-ssl`: never offer TLS.
+    public var disabled = false
+
+    public init() {}
+
+    public var offer: Offer { disabled ? .never : (certificatePath != nil ? .always : .likeBackend) }
+
+    /// Parses MariaDB's `--tls-version` list: `TLSv1.0`, `TLSv1.1`, `TLSv1.2`, `TLSv1.3`, comma-separated.
+    public static func parseVersions(_ text: String) throws(ConfigurationError) -> [TLSVersion] {
+        var versions: [TLSVersion] = []
+        for part in text.split(separator: ",") {
+            let name = part.filter { $0 != " " && $0 != "\t" }.lowercased()
+            switch name {
+            case "tlsv1.0", "tlsv1": versions.append(.tlsv1)
+            case "tlsv1.1": versions.append(.tlsv11)
+            case "tlsv1.2": versions.append(.tlsv12)
+            case "tlsv1.3": versions.append(.tlsv13)
+            case "": continue
+            default: throw .invalidValue(option: "--tls-version", value: text, reason: "known versions are TLSv1.0, TLSv1.1, TLSv1.2 and TLSv1.3")
+            }
+        }
+        guard !versions.isEmpty else { throw .invalidValue(option: "--tls-version", value: text, reason: "no version given") }
+        return versions
+    }
+}
+
+/// TLS towards backends, where the proxy plays the client (`--proxy-backend-ssl` and friends).
+public struct BackendTLSSettings: Sendable {
+    public enum Mode: String, Sendable, CaseIterable {
+        /// Never.
+        case off
+        /// When the client's own link is TLS and the server offers it, so the server sees what it
+        /// would see directly (the default).
+        case preferred
+        /// Always; a server that does not offer TLS is refused. The certificate is not checked.
+        case required
+        /// Always, and the server's certificate must chain to the CA (`--proxy-backend-ssl-ca`,
+        /// else the system's roots).
+        case verifyCA = "verify-ca"
+        /// As verify-ca, and the certificate must name the backend's host.
+        case verifyIdentity = "verify-identity"
+    }
+
+    public var mode: Mode = .preferred
+    public var caPath: String?
+    /// A client certificate and key to present to the server.
+    public var certificatePath: String?
+    public var keyPath: String?
+
+    public init() {}
+
+    /// Whether the link to a server goes through TLS: nil when it must not be made at all (the
+    /// server does not offer TLS and the mode requires it).
+    public func wantsTLS(clientUsesTLS: Bool, serverOffers: Bool) -> Bool? {
+        switch mode {
+        case .off: return false
+        case .preferred: return clientUsesTLS && serverOffers
+        case .required, .verifyCA, .verifyIdentity: return serverOffers ? true : nil
+        }
+    }
+}
