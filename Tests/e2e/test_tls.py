@@ -273,3 +273,41 @@ def test_large_results_stream_through_tls(start_proxy):
         total = sum(len(row[0]) for row in cur)
     assert total == 65536 * 1000
     c.close()
+
+
+@pytest.mark.parametrize("password, accepted", [("secret", True), ("wrong", False)])
+def test_a_password_sent_in_clear_over_tls_goes_on_rsa_encrypted(start_proxy, password, accepted):
+    """caching_sha2_password full authentication: the client sends its password in clear over TLS;
+    the server link is plaintext (the fake server has no TLS), so the proxy does the RSA exchange
+    with the server itself. The fake server decrypts with its private key: a password that came in
+    clear would fail there."""
+    from authserver import AuthServer
+    import mysql.connector
+    server = AuthServer("sha2-full")
+    proxy = start_proxy(f"--ssl-cert={CERT}", f"--ssl-key={KEY}", f"--proxy-backend-addresses=127.0.0.1:{server.port}", backend=False)
+    kw = dict(host="127.0.0.1", port=proxy.port, user="u", password=password, auth_plugin="caching_sha2_password",
+              ssl_verify_cert=False, ssl_disabled=False, connection_timeout=10)
+    if accepted:
+        c = mysql.connector.connect(**kw)
+        c.ping()
+        c.close()
+        assert server.steps == ["key requested", "full"]
+    else:
+        with pytest.raises(mysql.connector.Error) as e:
+            mysql.connector.connect(**kw)
+        assert e.value.errno == 1045
+    # over a plaintext client link the client does the exchange itself, through the proxy
+    server2 = AuthServer("sha2-full")
+    plain = start_proxy("--skip-ssl", f"--proxy-backend-addresses=127.0.0.1:{server2.port}", backend=False)
+    c = pymysql.connect(host="127.0.0.1", port=plain.port, user="u", password="secret", connect_timeout=10)
+    c.close()
+    assert server2.steps == ["key requested", "full"]
+
+
+def test_tls_options_in_a_defaults_file(start_proxy, tmp_path):
+    cnf = tmp_path / "moonproxy.cnf"
+    cnf.write_text(f"[mysql-proxy]\nssl-cert = {CERT}\nssl-key = {KEY}\nproxy-backend-ssl = required\n"
+                   "require-secure-transport = true\n")
+    proxy = start_proxy(f"--defaults-file={cnf}")
+    assert cli(proxy.port, SSL_QUERY, extra=[f"--ssl-ca={CA}", "--ssl-verify-server-cert"]).stdout.strip().startswith("TLSv1.")
+    assert "3159" in cli(proxy.port, tls=False, check=False).stderr

@@ -206,6 +206,9 @@ extension ConnectionStateMachine {
         out.writeMySQLPacket(payload, sequenceID: &seq)
         tracker.handshakeResponseSent(capabilities: session.capabilities, sequenceID: serverSequence)
         loginShift = frame.sequenceID &- serverSequence
+        if clientTLS && hasServer && !backendTLS {
+            secretGuard = SecretGuard(plugin: response.authPluginName ?? "", scramble: Array(session.greeting.authPluginData.prefix(20)))
+        }
         nextSequenceToClient = reply
         phase = .relaying
         var output = Output(toBackend: out)
@@ -231,6 +234,8 @@ extension ConnectionStateMachine {
             while loginShift != 0 && tracker.clientPhase == .authentication, let c = clientCollector.peekSequence(), c != 0,
                   let packet = try clientCollector.next() {
                 _ = try tracker.clientPacketStarted(packet.start)
+                nextSequenceToClient = packet.packet.sequenceID &+ 1
+                guard guardClientLoginPacket(packet.packet, &out) else { continue }
                 out.backend(Self.framed(packet.packet, sequenceID: packet.packet.sequenceID &- loginShift))
             }
         } catch {
@@ -279,6 +284,17 @@ extension ConnectionStateMachine {
         do {
             while interceptingAuthResult || loginShift != 0, let c = try serverCollector.next() {
                 let kind = try tracker.serverPacketStarted(c.start)
+                if secretGuard != nil {
+                    do {
+                        guard try guardServerLoginPacket(c.packet, &out) else { continue }
+                    } catch {
+                        statistics.add(.errorsSentByProxy)
+                        out.client(Self.framed(.sslConnectionError("\(error) (MoonProxy)"), sequenceID: nextSequenceToClient, protocol41: true))
+                        out.close = "caching_sha2_password's RSA exchange with the server failed: \(error)"
+                        out.closeLevel = .warning
+                        return .send(out)
+                    }
+                }
                 let toClient = loginShift == 0 ? (c.raw ?? Self.framed(c.packet)) : Self.framed(c.packet, sequenceID: c.packet.sequenceID &+ loginShift)
                 guard case .endOfResponse(let end) = kind, end.command == nil else {
                     out.client(toClient)
@@ -287,6 +303,7 @@ extension ConnectionStateMachine {
                 let verdictSequence = c.packet.sequenceID &+ loginShift
                 interceptingAuthResult = false
                 loginShift = 0
+                secretGuard = nil
                 var verdict = toClient
                 if let script, script.hooks.contains(.readAuthResult) {
                     if end.kind == .ok { script.databaseChanged(to: session?.database ?? "", forClient: false) }

@@ -151,6 +151,8 @@ struct ConnectionStateMachine {
     /// While the login runs, the client's sequence ids are the server's plus this: the SSLRequest
     /// takes one packet on a TLS link, so when only one of the two links is TLS they are one apart.
     var loginShift: UInt8 = 0
+    /// Set while a login runs with a TLS client link and a plaintext server link (see +Secrets).
+    var secretGuard: SecretGuard?
 
     init(statistics: ProxyStatistics, script: ConnectionScripting? = nil, maxPacketSize: Int = 64 << 20, tls: TLSPolicy = TLSPolicy()) {
         self.statistics = statistics

@@ -1,0 +1,30 @@
+import _CryptoExtras
+import NIOCore
+
+/// caching_sha2_password's full authentication as its client side does it on a plaintext link:
+/// the password (NUL-terminated) XOR the scramble, encrypted with RSA-OAEP (SHA-1) under the public
+/// key the server sent.
+enum CachingSHA2 {
+    static let pluginName = "caching_sha2_password"
+    /// The server's "perform full authentication" (auth more data, 0x04).
+    static let fullAuthenticationRequest: [UInt8] = [0x01, 0x04]
+    /// The client's request for the server's public key.
+    static let publicKeyRequest: [UInt8] = [0x02]
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    static func encryptedPassword(_ password: ByteBuffer, scramble: [UInt8], publicKeyPEM: String) throws -> [UInt8] {
+        guard !scramble.isEmpty else { throw Failure(description: "no scramble to mix the password with") }
+        var bytes = Array(password.readableBytesView)
+        if bytes.last != 0 { bytes.append(0) }
+        for i in bytes.indices { bytes[i] ^= scramble[i % scramble.count] }
+        let key: _RSA.Encryption.PublicKey
+        do { key = try _RSA.Encryption.PublicKey(unsafePEMRepresentation: publicKeyPEM) } catch {
+            throw Failure(description: "the server's public key cannot be read: \(error)")
+        }
+        guard bytes.count <= key.keySizeInBits / 8 - 42 else { throw Failure(description: "the password is too long for the server's RSA key") }
+        return Array(try key.encrypt(bytes, padding: .PKCS1_OAEP))
+    }
+}
