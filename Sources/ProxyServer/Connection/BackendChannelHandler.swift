@@ -71,6 +71,22 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         tlsHandler = handler
     }
 
+    /// The login's OK came: the server's link speaks the compressed protocol from now on; `early`
+    /// is what the server sent behind the OK, decompressed once this read cycle is over.
+    func startCompression(early: ByteBuffer?) {
+        guard let context else { return }
+        let codec = CompressionHandler(role: .client)
+        do {
+            try context.pipeline.syncOperations.addHandler(codec, position: .before(self))
+        } catch {
+            context.fireErrorCaught(error)
+            return
+        }
+        if let early {
+            context.eventLoop.assumeIsolated().execute { codec.receiveEarly(early) }
+        }
+    }
+
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         isWritable = context.channel.isWritable
         owner?.backendWritabilityChanged(isWritable)

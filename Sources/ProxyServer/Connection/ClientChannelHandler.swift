@@ -33,6 +33,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var clientTLSHandler: NIOSSLServerHandler?
     private(set) var clientTLS: ScriptTLSInfo?
     private(set) var backendTLS: ScriptTLSInfo?
+    /// The compression the links speak, once the login negotiated it.
+    private var compression: String?
 
     // Timeouts are checked by the event loop's sweeper; the hot path only sets these flags.
     private var sweeper: TimeoutSweeper?
@@ -57,6 +59,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         if let backendAddress { logger[metadataKey: "backend"] = "\(backendAddress)" }
         if let clientTLS { logger[metadataKey: "client_tls"] = "\(clientTLS.version)" }
         if let backendTLS { logger[metadataKey: "backend_tls"] = "\(backendTLS.version)" }
+        if let compression { logger[metadataKey: "compression"] = "\(compression)" }
         logger.log(level: level, message())
     }
 
@@ -160,6 +163,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
             // The TLS stack has sent its alert; nothing in MySQL's protocol can follow.
             shared.statistics.add(.clientProtocolErrors)
             log(.warning, "closing: TLS with the client failed: \(error)")
+        } else if error is CompressionHandler.Failure {
+            shared.statistics.add(.clientProtocolErrors)
+            log(.warning, "closing: the client's compressed protocol: \(error)")
         } else {
             log(.debug, "client connection error: \(error)")
         }
@@ -274,6 +280,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case .send(let output):
             if output.dropBackend { dropBackend() }
             if let request = output.backendTLSRequest { startBackendTLS(request) }
+            if output.startCompression { backend?.startCompression(early: output.compressedFromServer) }
             if let bytes = output.toBackend { backend?.writeAndFlush(bytes) }
             if let reason = output.close {
                 log(output.closeLevel, "closing: \(reason)")
@@ -282,6 +289,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
                 flushPending = false
                 context.writeAndFlush(NIOAny(bytes), promise: nil)
             }
+            if output.startCompression && output.close == nil { startClientCompression() }
         case .sendToClientAndClose(let buffer, let reason):
             log(.warning, "\(reason)")
             sendAndClose(buffer)
@@ -319,6 +327,18 @@ final class ClientChannelHandler: ChannelInboundHandler {
             return
         }
         if leftover.readableBytes > 0 { context.pipeline.syncOperations.fireChannelRead(NIOAny(leftover)) }
+    }
+
+    /// The login's OK went out: the client's link speaks the compressed protocol from now on.
+    private func startClientCompression() {
+        guard let context else { return }
+        do {
+            try context.pipeline.syncOperations.addHandler(CompressionHandler(role: .server), position: .before(self))
+            compression = "zlib"
+        } catch {
+            log(.error, "closing: cannot start compression: \(error)")
+            closeBoth()
+        }
     }
 
     /// The login's SSLRequest goes to the server in plaintext, and the link turns to TLS; what is

@@ -206,6 +206,7 @@ extension ConnectionStateMachine {
         out.writeMySQLPacket(payload, sequenceID: &seq)
         tracker.handshakeResponseSent(capabilities: session.capabilities, sequenceID: serverSequence)
         loginShift = frame.sequenceID &- serverSequence
+        compressionPending = session.capabilities.contains(.compress)
         if clientTLS && hasServer && !backendTLS {
             secretGuard = SecretGuard(plugin: response.authPluginName ?? "", scramble: Array(session.greeting.authPluginData.prefix(20)))
         }
@@ -271,7 +272,9 @@ extension ConnectionStateMachine {
         intercepting = true
         tracker = .commandPhase(capabilities: session?.capabilities ?? [.protocol41])
         phase = .relaying
-        let out = Output(toClient: answer, dropBackend: drop)
+        var out = Output(toClient: answer, dropBackend: drop)
+        out.startCompression = session?.capabilities.contains(.compress) ?? false
+        compressionPending = false
         guard rest.readableBytes > 0 else { return .send(out) }
         return Self.combine(out, then: exchangeClientData(rest))
     }
@@ -282,7 +285,7 @@ extension ConnectionStateMachine {
         serverCollector.append(chunk)
         var out = Output()
         do {
-            while interceptingAuthResult || loginShift != 0, let c = try serverCollector.next() {
+            while interceptingAuthResult || loginShift != 0 || compressionPending, let c = try serverCollector.next() {
                 let kind = try tracker.serverPacketStarted(c.start)
                 if secretGuard != nil {
                     do {
@@ -304,6 +307,10 @@ extension ConnectionStateMachine {
                 interceptingAuthResult = false
                 loginShift = 0
                 secretGuard = nil
+                if compressionPending {
+                    compressionPending = false
+                    out.startCompression = end.kind == .ok
+                }
                 var verdict = toClient
                 if let script, script.hooks.contains(.readAuthResult) {
                     if end.kind == .ok { script.databaseChanged(to: session?.database ?? "", forClient: false) }
@@ -322,12 +329,15 @@ extension ConnectionStateMachine {
             statistics.add(.backendProtocolErrors)
             return .abortConnections(reason: "malformed packet from the backend during the login: \(error)")
         }
-        if !interceptingAuthResult && loginShift == 0 {
+        if !interceptingAuthResult && loginShift == 0 && !compressionPending {
             // What followed the verdict in the same read (a partial packet too) is read as usual.
             guard let rest = serverCollector.takeUnread() else {
                 return .abortConnections(reason: "the server sent a packet of 16 MiB or more right after its verdict on the login")
             }
-            if rest.readableBytes > 0, case .forwardToClient(let bytes) = relayFromServer(rest) {
+            if out.startCompression {
+                // compressed already: it comes back through the link's decompressor
+                if rest.readableBytes > 0 { out.compressedFromServer = rest }
+            } else if rest.readableBytes > 0, case .forwardToClient(let bytes) = relayFromServer(rest) {
                 out.client(bytes)
             }
             if out.close == nil {
@@ -346,7 +356,7 @@ extension ConnectionStateMachine {
     /// proxy writes to the side it is not reading from (`fromServer` tells which side that is)
     /// must go out at once: the flush at the end of a read cycle only covers the other side.
     static func finish(_ output: Output, fromServer: Bool = false) -> Action {
-        if output.close == nil && !output.dropBackend && output.backendTLSRequest == nil {
+        if output.close == nil && !output.dropBackend && output.backendTLSRequest == nil && !output.startCompression {
             if output.toClient == nil, let bytes = output.toBackend, !fromServer { return .forwardToBackend(bytes) }
             if output.toBackend == nil, let bytes = output.toClient, fromServer { return .forwardToClient(bytes) }
             if output.toClient == nil && output.toBackend == nil { return .none }
@@ -373,6 +383,8 @@ extension ConnectionStateMachine {
             out.dropBackend = out.dropBackend || more.dropBackend
             out.close = out.close ?? more.close
             out.backendTLSRequest = out.backendTLSRequest ?? more.backendTLSRequest
+            out.startCompression = out.startCompression || more.startCompression
+            out.compressedFromServer = out.compressedFromServer ?? more.compressedFromServer
         case .connectToBackend, .startClientTLS, .sendToClientAndClose, .closeConnections, .abortConnections, .closeAfterBackendClosed,
              .forwardToClientUnderstoodNot:
             return action

@@ -61,8 +61,13 @@ struct ConnectionStateMachine {
         /// An SSLRequest to write to the server in plaintext before `toBackend`, after which the
         /// server link turns to TLS (everything in `toBackend` goes through it).
         var backendTLSRequest: ByteBuffer?
+        /// The login that negotiated CLIENT_COMPRESS ended with its OK (in `toClient`, which still
+        /// goes uncompressed): both links speak the compressed protocol from now on.
+        /// `compressedFromServer` is what the server sent behind its OK, already compressed.
+        var startCompression = false
+        var compressedFromServer: ByteBuffer?
 
-        var isEmpty: Bool { toClient == nil && toBackend == nil && !dropBackend && close == nil && backendTLSRequest == nil }
+        var isEmpty: Bool { toClient == nil && toBackend == nil && !dropBackend && close == nil && backendTLSRequest == nil && !startCompression }
     }
 
     /// What this connection may do with TLS, from the configuration and the listener.
@@ -153,6 +158,9 @@ struct ConnectionStateMachine {
     var loginShift: UInt8 = 0
     /// Set while a login runs with a TLS client link and a plaintext server link (see +Secrets).
     var secretGuard: SecretGuard?
+    /// The login negotiated CLIENT_COMPRESS and has no verdict yet: its packets are taken whole
+    /// so that the compressed protocol starts exactly after the OK.
+    var compressionPending = false
 
     init(statistics: ProxyStatistics, script: ConnectionScripting? = nil, maxPacketSize: Int = 64 << 20, tls: TLSPolicy = TLSPolicy()) {
         self.statistics = statistics
@@ -299,7 +307,7 @@ struct ConnectionStateMachine {
         switch phase {
         case .relaying:
             var action: Action
-            if interceptingAuthResult || loginShift != 0 {
+            if interceptingAuthResult || loginShift != 0 || compressionPending {
                 action = authResultDataReceived(chunk)
             } else if exchange.active {
                 action = exchangeServerData(chunk)
