@@ -39,6 +39,7 @@ enum ConnectionBinding {
         lua.rawSet(-2, "dst")
         pushTLS(client.ssl, lua)
         lua.rawSet(-2, "ssl")
+        if let compression = client.compression { lua.setField("compression", compression) }
         if let src = client.src {
             // MySQL Proxy 0.6's name, still used by its own example scripts
             lua.setField("address", src.name)
@@ -58,6 +59,7 @@ enum ConnectionBinding {
         lua.rawSet(-2, "dst")
         pushTLS(server.ssl, lua)
         lua.rawSet(-2, "ssl")
+        if let compression = server.compression { lua.setField("compression", compression) }
         if let dst = server.dst {
             lua.setField("address", dst.name)
         }

@@ -26,6 +26,8 @@ public struct ScriptClientInfo: Sendable {
     public var dst: ScriptAddress?
     /// The link's TLS, nil when it is plaintext.
     public var ssl: ScriptTLSInfo?
+    /// The link's protocol compression ("zlib"), nil without.
+    public var compression: String?
     public init() {}
 }
 
@@ -52,6 +54,8 @@ public struct ScriptServerInfo: Sendable {
     public var dst: ScriptAddress?
     /// The link's TLS, nil when it is plaintext.
     public var ssl: ScriptTLSInfo?
+    /// The link's protocol compression ("zlib"), nil without.
+    public var compression: String?
     public init() {}
 
     /// MySQL Proxy's integer version (5.1.37 is 50137), or 0 when the string does not start with

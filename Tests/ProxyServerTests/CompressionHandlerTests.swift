@@ -1,3 +1,4 @@
+import MySQLWire
 import NIOCore
 import NIOEmbedded
 import Testing
@@ -27,10 +28,13 @@ import Testing
     @Test func roundTripsLargeAndSplitInput() throws {
         let client = try channel(.client)
         let server = try channel(.server)
-        // a 20 MB command: two compressed frames, numbered 0 and 1
+        // a 20 MB command: two MySQL frames, in compressed frames cut at packet boundaries
+        var payload = ByteBuffer()
+        payload.writeInteger(UInt8(0x03))
+        payload.writeRepeatingByte(UInt8(ascii: "a"), count: 20_000_000)
         var command = ByteBuffer()
-        command.writeBytes([0xFF, 0xFF, 0xFF, 0x00, 0x03])
-        command.writeRepeatingByte(UInt8(ascii: "a"), count: 20_000_000)
+        var seq: UInt8 = 0
+        command.writeMySQLPacket(payload, sequenceID: &seq)  // two MySQL frames
         try client.writeOutbound(command)
         let compressed = try #require(try client.readOutbound(as: ByteBuffer.self))
         #expect(compressed.readableBytes < 200_000)
@@ -43,10 +47,11 @@ import Testing
             while var part = try server.readInbound(as: ByteBuffer.self) { received.writeBuffer(&part) }
         }
         #expect(received == command)
-        // the server's reply continues the numbering: the last frame it read was 1
+        // the server's reply continues the numbering: the first MySQL frame (16 MiB + 3 bytes) took
+        // compressed frames 0 and 1, the second one frame 2
         try server.writeOutbound(ByteBuffer(bytes: [0x07, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00]))
         let reply = try #require(try server.readOutbound(as: ByteBuffer.self))
-        #expect(reply.getInteger(at: 3, as: UInt8.self) == 2)
+        #expect(reply.getInteger(at: 3, as: UInt8.self) == 3)
     }
 
     @Test func corruptFramesAreAnErrorNotACrash() throws {

@@ -302,13 +302,14 @@ def test_garbage_instead_of_handshake_response(proxy):
     assert_still_serving(proxy)
 
 
-def test_ssl_request_is_refused(proxy):
-    s = socket.create_connection(("127.0.0.1", proxy.port))
+def test_ssl_request_the_greeting_did_not_invite_is_refused(start_proxy):
+    proxy = start_proxy("--skip-ssl")
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
     s.recv(4096)
     caps = (1 << 9) | (1 << 11) | (1 << 15)
     s.sendall(struct.pack("<I", 32)[:3] + b"\x01" + struct.pack("<IIB", caps, 1 << 24, 33) + b"\0" * 23)
     data = s.recv(4096)
-    assert data[4] == 0xFF and b"TLS" in data
+    assert data[4] == 0xFF and struct.unpack_from("<H", data, 5)[0] == 1043
     s.close()
 
 

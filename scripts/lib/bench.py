@@ -8,6 +8,7 @@ so the ratios matter, not the absolute rates.
 import argparse
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -105,11 +106,26 @@ def start_moonproxy(binary, backend_port, threads, name="moonproxy", extra=()):
     return Target(name, port, proc.pid, lambda: (proc.send_signal(signal.SIGTERM), proc.wait()))
 
 
+CERTS = None  # set by main: the test certificates, for the TLS workloads
+
+
+def sysbench_tls_dir():
+    """sysbench 1.0 with --mysql-ssl=on loads client-key.pem, client-cert.pem and cacert.pem from
+    its working directory and verifies the server against that CA."""
+    d = Path(CERTS) / "sysbench"
+    d.mkdir(exist_ok=True)
+    for src, dst in (("client.pem", "client-cert.pem"), ("client-key.pem", "client-key.pem"), ("ca.pem", "cacert.pem")):
+        shutil.copy(Path(CERTS) / src, d / dst)
+    return d
+
+
 def sysbench(args, port, seconds, threads, script=None):
+    tls = "--mysql-ssl=on" in args
     cmd = ["sysbench", script or args[0], "--mysql-host=127.0.0.1", f"--mysql-port={port}", "--mysql-user=root",
            "--mysql-db=sbtest", "--tables=4", "--table-size=50000", f"--threads={threads}", f"--time={seconds}",
            "--percentile=95", *args[1:], "run"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120,
+                         cwd=sysbench_tls_dir() if tls else None).stdout
     queries = re.search(r"queries:\s+(\d+)\s+\(([\d.]+) per sec", out)
     events = re.search(r"transactions:\s+(\d+)\s+\(([\d.]+) per sec", out)
     p95 = re.search(r"95th percentile:\s+([\d.]+)", out)
@@ -120,10 +136,11 @@ def sysbench(args, port, seconds, threads, script=None):
     return {"count": count, "rate": rate, "p95": float(p95.group(1)), "errors": int(errors.group(1)) if errors else 0}
 
 
-def stream(port, mib):
+def stream(port, mib, tls=False):
     rows = mib * 1024
-    cmd = ["mariadb", "-h127.0.0.1", f"-P{port}", "-uroot", "--quick", "--batch", "--skip-column-names",
-           "-e", f"SELECT REPEAT('x', 1020) FROM seq_1_to_{rows}", "sbtest"]
+    cmd = ["mariadb", "-h127.0.0.1", f"-P{port}", "-uroot", "--quick", "--batch", "--skip-column-names"]
+    cmd += ["--ssl", f"--ssl-ca={Path(CERTS) / 'ca.pem'}", "--ssl-verify-server-cert"] if tls else ["--skip-ssl"]
+    cmd += ["-e", f"SELECT REPEAT('x', 1020) FROM seq_1_to_{rows}", "sbtest"]
     started = time.time()
     with open(os.devnull, "wb") as null:
         subprocess.run(cmd, stdout=null, check=True, timeout=600)
@@ -137,6 +154,10 @@ WORKLOADS = {
     "read_only": ("queries/s", lambda port, a: sysbench(["oltp_read_only", "--db-ps-mode=disable"], port, a.seconds, a.threads)),
     "connect_storm": ("connects/s", lambda port, a: sysbench(["connect_storm"], port, a.seconds, a.threads, script=str(HERE / "connect_storm.lua"))),
     "stream_256mb": ("MiB/s", lambda port, a: stream(port, 256)),
+    # TLS from the client to the proxy and from the proxy to the server (HAProxy forwards the
+    # client's own TLS to the server; direct is TLS to MariaDB)
+    "point_select_tls": ("queries/s", lambda port, a: sysbench(["oltp_point_select", "--db-ps-mode=disable", "--mysql-ssl=on"], port, a.seconds, a.threads)),
+    "stream_256mb_tls": ("MiB/s", lambda port, a: stream(port, 256, tls=True)),
 }
 
 
@@ -145,6 +166,7 @@ def main():
     ap.add_argument("--mariadb-port", type=int, required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--moonproxy", required=True)
+    ap.add_argument("--certs", help="directory of make_test_certs (MariaDB runs with its server certificate)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=8)
@@ -157,6 +179,11 @@ def main():
     a = ap.parse_args()
     workdir = Path(a.workdir)
     workloads = [w for w in a.workloads.split(",") if w]
+    global CERTS
+    CERTS = a.certs
+    if not CERTS:
+        workloads = [w for w in workloads if not w.endswith("_tls")]
+    tls_args = [f"--ssl-cert={Path(CERTS) / 'server.pem'}", f"--ssl-key={Path(CERTS) / 'server-key.pem'}"] if CERTS else []
 
     print("preparing sysbench tables ...", file=sys.stderr)
     subprocess.run(["mariadb", "-h127.0.0.1", f"-P{a.mariadb_port}", "-uroot", "-e", "CREATE DATABASE IF NOT EXISTS sbtest"], check=True)
@@ -165,13 +192,13 @@ def main():
 
     targets = [Target("direct", a.mariadb_port),
                start_haproxy(workdir, a.mariadb_port, a.proxy_threads),
-               start_moonproxy(a.moonproxy, a.mariadb_port, a.proxy_threads)]
+               start_moonproxy(a.moonproxy, a.mariadb_port, a.proxy_threads, extra=tls_args)]
     if not a.no_script_targets:
         a.extra_moonproxy = [f"moon+empty=--proxy-lua-script={HERE / 'bench_empty.lua'}",
                              f"moon+append=--proxy-lua-script={HERE / 'bench_append.lua'}"] + a.extra_moonproxy
     for spec in a.extra_moonproxy:
         name, _, args = spec.partition("=")
-        targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, a.proxy_threads, name=name, extra=args.split()))
+        targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, a.proxy_threads, name=name, extra=tls_args + args.split()))
 
     results = {w: {t.name: [] for t in targets} for w in workloads}
     try:
@@ -206,6 +233,7 @@ def main():
     def med(values):
         return statistics.median(values) if values else float("nan")
 
+    cpu_by_workload = {}
     print()
     print(f"MoonProxy benchmark: {a.rounds} rounds x {a.seconds}s, {a.threads} client threads, "
           f"{a.proxy_threads} proxy thread(s), {os.cpu_count()} CPUs; medians over rounds")
@@ -233,8 +261,13 @@ def main():
                 continue
             rate, cpu = summary[t.name]
             versus_plain = f"  CPU/moonproxy {cpu / plain_cpu:5.2f}" if t.name != "moonproxy" and plain_cpu else ""
+            plain_w = w[:-len("_tls")] if w.endswith("_tls") else None
+            versus_tls = ""
+            if plain_w in cpu_by_workload and cpu_by_workload[plain_w].get(t.name):
+                versus_tls = f"  CPU TLS/plaintext {cpu / cpu_by_workload[plain_w][t.name]:5.2f}"
             print(f"{'':20} {t.name + ' ratios':14} rate/haproxy {rate / base_rate:5.2f}  rate/direct {rate / direct_rate:5.2f}  "
-                  f"CPU/haproxy {cpu / base_cpu if base_cpu else float('nan'):5.2f}{versus_plain}")
+                  f"CPU/haproxy {cpu / base_cpu if base_cpu else float('nan'):5.2f}{versus_plain}{versus_tls}")
+        cpu_by_workload[w] = {name: c for name, (_, c) in summary.items()}
 
 
 if __name__ == "__main__":

@@ -43,8 +43,29 @@ final class CompressionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.role = role
     }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    /// zlib's streams are set up once and reset after each frame (deflateReset, inflateReset):
+    /// setting one up costs hundreds of KiB of allocations.
+    private var streamsStarted = false
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        do {
+            try compressor.startStream()
+            try decompressor.startStream()
+            streamsStarted = true
+        } catch {
+            context.fireErrorCaught(error)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        if streamsStarted {
+            streamsStarted = false
+            try? compressor.finishStream()
+            try? decompressor.finishStream()
+        }
+    }
 
     // MARK: inbound
 
@@ -61,18 +82,58 @@ final class CompressionHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func receive(_ chunk: ByteBuffer, context: ChannelHandlerContext) {
         if inbound.readableBytes == 0 { inbound = chunk } else { var c = chunk; inbound.writeBuffer(&c) }
+        deliver(context: context)
+    }
+
+    /// Inflates and passes on the frames that are complete, a batch at a time, for as long as the
+    /// channel reads (the proxy switches autoRead off while the other side does not keep up): a
+    /// read of 1 MiB of well-compressed rows inflates to a hundred times that, which must not be
+    /// made at once. The rest waits for the next read request.
+    @discardableResult
+    private func deliver(context: ChannelHandlerContext) -> Bool {
         var plain: ByteBuffer? = nil
+        var delivered = false
         do {
             while let frame = try nextFrame() {
                 if plain == nil { plain = frame } else { var f = frame; plain!.writeBuffer(&f) }
+                if plain!.readableBytes >= Self.deliveryBatch {
+                    context.fireChannelRead(wrapInboundOut(plain!))
+                    plain = nil
+                    delivered = true
+                    if !reading(context) { break }
+                }
             }
         } catch {
             inbound.clear()
             context.fireErrorCaught(error)
-            return
+            return delivered
         }
         if inbound.readableBytes == 0 { inbound = ByteBuffer() } else if inbound.readerIndex > 1 << 16 { inbound.discardReadBytes() }
-        if let plain { context.fireChannelRead(wrapInboundOut(plain)) }
+        if let plain {
+            context.fireChannelRead(wrapInboundOut(plain))
+            delivered = true
+        }
+        return delivered
+    }
+
+    static let deliveryBatch = 64 * 1024
+
+    private func reading(_ context: ChannelHandlerContext) -> Bool {
+        (try? context.channel.syncOptions?.getOption(.autoRead)) ?? true
+    }
+
+    /// A read request (reads resumed): frames already here go first.
+    func read(context: ChannelHandlerContext) {
+        if hasCompleteFrame, deliver(context: context) {
+            context.fireChannelReadComplete()
+            if hasCompleteFrame { return }  // paused again before all were out
+        }
+        context.read()
+    }
+
+    private var hasCompleteFrame: Bool {
+        guard inbound.readableBytes >= Self.headerSize, let length = inbound.getUInt24(at: inbound.readerIndex) else { return false }
+        return inbound.readableBytes >= Self.headerSize + length
     }
 
     private func nextFrame() throws -> ByteBuffer? {
@@ -91,7 +152,8 @@ final class CompressionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var out = ByteBuffer()
         out.reserveCapacity(plainLength)
         do {
-            try decompressor.inflate(from: &payload, to: &out)
+            try decompressor.streamInflate(from: &payload, to: &out)
+            try decompressor.resetStream()
         } catch {
             throw Failure(description: "a compressed frame that does not inflate to its \(plainLength) bytes: \(error)")
         }
@@ -103,6 +165,15 @@ final class CompressionHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: outbound
 
+    /// Outbound bytes of a packet that is not complete yet.
+    private var held = ByteBuffer()
+
+    /// Frames are cut at packet boundaries, as servers and clients cut them: small packets share
+    /// frames of about 16 KiB (MariaDB's net buffer), a larger packet has frames of its own. Clients
+    /// depend on it: mysql-connector-python cannot read a packet header split between two frames
+    /// nor a packet spread over more than two, and libmariadb over TLS stumbles on frames of
+    /// megabytes that hold many packets. So the start of a packet whose end has not come yet is
+    /// held (at most one packet: 16 MiB) until it has.
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         var bytes = unwrapOutboundIn(data)
         guard bytes.readableBytes > 0 else {
@@ -113,21 +184,52 @@ final class CompressionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             readSinceWrite = false
             nextSequence = lastInboundSequence &+ 1
         }
-        if role == .client, bytes.readableBytes >= 4, bytes.getInteger(at: bytes.readerIndex + 3, as: UInt8.self) == 0 {
+        if role == .client, held.readableBytes == 0, bytes.readableBytes >= 4,
+           bytes.getInteger(at: bytes.readerIndex + 3, as: UInt8.self) == 0 {
             nextSequence = 0  // a command: a new exchange
         }
+        if held.readableBytes == 0 { held = bytes } else { held.writeBuffer(&bytes) }
         var out = ByteBuffer()
         do {
-            while bytes.readableBytes > 0 {
-                var chunk = bytes.readSlice(length: min(bytes.readableBytes, Self.maxFramePayload))!
-                try appendFrame(&chunk, to: &out)
+            var batchStart = held.readerIndex
+            var cursor = held.readerIndex
+            while held.writerIndex - cursor >= 4, let length = held.getUInt24(at: cursor),
+                  held.writerIndex - cursor >= 4 + length {
+                let end = cursor + 4 + length
+                if end - batchStart > Self.batchPayload && cursor > batchStart {
+                    try emit(from: batchStart, to: cursor, into: &out)
+                    batchStart = cursor
+                }
+                cursor = end
+                if cursor - batchStart >= Self.batchPayload {
+                    try emit(from: batchStart, to: cursor, into: &out)
+                    batchStart = cursor
+                }
             }
+            if cursor > batchStart { try emit(from: batchStart, to: cursor, into: &out) }
+            held.moveReaderIndex(to: cursor)
         } catch {
             promise?.fail(error)
             context.fireErrorCaught(error)
             return
         }
+        if held.readableBytes == 0 { held = ByteBuffer() } else if held.readerIndex > 1 << 16 { held.discardReadBytes() }
+        guard out.readableBytes > 0 else {
+            promise?.succeed(())  // all of it is held: the rest of its packet follows
+            return
+        }
         context.write(wrapOutboundOut(out), promise: promise)
+    }
+
+    /// About what MariaDB puts in one compressed frame of small packets (net_buffer_length).
+    static let batchPayload = 16 * 1024
+
+    private func emit(from start: Int, to end: Int, into out: inout ByteBuffer) throws {
+        var bytes = held.getSlice(at: start, length: end - start)!
+        while bytes.readableBytes > 0 {
+            var chunk = bytes.readSlice(length: min(bytes.readableBytes, Self.maxFramePayload))!
+            try appendFrame(&chunk, to: &out)
+        }
     }
 
     private func appendFrame(_ chunk: inout ByteBuffer, to out: inout ByteBuffer) throws {
@@ -141,7 +243,8 @@ final class CompressionHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // zlib's deflateBound for a one-shot stream, with room to spare
             out.reserveCapacity(minimumWritableBytes: plainLength + plainLength / 1000 + (plainLength >> 12) + 64)
             var copy = chunk
-            try compressor.deflate(from: &copy, to: &out)
+            try compressor.streamDeflate(from: &copy, to: &out, flush: .finish)
+            try compressor.resetStream()
             if out.writerIndex - before >= plainLength {
                 out.moveWriterIndex(to: before)  // no gain: sent as it is
                 stored = true

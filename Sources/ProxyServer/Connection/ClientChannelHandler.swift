@@ -335,6 +335,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
         do {
             try context.pipeline.syncOperations.addHandler(CompressionHandler(role: .server), position: .before(self))
             compression = "zlib"
+            scripted?.client.compression = compression
+            scripted?.server?.compression = backend == nil ? nil : compression
         } catch {
             log(.error, "closing: cannot start compression: \(error)")
             closeBoth()
