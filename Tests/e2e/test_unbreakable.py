@@ -156,6 +156,7 @@ def test_a_200_mb_query_through_a_hook(start_proxy):
     path = script("function read_query(packet) end\n", name="bigquery")
     proxy = start_proxy(f"--proxy-lua-script={path}")
     rc_client = rc.RawClient("127.0.0.1", proxy.port)
+    baseline = proxy.rss_kib() / 1024
     payload = b"\x03SELECT '" + b"x" * (200 << 20) + b"'"
     try:
         rc_client.write_packet(payload, seq=0)
@@ -163,7 +164,8 @@ def test_a_200_mb_query_through_a_hook(start_proxy):
         pass  # the proxy may close before all of it was written
     reply = rc_client.read_packet()
     assert reply[0] == 0xFF and struct.unpack_from("<H", reply, 1)[0] == 1153 and reply[3:9] == b"#08S01", reply[:80]
-    assert peak_rss_mib(proxy) < 100
+    # what it grew by while 200 MB arrived (the startup's own memory, TLS's included, aside)
+    assert peak_rss_mib(proxy) - baseline < 70, (peak_rss_mib(proxy), baseline)
     assert "larger than --proxy-max-packet-size" in proxy.log()
     assert_alive_and_serving(proxy)
 

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import NIOCore
 import NIOSSL
 import SwiftASN1
 import X509
@@ -94,6 +95,7 @@ final class TLSContexts: Sendable {
         config.minimumTLSVersion = settings.versions.min(by: { rank($0) < rank($1) }) ?? .tlsv12
         config.maximumTLSVersion = settings.versions.max(by: { rank($0) < rank($1) })
         if let cipher = settings.cipher { config.cipherSuites = cipher }
+        config.shutdownTimeout = shutdownTimeout
         if let ca = settings.caPath {
             guard FileManager.default.isReadableFile(atPath: ca) else { throw TLSSetupError("cannot read the CA file '\(ca)'") }
             config.trustRoots = .file(ca)
@@ -107,6 +109,7 @@ final class TLSContexts: Sendable {
 
     static func makeBackendContext(_ settings: BackendTLSSettings, maximum: TLSVersion?) throws -> NIOSSLContext {
         var config = TLSConfiguration.makeClientConfiguration()
+        config.shutdownTimeout = shutdownTimeout
         config.minimumTLSVersion = .tlsv1
         config.maximumTLSVersion = maximum
         switch settings.mode {
@@ -130,6 +133,11 @@ final class TLSContexts: Sendable {
             throw TLSSetupError("cannot set up TLS towards backends: \(error)")
         }
     }
+
+    /// How long a close waits for the peer's close_notify: a proxy closes links whose peer is
+    /// gone or busy (a shutdown's grace period ended, a server that went away), and NIOSSL's five
+    /// seconds would hold each of them open that long.
+    static let shutdownTimeout = TimeAmount.milliseconds(300)
 
     static func rank(_ v: TLSVersion) -> Int {
         switch v {
