@@ -12,12 +12,30 @@ import ProxyScripting
         var reader = FuzzReader(input)
         let setup = reader.byte()
         let script: FuzzScript? = setup & 1 != 0 ? FuzzScript(hooks: ConnectionScript.Hooks(rawValue: Int(setup >> 1)), reader: reader) : nil
-        var machine = ConnectionStateMachine(statistics: ProxyStatistics(), script: script, maxPacketSize: 1 << 16)
+        // the login: TLS policy and SSLRequest, compression, and whether the fuzzer plays the rest
+        // of the login itself (auth switches, caching_sha2's full authentication, renumbering)
+        let tls = reader.byte()
+        var policy = ConnectionStateMachine.TLSPolicy()
+        policy.offer = [ClientTLSSettings.Offer.never, .likeBackend, .always][Int(tls % 3)]
+        policy.backend = BackendTLSSettings.Mode.allCases[Int(tls >> 2) % BackendTLSSettings.Mode.allCases.count]
+        policy.requireSecureTransport = tls & 0x20 != 0
+        var machine = ConnectionStateMachine(statistics: ProxyStatistics(), script: script, maxPacketSize: 1 << 16, tls: policy)
         _ = machine.clientConnected()
         _ = machine.backendConnected()
-        _ = machine.backendDataReceived(frame(greeting, sequenceID: 0))
-        _ = machine.clientDataReceived(frame(reader.byte() & 1 == 0 ? handshakeResponse : handshakeResponseDeprecateEOF, sequenceID: 1))
-        _ = machine.backendDataReceived(frame([0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00], sequenceID: 2))
+        var offered = greeting
+        if tls & 0x40 != 0 { offered[greetingLowerCapabilities + 1] |= 0x08 }  // CLIENT_SSL
+        _ = machine.backendDataReceived(frame(offered, sequenceID: 0))
+        var response = reader.byte() & 1 == 0 ? handshakeResponse : handshakeResponseDeprecateEOF
+        if tls & 0x08 != 0 { response[0] |= 0x20 }  // CLIENT_COMPRESS
+        var sequence: UInt8 = 1
+        if tls & 0x80 != 0, let request = try? HandshakeResponse41.sslRequest(for: ByteBuffer(bytes: response)) {
+            _ = machine.clientDataReceived(frame(Array(request.readableBytesView), sequenceID: 1))
+            sequence = 2
+        }
+        _ = machine.clientDataReceived(frame(response, sequenceID: sequence))
+        if tls & 0x10 == 0 {
+            _ = machine.backendDataReceived(frame([0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00], sequenceID: machine.backendTLS ? 3 : 2))
+        }
         while !reader.isAtEnd {
             let op = reader.byte()
             let data = reader.bytes(Int(reader.byte()) * 4)
@@ -47,6 +65,10 @@ import ProxyScripting
         while let hi = chars.next(), let lo = chars.next() { bytes.append(UInt8(String([hi, lo]), radix: 16)!) }
         return bytes
     }
+
+    /// Where the greeting's lower capability flags are: after the version string, the connection
+    /// id and the first 8 bytes of scramble with their filler.
+    static var greetingLowerCapabilities: Int { greeting[1...].firstIndex(of: 0)! + 1 + 4 + 9 }
 
     // Captured from MariaDB 10.11 and libmariadb (see Tests/ProxyServerTests).
     static let greeting = hex("0a352e352e352d31302e31312e31392d4d6172696144422d302b64656231327531000a000000474e34542c7d556e00fef7080200ff81150000000000001d0000004a643d406a76343f7b72484f006d7973716c5f6e61746976655f70617373776f726400")
