@@ -261,7 +261,10 @@ def main():
                 continue
             rate, cpu = summary[t.name]
             versus_plain = f"  CPU/moonproxy {cpu / plain_cpu:5.2f}" if t.name != "moonproxy" and plain_cpu else ""
-            plain_w = w[:-len("_tls")] if w.endswith("_tls") else None
+            plain_w = None
+            if w.endswith("_tls"):
+                base = w[:-len("_tls")]
+                plain_w = base if base in cpu_by_workload else base + "_text"
             versus_tls = ""
             if plain_w in cpu_by_workload and cpu_by_workload[plain_w].get(t.name):
                 versus_tls = f"  CPU TLS/plaintext {cpu / cpu_by_workload[plain_w][t.name]:5.2f}"

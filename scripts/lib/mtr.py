@@ -179,7 +179,10 @@ class Server:
             "[mariadbd]\nuser=root\n"
             f"datadir={self.datadir}\nsocket={self.socket}\npid-file={self.work}/mysqld.pid\n"
             f"log-error={self.work}/mysqld.err\nport={self.port}\nbind-address=127.0.0.1\n"
-            f"secure-file-priv={self.vardir}\ntmpdir={self.vardir}/tmp\n" + SERVER_OPTIONS + "\n")
+            f"secure-file-priv={self.vardir}\ntmpdir={self.vardir}/tmp\n" + SERVER_OPTIONS + "\n"
+            # TLS with mtr's own certificates, as mtr configures the servers it starts
+            f"ssl-ca={self.vardir}/std_data/cacert.pem\nssl-cert={self.vardir}/std_data/server-cert.pem\n"
+            f"ssl-key={self.vardir}/std_data/server-key.pem\n")
         if not (self.datadir / "mysql").exists():
             r = subprocess.run(["mariadb-install-db", f"--defaults-file={self.cnf}",
                                 "--auth-root-authentication-method=normal"], capture_output=True, text=True)
@@ -434,7 +437,10 @@ exit $rc
         server.start()
         server.snapshot()
         if not args.direct_only and not args.make_list:
-            proxy = Proxy(args.binary, server.port, work, args.proxy_option)
+            # the proxy shows clients the server's certificate, which the tests verify against std_data's CA
+            std = server.vardir / "std_data"
+            proxy = Proxy(args.binary, server.port, work,
+                          [f"--ssl-cert={std / 'server-cert.pem'}", f"--ssl-key={std / 'server-key.pem'}"] + args.proxy_option)
             log(f"MoonProxy on 127.0.0.1:{proxy.port}")
 
         if args.make_list:
