@@ -76,6 +76,13 @@ def tls_version_seen_by_server(port, **kw):
         c.close()
 
 
+def wait_for_log(proxy, text, timeout=10):
+    deadline = time.time() + timeout
+    while text not in proxy.log() and time.time() < deadline:
+        time.sleep(0.05)
+    return text in proxy.log()
+
+
 def no_verify():
     return {"check_hostname": False, "verify_mode": ssl.CERT_NONE}
 
@@ -119,7 +126,7 @@ def test_a_verified_certificate_and_a_client_certificate(start_proxy):
     other = verify + [f"--ssl-cert={CERTS / 'other-client.pem'}", f"--ssl-key={CERTS / 'other-client-key.pem'}"]
     r = cli(proxy.port, extra=other, check=False)
     assert r.returncode != 0 and "2026" in r.stderr
-    assert "TLS with the client failed" in proxy.log()
+    assert wait_for_log(proxy, "TLS with the client failed")
     # the self-signed certificate made at startup fails verification, as MariaDB's does
     r = cli(start_proxy().port, extra=verify, check=False)
     assert r.returncode != 0 and "2026" in r.stderr
@@ -163,7 +170,7 @@ def test_backend_verification(start_proxy):
     bad = start_proxy("--proxy-backend-ssl=verify-ca", f"--proxy-backend-ssl-ca={CERTS / 'other-ca.pem'}")
     r = cli(bad.port, check=False)
     assert r.returncode == 1 and "1105" in r.stderr and "SSL connection error: TLS with the backend server failed: CERTIFICATE_VERIFY_FAILED" in r.stderr
-    assert "TLS with the backend failed" in bad.log()
+    assert wait_for_log(bad, "TLS with the backend failed")
     # a backend named by a host name: checked against the certificate's names
     named = start_proxy("--proxy-backend-ssl=verify-identity", f"--proxy-backend-ssl-ca={CA}",
                         f"--proxy-backend-addresses=localhost:{MARIADB_PORT}", backend=False)
@@ -216,16 +223,26 @@ function read_query(packet)
     local c, s = proxy.connection.client.ssl, proxy.connection.server.ssl
     proxy.response.type = proxy.MYSQLD_PACKET_OK
     proxy.response.resultset = {
-        fields = { { name = "client", type = proxy.MYSQL_TYPE_STRING }, { name = "server", type = proxy.MYSQL_TYPE_STRING } },
-        rows = { { c and c.version or "none", s and s.version or "none" } },
+        fields = { { name = "client", type = proxy.MYSQL_TYPE_STRING }, { name = "server", type = proxy.MYSQL_TYPE_STRING },
+                   { name = "client_cipher", type = proxy.MYSQL_TYPE_STRING }, { name = "server_cipher", type = proxy.MYSQL_TYPE_STRING } },
+        rows = { { c and c.version or "none", s and s.version or "none", c and c.cipher or "none", s and s.cipher or "none" } },
     }
     return proxy.PROXY_SEND_RESULT
 end
 """)
     proxy = start_proxy(f"--proxy-lua-script={script}", "--proxy-backend-ssl=required")
-    client, server = cli(proxy.port, "SELECT 'tls'").stdout.strip().split("\t")
+    client, server, _, server_cipher = cli(proxy.port, "SELECT 'tls'").stdout.strip().split("\t")
     assert client.startswith("TLSv1.") and server.startswith("TLSv1.")
     assert cli(proxy.port, "SELECT 'tls'", tls=False).stdout.strip().split("\t")[0] == "none"
+    # the ciphers: the client's as its own TLS library names it, the server's as the server does
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="root", password="", ssl=no_verify())
+    with c.cursor() as cur:
+        cur.execute("SELECT 'tls'")
+        row = cur.fetchone()
+        assert row[2] == c._sock.cipher()[0], row
+        cur.execute("SHOW STATUS LIKE 'Ssl_cipher'")  # not answered by the script: the server's view
+        assert cur.fetchone()[1] == row[3] == server_cipher
+    c.close()
 
 
 def test_sighup_reloads_the_certificate_for_new_connections_only(start_proxy, tmp_path):

@@ -52,7 +52,7 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event as? TLSUserEvent ?? .shutdownCompleted {
-            owner?.backendTLSEstablished(tlsHandler?.tlsVersion)
+            owner?.backendTLSEstablished(tlsHandler?.tlsVersion, cipher: cipher)
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -60,6 +60,8 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     // MARK: TLS
 
     private var tlsHandler: NIOSSLClientHandler?
+    /// The cipher suite the server chose (read from its ServerHello).
+    private var cipher: String?
 
     /// Writes the SSLRequest in plaintext, then puts a TLS handler between this one and the
     /// socket: later writes wait in it until its handshake is done.
@@ -69,6 +71,9 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         let handler = try NIOSSLClientHandler(context: sslContext, serverHostname: serverHostname)
         try context.pipeline.syncOperations.addHandler(handler, position: .first)
         tlsHandler = handler
+        try context.pipeline.syncOperations.addHandler(ServerHelloSniffer(watching: .inbound) { [weak self] cipher in
+            self?.cipher = cipher
+        }, position: .first)
     }
 
     /// The login's OK came: the server's link speaks the compressed protocol from now on; `early`

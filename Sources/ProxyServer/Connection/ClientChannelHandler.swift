@@ -31,6 +31,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var disconnectHookCalled = false
     /// The TLS of the client's link and of the server's, once their handshakes are done.
     private var clientTLSHandler: NIOSSLServerHandler?
+    private var clientCipher: String?
     private(set) var clientTLS: ScriptTLSInfo?
     private(set) var backendTLS: ScriptTLSInfo?
     /// The compression the links speak, once the login negotiated it.
@@ -57,8 +58,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
         logger[metadataKey: "conn"] = "\(connectionID)"
         if let clientAddress { logger[metadataKey: "client"] = "\(Self.describe(clientAddress))" }
         if let backendAddress { logger[metadataKey: "backend"] = "\(backendAddress)" }
-        if let clientTLS { logger[metadataKey: "client_tls"] = "\(clientTLS.version)" }
-        if let backendTLS { logger[metadataKey: "backend_tls"] = "\(backendTLS.version)" }
+        if let clientTLS { logger[metadataKey: "client_tls"] = "\(clientTLS.version) \(clientTLS.cipher ?? "")" }
+        if let backendTLS { logger[metadataKey: "backend_tls"] = "\(backendTLS.version) \(backendTLS.cipher ?? "")" }
         if let compression { logger[metadataKey: "compression"] = "\(compression)" }
         logger.log(level: level, message())
     }
@@ -151,7 +152,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event as? TLSUserEvent ?? .shutdownCompleted, let handler = clientTLSHandler {
-            clientTLS = handler.tlsVersion.map { ScriptTLSInfo(version: $0.mysqlName, cipher: nil) }
+            clientTLS = handler.tlsVersion.map { ScriptTLSInfo(version: $0.mysqlName, cipher: clientCipher) }
             scripted?.client.ssl = clientTLS
             log(.debug, "TLS with the client established")
         }
@@ -252,8 +253,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
         return String(text.prefix(200))
     }
 
-    func backendTLSEstablished(_ version: TLSVersion?) {
-        backendTLS = version.map { ScriptTLSInfo(version: $0.mysqlName, cipher: nil) }
+    func backendTLSEstablished(_ version: TLSVersion?, cipher: String?) {
+        backendTLS = version.map { ScriptTLSInfo(version: $0.mysqlName, cipher: cipher) }
         scripted?.server?.ssl = backendTLS
         log(.debug, "TLS with the backend established")
     }
@@ -321,6 +322,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
             let handler = NIOSSLServerHandler(context: sslContext)
             try context.pipeline.syncOperations.addHandler(handler, position: .first)
             clientTLSHandler = handler
+            // the cipher, read from the ServerHello the TLS handler writes
+            try context.pipeline.syncOperations.addHandler(ServerHelloSniffer(watching: .outbound) { [weak self] cipher in
+                self?.clientCipher = cipher
+            }, position: .first)
         } catch {
             log(.error, "closing: cannot start TLS with the client: \(error)")
             closeBoth()
