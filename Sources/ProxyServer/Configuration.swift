@@ -113,6 +113,9 @@ public struct ProxyConfiguration: Sendable {
     /// `--proxy-write-timeout`: how long a write may stay blocked (a peer that does not read).
     /// Default 8 hours.
     public var writeTimeout: TimeAmount = .hours(8)
+    /// `--proxy-login-timeout`: how long a client has, from its connect, to finish logging in (the
+    /// TLS handshake included), as MariaDB's `connect_timeout`; nil: no limit. Default 10 s.
+    public var loginTimeout: TimeAmount? = .seconds(10)
     /// How long a backend marked down is left alone before a new client may try it again.
     public var backendRetryInterval: TimeAmount = .seconds(5)
     /// How long a graceful shutdown lets running commands finish before closing everything.

@@ -21,7 +21,7 @@ enum DefaultsFile {
     static let valued: [String: Character?] = [
         "proxy-address": "P", "proxy-read-only-backend-addresses": "r", "proxy-backend-addresses": "b",
         "proxy-lua-script": "s", "proxy-connect-timeout": nil, "proxy-read-timeout": nil, "proxy-write-timeout": nil,
-        "proxy-backend-retry-interval": nil, "proxy-shutdown-timeout": nil, "proxy-resultset-buffer-limit": nil,
+        "proxy-backend-retry-interval": nil, "proxy-login-timeout": nil, "proxy-shutdown-timeout": nil, "proxy-resultset-buffer-limit": nil,
         "proxy-lua-timeout": nil, "proxy-lua-memory-limit": nil, "proxy-max-packet-size": nil,
         "admin-address": nil, "admin-username": nil, "admin-password": nil, "admin-lua-script": nil,
         "user": nil, "basedir": nil, "pid-file": nil, "plugin-dir": nil, "plugins": nil, "log-level": nil, "log-file": nil,

@@ -87,6 +87,7 @@ enum MoonProxyMain {
         configuration.writeTimeout = seconds(options.proxyWriteTimeout, configuration.writeTimeout)
         configuration.backendRetryInterval = seconds(options.proxyBackendRetryInterval, configuration.backendRetryInterval)
         configuration.shutdownGracePeriod = seconds(options.proxyShutdownTimeout, configuration.shutdownGracePeriod)
+        if let login = options.proxyLoginTimeout { configuration.loginTimeout = login > 0 ? seconds(login, .seconds(10)) : nil }
         configuration.eventThreads = options.eventThreads ?? 1
         configuration.maxOpenFiles = options.maxOpenFiles ?? 0
 

@@ -63,6 +63,10 @@ struct Options: ParsableArguments {
     @Option(name: .customLong("proxy-write-timeout"), help: ArgumentHelp("write timeout in seconds (default: 8 hours)", valueName: "seconds"))
     var proxyWriteTimeout: Double?
 
+    @Option(name: .customLong("proxy-login-timeout"),
+            help: ArgumentHelp("seconds a client has from its connect to finish logging in, TLS handshake included, as MariaDB's connect_timeout; 0: no limit (MoonProxy; default: 10)", valueName: "seconds"))
+    var proxyLoginTimeout: Double?
+
     @Option(name: .customLong("proxy-backend-retry-interval"),
             help: ArgumentHelp("seconds before a backend marked down is tried again (MoonProxy; default: 5)", valueName: "seconds"))
     var proxyBackendRetryInterval: Double?
@@ -189,7 +193,7 @@ struct Options: ParsableArguments {
         }
         for (name, value) in [("--proxy-connect-timeout", proxyConnectTimeout), ("--proxy-read-timeout", proxyReadTimeout),
                               ("--proxy-write-timeout", proxyWriteTimeout), ("--proxy-backend-retry-interval", proxyBackendRetryInterval),
-                              ("--proxy-shutdown-timeout", proxyShutdownTimeout)] {
+                              ("--proxy-shutdown-timeout", proxyShutdownTimeout), ("--proxy-login-timeout", proxyLoginTimeout)] {
             if let v = value, !(v >= 0 && v <= 31_536_000) { throw ValidationError("\(name) must be a number of seconds from 0 to 31536000") }
         }
         if let mode = proxyBackendSsl, BackendTLSSettings.Mode(rawValue: mode) == nil {

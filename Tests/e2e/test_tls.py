@@ -328,3 +328,31 @@ def test_tls_options_in_a_defaults_file(start_proxy, tmp_path):
     proxy = start_proxy(f"--defaults-file={cnf}")
     assert cli(proxy.port, SSL_QUERY, extra=[f"--ssl-ca={CA}", "--ssl-verify-server-cert"]).stdout.strip().startswith("TLSv1.")
     assert "3159" in cli(proxy.port, tls=False, check=False).stderr
+
+
+def test_a_client_that_stalls_in_its_login_is_cut_off(start_proxy):
+    """As MariaDB's connect_timeout: a TLS handshake (or handshake response) that never finishes
+    holds its connection for --proxy-login-timeout, not for the 8-hour read timeout."""
+    proxy = start_proxy("--proxy-login-timeout=1")
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:3], "little"):
+        data += s.recv(4096)
+    ssl_request = struct.pack("<IIB", 0x0200 | CLIENT_SSL | 0x8000 | 0x80000, 1 << 24, 33) + b"\0" * 23
+    s.sendall(struct.pack("<I", len(ssl_request))[:3] + b"\x01" + ssl_request + b"\x16\x03\x01")
+    started = time.time()
+    try:
+        while s.recv(4096):
+            pass
+    except (ConnectionResetError, socket.timeout):
+        pass
+    assert time.time() - started < 6
+    assert wait_for_log(proxy, "did not log in within --proxy-login-timeout")
+    s.close()
+    # a client that logs in is not affected, and stays after the login timeout has passed
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="root", password="", ssl=no_verify())
+    time.sleep(2)
+    with c.cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+    c.close()

@@ -39,6 +39,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     // Timeouts are checked by the event loop's sweeper; the hot path only sets these flags.
     private var sweeper: TimeoutSweeper?
+    private var loggedIn = false
+    private var ticksBeforeLogin = 0
     private var clientSpoke = false
     private var backendSpoke = false
     private var clientIdleTicks = 0
@@ -498,8 +500,19 @@ final class ClientChannelHandler: ChannelInboundHandler {
     // MARK: timeouts
 
     /// Called by the sweeper every tick.
-    func timerFired(readTicks: Int, writeTicks: Int) {
+    func timerFired(readTicks: Int, writeTicks: Int, loginTicks: Int? = nil) {
         guard !closed else { return }
+        if !loggedIn {
+            loggedIn = machine.loginEnded
+            ticksBeforeLogin += 1
+            if !loggedIn, let loginTicks, ticksBeforeLogin > loginTicks {
+                // as MariaDB's connect_timeout: a client that does not finish its login (a stalled
+                // TLS handshake, a half-sent handshake response) is cut off
+                shared.statistics.add(.clientProtocolErrors)
+                run(.abortConnections(reason: "the client did not log in within --proxy-login-timeout"))
+                return
+            }
+        }
         clientIdleTicks = clientSpoke ? 0 : clientIdleTicks + 1
         backendIdleTicks = backendSpoke ? 0 : backendIdleTicks + 1
         clientSpoke = false

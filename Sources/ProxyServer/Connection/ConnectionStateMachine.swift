@@ -187,6 +187,11 @@ struct ConnectionStateMachine {
             && !exchange.active && fromServer.isAtPacketBoundary && serverCollector.isEmpty
     }
 
+    /// The first login is over (or the connection is): the login timeout no longer applies.
+    var loginEnded: Bool {
+        phase == .closed || (phase == .relaying && tracker.clientPhase != .authentication)
+    }
+
     /// The session's status flags as of the last OK or EOF.
     var serverStatus: ServerStatus { tracker.status }
 

@@ -54,7 +54,8 @@ final class ProxyContext: Sendable {
         return sweepers.withLockedValue { all in
             if let existing = all[key] { return existing }
             let created = NIOLoopBound(TimeoutSweeper(eventLoop: eventLoop, readTimeout: configuration.readTimeout,
-                                                      writeTimeout: configuration.writeTimeout, backends: backends),
+                                                      writeTimeout: configuration.writeTimeout,
+                                                      loginTimeout: configuration.loginTimeout, backends: backends),
                                        eventLoop: eventLoop)
             all[key] = created
             return created

@@ -10,6 +10,8 @@ final class TimeoutSweeper {
     /// Ticks without progress after which a read or write has timed out.
     let readTicks: Int
     let writeTicks: Int
+    /// Ticks a client has to log in (nil: no limit).
+    let loginTicks: Int?
     private var connections: [ObjectIdentifier: ClientChannelHandler] = [:]
     private var task: RepeatedTask?
     /// The loop's pool of idle server connections (scripts' `backend_ndx = 0`).
@@ -17,14 +19,16 @@ final class TimeoutSweeper {
 
     static let ticksPerTimeout = 4
 
-    init(eventLoop: EventLoop, readTimeout: TimeAmount, writeTimeout: TimeAmount, backends: BackendPool) {
+    init(eventLoop: EventLoop, readTimeout: TimeAmount, writeTimeout: TimeAmount, loginTimeout: TimeAmount? = nil, backends: BackendPool) {
         self.eventLoop = eventLoop
         self.serverPool = ServerConnectionPool(eventLoop: eventLoop, backends: backends)
-        let shortest = min(readTimeout, writeTimeout)
+        var shortest = min(readTimeout, writeTimeout)
+        if let loginTimeout { shortest = min(shortest, loginTimeout) }
         let tick = TimeAmount.nanoseconds(max(shortest.nanoseconds / Int64(Self.ticksPerTimeout), 1_000_000))
         self.tick = tick
         self.readTicks = max(1, Int(readTimeout.nanoseconds / tick.nanoseconds))
         self.writeTicks = max(1, Int(writeTimeout.nanoseconds / tick.nanoseconds))
+        self.loginTicks = loginTimeout.map { max(1, Int($0.nanoseconds / tick.nanoseconds)) }
     }
 
     func add(_ handler: ClientChannelHandler) {
@@ -64,7 +68,7 @@ final class TimeoutSweeper {
 
     private func sweep() {
         for handler in Array(connections.values) {
-            handler.timerFired(readTicks: readTicks, writeTicks: writeTicks)
+            handler.timerFired(readTicks: readTicks, writeTicks: writeTicks, loginTicks: loginTicks)
         }
     }
 }
