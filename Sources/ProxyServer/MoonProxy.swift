@@ -182,12 +182,12 @@ public final class MoonProxy: Sendable {
             }
             let channel = try await bind(admin.address, context: adminContext)
             state.withLockedValue { $0.adminChannel = channel }
-            logger.notice("admin interface listening on \(channel.localAddress.map(ClientChannelHandler.describe) ?? "\(admin.address)")")
+            logger.notice("admin interface listening on \(channel.localAddress.map(\.logDescription) ?? "\(admin.address)")")
         }
         guard configuration.proxyEnabled else { return }
         let channel = try await bind(configuration.listenAddress, context: context)
         state.withLockedValue { $0.serverChannel = channel }
-        logger.notice("listening on \(channel.localAddress.map(ClientChannelHandler.describe) ?? "\(configuration.listenAddress)")",
+        logger.notice("listening on \(channel.localAddress.map(\.logDescription) ?? "\(configuration.listenAddress)")",
                       metadata: ["backends": "\(configuration.backends.map { "\($0.address) (\($0.type.rawValue))" }.joined(separator: ", "))"])
     }
 

@@ -41,7 +41,12 @@ ensure_python_packages() {
     python3 -m pip install -q "${missing[@]}" 2>/dev/null && return 0
     # A Debian system Python refuses pip (PEP 668): use Debian's packages instead.
     local debs=()
-    for p in "${missing[@]}"; do debs+=("python3-${p,,}"); done
+    for p in "${missing[@]}"; do
+        case ${p,,} in
+            mysql-connector-python) debs+=(python3-mysql.connector) ;;
+            *) debs+=("python3-${p,,}") ;;
+        esac
+    done
     ensure_packages "${debs[@]}"
 }
 

@@ -58,7 +58,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         guard shared.logger.logLevel <= level else { return }
         var logger = shared.logger
         logger[metadataKey: "conn"] = "\(connectionID)"
-        if let clientAddress { logger[metadataKey: "client"] = "\(Self.describe(clientAddress))" }
+        if let clientAddress { logger[metadataKey: "client"] = "\(clientAddress.logDescription)" }
         if let backendAddress { logger[metadataKey: "backend"] = "\(backendAddress)" }
         if let clientTLS { logger[metadataKey: "client_tls"] = "\(clientTLS.version) \(clientTLS.cipher ?? "")" }
         if let backendTLS { logger[metadataKey: "backend_tls"] = "\(backendTLS.version) \(backendTLS.cipher ?? "")" }
@@ -162,7 +162,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if Self.isTLSFailure(error) {
+        if TLSFailure.isFailure(error) {
             // The TLS stack has sent its alert; nothing in MySQL's protocol can follow.
             shared.statistics.add(.clientProtocolErrors)
             log(.warning, "closing: TLS with the client failed: \(error)")
@@ -223,36 +223,12 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func backendErrorCaught(_ error: Error) {
-        if Self.isTLSFailure(error) {
+        if TLSFailure.isFailure(error) {
             log(.warning, "TLS with the backend failed: \(error)")
-            run(machine.backendTLSFailed(Self.describeTLSError(error)))
+            run(machine.backendTLSFailed(TLSFailure.describe(error)))
         } else {
             log(.debug, "backend connection error: \(error)")
         }
-    }
-
-    /// A TLS error that means the link failed; a peer that closes its socket without TLS's
-    /// close_notify (as MySQL servers and clients do after COM_QUIT) is an ordinary end.
-    static func isTLSFailure(_ error: Error) -> Bool {
-        if let error = error as? NIOSSLError, case .uncleanShutdown = error { return false }
-        return error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError
-    }
-
-    /// A TLS error in few words: BoringSSL's reason (CERTIFICATE_VERIFY_FAILED, ...) without
-    /// the source locations its messages carry.
-    static func describeTLSError(_ error: Error) -> String {
-        let text = "\(error)"
-        var reasons: [Substring] = []
-        var rest = Substring(text)
-        while let range = rest.range(of: "OPENSSL_internal:") {
-            let tail = rest[range.upperBound...]
-            let reason = tail.prefix { $0 != " " && $0 != "]" && $0 != ")" }
-            if !reason.isEmpty && !reasons.contains(reason) { reasons.append(reason) }
-            rest = tail
-        }
-        if !reasons.isEmpty { return reasons.joined(separator: ", ") }
-        if let error = error as? NIOSSLExtraError { return "\(error)" }
-        return String(text.prefix(200))
     }
 
     func backendTLSEstablished(_ version: TLSVersion?, cipher: String?) {
@@ -363,7 +339,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             try backend.startTLS(request: request, context: sslContext, serverHostname: hostname)
         } catch {
             log(.warning, "cannot start TLS with the backend: \(error)")
-            run(machine.backendTLSFailed(Self.describeTLSError(error)))
+            run(machine.backendTLSFailed(TLSFailure.describe(error)))
         }
     }
 
@@ -528,18 +504,6 @@ final class ClientChannelHandler: ChannelInboundHandler {
         } else if backendIdleTicks >= readTicks {
             backendIdleTicks = 0
             run(machine.readTimedOut(client: false))
-        }
-    }
-
-    static func describe(_ address: SocketAddress) -> String {
-        switch address {
-        case .v4, .v6:
-            if let ip = address.ipAddress, let port = address.port {
-                return address.protocol == .inet6 ? "[\(ip)]:\(port)" : "\(ip):\(port)"
-            }
-            return "\(address)"
-        case .unixDomainSocket:
-            return address.pathname ?? "unix"
         }
     }
 }

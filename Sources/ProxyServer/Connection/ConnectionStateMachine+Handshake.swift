@@ -142,7 +142,7 @@ extension ConnectionStateMachine {
         // of the proxy's and carries sequence id 2 on that link, whatever it carried here.
         var serverSequence: UInt8 = 1
         if hasServer {
-            guard let wanted = tlsPolicy.backendWantsTLS(clientUsesTLS: clientTLS, serverOffers: session.greeting.capabilities.contains(.ssl)) else {
+            guard let wanted = tlsPolicy.backend.wantsTLS(clientUsesTLS: clientTLS, serverOffers: session.greeting.capabilities.contains(.ssl)) else {
                 phase = .closed
                 statistics.add(.errorsSentByProxy)
                 return .sendToClientAndClose(

@@ -77,12 +77,6 @@ struct ConnectionStateMachine {
         var backend = BackendTLSSettings.Mode.off
         /// The client came through a unix socket, which counts as secure transport.
         var localSocket = false
-
-        func backendWantsTLS(clientUsesTLS: Bool, serverOffers: Bool) -> Bool? {
-            var settings = BackendTLSSettings()
-            settings.mode = backend
-            return settings.wantsTLS(clientUsesTLS: clientUsesTLS, serverOffers: serverOffers)
-        }
     }
 
     enum Action {

@@ -134,9 +134,9 @@ final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
     static func scriptAddress(_ address: SocketAddress) -> ScriptAddress {
         switch address {
         case .v4:
-            return ScriptAddress(name: ClientChannelHandler.describe(address), address: address.ipAddress ?? "", port: address.port ?? 0, type: 2)
+            return ScriptAddress(name: address.logDescription, address: address.ipAddress ?? "", port: address.port ?? 0, type: 2)
         case .v6:
-            return ScriptAddress(name: ClientChannelHandler.describe(address), address: address.ipAddress ?? "", port: address.port ?? 0, type: 10)
+            return ScriptAddress(name: address.logDescription, address: address.ipAddress ?? "", port: address.port ?? 0, type: 10)
         case .unixDomainSocket:
             let path = address.pathname ?? ""
             return ScriptAddress(name: path, address: path, port: 0, type: 1)

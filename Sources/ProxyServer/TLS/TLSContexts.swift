@@ -39,7 +39,13 @@ final class TLSContexts: Sendable {
         selfSigned = generated
         var problem: String? = nil
         if backend.mode != .off {
-            do { _ = try Self.makeBackendContext(backend, maximum: nil) } catch { problem = "\(error)" }
+            // made now so that a CA or key file that does not load is known before any client comes
+            do {
+                let any = try Self.makeBackendContext(backend, maximum: nil)
+                backendContexts.withLockedValue { $0[Self.anyVersion] = any }
+            } catch {
+                problem = "\(error)"
+            }
         }
         backendProblem = problem
     }
@@ -58,7 +64,7 @@ final class TLSContexts: Sendable {
 
     /// The context for a backend link whose client negotiated `clientVersion` (nil: plaintext client).
     func forBackend(clientVersion: TLSVersion?) throws -> NIOSSLContext {
-        let key = clientVersion.map { "\($0)" } ?? "any"
+        let key = clientVersion.map { "\($0)" } ?? Self.anyVersion
         if let existing = backendContexts.withLockedValue({ $0[key] }) { return existing }
         let made = try Self.makeBackendContext(backend, maximum: clientVersion)
         backendContexts.withLockedValue { $0[key] = made }
@@ -66,6 +72,8 @@ final class TLSContexts: Sendable {
     }
 
     // MARK: making contexts
+
+    static let anyVersion = "any"
 
     struct Identity {
         var chain: [NIOSSLCertificate]

@@ -68,6 +68,16 @@ public struct BackendTLSSettings: Sendable {
         case verifyCA = "verify-ca"
         /// As verify-ca, and the certificate must name the backend's host.
         case verifyIdentity = "verify-identity"
+
+        /// Whether the link to a server goes through TLS: nil when it must not be made at all (the
+        /// server does not offer TLS and the mode requires it).
+        public func wantsTLS(clientUsesTLS: Bool, serverOffers: Bool) -> Bool? {
+            switch self {
+            case .off: return false
+            case .preferred: return clientUsesTLS && serverOffers
+            case .required, .verifyCA, .verifyIdentity: return serverOffers ? true : nil
+            }
+        }
     }
 
     public var mode: Mode = .preferred
@@ -77,14 +87,4 @@ public struct BackendTLSSettings: Sendable {
     public var keyPath: String?
 
     public init() {}
-
-    /// Whether the link to a server goes through TLS: nil when it must not be made at all (the
-    /// server does not offer TLS and the mode requires it).
-    public func wantsTLS(clientUsesTLS: Bool, serverOffers: Bool) -> Bool? {
-        switch mode {
-        case .off: return false
-        case .preferred: return clientUsesTLS && serverOffers
-        case .required, .verifyCA, .verifyIdentity: return serverOffers ? true : nil
-        }
-    }
 }
