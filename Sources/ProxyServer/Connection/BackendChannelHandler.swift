@@ -110,6 +110,19 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         guard paused != readsPaused, let context else { return }
         readsPaused = paused
         try? context.channel.syncOptions?.setOption(.autoRead, value: !paused)
+        // Turning autoRead on asks the socket, not the pipeline: a read request through the
+        // pipeline lets handlers that hold bytes already read (decompression, TLS) pass them on,
+        // or they would wait for bytes that may never come. Made once this call stack is done,
+        // since what it delivers comes back here.
+        if !paused { Self.requestRead(context) }
+    }
+
+    /// A read request through `context`'s pipeline, on the next turn of the event loop.
+    static func requestRead(_ context: ChannelHandlerContext) {
+        context.eventLoop.assumeIsolated().execute {
+            guard context.channel.isActive, (try? context.channel.syncOptions?.getOption(.autoRead)) == true else { return }
+            context.read()
+        }
     }
 
     // MARK: writing

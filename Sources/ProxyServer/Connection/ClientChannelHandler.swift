@@ -191,6 +191,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         guard wanted != readingFromClient, let context, !closed else { return }
         readingFromClient = wanted
         try? context.channel.syncOptions?.setOption(.autoRead, value: wanted)
+        if wanted { BackendChannelHandler.requestRead(context) }  // see BackendChannelHandler.setReadsPaused
     }
 
     // MARK: backend channel events (called by BackendChannelHandler)
