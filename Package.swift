@@ -27,6 +27,11 @@ let package = Package(
             pkgConfig: "lua5.4",
             providers: [.apt(["liblua5.4-dev"])]
         ),
+        .systemLibrary(
+            name: "CZstd",
+            pkgConfig: "libzstd",
+            providers: [.apt(["libzstd-dev"])]
+        ),
         .target(
             name: "CLuaShim",
             dependencies: ["CLua"]
@@ -57,7 +62,7 @@ let package = Package(
         .target(
             name: "ProxyServer",
             dependencies: [
-                "MySQLWire", "ProxyScripting",
+                "MySQLWire", "ProxyScripting", "CZstd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

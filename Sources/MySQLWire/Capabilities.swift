@@ -50,12 +50,12 @@ public struct CapabilityFlags: OptionSet, Hashable, Sendable, CustomStringConver
 
     /// The flags whose effect on the wire the transparent relay understands and carries unchanged,
     /// so that client and server negotiate through the proxy what they would negotiate directly.
-    /// Cleared in both directions: TLS (the proxy offers it on its own terms, see ProxyServer's
-    /// TLS policy), zstd compression (until the proxy speaks it), COM_MULTI (no
+    /// Cleared in both directions: TLS and compression (each link has its own, which the proxy
+    /// negotiates itself: see ProxyServer's TLS policy and CompressionSettings), COM_MULTI (no
     /// released server offers it, and its responses cannot be told apart from a packet's first
     /// bytes), CAPABILITY_EXTENSION, MariaDB 11.5's bulk unit results, and any bit not known yet.
     public static let relayable: CapabilityFlags = [
-        .longPassword, .foundRows, .longFlag, .connectWithDB, .noSchema, .compress, .odbc, .localFiles,
+        .longPassword, .foundRows, .longFlag, .connectWithDB, .noSchema, .odbc, .localFiles,
         .ignoreSpace, .protocol41, .interactive, .ignoreSigpipe, .transactions, .reserved,
         .secureConnection, .multiStatements, .multiResults, .psMultiResults, .pluginAuth,
         .connectAttributes, .pluginAuthLengthEncodedClientData, .canHandleExpiredPasswords,
@@ -75,9 +75,10 @@ public struct CapabilityFlags: OptionSet, Hashable, Sendable, CustomStringConver
 
     /// The flags that change how a logged-in session talks or behaves (packet formats, affected
     /// rows, multi-statements, LOCAL INFILE): two sessions that agree on these can share a server
-    /// connection. Login-only flags (CONNECT_WITH_DB, PLUGIN_AUTH, CONNECT_ATTRS, ...) don't count.
+    /// connection. Login-only flags (CONNECT_WITH_DB, PLUGIN_AUTH, CONNECT_ATTRS, ...) don't count,
+    /// nor does compression, which each link negotiates on its own.
     public static let sessionAffecting: CapabilityFlags = [
-        .longPassword, .foundRows, .longFlag, .noSchema, .compress, .localFiles, .ignoreSpace, .protocol41, .interactive,
+        .longPassword, .foundRows, .longFlag, .noSchema, .localFiles, .ignoreSpace, .protocol41, .interactive,
         .transactions, .multiStatements, .multiResults, .psMultiResults, .sessionTrack, .deprecateEOF,
         .optionalResultsetMetadata, .queryAttributes, .mariaDBProgress, .mariaDBBulkOperations,
         .mariaDBExtendedMetadata, .mariaDBCacheMetadata,

@@ -154,6 +154,11 @@ public struct HandshakeResponse41: Hashable, Sendable {
     public var database: String?
     public var authPluginName: String?
     public var attributes: [(key: String, value: String)]
+    /// The zstd level a client asking for CLIENT_ZSTD_COMPRESSION_ALGORITHM sends last.
+    public var zstdCompressionLevel: UInt8?
+    /// Where, in the parsed payload, the zstd level byte is or would go: the end of the fields
+    /// before it.
+    public private(set) var zstdLevelOffset = 0
 
     public static func == (lhs: Self, rhs: Self) -> Bool {
         lhs.capabilities == rhs.capabilities && lhs.maxPacketSize == rhs.maxPacketSize
@@ -162,6 +167,7 @@ public struct HandshakeResponse41: Hashable, Sendable {
             && lhs.authPluginName == rhs.authPluginName
             && lhs.attributes.map(\.key) == rhs.attributes.map(\.key)
             && lhs.attributes.map(\.value) == rhs.attributes.map(\.value)
+            && lhs.zstdCompressionLevel == rhs.zstdCompressionLevel
     }
     public func hash(into hasher: inout Hasher) {
         hasher.combine(username)
@@ -170,7 +176,7 @@ public struct HandshakeResponse41: Hashable, Sendable {
 
     public init(capabilities: CapabilityFlags, maxPacketSize: UInt32 = 1 << 24, characterSet: UInt8 = 0x21,
                 username: String, authResponse: [UInt8], database: String? = nil,
-                authPluginName: String? = nil, attributes: [(key: String, value: String)] = []) {
+                authPluginName: String? = nil, attributes: [(key: String, value: String)] = [], zstdCompressionLevel: UInt8? = nil) {
         self.capabilities = capabilities
         self.maxPacketSize = maxPacketSize
         self.characterSet = characterSet
@@ -179,6 +185,7 @@ public struct HandshakeResponse41: Hashable, Sendable {
         self.database = database
         self.authPluginName = authPluginName
         self.attributes = attributes
+        self.zstdCompressionLevel = zstdCompressionLevel
     }
 
     /// The fixed part is 32 bytes; a packet of exactly that size with CLIENT_SSL is an SSLRequest.
@@ -246,6 +253,11 @@ public struct HandshakeResponse41: Hashable, Sendable {
                 self.attributes.append((key, value))
             }
         }
+        self.zstdCompressionLevel = nil
+        self.zstdLevelOffset = buffer.readerIndex - payload.readerIndex
+        if caps.contains(.zstdCompression), buffer.readableBytes > 0 {
+            self.zstdCompressionLevel = try buffer.readMySQLInteger("zstd compression level")
+        }
     }
 
     public func write(to buffer: inout ByteBuffer) {
@@ -282,6 +294,34 @@ public struct HandshakeResponse41: Hashable, Sendable {
             }
             buffer.writeMySQLLengthEncodedBuffer(attrs)
         }
+        if capabilities.contains(.zstdCompression) {
+            buffer.writeInteger(zstdCompressionLevel ?? UInt8(ProtocolCompression.defaultZstdLevel))
+        }
+    }
+
+    /// Sets, in place, the protocol compression a handshake response asks for to `compression`
+    /// (both capability bits, and the zstd level byte that ends the packet when zstd is asked).
+    /// `response` is the parsed form of `payload`.
+    public static func setCompression(of payload: inout ByteBuffer, parsed response: HandshakeResponse41,
+                                      to compression: ProtocolCompression?) throws(WireError) {
+        let base = payload.readerIndex
+        let levelAt = response.zstdLevelOffset
+        guard payload.readableBytes >= fixedLength, let lower = payload.getInteger(at: base, endianness: .little, as: UInt32.self),
+              levelAt >= fixedLength, levelAt <= payload.readableBytes
+        else { throw .truncated("handshake response") }
+        var caps = CapabilityFlags(lower: lower).subtracting(ProtocolCompression.capabilities)
+        if let compression { caps.formUnion(compression.capability) }
+        payload.setInteger(caps.lower32, at: base, endianness: .little)
+        let had = response.zstdCompressionLevel != nil
+        var level: UInt8? = nil
+        if case .zstd(let l) = compression { level = UInt8(clamping: l) }
+        if !had && level == nil { return }
+        var rebuilt = ByteBuffer()
+        rebuilt.reserveCapacity(payload.readableBytes + 1)
+        rebuilt.writeBytes(payload.readableBytesView.prefix(levelAt))
+        if let level { rebuilt.writeInteger(level) }
+        rebuilt.writeBytes(payload.readableBytesView.dropFirst(levelAt + (had ? 1 : 0)))
+        payload = rebuilt
     }
 
     /// Clears, in place, every capability bit of a handshake response (or SSLRequest) outside

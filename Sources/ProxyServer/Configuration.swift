@@ -153,6 +153,9 @@ public struct ProxyConfiguration: Sendable {
     public var clientTLS = ClientTLSSettings()
     /// TLS towards backends (`--proxy-backend-ssl`, `--proxy-backend-ssl-ca`, `-cert`, `-key`).
     public var backendTLS = BackendTLSSettings()
+    /// Protocol compression offered to clients (`--protocol-compression-algorithms`) and asked of
+    /// backends (`--proxy-backend-compression`).
+    public var compression = CompressionSettings()
     /// `--max-open-files`; 0 leaves the limit alone.
     public var maxOpenFiles: Int = 0
 

@@ -28,6 +28,7 @@ enum DefaultsFile {
         "max-open-files": nil, "event-threads": nil, "lua-path": nil, "lua-cpath": nil,
         "ssl-cert": nil, "ssl-key": nil, "ssl-ca": nil, "ssl-cipher": nil, "tls-version": nil,
         "proxy-backend-ssl": nil, "proxy-backend-ssl-ca": nil, "proxy-backend-ssl-cert": nil, "proxy-backend-ssl-key": nil,
+        "protocol-compression-algorithms": nil, "proxy-backend-compression": nil,
     ]
 
     /// Parses the `[mysql-proxy]` section into (key, value) pairs in file order.

@@ -112,6 +112,12 @@ enum MoonProxyMain {
         configuration.backendTLS.caPath = resolve(options.proxyBackendSslCa)
         configuration.backendTLS.certificatePath = resolve(options.proxyBackendSslCert)
         configuration.backendTLS.keyPath = resolve(options.proxyBackendSslKey)
+        if let text = options.protocolCompressionAlgorithms, let flags = try? CompressionSettings.parseAlgorithms(text) {
+            configuration.compression.clientAlgorithms = flags
+        }
+        if let text = options.proxyBackendCompression, let mode = try? CompressionSettings.parseBackend(text) {
+            configuration.compression.backend = mode
+        }
         configuration.scriptConfig["log-level"] = (options.logLevel ?? .warning).rawValue
         if let basedir { configuration.scriptConfig["basedir"] = basedir }
 

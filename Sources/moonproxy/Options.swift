@@ -109,6 +109,12 @@ struct Options: ParsableArguments {
     @Option(name: .customLong("proxy-backend-ssl-key"), help: ArgumentHelp("PEM private key of --proxy-backend-ssl-cert (MoonProxy)", valueName: "file"))
     var proxyBackendSslKey: String?
 
+    @Option(name: .customLong("protocol-compression-algorithms"), help: ArgumentHelp("compression offered to clients: zlib, zstd, uncompressed, comma-separated (as MySQL's server option; default: zlib,zstd,uncompressed)", valueName: "list"))
+    var protocolCompressionAlgorithms: String?
+
+    @Option(name: .customLong("proxy-backend-compression"), help: ArgumentHelp("compression asked of backends: mirror (the client's choice, or the other algorithm the server offers), off, zlib, zstd, zstd:LEVEL (MoonProxy; default: mirror)", valueName: "mode"))
+    var proxyBackendCompression: String?
+
     // MARK: admin module
     @Option(name: .customLong("admin-address"), help: ArgumentHelp("listening address:port of the admin-server (default: :4041)", valueName: "host:port"))
     var adminAddress: String?
@@ -198,6 +204,12 @@ struct Options: ParsableArguments {
         }
         if let mode = proxyBackendSsl, BackendTLSSettings.Mode(rawValue: mode) == nil {
             throw ValidationError("--proxy-backend-ssl takes off, preferred, required, verify-ca or verify-identity, not '\(mode)'")
+        }
+        if let text = protocolCompressionAlgorithms {
+            do { _ = try CompressionSettings.parseAlgorithms(text) } catch { throw ValidationError("\(error)") }
+        }
+        if let text = proxyBackendCompression {
+            do { _ = try CompressionSettings.parseBackend(text) } catch { throw ValidationError("\(error)") }
         }
         if let text = tlsVersion {
             do { _ = try ClientTLSSettings.parseVersions(text) } catch { throw ValidationError("\(error)") }

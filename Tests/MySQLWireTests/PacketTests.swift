@@ -44,7 +44,8 @@ enum Captured {
         #expect(parsed.capabilities.contains(.compress))
         let after = try HandshakeV10(parsing: payload)
         #expect(after.capabilities == parsed.capabilities.intersection(.scriptable))
-        #expect(after.capabilities.contains(.compress) && !after.capabilities.contains(.ssl))
+        // compression and TLS are the proxy's own to offer, link by link
+        #expect(after.capabilities.contains(.protocol41) && !after.capabilities.contains(.compress) && !after.capabilities.contains(.ssl))
         // progress, bulk operations and extended metadata stay; metadata caching goes
         #expect(after.capabilities.mariaDBExtended == 0x0D)
         #expect(after.authPluginData == parsed.authPluginData)

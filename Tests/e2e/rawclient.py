@@ -5,9 +5,11 @@ It only does mysql_native_password authentication. Responses are read packet by 
 collects packets until the peer has been silent for a moment, which suits captures, while tests use
 the structured readers.
 """
+import ctypes
 import hashlib
 import socket
 import struct
+import zlib
 
 CLIENT_LONG_PASSWORD = 1
 CLIENT_FOUND_ROWS = 2
@@ -26,6 +28,8 @@ CLIENT_CONNECT_ATTRS = 1 << 20
 CLIENT_PLUGIN_AUTH_LENENC = 1 << 21
 CLIENT_SESSION_TRACK = 1 << 23
 CLIENT_DEPRECATE_EOF = 1 << 24
+CLIENT_COMPRESS = 1 << 5
+CLIENT_ZSTD_COMPRESSION_ALGORITHM = 1 << 26
 # MariaDB's extended capabilities (sent in the last 4 filler bytes when CLIENT_LONG_PASSWORD,
 # which MariaDB calls CLIENT_MYSQL, is clear)
 MARIADB_CLIENT_PROGRESS = 1
@@ -58,11 +62,67 @@ def lenenc(n: int) -> bytes:
     return b"\xfe" + struct.pack("<Q", n)
 
 
+def read_lenenc(p: bytes, pos: int):
+    first = p[pos]
+    if first < 0xFB:
+        return first, pos + 1
+    if first == 0xFC:
+        return int.from_bytes(p[pos + 1:pos + 3], "little"), pos + 3
+    if first == 0xFD:
+        return int.from_bytes(p[pos + 1:pos + 4], "little"), pos + 4
+    return int.from_bytes(p[pos + 1:pos + 9], "little"), pos + 9
+
+
+class Zstd:
+    """Debian's libzstd through ctypes: the reference implementation, not ours."""
+    lib = None
+
+    @classmethod
+    def _load(cls):
+        if cls.lib is None:
+            lib = ctypes.CDLL("libzstd.so.1")
+            lib.ZSTD_compressBound.restype = ctypes.c_size_t
+            lib.ZSTD_compressBound.argtypes = [ctypes.c_size_t]
+            lib.ZSTD_compress.restype = ctypes.c_size_t
+            lib.ZSTD_compress.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+            lib.ZSTD_decompress.restype = ctypes.c_size_t
+            lib.ZSTD_decompress.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+            lib.ZSTD_isError.restype = ctypes.c_uint
+            lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
+            cls.lib = lib
+        return cls.lib
+
+    @classmethod
+    def compress(cls, data: bytes, level: int) -> bytes:
+        lib = cls._load()
+        cap = lib.ZSTD_compressBound(len(data))
+        out = ctypes.create_string_buffer(cap)
+        n = lib.ZSTD_compress(out, cap, data, len(data), level)
+        assert not lib.ZSTD_isError(n)
+        return out.raw[:n]
+
+    @classmethod
+    def decompress(cls, data: bytes, size: int) -> bytes:
+        lib = cls._load()
+        out = ctypes.create_string_buffer(max(size, 1))
+        n = lib.ZSTD_decompress(out, size, data, len(data))
+        if lib.ZSTD_isError(n) or n != size:
+            raise ConnectionError(f"zstd frame does not inflate to {size} bytes")
+        return out.raw[:n]
+
+
 class RawClient:
-    def __init__(self, host, port, user="root", password="", database=None, caps=DEFAULT_CAPS, timeout=10, mariadb_caps=0):
+    """`compression`: None, "zlib" or ("zstd", level): asked for when the greeting offers it;
+    `self.compression` says what the login negotiated."""
+
+    def __init__(self, host, port, user="root", password="", database=None, caps=DEFAULT_CAPS, timeout=10, mariadb_caps=0,
+                 compression=None):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
         self.seq = 0
+        self.compression = None
+        self.cbuf = b""
+        self.cseq = 0
         self.greeting = self.read_packet()
         if self.greeting[0] == 0xFF:
             raise ConnectionError(self.greeting)
@@ -82,6 +142,12 @@ class RawClient:
         self.caps = caps & (self.server_caps | CLIENT_LONG_PASSWORD)
         if database:
             self.caps |= CLIENT_CONNECT_WITH_DB
+        zstd_level = None
+        if compression == "zlib" and self.server_caps & CLIENT_COMPRESS:
+            self.caps |= CLIENT_COMPRESS
+        elif isinstance(compression, tuple) and self.server_caps & CLIENT_ZSTD_COMPRESSION_ALGORITHM:
+            self.caps |= CLIENT_ZSTD_COMPRESSION_ALGORITHM
+            zstd_level = compression[1]
         self.mariadb_caps = mariadb_caps & self.server_mariadb_caps
         if self.mariadb_caps:
             self.caps &= ~CLIENT_LONG_PASSWORD
@@ -92,6 +158,8 @@ class RawClient:
         if database:
             body += database.encode() + b"\0"
         body += b"mysql_native_password\0"
+        if zstd_level is not None:
+            body += bytes([zstd_level])
         self.write_packet(body, seq=1)
         reply = self.read_packet()
         if reply[0] == 0xFE:  # auth switch
@@ -102,6 +170,10 @@ class RawClient:
         if reply[0] != 0:
             raise ConnectionError(reply)
         self.auth_ok = reply
+        if self.caps & CLIENT_COMPRESS:
+            self.compression = "zlib"
+        elif zstd_level is not None:
+            self.compression = ("zstd", zstd_level)
 
     def write_packet(self, payload: bytes, seq=None):
         if seq is not None:
@@ -114,14 +186,47 @@ class RawClient:
             self.seq += 1
             if len(chunk) < 0xFFFFFF:
                 break
+        if self.compression:
+            if seq == 0:
+                self.cseq = 0  # a command starts the compressed numbering again
+            out = self.compress_frames(out)
         self.sock.sendall(out)
+
+    def compress_frames(self, data: bytes) -> bytes:
+        """The compressed protocol: 7-byte headers, payloads under 50 bytes sent as they are."""
+        out = b""
+        while data:
+            chunk, data = data[:0xFFFFFF], data[0xFFFFFF:]
+            body, size = chunk, 0
+            if len(chunk) >= 50:
+                packed = zlib.compress(chunk) if self.compression == "zlib" else Zstd.compress(chunk, self.compression[1])
+                if len(packed) < len(chunk):
+                    body, size = packed, len(chunk)
+            out += struct.pack("<I", len(body))[:3] + bytes([self.cseq & 0xFF]) + struct.pack("<I", size)[:3] + body
+            self.cseq += 1
+        return out
+
+    def _recv(self):
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("connection closed")
+        return data
 
     def _fill(self, n):
         while len(self.buf) < n:
-            data = self.sock.recv(1 << 20)
-            if not data:
-                raise ConnectionError("connection closed")
-            self.buf += data
+            if not self.compression:
+                self.buf += self._recv()
+                continue
+            while len(self.cbuf) < 7 or len(self.cbuf) < 7 + int.from_bytes(self.cbuf[:3], "little"):
+                self.cbuf += self._recv()
+            length = int.from_bytes(self.cbuf[:3], "little")
+            self.cseq = self.cbuf[3] + 1
+            size = int.from_bytes(self.cbuf[4:7], "little")
+            body, self.cbuf = self.cbuf[7:7 + length], self.cbuf[7 + length:]
+            if size:
+                body = zlib.decompress(body) if self.compression == "zlib" else Zstd.decompress(body, size)
+                assert len(body) == size
+            self.buf += body
 
     def read_frame(self):
         self._fill(4)
@@ -143,6 +248,37 @@ class RawClient:
 
     def command(self, code: int, body: bytes = b""):
         self.write_packet(bytes([code]) + body, seq=0)
+
+    def query_rows(self, sql: str):
+        """A text-protocol query's rows (lists of bytes or None); an ERR raises."""
+        self.command(0x03, sql.encode())
+        first = self.read_packet()
+        if first[0] == 0xFF:
+            raise ConnectionError(first)
+        if first[0] == 0x00:
+            return []
+        columns = first[0]
+        for _ in range(columns):
+            self.read_packet()
+        if not self.caps & CLIENT_DEPRECATE_EOF:
+            self.read_packet()  # EOF
+        rows = []
+        while True:
+            p = self.read_packet()
+            if p[0] == 0xFE and len(p) < 9:
+                return rows
+            if p[0] == 0xFF:
+                raise ConnectionError(p)
+            row, pos = [], 0
+            for _ in range(columns):
+                if p[pos] == 0xFB:
+                    row.append(None)
+                    pos += 1
+                    continue
+                n, pos = read_lenenc(p, pos)
+                row.append(p[pos:pos + n])
+                pos += n
+            rows.append(row)
 
     def read_all(self, quiet=0.3):
         """Every packet until the server has been silent for `quiet` seconds."""

@@ -1,4 +1,4 @@
-import CompressNIO
+import MySQLWire
 import NIOCore
 
 /// MySQL's compressed protocol on one link, under the MySQL framing: inbound compressed frames
@@ -7,7 +7,8 @@ import NIOCore
 /// The proxy's other handlers, the response tracker and scripts see plain packets.
 ///
 /// Each frame is decoded as it completes, so memory stays at one frame (at most 16 MiB) whatever
-/// the size of a result. Added to a channel when the login that negotiated CLIENT_COMPRESS ends.
+/// the size of a result. Added to a channel when the login that negotiated compression (zlib or
+/// zstd, each link on its own) ends.
 final class CompressionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -35,36 +36,23 @@ final class CompressionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var lastInboundSequence: UInt8 = 0
     private var readSinceWrite = false
     private var nextSequence: UInt8 = 0
-    private let compressor = CompressionAlgorithm.zlib().compressor
-    private let decompressor = CompressionAlgorithm.zlib().decompressor
+    private let codec: FrameCodec
+    let compression: ProtocolCompression
     private var context: ChannelHandlerContext?
 
-    init(role: Role) {
+    init(role: Role, compression: ProtocolCompression) throws {
         self.role = role
+        self.compression = compression
+        self.codec = try makeFrameCodec(compression)
     }
-
-    /// zlib's streams are set up once and reset after each frame (deflateReset, inflateReset):
-    /// setting one up costs hundreds of KiB of allocations.
-    private var streamsStarted = false
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        do {
-            try compressor.startStream()
-            try decompressor.startStream()
-            streamsStarted = true
-        } catch {
-            context.fireErrorCaught(error)
-        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
-        if streamsStarted {
-            streamsStarted = false
-            try? compressor.finishStream()
-            try? decompressor.finishStream()
-        }
+        codec.release()
     }
 
     // MARK: inbound
@@ -145,20 +133,15 @@ final class CompressionHandler: ChannelDuplexHandler, RemovableChannelHandler {
               inbound.readableBytes >= Self.headerSize + compressedLength
         else { return nil }
         inbound.moveReaderIndex(forwardBy: Self.headerSize)
-        var payload = inbound.readSlice(length: compressedLength)!
+        let payload = inbound.readSlice(length: compressedLength)!
         lastInboundSequence = sequence
         readSinceWrite = true
         if plainLength == 0 { return payload }
         var out = ByteBuffer()
-        out.reserveCapacity(plainLength)
         do {
-            try decompressor.streamInflate(from: &payload, to: &out)
-            try decompressor.resetStream()
+            try codec.decompress(payload, plainLength: plainLength, into: &out)
         } catch {
-            throw Failure(description: "a compressed frame that does not inflate to its \(plainLength) bytes: \(error)")
-        }
-        guard out.readableBytes == plainLength else {
-            throw Failure(description: "a compressed frame inflates to \(out.readableBytes) bytes, its header says \(plainLength)")
+            throw Failure(description: "a \(compression) frame that does not inflate to its \(plainLength) bytes: \(error)")
         }
         return out
     }
@@ -239,16 +222,7 @@ final class CompressionHandler: ChannelDuplexHandler, RemovableChannelHandler {
         nextSequence &+= 1
         var stored = plainLength < Self.minimumCompressedLength
         if !stored {
-            let before = out.writerIndex
-            // zlib's deflateBound for a one-shot stream, with room to spare
-            out.reserveCapacity(minimumWritableBytes: plainLength + plainLength / 1000 + (plainLength >> 12) + 64)
-            var copy = chunk
-            try compressor.streamDeflate(from: &copy, to: &out, flush: .finish)
-            try compressor.resetStream()
-            if out.writerIndex - before >= plainLength {
-                out.moveWriterIndex(to: before)  // no gain: sent as it is
-                stored = true
-            }
+            stored = try !codec.compress(chunk, into: &out)  // no gain: sent as it is
         }
         if stored { out.writeBuffer(&chunk) }
         out.setUInt24(out.writerIndex - headerAt - Self.headerSize, at: headerAt)

@@ -1,4 +1,5 @@
 import NIOCore
+import MySQLWire
 import NIOSSL
 import NIOTLS
 
@@ -78,15 +79,10 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
 
     /// The login's OK came: the server's link speaks the compressed protocol from now on; `early`
     /// is what the server sent behind the OK, decompressed once this read cycle is over.
-    func startCompression(early: ByteBuffer?) {
+    func startCompression(_ algorithm: ProtocolCompression, early: ByteBuffer?) throws {
         guard let context else { return }
-        let codec = CompressionHandler(role: .client)
-        do {
-            try context.pipeline.syncOperations.addHandler(codec, position: .before(self))
-        } catch {
-            context.fireErrorCaught(error)
-            return
-        }
+        let codec = try CompressionHandler(role: .client, compression: algorithm)
+        try context.pipeline.syncOperations.addHandler(codec, position: .before(self))
         if let early {
             context.eventLoop.assumeIsolated().execute { codec.receiveEarly(early) }
         }

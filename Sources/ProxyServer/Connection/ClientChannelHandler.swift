@@ -34,8 +34,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var clientCipher: String?
     private(set) var clientTLS: ScriptTLSInfo?
     private(set) var backendTLS: ScriptTLSInfo?
-    /// The compression the links speak, once the login negotiated it.
+    /// The compression each link speaks, once the login negotiated it.
     private var compression: String?
+    private var backendCompression: String?
 
     // Timeouts are checked by the event loop's sweeper; the hot path only sets these flags.
     private var sweeper: TimeoutSweeper?
@@ -63,6 +64,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         if let clientTLS { logger[metadataKey: "client_tls"] = "\(clientTLS.version) \(clientTLS.cipher ?? "")" }
         if let backendTLS { logger[metadataKey: "backend_tls"] = "\(backendTLS.version) \(backendTLS.cipher ?? "")" }
         if let compression { logger[metadataKey: "compression"] = "\(compression)" }
+        if let backendCompression { logger[metadataKey: "backend_compression"] = "\(backendCompression)" }
         logger.log(level: level, message())
     }
 
@@ -83,7 +85,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         shared.statistics.add(.connectionsActive)
         connectionID = shared.nextConnectionID()
         clientAddress = context.channel.remoteAddress
-        machine = ConnectionStateMachine(statistics: shared.statistics, tls: tlsPolicy(context))
+        machine = ConnectionStateMachine(statistics: shared.statistics, tls: tlsPolicy(context), compression: shared.configuration.compression)
         log(.debug, "client connected")
         sweeper = shared.sweeper(for: context.eventLoop)
         sweeper?.add(self)
@@ -105,7 +107,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
             connection.script = script
             scripted = connection
             machine = ConnectionStateMachine(statistics: shared.statistics, script: connection,
-                                             maxPacketSize: shared.configuration.maxAssembledPacketSize, tls: tlsPolicy(context))
+                                             maxPacketSize: shared.configuration.maxAssembledPacketSize, tls: tlsPolicy(context),
+                                             compression: shared.configuration.compression)
             return true
         case .failure(let failure):
             // MySQL Proxy's words, with packet id 0, instead of a greeting
@@ -260,7 +263,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case .send(let output):
             if output.dropBackend { dropBackend() }
             if let request = output.backendTLSRequest { startBackendTLS(request) }
-            if output.startCompression { backend?.startCompression(early: output.compressedFromServer) }
+            if let algorithm = output.startCompression?.backend { startBackendCompression(algorithm, early: output.compressedFromServer) }
             if let bytes = output.toBackend { backend?.writeAndFlush(bytes) }
             if let reason = output.close {
                 log(output.closeLevel, "closing: \(reason)")
@@ -269,7 +272,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
                 flushPending = false
                 context.writeAndFlush(NIOAny(bytes), promise: nil)
             }
-            if output.startCompression && output.close == nil { startClientCompression() }
+            if let algorithm = output.startCompression?.client, output.close == nil { startClientCompression(algorithm) }
         case .sendToClientAndClose(let buffer, let reason):
             log(.warning, "\(reason)")
             sendAndClose(buffer)
@@ -314,15 +317,27 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     /// The login's OK went out: the client's link speaks the compressed protocol from now on.
-    private func startClientCompression() {
+    private func startClientCompression(_ algorithm: ProtocolCompression) {
         guard let context else { return }
         do {
-            try context.pipeline.syncOperations.addHandler(CompressionHandler(role: .server), position: .before(self))
-            compression = "zlib"
+            try context.pipeline.syncOperations.addHandler(CompressionHandler(role: .server, compression: algorithm), position: .before(self))
+            compression = "\(algorithm)"
             scripted?.client.compression = compression
-            scripted?.server?.compression = backend == nil ? nil : compression
         } catch {
-            log(.error, "closing: cannot start compression: \(error)")
+            log(.error, "closing: cannot start \(algorithm) compression with the client: \(error)")
+            closeBoth()
+        }
+    }
+
+    /// The login's OK came from the server: its link speaks the compressed protocol from now on.
+    private func startBackendCompression(_ algorithm: ProtocolCompression, early: ByteBuffer?) {
+        guard let backend else { return }
+        do {
+            try backend.startCompression(algorithm, early: early)
+            backendCompression = "\(algorithm)"
+            scripted?.server?.compression = backendCompression
+        } catch {
+            log(.error, "closing: cannot start \(algorithm) compression with the backend: \(error)")
             closeBoth()
         }
     }

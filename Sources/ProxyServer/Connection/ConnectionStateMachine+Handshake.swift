@@ -17,7 +17,8 @@ extension ConnectionStateMachine {
         var out = ByteBuffer()
         let offer = tlsPolicy.offer == .always
         if case .raw(let packets) = response, var first = packets.first,
-           let parsed = try? HandshakeV10.rewriteCapabilities(of: &first, { offer ? $0.intersection(.scriptable).union(.ssl) : $0.intersection(.scriptable) }) {
+           let parsed = try? HandshakeV10.rewriteCapabilities(of: &first, { clientGreetingCapabilities($0, mask: .scriptable, tls: offer) }) {
+            clientOffered = clientGreetingCapabilities(parsed.capabilities, mask: .scriptable, tls: offer)
             clientTLSOffered = offer
             greeting = parsed
             var seq: UInt8 = 0
@@ -40,6 +41,14 @@ extension ConnectionStateMachine {
     var capabilityMask: CapabilityFlags {
         guard let script, hasServer else { return script == nil ? .relayable : .scriptable }
         return script.hooks.isDisjoint(with: [.readQuery, .readQueryResult, .readAuth]) ? .relayable : .scriptable
+    }
+
+    /// What the greeting to the client offers, from what the server (or a script) offered: what
+    /// the relay carries, TLS by the proxy's policy, and the compression the proxy speaks itself.
+    func clientGreetingCapabilities(_ offered: CapabilityFlags, mask: CapabilityFlags, tls: Bool) -> CapabilityFlags {
+        var caps = offered.intersection(mask).subtracting(ProtocolCompression.capabilities).union(compressionSettings.clientAlgorithms)
+        if tls { caps.insert(.ssl) }
+        return caps
     }
 
     /// What the proxy assumes a script's greeting offered when it cannot be read.
@@ -70,10 +79,13 @@ extension ConnectionStateMachine {
             let mask = capabilityMask
             let policy = tlsPolicy.offer
             var offer = false
+            var rewritten: CapabilityFlags = []
             greeting = try HandshakeV10.rewriteCapabilities(of: &payload) { offered in
                 offer = policy == .always || (policy == .likeBackend && offered.contains(.ssl))
-                return offer ? offered.intersection(mask).union(.ssl) : offered.intersection(mask)
+                rewritten = clientGreetingCapabilities(offered, mask: mask, tls: offer)
+                return rewritten
             }
+            clientOffered = rewritten
             clientTLSOffered = offer
         } catch {
             phase = .closed
@@ -155,12 +167,23 @@ extension ConnectionStateMachine {
         }
         var payload = frame.payload
         let response: HandshakeResponse41
+        let clientCompression: ProtocolCompression?
+        var backendCompression: ProtocolCompression?
         do {
             let asked = try HandshakeResponse41.restrictCapabilities(of: &payload, to: capabilityMask, adding: backendTLS ? .ssl : [])
-            response = try HandshakeResponse41(parsing: payload)
+            response = try HandshakeResponse41(parsing: frame.payload)
             session.username = response.username
             session.database = response.database
             session.capabilities = asked.intersection(session.greeting.capabilities).intersection(capabilityMask)
+            // Each link's compression on its own: the client's from the proxy's offer, the
+            // server's from the settings and the server's offer.
+            clientCompression = ProtocolCompression.negotiated(asked: asked, offered: clientOffered,
+                                                               zstdLevel: response.zstdCompressionLevel)
+            session.capabilities.subtract(ProtocolCompression.capabilities)
+            if hasServer {
+                backendCompression = compressionSettings.backendCompression(client: clientCompression, offered: session.greeting.capabilities)
+                try HandshakeResponse41.setCompression(of: &payload, parsed: response, to: backendCompression)
+            }
         } catch {
             return refuse(.badHandshake(""), "malformed handshake response: \(error)")
         }
@@ -181,11 +204,16 @@ extension ConnectionStateMachine {
                     phase = .closed
                     return .send(Output(toClient: bytes, close: "read_auth refused the login"))
                 }
-                return loggedInWithoutServer(answer: bytes, rest: input)
+                return loggedInWithoutServer(answer: bytes, rest: input, compression: clientCompression)
             case .returned(.sendQuery) where hasServer && !script.queries.isEmpty:
-                // The first queued packet replaces the client's handshake response.
+                // The first queued packet replaces the client's handshake response; the server
+                // link's compression is then what that packet asks for.
                 payload = script.queries.removeFirst().packet
                 script.queries.removeAll()
+                let own = try? HandshakeResponse41(parsing: payload)
+                backendCompression = own.flatMap {
+                    ProtocolCompression.negotiated(asked: $0.capabilities, offered: session.greeting.capabilities, zstdLevel: $0.zstdCompressionLevel)
+                }
             default:
                 break
             }
@@ -194,7 +222,7 @@ extension ConnectionStateMachine {
                 var ok = ByteBuffer()
                 var seq = reply
                 ResponseEncoding.ok(OKPacket(status: .autocommit), capabilities: session.capabilities, sequenceID: &seq, into: &ok)
-                return loggedInWithoutServer(answer: ok, rest: input)
+                return loggedInWithoutServer(answer: ok, rest: input, compression: clientCompression)
             }
             interceptingAuthResult = script.hooks.contains(.readAuthResult)
             intercepting = script.hooks.contains(.readQuery)
@@ -206,7 +234,8 @@ extension ConnectionStateMachine {
         out.writeMySQLPacket(payload, sequenceID: &seq)
         tracker.handshakeResponseSent(capabilities: session.capabilities, sequenceID: serverSequence)
         loginShift = frame.sequenceID &- serverSequence
-        compressionPending = session.capabilities.contains(.compress)
+        let start = CompressionStart(client: clientCompression, backend: backendCompression)
+        compressionPending = start.client == nil && start.backend == nil ? nil : start
         if clientTLS && hasServer && !backendTLS {
             secretGuard = SecretGuard(plugin: response.authPluginName ?? "", scramble: Array(session.greeting.authPluginData.prefix(20)))
         }
@@ -266,15 +295,15 @@ extension ConnectionStateMachine {
 
     /// The script let the client in without the server's word: the session goes on without a
     /// server connection (one the script may pick later from the pool).
-    private mutating func loggedInWithoutServer(answer: ByteBuffer, rest: ByteBuffer) -> Action {
+    private mutating func loggedInWithoutServer(answer: ByteBuffer, rest: ByteBuffer, compression: ProtocolCompression?) -> Action {
         let drop = hasServer
         hasServer = false
         intercepting = true
         tracker = .commandPhase(capabilities: session?.capabilities ?? [.protocol41])
         phase = .relaying
         var out = Output(toClient: answer, dropBackend: drop)
-        out.startCompression = session?.capabilities.contains(.compress) ?? false
-        compressionPending = false
+        out.startCompression = compression.map { CompressionStart(client: $0, backend: nil) }
+        compressionPending = nil
         guard rest.readableBytes > 0 else { return .send(out) }
         return Self.combine(out, then: exchangeClientData(rest))
     }
@@ -285,7 +314,7 @@ extension ConnectionStateMachine {
         serverCollector.append(chunk)
         var out = Output()
         do {
-            while interceptingAuthResult || loginShift != 0 || compressionPending, let c = try serverCollector.next() {
+            while interceptingAuthResult || loginShift != 0 || compressionPending != nil, let c = try serverCollector.next() {
                 let kind = try tracker.serverPacketStarted(c.start)
                 if secretGuard != nil {
                     do {
@@ -307,9 +336,9 @@ extension ConnectionStateMachine {
                 interceptingAuthResult = false
                 loginShift = 0
                 secretGuard = nil
-                if compressionPending {
-                    compressionPending = false
-                    out.startCompression = end.kind == .ok
+                if let pending = compressionPending {
+                    compressionPending = nil
+                    if end.kind == .ok { out.startCompression = pending }
                 }
                 var verdict = toClient
                 if let script, script.hooks.contains(.readAuthResult) {
@@ -329,12 +358,12 @@ extension ConnectionStateMachine {
             statistics.add(.backendProtocolErrors)
             return .abortConnections(reason: "malformed packet from the backend during the login: \(error)")
         }
-        if !interceptingAuthResult && loginShift == 0 && !compressionPending {
+        if !interceptingAuthResult && loginShift == 0 && compressionPending == nil {
             // What followed the verdict in the same read (a partial packet too) is read as usual.
             guard let rest = serverCollector.takeUnread() else {
                 return .abortConnections(reason: "the server sent a packet of 16 MiB or more right after its verdict on the login")
             }
-            if out.startCompression {
+            if out.startCompression?.backend != nil {
                 // compressed already: it comes back through the link's decompressor
                 if rest.readableBytes > 0 { out.compressedFromServer = rest }
             } else if rest.readableBytes > 0, case .forwardToClient(let bytes) = relayFromServer(rest) {
@@ -356,7 +385,7 @@ extension ConnectionStateMachine {
     /// proxy writes to the side it is not reading from (`fromServer` tells which side that is)
     /// must go out at once: the flush at the end of a read cycle only covers the other side.
     static func finish(_ output: Output, fromServer: Bool = false) -> Action {
-        if output.close == nil && !output.dropBackend && output.backendTLSRequest == nil && !output.startCompression {
+        if output.close == nil && !output.dropBackend && output.backendTLSRequest == nil && output.startCompression == nil {
             if output.toClient == nil, let bytes = output.toBackend, !fromServer { return .forwardToBackend(bytes) }
             if output.toBackend == nil, let bytes = output.toClient, fromServer { return .forwardToClient(bytes) }
             if output.toClient == nil && output.toBackend == nil { return .none }
@@ -383,7 +412,7 @@ extension ConnectionStateMachine {
             out.dropBackend = out.dropBackend || more.dropBackend
             out.close = out.close ?? more.close
             out.backendTLSRequest = out.backendTLSRequest ?? more.backendTLSRequest
-            out.startCompression = out.startCompression || more.startCompression
+            out.startCompression = out.startCompression ?? more.startCompression
             out.compressedFromServer = out.compressedFromServer ?? more.compressedFromServer
         case .connectToBackend, .startClientTLS, .sendToClientAndClose, .closeConnections, .abortConnections, .closeAfterBackendClosed,
              .forwardToClientUnderstoodNot:

@@ -61,13 +61,20 @@ struct ConnectionStateMachine {
         /// An SSLRequest to write to the server in plaintext before `toBackend`, after which the
         /// server link turns to TLS (everything in `toBackend` goes through it).
         var backendTLSRequest: ByteBuffer?
-        /// The login that negotiated CLIENT_COMPRESS ended with its OK (in `toClient`, which still
-        /// goes uncompressed): both links speak the compressed protocol from now on.
-        /// `compressedFromServer` is what the server sent behind its OK, already compressed.
-        var startCompression = false
+        /// The login that negotiated compression on either link ended with its OK (in `toClient`,
+        /// which still goes uncompressed): from now on each link named here speaks the compressed
+        /// protocol with its algorithm. `compressedFromServer` is what the server sent behind its
+        /// OK, already compressed.
+        var startCompression: CompressionStart?
         var compressedFromServer: ByteBuffer?
 
-        var isEmpty: Bool { toClient == nil && toBackend == nil && !dropBackend && close == nil && backendTLSRequest == nil && !startCompression }
+        var isEmpty: Bool { toClient == nil && toBackend == nil && !dropBackend && close == nil && backendTLSRequest == nil && startCompression == nil }
+    }
+
+    /// The compression each link starts once the login is through.
+    struct CompressionStart: Equatable {
+        var client: ProtocolCompression?
+        var backend: ProtocolCompression?
     }
 
     /// What this connection may do with TLS, from the configuration and the listener.
@@ -152,14 +159,20 @@ struct ConnectionStateMachine {
     var loginShift: UInt8 = 0
     /// Set while a login runs with a TLS client link and a plaintext server link (see +Secrets).
     var secretGuard: SecretGuard?
-    /// The login negotiated CLIENT_COMPRESS and has no verdict yet: its packets are taken whole
-    /// so that the compressed protocol starts exactly after the OK.
-    var compressionPending = false
+    /// The login negotiated compression on either link and has no verdict yet: its packets are
+    /// taken whole so that the compressed protocol starts exactly after the OK.
+    var compressionPending: CompressionStart?
+    let compressionSettings: CompressionSettings
+    /// The capabilities the greeting the client got offered (the session's greeting is the
+    /// server's, as it offered them).
+    var clientOffered: CapabilityFlags = []
 
-    init(statistics: ProxyStatistics, script: ConnectionScripting? = nil, maxPacketSize: Int = 64 << 20, tls: TLSPolicy = TLSPolicy()) {
+    init(statistics: ProxyStatistics, script: ConnectionScripting? = nil, maxPacketSize: Int = 64 << 20, tls: TLSPolicy = TLSPolicy(),
+         compression: CompressionSettings = CompressionSettings()) {
         self.statistics = statistics
         self.script = script
         self.tlsPolicy = tls
+        self.compressionSettings = compression
         clientCollector.maximumPacketLength = maxPacketSize
         serverCollector.maximumPacketLength = maxPacketSize
     }
@@ -306,7 +319,7 @@ struct ConnectionStateMachine {
         switch phase {
         case .relaying:
             var action: Action
-            if interceptingAuthResult || loginShift != 0 || compressionPending {
+            if interceptingAuthResult || loginShift != 0 || compressionPending != nil {
                 action = authResultDataReceived(chunk)
             } else if exchange.active {
                 action = exchangeServerData(chunk)

@@ -19,7 +19,13 @@ import ProxyScripting
         policy.offer = [ClientTLSSettings.Offer.never, .likeBackend, .always][Int(tls % 3)]
         policy.backend = BackendTLSSettings.Mode.allCases[Int(tls >> 2) % BackendTLSSettings.Mode.allCases.count]
         policy.requireSecureTransport = tls & 0x20 != 0
-        var machine = ConnectionStateMachine(statistics: ProxyStatistics(), script: script, maxPacketSize: 1 << 16, tls: policy)
+        // each link's compression: what the proxy offers and asks the server for, what the client asks
+        let compressing = reader.byte()
+        var compression = CompressionSettings()
+        compression.clientAlgorithms = [[], .compress, .zstdCompression, ProtocolCompression.capabilities][Int(compressing & 3)]
+        compression.backend = [.mirror, .off, .always(.zlib), .always(.zstd(level: Int(compressing >> 4) + 1))][Int(compressing >> 2) & 3]
+        var machine = ConnectionStateMachine(statistics: ProxyStatistics(), script: script, maxPacketSize: 1 << 16, tls: policy,
+                                             compression: compression)
         _ = machine.clientConnected()
         _ = machine.backendConnected()
         var offered = greeting
@@ -27,6 +33,10 @@ import ProxyScripting
         _ = machine.backendDataReceived(frame(offered, sequenceID: 0))
         var response = reader.byte() & 1 == 0 ? handshakeResponse : handshakeResponseDeprecateEOF
         if tls & 0x08 != 0 { response[0] |= 0x20 }  // CLIENT_COMPRESS
+        if compressing & 0x80 != 0 {
+            response[3] |= 0x04  // CLIENT_ZSTD_COMPRESSION_ALGORITHM, and its level last
+            response.append(compressing)
+        }
         var sequence: UInt8 = 1
         if tls & 0x80 != 0, let request = try? HandshakeResponse41.sslRequest(for: ByteBuffer(bytes: response)) {
             _ = machine.clientDataReceived(frame(Array(request.readableBytesView), sequenceID: 1))
