@@ -207,6 +207,10 @@ extension ERRPacket {
     public static func sslConnectionError(_ detail: String) -> ERRPacket {
         ERRPacket(code: 1105, sqlState: "HY000", message: "SSL connection error: \(detail)")
     }
+    /// ER_NOT_SUPPORTED_AUTH_MODE: the authentication the server asks for cannot be done here.
+    public static func authModeNotSupported(_ detail: String) -> ERRPacket {
+        ERRPacket(code: 1251, sqlState: "08004", message: "Client does not support authentication protocol requested by server: \(detail)")
+    }
     public static func shutdownInProgress() -> ERRPacket {
         ERRPacket(code: 1053, sqlState: "08S01", message: "Server shutdown in progress")
     }

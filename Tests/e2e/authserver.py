@@ -1,6 +1,8 @@
 """A fake MySQL server for the authentication methods MariaDB cannot play: caching_sha2_password
-(fast path and full authentication with the RSA public-key request) and an auth switch to
-mysql_clear_password. It checks the password for real and answers OK or ERR 1045."""
+(fast path and full authentication with the RSA public-key request), an auth switch to
+sha256_password (which, like a server on a plaintext link, takes the password only RSA-encrypted)
+and an auth switch to mysql_clear_password. It checks the password for real and answers OK or
+ERR 1045."""
 import hashlib
 import os
 import struct
@@ -29,7 +31,7 @@ def sha2_scramble(password, scramble):
 
 
 class AuthServer(FakeServer):
-    """mode: 'sha2-fast' (the server has the password cached), 'sha2-full', or 'clear'."""
+    """mode: 'sha2-fast' (the server has the password cached), 'sha2-full', 'sha256' or 'clear'."""
 
     def __init__(self, mode, password=b"secret"):
         self.mode, self.password = mode, password
@@ -46,11 +48,26 @@ class AuthServer(FakeServer):
     def _serve(self, conn):
         try:
             scramble = os.urandom(20).replace(b"\x00", b"\x01")
-            plugin = b"mysql_native_password" if self.mode == "clear" else b"caching_sha2_password"
+            plugin = b"mysql_native_password" if self.mode in ("clear", "sha256") else b"caching_sha2_password"
             conn.sendall(frame(greeting(plugin, scramble), 0))
             seq, response = self._read(conn)
             ok = False
-            if self.mode == "clear":
+            if self.mode == "sha256":
+                switch_scramble = os.urandom(20).replace(b"\x00", b"\x01")
+                conn.sendall(frame(b"\xfesha256_password\x00" + switch_scramble + b"\x00", seq + 1))
+                seq, answer = self._read(conn)
+                if answer == b"\x01":                              # request for the public key
+                    self.steps.append("key requested")
+                    conn.sendall(frame(b"\x01" + PEM, seq + 1))
+                    seq, answer = self._read(conn)
+                try:
+                    plain = KEY.decrypt(answer, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None))
+                    xored = bytes(b ^ switch_scramble[i % 20] for i, b in enumerate(plain))
+                    ok = xored.rstrip(b"\x00") == self.password
+                except ValueError:
+                    self.steps.append("not encrypted")
+                self.steps.append("sha256")
+            elif self.mode == "clear":
                 conn.sendall(frame(b"\xfemysql_clear_password\x00", seq + 1))
                 seq, answer = self._read(conn)
                 self.steps.append("clear")

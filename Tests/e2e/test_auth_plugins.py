@@ -11,6 +11,7 @@ from authserver import AuthServer
     ("sha2-fast", ["fast"]),
     ("sha2-full", ["key requested", "full"]),
     ("clear", ["clear"]),
+    ("sha256", ["key requested", "sha256"]),
 ])
 def test_authentication_is_relayed(start_proxy, mode, expected):
     server = AuthServer(mode)
@@ -22,7 +23,7 @@ def test_authentication_is_relayed(start_proxy, mode, expected):
     assert server.steps == expected
 
 
-@pytest.mark.parametrize("mode", ["sha2-fast", "sha2-full", "clear"])
+@pytest.mark.parametrize("mode", ["sha2-fast", "sha2-full", "clear", "sha256"])
 def test_wrong_password_is_refused_by_the_server(start_proxy, mode):
     server = AuthServer(mode)
     p = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{server.port}", backend=False)

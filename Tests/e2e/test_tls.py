@@ -356,3 +356,37 @@ def test_a_client_that_stalls_in_its_login_is_cut_off(start_proxy):
         cur.execute("SELECT 1")
         assert cur.fetchone() == (1,)
     c.close()
+
+
+def test_sha256_password_over_tls_goes_on_rsa_encrypted(start_proxy):
+    """sha256_password after an auth switch: over TLS the client answers with its password in
+    clear; the server link is plaintext, so the proxy asks the server for its key and sends the
+    password encrypted. Over a plaintext client link the client does that itself."""
+    from authserver import AuthServer
+    server = AuthServer("sha256")
+    proxy = start_proxy(f"--ssl-cert={CERT}", f"--ssl-key={KEY}", f"--proxy-backend-addresses=127.0.0.1:{server.port}", backend=False)
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="u", password="secret", ssl=no_verify(), connect_timeout=10)
+    c.ping(reconnect=False)
+    c.close()
+    assert server.steps == ["key requested", "sha256"]
+    server2 = AuthServer("sha256")
+    plain = start_proxy("--skip-ssl", f"--proxy-backend-addresses=127.0.0.1:{server2.port}", backend=False)
+    c = pymysql.connect(host="127.0.0.1", port=plain.port, user="u", password="secret", connect_timeout=10)
+    c.close()
+    assert server2.steps == ["key requested", "sha256"]
+
+
+def test_a_cleartext_plugin_is_refused_between_tls_and_plaintext(start_proxy):
+    """mysql_clear_password has no encrypted form: a client on TLS is not asked for its password
+    when the proxy would have to pass it on in clear. Plaintext on both links, it is relayed."""
+    from authserver import AuthServer
+    server = AuthServer("clear")
+    proxy = start_proxy(f"--ssl-cert={CERT}", f"--ssl-key={KEY}", f"--proxy-backend-addresses=127.0.0.1:{server.port}", backend=False)
+    with pytest.raises(pymysql.err.OperationalError) as e:
+        pymysql.connect(host="127.0.0.1", port=proxy.port, user="u", password="secret", ssl=no_verify(), connect_timeout=10)
+    assert e.value.args[0] == 1251 and "--proxy-backend-ssl" in e.value.args[1]
+    assert server.steps == []
+    assert "mysql_clear_password" in proxy.log()
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="u", password="secret", ssl_disabled=True, connect_timeout=10)
+    c.close()
+    assert server.steps == ["clear"]

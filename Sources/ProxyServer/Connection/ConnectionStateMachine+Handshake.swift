@@ -237,7 +237,18 @@ extension ConnectionStateMachine {
         let start = CompressionStart(client: clientCompression, backend: backendCompression)
         compressionPending = start.client == nil && start.backend == nil ? nil : start
         if clientTLS && hasServer && !backendTLS {
-            secretGuard = SecretGuard(plugin: response.authPluginName ?? "", scramble: Array(session.greeting.authPluginData.prefix(20)))
+            // A password in clear in the handshake response itself (the greeting named a plugin
+            // that sends it so): it cannot be made safe for a plaintext server link.
+            let plugin = response.authPluginName ?? ""
+            let data = response.authResponse
+            if (Self.cleartextPlugins.contains(plugin) && !data.isEmpty)
+                || (plugin == Self.sha256PluginName && !data.isEmpty && data != Self.sha256PublicKeyRequest && !(data.count >= 256 && data.last != 0)) {
+                phase = .closed
+                statistics.add(.errorsSentByProxy)
+                return .sendToClientAndClose(Self.framed(.authModeNotSupported(CleartextRefused(plugin: plugin).description), sequenceID: reply, protocol41: true),
+                                             reason: "login refused: \(CleartextRefused(plugin: plugin))")
+            }
+            secretGuard = SecretGuard(plugin: plugin, scramble: Array(session.greeting.authPluginData.prefix(20)))
         }
         nextSequenceToClient = reply
         phase = .relaying
@@ -319,10 +330,16 @@ extension ConnectionStateMachine {
                 if secretGuard != nil {
                     do {
                         guard try guardServerLoginPacket(c.packet, &out) else { continue }
+                    } catch let refused as CleartextRefused {
+                        statistics.add(.errorsSentByProxy)
+                        out.client(Self.framed(.authModeNotSupported(refused.description), sequenceID: c.packet.sequenceID &+ loginShift, protocol41: true))
+                        out.close = "login refused: \(refused)"
+                        out.closeLevel = .warning
+                        return .send(out)
                     } catch {
                         statistics.add(.errorsSentByProxy)
                         out.client(Self.framed(.sslConnectionError("\(error) (MoonProxy)"), sequenceID: nextSequenceToClient, protocol41: true))
-                        out.close = "caching_sha2_password's RSA exchange with the server failed: \(error)"
+                        out.close = "the RSA exchange with the server for the client's password failed: \(error)"
                         out.closeLevel = .warning
                         return .send(out)
                     }
