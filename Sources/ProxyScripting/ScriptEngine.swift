@@ -36,6 +36,8 @@ public final class ScriptEngine: @unchecked Sendable {
         public var timeout: Double = 1
         /// What `chassis.get_stats()` reports: counters by group ("proxy", ...).
         public var statistics: (@Sendable () -> [String: [(String, Int)]])?
+        /// What `chassis.get_connections()` lists: one row of name/value pairs per client connection.
+        public var connections: (@Sendable () -> [[(String, String)]])?
         /// What `chassis.set_shutdown()` does; without it the call is logged and ignored.
         public var shutdownRequest: (@Sendable () -> Void)?
         /// Lua code run in each connection's environment before the script (the admin interface

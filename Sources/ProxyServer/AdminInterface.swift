@@ -8,7 +8,7 @@ import ProxyScripting
 /// connection's environment defines `connect_server` (a greeting with a fresh challenge) and
 /// `read_auth` (a real mysql_native_password check against SHA1(SHA1(password)); the password
 /// itself never reaches Lua). The admin script then only needs `read_query`; the default one
-/// answers `SELECT * FROM help`, `backends`, `stats` and `config`.
+/// answers `SELECT * FROM help`, `backends`, `stats`, `connections` and `config`.
 public struct AdminConfiguration: Sendable {
     public var address: ProxyAddress = .tcp(host: "0.0.0.0", port: 4041)
     public var username: String
@@ -80,6 +80,7 @@ enum AdminInterface {
         { "SELECT * FROM help", "shows this help" },
         { "SELECT * FROM backends", "lists the backends: address, state, type, connected clients" },
         { "SELECT * FROM stats", "the proxy's counters: connections, queries, bytes, errors by source" },
+        { "SELECT * FROM connections", "the client connections: client, backend, user, TLS and compression on each link" },
         { "SELECT * FROM config", "the effective options" },
       })
     end
@@ -99,6 +100,17 @@ enum AdminInterface {
       end
       table.sort(rows, function(a, b) return a[1] < b[1] end)
       return resultset({ "name", "value" }, rows)
+    end
+    tables.connections = function()
+      local columns = { "id", "client", "backend", "user", "db", "state", "seconds", "client_tls", "backend_tls",
+                        "client_compression", "backend_compression" }
+      local rows = {}
+      for _, c in ipairs(chassis.get_connections() or {}) do
+        local row = {}
+        for i, name in ipairs(columns) do row[i] = c[name] end
+        rows[#rows + 1] = row
+      end
+      return resultset(columns, rows)
     end
     tables.config = function()
       local rows = {}

@@ -71,8 +71,9 @@ public final class MoonProxy: Sendable {
         }
         self.tlsProblem = tlsProblem
         self.tls = tls
+        let registry = ConnectionRegistry()
         self.context = ProxyContext(configuration: configuration, backends: backends, statistics: statistics,
-                                    connector: connector, logger: logger, scriptEngine: engine, tls: tls)
+                                    connector: connector, logger: logger, scriptEngine: engine, tls: tls, registry: registry)
         if let admin = configuration.admin {
             var script = ScriptEngine.Configuration(scriptPath: admin.luaScript,
                                                     scriptSource: admin.luaScript == nil ? (admin.luaScriptSource ?? AdminInterface.defaultScript) : nil)
@@ -84,6 +85,7 @@ public final class MoonProxy: Sendable {
             script.timeout = configuration.luaTimeout
             script.prelude = AdminInterface.prelude(username: admin.username, password: admin.password)
             script.statistics = { Self.statisticsGroups(statistics, backends) }
+            script.connections = { registry.rows() }
             var adminLogger = logger
             adminLogger[metadataKey: "module"] = "admin"
             let adminEngine = ScriptEngine(configuration: script, backends: backends, logger: adminLogger)

@@ -28,7 +28,7 @@ def test_builtin_tables(start_proxy):
     rows, header = table(r)
     assert header == ["command", "description"]
     assert [row[0] for row in rows] == ["SELECT * FROM help", "SELECT * FROM backends", "SELECT * FROM stats",
-                                        "SELECT * FROM config"]
+                                        "SELECT * FROM connections", "SELECT * FROM config"]
 
     # traffic through the proxy shows in the admin's tables
     c = proxy.connect()
@@ -59,7 +59,7 @@ def test_builtin_tables(start_proxy):
     a = pymysql.connect(host="127.0.0.1", port=admin_port, user="boss", password="s3cret pass")
     with a.cursor() as cur:
         cur.execute("select * from HELP;")
-        assert len(cur.fetchall()) == 4
+        assert len(cur.fetchall()) == 5
         with pytest.raises(pymysql.err.OperationalError) as e:
             cur.execute("SELECT 1")
         assert e.value.args[0] == 1105 and "SELECT * FROM help" in e.value.args[1]
@@ -120,3 +120,35 @@ def test_custom_admin_script_and_admin_only(start_proxy):
     with pytest.raises(OSError):
         import socket
         socket.create_connection(("127.0.0.1", proxy_port), timeout=1).close()
+
+
+def test_the_connections_table_shows_each_links_tls_and_compression(start_proxy):
+    import ssl
+    import mysql.connector
+    admin_port = free_port()
+    proxy = start_proxy(*admin_args(admin_port))
+    wait_for_port(admin_port)
+    plain = proxy.connect(ssl_disabled=True)
+    secure = mysql.connector.connect(host="127.0.0.1", port=proxy.port, user="root", compress=True, ssl_disabled=False,
+                                     ssl_verify_cert=False, database="mysql")
+    deadline = time.time() + 10
+    while True:  # the login shows within a tick of the proxy's sweeper
+        rows, header = table(mariadb_cli(admin_port, "SELECT * FROM connections", user="boss", password="s3cret pass"))
+        got = [dict(zip(header, row)) for row in rows]
+        if all(g["state"] == "logged in" for g in got) or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert header == ["id", "client", "backend", "user", "db", "state", "seconds", "client_tls", "backend_tls",
+                      "client_compression", "backend_compression"]
+    assert len(got) == 2
+    first, second = got
+    assert first["user"] == "root" and first["client_tls"] == "NULL" and first["client_compression"] == "NULL"
+    assert first["backend"] == f"127.0.0.1:{MARIADB_PORT}" and first["client"].startswith("127.0.0.1:")
+    assert second["db"] == "mysql" and second["client_tls"].startswith("TLSv1.") and second["backend_tls"].startswith("TLSv1.")
+    assert second["client_compression"] == "zlib" and second["backend_compression"] == "zlib"
+    plain.close()
+    secure.close()
+    deadline = time.time() + 10
+    while table(mariadb_cli(admin_port, "SELECT * FROM connections", user="boss", password="s3cret pass"))[0] and time.time() < deadline:
+        time.sleep(0.2)
+    assert table(mariadb_cli(admin_port, "SELECT * FROM connections", user="boss", password="s3cret pass"))[0] == []

@@ -64,6 +64,9 @@ enum LuaModules {
         lua.push(function: chassisStats, upvalues: 1)
         lua.rawSet(-2, "get_stats")
         lua.push(object: reference, metatable: engineMetatable)
+        lua.push(function: chassisConnections, upvalues: 1)
+        lua.rawSet(-2, "get_connections")
+        lua.push(object: reference, metatable: engineMetatable)
         lua.push(function: chassisSetShutdown, upvalues: 1)
         lua.rawSet(-2, "set_shutdown")
         lua.rawSet(-2, "chassis")
@@ -241,6 +244,27 @@ private let chassisStats: LuaFunction = { L in
             pushGroup(counters)
             lua.rawSet(-2, name)
         }
+    }
+    return 1
+}
+
+/// `chassis.get_connections()`: an array of tables (id, client, state, seconds, backend, user, db,
+/// client_tls, backend_tls, client_compression, backend_compression), nil where nobody keeps one.
+private let chassisConnections: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let engine = LuaModules.engine(lua), let provider = engine.configuration.connections else {
+        lua.pushNil()
+        return 1
+    }
+    let rows = provider()
+    lua.newTable(arrayCapacity: Int32(clamping: rows.count))
+    for (i, row) in rows.enumerated() {
+        lua.newTable(recordCapacity: Int32(clamping: row.count))
+        for (name, value) in row {
+            lua.push(value)
+            lua.rawSet(-2, name)
+        }
+        lua.rawSet(-2, i + 1)
     }
     return 1
 }

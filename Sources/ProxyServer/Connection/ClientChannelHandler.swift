@@ -18,7 +18,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private let shared: ProxyContext
     private var connectionID: UInt64 = 0
     private var clientAddress: SocketAddress?
-    private var backendAddress: ProxyAddress?
+    private var backendAddress: ProxyAddress? { didSet { publish() } }
     private var context: ChannelHandlerContext?
     private var backend: BackendChannelHandler?
     private var backendIndex: Int?
@@ -32,15 +32,15 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// The TLS of the client's link and of the server's, once their handshakes are done.
     private var clientTLSHandler: NIOSSLServerHandler?
     private var clientCipher: String?
-    private(set) var clientTLS: ScriptTLSInfo?
-    private(set) var backendTLS: ScriptTLSInfo?
+    private(set) var clientTLS: ScriptTLSInfo? { didSet { publish() } }
+    private(set) var backendTLS: ScriptTLSInfo? { didSet { publish() } }
     /// The compression each link speaks, once the login negotiated it.
-    private var compression: String?
-    private var backendCompression: String?
+    private var compression: String? { didSet { publish() } }
+    private var backendCompression: String? { didSet { publish() } }
 
     // Timeouts are checked by the event loop's sweeper; the hot path only sets these flags.
     private var sweeper: TimeoutSweeper?
-    private var loggedIn = false
+    private var loggedIn = false { didSet { publish() } }
     private var ticksBeforeLogin = 0
     private var clientSpoke = false
     private var backendSpoke = false
@@ -68,6 +68,29 @@ final class ClientChannelHandler: ChannelInboundHandler {
         logger.log(level: level, message())
     }
 
+    /// What the admin interface lists about this connection, written when it changes.
+    private func publish() {
+        guard let registry = shared.registry, connectionID != 0, !closed else { return }
+        let client = clientAddress?.logDescription ?? "local socket"
+        let backend = backendAddress.map { "\($0)" }
+        let user = loggedIn ? machine.session?.username : nil
+        let database = loggedIn ? machine.session?.database : nil
+        let tls = clientTLS.map { "\($0.version) \($0.cipher ?? "")" }
+        let serverTLS = backendTLS.map { "\($0.version) \($0.cipher ?? "")" }
+        let (compression, backendCompression, loggedIn) = (self.compression, self.backendCompression, self.loggedIn)
+        registry.update(connectionID) { entry in
+            entry.client = client
+            entry.backend = backend
+            entry.user = user
+            entry.database = database
+            entry.clientTLS = tls
+            entry.backendTLS = serverTLS
+            entry.clientCompression = compression
+            entry.backendCompression = backendCompression
+            entry.loggedIn = loggedIn
+        }
+    }
+
     // MARK: client channel events
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -86,6 +109,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         connectionID = shared.nextConnectionID()
         clientAddress = context.channel.remoteAddress
         machine = ConnectionStateMachine(statistics: shared.statistics, tls: tlsPolicy(context), compression: shared.configuration.compression)
+        publish()
         log(.debug, "client connected")
         sweeper = shared.sweeper(for: context.eventLoop)
         sweeper?.add(self)
@@ -442,6 +466,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             backendIndex = nil
         }
         shared.statistics.add(.connectionsActive, -1)
+        shared.registry?.remove(connectionID)
         log(.debug, "client disconnected")
     }
 

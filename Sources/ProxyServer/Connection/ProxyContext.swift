@@ -15,13 +15,17 @@ final class ProxyContext: Sendable {
     let scriptEngine: ScriptEngine?
     /// TLS contexts for clients and backends (nil: none, as on the admin interface).
     let tls: TLSContexts?
+    /// What the admin interface lists (nil on the admin interface itself).
+    let registry: ConnectionRegistry?
     private let lastConnectionID = ManagedAtomic<UInt64>(0)
     private let stopping = ManagedAtomic<Bool>(false)
     private let sweepers = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<TimeoutSweeper>]>([:])
 
     init(configuration: ProxyConfiguration, backends: BackendPool, statistics: ProxyStatistics,
-         connector: BackendConnector, logger: Logger, scriptEngine: ScriptEngine? = nil, tls: TLSContexts? = nil) {
+         connector: BackendConnector, logger: Logger, scriptEngine: ScriptEngine? = nil, tls: TLSContexts? = nil,
+         registry: ConnectionRegistry? = nil) {
         self.scriptEngine = scriptEngine
+        self.registry = registry
         self.tls = tls
         self.configuration = configuration
         self.backends = backends
