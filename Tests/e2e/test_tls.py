@@ -256,6 +256,10 @@ def test_sighup_reloads_the_certificate_for_new_connections_only(start_proxy, tm
 
     first = pymysql.connect(host="127.0.0.1", port=proxy.port, user="root", password="", ssl=no_verify())
     before = peer_certificate(first)
+    # the reload comes while the first connection streams a result of 100 MB: it goes on
+    streaming = first.cursor(pymysql.cursors.SSCursor)
+    streaming.execute("SELECT seq, REPEAT('x', 1000) FROM mysql.seq_1_to_100000")
+    received = sum(len(streaming.fetchone()[1]) for _ in range(1000))
     shutil.copy(CERTS / "server2.pem", cert)
     shutil.copy(CERTS / "server2-key.pem", key)
     proxy.proc.send_signal(signal.SIGHUP)
@@ -264,10 +268,10 @@ def test_sighup_reloads_the_certificate_for_new_connections_only(start_proxy, tm
         time.sleep(0.1)
     second = pymysql.connect(host="127.0.0.1", port=proxy.port, user="root", password="", ssl=no_verify())
     assert peer_certificate(second) != before
-    # the connection made before the reload goes on (a result of some size streams through it)
-    with first.cursor() as cur:
-        cur.execute("SELECT REPEAT('x', 1000000)")
-        assert len(cur.fetchone()[0]) == 1000000
+    received += sum(len(row[1]) for row in streaming)
+    assert received == 100_000 * 1000
+    streaming.close()
+    assert peer_certificate(first) == before
     # a broken certificate keeps the one in use, and says why
     cert.write_text("not a certificate\n")
     proxy.proc.send_signal(signal.SIGHUP)
