@@ -394,3 +394,27 @@ def test_a_cleartext_plugin_is_refused_between_tls_and_plaintext(start_proxy):
     c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="u", password="secret", ssl_disabled=True, connect_timeout=10)
     c.close()
     assert server.steps == ["clear"]
+
+
+def test_a_tls_client_that_vanishes_mid_query_ends_its_query(start_proxy):
+    """The server notices a client that disconnects during SLEEP() (it checks every few seconds).
+    Through a TLS server link it must see the connection end, as directly, not a close_notify it
+    would only read after the query (MariaDB's main.ssl_timeout)."""
+    proxy = start_proxy()
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="root", password="", ssl=no_verify(), read_timeout=1)
+    with c.cursor() as cur:
+        cur.execute("SHOW STATUS LIKE 'Ssl_version'")
+        assert cur.fetchone()[1].startswith("TLSv1.")
+        with pytest.raises(pymysql.err.OperationalError):
+            cur.execute("SELECT SLEEP(123.5)")
+    c.close()
+    query = "SELECT COUNT(*) FROM information_schema.processlist WHERE info = 'SELECT SLEEP(123.5)'"
+    deadline = time.time() + 15
+    with direct() as d, d.cursor() as cur:
+        while True:
+            cur.execute(query)
+            if cur.fetchone()[0] == 0 or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        cur.execute(query)
+        assert cur.fetchone()[0] == 0

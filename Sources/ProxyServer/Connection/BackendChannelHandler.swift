@@ -61,6 +61,8 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     // MARK: TLS
 
     private var tlsHandler: NIOSSLClientHandler?
+    /// Between the socket and the TLS handler: closes the socket under it.
+    private var socketCloser: SocketCloser?
     /// The cipher suite the server chose (read from its ServerHello).
     private var cipher: String?
 
@@ -72,6 +74,9 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         let handler = try NIOSSLClientHandler(context: sslContext, serverHostname: serverHostname)
         try context.pipeline.syncOperations.addHandler(handler, position: .first)
         tlsHandler = handler
+        let closer = SocketCloser()
+        try context.pipeline.syncOperations.addHandler(closer, position: .first)
+        socketCloser = closer
         try context.pipeline.syncOperations.addHandler(ServerHelloSniffer(watching: .inbound) { [weak self] cipher in
             self?.cipher = cipher
         }, position: .first)
@@ -148,7 +153,27 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         context.flush()
     }
 
-    func close() {
+    /// Closes the server connection. `abrupt` skips TLS's close_notify: a server running a query
+    /// sees a connection that still has bytes to read (the alert) as alive, and goes on until the
+    /// query ends, where a client that vanished directly is noticed at once.
+    func close(abrupt: Bool = false) {
+        if abrupt, let socketCloser {
+            socketCloser.closeSocket()
+        } else {
+            context?.close(promise: nil)
+        }
+    }
+}
+
+/// Sits next to the socket, under the TLS handler, so that a close it makes does not go through TLS.
+final class SocketCloser: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = ByteBuffer
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func closeSocket() {
         context?.close(promise: nil)
     }
 }

@@ -26,6 +26,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var readingFromClient = true
     private var flushPending = false
     private var closed = false
+    private var abortBackendOnClose = false
     /// The connection's script, when the proxy runs one.
     private var scripted: ScriptedConnection?
     private var disconnectHookCalled = false
@@ -165,6 +166,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // A client that vanished while its query runs: the server must see it go as it would
+        // directly, by the connection's end, not by a TLS close_notify it reads only later.
+        abortBackendOnClose = machine.isAwaitingResponse
         // A client that leaves between commands leaves a server connection the script may pool.
         callDisconnectHook(serverIdle: machine.serverIsIdle)
         run(machine.clientClosed())
@@ -401,7 +405,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             return
         }
         callDisconnectHook(serverIdle: false)
-        backend?.close()
+        backend?.close(abrupt: abortBackendOnClose)
         context.writeAndFlush(self.wrapOutboundOut(buffer)).assumeIsolated().whenComplete { [self] result in
             guard case .success = result, let context = self.context else {
                 self.closeBoth()
@@ -434,7 +438,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     private func closeBoth() {
         callDisconnectHook(serverIdle: false)
-        backend?.close()
+        backend?.close(abrupt: abortBackendOnClose)
         context?.close(promise: nil)
     }
 
@@ -458,7 +462,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         closed = true
         sweeper?.remove(self)
         sweeper = nil
-        backend?.close()
+        backend?.close(abrupt: abortBackendOnClose)
         backend?.owner = nil
         backend = nil
         if let index = backendIndex {
