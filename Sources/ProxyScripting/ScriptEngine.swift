@@ -259,8 +259,10 @@ public final class ScriptEngine: @unchecked Sendable {
         return compiled
     }
 
-    private func compile(_ bytes: [UInt8], name: String, mtime: timespec, size: Int) {
+    private func compile(_ original: [UInt8], name: String, mtime: timespec, size: Int) {
         let lua = state.lua
+        // Lua 5.1 source (MySQL Proxy's) with escapes 5.4 refuses: made literal, as 5.1 read them
+        let bytes = Lua51Source.rewrite(original) ?? original
         do throws(LuaError) {
             let loaded: Result<Void, LuaError> = bytes.withUnsafeBytes { raw in
                 do throws(LuaError) {

@@ -91,7 +91,7 @@ enum ScriptResponseDecoder {
         lua.rawGet(table, "type")
         defer { lua.setTop(table) }
         guard lua.type(at: -1) != .nil else { return .failure(ResponseProblem("proxy.response.type isn't set in \(scriptName)")) }
-        guard let type = lua.toInteger(at: -1) else {
+        guard let type = Self.number(lua) else {
             return .failure(ResponseProblem("proxy.response.type has to be a number, is \(lua.typeName(at: -1)) in \(scriptName)"))
         }
         lua.pop()
@@ -162,7 +162,8 @@ enum ScriptResponseDecoder {
             if lua.rawGet(field, "name") == .string || lua.type(at: -1) == .number { name = lua.toString(at: -1) ?? name }
             lua.pop()
             var type = ColumnType.string
-            if lua.rawGet(field, "type") == .number, let t = lua.toInteger(at: -1) { type = ColumnType(UInt8(truncatingIfNeeded: t)) }
+            lua.rawGet(field, "type")
+            if let t = Self.number(lua) { type = ColumnType(UInt8(truncatingIfNeeded: t)) }
             lua.pop()
             var f = ScriptField(name: name, type: type)
             for (key, path) in [("table", \ScriptField.table), ("org_name", \.orgName), ("org_table", \.orgTable), ("db", \.schema)] {
@@ -192,8 +193,7 @@ enum ScriptResponseDecoder {
                 for j in 1...max(fields.count, 1) where j <= fields.count {
                     switch lua.rawGet(row, j) {
                     case .string, .number: values.append(lua.toString(at: -1))
-                    case .boolean: values.append(lua.toBool(at: -1) ? "1" : "0")
-                    default: values.append(nil)
+                    default: values.append(nil)  // booleans, tables, nil: NULL, as MySQL Proxy sends them
                     }
                     lua.pop()
                 }
@@ -210,8 +210,22 @@ enum ScriptResponseDecoder {
 
     private static func integer(_ lua: Lua, _ table: Int32, _ key: String) -> Int? {
         defer { lua.pop() }
-        guard lua.rawGet(table, key) == .number else { return nil }
-        return lua.toInteger(at: -1) ?? lua.toNumber(at: -1).map { Int(exactly: $0.rounded(.towardZero)) ?? 0 }
+        lua.rawGet(table, key)
+        return number(lua)
+    }
+
+    /// The number on top of the stack as MySQL Proxy reads numbers from a script's tables: a
+    /// number, or a string Lua converts to one (`errcode = "3306"` from `string.match`); a
+    /// fraction is cut towards zero. Anything else is nil (the field's default applies).
+    static func number(_ lua: Lua) -> Int? {
+        switch lua.type(at: -1) {
+        case .number, .string:
+            if let i = lua.toInteger(at: -1) { return i }
+            guard let d = lua.toNumber(at: -1), d.isFinite else { return nil }
+            return Int(exactly: d.rounded(.towardZero)) ?? (d < 0 ? Int.min : Int.max)
+        default:
+            return nil
+        }
     }
 }
 

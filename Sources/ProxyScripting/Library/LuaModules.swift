@@ -21,6 +21,27 @@ enum LuaModules {
       if short and proxy and rawget(proxy, short) == nil then rawset(proxy, short, module) end
       return module
     end
+    -- Modules on package.path written for Lua 5.1 (MySQL Proxy's lib/*.lua): loaded as the
+    -- script is, with 5.1's unknown escapes made literal when 5.4 refuses the file as it is.
+    local lua51 = swift_modules["moonproxy.lua51"]
+    swift_modules["moonproxy.lua51"] = nil
+    local searchers = package.searchers
+    local lua_searcher = searchers[2]
+    searchers[2] = function(name)
+      local path = package.searchpath(name, package.path)
+      if not path then return lua_searcher(name) end
+      local file = io.open(path, "rb")
+      if not file then return lua_searcher(name) end
+      local source = file:read("a")
+      file:close()
+      local chunk, problem = load(source, "@" .. path, "t")
+      if not chunk then
+        local rewritten = lua51(source)
+        if rewritten then chunk = load(rewritten, "@" .. path, "t") end
+      end
+      if not chunk then error(("error loading module '%s' from file '%s':\n\t%s"):format(name, path, problem), 2) end
+      return chunk, path
+    end
     for name, module in pairs(swift_modules) do
       preload[name] = function() return publish(name, module) end
     end
@@ -44,6 +65,9 @@ enum LuaModules {
 
         MySQLProtoModule.push(lua)
         lua.rawSet(-2, "mysql.proto")
+
+        lua.push(function: lua51Rewrite)
+        lua.rawSet(-2, "moonproxy.lua51")
 
         lua.newTable()
         for (name, fn) in [("hash", passwordHash), ("scramble", passwordScramble), ("unscramble", passwordUnscramble), ("check", passwordCheck)] {
@@ -245,6 +269,18 @@ private let chassisStats: LuaFunction = { L in
             lua.rawSet(-2, name)
         }
     }
+    return 1
+}
+
+/// The Lua 5.1 source rewrite (`Lua51Source`) for the module searcher: the rewritten source, or
+/// nil when there is nothing to rewrite.
+private let lua51Rewrite: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let rewritten = lua.withBytes(at: 1, { Lua51Source.rewrite(Array($0)) }) ?? nil else {
+        lua.pushNil()
+        return 1
+    }
+    lua.push(byteArray: rewritten)
     return 1
 }
 

@@ -92,7 +92,8 @@ struct ProtoFields {
         let kind = lua.rawGet(index, key)
         defer { lua.pop() }
         if kind == .nil { return nil }
-        guard kind == .number, let value = lua.toInteger(at: -1) else { throw ProtoError(".\(key) has to be an integer") }
+        // a numeric string counts, as Lua's own coercion (and MySQL Proxy) has it
+        guard kind == .number || kind == .string, let value = lua.toInteger(at: -1) else { throw ProtoError(".\(key) has to be an integer") }
         return value
     }
 

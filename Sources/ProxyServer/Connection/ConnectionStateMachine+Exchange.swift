@@ -305,6 +305,7 @@ extension ConnectionStateMachine {
             do throws(WireError) {
                 let kind = try tracker.serverPacketStarted(packet)
                 if exchange.firstByte == nil && kind != .progress { exchange.firstByte = packet.firstByte ?? 0 }
+                if kind == .row, let result = exchange.injection { result.bytes += Self.rowBytes(packet.header.payloadLength) }
                 if case .endOfResponse(let end) = kind, ended == nil {
                     ended = end
                 }
@@ -321,7 +322,6 @@ extension ConnectionStateMachine {
         nextSequenceToClient = fromServer.lastSequenceID &+ 1
         if let result = exchange.injection {
             if result.firstPacketAt == 0 { result.firstPacketAt = ConnectionScript.now() }
-            result.bytes += chunk.readableBytes
         }
         guard let end = ended else { return .forwardToClient(chunk) }
         var out = Output(toClient: chunk)
@@ -335,6 +335,10 @@ extension ConnectionStateMachine {
         return Self.finish(out, fromServer: true)
     }
 
+    /// What a row adds to an injected result's `bytes`: as MySQL Proxy counts it, the row
+    /// packets with their headers, and nothing else of the response.
+    static func rowBytes(_ payloadLength: Int) -> Int { payloadLength + PacketHeader.size }
+
     /// The response is taken packet by packet: kept for the script, or passed on renumbered.
     private mutating func collectResponse(_ chunk: ByteBuffer) -> Action {
         serverCollector.append(chunk)
@@ -347,7 +351,7 @@ extension ConnectionStateMachine {
                     exchange.firstByte = payload.getInteger(at: payload.readerIndex, as: UInt8.self) ?? 0
                     exchange.injection?.firstPacketAt = ConnectionScript.now()
                 }
-                exchange.injection?.bytes += payload.readableBytes + PacketHeader.size
+                if kind == .row { exchange.injection?.bytes += Self.rowBytes(payload.readableBytes) }
                 if case .progress = kind {
                     // MariaDB's progress report: the client may see it, a buffered result does not keep it
                     if collect == .shift {

@@ -134,6 +134,18 @@ extension ConnectionStateMachine {
             return .sendToClientAndClose(Self.framed(err, sequenceID: reply, protocol41: true), reason: reason)
         }
         guard var session else { return refuse(.badHandshake(""), "handshake response without a greeting") }
+        if let lower = frame.payload.getInteger(at: frame.payload.readerIndex, endianness: .little, as: UInt16.self),
+           !CapabilityFlags(rawValue: UInt64(lower)).contains(.protocol41) {
+            // A pre-4.1 client (HandshakeResponse320), as MySQL 4.1+ servers answer one whose
+            // account needs the 4.1 authentication: in the old ERR format, without an SQLSTATE
+            // (the client reports HY000).
+            phase = .closed
+            statistics.add(.clientProtocolErrors)
+            statistics.add(.errorsSentByProxy)
+            return .sendToClientAndClose(
+                Self.framed(.authModeNotSupported("the proxy speaks protocol 4.1 and later; consider upgrading the client"), sequenceID: reply, protocol41: false),
+                reason: "a pre-4.1 handshake response (no CLIENT_PROTOCOL_41), which the proxy does not speak")
+        }
         if HandshakeResponse41.isSSLRequest(frame.payload) {
             guard clientTLSOffered && !clientTLS else {
                 return refuse(.badHandshake(""), clientTLS ? "a second SSLRequest inside TLS" : "the client asked for TLS, which the greeting did not offer")
