@@ -174,6 +174,9 @@ public struct ProxyConfiguration: Sendable {
     /// Largest result a script may have buffered with `resultset_is_needed = true`; a bigger one
     /// fails its query with an error instead of filling memory.
     public var resultsetBufferLimit: Int = 64 << 20
+    /// Whether a pooled server connection is reset before a session other than the one that
+    /// parked it uses it (`--proxy-pool-no-change-user` turns it off).
+    public var resetPooledConnections = true
     /// More entries for scripts' `proxy.global.config` (the command line's other options).
     public var scriptConfig: [String: String] = [:]
 

@@ -98,6 +98,7 @@ enum MoonProxyMain {
         configuration.luaCPath = options.luaCpath
         configuration.luaLibraryDirectory = Self.luaLibraryDirectory(basedir: basedir)
         if let limit = options.proxyResultsetBufferLimit { configuration.resultsetBufferLimit = limit }
+        configuration.resetPooledConnections = !options.proxyPoolNoChangeUser
         if let timeout = options.proxyLuaTimeout { configuration.luaTimeout = timeout }
         if let limit = options.proxyLuaMemoryLimit.flatMap(Options.byteCount) { configuration.luaMemoryLimit = limit }
         if let size = options.proxyMaxPacketSize.flatMap(Options.byteCount) { configuration.maxAssembledPacketSize = size }
@@ -179,7 +180,6 @@ enum MoonProxyMain {
             (options.proxyFixBug25371, "--proxy-fix-bug-25371: not needed, MoonProxy relays the server's packets as sent"),
             (options.logBacktraceOnCrash, "--log-backtrace-on-crash: the Swift runtime prints a backtrace on a crash by itself"),
             (options.pluginDir != nil, "--plugin-dir: MoonProxy's plugins are built in"),
-            (options.proxyPoolNoChangeUser, "--proxy-pool-no-change-user: noted; it matters once connection pooling is used"),
             (!options.pluginList.contains("admin") && (options.adminAddress != nil || options.adminUsername != nil || options.adminLuaScript != nil),
              "--admin-*: ignored without --plugins=admin"),
         ] where given {

@@ -51,7 +51,7 @@ struct Options: ParsableArguments {
     @Flag(name: .customLong("no-proxy"), help: "don't start the proxy-module (default: enabled)")
     var noProxy = false
 
-    @Flag(name: .customLong("proxy-pool-no-change-user"), help: "don't use CHANGE_USER to reset the connection coming from the pool (default: enabled)")
+    @Flag(name: .customLong("proxy-pool-no-change-user"), help: "don't reset a pooled server connection before another client session uses it (default: reset, with COM_RESET_CONNECTION)")
     var proxyPoolNoChangeUser = false
 
     @Option(name: .customLong("proxy-connect-timeout"), help: ArgumentHelp("connect timeout in seconds (default: 2.0 seconds)", valueName: "seconds"))

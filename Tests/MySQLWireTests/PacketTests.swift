@@ -240,3 +240,27 @@ enum Captured {
         #expect(values.map(\.text) == ["2024-11-21 10:27:44.123456", "-26:03:04.000005", "2024-11-21"])
     }
 }
+
+@Suite struct ChangeUserTests {
+    /// mysql-connector-python 9's COM_CHANGE_USER to user "nat", database "test" (captured
+    /// through the proxy's read_query).
+    static let captured = "116e61740014e92f62eeb510deb1af37be8f4e9bbcf539d6483074657374002d006d7973716c5f6e61746976655f70617373776f7264008d045f7069640439383034095f706c6174666f726d067838365f36340c5f736f757263655f686f737402766d0c5f636c69656e745f6e616d65166d7973716c2d636f6e6e6563746f722d707974686f6e0f5f636c69656e745f6c6963656e73650747504c2d322e300f5f636c69656e745f76657273696f6e0732362e31302e30035f6f730944656269616e2d3132"
+
+    @Test func readsUserAndDatabase() throws {
+        let request = try ChangeUserRequest(parsing: ByteBuffer(hex: Self.captured), capabilities: [.protocol41, .secureConnection])
+        #expect(request.username == "nat")
+        #expect(request.database == "test")
+    }
+
+    @Test func truncatedRequestsAreErrors() {
+        let bytes = Array(ByteBuffer(hex: Self.captured).readableBytesView)
+        for length in [0, 1, 3, 6, 20] {
+            #expect(throws: WireError.self) {
+                try ChangeUserRequest(parsing: ByteBuffer(bytes: bytes.prefix(length)), capabilities: [.protocol41, .secureConnection])
+            }
+        }
+        // without a database at all (an old client): the empty one
+        let noDatabase = try? ChangeUserRequest(parsing: ByteBuffer(bytes: bytes.prefix(5 + 21)), capabilities: [.protocol41, .secureConnection])
+        #expect(noDatabase?.database == "")
+    }
+}

@@ -32,6 +32,8 @@ final class FakeScript: ConnectionScripting {
     func greetingReceived(_ greeting: HandshakeV10) {}
     func handshakeResponseReceived(_ response: HandshakeResponse41, capabilities: CapabilityFlags) {}
     func databaseChanged(to name: String, forClient: Bool) { databases.append((name, forClient)) }
+    func userChanged(to username: String, database: String) { users.append(username) }
+    var users: [String] = []
     func connectServer() -> HookOutcome { onConnectServer() }
     func readHandshake() -> HookOutcome { onReadHandshake() }
     func readAuth() -> HookOutcome { onReadAuth() }

@@ -115,6 +115,8 @@ class RawClient:
     """`compression`: None, "zlib" or ("zstd", level): asked for when the greeting offers it;
     `self.compression` says what the login negotiated."""
 
+    compression = None  # also for tests that build one with __new__ around a socket of their own
+
     def __init__(self, host, port, user="root", password="", database=None, caps=DEFAULT_CAPS, timeout=10, mariadb_caps=0,
                  compression=None):
         self.sock = socket.create_connection((host, port), timeout=timeout)

@@ -7,7 +7,7 @@ import subprocess
 import pymysql
 import pytest
 
-from conftest import MARIADB_PORT
+from conftest import MARIADB_PORT, direct
 from test_scripting import script
 
 # a mock server's greeting, and OK for what clients send on their own at connect (SET NAMES ...)
@@ -168,3 +168,187 @@ function connect_server()
     return proxy.PROXY_SEND_RESULT
 end
 """
+
+
+# --- LOCAL INFILE: a mock server asks for a file; a proxy in front looks at the result ----------
+
+INFILE_MOCK = r"""
+function connect_server()
+    -- CLIENT_LOCAL_FILES | CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION, as a server that takes files
+    proxy.response = { type = proxy.MYSQLD_PACKET_RAW, packets = {
+        require("mysql.proto").to_challenge_packet({ capabilities = 128 + 512 + 32768 }) } }
+    return proxy.PROXY_SEND_RESULT
+end
+local file
+function read_query(packet)
+    if file then
+        -- the file comes packet by packet, then an empty one; only the last gets an answer
+        if #packet > 0 then file[#file + 1] = packet; return end
+        local content = table.concat(file)
+        file = nil
+        proxy.response = { type = proxy.MYSQLD_PACKET_OK, affected_rows = #content, message = "first line: " .. content:match("^[^\n]*") }
+        return proxy.PROXY_SEND_RESULT
+    end
+    local name = packet:sub(2):match("^LOAD DATA LOCAL INFILE '([^']+)'")
+    if packet:byte() == proxy.COM_QUERY and name then
+        file = {}
+        proxy.response = { type = proxy.MYSQLD_PACKET_RAW, packets = { "\251" .. name } }
+    else
+        proxy.response = { type = proxy.MYSQLD_PACKET_OK }
+    end
+    return proxy.PROXY_SEND_RESULT
+end
+"""
+
+# the client's statement goes on as an injection whose result the script reads
+LOOKING_FRONT = """
+function read_query(packet)
+    proxy.queries:append(1, packet, { resultset_is_needed = true })
+    return proxy.PROXY_SEND_QUERY
+end
+function read_query_result(inj)
+    print(("result of %d: %d affected rows"):format(inj.id, inj.resultset.affected_rows or -1))
+end
+"""
+
+
+def test_local_infile_from_a_mock_server_and_through_a_second_proxy(start_proxy, tmp_path):
+    data = tmp_path / "upload.txt"
+    data.write_text("one,1\n" + "two,2\n" * 20000)  # several packets' worth
+    size = data.stat().st_size
+    mock_proxy = start_proxy(f"--proxy-lua-script={script(INFILE_MOCK, 'infile_mock')}", backend=False)
+    front = start_proxy(f"--proxy-lua-script={script(LOOKING_FRONT, 'looking_front')}",
+                        f"--proxy-backend-addresses=127.0.0.1:{mock_proxy.port}", backend=False)
+    statement = f"LOAD DATA LOCAL INFILE '{data}' INTO TABLE t; SELECT 'after'"
+    for p in (mock_proxy, front):
+        r = cli(p.port, statement, "--local-infile=1", "-vv")
+        assert f"Query OK, {size} rows affected" in r.stdout, r.stdout
+        assert "after" in r.stdout  # the session goes on in step
+    assert f"result of 1: {size} affected rows" in front.log()
+    # a client that does not allow LOCAL INFILE sends an empty file, and is told so by the mock
+    r = cli(front.port, f"LOAD DATA LOCAL INFILE '{data}' INTO TABLE t", "--local-infile=0", "-vv", check=False)
+    assert "0 rows affected" in r.stdout or "ERROR" in r.stderr
+
+
+def test_local_infile_through_a_script_that_reads_the_result_to_a_real_server(start_proxy, tmp_path):
+    data = tmp_path / "rows.csv"
+    data.write_text("".join(f"{i},row {i}\n" for i in range(1, 3001)))
+    front = start_proxy(f"--proxy-lua-script={script(LOOKING_FRONT, 'looking_front')}")
+    c = front.connect(local_infile=True, autocommit=True)
+    with c.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS moon.infile (id INT PRIMARY KEY, s VARCHAR(20))")
+        cur.execute("DELETE FROM moon.infile")
+        assert cur.execute(f"LOAD DATA LOCAL INFILE '{data}' INTO TABLE moon.infile FIELDS TERMINATED BY ','") == 3000
+        cur.execute("SELECT COUNT(*), MAX(s) FROM moon.infile")
+        assert cur.fetchone() == (3000, "row 999")
+        cur.execute("DROP TABLE moon.infile")
+    c.close()
+    assert "result of 1: 3000 affected rows" in front.log()
+
+
+# --- the connection pool -----------------------------------------------------------------------
+
+# As MySQL Proxy's ro-pooling: the login's connection goes to the pool, each statement takes an
+# idle one of the client's user and gives it back after, and COM_QUIT never reaches the server.
+POOLING = """
+function read_auth_result(auth)
+    if auth.packet:byte() == proxy.MYSQLD_PACKET_OK then proxy.connection.backend_ndx = 0 end
+end
+function read_query(packet)
+    if packet:byte() == proxy.COM_QUIT then
+        proxy.response = { type = proxy.MYSQLD_PACKET_OK }
+        return proxy.PROXY_SEND_RESULT
+    end
+    if proxy.connection.backend_ndx == 0 then
+        local user = proxy.connection.client.username
+        if proxy.global.backends[1].pool.users[user].cur_idle_connections > 0 then proxy.connection.backend_ndx = 1 end
+    end
+    proxy.queries:append(1, packet, { resultset_is_needed = true })
+    return proxy.PROXY_SEND_QUERY
+end
+function read_query_result(inj)
+    if not inj.resultset.flags.in_trans then proxy.connection.backend_ndx = 0 end
+end
+"""
+
+
+def test_a_pooling_script_serves_mysqltest_connecting_again_and_again(start_proxy, tmp_path):
+    # mysqltest's disconnect sends COM_QUIT and waits for the close: a script that keeps the
+    # COM_QUIT from the server must not leave it waiting
+    proxy = start_proxy(f"--proxy-lua-script={script(POOLING, 'pooling')}")
+    steps = "".join(f"connect (c{i},127.0.0.1,root,,,{proxy.port});\nSELECT {i} AS n;\ndisconnect c{i};\n" for i in range(1, 6))
+    r = subprocess.run(["mariadb-test", "--host=127.0.0.1", f"--port={proxy.port}", "--user=root"],
+                       input=steps, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [line for line in r.stdout.splitlines() if line.isdigit()] == ["1", "2", "3", "4", "5"]
+
+
+POOL_USERS = ["CREATE USER IF NOT EXISTS 'pool_low'@'%' IDENTIFIED BY 'lowpass'",
+              "GRANT SELECT ON moon.* TO 'pool_low'@'%'",
+              "CREATE USER IF NOT EXISTS 'pool_high'@'%' IDENTIFIED BY 'highpass'",
+              "GRANT ALL ON moon.* TO 'pool_high'@'%'"]
+
+
+def pooled_sessions(proxy):
+    """Client A logs in as pool_low, changes to the more privileged pool_high and leaves session
+    state behind on its server connection; then C logs in as pool_low and B as pool_high, and
+    each runs every check twice: statements take turns on the idle connections of their user,
+    so each check runs on both. Returns A's server connection id and what C and B saw."""
+    import mysql.connector
+
+    def connect(user, password):
+        return mysql.connector.connect(host="127.0.0.1", port=proxy.port, user=user, password=password,
+                                       database="moon", ssl_disabled=True, use_pure=True, autocommit=True)
+
+    def run(cur, sql):
+        try:
+            cur.execute(sql)
+            return cur.fetchall()[0] if cur.with_rows else "done"
+        except mysql.connector.Error as e:
+            return e.errno
+
+    a = connect("pool_low", "lowpass")
+    a.cmd_change_user(username="pool_high", password="highpass", database="moon")
+    cur = a.cursor()
+    assert run(cur, "SELECT CURRENT_USER()") == ("pool_high@%",)
+    a_id = run(cur, "SELECT CONNECTION_ID()")[0]
+    for sql in ["SET @secret = 'from A'", "CREATE TEMPORARY TABLE moon.a_temp (x INT)",
+                "PREPARE a_stmt FROM 'SELECT 1'", "SET SESSION sql_mode = 'ANSI_QUOTES'"]:
+        assert run(cur, sql) == "done"
+    assert run(cur, "SELECT CONNECTION_ID()") == (a_id,)  # A's own, the only one of pool_high
+    cur.close()
+    a.close()
+    seen = {}
+    c = connect("pool_low", "lowpass")
+    cur = c.cursor()
+    seen["c"] = [run(cur, "SELECT CONNECTION_ID(), CURRENT_USER()") for _ in range(2)]
+    c.close()
+    b = connect("pool_high", "highpass")
+    cur = b.cursor()
+    seen["b"] = [run(cur, "SELECT CONNECTION_ID(), CURRENT_USER(), @secret, @@SESSION.sql_mode = @@GLOBAL.sql_mode")
+                 for _ in range(2)]
+    seen["temp"] = [run(cur, "SELECT COUNT(*) FROM moon.a_temp") for _ in range(2)]
+    seen["stmt"] = [run(cur, "EXECUTE a_stmt") for _ in range(2)]
+    b.close()
+    return a_id, seen
+
+
+def test_the_pool_keeps_sessions_apart(start_proxy):
+    d = direct(autocommit=True)
+    with d.cursor() as cur:
+        for sql in POOL_USERS:
+            cur.execute(sql)
+    d.close()
+    proxy = start_proxy(f"--proxy-lua-script={script(POOLING, 'pooling')}")
+    a_id, seen = pooled_sessions(proxy)
+    # C, of A's first user, never gets A's connection, which belongs to pool_high now
+    assert all(row[1] == "pool_low@%" and row[0] != a_id for row in seen["c"]), seen
+    # B, of pool_high, gets it, reset: none of A's session is left, and B is who it logged in as
+    assert a_id in [row[0] for row in seen["b"]], seen
+    assert all(row[1:] == ("pool_high@%", None, 1) for row in seen["b"]), seen
+    assert seen["temp"] == [1146, 1146] and seen["stmt"] == [1243, 1243], seen
+    # without the reset, B finds A's session on A's connection as A left it
+    proxy = start_proxy(f"--proxy-lua-script={script(POOLING, 'pooling')}", "--proxy-pool-no-change-user")
+    a_id, seen = pooled_sessions(proxy)
+    assert (a_id, "pool_high@%", "from A", 0) in seen["b"], seen
+    assert (0,) in seen["temp"] and (1,) in seen["stmt"], seen

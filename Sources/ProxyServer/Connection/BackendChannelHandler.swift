@@ -35,7 +35,11 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if let owner {
-            owner.backendDataReceived(self.unwrapInboundIn(data))
+            var data = self.unwrapInboundIn(data)
+            if resetAnswer != nil {
+                guard takeResetAnswer(&data, owner: owner) else { return }
+            }
+            owner.backendDataReceived(data)
         } else {
             parkedIn?.parkedConnectionEnded(self)
         }
@@ -102,6 +106,48 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         owner?.backendErrorCaught(error)
         context.close(promise: nil)
+    }
+
+    // MARK: session reset
+
+    /// Bytes of the answer to COM_RESET_CONNECTION, while it is awaited.
+    private var resetAnswer: ByteBuffer?
+
+    /// Clears the server-side session of this (pooled) connection before another client session
+    /// uses it. The one-packet answer is taken here, before anything reaches the owner; what the
+    /// owner writes next follows the reset on the wire.
+    func resetSession() {
+        var packet = ByteBuffer()
+        var seq: UInt8 = 0
+        packet.writeMySQLPacket(ByteBuffer(bytes: [CommandCode.resetConnection.rawValue]), sequenceID: &seq)
+        resetAnswer = ByteBuffer()
+        writeAndFlush(packet)
+    }
+
+    /// Takes the reset's answer off the front of `data`: false while it is incomplete or when it
+    /// failed (the owner is told), else `data` is what follows it.
+    private func takeResetAnswer(_ data: inout ByteBuffer, owner: ClientChannelHandler) -> Bool {
+        guard var pending = resetAnswer else { return true }
+        pending.writeBuffer(&data)
+        guard let header = PacketHeader.peek(pending, at: pending.readerIndex),
+              pending.readableBytes >= PacketHeader.size + header.payloadLength else {
+            resetAnswer = pending
+            return false
+        }
+        let first = pending.getInteger(at: pending.readerIndex + PacketHeader.size, as: UInt8.self)
+        let answer = pending.readSlice(length: PacketHeader.size + header.payloadLength)
+        resetAnswer = nil
+        guard first == 0x00 else {
+            var text = "no OK"
+            if let payload = answer?.getSlice(at: PacketHeader.size, length: header.payloadLength),
+               let err = try? ERRPacket(parsing: payload) {
+                text = "\(err.code) \(err.message)"
+            }
+            owner.backendResetFailed(text)
+            return false
+        }
+        data = pending
+        return data.readableBytes > 0
     }
 
     // MARK: backpressure

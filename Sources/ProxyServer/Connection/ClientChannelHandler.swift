@@ -437,7 +437,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     private func closeBoth() {
-        callDisconnectHook(serverIdle: false)
+        // a client that quit between commands leaves an idle server connection the script may pool
+        callDisconnectHook(serverIdle: machine.serverIsIdle)
         backend?.close(abrupt: abortBackendOnClose)
         context?.close(promise: nil)
     }
@@ -593,6 +594,17 @@ extension ClientChannelHandler {
             log(.info, "proxy.connection.backend_ndx = \(target + 1): no idle connection of user '\(connection.client.username)' to that backend in the pool; staying \(backendIndex.map { "on backend \($0 + 1)" } ?? "without a server")")
             return
         }
+        if parked.session != connectionID && shared.configuration.resetPooledConnections {
+            // Another client session used it: nothing of that session (variables, temporary
+            // tables, prepared statements, SET SESSION) may reach this one. The pool's key
+            // already holds its user to this client's current one.
+            guard ServerConnectionPool.serverResetsSessions(parked.server.versionString) else {
+                log(.warning, "proxy.connection.backend_ndx = \(target + 1): the pooled connection's server (\(parked.server.versionString)) cannot reset a session (COM_RESET_CONNECTION), so it does not go to another client session; closing it (--proxy-pool-no-change-user allows it)")
+                parked.handler.close()
+                return
+            }
+            parked.handler.resetSession()
+        }
         if backend != nil { parkServer(connection) }
         parked.handler.owner = self
         backend = parked.handler
@@ -616,12 +628,21 @@ extension ClientChannelHandler {
         let parked = ServerConnectionPool.Parked(
             handler: handler,
             key: ServerConnectionPool.Key(backend: index, user: connection.client.username, capabilities: connection.capabilities),
-            status: connection.serverStatus, server: connection.server ?? ScriptServerInfo(), address: address)
+            status: connection.serverStatus, server: connection.server ?? ScriptServerInfo(), address: address, session: connectionID)
         connection.server = nil
         if sweeper?.serverPool.park(parked) != true {
             log(.debug, "closing a server connection the pool cannot keep (full, or in a transaction)")
             handler.close()
         }
+    }
+
+    /// A pooled connection's session could not be reset before this client used it: what was
+    /// sent behind the reset ran in a session that may not be clean, so nothing more of it may.
+    func backendResetFailed(_ detail: String) {
+        log(.error, "closing: the server refused to reset the pooled connection's session (COM_RESET_CONNECTION: \(detail))")
+        shared.statistics.add(.backendProtocolErrors)
+        abortBackendOnClose = true
+        closeBoth()
     }
 
     /// Closes the server connection: the script answered the login itself.

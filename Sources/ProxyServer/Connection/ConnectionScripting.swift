@@ -30,6 +30,9 @@ protocol ConnectionScripting: AnyObject {
     func handshakeResponseReceived(_ response: HandshakeResponse41, capabilities: CapabilityFlags)
     /// A COM_INIT_DB succeeded: on the server, and for the client too when it was the client's own.
     func databaseChanged(to name: String, forClient: Bool)
+    /// A COM_CHANGE_USER succeeded: the session belongs to `username` now (pooled server
+    /// connections are keyed by it).
+    func userChanged(to username: String, database: String)
 
     func connectServer() -> HookOutcome
     func readHandshake() -> HookOutcome

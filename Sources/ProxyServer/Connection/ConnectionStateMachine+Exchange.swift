@@ -31,6 +31,8 @@ extension ConnectionStateMachine {
         var clientSequence: UInt8 = 0
         /// COM_INIT_DB's database, to update the session when it succeeds.
         var database: String?
+        /// COM_CHANGE_USER's user and database, likewise.
+        var changeUser: ChangeUserRequest?
         /// The injection whose response is coming; nil while the client's own command runs.
         var injection: InjectionResult?
         /// How the current response is handled; nil streams it through the frame scanner.
@@ -43,6 +45,10 @@ extension ConnectionStateMachine {
         var overflowed = false
         /// The first byte of the current response's first packet, once seen.
         var firstByte: UInt8?
+        /// The client's command packet.
+        var clientCommand = ByteBuffer()
+        /// A server's LOCAL INFILE request went on to the client, which then sent its file.
+        var uploadRelayed = false
 
         /// Whether an ERR can still stand in for the rest of this command's response.
         var clientMayTakeError: Bool { collect != .buffer || sent == 0 }
@@ -97,7 +103,19 @@ extension ConnectionStateMachine {
         if hasServer && tracker.clientPhase != .command && !pipelinedBehindLogin {
             // Data of the exchange under way: a LOCAL INFILE upload, authentication answers.
             _ = try tracker.clientPacketStarted(c.start)
-            out.backend(c.raw ?? Self.framed(c.packet))
+            if exchange.active && exchange.shift != 0 {
+                // an injection's upload: the server counts from the injection's sequence ids
+                out.backend(Self.framed(c.packet, sequenceID: c.packet.sequenceID &- exchange.shift))
+            } else {
+                out.backend(c.raw ?? Self.framed(c.packet))
+            }
+            if exchange.active {
+                nextSequenceToClient = c.packet.sequenceID &+ UInt8(truncatingIfNeeded: c.packet.payload.readableBytes / PacketHeader.maxPayloadLength + 1)
+            }
+            return
+        }
+        if scriptedUpload {
+            try scriptedUploadPacket(c, &out)
             return
         }
         statistics.add(.commands)
@@ -131,9 +149,13 @@ extension ConnectionStateMachine {
             throw .invalid("empty command packet")
         }
         exchange = Exchange(active: true, command: CommandCode(byte), clientSequence: lastSequence)
+        exchange.clientCommand = payload
+        commandsStarted = true
         nextSequenceToClient = lastSequence &+ 1
         if exchange.command == .initDB {
             exchange.database = payload.getString(at: payload.readerIndex + 1, length: payload.readableBytes - 1)
+        } else if exchange.command == .changeUser {
+            exchange.changeUser = try? ChangeUserRequest(parsing: payload, capabilities: session?.capabilities ?? [.protocol41, .secureConnection])
         }
         guard let script else {
             try forwardOriginal(c, &out)
@@ -198,7 +220,13 @@ extension ConnectionStateMachine {
     private mutating func answerCommand(with response: ScriptResponse, _ out: inout Output) {
         exchange.sent += 1
         guard ResponseShape(command: exchange.command) != .none else {
-            if exchange.command != .quit {
+            if exchange.command == .quit {
+                // The client quits all the same and waits for the close, as a server gives it
+                // (mysqltest's disconnect reads until then). The server connection stays: a
+                // pooling script answers COM_QUIT to keep it.
+                out.close = "the client quit (the script kept its COM_QUIT from the server)"
+                out.closeLevel = .debug
+            } else {
                 script?.log(.warning, "the script answered \(exchange.command), which takes no answer; nothing is sent")
             }
             return
@@ -210,6 +238,49 @@ extension ConnectionStateMachine {
             statistics.add(.errorsSentByProxy)
         }
         out.client(bytes)
+        if exchange.command == .query, case .raw(let packets) = response, packets.count == 1,
+           packets[0].getInteger(at: packets[0].readerIndex, as: UInt8.self) == 0xFB {
+            // A LOCAL INFILE request, as a mock server asks for a file: the client's next
+            // packets are the file, up to an empty one (see scriptedUploadPacket).
+            scriptedUpload = true
+        }
+    }
+
+    /// A packet of a file the client uploads because the script asked for it: each goes to
+    /// `read_query` as MySQL Proxy passed them (a mock may keep what it is sent); the answer to
+    /// the last, empty one is the statement's result, and answers to the others are dropped, as
+    /// the client reads nothing before it has sent the whole file.
+    private mutating func scriptedUploadPacket(_ c: PacketCollector.Collected, _ out: inout Output) throws(WireError) {
+        let payload = c.packet.payload
+        let last = payload.readableBytes == 0
+        if last { scriptedUpload = false }
+        exchange = Exchange(active: true, command: .query, clientSequence: c.packet.sequenceID)
+        nextSequenceToClient = c.packet.sequenceID &+ UInt8(truncatingIfNeeded: payload.readableBytes / PacketHeader.maxPayloadLength + 1)
+        var decision = HookDecision.noDecision
+        if let script, script.hooks.contains(.readQuery) {
+            script.prepareHook(loggedIn: true, serverIdle: hasServer && !tracker.isAwaitingResponse, status: tracker.status)
+            if case .returned(let returned) = script.readQuery(packet: payload, hints: []) { decision = returned }
+            applyServerChange()
+            if script.hasQueries {
+                script.log(.error, "proxy.queries:append() while the client uploads a file the script asked for; \(script.queries.count) queued queries dropped")
+                script.queries.removeAll()
+            }
+        }
+        if last {
+            if case .sendResult(let response) = decision {
+                answerCommand(with: response, &out)
+            } else {
+                script?.log(.error, "the script asked for a LOCAL INFILE upload and did not answer its end (the empty packet) with proxy.response")
+                statistics.add(.errorsSentByProxy)
+                exchange.sent = 1
+                let err = ERRPacket(code: 1105, sqlState: "HY000", message: "(proxy) the script asked for a file and sent no result for it")
+                out.client(Self.framed(err, sequenceID: nextSequenceToClient, protocol41: true))
+            }
+            finishCommand(&out)
+            try drainQueue(&out)
+        } else {
+            exchange.active = false
+        }
     }
 
     /// Sends the first query of `proxy.queries` to the server, or ends the command when none is left.
@@ -361,6 +432,19 @@ extension ConnectionStateMachine {
                     }
                     continue
                 }
+                if kind == .localInfileRequest || kind == .authenticationStep, let result = exchange.injection,
+                   collect == .shift || (exchange.sent == 0 && result.injection.packet == exchange.clientCommand),
+                   kind == .authenticationStep ? result.injection.command == .changeUser : (exchange.command == .query && !exchange.uploadRelayed) {
+                    // The statement whose result the client gets, or the client's own one whose
+                    // result the script looks at: the client has the file and uploads it, or has
+                    // the password and answers the server's authentication step; the result
+                    // comes after.
+                    if kind == .localInfileRequest { exchange.uploadRelayed = true }
+                    let seq = c.packet.sequenceID &+ exchange.shift
+                    out.client(Self.framed(c.packet, sequenceID: seq))
+                    nextSequenceToClient = seq &+ 1
+                    continue
+                }
                 if case .localInfileRequest = kind {
                     // The client knows nothing of this query and has no file for it: send none.
                     script?.log(.warning, "injected query \(exchange.injection?.injection.id ?? 0) asks for a LOCAL INFILE upload; it gets an empty file")
@@ -422,6 +506,11 @@ extension ConnectionStateMachine {
                 session?.database = name
                 script?.databaseChanged(to: name, forClient: true)
             }
+            if end.kind == .ok, exchange.command == .changeUser, let request = exchange.changeUser {
+                session?.username = request.username
+                session?.database = request.database
+                script?.userChanged(to: request.username, database: request.database)
+            }
             finishCommand(&out)
             return
         }
@@ -441,6 +530,14 @@ extension ConnectionStateMachine {
         result.queryStatus = end.kind == .error ? 0xFF : 0x00
         result.errorCode = end.errorCode
         if !script.queries.isEmpty { script.queries.removeFirst() }
+        if end.kind == .ok, result.injection.command == .changeUser,
+           let request = try? ChangeUserRequest(parsing: result.injection.packet, capabilities: session?.capabilities ?? [.protocol41, .secureConnection]) {
+            // before read_query_result, which may give the connection to the pool: it goes
+            // there as the user it belongs to now
+            session?.username = request.username
+            session?.database = request.database
+            script.userChanged(to: request.username, database: request.database)
+        }
         if end.kind == .ok, result.injection.command == .initDB {
             let packet = result.injection.packet
             if let name = packet.getString(at: packet.readerIndex + 1, length: packet.readableBytes - 1) {

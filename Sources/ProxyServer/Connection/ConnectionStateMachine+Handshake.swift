@@ -134,6 +134,11 @@ extension ConnectionStateMachine {
             return .sendToClientAndClose(Self.framed(err, sequenceID: reply, protocol41: true), reason: reason)
         }
         guard var session else { return refuse(.badHandshake(""), "handshake response without a greeting") }
+        // Shorter than any handshake response (the server's MIN_HANDSHAKE_SIZE): bad handshake,
+        // whatever its first bytes claim.
+        if frame.payload.readableBytes < 6 {
+            return refuse(.badHandshake(""), "a handshake response of \(frame.payload.readableBytes) bytes")
+        }
         if let lower = frame.payload.getInteger(at: frame.payload.readerIndex, endianness: .little, as: UInt16.self),
            !CapabilityFlags(rawValue: UInt64(lower)).contains(.protocol41) {
             // A pre-4.1 client (HandshakeResponse320), as MySQL 4.1+ servers answer one whose

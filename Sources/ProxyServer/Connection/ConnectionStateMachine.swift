@@ -141,6 +141,11 @@ struct ConnectionStateMachine {
     var clientCollector = PacketCollector()
     var serverCollector = PacketCollector()
     var exchange = Exchange()
+    /// The script answered a statement with a LOCAL INFILE request: the client's packets are
+    /// its file, up to an empty one.
+    var scriptedUpload = false
+    /// A command went to the script: the login is over, whatever COM_CHANGE_USER runs now.
+    var commandsStarted = false
     /// Commands the client sent while an earlier one was being handled.
     var queuedCommands = CircularBuffer<PacketCollector.Collected>()
     static let maximumQueuedCommands = 64
@@ -196,7 +201,7 @@ struct ConnectionStateMachine {
 
     /// The first login is over (or the connection is): the login timeout no longer applies.
     var loginEnded: Bool {
-        phase == .closed || (phase == .relaying && tracker.clientPhase != .authentication)
+        phase == .closed || (phase == .relaying && (commandsStarted || tracker.clientPhase != .authentication))
     }
 
     /// The session's status flags as of the last OK or EOF.

@@ -76,6 +76,12 @@ final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
         if forClient { client.defaultDB = name }
     }
 
+    func userChanged(to username: String, database: String) {
+        client.username = username
+        client.defaultDB = database
+        server?.defaultDB = database
+    }
+
     func connectServer() -> HookOutcome { script?.connectServer() ?? .notDefined }
     func readHandshake() -> HookOutcome { script?.readHandshake() ?? .notDefined }
     func readAuth() -> HookOutcome { script?.readAuth() ?? .notDefined }

@@ -23,6 +23,20 @@ final class ServerConnectionPool {
         var status: ServerStatus
         var server: ScriptServerInfo
         var address: ProxyAddress
+        /// The client connection whose session last used it.
+        var session: UInt64
+    }
+
+    /// Whether the server knows COM_RESET_CONNECTION (MariaDB 10.2.4, MySQL 5.7.3), which clears
+    /// a session's variables, temporary tables, prepared statements and transaction while
+    /// keeping its user: what a connection needs before it serves another client session.
+    static func serverResetsSessions(_ version: String) -> Bool {
+        // MariaDB's version string starts with "5.5.5-" for old clients' sake
+        let text = version.hasPrefix("5.5.5-") ? String(version.dropFirst(6)) : version
+        let numbers = text.prefix { $0.isNumber || $0 == "." }.split(separator: ".").compactMap { Int($0) }
+        guard numbers.count >= 3 else { return false }
+        let v = (numbers[0], numbers[1], numbers[2])
+        return version.contains("MariaDB") ? v >= (10, 2, 4) : v >= (5, 7, 3)
     }
 
     let backends: BackendPool
@@ -47,9 +61,11 @@ final class ServerConnectionPool {
         return true
     }
 
-    /// The most recently parked connection for `key`, if any.
+    /// The connection parked longest ago for `key`, if any (as MySQL Proxy's pool hands them
+    /// out: connections take turns, so none idles into the server's wait_timeout).
     func take(_ key: Key) -> Parked? {
-        guard var list = idle[key], let connection = list.popLast() else { return nil }
+        guard var list = idle[key], !list.isEmpty else { return nil }
+        let connection = list.removeFirst()
         idle[key] = list.isEmpty ? nil : list
         connection.handler.parkedIn = nil
         backends.idleChanged(loop: loopID, backend: key.backend, user: key.user, by: -1)

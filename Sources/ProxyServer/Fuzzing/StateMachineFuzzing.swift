@@ -125,6 +125,7 @@ final class FuzzScript: ConnectionScripting {
     func greetingReceived(_ greeting: HandshakeV10) {}
     func handshakeResponseReceived(_ response: HandshakeResponse41, capabilities: CapabilityFlags) {}
     func databaseChanged(to name: String, forClient: Bool) {}
+    func userChanged(to username: String, database: String) {}
     func takeServerChange() -> ServerChange? { nil }
     func log(_ level: Logger.Level, _ message: String) {}
 
