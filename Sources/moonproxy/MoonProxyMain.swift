@@ -22,6 +22,9 @@ enum MoonProxyMain {
     }
 
     static func main() {
+        // Scripts' print() writes to stdout: a line at a time, so that it reaches a log file or
+        // the journal as it happens rather than when a 4 KiB buffer fills or the proxy stops.
+        setvbuf(fdopen(1, "w"), nil, _IOLBF, 0)
         let commandLine = Array(CommandLine.arguments.dropFirst())
 
         if commandLine.contains(where: { ["--help-all", "--help-proxy", "--help-admin", "-?"].contains($0) }) {

@@ -203,7 +203,7 @@ def test_compatibility_options_are_accepted_and_noted(tmp_path):
     try:
         wait_for_port(port)
         text = log.read_text()
-        for note in ["--proxy-fix-bug-25371", "--plugin-dir", "--log-backtrace-on-crash", "--proxy-pool-no-change-user"]:
+        for note in ["--proxy-fix-bug-25371", "--plugin-dir", "--log-backtrace-on-crash"]:
             assert note in text, note
         limits = open(f"/proc/{p.pid}/limits").read()
         assert any("Max open files" in line and "4096" in line for line in limits.splitlines())

@@ -2,6 +2,7 @@
 doing differently, each behaviour checked on its own with real clients: how values from a script
 become MySQL values, what an injected result counts, Lua 5.1 source, pre-4.1 clients, LOCAL
 INFILE from a mock server behind a second proxy, load-multi and the connection pool."""
+import os
 import subprocess
 
 import pymysql
@@ -352,3 +353,155 @@ def test_the_pool_keeps_sessions_apart(start_proxy):
     a_id, seen = pooled_sessions(proxy)
     assert (a_id, "pool_high@%", "from A", 0) in seen["b"], seen
     assert (0,) in seen["temp"] and (1,) in seen["stmt"], seen
+
+
+# --- load-multi: scripts loaded at run time into a running proxy --------------------------------
+
+# The mechanisms MySQL Proxy's lib/load-multi.lua is built on, in a loader of our own: hooks made
+# with loadstring, a script turned into a Lua 5.1 module (module(name, package.seeall)) written to
+# a directory put on package.path at run time, and the handlers kept in proxy.global, loaded by
+# one client and run for every other.
+PLOAD = r"""
+local dir = os.getenv("MOON_PLOAD_DIR")
+local handlers = proxy.global.handlers or { read_query = {}, read_auth = {}, disconnect_client = {} }
+proxy.global.handlers = handlers
+for _, hook in ipairs({ "read_auth", "disconnect_client" }) do
+    assert(loadstring(([[
+        function %s(...)
+            for _, h in ipairs(proxy.global.handlers.%s) do
+                local r = h.fn(...)
+                if r then return r end
+            end
+        end]]):format(hook, hook)))()
+end
+local counter = 0
+local function pload(file)
+    counter = counter + 1
+    local name = "ploaded" .. counter
+    if not package.path:find(dir, 1, true) then package.path = dir .. "/?.lua;" .. package.path end
+    local out = assert(io.open(dir .. "/" .. name .. ".lua", "w"))
+    out:write("module('" .. name .. "', package.seeall)\nfunction make()\n")
+    local found = {}
+    for line in io.lines(file) do
+        out:write(line, "\n")
+        for hook in pairs(handlers) do
+            if line:match("^%s*function%s+" .. hook .. "%s*%(") then found[#found + 1] = hook end
+        end
+    end
+    out:write("return { " .. table.concat((function() local t = {} for _, h in ipairs(found) do t[#t + 1] = h .. " = " .. h end return t end)(), ", ") .. " }\nend\n")
+    out:close()
+    local made = require(name).make()
+    os.remove(dir .. "/" .. name .. ".lua")
+    for hook, fn in pairs(made) do table.insert(handlers[hook], { name = file, fn = fn }) end
+end
+local function answer(text)
+    proxy.response = { type = proxy.MYSQLD_PACKET_OK, resultset = { fields = { { name = "info" } }, rows = { { text } } } }
+    return proxy.PROXY_SEND_RESULT
+end
+function read_query(packet)
+    if packet:byte() ~= proxy.COM_QUERY then return end
+    local query = packet:sub(2)
+    local file = query:match("^pload%s+(%S+)")
+    if file then pload(file) return answer("loaded " .. file) end
+    file = query:match("^punload%s+(%S+)")
+    if file then
+        for _, list in pairs(handlers) do
+            for i = #list, 1, -1 do if list[i].name == file then table.remove(list, i) end end
+        end
+        return answer("unloaded " .. file)
+    end
+    for _, h in ipairs(handlers.read_query) do
+        local r = h.fn(packet)
+        if r then return r end
+    end
+end
+"""
+
+COUNTING = """
+proxy.global.hits = proxy.global.hits or {}
+function read_auth() proxy.global.hits.read_auth = (proxy.global.hits.read_auth or 0) + 1 end
+function disconnect_client() proxy.global.hits.disconnect_client = (proxy.global.hits.disconnect_client or 0) + 1 end
+"""
+
+REPORTING = """
+function read_query(packet)
+    if packet:sub(2) ~= "select pload status" then return end
+    local rows = {}
+    for hook, n in pairs(proxy.global.hits) do rows[#rows + 1] = { hook, n } end
+    table.sort(rows, function(a, b) return a[1] < b[1] end)
+    proxy.response = { type = proxy.MYSQLD_PACKET_OK, resultset = { fields = { { name = "hook" }, { name = "hits" } }, rows = rows } }
+    return proxy.PROXY_SEND_RESULT
+end
+"""
+
+ANSWERING_MOCK = """
+function read_query(packet)
+    if not_select(packet) then return proxy.PROXY_SEND_RESULT end
+    proxy.response = { type = proxy.MYSQLD_PACKET_OK, resultset = { fields = { { name = "mock" } }, rows = { { (packet:sub(9):gsub("'", "")) } } } }
+    return proxy.PROXY_SEND_RESULT
+end
+"""
+
+
+def test_scripts_loaded_at_run_time_serve_every_client(start_proxy, tmp_path):
+    (tmp_path / "counting.lua").write_text(COUNTING)
+    (tmp_path / "reporting.lua").write_text(REPORTING)
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    mock_proxy = mock(start_proxy, ANSWERING_MOCK)
+    front = start_proxy(f"--proxy-lua-script={script(PLOAD, 'pload')}", f"--proxy-backend-addresses=127.0.0.1:{mock_proxy.port}",
+                        backend=False, env={**os.environ, "MOON_PLOAD_DIR": str(modules)})
+    port = front.port
+    # as MySQL Proxy's load_multi test: mysqltest's clients come and go (each disconnect is a
+    # COM_QUIT the mock answers) while loaded hooks count them
+    steps = f"""pload {tmp_path}/reporting.lua;
+pload {tmp_path}/counting.lua;
+connect (c1,127.0.0.1,root,,,{port});
+select 'first';
+disconnect c1;
+connect (c2,127.0.0.1,root,,,{port});
+select pload status;
+disconnect c2;
+connection default;
+punload {tmp_path}/reporting.lua;
+select pload status;
+"""
+    r = subprocess.run(["mariadb-test", "--host=127.0.0.1", f"--port={port}", "--user=root"],
+                       input=steps, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout.splitlines()
+    assert f"loaded {tmp_path}/counting.lua" in out and "first" in out, r.stdout
+    # c1 and c2 logged in after counting.lua was loaded; c1 has left
+    assert "read_auth\t2" in out and "disconnect_client\t1" in out, r.stdout
+    assert f"unloaded {tmp_path}/reporting.lua" in out
+    assert out[-2:] == ["pload status", "ok"]  # the mock answers once reporting.lua is gone
+    assert list(modules.iterdir()) == []
+
+
+def test_an_unbuffered_injection_before_another_is_read_by_the_script(start_proxy):
+    # as MySQL Proxy's ro-balance: SHOW SLAVE STATUS, then the client's query, neither with
+    # resultset_is_needed; the script reads the first's rows, the client gets the second's
+    s = script("""
+function read_query(packet)
+    if packet:sub(2) == "SELECT 'seen'" then
+        proxy.response = { type = proxy.MYSQLD_PACKET_OK, resultset = { fields = { { name = "seen" } }, rows = { { proxy.global.seen } } } }
+        return proxy.PROXY_SEND_RESULT
+    end
+    proxy.queries:append(2, string.char(proxy.COM_QUERY) .. "SELECT @@server_id AS id")
+    proxy.queries:append(1, packet)
+    return proxy.PROXY_SEND_QUERY
+end
+function read_query_result(inj)
+    if inj.id ~= 2 then return end
+    for row in inj.resultset.rows do proxy.global.seen = "server_id " .. row[1] end
+    return proxy.PROXY_IGNORE_RESULT
+end
+""")
+    proxy = start_proxy(f"--proxy-lua-script={s}")
+    c = proxy.connect()
+    with c.cursor() as cur:
+        cur.execute("SELECT 'mine'")
+        assert cur.fetchall() == (("mine",),)
+        cur.execute("SELECT 'seen'")
+        assert cur.fetchall() == (("server_id 1",),)
+    c.close()

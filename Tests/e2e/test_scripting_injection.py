@@ -134,13 +134,16 @@ def test_streamed_injection_with_resultset_not_needed(start_proxy):
 
 
 def test_misuse_two_streamed_results_closes_the_client(start_proxy):
+    # the first result went to the client; read_query_result queues another one for it
     p = script("""
         function read_query(packet)
           if packet:sub(2, 7) == "SELECT" then
             proxy.queries:append(1, packet)
-            proxy.queries:append(2, packet)
             return proxy.PROXY_SEND_QUERY
           end
+        end
+        function read_query_result(inj)
+          if inj.id == 1 and inj.query:sub(2) == "SELECT 2" then proxy.queries:append(2, inj.query) end
         end
     """)
     proxy = start_proxy(f"--proxy-lua-script={p}")
@@ -148,6 +151,7 @@ def test_misuse_two_streamed_results_closes_the_client(start_proxy):
     rows(c, "SELECT 1")  # the first result arrives
     with pytest.raises(pymysql.err.OperationalError):
         rows(c, "SELECT 2")
+        rows(c, "SELECT 3")
     wait_for_log(proxy, r"only one injected query without")
     # everyone else is fine
     other = proxy.connect()
@@ -210,8 +214,14 @@ def test_buffer_limit(start_proxy):
 
 
 def test_injected_local_infile_gets_an_empty_file(start_proxy):
+    # a LOAD DATA LOCAL the client never sent: the client has no file for it, so none is sent;
+    # the client's own one, whose result the script reads, uploads the client's file
     p = script("""
         function read_query(packet)
+          if packet:sub(2) == "SELECT 'inject'" then
+            proxy.queries:append(1, string.char(proxy.COM_QUERY) .. "LOAD DATA LOCAL INFILE '/etc/hostname' INTO TABLE tmp_li", { resultset_is_needed = true })
+            return proxy.PROXY_SEND_QUERY
+          end
           if packet:byte() == proxy.COM_QUERY and packet:find("LOAD DATA", 1, true) then
             proxy.queries:append(1, packet, { resultset_is_needed = true })
             return proxy.PROXY_SEND_QUERY
@@ -221,11 +231,14 @@ def test_injected_local_infile_gets_an_empty_file(start_proxy):
     proxy = start_proxy(f"--proxy-lua-script={p}")
     c = proxy.connect(database="moon", local_infile=True)
     with c.cursor() as cur:
-        cur.execute("CREATE TEMPORARY TABLE tmp_li (a INT)")
-        assert cur.execute("LOAD DATA LOCAL INFILE '/etc/hostname' INTO TABLE tmp_li") == 0
+        cur.execute("CREATE TEMPORARY TABLE tmp_li (a VARCHAR(200))")
+        assert cur.execute("SELECT 'inject'") == 0
         cur.execute("SELECT COUNT(*) FROM tmp_li")
         assert cur.fetchall() == ((0,),)
-    wait_for_log(proxy, r"empty file")
+        wait_for_log(proxy, r"empty file")
+        assert cur.execute("LOAD DATA LOCAL INFILE '/etc/hostname' INTO TABLE tmp_li") == 1
+        cur.execute("SELECT COUNT(*) FROM tmp_li")
+        assert cur.fetchall() == ((1,),)
     c.close()
 
 

@@ -49,6 +49,9 @@ extension ConnectionStateMachine {
         var clientCommand = ByteBuffer()
         /// A server's LOCAL INFILE request went on to the client, which then sent its file.
         var uploadRelayed = false
+        /// The current injection asked for no buffering, but another such one follows it: its
+        /// result is kept for `read_query_result` and never goes to the client.
+        var autoBuffered = false
 
         /// Whether an ERR can still stand in for the rest of this command's response.
         var clientMayTakeError: Bool { collect != .buffer || sent == 0 }
@@ -324,7 +327,12 @@ extension ConnectionStateMachine {
                 script.queries.removeFirst()
                 continue
             }
-            let result = InjectionResult(injection: injection, buffered: injection.resultsetIsNeeded,
+            // Only one result reaches the client: an unbuffered injection with another after it
+            // (MySQL Proxy's ro-balance injects SHOW SLAVE STATUS so, and reads its rows) is
+            // buffered for the script instead.
+            let buffer = injection.resultsetIsNeeded || script.queries.dropFirst().contains { !$0.resultsetIsNeeded }
+            exchange.autoBuffered = buffer && !injection.resultsetIsNeeded
+            let result = InjectionResult(injection: injection, buffered: buffer,
                                          capabilities: session?.capabilities ?? [.protocol41])
             exchange.injection = result
             exchange.firstByte = nil
@@ -332,7 +340,7 @@ extension ConnectionStateMachine {
             exchange.overflowed = false
             // `seq` is now the sequence id the server's response starts with
             exchange.shift = nextSequenceToClient &- seq
-            if injection.resultsetIsNeeded {
+            if buffer {
                 exchange.collect = .buffer
             } else {
                 exchange.collect = exchange.shift == 0 ? nil : .shift
@@ -541,7 +549,10 @@ extension ConnectionStateMachine {
         if end.kind == .ok, result.injection.command == .initDB {
             let packet = result.injection.packet
             if let name = packet.getString(at: packet.readerIndex + 1, length: packet.readableBytes - 1) {
-                script.databaseChanged(to: name, forClient: false)
+                // the client's own USE, sent on by the script: the client's database too
+                let clientsOwn = exchange.command == .initDB && packet == exchange.clientCommand
+                if clientsOwn { session?.database = name }
+                script.databaseChanged(to: name, forClient: clientsOwn)
             }
         }
 
@@ -574,6 +585,8 @@ extension ConnectionStateMachine {
                     } else {
                         script.log(.critical, "read_query_result() answered injected query \(result.injection.id), but this command already had its result; ignoring it")
                     }
+                case .noDecision where exchange.autoBuffered:
+                    break  // a later injection's result is the client's
                 case .noDecision:
                     if exchange.sent == 0 {
                         exchange.sent += 1
