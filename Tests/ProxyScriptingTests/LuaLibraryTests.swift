@@ -255,6 +255,34 @@ private func runLua(_ code: String, backends: ScriptBackendsHost? = FakeBackends
         """#)
     }
 
+    @Test func parserFindsTablesReadAndWritten() {
+        runLua(#"""
+        local parser = require("proxy.parser")
+        local tokenizer = require("proxy.tokenizer")
+        local function tables(sql)
+          local t, out = parser.get_tables(tokenizer.tokenize(sql)), {}
+          for name, kind in pairs(t) do out[#out + 1] = name .. "=" .. kind end
+          table.sort(out)
+          return table.concat(out, " ")
+        end
+        -- the fake connection's default database is "shop"
+        eq(tables("SELECT * FROM t"), "shop.t=read")
+        eq(tables("SELECT a FROM shop.orders AS o JOIN shop.items i ON o.id = i.o, t3 WHERE x IN (SELECT y FROM sub)"),
+           "shop.items=read shop.orders=read shop.sub=read shop.t3=read")
+        eq(tables("SELECT * FROM `histogram`.`queries`"), "histogram.queries=read")
+        eq(tables("/* c */ SELECT * FROM (SELECT 1 FROM inner_t) AS d"), "shop.inner_t=read")
+        eq(tables("INSERT IGNORE INTO log (a) SELECT a FROM src"), "shop.log=write shop.src=read")
+        eq(tables("REPLACE shop.x VALUES (1)"), "shop.x=write")
+        eq(tables("UPDATE LOW_PRIORITY a, b SET a.x = b.y"), "shop.a=write shop.b=write")
+        eq(tables("DELETE FROM old WHERE id IN (SELECT id FROM keep)"), "shop.keep=read shop.old=write")
+        eq(tables("CREATE TEMPORARY TABLE IF NOT EXISTS tmp (a INT)"), "shop.tmp=write")
+        eq(tables("DROP TABLE IF EXISTS a, s.b"), "s.b=write shop.a=write")
+        eq(tables("TRUNCATE TABLE t"), "shop.t=write"); eq(tables("TRUNCATE t"), "shop.t=write")
+        eq(tables("SELECT 1"), ""); eq(tables(""), ""); eq(tables("SELECT * FROM"), "")
+        eq(parser.tablename_expand("t", "s"), "s.t")
+        """#)
+    }
+
     @Test func chassisAndLua51Shims() {
         runLua(#"""
         local chassis = require("chassis")

@@ -505,3 +505,53 @@ end
         cur.execute("SELECT 'seen'")
         assert cur.fetchall() == (("server_id 1",),)
     c.close()
+
+
+def test_a_login_replaced_by_a_script_keeps_the_clients_session_flags(start_proxy):
+    # as MySQL Proxy's tutorial-scramble: read_auth checks the client's scramble against a
+    # password it knows and logs in as another account with a packet from mysql.proto's
+    # defaults; the client, which negotiated its own flags (no EOF packets, ...), reads the
+    # server's answers all the same
+    s = script("""
+local password, proto = require("mysql.password"), require("mysql.proto")
+function read_auth()
+    local c, s = proxy.connection.client, proxy.connection.server
+    if c.username == "alias" and password.check(s.scramble_buffer, c.scrambled_password, password.hash(password.hash("aliaspass"))) then
+        proxy.queries:append(1, proto.to_response_packet({
+            username = "nat", response = password.scramble(s.scramble_buffer, password.hash("natpass")),
+            charset = 8, database = c.default_db, max_packet_size = 1 << 20 }))
+        return proxy.PROXY_SEND_QUERY
+    end
+end
+""")
+    proxy = start_proxy(f"--proxy-lua-script={s}")
+    r = cli(proxy.port, "SELECT CURRENT_USER(), DATABASE(); SELECT 1 UNION SELECT 2", "-ualias", "-paliaspass", "moon")
+    assert r.stdout.split("\n")[1] == "nat@%\tmoon" and "\n2\n" in r.stdout, r.stdout
+    c = proxy.connect(user="alias", password="aliaspass")
+    with c.cursor() as cur:
+        cur.execute("SELECT CURRENT_USER()")
+        assert cur.fetchall() == (("nat@%",),)
+    c.close()
+    with pytest.raises(pymysql.err.OperationalError):
+        proxy.connect(user="alias", password="wrong")
+
+
+def test_the_clients_use_sent_on_by_a_script_changes_its_database(start_proxy):
+    # as MySQL Proxy's rw-splitting: every statement goes on as an injection, after a COM_INIT_DB
+    # whenever the client's database and the server connection's differ
+    s = script("""
+function read_query(packet)
+    local c, s = proxy.connection.client, proxy.connection.server
+    proxy.queries:append(1, packet, { resultset_is_needed = true })
+    if packet:byte() ~= proxy.COM_INIT_DB and c.default_db ~= "" and c.default_db ~= s.default_db then
+        proxy.queries:prepend(2, string.char(proxy.COM_INIT_DB) .. c.default_db, { resultset_is_needed = true })
+    end
+    return proxy.PROXY_SEND_QUERY
+end
+function read_query_result(inj)
+    if inj.id == 2 then return proxy.PROXY_IGNORE_RESULT end
+end
+""")
+    proxy = start_proxy(f"--proxy-lua-script={s}")
+    r = cli(proxy.port, "SELECT DATABASE(); USE mysql; SELECT DATABASE()", "moon")
+    assert r.stdout.split() == ["DATABASE()", "moon", "DATABASE()", "mysql"], r.stdout

@@ -11,5 +11,6 @@ enum LuaLibrarySources {
         ("proxy.balance", proxyBalance),
         ("proxy.auto-config", proxyAutoConfig),
         ("proxy.test", proxyTest),
+        ("proxy.parser", proxyParser),
     ]
 }

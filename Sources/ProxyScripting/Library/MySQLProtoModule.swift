@@ -195,8 +195,10 @@ private let fromResponse: LuaFunction = { L in
 private let toResponse: LuaFunction = { L in
     protoCall(L, "to_response_packet") { lua in
         let f = try ProtoFields(lua)
-        guard let server = try f.integer("server_capabilities") else { throw ProtoError(".server_capabilities has to be set") }
-        let serverCapabilities = CapabilityFlags(rawValue: UInt64(truncatingIfNeeded: server))
+        // What the server offered decides the packet's layout; MySQL Proxy's scripts (its
+        // tutorial-scramble) leave it out, and a 4.1 server's usual offer is assumed then.
+        let server = try f.integer("server_capabilities") ?? f.integer("capabilities")
+        let serverCapabilities = server.map { CapabilityFlags(rawValue: UInt64(truncatingIfNeeded: $0)) } ?? MySQLProtoModule.defaultCapabilities
         guard serverCapabilities.contains(.protocol41) else { throw ProtoError("pre-4.1 handshakes are not supported") }
         let database = try f.string("database")
         let plugin = try f.string("auth_plugin_name")

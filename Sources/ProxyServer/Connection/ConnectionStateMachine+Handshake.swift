@@ -227,7 +227,22 @@ extension ConnectionStateMachine {
                 // link's compression is then what that packet asks for.
                 payload = script.queries.removeFirst().packet
                 script.queries.removeAll()
-                let own = try? HandshakeResponse41(parsing: payload)
+                var own = try? HandshakeResponse41(parsing: payload)
+                if var replaced = own {
+                    // The session's flags (result formats, EOF packets, multi-results, ...) stay
+                    // the client's, which reads what the server sends: a script that builds its
+                    // packet with mysql.proto's defaults (MySQL Proxy's tutorial-scramble) cannot
+                    // know them.
+                    let session = session.capabilities.intersection(.sessionAffecting)
+                    let merged = replaced.capabilities.subtracting(.sessionAffecting).union(session)
+                    if merged != replaced.capabilities {
+                        replaced.capabilities = merged
+                        var rewritten = ByteBuffer()
+                        replaced.write(to: &rewritten)
+                        payload = rewritten
+                        own = replaced
+                    }
+                }
                 backendCompression = own.flatMap {
                     ProtocolCompression.negotiated(asked: $0.capabilities, offered: session.greeting.capabilities, zstdLevel: $0.zstdCompressionLevel)
                 }
