@@ -208,6 +208,9 @@ extension ERRPacket {
         ERRPacket(code: 1105, sqlState: "HY000", message: "SSL connection error: \(detail)")
     }
     /// ER_NOT_SUPPORTED_AUTH_MODE: the authentication the server asks for cannot be done here.
+    /// ER_CON_COUNT_ERROR, as the server words it.
+    public static let tooManyConnections = ERRPacket(code: 1040, sqlState: "08004", message: "Too many connections")
+
     public static func authModeNotSupported(_ detail: String) -> ERRPacket {
         ERRPacket(code: 1251, sqlState: "08004", message: "Client does not support authentication protocol requested by server: \(detail)")
     }

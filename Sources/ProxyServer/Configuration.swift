@@ -156,6 +156,11 @@ public struct ProxyConfiguration: Sendable {
     /// Protocol compression offered to clients (`--protocol-compression-algorithms`) and asked of
     /// backends (`--proxy-backend-compression`).
     public var compression = CompressionSettings()
+    /// `--max-connections`: client connections at once, over all listeners of the proxy (0: no
+    /// limit); one more is refused as the server refuses it (1040, "Too many connections").
+    public var maxConnections: Int = 0
+    /// `--max-connections-per-address`: client connections at once from one client address (0: no limit).
+    public var maxConnectionsPerAddress: Int = 0
     /// `--max-open-files`; 0 leaves the limit alone.
     public var maxOpenFiles: Int = 0
 

@@ -14,6 +14,8 @@ public final class ProxyStatistics: @unchecked Sendable {
         case backendProtocolErrors
         case backendsLost
         case errorsSentByProxy
+        /// Clients refused by --max-connections or --max-connections-per-address.
+        case connectionsRefused
     }
 
     // One cache line per counter, so that event loops bumping different counters do not share one.
@@ -38,6 +40,12 @@ public final class ProxyStatistics: @unchecked Sendable {
     @inline(__always)
     public func add(_ counter: Counter, _ amount: Int = 1) {
         atomic(counter).wrappingIncrement(by: amount, ordering: .relaxed)
+    }
+
+    /// Adds one and returns the new value (for the few counters a decision reads).
+    @inline(__always)
+    public func increment(_ counter: Counter) -> Int {
+        atomic(counter).wrappingIncrementThenLoad(by: 1, ordering: .relaxed)
     }
 
     public func value(_ counter: Counter) -> Int {

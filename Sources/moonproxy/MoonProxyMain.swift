@@ -93,6 +93,8 @@ enum MoonProxyMain {
         if let login = options.proxyLoginTimeout { configuration.loginTimeout = login > 0 ? seconds(login, .seconds(10)) : nil }
         configuration.eventThreads = options.eventThreads ?? 1
         configuration.maxOpenFiles = options.maxOpenFiles ?? 0
+        configuration.maxConnections = options.maxConnections ?? 0
+        configuration.maxConnectionsPerAddress = options.maxConnectionsPerAddress ?? 0
 
         // MARK: scripting
 

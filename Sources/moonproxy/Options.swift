@@ -171,6 +171,12 @@ struct Options: ParsableArguments {
     @Flag(name: .customLong("keepalive"), help: "try to restart the proxy if it crashed")
     var keepalive = false
 
+    @Option(name: .customLong("max-connections"), help: ArgumentHelp("client connections at once; one more gets error 1040 'Too many connections' instead of a greeting (MoonProxy; default: 0, no limit)", valueName: "n"))
+    var maxConnections: Int?
+
+    @Option(name: .customLong("max-connections-per-address"), help: ArgumentHelp("client connections at once from one client address, refused likewise (MoonProxy; default: 0, no limit)", valueName: "n"))
+    var maxConnectionsPerAddress: Int?
+
     @Option(name: .customLong("max-open-files"), help: ArgumentHelp("maximum number of open files (ulimit -n)", valueName: "n"))
     var maxOpenFiles: Int?
 
@@ -186,6 +192,8 @@ struct Options: ParsableArguments {
     mutating func validate() throws {
         if let n = eventThreads, n < 1 || n > 1024 { throw ValidationError("--event-threads must be between 1 and 1024") }
         if let n = maxOpenFiles, n < 0 { throw ValidationError("--max-open-files must not be negative") }
+        if let n = maxConnections, n < 0 { throw ValidationError("--max-connections must not be negative") }
+        if let n = maxConnectionsPerAddress, n < 0 { throw ValidationError("--max-connections-per-address must not be negative") }
         if let n = proxyResultsetBufferLimit, n < 0 { throw ValidationError("--proxy-resultset-buffer-limit must not be negative") }
         if let t = proxyLuaTimeout, !(t >= 0 && t <= 3600) { throw ValidationError("--proxy-lua-timeout must be a number of seconds from 0 to 3600") }
         if let text = proxyLuaMemoryLimit {

@@ -216,9 +216,32 @@ final class FakeScript: ConnectionScripting {
         #expect(!m.isAwaitingResponse)
     }
 
-    @Test func secondStreamedInjectionClosesTheClient() throws {
+    @Test func anUnbufferedInjectionBeforeAnotherIsKeptForTheScript() throws {
+        // Only the last one's result can reach the client: the first is buffered and dropped.
         let script = FakeScript(hooks: [.readQuery])
         script.onReadQuery = { s, _ in s.append(1, "DO 1"); s.append(2, "DO 2"); return .returned(.sendQuery) }
+        var m = loggedIn(script)
+        _ = m.clientDataReceived(Self.query("DO 1"))
+        var out = Self.output(m.backendDataReceived(Self.ok(seq: 1)))
+        #expect(out.toClient == nil)
+        #expect(out.close == nil)
+        #expect(out.toBackend != nil)  // DO 2 goes on
+        out = Self.output(m.backendDataReceived(Self.ok(seq: 1)))
+        #expect(out.toClient == Self.ok(seq: 1))
+        #expect(!m.isAwaitingResponse)
+    }
+
+    @Test func secondStreamedInjectionClosesTheClient() throws {
+        // The first result went to the client; read_query_result queues another unbuffered one.
+        let script = FakeScript(hooks: [.readQuery, .readQueryResult])
+        script.onReadQuery = { s, _ in s.append(1, "DO 1"); return .returned(.sendQuery) }
+        script.onReadQueryResult = { s, _ in
+            if s.queries.isEmpty && !s.logs.contains(where: { $0.1.contains("again") }) {
+                s.log(.info, "again")
+                s.append(2, "DO 2")
+            }
+            return .returned(.noDecision)
+        }
         var m = loggedIn(script)
         _ = m.clientDataReceived(Self.query("DO 1"))
         let out = Self.output(m.backendDataReceived(Self.ok(seq: 1)))

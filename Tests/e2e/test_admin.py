@@ -49,7 +49,7 @@ def test_builtin_tables(start_proxy):
     assert int(stats["proxy.connections_accepted"]) >= 1  # the fixture probes the port too
     assert int(stats["proxy.bytes_from_clients"]) > 0 and int(stats["proxy.bytes_from_backends"]) > 0
     for source in ("client_protocol_errors", "backend_protocol_errors", "backends_lost", "backend_connect_failures",
-                   "errors_sent_by_proxy"):
+                   "errors_sent_by_proxy", "connections_refused"):
         assert f"proxy.{source}" in stats
 
     config = dict(table(mariadb_cli(admin_port, "SELECT * FROM config", user="boss", password="s3cret pass"))[0])

@@ -17,6 +17,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var machine: ConnectionStateMachine
     private let shared: ProxyContext
     private var connectionID: UInt64 = 0
+    /// The client address counted towards --max-connections-per-address.
+    private var admittedAddress: String?
     private var clientAddress: SocketAddress?
     private var backendAddress: ProxyAddress? { didSet { publish() } }
     private var context: ChannelHandlerContext?
@@ -106,9 +108,19 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         shared.statistics.add(.connectionsAccepted)
-        shared.statistics.add(.connectionsActive)
+        let active = shared.statistics.increment(.connectionsActive)
         connectionID = shared.nextConnectionID()
         clientAddress = context.channel.remoteAddress
+        if let refusal = admissionRefusal(active: active) {
+            // As the server refuses a connection past max_connections: ERR 1040 where the
+            // greeting would be, then the close.
+            shared.statistics.add(.connectionsRefused)
+            shared.statistics.add(.errorsSentByProxy)
+            log(.warning, "refusing a client: \(refusal)")
+            sendAndClose(ConnectionStateMachine.framed(.tooManyConnections, sequenceID: 0, protocol41: true))
+            context.fireChannelActive()
+            return
+        }
         machine = ConnectionStateMachine(statistics: shared.statistics, tls: tlsPolicy(context), compression: shared.configuration.compression)
         publish()
         log(.debug, "client connected")
@@ -120,6 +132,21 @@ final class ClientChannelHandler: ChannelInboundHandler {
         }
         run(machine.clientConnected())
         context.fireChannelActive()
+    }
+
+    /// Why a new client may not be served (--max-connections, --max-connections-per-address), or nil.
+    private func admissionRefusal(active: Int) -> String? {
+        let limit = shared.configuration.maxConnections
+        if limit > 0 && active > limit {
+            return "\(active - 1) clients are connected, --max-connections is \(limit)"
+        }
+        if shared.configuration.maxConnectionsPerAddress > 0, let ip = clientAddress?.ipAddress {
+            guard shared.admit(address: ip) else {
+                return "\(ip) has \(shared.configuration.maxConnectionsPerAddress) connections already (--max-connections-per-address)"
+            }
+            admittedAddress = ip
+        }
+        return nil
     }
 
     /// Prepares the script for this connection; false when it cannot run (the client was told).
@@ -471,6 +498,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
             backendIndex = nil
         }
         shared.statistics.add(.connectionsActive, -1)
+        if let ip = admittedAddress {
+            shared.release(address: ip)
+            admittedAddress = nil
+        }
         shared.registry?.remove(connectionID)
         log(.debug, "client disconnected")
     }

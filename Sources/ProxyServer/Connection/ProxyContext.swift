@@ -20,6 +20,8 @@ final class ProxyContext: Sendable {
     private let lastConnectionID = ManagedAtomic<UInt64>(0)
     private let stopping = ManagedAtomic<Bool>(false)
     private let sweepers = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<TimeoutSweeper>]>([:])
+    /// Client connections per client address, kept only with --max-connections-per-address.
+    private let perAddress = NIOLockedValueBox<[String: Int]>([:])
 
     init(configuration: ProxyConfiguration, backends: BackendPool, statistics: ProxyStatistics,
          connector: BackendConnector, logger: Logger, scriptEngine: ScriptEngine? = nil, tls: TLSContexts? = nil,
@@ -36,6 +38,28 @@ final class ProxyContext: Sendable {
 
     func nextConnectionID() -> UInt64 {
         lastConnectionID.wrappingIncrementThenLoad(ordering: .relaxed)
+    }
+
+    /// Counts a new client connection from `address`: false (and nothing counted) when that
+    /// address already has `--max-connections-per-address` of them.
+    func admit(address: String) -> Bool {
+        let limit = configuration.maxConnectionsPerAddress
+        guard limit > 0 else { return true }
+        return perAddress.withLockedValue { counts in
+            let n = counts[address, default: 0]
+            guard n < limit else { return false }
+            counts[address] = n + 1
+            return true
+        }
+    }
+
+    /// A connection `admit` counted has ended.
+    func release(address: String) {
+        guard configuration.maxConnectionsPerAddress > 0 else { return }
+        perAddress.withLockedValue { counts in
+            let n = counts[address, default: 0] - 1
+            counts[address] = n > 0 ? n : nil
+        }
     }
 
     /// Set when a shutdown begins: new connections are closed at once.
