@@ -156,6 +156,8 @@ public struct ProxyConfiguration: Sendable {
     /// Protocol compression offered to clients (`--protocol-compression-algorithms`) and asked of
     /// backends (`--proxy-backend-compression`).
     public var compression = CompressionSettings()
+    /// `--metrics-address`: where `GET /metrics` serves Prometheus metrics (nil: nowhere).
+    public var metricsAddress: ProxyAddress?
     /// `--max-connections`: client connections at once, over all listeners of the proxy (0: no
     /// limit); one more is refused as the server refuses it (1040, "Too many connections").
     public var maxConnections: Int = 0

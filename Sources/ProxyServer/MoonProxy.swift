@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import ProxyScripting
 import ServiceLifecycle
@@ -23,6 +24,7 @@ public final class MoonProxy: Sendable {
     private struct ServerState {
         var serverChannel: Channel?
         var adminChannel: Channel?
+        var metricsChannel: Channel?
         var started = false
     }
     /// The admin interface's connections, script and counters (nil without `configuration.admin`).
@@ -186,11 +188,39 @@ public final class MoonProxy: Sendable {
             state.withLockedValue { $0.adminChannel = channel }
             logger.notice("admin interface listening on \(channel.localAddress.map(\.logDescription) ?? "\(admin.address)")")
         }
+        if let address = configuration.metricsAddress {
+            let exporter = MetricsExporter(statistics: statistics, backends: backends)
+            let channel = try await bindMetrics(address, exporter: exporter)
+            state.withLockedValue { $0.metricsChannel = channel }
+            logger.notice("metrics at http://\(channel.localAddress.map(\.logDescription) ?? "\(address)")/metrics")
+        }
         guard configuration.proxyEnabled else { return }
         let channel = try await bind(configuration.listenAddress, context: context)
         state.withLockedValue { $0.serverChannel = channel }
         logger.notice("listening on \(channel.localAddress.map(\.logDescription) ?? "\(configuration.listenAddress)")",
                       metadata: ["backends": "\(configuration.backends.map { "\($0.address) (\($0.type.rawValue))" }.joined(separator: ", "))"])
+    }
+
+    private func bindMetrics(_ address: ProxyAddress, exporter: MetricsExporter) async throws -> Channel {
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(exporter: exporter))
+                }
+            }
+        switch address {
+        case .tcp(let host, let port):
+            return try await bootstrap.bind(host: host, port: port).get()
+        case .unix(let path):
+            return try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+        }
+    }
+
+    /// The metrics endpoint's address, once started.
+    public var metricsAddress: SocketAddress? {
+        state.withLockedValue { $0.metricsChannel?.localAddress }
     }
 
     private func bind(_ address: ProxyAddress, context: ProxyContext) async throws -> Channel {
@@ -216,12 +246,13 @@ public final class MoonProxy: Sendable {
     public func shutdown(gracePeriod: TimeAmount? = nil) async {
         context.isStopping = true
         adminContext?.isStopping = true
-        let (server, admin) = state.withLockedValue { state -> (Channel?, Channel?) in
-            defer { state.serverChannel = nil; state.adminChannel = nil }
-            return (state.serverChannel, state.adminChannel)
+        let (server, admin, metrics) = state.withLockedValue { state -> (Channel?, Channel?, Channel?) in
+            defer { state.serverChannel = nil; state.adminChannel = nil; state.metricsChannel = nil }
+            return (state.serverChannel, state.adminChannel, state.metricsChannel)
         }
         try? await server?.close()
         try? await admin?.close()
+        try? await metrics?.close()
         await context.forEachSweeper { $0.shutdownRequested() }
         if let adminContext { await adminContext.forEachSweeper { $0.closeAll() } }
         let deadline = NIODeadline.now() + (gracePeriod ?? configuration.shutdownGracePeriod)

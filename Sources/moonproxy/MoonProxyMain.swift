@@ -67,6 +67,9 @@ enum MoonProxyMain {
         var configuration = ProxyConfiguration()
         do {
             configuration.listenAddress = try ProxyAddress(parsing: options.proxyAddress ?? ":4040", defaultHost: "0.0.0.0", defaultPort: 4040)
+            if let metrics = options.metricsAddress {
+                configuration.metricsAddress = try ProxyAddress(parsing: metrics, defaultHost: "0.0.0.0", defaultPort: 9104)
+            }
             var backends: [BackendConfiguration] = []
             for list in options.proxyBackendAddresses {
                 backends += try BackendConfiguration.parseList(list, type: .readWrite)

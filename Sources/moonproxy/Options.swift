@@ -171,6 +171,9 @@ struct Options: ParsableArguments {
     @Flag(name: .customLong("keepalive"), help: "try to restart the proxy if it crashed")
     var keepalive = false
 
+    @Option(name: .customLong("metrics-address"), help: ArgumentHelp("listening address:port of the Prometheus metrics endpoint, GET /metrics (MoonProxy; default: off)", valueName: "host:port"))
+    var metricsAddress: String?
+
     @Option(name: .customLong("max-connections"), help: ArgumentHelp("client connections at once; one more gets error 1040 'Too many connections' instead of a greeting (MoonProxy; default: 0, no limit)", valueName: "n"))
     var maxConnections: Int?
 

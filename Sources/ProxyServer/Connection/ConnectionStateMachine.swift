@@ -266,7 +266,8 @@ struct ConnectionStateMachine {
             guard hasServer else { return .none }
             let pending = phase != .relaying || tracker.isAwaitingResponse || exchange.active
             phase = .closed
-            statistics.add(.backendsLost)
+            // after the client's COM_QUIT the close is the server's answer, not a loss
+            if tracker.clientPhase != .quit { statistics.add(.backendsLost) }
             return .closeAfterBackendClosed(duringResponse: pending)
         }
     }
