@@ -28,7 +28,7 @@ enum MoonProxyMain {
         let commandLine = Array(CommandLine.arguments.dropFirst())
 
         if commandLine.contains(where: { ["--help-all", "--help-proxy", "--help-admin", "-?"].contains($0) }) {
-            print(Options.helpMessage(columns: nil))
+            print(MoonProxyCommand.helpMessage(columns: nil))
             exit(0)
         }
 
@@ -48,7 +48,7 @@ enum MoonProxyMain {
             fail(problem.description, code: 2)
         } catch {
             if Options.exitCode(for: error) == .success {
-                print(Options.fullMessage(for: error))
+                print(MoonProxyCommand.helpMessage(columns: nil))
                 exit(0)
             }
             fail("\(Options.message(for: error))\nTry 'moonproxy --help' for the list of options.", code: 2)

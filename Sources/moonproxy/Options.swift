@@ -258,3 +258,16 @@ extension String {
     }
 
 }
+
+/// The program as `--help` presents it: its name and what it is, with the options above.
+struct MoonProxyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "moonproxy",
+        abstract: "MySQL/MariaDB protocol proxy with Lua 5.4 hook scripts, in the tradition of MySQL Proxy 0.8.",
+        discussion: """
+        Takes MySQL Proxy's options (and a --defaults-file with a [mysql-proxy] section); those marked \
+        MoonProxy are its own. Example: moonproxy -P :4040 -b 127.0.0.1:3306 -s script.lua
+        """)
+
+    @OptionGroup var options: Options
+}

@@ -34,6 +34,7 @@ def test_help_lists_mysql_proxy_options():
                    "--log-backtrace-on-crash", "--keepalive", "--max-open-files", "--event-threads", "--lua-path",
                    "--lua-cpath", "--admin-address", "--admin-username", "--admin-password", "--admin-lua-script"]:
         assert option in r.stdout, option
+    assert "USAGE: moonproxy <options>" in r.stdout and r.stdout.startswith("OVERVIEW: MySQL/MariaDB protocol proxy")
     assert run("--help-all").returncode == 0
 
 
