@@ -156,6 +156,12 @@ public struct ProxyConfiguration: Sendable {
     /// Protocol compression offered to clients (`--protocol-compression-algorithms`) and asked of
     /// backends (`--proxy-backend-compression`).
     public var compression = CompressionSettings()
+    /// `--proxy-protocol-networks`: clients from these networks must start with a PROXY protocol
+    /// header (v1 or v2), whose client address then stands for the connection's (nil: none do).
+    public var proxyProtocolNetworks: NetworkList?
+    /// `--proxy-backend-proxy-protocol`: each server connection starts with a PROXY v2 header
+    /// naming the client, so the server sees it rather than the proxy.
+    public var backendProxyProtocol = false
     /// `--metrics-address`: where `GET /metrics` serves Prometheus metrics (nil: nowhere).
     public var metricsAddress: ProxyAddress?
     /// `--max-connections`: client connections at once, over all listeners of the proxy (0: no

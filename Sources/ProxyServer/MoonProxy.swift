@@ -230,7 +230,14 @@ public final class MoonProxy: Sendable {
             .childChannelInitializer { channel in
                 guard !context.isStopping else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ClientChannelHandler(shared: context))
+                    let handler = ClientChannelHandler(shared: context)
+                    if let networks = context.configuration.proxyProtocolNetworks, networks.contains(channel.remoteAddress) {
+                        let decoder = ProxyProtocolDecoder(timeout: context.configuration.loginTimeout ?? .seconds(10), logger: context.logger) {
+                            handler.proxyProtocolEndpoints = $0
+                        }
+                        try channel.pipeline.syncOperations.addHandler(decoder)
+                    }
+                    try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
         switch address {

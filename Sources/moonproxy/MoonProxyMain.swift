@@ -67,6 +67,14 @@ enum MoonProxyMain {
         var configuration = ProxyConfiguration()
         do {
             configuration.listenAddress = try ProxyAddress(parsing: options.proxyAddress ?? ":4040", defaultHost: "0.0.0.0", defaultPort: 4040)
+            if let networks = options.proxyProtocolNetworks {
+                do {
+                    configuration.proxyProtocolNetworks = try NetworkList(parsing: networks)
+                } catch let problem as NetworkList.Problem {
+                    fail("--proxy-protocol-networks: \(problem)", code: 2)
+                }
+            }
+            configuration.backendProxyProtocol = options.proxyBackendProxyProtocol
             if let metrics = options.metricsAddress {
                 configuration.metricsAddress = try ProxyAddress(parsing: metrics, defaultHost: "0.0.0.0", defaultPort: 9104)
             }

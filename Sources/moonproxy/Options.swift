@@ -171,6 +171,12 @@ struct Options: ParsableArguments {
     @Flag(name: .customLong("keepalive"), help: "try to restart the proxy if it crashed")
     var keepalive = false
 
+    @Option(name: .customLong("proxy-protocol-networks"), help: ArgumentHelp("clients from these networks (CIDR ranges, addresses, localhost, *; comma-separated) start with a PROXY protocol v1 or v2 header, as MariaDB's proxy_protocol_networks (MoonProxy; default: none)", valueName: "networks"))
+    var proxyProtocolNetworks: String?
+
+    @Flag(name: .customLong("proxy-backend-proxy-protocol"), help: "send a PROXY protocol v2 header naming the client to the server before anything else (MoonProxy)")
+    var proxyBackendProxyProtocol = false
+
     @Option(name: .customLong("metrics-address"), help: ArgumentHelp("listening address:port of the Prometheus metrics endpoint, GET /metrics (MoonProxy; default: off)", valueName: "host:port"))
     var metricsAddress: String?
 

@@ -7,6 +7,7 @@
 import MySQLWire
 import NIOCore
 import ProxyScripting
+import ProxyServer
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
@@ -14,7 +15,7 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     guard let selector = bytes.first else { return 0 }
     let data = UnsafeRawBufferPointer(rebasing: bytes.dropFirst())
     let payload = ByteBuffer(bytes: data)
-    switch selector % 12 {
+    switch selector % 13 {
     case 0: greeting(payload)
     case 1: handshakeResponse(payload)
     case 2:
@@ -32,6 +33,7 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     case 10:
         _ = ProxyHints.parse(payload)
         _ = SQLTokenizer.tokenize(data)
+    case 11: proxyProtocol(payload)
     default: lengthEncoded(payload)
     }
     return 0
@@ -174,5 +176,21 @@ private func lengthEncoded(_ payload: ByteBuffer) {
         _ = try? PacketPrefix(d).lengthEncodedInteger(at: &index, "fuzz")
         _ = try? d.readMySQLBytes(length: Int(d.getInteger(at: d.readerIndex, as: UInt8.self) ?? 0))
         p.moveReaderIndex(forwardBy: 1)
+    }
+}
+
+
+/// A PROXY protocol header, read as the decoder reads it (whole or in any prefix); what it accepts
+/// it can write again as a v2 header that reads back the same.
+private func proxyProtocol(_ payload: ByteBuffer) {
+    for cut in [payload.readableBytes, payload.readableBytes / 2, 16, 12] where cut <= payload.readableBytes {
+        guard case .header(let endpoints, let length) = ProxyProtocol.parse(payload.getSlice(at: payload.readerIndex, length: cut)!) else { continue }
+        precondition(length > 0 && length <= cut)
+        if case .proxied(let source, let destination) = endpoints {
+            let again = ProxyProtocol.v2Header(source: source, destination: destination)
+            if case .header(.proxied(let s, let d), _) = ProxyProtocol.parse(again) {
+                precondition(s == source && d == destination)
+            }
+        }
     }
 }

@@ -17,6 +17,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var machine: ConnectionStateMachine
     private let shared: ProxyContext
     private var connectionID: UInt64 = 0
+    /// What the client's PROXY protocol header announced (set before channelActive).
+    var proxyProtocolEndpoints: ProxyProtocol.Endpoints?
+    /// channelActive came: the connection was counted.
+    private var activated = false
     /// The client address counted towards --max-connections-per-address.
     private var admittedAddress: String?
     private var clientAddress: SocketAddress?
@@ -107,10 +111,12 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        activated = true
         shared.statistics.add(.connectionsAccepted)
         let active = shared.statistics.increment(.connectionsActive)
         connectionID = shared.nextConnectionID()
         clientAddress = context.channel.remoteAddress
+        if case .proxied(let source, _) = proxyProtocolEndpoints { clientAddress = source }
         if let refusal = admissionRefusal(active: active) {
             // As the server refuses a connection past max_connections: ERR 1040 where the
             // greeting would be, then the close.
@@ -152,8 +158,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// Prepares the script for this connection; false when it cannot run (the client was told).
     private func startScript(_ engine: ScriptEngine, context: ChannelHandlerContext) -> Bool {
         let connection = ScriptedConnection(handler: self, resultsetBufferLimit: engine.configuration.resultsetBufferLimit)
-        connection.client.src = context.channel.remoteAddress.map(ScriptedConnection.scriptAddress)
-        connection.client.dst = context.channel.localAddress.map(ScriptedConnection.scriptAddress)
+        connection.client.src = clientAddress.map(ScriptedConnection.scriptAddress)
+        connection.client.dst = clientDestination(context).map(ScriptedConnection.scriptAddress)
         switch engine.startConnection(host: connection) {
         case .success(let script):
             connection.script = script
@@ -170,6 +176,12 @@ final class ClientChannelHandler: ChannelInboundHandler {
             sendAndClose(ConnectionStateMachine.framed(err, sequenceID: 0, protocol41: true))
             return false
         }
+    }
+
+    /// The address the client connected to: the one its PROXY header names, else the listener's.
+    private func clientDestination(_ context: ChannelHandlerContext) -> SocketAddress? {
+        if case .proxied(_, let destination) = proxyProtocolEndpoints { return destination }
+        return context.channel.localAddress
     }
 
     /// What this connection may do with TLS.
@@ -484,6 +496,11 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// Releases what this connection holds, once.
     private func finish() {
         guard !closed else { return }
+        guard activated else {
+            // closed before it was ever counted (a PROXY protocol header that never came right)
+            closed = true
+            return
+        }
         callDisconnectHook(serverIdle: false)
         scripted?.close()
         scripted = nil
@@ -532,6 +549,11 @@ final class ClientChannelHandler: ChannelInboundHandler {
                     guard !self.closed else {
                         channel.close(promise: nil)
                         return
+                    }
+                    if self.shared.configuration.backendProxyProtocol {
+                        // before anything else on the connection, the server's greeting included
+                        handler.writeAndFlush(ProxyProtocol.v2Header(source: self.clientAddress,
+                                                                     destination: self.context.flatMap { self.clientDestination($0) }))
                     }
                     self.shared.backends.markUp(index)
                     self.shared.backends.clientAttached(index)
