@@ -1,3 +1,4 @@
+import Atomics
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -49,6 +50,33 @@ public final class BackendPool: Sendable {
     private let entries: NIOLockedValueBox<(backends: [Entry], rotation: Int)>
     private let idle = NIOLockedValueBox<[IdleKey: Int]>([:])
     public let retryInterval: TimeAmount
+    /// Health checks decide when a down backend is up again (not a client's connect after the
+    /// retry interval).
+    private let activeChecks = ManagedAtomic(false)
+
+    func enableActiveChecks() { activeChecks.store(true, ordering: .relaxed) }
+
+    /// A health check's verdict: up (with the type the server's read_only gives it) or down.
+    func checked(_ index: Int, up: Bool, type: BackendType?, now: NIODeadline = .now()) {
+        entries.withLockedValue { value in
+            guard value.backends.indices.contains(index) else { return }
+            if up {
+                value.backends[index].state = .up
+                value.backends[index].downSince = nil
+                if let type { value.backends[index].configuration.type = type }
+            } else if value.backends[index].state != .down {
+                value.backends[index].state = .down
+                value.backends[index].downSince = now
+            }
+        }
+    }
+
+    /// Whether a backend down since `since` may be tried by a client now.
+    private func retryable(_ since: NIODeadline?, now: NIODeadline) -> Bool {
+        guard !activeChecks.load(ordering: .relaxed) else { return false }
+        guard let since else { return true }
+        return now - since >= retryInterval
+    }
 
     public init(_ backends: [BackendConfiguration], retryInterval: TimeAmount = .seconds(5)) {
         var list: [Entry] = []
@@ -77,7 +105,7 @@ public final class BackendPool: Sendable {
                 let i = (offset + value.rotation) % n
                 let e = value.backends[i]
                 guard e.configuration.type == .readWrite, !excluding.contains(i) else { continue }
-                if e.state == .down, let since = e.downSince, now - since < retryInterval { continue }
+                if e.state == .down, !retryable(e.downSince, now: now) { continue }
                 if let b = best, value.backends[b].connectedClients <= e.connectedClients { continue }
                 best = i
             }
@@ -92,7 +120,7 @@ public final class BackendPool: Sendable {
         entries.withLockedValue { value in
             guard value.backends.indices.contains(index) else { return nil }
             let e = value.backends[index]
-            if e.state == .down, let since = e.downSince, now - since < retryInterval { return nil }
+            if e.state == .down, !retryable(e.downSince, now: now) { return nil }
             return (index, e.configuration.address, e.resolved)
         }
     }
@@ -102,7 +130,7 @@ public final class BackendPool: Sendable {
         entries.withLockedValue { value in
             guard value.backends.indices.contains(index) else { return nil }
             let e = value.backends[index]
-            if e.state == .down, let since = e.downSince, now - since < retryInterval { return nil }
+            if e.state == .down, !retryable(e.downSince, now: now) { return nil }
             return e.configuration.address
         }
     }

@@ -156,6 +156,11 @@ public struct ProxyConfiguration: Sendable {
     /// Protocol compression offered to clients (`--protocol-compression-algorithms`) and asked of
     /// backends (`--proxy-backend-compression`).
     public var compression = CompressionSettings()
+    /// Active health checks: `--proxy-backend-check-interval` (nil or zero: off, as without an
+    /// account), `--proxy-backend-check-user`, `--proxy-backend-check-password`.
+    public var backendCheckInterval: TimeAmount?
+    public var backendCheckUser: String?
+    public var backendCheckPassword: String = ""
     /// `--proxy-protocol-networks`: clients from these networks must start with a PROXY protocol
     /// header (v1 or v2), whose client address then stands for the connection's (nil: none do).
     public var proxyProtocolNetworks: NetworkList?

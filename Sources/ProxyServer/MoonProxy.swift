@@ -29,6 +29,8 @@ public final class MoonProxy: Sendable {
     }
     /// The admin interface's connections, script and counters (nil without `configuration.admin`).
     private let adminContext: ProxyContext?
+    /// Active health checks, when configured.
+    private let healthChecker: HealthChecker?
 
     public convenience init(configuration: ProxyConfiguration, eventLoopGroup: EventLoopGroup? = nil,
                 logger: Logger = Logger(label: "moonproxy")) {
@@ -73,6 +75,15 @@ public final class MoonProxy: Sendable {
         }
         self.tlsProblem = tlsProblem
         self.tls = tls
+        if let interval = configuration.backendCheckInterval, let user = configuration.backendCheckUser {
+            backends.enableActiveChecks()
+            self.healthChecker = HealthChecker(
+                settings: .init(interval: interval, user: user, password: configuration.backendCheckPassword,
+                                timeout: max(configuration.connectTimeout, .seconds(1))),
+                backends: backends, group: self.group, logger: logger)
+        } else {
+            self.healthChecker = nil
+        }
         let registry = ConnectionRegistry()
         self.context = ProxyContext(configuration: configuration, backends: backends, statistics: statistics,
                                     connector: connector, logger: logger, scriptEngine: engine, tls: tls, registry: registry)
@@ -194,6 +205,7 @@ public final class MoonProxy: Sendable {
             state.withLockedValue { $0.metricsChannel = channel }
             logger.notice("metrics at http://\(channel.localAddress.map(\.logDescription) ?? "\(address)")/metrics")
         }
+        healthChecker?.start()
         guard configuration.proxyEnabled else { return }
         let channel = try await bind(configuration.listenAddress, context: context)
         state.withLockedValue { $0.serverChannel = channel }
@@ -253,6 +265,7 @@ public final class MoonProxy: Sendable {
     public func shutdown(gracePeriod: TimeAmount? = nil) async {
         context.isStopping = true
         adminContext?.isStopping = true
+        healthChecker?.stop()
         let (server, admin, metrics) = state.withLockedValue { state -> (Channel?, Channel?, Channel?) in
             defer { state.serverChannel = nil; state.adminChannel = nil; state.metricsChannel = nil }
             return (state.serverChannel, state.adminChannel, state.metricsChannel)

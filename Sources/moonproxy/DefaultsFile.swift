@@ -25,7 +25,7 @@ enum DefaultsFile {
         "proxy-lua-timeout": nil, "proxy-lua-memory-limit": nil, "proxy-max-packet-size": nil,
         "admin-address": nil, "admin-username": nil, "admin-password": nil, "admin-lua-script": nil,
         "user": nil, "basedir": nil, "pid-file": nil, "plugin-dir": nil, "plugins": nil, "log-level": nil, "log-file": nil,
-        "max-open-files": nil, "max-connections": nil, "metrics-address": nil, "proxy-protocol-networks": nil, "max-connections-per-address": nil, "event-threads": nil, "lua-path": nil, "lua-cpath": nil,
+        "max-open-files": nil, "max-connections": nil, "metrics-address": nil, "proxy-protocol-networks": nil, "proxy-backend-check-interval": nil, "proxy-backend-check-user": nil, "proxy-backend-check-password": nil, "max-connections-per-address": nil, "event-threads": nil, "lua-path": nil, "lua-cpath": nil,
         "ssl-cert": nil, "ssl-key": nil, "ssl-ca": nil, "ssl-cipher": nil, "tls-version": nil,
         "proxy-backend-ssl": nil, "proxy-backend-ssl-ca": nil, "proxy-backend-ssl-cert": nil, "proxy-backend-ssl-key": nil,
         "protocol-compression-algorithms": nil, "proxy-backend-compression": nil,

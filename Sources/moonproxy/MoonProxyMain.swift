@@ -75,6 +75,12 @@ enum MoonProxyMain {
                 }
             }
             configuration.backendProxyProtocol = options.proxyBackendProxyProtocol
+            if let user = options.proxyBackendCheckUser, !user.isEmpty {
+                let seconds = options.proxyBackendCheckInterval ?? 2
+                configuration.backendCheckInterval = seconds > 0 ? .nanoseconds(Int64(seconds * 1e9)) : nil
+                configuration.backendCheckUser = user
+                configuration.backendCheckPassword = options.proxyBackendCheckPassword ?? ""
+            }
             if let metrics = options.metricsAddress {
                 configuration.metricsAddress = try ProxyAddress(parsing: metrics, defaultHost: "0.0.0.0", defaultPort: 9104)
             }

@@ -171,6 +171,15 @@ struct Options: ParsableArguments {
     @Flag(name: .customLong("keepalive"), help: "try to restart the proxy if it crashed")
     var keepalive = false
 
+    @Option(name: .customLong("proxy-backend-check-interval"), help: ArgumentHelp("seconds between health checks of each backend, with --proxy-backend-check-user; 0: off (MoonProxy; default: 2)", valueName: "seconds"))
+    var proxyBackendCheckInterval: Double?
+
+    @Option(name: .customLong("proxy-backend-check-user"), help: ArgumentHelp("account the health checks log in with (mysql_native_password; needs no privileges); without it, a backend is marked down only when a connect fails (MoonProxy)", valueName: "user"))
+    var proxyBackendCheckUser: String?
+
+    @Option(name: .customLong("proxy-backend-check-password"), help: ArgumentHelp("password of the health check account (MoonProxy)", valueName: "password"))
+    var proxyBackendCheckPassword: String?
+
     @Option(name: .customLong("proxy-protocol-networks"), help: ArgumentHelp("clients from these networks (CIDR ranges, addresses, localhost, *; comma-separated) start with a PROXY protocol v1 or v2 header, as MariaDB's proxy_protocol_networks (MoonProxy; default: none)", valueName: "networks"))
     var proxyProtocolNetworks: String?
 
@@ -202,6 +211,7 @@ struct Options: ParsableArguments {
         if let n = eventThreads, n < 1 || n > 1024 { throw ValidationError("--event-threads must be between 1 and 1024") }
         if let n = maxOpenFiles, n < 0 { throw ValidationError("--max-open-files must not be negative") }
         if let n = maxConnections, n < 0 { throw ValidationError("--max-connections must not be negative") }
+        if let t = proxyBackendCheckInterval, !(t >= 0 && t <= 3600) { throw ValidationError("--proxy-backend-check-interval must be a number of seconds from 0 to 3600") }
         if let n = maxConnectionsPerAddress, n < 0 { throw ValidationError("--max-connections-per-address must not be negative") }
         if let n = proxyResultsetBufferLimit, n < 0 { throw ValidationError("--proxy-resultset-buffer-limit must not be negative") }
         if let t = proxyLuaTimeout, !(t >= 0 && t <= 3600) { throw ValidationError("--proxy-lua-timeout must be a number of seconds from 0 to 3600") }

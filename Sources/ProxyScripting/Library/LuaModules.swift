@@ -156,7 +156,7 @@ public enum NativePassword {
     public static func hash(_ password: [UInt8]) -> [UInt8] { sha1(password) }
 
     /// The client's answer to `challenge`: SHA1(password) XOR SHA1(challenge + SHA1(SHA1(password))).
-    static func scramble(challenge: [UInt8], hashedPassword: [UInt8]) -> [UInt8] {
+    public static func scramble(challenge: [UInt8], hashedPassword: [UInt8]) -> [UInt8] {
         let mask = sha1(challenge, sha1(hashedPassword))
         return zip(hashedPassword, mask).map { $0 ^ $1 }
     }
