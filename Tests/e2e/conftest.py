@@ -152,3 +152,26 @@ def test_database():
     c.commit()
     c.close()
     yield
+
+
+class ExtraMariaDB:
+    """One more throwaway MariaDB (stopped, restarted or configured differently by a test), on a
+    port of its own; `sql` runs statements as root over its Unix socket."""
+
+    def __init__(self, name, config=""):
+        self.port = free_port()
+        self.directory = WORKDIR / name
+        quoted = config.replace("'", "'\\''")
+        self.start_command = f"source {ROOT}/scripts/lib/common.sh; start_mariadb {self.directory} {self.port} '{quoted}'"
+        self.start()
+
+    def start(self):
+        subprocess.run(["bash", "-c", self.start_command], check=True, timeout=180)
+
+    def stop(self):
+        subprocess.run(["bash", "-c", f"source {ROOT}/scripts/lib/common.sh; stop_mariadb {self.directory}"], timeout=60)
+
+    def sql(self, statement):
+        r = subprocess.run(["mariadb", f"--socket={self.directory}/mysqld.sock", "-uroot", "-N", "-e", statement],
+                           capture_output=True, text=True, timeout=60, check=True)
+        return r.stdout.strip()

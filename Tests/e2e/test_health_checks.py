@@ -2,35 +2,25 @@
 read-only: the proxy's view of the backend follows within a few check intervals, clients are
 told at once when every backend is down, and the checks never leave a handshake unfinished
 (the server's Aborted_connects stays where it was)."""
-import subprocess
 import time
 
 import pymysql
 import pytest
 
-from conftest import ROOT, WORKDIR, free_port
+from conftest import ExtraMariaDB, free_port
 
 
 
 @pytest.fixture
 def checked_mariadb():
-    port = free_port()
-    directory = WORKDIR / "mariadb-checked"
-    start = f"source {ROOT}/scripts/lib/common.sh; start_mariadb {directory} {port}"
-    subprocess.run(["bash", "-c", start], check=True, timeout=180)
-    sql(directory, "CREATE USER IF NOT EXISTS 'moon_check'@'%' IDENTIFIED BY 'checkpass'")
-    yield port, directory, start
-    subprocess.run(["bash", "-c", f"source {ROOT}/scripts/lib/common.sh; stop_mariadb {directory}"], timeout=60)
+    server = ExtraMariaDB("mariadb-checked")
+    server.sql("CREATE USER IF NOT EXISTS 'moon_check'@'%' IDENTIFIED BY 'checkpass'")
+    yield server
+    server.stop()
 
 
-def sql(directory, statement):
-    r = subprocess.run(["mariadb", f"--socket={directory}/mysqld.sock", "-uroot", "-N", "-e", statement],
-                       capture_output=True, text=True, timeout=60, check=True)
-    return r.stdout.strip()
-
-
-def aborted_connects(directory):
-    return int(sql(directory, "SHOW GLOBAL STATUS LIKE 'Aborted_connects'").split()[1])
+def aborted_connects(server):
+    return int(server.sql("SHOW GLOBAL STATUS LIKE 'Aborted_connects'").split()[1])
 
 
 def wait_for(predicate, timeout=10):
@@ -44,7 +34,8 @@ def wait_for(predicate, timeout=10):
 
 
 def test_checks_follow_a_real_server(start_proxy, checked_mariadb):
-    port, directory, start = checked_mariadb
+    server = checked_mariadb
+    port = server.port
     admin_port = free_port()
     proxy = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{port}", "--plugins=proxy,admin",
                         f"--admin-address=127.0.0.1:{admin_port}", "--admin-username=boss", "--admin-password=pw",
@@ -60,17 +51,17 @@ def test_checks_follow_a_real_server(start_proxy, checked_mariadb):
         c.close()
         return tuple((r[1], r[2], r[3]) for r in rows)
 
-    before = aborted_connects(directory)
+    before = aborted_connects(server)
     assert wait_for(lambda: view() == ((address, "up", "rw"),)), view()
     time.sleep(1.5)  # five checks or so
-    assert aborted_connects(directory) == before  # every probe finished its login and quit
+    assert aborted_connects(server) == before  # every probe finished its login and quit
     # made read-only, the server serves as ro; writable again, as rw
-    sql(directory, "SET GLOBAL read_only = 1")
+    server.sql("SET GLOBAL read_only = 1")
     assert wait_for(lambda: view() == ((address, "up", "ro"),)), view()
-    sql(directory, "SET GLOBAL read_only = 0")
+    server.sql("SET GLOBAL read_only = 0")
     assert wait_for(lambda: view() == ((address, "up", "rw"),)), view()
     # stopped: down within a few intervals, and a new client is told at once
-    subprocess.run(["bash", "-c", f"source {ROOT}/scripts/lib/common.sh; stop_mariadb {directory}"], check=True, timeout=60)
+    server.stop()
     assert wait_for(lambda: view()[0][1] == "down"), view()
     started = time.time()
     with pytest.raises(pymysql.err.OperationalError) as e:
@@ -79,7 +70,7 @@ def test_checks_follow_a_real_server(start_proxy, checked_mariadb):
     assert "all backends are down" in str(e.value)
     assert "is down (health check)" in proxy.log()
     # restarted: up again, and clients get through
-    subprocess.run(["bash", "-c", start], check=True, timeout=180)
+    server.start()
     assert wait_for(lambda: view()[0][1] == "up", timeout=20), view()
     other = proxy.connect(user="moon_check", password="checkpass")
     with other.cursor() as cur:
@@ -89,7 +80,6 @@ def test_checks_follow_a_real_server(start_proxy, checked_mariadb):
 
 
 def test_a_wrong_check_password_marks_the_backend_down(start_proxy, checked_mariadb):
-    port, directory, start = checked_mariadb
-    proxy = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{port}", "--proxy-backend-check-interval=0.3",
+    proxy = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{checked_mariadb.port}", "--proxy-backend-check-interval=0.3",
                         "--proxy-backend-check-user=moon_check", "--proxy-backend-check-password=wrong", backend=False)
     assert wait_for(lambda: "1045" in proxy.log() and "is down (health check)" in proxy.log())

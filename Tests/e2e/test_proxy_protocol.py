@@ -3,12 +3,11 @@
 checked against MariaDB's own PROXY protocol support."""
 import socket
 import struct
-import subprocess
 
 import pymysql
 import pytest
 
-from conftest import ROOT, WORKDIR, free_port
+from conftest import ExtraMariaDB
 from test_scripting import script
 
 WHO = """
@@ -115,15 +114,10 @@ def closed_or_refused(port, header):
 
 @pytest.fixture
 def proxy_protocol_mariadb():
-    port = free_port()
-    directory = WORKDIR / "mariadb-proxy-protocol"
-    start = f"source {ROOT}/scripts/lib/common.sh; start_mariadb {directory} {port} 'proxy_protocol_networks=127.0.0.0/8,localhost'"
-    subprocess.run(["bash", "-c", start], check=True, timeout=180)
-    subprocess.run(["mariadb", f"--socket={directory}/mysqld.sock", "-uroot", "-e",
-                    "CREATE USER IF NOT EXISTS 'pp'@'%' IDENTIFIED BY 'pppass'; GRANT PROCESS ON *.* TO 'pp'@'%'"],
-                   check=True, timeout=60)
-    yield port
-    subprocess.run(["bash", "-c", f"source {ROOT}/scripts/lib/common.sh; stop_mariadb {directory}"], timeout=60)
+    server = ExtraMariaDB("mariadb-proxy-protocol", "proxy_protocol_networks=127.0.0.0/8,localhost")
+    server.sql("CREATE USER IF NOT EXISTS 'pp'@'%' IDENTIFIED BY 'pppass'; GRANT PROCESS ON *.* TO 'pp'@'%'")
+    yield server.port
+    server.stop()
 
 
 def test_the_server_sees_the_real_client(start_proxy, proxy_protocol_mariadb):
