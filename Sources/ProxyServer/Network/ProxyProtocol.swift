@@ -138,25 +138,22 @@ public enum ProxyProtocol {
     public static func v2Header(source: SocketAddress?, destination: SocketAddress?) -> ByteBuffer {
         var out = ByteBuffer()
         out.writeBytes(v2Signature)
+        func proxied(family: UInt8, _ s: [UInt8], _ d: [UInt8]) {
+            out.writeInteger(UInt8(0x21))  // version 2, PROXY
+            out.writeInteger(family)
+            out.writeInteger(UInt16(s.count + d.count + 4))
+            out.writeBytes(s)
+            out.writeBytes(d)
+            out.writeInteger(UInt16(source?.port ?? 0))
+            out.writeInteger(UInt16(destination?.port ?? 0))
+        }
         switch (source, destination) {
         case (.v4(let s)?, .v4(let d)?):
-            out.writeInteger(UInt8(0x21))
-            out.writeInteger(UInt8(0x11))
-            out.writeInteger(UInt16(12))
-            withUnsafeBytes(of: s.address.sin_addr) { out.writeBytes($0) }
-            withUnsafeBytes(of: d.address.sin_addr) { out.writeBytes($0) }
-            out.writeInteger(UInt16(source?.port ?? 0))
-            out.writeInteger(UInt16(destination?.port ?? 0))
+            proxied(family: 0x11, withUnsafeBytes(of: s.address.sin_addr) { Array($0) }, withUnsafeBytes(of: d.address.sin_addr) { Array($0) })
         case (.v6(let s)?, .v6(let d)?):
-            out.writeInteger(UInt8(0x21))
-            out.writeInteger(UInt8(0x21))
-            out.writeInteger(UInt16(36))
-            withUnsafeBytes(of: s.address.sin6_addr) { out.writeBytes($0) }
-            withUnsafeBytes(of: d.address.sin6_addr) { out.writeBytes($0) }
-            out.writeInteger(UInt16(source?.port ?? 0))
-            out.writeInteger(UInt16(destination?.port ?? 0))
+            proxied(family: 0x21, withUnsafeBytes(of: s.address.sin6_addr) { Array($0) }, withUnsafeBytes(of: d.address.sin6_addr) { Array($0) })
         default:
-            out.writeInteger(UInt8(0x20))  // LOCAL
+            out.writeInteger(UInt8(0x20))  // version 2, LOCAL
             out.writeInteger(UInt8(0x00))
             out.writeInteger(UInt16(0))
         }
