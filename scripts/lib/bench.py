@@ -103,7 +103,25 @@ def start_moonproxy(binary, backend_port, threads, name="moonproxy", extra=()):
                              f"--event-threads={threads}", "--log-level=warning", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(port)
-    return Target(name, port, proc.pid, lambda: (proc.send_signal(signal.SIGTERM), proc.wait()))
+    stop_scraping = threading.Event()
+    metrics = [arg.split("=", 1)[1] for arg in extra if arg.startswith("--metrics-address=")]
+    if metrics:
+        # as Prometheus would: a scrape every second for as long as the target runs
+        import urllib.request
+
+        def scrape():
+            while not stop_scraping.wait(1.0):
+                try:
+                    urllib.request.urlopen(f"http://{metrics[0]}/metrics", timeout=5).read()
+                except OSError:
+                    pass
+        threading.Thread(target=scrape, daemon=True).start()
+
+    def stop():
+        stop_scraping.set()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    return Target(name, port, proc.pid, stop)
 
 
 CERTS = None  # set by main: the test certificates, for the TLS workloads
@@ -174,6 +192,8 @@ def main():
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--extra-moonproxy", action="append", default=[],
                     help="NAME=ARGS: another MoonProxy target started with these extra arguments")
+    ap.add_argument("--metrics", action="store_true",
+                    help="add a MoonProxy target with --metrics-address, scraped every second (the metrics' cost)")
     ap.add_argument("--no-script-targets", action="store_true",
                     help="leave out the MoonProxy targets running an empty read_query and an appending one")
     a = ap.parse_args()
@@ -196,6 +216,8 @@ def main():
     if not a.no_script_targets:
         a.extra_moonproxy = [f"moon+empty=--proxy-lua-script={HERE / 'bench_empty.lua'}",
                              f"moon+append=--proxy-lua-script={HERE / 'bench_append.lua'}"] + a.extra_moonproxy
+    if a.metrics:
+        a.extra_moonproxy.append(f"moon+metrics=--metrics-address=127.0.0.1:{free_port()}")
     for spec in a.extra_moonproxy:
         name, _, args = spec.partition("=")
         targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, a.proxy_threads, name=name, extra=tls_args + args.split()))
