@@ -83,3 +83,34 @@ def test_a_wrong_check_password_marks_the_backend_down(start_proxy, checked_mari
     proxy = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{checked_mariadb.port}", "--proxy-backend-check-interval=0.3",
                         "--proxy-backend-check-user=moon_check", "--proxy-backend-check-password=wrong", backend=False)
     assert wait_for(lambda: "1045" in proxy.log() and "is down (health check)" in proxy.log())
+
+
+def test_broken_and_silent_servers_are_down_and_cost_nothing_else(start_proxy):
+    from fakeserver import FakeServer
+    import socket
+    garbage = FakeServer(greeting="garbage")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts, never speaks
+    admin_port = free_port()
+    proxy = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{garbage.port},127.0.0.1:{silent.getsockname()[1]}",
+                        "--plugins=proxy,admin", f"--admin-address=127.0.0.1:{admin_port}", "--admin-username=boss",
+                        "--admin-password=pw", "--proxy-connect-timeout=0.5", "--proxy-backend-check-interval=0.2",
+                        "--proxy-backend-check-user=moon_check", "--proxy-backend-check-password=x", backend=False)
+
+    def states():
+        c = pymysql.connect(host="127.0.0.1", port=admin_port, user="boss", password="pw")
+        with c.cursor() as cur:
+            cur.execute("SELECT * FROM backends")
+            rows = cur.fetchall()
+        c.close()
+        return [r[2] for r in rows]
+
+    assert wait_for(lambda: states() == ["down", "down"], timeout=10), states()
+    log = proxy.log()
+    assert "malformed answer" in log and "no answer within" in log, log
+    # the checks go on without piling up connections or failing the proxy
+    time.sleep(1.5)
+    assert states() == ["down", "down"]
+    assert proxy.proc.poll() is None
+    silent.close()
