@@ -25,8 +25,10 @@ final class HealthChecker: Sendable {
     private let group: EventLoopGroup
     private let logger: Logger
     private let task = NIOLockedValueBox<RepeatedTask?>(nil)
+    private let metrics: MetricsExporter?
 
-    init(settings: Settings, backends: BackendPool, group: EventLoopGroup, logger: Logger) {
+    init(settings: Settings, backends: BackendPool, group: EventLoopGroup, logger: Logger, metrics: MetricsExporter? = nil) {
+        self.metrics = metrics
         self.settings = settings
         self.backends = backends
         self.group = group
@@ -56,6 +58,11 @@ final class HealthChecker: Sendable {
     }
 
     private func apply(_ outcome: Outcome, to backend: BackendInfo) {
+        if case .up = outcome {
+            metrics?.checkCompleted(backend: backend.address, up: true)
+        } else {
+            metrics?.checkCompleted(backend: backend.address, up: false)
+        }
         switch outcome {
         case .up(let readOnly):
             let type: BackendType = readOnly ? .readOnly : .readWrite

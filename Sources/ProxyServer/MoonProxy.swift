@@ -31,6 +31,8 @@ public final class MoonProxy: Sendable {
     private let adminContext: ProxyContext?
     /// Active health checks, when configured.
     private let healthChecker: HealthChecker?
+    /// The metrics endpoint's exporter, with --metrics-address.
+    private let metrics: MetricsExporter?
 
     public convenience init(configuration: ProxyConfiguration, eventLoopGroup: EventLoopGroup? = nil,
                 logger: Logger = Logger(label: "moonproxy")) {
@@ -75,18 +77,21 @@ public final class MoonProxy: Sendable {
         }
         self.tlsProblem = tlsProblem
         self.tls = tls
+        let metrics = configuration.metricsAddress == nil ? nil : MetricsExporter(statistics: statistics, backends: backends)
+        self.metrics = metrics
         if let interval = configuration.backendCheckInterval, let user = configuration.backendCheckUser {
             backends.enableActiveChecks()
             self.healthChecker = HealthChecker(
                 settings: .init(interval: interval, user: user, password: configuration.backendCheckPassword,
                                 timeout: max(configuration.connectTimeout, .seconds(1))),
-                backends: backends, group: self.group, logger: logger)
+                backends: backends, group: self.group, logger: logger, metrics: metrics)
         } else {
             self.healthChecker = nil
         }
         let registry = ConnectionRegistry()
         self.context = ProxyContext(configuration: configuration, backends: backends, statistics: statistics,
-                                    connector: connector, logger: logger, scriptEngine: engine, tls: tls, registry: registry)
+                                    connector: connector, logger: logger, scriptEngine: engine, tls: tls, registry: registry,
+                                    metrics: metrics)
         if let admin = configuration.admin {
             var script = ScriptEngine.Configuration(scriptPath: admin.luaScript,
                                                     scriptSource: admin.luaScript == nil ? (admin.luaScriptSource ?? AdminInterface.defaultScript) : nil)
@@ -199,8 +204,7 @@ public final class MoonProxy: Sendable {
             state.withLockedValue { $0.adminChannel = channel }
             logger.notice("admin interface listening on \(channel.localAddress.map(\.logDescription) ?? "\(admin.address)")")
         }
-        if let address = configuration.metricsAddress {
-            let exporter = MetricsExporter(statistics: statistics, backends: backends)
+        if let address = configuration.metricsAddress, let exporter = metrics {
             let channel = try await bindMetrics(address, exporter: exporter)
             state.withLockedValue { $0.metricsChannel = channel }
             logger.notice("metrics at http://\(channel.localAddress.map(\.logDescription) ?? "\(address)")/metrics")

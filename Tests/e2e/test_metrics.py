@@ -2,6 +2,7 @@
 by promtool (Prometheus' own linter) and against what the proxy did."""
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -52,6 +53,9 @@ def test_metrics_endpoint(start_proxy):
     assert after[f"moonproxy_backend_up{{{down}}}"] == 0  # the first client's connect failed
     assert after["moonproxy_backend_connect_failures_total"] >= 1
     assert after[f"moonproxy_backend_clients{{{live}}}"] == 2
+    live_backend = f'backend="127.0.0.1:{MARIADB_PORT}"'
+    assert after[f"moonproxy_backend_connect_duration_seconds_count{{{live_backend}}}"] >= 2
+    assert after[f'moonproxy_backend_connect_duration_seconds_bucket{{{live_backend},le="2.0"}}'] >= 2
     # counters never go back, even across scrapes
     again = samples(scrape(metrics_port))
     assert again["moonproxy_commands_total"] >= after["moonproxy_commands_total"]
@@ -75,3 +79,17 @@ def test_a_client_that_quits_is_not_a_lost_backend(start_proxy):
         c.ping(reconnect=False)
         c.close()
     assert samples(scrape(metrics_port))["moonproxy_backend_connections_lost_total"] == 0
+
+
+def test_health_checks_in_the_metrics(start_proxy):
+    metrics_port = free_port()
+    start_proxy(f"--metrics-address=127.0.0.1:{metrics_port}", "--proxy-backend-check-interval=0.2",
+                "--proxy-backend-check-user=nat", "--proxy-backend-check-password=natpass")
+    key = f'moonproxy_backend_checks_total{{backend="127.0.0.1:{MARIADB_PORT}",result="up"}}'
+    deadline = time.time() + 10
+    while time.time() < deadline and samples(scrape(metrics_port)).get(key, 0) < 2:
+        time.sleep(0.2)
+    text = scrape(metrics_port)
+    assert samples(text)[key] >= 2
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -539,6 +539,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         triedBackends.insert(index)
         let handler = BackendChannelHandler(owner: self)
         let eventLoop = context.eventLoop
+        let started = shared.metrics == nil ? nil : ContinuousClock.now
         shared.connector.connect(to: address, resolved: resolved, on: eventLoop, timeout: shared.configuration.connectTimeout,
                                  handler: NIOLoopBound(handler, eventLoop: eventLoop))
             .hop(to: eventLoop)
@@ -555,6 +556,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
                         handler.writeAndFlush(ProxyProtocol.v2Header(source: self.clientAddress,
                                                                      destination: self.context.flatMap { self.clientDestination($0) }))
                     }
+                    if let started { self.shared.metrics?.connectCompleted(backend: address, duration: ContinuousClock.now - started) }
                     self.shared.backends.markUp(index)
                     self.shared.backends.clientAttached(index)
                     self.backendIndex = index

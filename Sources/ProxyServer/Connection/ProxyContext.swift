@@ -17,6 +17,8 @@ final class ProxyContext: Sendable {
     let tls: TLSContexts?
     /// What the admin interface lists (nil on the admin interface itself).
     let registry: ConnectionRegistry?
+    /// The metrics endpoint's exporter, for the few events it records itself (nil without one).
+    let metrics: MetricsExporter?
     private let lastConnectionID = ManagedAtomic<UInt64>(0)
     private let stopping = ManagedAtomic<Bool>(false)
     private let sweepers = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<TimeoutSweeper>]>([:])
@@ -25,7 +27,8 @@ final class ProxyContext: Sendable {
 
     init(configuration: ProxyConfiguration, backends: BackendPool, statistics: ProxyStatistics,
          connector: BackendConnector, logger: Logger, scriptEngine: ScriptEngine? = nil, tls: TLSContexts? = nil,
-         registry: ConnectionRegistry? = nil) {
+         registry: ConnectionRegistry? = nil, metrics: MetricsExporter? = nil) {
+        self.metrics = metrics
         self.scriptEngine = scriptEngine
         self.registry = registry
         self.tls = tls

@@ -43,6 +43,25 @@ final class MetricsExporter: Sendable {
         ]
     }
 
+    /// Connect latencies to backends: 0.5 ms to 2 s.
+    private static let connectBuckets: [Duration] = [.microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
+                                                     .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+                                                     .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2)]
+
+    /// A connect to `backend` succeeded after `duration` (once per server connection, never per packet).
+    func connectCompleted(backend: ProxyAddress, duration: Duration) {
+        registry.makeDurationHistogram(name: "moonproxy_backend_connect_duration_seconds", labels: [("backend", "\(backend)")],
+                                       buckets: Self.connectBuckets, help: "Time to connect to a backend, successful connects")
+            .record(duration)
+    }
+
+    /// A health check of `backend` ended.
+    func checkCompleted(backend: ProxyAddress, up: Bool) {
+        registry.makeCounter(name: "moonproxy_backend_checks_total", labels: [("backend", "\(backend)"), ("result", up ? "up" : "down")],
+                             help: "Health checks, by result")
+            .increment()
+    }
+
     /// The exposition, text format 0.0.4.
     func scrape() -> [UInt8] {
         activeConnections.set(to: Double(statistics.value(.connectionsActive)))
