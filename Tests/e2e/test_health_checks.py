@@ -23,6 +23,16 @@ def aborted_connects(server):
     return int(server.sql("SHOW GLOBAL STATUS LIKE 'Aborted_connects'").split()[1])
 
 
+def admin_backends(admin_port):
+    """The admin interface's `SELECT * FROM backends`: index, address, state, type, ..."""
+    c = pymysql.connect(host="127.0.0.1", port=admin_port, user="boss", password="pw")
+    with c.cursor() as cur:
+        cur.execute("SELECT * FROM backends")
+        rows = cur.fetchall()
+    c.close()
+    return rows
+
+
 def wait_for(predicate, timeout=10):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -44,12 +54,7 @@ def test_checks_follow_a_real_server(start_proxy, checked_mariadb):
     address = f"127.0.0.1:{port}"
 
     def view():
-        c = pymysql.connect(host="127.0.0.1", port=admin_port, user="boss", password="pw")
-        with c.cursor() as cur:
-            cur.execute("SELECT * FROM backends")
-            rows = cur.fetchall()
-        c.close()
-        return tuple((r[1], r[2], r[3]) for r in rows)
+        return tuple((r[1], r[2], r[3]) for r in admin_backends(admin_port))
 
     before = aborted_connects(server)
     assert wait_for(lambda: view() == ((address, "up", "rw"),)), view()
@@ -99,12 +104,7 @@ def test_broken_and_silent_servers_are_down_and_cost_nothing_else(start_proxy):
                         "--proxy-backend-check-user=moon_check", "--proxy-backend-check-password=x", backend=False)
 
     def states():
-        c = pymysql.connect(host="127.0.0.1", port=admin_port, user="boss", password="pw")
-        with c.cursor() as cur:
-            cur.execute("SELECT * FROM backends")
-            rows = cur.fetchall()
-        c.close()
-        return [r[2] for r in rows]
+        return [r[2] for r in admin_backends(admin_port)]
 
     assert wait_for(lambda: states() == ["down", "down"], timeout=10), states()
     log = proxy.log()
