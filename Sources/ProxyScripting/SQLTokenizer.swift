@@ -259,3 +259,48 @@ public enum SQLTokenizer {
         return tokens
     }
 }
+
+extension SQLTokenizer {
+    /// Words that start a statement although the tokenizer sees them as names, and the word that
+    /// may follow each.
+    private static let statementWords: [String: String?] = ["COMMIT": nil, "ROLLBACK": nil, "BEGIN": nil, "START": "TRANSACTION"]
+
+    /// The statement with comments removed, names quoted, constants turned into `?` and keywords
+    /// in upper case: one text for every statement of the same shape (what `proxy.tokenizer`'s
+    /// `normalize` gives scripts, for the query log).
+    public static func normalize(_ tokens: [Token]) -> String {
+        var out = ""
+        var words = 0
+        var first: String?
+        for token in tokens {
+            switch token.id {
+            case comment:
+                continue
+            case commentMySQL:
+                out += "/*!" + token.string + "*/ "
+            case literal:
+                let text = token.string
+                let upper = text.uppercased()
+                if text.hasPrefix("@") {
+                    out += text + " "
+                } else if words == 0, statementWords[upper] != nil {
+                    out += upper + " "
+                    first = upper
+                } else if words == 1, let first, let follower = statementWords[first] ?? nil, follower == upper {
+                    out += upper + " "
+                } else {
+                    out += "`" + text + "` "
+                }
+            case string, integer, float:
+                out += "? "
+            case function:
+                out += token.string.uppercased()
+            default:
+                out += token.string.uppercased() + " "
+            }
+            words += 1
+        }
+        if out.hasSuffix(" ") { out.removeLast() }
+        return out
+    }
+}

@@ -67,6 +67,8 @@ public final class ScriptEngine: @unchecked Sendable {
     private var compiled: Compiled?
     private var versions = 0
     private var lastLoadError: String?
+    private var reloadsLoaded = 0
+    private var reloadsFailed = 0
     /// `configuration.prelude`, compiled.
     private(set) var preludeBytecode: [UInt8]?
 
@@ -112,6 +114,9 @@ public final class ScriptEngine: @unchecked Sendable {
 
     /// Why the script could not be loaded, if it never could.
     public var loadError: String? { lock.withLock { compiled == nil ? lastLoadError : nil } }
+
+    /// Edits of the script picked up, and edits that did not load (the previous version stayed).
+    public var reloads: (loaded: Int, failed: Int) { lock.withLock { (reloadsLoaded, reloadsFailed) } }
 
     /// Bytes the Lua state holds.
     public var memoryInUse: Int { lock.withLock { state.memoryInUse } }
@@ -279,6 +284,7 @@ public final class ScriptEngine: @unchecked Sendable {
             compiled = Compiled(bytecode: bytecode, mtime: mtime, size: size, version: versions)
             lastLoadError = nil
             if reloaded {
+                reloadsLoaded += 1
                 logger.notice("reloaded the Lua script \(configuration.scriptName); new connections use it")
             } else {
                 logger.info("loaded the Lua script \(configuration.scriptName)")
@@ -287,6 +293,7 @@ public final class ScriptEngine: @unchecked Sendable {
             // keep the last good version; remember the size and time so the same broken file is
             // reported once, not on every connection
             if var c = compiled {
+                reloadsFailed += 1
                 c.mtime = mtime
                 c.size = size
                 compiled = c

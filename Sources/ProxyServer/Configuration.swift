@@ -169,6 +169,8 @@ public struct ProxyConfiguration: Sendable {
     public var backendProxyProtocol = false
     /// `--metrics-address`: where `GET /metrics` serves Prometheus metrics (nil: nowhere).
     public var metricsAddress: ProxyAddress?
+    /// `--query-log` and its settings: a JSON line per command (nil: no query log).
+    public var queryLog: QueryLog.Settings?
     /// `--max-connections`: client connections at once, over all listeners of the proxy (0: no
     /// limit); one more is refused as the server refuses it (1040, "Too many connections").
     public var maxConnections: Int = 0

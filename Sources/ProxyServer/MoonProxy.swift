@@ -33,6 +33,10 @@ public final class MoonProxy: Sendable {
     private let healthChecker: HealthChecker?
     /// The metrics endpoint's exporter, with --metrics-address.
     private let metrics: MetricsExporter?
+    /// The query log's writer, with --query-log.
+    private let queryLog: QueryLog?
+    /// Why the query log cannot be written (`start()` refuses to run then).
+    private let queryLogProblem: String?
 
     public convenience init(configuration: ProxyConfiguration, eventLoopGroup: EventLoopGroup? = nil,
                 logger: Logger = Logger(label: "moonproxy")) {
@@ -77,7 +81,7 @@ public final class MoonProxy: Sendable {
         }
         self.tlsProblem = tlsProblem
         self.tls = tls
-        let metrics = configuration.metricsAddress == nil ? nil : MetricsExporter(statistics: statistics, backends: backends)
+        let metrics = configuration.metricsAddress == nil ? nil : MetricsExporter(statistics: statistics, backends: backends, scriptEngine: engine)
         self.metrics = metrics
         if let interval = configuration.backendCheckInterval, let user = configuration.backendCheckUser {
             backends.enableActiveChecks()
@@ -88,10 +92,21 @@ public final class MoonProxy: Sendable {
         } else {
             self.healthChecker = nil
         }
+        var queryLog: QueryLog? = nil
+        var queryLogProblem: String? = nil
+        if let settings = configuration.queryLog {
+            do {
+                queryLog = try QueryLog(settings: settings, logger: logger)
+            } catch {
+                queryLogProblem = "\(error)"
+            }
+        }
+        self.queryLog = queryLog
+        self.queryLogProblem = queryLogProblem
         let registry = ConnectionRegistry()
         self.context = ProxyContext(configuration: configuration, backends: backends, statistics: statistics,
                                     connector: connector, logger: logger, scriptEngine: engine, tls: tls, registry: registry,
-                                    metrics: metrics)
+                                    metrics: metrics, queryLog: queryLog)
         if let admin = configuration.admin {
             var script = ScriptEngine.Configuration(scriptPath: admin.luaScript,
                                                     scriptSource: admin.luaScript == nil ? (admin.luaScriptSource ?? AdminInterface.defaultScript) : nil)
@@ -139,6 +154,11 @@ public final class MoonProxy: Sendable {
 
     /// Reads the TLS certificate and key files again (SIGHUP): new connections use them, existing
     /// ones keep theirs. When the new files do not work, the old ones stay and the error says why.
+    /// Opens the query log file again (SIGHUP, after log rotation moved it).
+    public func reopenQueryLog() {
+        queryLog?.reopen()
+    }
+
     public func reloadCertificates() throws {
         guard let tls else { return }
         if try tls.reload() {
@@ -196,6 +216,7 @@ public final class MoonProxy: Sendable {
         }
         guard first else { return }
         if let tlsProblem { throw TLSSetupError(tlsProblem) }
+        if let queryLogProblem { throw QueryLog.QueryLogError(message: queryLogProblem) }
         if let admin = configuration.admin, let adminContext {
             guard !admin.password.isEmpty, !admin.username.isEmpty else {
                 throw ConfigurationError.adminNeedsCredentials
@@ -246,7 +267,7 @@ public final class MoonProxy: Sendable {
             .childChannelInitializer { channel in
                 guard !context.isStopping else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
-                    let handler = ClientChannelHandler(shared: context)
+                    let handler = ClientChannelHandler(shared: context, eventLoop: channel.eventLoop)
                     if let networks = context.configuration.proxyProtocolNetworks, networks.contains(channel.remoteAddress) {
                         let decoder = ProxyProtocolDecoder(timeout: context.configuration.loginTimeout ?? .seconds(10), logger: context.logger) {
                             handler.proxyProtocolEndpoints = $0
@@ -296,6 +317,7 @@ public final class MoonProxy: Sendable {
         if ownsGroup {
             try? await group.shutdownGracefully()
         }
+        queryLog?.stop()
         logger.notice("stopped")
     }
 }

@@ -1,6 +1,13 @@
 import Atomics
+import MySQLWire
+import NIOConcurrencyHelpers
+import NIOCore
 
-/// Counters for the whole proxy, updated with relaxed atomics from every event loop.
+/// Counters for the whole proxy. Each event loop counts in its own `LoopStatistics`, which only
+/// that loop writes, so counting on the path of a packet is a plain add to memory no other core
+/// writes (no locked instruction, no shared cache line); a reader (the admin interface, a metrics
+/// scrape) sums the loops. Only the number of open connections, which `--max-connections` needs
+/// as one figure at once, is a shared atomic, touched once per connection.
 public final class ProxyStatistics: @unchecked Sendable {
     public enum Counter: Int, CaseIterable, Sendable {
         case connectionsAccepted
@@ -16,45 +23,276 @@ public final class ProxyStatistics: @unchecked Sendable {
         case errorsSentByProxy
         /// Clients refused by --max-connections or --max-connections-per-address.
         case connectionsRefused
+        case bytesToClients
+        case bytesToBackends
+        /// Query log entries dropped because the writer fell behind (--query-log).
+        case queryLogDropped
     }
 
-    // One cache line per counter, so that event loops bumping different counters do not share one.
-    private static let stride = 8
-    private let storage: UnsafeMutablePointer<Int>
+    private let active = ManagedAtomic<Int>(0)
+    private let shards = NIOLockedValueBox<[ObjectIdentifier: LoopStatistics]>([:])
 
-    public init() {
-        let count = Counter.allCases.count * Self.stride
-        storage = UnsafeMutablePointer<Int>.allocate(capacity: count)
-        storage.initialize(repeating: 0, count: count)
+    public init() {}
+
+    /// The counters of `eventLoop`, for use on that loop only.
+    public func shard(for eventLoop: EventLoop) -> LoopStatistics {
+        let key = ObjectIdentifier(eventLoop as AnyObject)
+        return shards.withLockedValue { all in
+            if let existing = all[key] { return existing }
+            let created = LoopStatistics()
+            all[key] = created
+            return created
+        }
     }
 
-    deinit {
-        storage.deallocate()
+    /// Every loop's counters (for readers that sum them).
+    public var allShards: [LoopStatistics] { shards.withLockedValue { Array($0.values) } }
+
+    /// A client connection was accepted: the number open now, this one included.
+    func connectionOpened() -> Int {
+        active.wrappingIncrementThenLoad(ordering: .relaxed)
     }
 
-    @inline(__always)
-    private func atomic(_ counter: Counter) -> UnsafeAtomic<Int> {
-        UnsafeAtomic(at: UnsafeMutableRawPointer(storage + counter.rawValue * Self.stride).assumingMemoryBound(to: UnsafeAtomic<Int>.Storage.self))
-    }
-
-    @inline(__always)
-    public func add(_ counter: Counter, _ amount: Int = 1) {
-        atomic(counter).wrappingIncrement(by: amount, ordering: .relaxed)
-    }
-
-    /// Adds one and returns the new value (for the few counters a decision reads).
-    @inline(__always)
-    public func increment(_ counter: Counter) -> Int {
-        atomic(counter).wrappingIncrementThenLoad(by: 1, ordering: .relaxed)
+    func connectionClosed() {
+        active.wrappingDecrement(ordering: .relaxed)
     }
 
     public func value(_ counter: Counter) -> Int {
-        atomic(counter).load(ordering: .relaxed)
+        if counter == .connectionsActive { return active.load(ordering: .relaxed) }
+        return allShards.reduce(0) { $0 + $1.value(counter) }
     }
 
     public func snapshot() -> [Counter: Int] {
         var result: [Counter: Int] = [:]
-        for c in Counter.allCases { result[c] = value(c) }
+        let all = allShards
+        for c in Counter.allCases {
+            result[c] = c == .connectionsActive ? active.load(ordering: .relaxed) : all.reduce(0) { $0 + $1.value(c) }
+        }
         return result
+    }
+}
+
+/// Why a client connection ended, in the spirit of TiProxy's error sources: whose fault it was.
+public enum CloseSource: Int, CaseIterable, Sendable {
+    /// An ordinary end: COM_QUIT, or the client closing between commands.
+    case none
+    /// The client's connection broke (reset, closed while a response was on its way).
+    case clientNetwork = 1
+    /// The client's login went wrong before the server judged it (TLS, a bad handshake
+    /// response, the login timeout, leaving during the login).
+    case clientHandshake
+    /// The server refused the login.
+    case authFailed
+    /// The proxy shut down.
+    case proxyShutdown
+    /// The client sent a packet the proxy could not read.
+    case malformed
+    /// No backend could be reached.
+    case noBackend
+    /// The server's connection broke or it went silent.
+    case backendNetwork
+    /// The server's greeting or TLS went wrong, or it closed during the login.
+    case backendHandshake
+    /// The server sent something the proxy could not follow.
+    case backendProtocol
+    /// The Lua script failed to load or to run.
+    case scriptError
+    /// The Lua script closed the connection (`proxy.connection.connection_close`).
+    case scriptClosed
+    /// A read or write timeout.
+    case timeout
+    /// Refused by --max-connections or --max-connections-per-address.
+    case limit
+
+    public var label: String {
+        switch self {
+        case .none: return "none"
+        case .clientNetwork: return "client_network"
+        case .clientHandshake: return "client_handshake"
+        case .authFailed: return "auth_failed"
+        case .proxyShutdown: return "proxy_shutdown"
+        case .malformed: return "malformed"
+        case .noBackend: return "no_backend"
+        case .backendNetwork: return "backend_network"
+        case .backendHandshake: return "backend_handshake"
+        case .backendProtocol: return "backend_protocol"
+        case .scriptError: return "script_error"
+        case .scriptClosed: return "script_closed"
+        case .timeout: return "timeout"
+        case .limit: return "limit"
+        }
+    }
+}
+
+/// The commands metrics tell apart.
+public enum CommandKind: Int, CaseIterable, Sendable {
+    case query, stmtExecute, stmtPrepare, ping, other
+
+    public init(_ code: CommandCode) {
+        switch code {
+        case .query: self = .query
+        case .stmtExecute: self = .stmtExecute
+        case .stmtPrepare: self = .stmtPrepare
+        case .ping: self = .ping
+        default: self = .other
+        }
+    }
+
+    public var label: String {
+        switch self {
+        case .query: return "query"
+        case .stmtExecute: return "stmt_execute"
+        case .stmtPrepare: return "stmt_prepare"
+        case .ping: return "ping"
+        case .other: return "other"
+        }
+    }
+}
+
+/// The Lua hooks metrics tell apart (MySQL Proxy's names).
+public enum HookKind: Int, CaseIterable, Sendable {
+    case connectServer, readHandshake, readAuth, readAuthResult, readQuery, readQueryResult, disconnectClient
+
+    public var label: String {
+        ["connect_server", "read_handshake", "read_auth", "read_auth_result", "read_query", "read_query_result", "disconnect_client"][rawValue]
+    }
+}
+
+/// One event loop's counters and histograms. Written only on its loop, with a relaxed load and
+/// store (an ordinary add; atomics only so that a reader on another thread sees whole values);
+/// read from anywhere.
+public final class LoopStatistics: @unchecked Sendable {
+    /// Upper bounds of the command duration buckets, in nanoseconds (100 µs to 10 s).
+    public static let commandBuckets: [Int] = [100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 25_000_000,
+                                               50_000_000, 100_000_000, 250_000_000, 500_000_000, 1_000_000_000, 2_500_000_000,
+                                               5_000_000_000, 10_000_000_000]
+    /// Upper bounds of the Lua hook duration buckets, in nanoseconds (10 µs to 1 s).
+    public static let hookBuckets: [Int] = [10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 5_000_000, 10_000_000,
+                                            50_000_000, 100_000_000, 500_000_000, 1_000_000_000]
+    /// Backends whose commands are told apart (by index); commands on later ones, and those no
+    /// server answered (a script did), count in the last slot.
+    public static let backendSlots = 33
+    /// The slot of commands answered without a server.
+    public static let noBackendSlot = backendSlots - 1
+
+    /// A histogram's cells: one per bucket, +Inf, the sum (ns) and the count.
+    static func cells(_ buckets: [Int]) -> Int { buckets.count + 3 }
+
+    private static let counterBase = 0
+    private static let closedBase = ProxyStatistics.Counter.allCases.count
+    private static let hookCallsBase = closedBase + CloseSource.allCases.count
+    private static let hookErrorsBase = hookCallsBase + HookKind.allCases.count
+    private static let hookHistogramBase = hookErrorsBase + HookKind.allCases.count
+    private static let commandHistogramBase = hookHistogramBase + HookKind.allCases.count * cells(hookBuckets)
+    private static let size = commandHistogramBase + backendSlots * CommandKind.allCases.count * cells(commandBuckets)
+
+    private let storage: UnsafeMutablePointer<UnsafeAtomic<Int>.Storage>
+
+    public init() {
+        storage = UnsafeMutablePointer.allocate(capacity: Self.size)
+        storage.initialize(repeating: UnsafeAtomic<Int>.Storage(0), count: Self.size)
+    }
+
+    deinit {
+        storage.deinitialize(count: Self.size)
+        storage.deallocate()
+    }
+
+    @inline(__always)
+    private func cell(_ index: Int) -> UnsafeAtomic<Int> {
+        UnsafeAtomic(at: storage + index)
+    }
+
+    @inline(__always)
+    private func bump(_ index: Int, by amount: Int) {
+        let c = cell(index)
+        c.store(c.load(ordering: .relaxed) &+ amount, ordering: .relaxed)
+    }
+
+    @inline(__always)
+    public func add(_ counter: ProxyStatistics.Counter, _ amount: Int = 1) {
+        bump(Self.counterBase + counter.rawValue, by: amount)
+    }
+
+    public func value(_ counter: ProxyStatistics.Counter) -> Int {
+        cell(Self.counterBase + counter.rawValue).load(ordering: .relaxed)
+    }
+
+    public func connectionClosed(_ source: CloseSource) {
+        bump(Self.closedBase + source.rawValue, by: 1)
+    }
+
+    public func closed(_ source: CloseSource) -> Int {
+        cell(Self.closedBase + source.rawValue).load(ordering: .relaxed)
+    }
+
+    /// A hook ran for `nanoseconds` (nil: not timed), and whether it raised an error.
+    public func hookCalled(_ hook: HookKind, nanoseconds: Int?, failed: Bool) {
+        bump(Self.hookCallsBase + hook.rawValue, by: 1)
+        if failed { bump(Self.hookErrorsBase + hook.rawValue, by: 1) }
+        if let nanoseconds {
+            observe(nanoseconds, base: Self.hookHistogramBase + hook.rawValue * Self.cells(Self.hookBuckets), buckets: Self.hookBuckets)
+        }
+    }
+
+    public func hookCalls(_ hook: HookKind) -> (calls: Int, errors: Int) {
+        (cell(Self.hookCallsBase + hook.rawValue).load(ordering: .relaxed), cell(Self.hookErrorsBase + hook.rawValue).load(ordering: .relaxed))
+    }
+
+    /// A command on backend `backend` (nil: answered without a server) took `nanoseconds`.
+    public func commandCompleted(_ kind: CommandKind, backend: Int?, nanoseconds: Int) {
+        let slot = backend.map { $0 >= 0 && $0 < Self.noBackendSlot ? $0 : Self.noBackendSlot } ?? Self.noBackendSlot
+        observe(nanoseconds, base: commandBase(slot: slot, kind: kind), buckets: Self.commandBuckets)
+    }
+
+    private func commandBase(slot: Int, kind: CommandKind) -> Int {
+        Self.commandHistogramBase + (slot * CommandKind.allCases.count + kind.rawValue) * Self.cells(Self.commandBuckets)
+    }
+
+    @inline(__always)
+    private func observe(_ nanoseconds: Int, base: Int, buckets: [Int]) {
+        let value = max(0, nanoseconds)
+        var bucket = buckets.count  // +Inf
+        for (i, bound) in buckets.enumerated() where value <= bound {
+            bucket = i
+            break
+        }
+        bump(base + bucket, by: 1)
+        bump(base + buckets.count + 1, by: value)
+        bump(base + buckets.count + 2, by: 1)
+    }
+
+    /// A histogram as read now: the count in each bucket (not cumulative, +Inf last), the sum in
+    /// nanoseconds and the count.
+    public struct Histogram {
+        public var buckets: [Int]
+        public var sum: Int
+        public var count: Int
+
+        init(cells: Int) {
+            buckets = Array(repeating: 0, count: cells - 2)
+            sum = 0
+            count = 0
+        }
+
+        mutating func add(_ stats: LoopStatistics, base: Int) {
+            for i in buckets.indices { buckets[i] += stats.cell(base + i).load(ordering: .relaxed) }
+            sum += stats.cell(base + buckets.count).load(ordering: .relaxed)
+            count += stats.cell(base + buckets.count + 1).load(ordering: .relaxed)
+        }
+    }
+
+    /// The command histogram of `slot` and `kind`, summed over `shards`.
+    public static func commandHistogram(_ shards: [LoopStatistics], slot: Int, kind: CommandKind) -> Histogram {
+        var h = Histogram(cells: cells(commandBuckets))
+        for s in shards { h.add(s, base: s.commandBase(slot: slot, kind: kind)) }
+        return h
+    }
+
+    /// The duration histogram of `hook`, summed over `shards`.
+    public static func hookHistogram(_ shards: [LoopStatistics], hook: HookKind) -> Histogram {
+        var h = Histogram(cells: cells(hookBuckets))
+        for s in shards { h.add(s, base: hookHistogramBase + hook.rawValue * cells(hookBuckets)) }
+        return h
     }
 }

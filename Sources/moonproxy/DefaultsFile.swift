@@ -15,6 +15,7 @@ enum DefaultsFile {
     static let switches: Set<String> = [
         "proxy-skip-profiling", "proxy-fix-bug-25371", "no-proxy", "proxy-pool-no-change-user", "verbose-shutdown",
         "daemon", "log-use-syslog", "log-backtrace-on-crash", "keepalive", "version", "require-secure-transport", "skip-ssl",
+        "proxy-backend-proxy-protocol", "query-log-normalize",
     ]
 
     /// Long names of options that take a value, with their short forms.
@@ -25,7 +26,7 @@ enum DefaultsFile {
         "proxy-lua-timeout": nil, "proxy-lua-memory-limit": nil, "proxy-max-packet-size": nil,
         "admin-address": nil, "admin-username": nil, "admin-password": nil, "admin-lua-script": nil,
         "user": nil, "basedir": nil, "pid-file": nil, "plugin-dir": nil, "plugins": nil, "log-level": nil, "log-file": nil,
-        "max-open-files": nil, "max-connections": nil, "metrics-address": nil, "proxy-protocol-networks": nil, "proxy-backend-check-interval": nil, "proxy-backend-check-user": nil, "proxy-backend-check-password": nil, "max-connections-per-address": nil, "event-threads": nil, "lua-path": nil, "lua-cpath": nil,
+        "max-open-files": nil, "max-connections": nil, "metrics-address": nil, "query-log": nil, "query-log-max-query-length": nil, "proxy-protocol-networks": nil, "proxy-backend-check-interval": nil, "proxy-backend-check-user": nil, "proxy-backend-check-password": nil, "max-connections-per-address": nil, "event-threads": nil, "lua-path": nil, "lua-cpath": nil,
         "ssl-cert": nil, "ssl-key": nil, "ssl-ca": nil, "ssl-cipher": nil, "tls-version": nil,
         "proxy-backend-ssl": nil, "proxy-backend-ssl-ca": nil, "proxy-backend-ssl-cert": nil, "proxy-backend-ssl-key": nil,
         "protocol-compression-algorithms": nil, "proxy-backend-compression": nil,

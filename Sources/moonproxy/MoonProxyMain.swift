@@ -84,6 +84,12 @@ enum MoonProxyMain {
             if let metrics = options.metricsAddress {
                 configuration.metricsAddress = try ProxyAddress(parsing: metrics, defaultHost: "0.0.0.0", defaultPort: 9104)
             }
+            if let path = resolve(options.queryLog) {
+                var queryLog = QueryLog.Settings(path: path)
+                queryLog.normalize = options.queryLogNormalize
+                if let limit = options.queryLogMaxQueryLength { queryLog.textLimit = limit }
+                configuration.queryLog = queryLog
+            }
             var backends: [BackendConfiguration] = []
             for list in options.proxyBackendAddresses {
                 backends += try BackendConfiguration.parseList(list, type: .readWrite)
@@ -219,6 +225,7 @@ enum MoonProxyMain {
         signal(SIGHUP, SIG_IGN)
         hangup.setEventHandler { @Sendable in
             logOutput.reopen()
+            proxy.reopenQueryLog()
             do {
                 try proxy.reloadCertificates()
             } catch {

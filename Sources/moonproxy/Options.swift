@@ -6,10 +6,7 @@ enum LogLevelOption: String, ExpressibleByArgument, CaseIterable, Sendable {
     case critical, error, warning, message, info, debug
 }
 
-/// MySQL Proxy 0.8.5's command line, option for option (names, short forms, defaults), plus a few
-/// of MoonProxy's own. Options that mean nothing for MoonProxy are accepted and noted in the log.
-struct Options: ParsableArguments {
-    // MARK: proxy module
+struct ProxyOptions: ParsableArguments {
     @Option(name: [.customShort("P", allowingJoined: true), .customLong("proxy-address")],
             help: ArgumentHelp("listening address:port of the proxy-server (default: :4040); a path is a unix socket", valueName: "host:port"))
     var proxyAddress: String?
@@ -75,7 +72,35 @@ struct Options: ParsableArguments {
             help: ArgumentHelp("seconds a shutdown waits for running commands (MoonProxy; default: 10)", valueName: "seconds"))
     var proxyShutdownTimeout: Double?
 
-    // MARK: TLS (named as MariaDB's server names them: to clients the proxy is the server)
+    @Option(name: .customLong("proxy-backend-check-interval"), help: ArgumentHelp("seconds between health checks of each backend, with --proxy-backend-check-user; 0: off (MoonProxy; default: 2)", valueName: "seconds"))
+    var proxyBackendCheckInterval: Double?
+
+    @Option(name: .customLong("proxy-backend-check-user"), help: ArgumentHelp("account the health checks log in with (mysql_native_password; needs no privileges); without it, a backend is marked down only when a connect fails (MoonProxy)", valueName: "user"))
+    var proxyBackendCheckUser: String?
+
+    @Option(name: .customLong("proxy-backend-check-password"), help: ArgumentHelp("password of the health check account (MoonProxy)", valueName: "password"))
+    var proxyBackendCheckPassword: String?
+
+    @Option(name: .customLong("proxy-protocol-networks"), help: ArgumentHelp("clients from these networks (CIDR ranges, addresses, localhost, *; comma-separated) start with a PROXY protocol v1 or v2 header, as MariaDB's proxy_protocol_networks (MoonProxy; default: none)", valueName: "networks"))
+    var proxyProtocolNetworks: String?
+
+    @Flag(name: .customLong("proxy-backend-proxy-protocol"), help: "send a PROXY protocol v2 header naming the client to the server before anything else (MoonProxy)")
+    var proxyBackendProxyProtocol = false
+
+    @Option(name: .customLong("max-connections"), help: ArgumentHelp("client connections at once; one more gets error 1040 'Too many connections' instead of a greeting (MoonProxy; default: 0, no limit)", valueName: "n"))
+    var maxConnections: Int?
+
+    @Option(name: .customLong("max-connections-per-address"), help: ArgumentHelp("client connections at once from one client address, refused likewise (MoonProxy; default: 0, no limit)", valueName: "n"))
+    var maxConnectionsPerAddress: Int?
+
+    @Option(name: .customLong("lua-path"), help: ArgumentHelp("set the LUA_PATH", valueName: "path"))
+    var luaPath: String?
+
+    @Option(name: .customLong("lua-cpath"), help: ArgumentHelp("set the LUA_CPATH", valueName: "path"))
+    var luaCpath: String?
+}
+
+struct TLSOptions: ParsableArguments {
     @Option(name: .customLong("ssl-cert"), help: ArgumentHelp("PEM certificate (chain) clients see; without it a self-signed one is made at startup (MoonProxy)", valueName: "file"))
     var sslCert: String?
 
@@ -114,8 +139,9 @@ struct Options: ParsableArguments {
 
     @Option(name: .customLong("proxy-backend-compression"), help: ArgumentHelp("compression asked of backends: mirror (the client's choice, or the other algorithm the server offers), off, zlib, zstd, zstd:LEVEL (MoonProxy; default: mirror)", valueName: "mode"))
     var proxyBackendCompression: String?
+}
 
-    // MARK: admin module
+struct AdminOptions: ParsableArguments {
     @Option(name: .customLong("admin-address"), help: ArgumentHelp("listening address:port of the admin-server (default: :4041)", valueName: "host:port"))
     var adminAddress: String?
 
@@ -127,16 +153,45 @@ struct Options: ParsableArguments {
 
     @Option(name: .customLong("admin-lua-script"), help: ArgumentHelp("script to execute by the admin plugin", valueName: "file"))
     var adminLuaScript: String?
+}
 
-    // MARK: application
+struct MetricsOptions: ParsableArguments {
+    @Option(name: .customLong("metrics-address"), help: ArgumentHelp("listening address:port of the Prometheus metrics endpoint, GET /metrics (MoonProxy; default: off)", valueName: "host:port"))
+    var metricsAddress: String?
+
+    @Option(name: .customLong("query-log"), help: ArgumentHelp("write one JSON object per client command to this file (time, connection, user, database, addresses, command, statement, duration, rows, bytes, error, proxy hints); reopened on SIGHUP (MoonProxy; default: off)", valueName: "file"))
+    var queryLog: String?
+
+    @Flag(name: .customLong("query-log-normalize"), help: "log statements normalised (constants as ?, comments dropped) rather than as sent (MoonProxy)")
+    var queryLogNormalize = false
+
+    @Option(name: .customLong("query-log-max-query-length"), help: ArgumentHelp("bytes of each statement the query log keeps (MoonProxy; default: 1024)", valueName: "bytes"))
+    var queryLogMaxQueryLength: Int?
+}
+
+struct LoggingOptions: ParsableArguments {
+    @Option(name: .customLong("log-level"), help: ArgumentHelp("log all messages of level ... or higher (default: warning)", valueName: "critical|error|warning|info|message|debug"))
+    var logLevel: LogLevelOption?
+
+    @Option(name: .customLong("log-file"), help: ArgumentHelp("log all messages in a file", valueName: "file"))
+    var logFile: String?
+
+    @Flag(name: .customLong("log-use-syslog"), help: "log all messages to syslog")
+    var logUseSyslog = false
+
+    @Flag(name: .customLong("log-backtrace-on-crash"), help: "try to invoke debugger on crash (Swift prints a backtrace itself)")
+    var logBacktraceOnCrash = false
+
+    @Flag(name: .customLong("verbose-shutdown"), help: "Always log the exit code when shutting down")
+    var verboseShutdown = false
+}
+
+struct ProcessOptions: ParsableArguments {
     @Flag(name: [.customShort("V"), .customLong("version")], help: "Show version")
     var version = false
 
     @Option(name: .customLong("defaults-file"), help: ArgumentHelp("configuration file ([mysql-proxy] section, same keys)", valueName: "file"))
     var defaultsFile: String?
-
-    @Flag(name: .customLong("verbose-shutdown"), help: "Always log the exit code when shutting down")
-    var verboseShutdown = false
 
     @Flag(name: .customLong("daemon"), help: "Start in daemon-mode")
     var daemon = false
@@ -156,93 +211,72 @@ struct Options: ParsableArguments {
     @Option(name: .customLong("plugins"), help: ArgumentHelp("plugins to load: proxy, admin (repeatable, comma-separated)", valueName: "name"))
     var plugins: [String] = []
 
-    @Option(name: .customLong("log-level"), help: ArgumentHelp("log all messages of level ... or higher (default: warning)", valueName: "critical|error|warning|info|message|debug"))
-    var logLevel: LogLevelOption?
-
-    @Option(name: .customLong("log-file"), help: ArgumentHelp("log all messages in a file", valueName: "file"))
-    var logFile: String?
-
-    @Flag(name: .customLong("log-use-syslog"), help: "log all messages to syslog")
-    var logUseSyslog = false
-
-    @Flag(name: .customLong("log-backtrace-on-crash"), help: "try to invoke debugger on crash (Swift prints a backtrace itself)")
-    var logBacktraceOnCrash = false
-
     @Flag(name: .customLong("keepalive"), help: "try to restart the proxy if it crashed")
     var keepalive = false
-
-    @Option(name: .customLong("proxy-backend-check-interval"), help: ArgumentHelp("seconds between health checks of each backend, with --proxy-backend-check-user; 0: off (MoonProxy; default: 2)", valueName: "seconds"))
-    var proxyBackendCheckInterval: Double?
-
-    @Option(name: .customLong("proxy-backend-check-user"), help: ArgumentHelp("account the health checks log in with (mysql_native_password; needs no privileges); without it, a backend is marked down only when a connect fails (MoonProxy)", valueName: "user"))
-    var proxyBackendCheckUser: String?
-
-    @Option(name: .customLong("proxy-backend-check-password"), help: ArgumentHelp("password of the health check account (MoonProxy)", valueName: "password"))
-    var proxyBackendCheckPassword: String?
-
-    @Option(name: .customLong("proxy-protocol-networks"), help: ArgumentHelp("clients from these networks (CIDR ranges, addresses, localhost, *; comma-separated) start with a PROXY protocol v1 or v2 header, as MariaDB's proxy_protocol_networks (MoonProxy; default: none)", valueName: "networks"))
-    var proxyProtocolNetworks: String?
-
-    @Flag(name: .customLong("proxy-backend-proxy-protocol"), help: "send a PROXY protocol v2 header naming the client to the server before anything else (MoonProxy)")
-    var proxyBackendProxyProtocol = false
-
-    @Option(name: .customLong("metrics-address"), help: ArgumentHelp("listening address:port of the Prometheus metrics endpoint, GET /metrics (MoonProxy; default: off)", valueName: "host:port"))
-    var metricsAddress: String?
-
-    @Option(name: .customLong("max-connections"), help: ArgumentHelp("client connections at once; one more gets error 1040 'Too many connections' instead of a greeting (MoonProxy; default: 0, no limit)", valueName: "n"))
-    var maxConnections: Int?
-
-    @Option(name: .customLong("max-connections-per-address"), help: ArgumentHelp("client connections at once from one client address, refused likewise (MoonProxy; default: 0, no limit)", valueName: "n"))
-    var maxConnectionsPerAddress: Int?
 
     @Option(name: .customLong("max-open-files"), help: ArgumentHelp("maximum number of open files (ulimit -n)", valueName: "n"))
     var maxOpenFiles: Int?
 
     @Option(name: .customLong("event-threads"), help: ArgumentHelp("number of event-handling threads (default: 1)", valueName: "n"))
     var eventThreads: Int?
+}
 
-    @Option(name: .customLong("lua-path"), help: ArgumentHelp("set the LUA_PATH", valueName: "path"))
-    var luaPath: String?
+/// MySQL Proxy 0.8.5's command line, option for option (names, short forms, defaults), plus a few
+/// of MoonProxy's own, in groups for `--help`; every option reads as `options.name`. Options that
+/// mean nothing for MoonProxy are accepted and noted in the log.
+@dynamicMemberLookup
+struct Options: ParsableArguments {
+    @OptionGroup(title: "Proxy") var proxy: ProxyOptions
+    @OptionGroup(title: "TLS and compression") var tls: TLSOptions
+    @OptionGroup(title: "Admin interface") var admin: AdminOptions
+    @OptionGroup(title: "Metrics and query log") var metrics: MetricsOptions
+    @OptionGroup(title: "Logging") var logging: LoggingOptions
+    @OptionGroup(title: "Process") var process: ProcessOptions
 
-    @Option(name: .customLong("lua-cpath"), help: ArgumentHelp("set the LUA_CPATH", valueName: "path"))
-    var luaCpath: String?
+    subscript<T>(dynamicMember path: KeyPath<ProxyOptions, T>) -> T { proxy[keyPath: path] }
+    subscript<T>(dynamicMember path: KeyPath<TLSOptions, T>) -> T { tls[keyPath: path] }
+    subscript<T>(dynamicMember path: KeyPath<AdminOptions, T>) -> T { admin[keyPath: path] }
+    subscript<T>(dynamicMember path: KeyPath<MetricsOptions, T>) -> T { metrics[keyPath: path] }
+    subscript<T>(dynamicMember path: KeyPath<LoggingOptions, T>) -> T { logging[keyPath: path] }
+    subscript<T>(dynamicMember path: KeyPath<ProcessOptions, T>) -> T { process[keyPath: path] }
 
     mutating func validate() throws {
-        if let n = eventThreads, n < 1 || n > 1024 { throw ValidationError("--event-threads must be between 1 and 1024") }
-        if let n = maxOpenFiles, n < 0 { throw ValidationError("--max-open-files must not be negative") }
-        if let n = maxConnections, n < 0 { throw ValidationError("--max-connections must not be negative") }
-        if let t = proxyBackendCheckInterval, !(t >= 0 && t <= 3600) { throw ValidationError("--proxy-backend-check-interval must be a number of seconds from 0 to 3600") }
-        if let n = maxConnectionsPerAddress, n < 0 { throw ValidationError("--max-connections-per-address must not be negative") }
-        if let n = proxyResultsetBufferLimit, n < 0 { throw ValidationError("--proxy-resultset-buffer-limit must not be negative") }
-        if let t = proxyLuaTimeout, !(t >= 0 && t <= 3600) { throw ValidationError("--proxy-lua-timeout must be a number of seconds from 0 to 3600") }
-        if let text = proxyLuaMemoryLimit {
+        if let n = self.eventThreads, n < 1 || n > 1024 { throw ValidationError("--event-threads must be between 1 and 1024") }
+        if let n = self.maxOpenFiles, n < 0 { throw ValidationError("--max-open-files must not be negative") }
+        if let n = self.maxConnections, n < 0 { throw ValidationError("--max-connections must not be negative") }
+        if let t = self.proxyBackendCheckInterval, !(t >= 0 && t <= 3600) { throw ValidationError("--proxy-backend-check-interval must be a number of seconds from 0 to 3600") }
+        if let n = self.maxConnectionsPerAddress, n < 0 { throw ValidationError("--max-connections-per-address must not be negative") }
+        if let n = self.queryLogMaxQueryLength, n < 0 || n > 1 << 20 { throw ValidationError("--query-log-max-query-length must be a number of bytes from 0 to 1048576") }
+        if let n = self.proxyResultsetBufferLimit, n < 0 { throw ValidationError("--proxy-resultset-buffer-limit must not be negative") }
+        if let t = self.proxyLuaTimeout, !(t >= 0 && t <= 3600) { throw ValidationError("--proxy-lua-timeout must be a number of seconds from 0 to 3600") }
+        if let text = self.proxyLuaMemoryLimit {
             guard let n = Self.byteCount(text), n >= 0 else { throw ValidationError("--proxy-lua-memory-limit takes a number of bytes (K, M and G allowed), not '\(text)'") }
             if n != 0 && n < 1 << 20 { throw ValidationError("--proxy-lua-memory-limit must be 0 (no limit) or at least 1M") }
         }
-        if let text = proxyMaxPacketSize {
+        if let text = self.proxyMaxPacketSize {
             guard let n = Self.byteCount(text), n >= 1024, n <= 1 << 30 else {
                 throw ValidationError("--proxy-max-packet-size takes a number of bytes from 1K to 1G (K, M and G allowed), not '\(text)'")
             }
         }
-        for (name, value) in [("--proxy-connect-timeout", proxyConnectTimeout), ("--proxy-read-timeout", proxyReadTimeout),
-                              ("--proxy-write-timeout", proxyWriteTimeout), ("--proxy-backend-retry-interval", proxyBackendRetryInterval),
-                              ("--proxy-shutdown-timeout", proxyShutdownTimeout), ("--proxy-login-timeout", proxyLoginTimeout)] {
+        for (name, value) in [("--proxy-connect-timeout", self.proxyConnectTimeout), ("--proxy-read-timeout", self.proxyReadTimeout),
+                              ("--proxy-write-timeout", self.proxyWriteTimeout), ("--proxy-backend-retry-interval", self.proxyBackendRetryInterval),
+                              ("--proxy-shutdown-timeout", self.proxyShutdownTimeout), ("--proxy-login-timeout", self.proxyLoginTimeout)] {
             if let v = value, !(v >= 0 && v <= 31_536_000) { throw ValidationError("\(name) must be a number of seconds from 0 to 31536000") }
         }
-        if let mode = proxyBackendSsl, BackendTLSSettings.Mode(rawValue: mode) == nil {
+        if let mode = self.proxyBackendSsl, BackendTLSSettings.Mode(rawValue: mode) == nil {
             throw ValidationError("--proxy-backend-ssl takes off, preferred, required, verify-ca or verify-identity, not '\(mode)'")
         }
-        if let text = protocolCompressionAlgorithms {
+        if let text = self.protocolCompressionAlgorithms {
             do { _ = try CompressionSettings.parseAlgorithms(text) } catch { throw ValidationError("\(error)") }
         }
-        if let text = proxyBackendCompression {
+        if let text = self.proxyBackendCompression {
             do { _ = try CompressionSettings.parseBackend(text) } catch { throw ValidationError("\(error)") }
         }
-        if let text = tlsVersion {
+        if let text = self.tlsVersion {
             do { _ = try ClientTLSSettings.parseVersions(text) } catch { throw ValidationError("\(error)") }
         }
-        if sslKey != nil && sslCert == nil { throw ValidationError("--ssl-key needs --ssl-cert") }
-        if skipSsl && requireSecureTransport { throw ValidationError("--require-secure-transport cannot work with --skip-ssl") }
+        if self.sslKey != nil && self.sslCert == nil { throw ValidationError("--ssl-key needs --ssl-cert") }
+        if self.skipSsl && self.requireSecureTransport { throw ValidationError("--require-secure-transport cannot work with --skip-ssl") }
         for plugin in pluginList where plugin != "proxy" && plugin != "admin" {
             throw ValidationError("unknown plugin '\(plugin)' (MoonProxy has: proxy, admin)")
         }
@@ -261,7 +295,7 @@ struct Options: ParsableArguments {
     }
 
     var pluginList: [String] {
-        plugins.flatMap { $0.split(separator: ",").map { String($0).trimmed } }.filter { !$0.isEmpty }
+        self.plugins.flatMap { $0.split(separator: ",").map { String($0).trimmed } }.filter { !$0.isEmpty }
     }
 }
 

@@ -19,7 +19,7 @@ import Testing
 
     /// A machine that has relayed the greeting, the handshake response and the server's OK.
     func authenticated() -> ConnectionStateMachine {
-        var m = ConnectionStateMachine(statistics: ProxyStatistics())
+        var m = ConnectionStateMachine(statistics: LoopStatistics())
         guard case .connectToBackend = m.clientConnected() else { fatalError() }
         _ = m.backendConnected()
         guard case .forwardToClient = m.backendDataReceived(Self.packets([(Self.greeting, 0)])) else { fatalError() }
@@ -29,7 +29,7 @@ import Testing
     }
 
     @Test func greetingIsForwardedWithWhatTheProxyCannotCarryCleared() throws {
-        var m = ConnectionStateMachine(statistics: ProxyStatistics())
+        var m = ConnectionStateMachine(statistics: LoopStatistics())
         _ = m.clientConnected()
         _ = m.backendConnected()
         let whole = Self.packets([(Self.greeting, 0)])
@@ -51,7 +51,7 @@ import Testing
     }
 
     @Test func handshakeResponseIsForwardedWithMariaDBCapabilitiesKept() throws {
-        var m = ConnectionStateMachine(statistics: ProxyStatistics())
+        var m = ConnectionStateMachine(statistics: LoopStatistics())
         _ = m.clientConnected()
         _ = m.backendConnected()
         _ = m.backendDataReceived(Self.packets([(Self.greeting, 0)]))
@@ -68,7 +68,7 @@ import Testing
     }
 
     @Test func serverErrorInsteadOfGreetingIsRelayedAndCloses() {
-        var m = ConnectionStateMachine(statistics: ProxyStatistics())
+        var m = ConnectionStateMachine(statistics: LoopStatistics())
         _ = m.clientConnected()
         _ = m.backendConnected()
         let tooMany = Self.packets([("ff1004546f6f206d616e7920636f6e6e656374696f6e73", 0)])
@@ -77,7 +77,7 @@ import Testing
     }
 
     @Test func garbageGreetingGivesAnErrorWithoutSQLState() throws {
-        var m = ConnectionStateMachine(statistics: ProxyStatistics())
+        var m = ConnectionStateMachine(statistics: LoopStatistics())
         _ = m.clientConnected()
         _ = m.backendConnected()
         guard case .sendToClientAndClose(let out, _) = m.backendDataReceived(Self.packets([("0935", 0)])) else { Issue.record(); return }
@@ -88,7 +88,7 @@ import Testing
     }
 
     @Test func sslRequestIsRefused() throws {
-        var m = ConnectionStateMachine(statistics: ProxyStatistics())
+        var m = ConnectionStateMachine(statistics: LoopStatistics())
         _ = m.clientConnected()
         _ = m.backendConnected()
         _ = m.backendDataReceived(Self.packets([(Self.greeting, 0)]))
@@ -105,7 +105,7 @@ import Testing
     }
 
     @Test func truncatedHandshakeResponseIsRefused() throws {
-        var m = ConnectionStateMachine(statistics: ProxyStatistics())
+        var m = ConnectionStateMachine(statistics: LoopStatistics())
         _ = m.clientConnected()
         _ = m.backendConnected()
         _ = m.backendDataReceived(Self.packets([(Self.greeting, 0)]))
@@ -166,7 +166,7 @@ import Testing
     }
 
     @Test func backendLostBeforeItsGreetingCloses() {
-        var m = ConnectionStateMachine(statistics: ProxyStatistics())
+        var m = ConnectionStateMachine(statistics: LoopStatistics())
         _ = m.clientConnected()
         _ = m.backendConnected()
         guard case .closeAfterBackendClosed(duringResponse: true) = m.backendClosed() else { Issue.record(); return }
@@ -206,7 +206,7 @@ import Testing
     /// A command pipelined behind the handshake response (before the login's OK) is answered after
     /// the login, and the proxy knows it is waiting for that answer.
     @Test func commandPipelinedBehindTheLogin() throws {
-        var m = ConnectionStateMachine(statistics: ProxyStatistics())
+        var m = ConnectionStateMachine(statistics: LoopStatistics())
         _ = m.clientConnected()
         _ = m.backendConnected()
         _ = m.backendDataReceived(Self.packets([(Self.greeting, 0)]))
@@ -242,7 +242,7 @@ import Testing
     }
 
     @Test func noBackendErrorIsAPreHandshakeError() throws {
-        var m = ConnectionStateMachine(statistics: ProxyStatistics())
+        var m = ConnectionStateMachine(statistics: LoopStatistics())
         _ = m.clientConnected()
         guard case .sendToClientAndClose(let out, _) = m.noBackendAvailable("none up") else { Issue.record(); return }
         let frame = try #require(out.frames().first)

@@ -86,7 +86,7 @@ final class FakeScript: ConnectionScripting {
 
     /// Logged in through the relay, with `script` attached.
     func loggedIn(_ script: FakeScript) -> ConnectionStateMachine {
-        var m = ConnectionStateMachine(statistics: ProxyStatistics(), script: script)
+        var m = ConnectionStateMachine(statistics: LoopStatistics(), script: script)
         guard case .connectToBackend = m.clientConnected() else { fatalError("no connect") }
         _ = m.backendConnected()
         guard case .forwardToClient = m.backendDataReceived(Base.packets([(Base.greeting, 0)])) else { fatalError("greeting") }
@@ -365,7 +365,7 @@ final class FakeScript: ConnectionScripting {
         script.onReadQuery = { _, packet in
             packet.readableBytes > 1 ? .returned(.sendResult(.ok(affectedRows: 7, insertID: 0, serverStatus: nil, warnings: 0, message: nil))) : .returned(.noDecision)
         }
-        var m = ConnectionStateMachine(statistics: ProxyStatistics(), script: script)
+        var m = ConnectionStateMachine(statistics: LoopStatistics(), script: script)
         var out = Self.output(m.clientConnected())
         let sent = try Self.firstFrame(out.toClient)
         #expect(sent.sequenceID == 0)
@@ -393,7 +393,7 @@ final class FakeScript: ConnectionScripting {
     @Test func readAuthCanRefuse() throws {
         let script = FakeScript(hooks: [.readAuth])
         script.onReadAuth = { .returned(.sendResult(.error(code: 1045, sqlState: "28000", message: "no"))) }
-        var m = ConnectionStateMachine(statistics: ProxyStatistics(), script: script)
+        var m = ConnectionStateMachine(statistics: LoopStatistics(), script: script)
         _ = m.clientConnected()
         _ = m.backendConnected()
         _ = m.backendDataReceived(Base.packets([(Base.greeting, 0)]))
@@ -412,7 +412,7 @@ final class FakeScript: ConnectionScripting {
             seen = packet
             return .returned(.sendResult(.error(code: 1045, sqlState: "28000", message: "not today")))
         }
-        var m = ConnectionStateMachine(statistics: ProxyStatistics(), script: script)
+        var m = ConnectionStateMachine(statistics: LoopStatistics(), script: script)
         _ = m.clientConnected()
         _ = m.backendConnected()
         _ = m.backendDataReceived(Base.packets([(Base.greeting, 0)]))
@@ -431,7 +431,7 @@ final class FakeScript: ConnectionScripting {
     @Test func readHandshakeCanAnswerAndClose() throws {
         let script = FakeScript(hooks: [.readHandshake])
         script.onReadHandshake = { .returned(.sendResult(.error(code: 1040, sqlState: "08004", message: "busy"))) }
-        var m = ConnectionStateMachine(statistics: ProxyStatistics(), script: script)
+        var m = ConnectionStateMachine(statistics: LoopStatistics(), script: script)
         _ = m.clientConnected()
         _ = m.backendConnected()
         let out = Self.output(m.backendDataReceived(Base.packets([(Base.greeting, 0)])))
@@ -444,7 +444,7 @@ final class FakeScript: ConnectionScripting {
     @Test func queryPipelinedBehindTheLoginGoesThroughReadQuery() throws {
         let script = FakeScript(hooks: [.readQuery])
         script.onReadQuery = { _, _ in .returned(.sendResult(.error(code: 1142, sqlState: "42000", message: "refused"))) }
-        var m = ConnectionStateMachine(statistics: ProxyStatistics(), script: script)
+        var m = ConnectionStateMachine(statistics: LoopStatistics(), script: script)
         _ = m.clientConnected()
         _ = m.backendConnected()
         _ = m.backendDataReceived(Base.packets([(Base.greeting, 0)]))
@@ -490,7 +490,7 @@ final class FakeScript: ConnectionScripting {
     /// that ends in the next read) is framed like everything else.
     @Test func bytesAfterTheVerdictKeepTheirFraming() throws {
         let script = FakeScript(hooks: [.readAuthResult])
-        var m = ConnectionStateMachine(statistics: ProxyStatistics(), script: script)
+        var m = ConnectionStateMachine(statistics: LoopStatistics(), script: script)
         _ = m.clientConnected()
         _ = m.backendConnected()
         _ = m.backendDataReceived(Base.packets([(Base.greeting, 0)]))
@@ -514,7 +514,7 @@ final class FakeScript: ConnectionScripting {
     @Test func commandLargerThanTheMaximumPacketSize() throws {
         for sizes in [[2000], [8, 4000]] {
             let script = FakeScript(hooks: [.readQuery])
-            var m = ConnectionStateMachine(statistics: ProxyStatistics(), script: script, maxPacketSize: 1024)
+            var m = ConnectionStateMachine(statistics: LoopStatistics(), script: script, maxPacketSize: 1024)
             _ = m.clientConnected()
             _ = m.backendConnected()
             _ = m.backendDataReceived(Base.packets([(Base.greeting, 0)]))

@@ -23,7 +23,7 @@ import Testing
     }
 
     func greeted(_ policy: ConnectionStateMachine.TLSPolicy, greeting: String = tlsGreeting) -> (ConnectionStateMachine, ByteBuffer) {
-        var m = ConnectionStateMachine(statistics: ProxyStatistics(), tls: policy)
+        var m = ConnectionStateMachine(statistics: LoopStatistics(), tls: policy)
         _ = m.clientConnected()
         _ = m.backendConnected()
         guard case .forwardToClient(let sent) = m.backendDataReceived(Base.packets([(greeting, 0)])) else { fatalError("greeting") }

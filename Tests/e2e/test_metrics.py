@@ -44,8 +44,15 @@ def test_metrics_endpoint(start_proxy):
     after = samples(text)
     live, down = f'backend="127.0.0.1:{MARIADB_PORT}",type="rw"', f'backend="127.0.0.1:{dead}",type="rw"'
     assert after["moonproxy_client_connections"] >= 2
-    assert after["moonproxy_queries_total"] - before.get("moonproxy_queries_total", 0) >= 5
-    assert after["moonproxy_commands_total"] >= after["moonproxy_queries_total"]
+    live_backend = f'backend="127.0.0.1:{MARIADB_PORT}"'
+    queries = f'command="query",{live_backend}'
+    assert after[f"moonproxy_commands_total{{{queries}}}"] - before.get(f"moonproxy_commands_total{{{queries}}}", 0) >= 5
+    assert after[f"moonproxy_command_duration_seconds_count{{{queries}}}"] == after[f"moonproxy_commands_total{{{queries}}}"]
+    assert after[f'moonproxy_command_duration_seconds_bucket{{{queries},le="10.0"}}'] == after[f"moonproxy_commands_total{{{queries}}}"]
+    assert 0 < after[f"moonproxy_command_duration_seconds_sum{{{queries}}}"] < 10
+    assert after['moonproxy_client_connections_closed_total{source="limit"}'] == 1
+    assert after['moonproxy_sent_bytes_total{peer="client"}'] > 0
+    assert after['moonproxy_sent_bytes_total{peer="backend"}'] > 0
     assert after["moonproxy_client_connections_refused_total"] == 1
     assert after['moonproxy_received_bytes_total{peer="client"}'] > 0
     assert after['moonproxy_received_bytes_total{peer="backend"}'] > 0
@@ -53,22 +60,25 @@ def test_metrics_endpoint(start_proxy):
     assert after[f"moonproxy_backend_up{{{down}}}"] == 0  # the first client's connect failed
     assert after["moonproxy_backend_connect_failures_total"] >= 1
     assert after[f"moonproxy_backend_clients{{{live}}}"] == 2
-    live_backend = f'backend="127.0.0.1:{MARIADB_PORT}"'
     assert after[f"moonproxy_backend_connect_duration_seconds_count{{{live_backend}}}"] >= 2
     assert after[f'moonproxy_backend_connect_duration_seconds_bucket{{{live_backend},le="2.0"}}'] >= 2
     # counters never go back, even across scrapes
     again = samples(scrape(metrics_port))
-    assert again["moonproxy_commands_total"] >= after["moonproxy_commands_total"]
+    assert again[f"moonproxy_commands_total{{{queries}}}"] >= after[f"moonproxy_commands_total{{{queries}}}"]
     c.close()
     other.close()
-    # Prometheus' own linter (scripts/test installs it with Debian's prometheus package)
-    assert shutil.which("promtool"), "promtool is missing: apt-get install prometheus"
-    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stdout + r.stderr
+    promtool_check(text)
     # anything but /metrics is 404
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/", timeout=10)
     assert e.value.code == 404
+
+
+def promtool_check(text):
+    # Prometheus' own linter (scripts/test installs it with Debian's prometheus package)
+    assert shutil.which("promtool"), "promtool is missing: apt-get install prometheus"
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_a_client_that_quits_is_not_a_lost_backend(start_proxy):

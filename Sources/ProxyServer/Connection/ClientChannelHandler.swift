@@ -16,6 +16,11 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     private var machine: ConnectionStateMachine
     private let shared: ProxyContext
+    /// This event loop's counters (written only here, summed by readers).
+    let counters: LoopStatistics
+    /// Commands are timed (metrics, query log): the clock is read for each event that may start
+    /// or end one.
+    private let recording: ConnectionStateMachine.Recording
     private var connectionID: UInt64 = 0
     /// What the client's PROXY protocol header announced (set before channelActive).
     var proxyProtocolEndpoints: ProxyProtocol.Endpoints?
@@ -56,9 +61,20 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var clientBlockedTicks = 0
     private var backendBlockedTicks = 0
 
-    init(shared: ProxyContext) {
+    init(shared: ProxyContext, eventLoop: EventLoop) {
         self.shared = shared
-        self.machine = ConnectionStateMachine(statistics: shared.statistics)
+        self.counters = shared.statistics.shard(for: eventLoop)
+        self.recording = shared.recording
+        self.machine = ConnectionStateMachine(statistics: counters)
+    }
+
+    /// Lua hooks are timed (metrics on).
+    var timesHooks: Bool { recording != .off }
+
+    /// The time of the event about to be handed to the machine, when it records commands.
+    @inline(__always)
+    private func stamp() {
+        if recording != .off { machine.now = NIODeadline.now().uptimeNanoseconds }
     }
 
     /// Logs with the connection's metadata, built only when the line is actually written.
@@ -112,22 +128,23 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         activated = true
-        shared.statistics.add(.connectionsAccepted)
-        let active = shared.statistics.increment(.connectionsActive)
+        counters.add(.connectionsAccepted)
+        let active = shared.statistics.connectionOpened()
         connectionID = shared.nextConnectionID()
         clientAddress = context.channel.remoteAddress
         if case .proxied(let source, _) = proxyProtocolEndpoints { clientAddress = source }
         if let refusal = admissionRefusal(active: active) {
             // As the server refuses a connection past max_connections: ERR 1040 where the
             // greeting would be, then the close.
-            shared.statistics.add(.connectionsRefused)
-            shared.statistics.add(.errorsSentByProxy)
+            counters.add(.connectionsRefused)
+            counters.add(.errorsSentByProxy)
+            machine.noteClose(.limit)
             log(.warning, "refusing a client: \(refusal)")
             sendAndClose(ConnectionStateMachine.framed(.tooManyConnections, sequenceID: 0, protocol41: true))
             context.fireChannelActive()
             return
         }
-        machine = ConnectionStateMachine(statistics: shared.statistics, tls: tlsPolicy(context), compression: shared.configuration.compression)
+        machine = ConnectionStateMachine(statistics: counters, recording: recording, tls: tlsPolicy(context), compression: shared.configuration.compression)
         publish()
         log(.debug, "client connected")
         sweeper = shared.sweeper(for: context.eventLoop)
@@ -164,14 +181,15 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case .success(let script):
             connection.script = script
             scripted = connection
-            machine = ConnectionStateMachine(statistics: shared.statistics, script: connection,
+            machine = ConnectionStateMachine(statistics: counters, recording: recording, script: connection,
                                              maxPacketSize: shared.configuration.maxAssembledPacketSize, tls: tlsPolicy(context),
                                              compression: shared.configuration.compression)
             return true
         case .failure(let failure):
             // MySQL Proxy's words, with packet id 0, instead of a greeting
             let err = failure == .loadFailed ? ScriptFailureMessages.loadFailed : ScriptFailureMessages.executeFailed
-            shared.statistics.add(.errorsSentByProxy)
+            counters.add(.errorsSentByProxy)
+            machine.noteClose(.scriptError)
             log(.error, "\(err.message)")
             sendAndClose(ConnectionStateMachine.framed(err, sequenceID: 0, protocol41: true))
             return false
@@ -197,6 +215,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         clientSpoke = true
+        stamp()
         run(machine.clientDataReceived(self.unwrapInboundIn(data)))
     }
 
@@ -234,12 +253,17 @@ final class ClientChannelHandler: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if TLSFailure.isFailure(error) {
             // The TLS stack has sent its alert; nothing in MySQL's protocol can follow.
-            shared.statistics.add(.clientProtocolErrors)
+            counters.add(.clientProtocolErrors)
+            machine.noteClose(.clientHandshake)
             log(.warning, "closing: TLS with the client failed: \(error)")
         } else if error is CompressionHandler.Failure {
-            shared.statistics.add(.clientProtocolErrors)
+            counters.add(.clientProtocolErrors)
+            machine.noteClose(.malformed)
             log(.warning, "closing: the client's compressed protocol: \(error)")
         } else {
+            // A TLS client that closes without close_notify (MySQL clients do) ends in the
+            // ordinary way; the close that follows tells whether it left mid-command.
+            if case NIOSSLError.uncleanShutdown = error {} else { machine.noteClose(.clientNetwork) }
             log(.debug, "client connection error: \(error)")
         }
         context.close(promise: nil)
@@ -252,6 +276,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     /// The shutdown grace period is over.
     func forceClose() {
+        machine.noteClose(.proxyShutdown)
         closeBoth()
     }
 
@@ -269,6 +294,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     func backendDataReceived(_ buffer: ByteBuffer) {
         backendSpoke = true
         let delivering = backend
+        stamp()
         run(machine.backendDataReceived(buffer))
         if flushPending && backend !== delivering, let context {
             // The script gave this server connection to the pool (or took another) during the hook:
@@ -296,6 +322,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     func backendErrorCaught(_ error: Error) {
         if TLSFailure.isFailure(error) {
             log(.warning, "TLS with the backend failed: \(error)")
+            machine.noteClose(.backendHandshake)
             run(machine.backendTLSFailed(TLSFailure.describe(error)))
         } else {
             log(.debug, "backend connection error: \(error)")
@@ -317,13 +344,16 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case .connectToBackend:
             connectToNextBackend()
         case .forwardToBackend(let buffer):
+            counters.add(.bytesToBackends, buffer.readableBytes)
             backend?.write(buffer)
         case .forwardToClient(let buffer):
+            counters.add(.bytesToClients, buffer.readableBytes)
             if let context { Self.forward(buffer, on: context, flushPending: &flushPending) }
         case .forwardToClientAndClose(let buffer):
             sendAndClose(buffer)
         case .forwardToClientUnderstoodNot(let buffer, let warning):
             log(.warning, "\(warning)")
+            counters.add(.bytesToClients, buffer.readableBytes)
             if let context { Self.forward(buffer, on: context, flushPending: &flushPending) }
         case .startClientTLS(let leftover):
             startClientTLS(leftover)
@@ -331,11 +361,15 @@ final class ClientChannelHandler: ChannelInboundHandler {
             if output.dropBackend { dropBackend() }
             if let request = output.backendTLSRequest { startBackendTLS(request) }
             if let algorithm = output.startCompression?.backend { startBackendCompression(algorithm, early: output.compressedFromServer) }
-            if let bytes = output.toBackend { backend?.writeAndFlush(bytes) }
+            if let bytes = output.toBackend {
+                counters.add(.bytesToBackends, bytes.readableBytes)
+                backend?.writeAndFlush(bytes)
+            }
             if let reason = output.close {
                 log(output.closeLevel, "closing: \(reason)")
                 if let bytes = output.toClient { sendAndClose(bytes) } else { closeBoth() }
             } else if let bytes = output.toClient, let context {
+                counters.add(.bytesToClients, bytes.readableBytes)
                 flushPending = false
                 context.writeAndFlush(NIOAny(bytes), promise: nil)
             }
@@ -358,6 +392,23 @@ final class ClientChannelHandler: ChannelInboundHandler {
             closeBoth()
         }
         updateClientReading()
+        if !machine.finishedRecords.isEmpty { recordCommands() }
+    }
+
+    /// Commands that ended: into this loop's histograms, and the query log.
+    private func recordCommands() {
+        let records = machine.takeFinishedRecords()
+        for record in records {
+            counters.commandCompleted(CommandKind(record.command), backend: record.answeredByScript ? nil : backendIndex,
+                                      nanoseconds: record.nanoseconds)
+        }
+        guard let queryLog = shared.queryLog else { return }
+        let session = machine.session
+        for record in records {
+            let entry = QueryLog.Entry(record: record, connection: connectionID, user: session?.username, database: session?.database,
+                                       client: clientAddress?.logDescription, backend: record.answeredByScript ? nil : backendAddress.map { "\($0)" })
+            if !queryLog.append(entry) { counters.add(.queryLogDropped) }
+        }
     }
 
     /// The client asked for TLS: the handshake runs in a handler in front of this one, and the
@@ -422,6 +473,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             try backend.startTLS(request: request, context: sslContext, serverHostname: hostname)
         } catch {
             log(.warning, "cannot start TLS with the backend: \(error)")
+            machine.noteClose(.backendHandshake)
             run(machine.backendTLSFailed(TLSFailure.describe(error)))
         }
     }
@@ -439,6 +491,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     private func sendAndClose(_ buffer: ByteBuffer) {
+        counters.add(.bytesToClients, buffer.readableBytes)
         guard let context, context.channel.isActive else {
             closeBoth()
             return
@@ -514,7 +567,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
             shared.backends.clientDetached(index)
             backendIndex = nil
         }
-        shared.statistics.add(.connectionsActive, -1)
+        shared.statistics.connectionClosed()
+        counters.connectionClosed(machine.closeSource ?? .none)
         if let ip = admittedAddress {
             shared.release(address: ip)
             admittedAddress = nil
@@ -566,7 +620,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
                     self.run(self.machine.backendConnected())
                 case .failure(let error):
                     self.shared.backends.markDown(index)
-                    self.shared.statistics.add(.backendConnectFailures)
+                    self.counters.add(.backendConnectFailures)
                     self.log(.warning, "cannot connect to backend \(address), marking it down: \(error)")
                     self.scripted?.requestedBackend = nil
                     self.run(self.machine.backendConnectFailed())
@@ -585,7 +639,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
             if !loggedIn, let loginTicks, ticksBeforeLogin > loginTicks {
                 // as MariaDB's connect_timeout: a client that does not finish its login (a stalled
                 // TLS handshake, a half-sent handshake response) is cut off
-                shared.statistics.add(.clientProtocolErrors)
+                counters.add(.clientProtocolErrors)
+                machine.noteClose(.clientHandshake)
                 run(.abortConnections(reason: "the client did not log in within --proxy-login-timeout"))
                 return
             }
@@ -598,6 +653,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         if let backend, !backend.isWritable { backendBlockedTicks += 1 } else { backendBlockedTicks = 0 }
 
         if clientBlockedTicks >= writeTicks || backendBlockedTicks >= writeTicks {
+            machine.noteClose(.timeout)
             run(.abortConnections(reason: "a write stayed blocked for longer than the write timeout"))
         } else if clientIdleTicks >= readTicks {
             clientIdleTicks = 0
@@ -695,7 +751,8 @@ extension ClientChannelHandler {
     /// sent behind the reset ran in a session that may not be clean, so nothing more of it may.
     func backendResetFailed(_ detail: String) {
         log(.error, "closing: the server refused to reset the pooled connection's session (COM_RESET_CONNECTION: \(detail))")
-        shared.statistics.add(.backendProtocolErrors)
+        counters.add(.backendProtocolErrors)
+        machine.noteClose(.backendProtocol)
         abortBackendOnClose = true
         closeBoth()
     }

@@ -52,6 +52,8 @@ extension ConnectionStateMachine {
         /// The current injection asked for no buffering, but another such one follows it: its
         /// result is kept for `read_query_result` and never goes to the client.
         var autoBuffered = false
+        /// The last response of the exchange that ended (for the command's record).
+        var lastEnd: ResponseTracker.ResponseEnd?
 
         /// Whether an ERR can still stand in for the rest of this command's response.
         var clientMayTakeError: Bool { collect != .buffer || sent == 0 }
@@ -75,7 +77,7 @@ extension ConnectionStateMachine {
         } catch .tooLarge(let limit, let sequenceID) {
             // As the server does past max_allowed_packet: ER_NET_PACKET_TOO_LARGE, then the close,
             // before more of the packet is held.
-            statistics.add(.clientProtocolErrors)
+            clientBrokeProtocol()
             statistics.add(.errorsSentByProxy)
             queuedCommands.removeAll()
             clientCollector.reset()
@@ -84,7 +86,7 @@ extension ConnectionStateMachine {
             out.closeLevel = .warning
             return .send(out)
         } catch {
-            statistics.add(.clientProtocolErrors)
+            clientBrokeProtocol()
             return .abortConnections(reason: "malformed packet from the client: \(error)")
         }
         return Self.finish(out)
@@ -154,6 +156,7 @@ extension ConnectionStateMachine {
         exchange = Exchange(active: true, command: CommandCode(byte), clientSequence: lastSequence)
         exchange.clientCommand = payload
         commandsStarted = true
+        recordCommandStarted(exchange.command, expectsResponse: true, payload: payload)
         nextSequenceToClient = lastSequence &+ 1
         if exchange.command == .initDB {
             exchange.database = payload.getString(at: payload.readerIndex + 1, length: payload.readableBytes - 1)
@@ -222,6 +225,7 @@ extension ConnectionStateMachine {
     /// `proxy.response` answers the command.
     private mutating func answerCommand(with response: ScriptResponse, _ out: inout Output) {
         exchange.sent += 1
+        if recording != .off && !openRecords.isEmpty { openRecords[0].answeredByScript = true }
         guard ResponseShape(command: exchange.command) != .none else {
             if exchange.command == .quit {
                 // The client quits all the same and waits for the close, as a server gives it
@@ -353,6 +357,10 @@ extension ConnectionStateMachine {
 
     /// The command is over; the client must have had its one response.
     private mutating func finishCommand(_ out: inout Output) {
+        if recording != .off && !openRecords.isEmpty {
+            if !hasServer { openRecords[0].answeredByScript = true }
+            recordResponseEnded(exchange.lastEnd)
+        }
         if exchange.sent == 0 && out.close == nil && ResponseShape(command: exchange.command) != .none {
             script?.log(.warning, "no result went to the client for \(exchange.command): every injected result was ignored; sending an error instead")
             let err = ERRPacket(code: 1105, sqlState: "07000", message: "(proxy) the script sent no result for this command")
@@ -362,6 +370,7 @@ extension ConnectionStateMachine {
         exchange.injection = nil
         exchange.collect = nil
         if let script, script.connectionCloseRequested {
+            noteClose(.scriptClosed)
             out.close = out.close ?? "the script set proxy.connection.connection_close"
         } else if closeWhenIdle {
             out.close = out.close ?? "shutting down"
@@ -372,7 +381,8 @@ extension ConnectionStateMachine {
     // MARK: - from the server
 
     mutating func exchangeServerData(_ chunk: ByteBuffer) -> Action {
-        exchange.collect == nil ? streamResponse(chunk) : collectResponse(chunk)
+        recordResponseBytes(chunk.readableBytes)
+        return exchange.collect == nil ? streamResponse(chunk) : collectResponse(chunk)
     }
 
     /// The response goes to the client as it arrives; the scanner finds where it ends.
@@ -395,7 +405,7 @@ extension ConnectionStateMachine {
             }
         }
         if let (packet, offset, error) = failure {
-            statistics.add(.backendProtocolErrors)
+            backendBrokeProtocol()
             return Self.serverPacketMalformed(chunk, at: offset, packet, error)
         }
         nextSequenceToClient = fromServer.lastSequenceID &+ 1
@@ -408,7 +418,7 @@ extension ConnectionStateMachine {
             try responseEnded(end, &out)
             try drainQueue(&out)
         } catch {
-            statistics.add(.clientProtocolErrors)
+            clientBrokeProtocol()
             return .abortConnections(reason: "malformed packet from the client: \(error)")
         }
         return Self.finish(out, fromServer: true)
@@ -495,7 +505,7 @@ extension ConnectionStateMachine {
             out.closeLevel = .warning
             return .send(out)
         } catch {
-            statistics.add(.backendProtocolErrors)
+            backendBrokeProtocol()
             return .abortConnections(reason: "malformed packet in a scripted exchange: \(error)")
         }
         if exchange.collect == nil && !serverCollector.isEmpty {
@@ -509,6 +519,7 @@ extension ConnectionStateMachine {
     /// One response ended: the client's own command is done; an injection's result goes to
     /// `read_query_result`, and the next injection (if any) is sent.
     private mutating func responseEnded(_ end: ResponseTracker.ResponseEnd, _ out: inout Output) throws(WireError) {
+        exchange.lastEnd = end
         guard let script, let result = exchange.injection else {
             if end.kind == .ok, exchange.command == .initDB, let name = exchange.database {
                 session?.database = name

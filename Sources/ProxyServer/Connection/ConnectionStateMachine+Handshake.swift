@@ -62,7 +62,7 @@ extension ConnectionStateMachine {
         guard let frame = input.readMySQLFrame() else {
             if gathered.readableBytes > 1 << 16 {
                 phase = .closed
-                statistics.add(.backendProtocolErrors)
+                backendBrokeProtocol()
                 return .sendToClientAndClose(Self.framed(.malformedPacket("the server's greeting is larger than 64 KiB"), sequenceID: 0, protocol41: false),
                                              reason: "the backend's greeting is larger than 64 KiB")
             }
@@ -71,6 +71,7 @@ extension ConnectionStateMachine {
         if frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self) == 0xFF {
             // "Too many connections", "Host ... is blocked": the server's own words, relayed.
             phase = .closed
+            noteClose(.backendHandshake)
             return .forwardToClientAndClose(gathered)
         }
         var payload = frame.payload
@@ -89,7 +90,7 @@ extension ConnectionStateMachine {
             clientTLSOffered = offer
         } catch {
             phase = .closed
-            statistics.add(.backendProtocolErrors)
+            backendBrokeProtocol()
             statistics.add(.errorsSentByProxy)
             return .sendToClientAndClose(Self.framed(.malformedPacket("the server's greeting: \(error)"), sequenceID: 0, protocol41: false),
                                          reason: "malformed greeting from the backend: \(error)")
@@ -129,7 +130,7 @@ extension ConnectionStateMachine {
         let reply = frame.sequenceID &+ 1
         func refuse(_ err: ERRPacket, _ reason: String) -> Action {
             phase = .closed
-            statistics.add(.clientProtocolErrors)
+            clientBrokeProtocol()
             statistics.add(.errorsSentByProxy)
             return .sendToClientAndClose(Self.framed(err, sequenceID: reply, protocol41: true), reason: reason)
         }
@@ -145,7 +146,7 @@ extension ConnectionStateMachine {
             // account needs the 4.1 authentication: in the old ERR format, without an SQLSTATE
             // (the client reports HY000).
             phase = .closed
-            statistics.add(.clientProtocolErrors)
+            clientBrokeProtocol()
             statistics.add(.errorsSentByProxy)
             return .sendToClientAndClose(
                 Self.framed(.authModeNotSupported("the proxy speaks protocol 4.1 and later; consider upgrading the client"), sequenceID: reply, protocol41: false),
@@ -312,7 +313,7 @@ extension ConnectionStateMachine {
                 out.backend(Self.framed(packet.packet, sequenceID: packet.packet.sequenceID &- loginShift))
             }
         } catch {
-            statistics.add(.clientProtocolErrors)
+            clientBrokeProtocol()
             return .abortConnections(reason: "malformed packet from the client during the login: \(error)")
         }
         if loginShift != 0 && tracker.clientPhase == .authentication && clientCollector.peekSequence() != 0 {
@@ -382,6 +383,7 @@ extension ConnectionStateMachine {
                     continue
                 }
                 let verdictSequence = c.packet.sequenceID &+ loginShift
+                if end.kind == .error { noteClose(.authFailed) }
                 interceptingAuthResult = false
                 loginShift = 0
                 secretGuard = nil
@@ -395,16 +397,22 @@ extension ConnectionStateMachine {
                     script.prepareHook(loggedIn: end.kind == .ok, serverIdle: end.kind == .ok, status: tracker.status)
                     if case .returned(.sendResult(let answer)) = script.readAuthResult(packet: c.packet.payload) {
                         verdict = answer.encode(command: nil, capabilities: session?.capabilities ?? [.protocol41], sequenceID: verdictSequence)
-                        if case .error = answer, end.kind == .ok { out.close = "read_auth_result refused the login" }
+                        if case .error = answer, end.kind == .ok {
+                            out.close = "read_auth_result refused the login"
+                            noteClose(.authFailed)
+                        }
                     }
                     applyServerChange()
-                    if script.connectionCloseRequested { out.close = out.close ?? "the script set proxy.connection.connection_close" }
+                    if script.connectionCloseRequested {
+                        noteClose(.scriptClosed)
+                        out.close = out.close ?? "the script set proxy.connection.connection_close"
+                    }
                 }
                 out.client(verdict)
                 nextSequenceToClient = verdictSequence &+ 1
             }
         } catch {
-            statistics.add(.backendProtocolErrors)
+            backendBrokeProtocol()
             return .abortConnections(reason: "malformed packet from the backend during the login: \(error)")
         }
         if !interceptingAuthResult && loginShift == 0 && compressionPending == nil {
@@ -422,7 +430,7 @@ extension ConnectionStateMachine {
                 do {
                     try drainQueue(&out)
                 } catch {
-                    statistics.add(.clientProtocolErrors)
+                    clientBrokeProtocol()
                     return .abortConnections(reason: "malformed packet from the client: \(error)")
                 }
             }

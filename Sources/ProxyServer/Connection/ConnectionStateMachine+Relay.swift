@@ -11,18 +11,27 @@ extension ConnectionStateMachine {
     /// and picks up again at the client's next command, and the warning names what it could not follow.
     mutating func relayFromServer(_ chunk: ByteBuffer) -> Action {
         var failure: (command: CommandCode?, packet: FrameScanner.PacketStart, error: WireError)?
+        let recordingOn = recording != .off
+        if recordingOn { recordResponseBytes(chunk.readableBytes) }
         fromServer.scan(chunk) { event in
             guard case .packetStart(let packet, _) = event, !tracker.isDesynchronized else { return true }
             do throws(WireError) {
-                _ = try tracker.serverPacketStarted(packet)
+                if case .endOfResponse(let end) = try tracker.serverPacketStarted(packet) {
+                    if end.command == nil {
+                        if end.kind == .error && closeSource == nil { closeSource = .authFailed }
+                    } else if recordingOn {
+                        Self.recordEnd(end, now: now, open: &openRecords, finished: &finishedRecords)
+                    }
+                }
             } catch {
                 failure = (tracker.currentCommand, packet, error)
                 tracker.desynchronize()
+                if recordingOn { openRecords.removeAll() }
             }
             return true
         }
         guard let failure else { return .forwardToClient(chunk) }
-        statistics.add(.backendProtocolErrors)
+        statistics.add(.backendProtocolErrors)  // counted, but the connection goes on
         let command = failure.command.map { "\($0)" } ?? "the login"
         return .forwardToClientUnderstoodNot(chunk, warning: "cannot follow the server's response to \(command) (\(failure.error)) at a packet of \(failure.packet.header.payloadLength) bytes starting \(failure.packet.prefix.description.prefix(32)); relaying it unchanged and following again from the client's next command")
     }
@@ -42,12 +51,19 @@ extension ConnectionStateMachine {
         var failure: (FrameScanner.PacketStart, WireError)?
         var commands = 0
         var queries = 0
+        let recordingOn = recording != .off
         fromClient.scan(chunk) { event in
-            guard case .packetStart(let packet, _) = event else { return true }
+            guard case .packetStart(let packet, let offset) = event else { return true }
             do throws(WireError) {
-                if case .command(let code, _) = try tracker.clientPacketStarted(packet) {
+                if case .command(let code, let shape) = try tracker.clientPacketStarted(packet) {
                     commands += 1
                     if code == .query { queries += 1 }
+                    if recordingOn {
+                        let payload = packet.isSplit ? nil : chunk.getSlice(at: chunk.readerIndex + offset + PacketHeader.size,
+                                                     length: max(0, min(Int(packet.header.payloadLength), chunk.readableBytes - offset - PacketHeader.size)))
+                        Self.recordStart(code, expectsResponse: shape != .none, payload: payload, recording: recording, now: now,
+                                         open: &openRecords, finished: &finishedRecords)
+                    }
                 }
                 return true
             } catch {
@@ -59,7 +75,7 @@ extension ConnectionStateMachine {
         if commands > 0 { statistics.add(.commands, commands) }
         if queries > 0 { statistics.add(.queries, queries) }
         if let (packet, error) = failure {
-            statistics.add(.clientProtocolErrors)
+            clientBrokeProtocol()
             let reason = "malformed packet from the client: \(error)"
             if tracker.isAwaitingResponse || packet.isSplit {
                 return .abortConnections(reason: reason)

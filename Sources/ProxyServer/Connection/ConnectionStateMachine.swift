@@ -125,7 +125,20 @@ struct ConnectionStateMachine {
     var nextSequenceToClient: UInt8 = 0
     /// Shutdown asked: close once no response is pending.
     var closeWhenIdle = false
-    let statistics: ProxyStatistics
+    let statistics: LoopStatistics
+
+    // MARK: records (see +Records)
+
+    /// What the handler wants to know about each command.
+    var recording = Recording.off
+    /// The time of the event being handled, set by the handler while `recording` is on.
+    var now: UInt64 = 0
+    /// Commands sent and not yet answered, oldest first.
+    var openRecords: [CommandRecord] = []
+    /// Commands answered since the handler last took them.
+    var finishedRecords: [CommandRecord] = []
+    /// Why the connection ended, once it is ending.
+    var closeSource: CloseSource?
 
     // MARK: scripting (see +Exchange)
 
@@ -172,9 +185,10 @@ struct ConnectionStateMachine {
     /// server's, as it offered them).
     var clientOffered: CapabilityFlags = []
 
-    init(statistics: ProxyStatistics, script: ConnectionScripting? = nil, maxPacketSize: Int = 64 << 20, tls: TLSPolicy = TLSPolicy(),
+    init(statistics: LoopStatistics, recording: Recording = .off, script: ConnectionScripting? = nil, maxPacketSize: Int = 64 << 20, tls: TLSPolicy = TLSPolicy(),
          compression: CompressionSettings = CompressionSettings()) {
         self.statistics = statistics
+        self.recording = recording
         self.script = script
         self.tlsPolicy = tls
         self.compressionSettings = compression
@@ -244,6 +258,7 @@ struct ConnectionStateMachine {
     /// No backend could be reached (all down, refused or timed out).
     mutating func noBackendAvailable(_ detail: String) -> Action {
         phase = .closed
+        noteClose(.noBackend)
         statistics.add(.errorsSentByProxy)
         return .sendToClientAndClose(Self.framed(.noBackend(detail), sequenceID: 0, protocol41: false), reason: "no backend available: \(detail)")
     }
@@ -251,6 +266,11 @@ struct ConnectionStateMachine {
     mutating func clientClosed() -> Action {
         let wasAwaiting = isAwaitingResponse
         guard phase != .closed else { return .none }
+        if tracker.clientPhase == .quit || (phase == .relaying && loginEnded && !wasAwaiting) {
+            noteClose(.none)
+        } else {
+            noteClose(loginEnded ? .clientNetwork : .clientHandshake)
+        }
         phase = .closed
         return .closeConnections(reason: wasAwaiting ? "client went away while a response was pending" : nil)
     }
@@ -267,13 +287,19 @@ struct ConnectionStateMachine {
             let pending = phase != .relaying || tracker.isAwaitingResponse || exchange.active
             phase = .closed
             // after the client's COM_QUIT the close is the server's answer, not a loss
-            if tracker.clientPhase != .quit { statistics.add(.backendsLost) }
+            if tracker.clientPhase != .quit {
+                statistics.add(.backendsLost)
+                noteClose(loginEnded ? .backendNetwork : .backendHandshake)
+            } else {
+                noteClose(.none)
+            }
             return .closeAfterBackendClosed(duringResponse: pending)
         }
     }
 
     /// A graceful shutdown began: close now if nothing runs, else once the running command ended.
     mutating func shutdownRequested() -> Action {
+        if phase != .closed { noteClose(.proxyShutdown) }
         switch phase {
         case .relaying:
             if !isAwaitingResponse && fromClient.isAtPacketBoundary && clientCollector.isEmpty {
@@ -298,14 +324,17 @@ struct ConnectionStateMachine {
     /// The read timeout passed with no byte from `client` (true) or the backend (false).
     mutating func readTimedOut(client: Bool) -> Action {
         guard phase == .relaying else {
+            noteClose(.timeout)
             phase = .closed
             return .closeConnections(reason: "timed out during the handshake")
         }
         if client && !isAwaitingResponse {
+            noteClose(.timeout)
             phase = .closed
             return .closeConnections(reason: "client idle for longer than the read timeout")
         }
         if !client && hasServer && tracker.isAwaitingResponse {
+            noteClose(.timeout)
             phase = .closed
             statistics.add(.errorsSentByProxy)
             if fromServer.isAtPacketBoundary && serverCollector.isEmpty && (!exchange.active || exchange.clientMayTakeError) {
@@ -338,7 +367,7 @@ struct ConnectionStateMachine {
                         try drainQueue(&out)
                         action = Self.finish(out, fromServer: true)
                     } catch {
-                        statistics.add(.clientProtocolErrors)
+                        clientBrokeProtocol()
                         action = .abortConnections(reason: "malformed packet from the client: \(error)")
                     }
                 }
@@ -391,7 +420,7 @@ struct ConnectionStateMachine {
             // Reads are not asked for before the greeting went out, so a client cannot get here
             // unless it speaks first; MySQL clients never do.
             phase = .closed
-            statistics.add(.clientProtocolErrors)
+            clientBrokeProtocol()
             return .abortConnections(reason: "client sent data before the server's greeting")
         }
     }

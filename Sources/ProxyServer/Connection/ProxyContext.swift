@@ -19,6 +19,11 @@ final class ProxyContext: Sendable {
     let registry: ConnectionRegistry?
     /// The metrics endpoint's exporter, for the few events it records itself (nil without one).
     let metrics: MetricsExporter?
+    /// `--query-log`'s writer (nil without one).
+    let queryLog: QueryLog?
+    /// What connections record about each command: durations for the metrics, statement text
+    /// for the query log, nothing (and no clock read) without either.
+    let recording: ConnectionStateMachine.Recording
     private let lastConnectionID = ManagedAtomic<UInt64>(0)
     private let stopping = ManagedAtomic<Bool>(false)
     private let sweepers = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<TimeoutSweeper>]>([:])
@@ -27,8 +32,14 @@ final class ProxyContext: Sendable {
 
     init(configuration: ProxyConfiguration, backends: BackendPool, statistics: ProxyStatistics,
          connector: BackendConnector, logger: Logger, scriptEngine: ScriptEngine? = nil, tls: TLSContexts? = nil,
-         registry: ConnectionRegistry? = nil, metrics: MetricsExporter? = nil) {
+         registry: ConnectionRegistry? = nil, metrics: MetricsExporter? = nil, queryLog: QueryLog? = nil) {
         self.metrics = metrics
+        self.queryLog = queryLog
+        if let queryLog {
+            recording = .text(limit: queryLog.settings.textLimit)
+        } else {
+            recording = metrics == nil ? .off : .durations
+        }
         self.scriptEngine = scriptEngine
         self.registry = registry
         self.tls = tls

@@ -82,19 +82,35 @@ final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
         server?.defaultDB = database
     }
 
-    func connectServer() -> HookOutcome { script?.connectServer() ?? .notDefined }
-    func readHandshake() -> HookOutcome { script?.readHandshake() ?? .notDefined }
-    func readAuth() -> HookOutcome { script?.readAuth() ?? .notDefined }
-    func readAuthResult(packet: ByteBuffer) -> HookOutcome { script?.readAuthResult(packet: packet) ?? .notDefined }
+    func connectServer() -> HookOutcome { counted(.connectServer) { $0.connectServer() } }
+    func readHandshake() -> HookOutcome { counted(.readHandshake) { $0.readHandshake() } }
+    func readAuth() -> HookOutcome { counted(.readAuth) { $0.readAuth() } }
+    func readAuthResult(packet: ByteBuffer) -> HookOutcome { counted(.readAuthResult) { $0.readAuthResult(packet: packet) } }
 
     func readQuery(packet: ByteBuffer, hints: [(key: String, value: String)]) -> HookOutcome {
-        script?.readQuery(packet: packet, hints: hints) ?? .notDefined
+        counted(.readQuery) { $0.readQuery(packet: packet, hints: hints) }
     }
 
-    func readQueryResult(_ result: InjectionResult) -> HookOutcome { script?.readQueryResult(result) ?? .notDefined }
+    func readQueryResult(_ result: InjectionResult) -> HookOutcome { counted(.readQueryResult) { $0.readQueryResult(result) } }
 
     func disconnectClient() {
-        _ = script?.disconnectClient()
+        _ = counted(.disconnectClient) { $0.disconnectClient() }
+    }
+
+    /// Runs a hook, counting the call (and its error) in the loop's counters, and timing it when
+    /// the proxy keeps durations (metrics on).
+    @inline(__always)
+    private func counted(_ hook: HookKind, _ call: (ConnectionScript) -> HookOutcome) -> HookOutcome {
+        guard let script else { return .notDefined }
+        guard let handler else { return call(script) }
+        let start = handler.timesHooks ? NIODeadline.now().uptimeNanoseconds : 0
+        let outcome = call(script)
+        if case .notDefined = outcome { return outcome }
+        var failed = false
+        if case .failed = outcome { failed = true }
+        let elapsed = start == 0 ? nil : Int(clamping: NIODeadline.now().uptimeNanoseconds &- start)
+        handler.counters.hookCalled(hook, nanoseconds: elapsed, failed: failed)
+        return outcome
     }
 
     func takeServerChange() -> ServerChange? {

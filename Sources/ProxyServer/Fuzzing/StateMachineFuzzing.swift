@@ -24,7 +24,7 @@ import ProxyScripting
         var compression = CompressionSettings()
         compression.clientAlgorithms = [[], .compress, .zstdCompression, ProtocolCompression.capabilities][Int(compressing & 3)]
         compression.backend = [.mirror, .off, .always(.zlib), .always(.zstd(level: Int(compressing >> 4) + 1))][Int(compressing >> 2) & 3]
-        var machine = ConnectionStateMachine(statistics: ProxyStatistics(), script: script, maxPacketSize: 1 << 16, tls: policy,
+        var machine = ConnectionStateMachine(statistics: LoopStatistics(), script: script, maxPacketSize: 1 << 16, tls: policy,
                                              compression: compression)
         _ = machine.clientConnected()
         _ = machine.backendConnected()

@@ -15,8 +15,12 @@ final class MetricsExporter: Sendable {
     private let counters: [(ProxyStatistics.Counter, Counter)]
     private let activeConnections: Gauge
 
-    init(statistics: ProxyStatistics, backends: BackendPool) {
+    /// The Lua script's engine, for its memory and reloads (nil without a script).
+    private let scriptEngine: ScriptEngine?
+
+    init(statistics: ProxyStatistics, backends: BackendPool, scriptEngine: ScriptEngine? = nil) {
         self.statistics = statistics
+        self.scriptEngine = scriptEngine
         self.backends = backends
         let registry = PrometheusCollectorRegistry()
         self.registry = registry
@@ -29,8 +33,6 @@ final class MetricsExporter: Sendable {
             (.connectionsAccepted, counter("moonproxy_client_connections_accepted_total", [], "Client connections accepted")),
             (.connectionsRefused, counter("moonproxy_client_connections_refused_total", [],
                                           "Client connections refused by --max-connections or --max-connections-per-address")),
-            (.commands, counter("moonproxy_commands_total", [], "Commands received from clients")),
-            (.queries, counter("moonproxy_queries_total", [], "COM_QUERY commands received from clients")),
             (.bytesFromClients, counter("moonproxy_received_bytes_total", [("peer", "client")], "Bytes received")),
             (.bytesFromBackends, counter("moonproxy_received_bytes_total", [("peer", "backend")], "Bytes received")),
             (.clientProtocolErrors, counter("moonproxy_protocol_errors_total", [("peer", "client")],
@@ -40,6 +42,9 @@ final class MetricsExporter: Sendable {
             (.backendConnectFailures, counter("moonproxy_backend_connect_failures_total", [], "Failed connects to backends")),
             (.backendsLost, counter("moonproxy_backend_connections_lost_total", [], "Server connections that closed while a client used them")),
             (.errorsSentByProxy, counter("moonproxy_errors_sent_total", [], "ERR packets the proxy itself sent to clients")),
+            (.bytesToClients, counter("moonproxy_sent_bytes_total", [("peer", "client")], "Bytes sent")),
+            (.bytesToBackends, counter("moonproxy_sent_bytes_total", [("peer", "backend")], "Bytes sent")),
+            (.queryLogDropped, counter("moonproxy_query_log_dropped_total", [], "Query log entries dropped because the writer fell behind")),
         ]
     }
 
@@ -87,6 +92,106 @@ final class MetricsExporter: Sendable {
                                help: "Server connections idle in the pool, for scripts to take")
                 .set(to: Double(backends.idleCount(backend: backend.index)))
         }
-        return registry.emitToBuffer()
+        if let scriptEngine {
+            registry.makeGauge(name: "moonproxy_lua_memory_bytes", labels: [], help: "Bytes the Lua state holds")
+                .set(to: Double(scriptEngine.memoryInUse))
+        }
+        var out = registry.emitToBuffer()
+        let shards = statistics.allShards
+        appendLoopFamilies(shards, to: &out)
+        return out
+    }
+
+    /// The families each event loop counts itself, summed over the loops (swift-prometheus keeps
+    /// one value per series; these are sums of values that only their loops write).
+    private func appendLoopFamilies(_ shards: [LoopStatistics], to out: inout [UInt8]) {
+        var text = ""
+        text += "# HELP moonproxy_client_connections_closed_total Client connections that ended, by whose doing (error source)\n"
+        text += "# TYPE moonproxy_client_connections_closed_total counter\n"
+        for source in CloseSource.allCases {
+            let n = shards.reduce(0) { $0 + $1.closed(source) }
+            text += "moonproxy_client_connections_closed_total{source=\"\(source.label)\"} \(n)\n"
+        }
+
+        var backendNames: [Int: String] = [:]
+        for backend in backends.snapshot() { backendNames[backend.index] = "\(backend.address)" }
+        var series: [(labels: String, histogram: LoopStatistics.Histogram)] = []
+        for slot in 0..<LoopStatistics.backendSlots {
+            let name = slot == LoopStatistics.noBackendSlot ? "none" : backendNames[slot]
+            guard let name else { continue }
+            for kind in CommandKind.allCases {
+                let h = LoopStatistics.commandHistogram(shards, slot: slot, kind: kind)
+                guard h.count > 0 else { continue }
+                series.append(("command=\"\(kind.label)\",backend=\"\(Self.escape(name))\"", h))
+            }
+        }
+        text += "# HELP moonproxy_commands_total Commands from clients that ended, by command and backend (\"none\": answered by the script)\n"
+        text += "# TYPE moonproxy_commands_total counter\n"
+        for (labels, h) in series { text += "moonproxy_commands_total{\(labels)} \(h.count)\n" }
+        Self.histogram("moonproxy_command_duration_seconds",
+                       help: "Time from a command's first byte to the end of its response, by command and backend",
+                       buckets: LoopStatistics.commandBuckets, series: series, into: &text)
+
+        if scriptEngine != nil {
+            var hooks: [(labels: String, histogram: LoopStatistics.Histogram)] = []
+            var calls = "", errors = ""
+            for hook in HookKind.allCases {
+                let (c, e) = shards.reduce((0, 0)) { sum, s in
+                    let v = s.hookCalls(hook)
+                    return (sum.0 + v.calls, sum.1 + v.errors)
+                }
+                calls += "moonproxy_lua_hook_calls_total{hook=\"\(hook.label)\"} \(c)\n"
+                errors += "moonproxy_lua_hook_errors_total{hook=\"\(hook.label)\"} \(e)\n"
+                let h = LoopStatistics.hookHistogram(shards, hook: hook)
+                if h.count > 0 { hooks.append(("hook=\"\(hook.label)\"", h)) }
+            }
+            text += "# HELP moonproxy_lua_hook_calls_total Lua hook calls\n# TYPE moonproxy_lua_hook_calls_total counter\n" + calls
+            text += "# HELP moonproxy_lua_hook_errors_total Lua hook calls that raised an error (or ran out of time or memory)\n"
+            text += "# TYPE moonproxy_lua_hook_errors_total counter\n" + errors
+            Self.histogram("moonproxy_lua_hook_duration_seconds", help: "Time a Lua hook ran",
+                           buckets: LoopStatistics.hookBuckets, series: hooks, into: &text)
+            if let engine = scriptEngine {
+                let reloads = engine.reloads
+                text += "# HELP moonproxy_lua_reloads_total Edits of the Lua script picked up, and those that did not load (the previous version stays)\n"
+                text += "# TYPE moonproxy_lua_reloads_total counter\n"
+                text += "moonproxy_lua_reloads_total{result=\"loaded\"} \(reloads.loaded)\n"
+                text += "moonproxy_lua_reloads_total{result=\"failed\"} \(reloads.failed)\n"
+            }
+        }
+        out.append(contentsOf: Array(text.utf8))
+    }
+
+    /// A histogram family in the text format from per-bucket counts (not cumulative, +Inf last).
+    private static func histogram(_ name: String, help: String, buckets: [Int],
+                                  series: [(labels: String, histogram: LoopStatistics.Histogram)], into text: inout String) {
+        text += "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
+        for (labels, h) in series {
+            var cumulative = 0
+            for (i, bound) in buckets.enumerated() {
+                cumulative += h.buckets[i]
+                text += "\(name)_bucket{\(labels),le=\"\(seconds(bound))\"} \(cumulative)\n"
+            }
+            text += "\(name)_bucket{\(labels),le=\"+Inf\"} \(h.count)\n"
+            text += "\(name)_sum{\(labels)} \(seconds(h.sum))\n"
+            text += "\(name)_count{\(labels)} \(h.count)\n"
+        }
+    }
+
+    private static func seconds(_ nanoseconds: Int) -> String {
+        "\(Double(nanoseconds) / 1e9)"
+    }
+
+    /// A label value in the text format.
+    private static func escape(_ value: String) -> String {
+        var out = ""
+        for ch in value {
+            switch ch {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            default: out.append(ch)
+            }
+        }
+        return out
     }
 }

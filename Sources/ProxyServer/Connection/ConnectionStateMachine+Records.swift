@@ -1,0 +1,116 @@
+import MySQLWire
+import NIOCore
+
+/// What the machine tells its handler about each command (for the metrics' duration histograms
+/// and the query log) and about why the connection ended. The machine never reads the clock: the
+/// handler puts the time of the event into `now` before handing the event over, and only when it
+/// wants durations (`recording` is not `.off`).
+extension ConnectionStateMachine {
+    enum Recording: Equatable {
+        /// Nothing (no metrics endpoint, no query log): the relay reads no clock.
+        case off
+        /// Command kinds and durations.
+        case durations
+        /// Also the first `textLimit` bytes of each COM_QUERY, for the query log.
+        case text(limit: Int)
+    }
+
+    /// A command, from the client's packet to the end of the response the client got.
+    struct CommandRecord {
+        var command: CommandCode
+        /// Monotonic nanoseconds (the handler's clock).
+        var started: UInt64
+        var ended: UInt64 = 0
+        var rows: UInt64 = 0
+        var affectedRows: UInt64 = 0
+        var errorCode: UInt16 = 0
+        /// Bytes of the response from the server.
+        var responseBytes = 0
+        /// The start of the statement (COM_QUERY, COM_STMT_PREPARE), when the query log wants it.
+        var text: ByteBuffer?
+        /// The text was cut at the limit (or at the end of the read it came in).
+        var textTruncated = false
+        /// Answered by the script, without the server.
+        var answeredByScript = false
+
+        var nanoseconds: Int { ended >= started ? Int(clamping: ended - started) : 0 }
+    }
+
+    /// Commands whose timing is kept at once, at most (a client that pipelines more is timed
+    /// for the first ones only, rather than growing the list without bound).
+    static let maximumOpenRecords = 64
+
+    /// The client sent command `code`; `payload` holds what of its packet arrived with it.
+    mutating func recordCommandStarted(_ code: CommandCode, expectsResponse: Bool, payload: ByteBuffer?) {
+        Self.recordStart(code, expectsResponse: expectsResponse, payload: payload, recording: recording, now: now,
+                         open: &openRecords, finished: &finishedRecords)
+    }
+
+    /// As `recordCommandStarted`, on the properties alone (for use inside a scan of a chunk).
+    static func recordStart(_ code: CommandCode, expectsResponse: Bool, payload: ByteBuffer?, recording: Recording, now: UInt64,
+                            open: inout [CommandRecord], finished: inout [CommandRecord]) {
+        guard recording != .off, open.count < maximumOpenRecords else { return }
+        var record = CommandRecord(command: code, started: now)
+        if case .text(let limit) = recording, code == .query || code == .stmtPrepare, var payload {
+            payload.moveReaderIndex(forwardBy: min(1, payload.readableBytes))  // the command byte
+            let length = min(limit, payload.readableBytes)
+            record.text = payload.getSlice(at: payload.readerIndex, length: length)
+            record.textTruncated = length < payload.readableBytes
+        }
+        if expectsResponse {
+            open.append(record)
+        } else {
+            record.ended = now
+            finished.append(record)
+        }
+    }
+
+    /// The response to the oldest open command ended.
+    mutating func recordResponseEnded(_ end: ResponseTracker.ResponseEnd?) {
+        guard recording != .off else { return }
+        Self.recordEnd(end, now: now, open: &openRecords, finished: &finishedRecords)
+    }
+
+    static func recordEnd(_ end: ResponseTracker.ResponseEnd?, now: UInt64, open: inout [CommandRecord], finished: inout [CommandRecord]) {
+        guard !open.isEmpty else { return }
+        var record = open.removeFirst()
+        record.ended = now
+        if let end {
+            record.rows = end.rows
+            record.affectedRows = end.affectedRows
+            record.errorCode = end.errorCode
+        }
+        finished.append(record)
+    }
+
+    /// Bytes of the server's response to the oldest open command.
+    @inline(__always)
+    mutating func recordResponseBytes(_ count: Int) {
+        guard recording != .off, !openRecords.isEmpty else { return }
+        openRecords[0].responseBytes += count
+    }
+
+    /// The handler takes what ended since it last asked.
+    mutating func takeFinishedRecords() -> [CommandRecord] {
+        defer { finishedRecords.removeAll(keepingCapacity: true) }
+        return finishedRecords
+    }
+
+    /// Notes why the connection is ending, unless a reason is known already (the first one is the
+    /// cause; what follows is its consequence).
+    mutating func noteClose(_ source: CloseSource) {
+        if closeSource == nil { closeSource = source }
+    }
+
+    /// The client broke the protocol: counted, and the cause of the end.
+    mutating func clientBrokeProtocol() {
+        statistics.add(.clientProtocolErrors)
+        noteClose(loginEnded ? .malformed : .clientHandshake)
+    }
+
+    /// The server broke the protocol: counted, and the cause of the end.
+    mutating func backendBrokeProtocol() {
+        statistics.add(.backendProtocolErrors)
+        noteClose(loginEnded ? .backendProtocol : .backendHandshake)
+    }
+}
