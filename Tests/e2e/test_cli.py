@@ -1,9 +1,11 @@
 """MySQL Proxy's command line: names, short forms, defaults, --defaults-file, exit statuses, and
 the daemon chores (pid file, --daemon, --keepalive, --log-file, --user)."""
+import json
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pymysql
 import pytest
@@ -21,6 +23,11 @@ def test_version():
         assert r.returncode == 0
         assert r.stdout.startswith("moonproxy ")
         assert "Lua 5.4" in r.stdout
+        # SwiftNIO has no version at run time: the one MoonProxy names must be the one it is built with
+        resolved = Path(__file__).resolve().parents[2] / "Package.resolved"
+        if resolved.exists():
+            pins = {p["identity"]: p["state"].get("version") for p in json.loads(resolved.read_text())["pins"]}
+            assert f"SwiftNIO: {pins['swift-nio']}" in r.stdout
 
 
 def test_help_lists_mysql_proxy_options():
@@ -35,6 +42,13 @@ def test_help_lists_mysql_proxy_options():
                    "--lua-cpath", "--admin-address", "--admin-username", "--admin-password", "--admin-lua-script"]:
         assert option in r.stdout, option
     assert "USAGE: moonproxy <options>" in r.stdout and r.stdout.startswith("OVERVIEW: MySQL/MariaDB protocol proxy")
+    # grouped, in this order
+    headings = ["PROXY:", "TLS AND COMPRESSION:", "ADMIN INTERFACE:", "METRICS AND QUERY LOG:", "LOGGING:", "PROCESS:"]
+    positions = [r.stdout.index("\n" + h + "\n") for h in headings]
+    assert positions == sorted(positions)
+    metrics = r.stdout[positions[3]:positions[4]]
+    for option in ["--metrics-address", "--query-log", "--query-log-normalize", "--query-log-max-query-length"]:
+        assert option in metrics, option
     assert run("--help-all").returncode == 0
 
 
