@@ -36,7 +36,7 @@ def test_query_log(start_proxy, tmp_path):
         cur.execute("SELECT 'caf\u00e9', '\\n'")
     c.ping()
     c.close()
-    found = entries(log, 5)
+    found = entries(log, 7)  # PyMySQL's SET NAMES and SET AUTOCOMMIT, four queries, the ping
     by_query = {e.get("query", e["command"]): e for e in found}
 
     hinted = by_query["/* @trace_id abc-123 @route replica */ S"]
