@@ -96,6 +96,11 @@ extension ConnectionStateMachine {
         return finishedRecords
     }
 
+    /// The handler has read `finishedRecords` (and kept no copy of the list).
+    mutating func clearFinishedRecords() {
+        finishedRecords.removeAll(keepingCapacity: true)
+    }
+
     /// Notes why the connection is ending, unless a reason is known already (the first one is the
     /// cause; what follows is its consequence).
     mutating func noteClose(_ source: CloseSource) {
