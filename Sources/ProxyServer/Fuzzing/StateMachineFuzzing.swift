@@ -24,8 +24,10 @@ import ProxyScripting
         var compression = CompressionSettings()
         compression.clientAlgorithms = [[], .compress, .zstdCompression, ProtocolCompression.capabilities][Int(compressing & 3)]
         compression.backend = [.mirror, .off, .always(.zlib), .always(.zstd(level: Int(compressing >> 4) + 1))][Int(compressing >> 2) & 3]
-        var machine = ConnectionStateMachine(statistics: LoopStatistics(), script: script, maxPacketSize: 1 << 16, tls: policy,
-                                             compression: compression)
+        // what is recorded about commands (metrics, query log), by bits the policy also reads
+        let recording: [ConnectionStateMachine.Recording] = [.off, .durations, .text(limit: 16)]
+        var machine = ConnectionStateMachine(statistics: LoopStatistics(), recording: recording[Int(tls >> 5) % 3], script: script,
+                                             maxPacketSize: 1 << 16, tls: policy, compression: compression)
         _ = machine.clientConnected()
         _ = machine.backendConnected()
         var offered = greeting
