@@ -184,12 +184,14 @@ public final class ConnectionScript {
         hook.rawValue.trailingZeroBitCount
     }
 
-    private func call(_ hook: Hooks, arguments: (Lua) -> Int32 = { _ in 0 }, before: ((Lua) -> Void)? = nil) -> HookOutcome {
+    // `before` is not optional: an optional closure parameter escapes, so its captures would be
+    // boxed on the heap for every hook call.
+    private func call(_ hook: Hooks, arguments: (Lua) -> Int32 = { _ in 0 }, before: (Lua) -> Void = { _ in }) -> HookOutcome {
         guard hooks.contains(hook), !closed else { return .notDefined }
         let position = Self.position(of: hook)
         return engine.withLua { lua in
             engine.makeCurrent(fieldsRef: fieldsRef, lua)
-            before?(lua)
+            before(lua)
             guard pushHook(keyRef: engine.keys.hooks[position], lua) else { return .notDefined }
             let count = arguments(lua)
             do throws(LuaError) {
