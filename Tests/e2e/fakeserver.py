@@ -15,6 +15,24 @@ import struct
 import threading
 
 
+def read_packet(conn):
+    """One packet from a socket: (sequence id, payload), or (None, None) at the end."""
+    header = b""
+    while len(header) < 4:
+        chunk = conn.recv(4 - len(header))
+        if not chunk:
+            return None, None
+        header += chunk
+    length = int.from_bytes(header[:3], "little")
+    payload = b""
+    while len(payload) < length:
+        chunk = conn.recv(length - len(payload))
+        if not chunk:
+            return None, None
+        payload += chunk
+    return header[3], payload
+
+
 def frame(payload, seq):
     return struct.pack("<I", len(payload))[:3] + bytes([seq & 0xFF]) + payload
 
@@ -50,20 +68,7 @@ class FakeServer:
 
     @staticmethod
     def _read(conn):
-        header = b""
-        while len(header) < 4:
-            chunk = conn.recv(4 - len(header))
-            if not chunk:
-                return None, None
-            header += chunk
-        length = int.from_bytes(header[:3], "little")
-        payload = b""
-        while len(payload) < length:
-            chunk = conn.recv(length - len(payload))
-            if not chunk:
-                return None, None
-            payload += chunk
-        return header[3], payload
+        return read_packet(conn)
 
     def _serve(self, conn):
         try:

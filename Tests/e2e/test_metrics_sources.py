@@ -9,6 +9,7 @@ import pymysql
 import pytest
 
 from conftest import MARIADB_PORT, direct, free_port
+from fakeserver import read_packet
 from test_metrics import promtool_check, samples, scrape
 
 
@@ -24,23 +25,6 @@ def wait_closed(port, source, at_least, timeout=10):
             return
         time.sleep(0.05)
     raise AssertionError(f"{source}: {closed(port)}")  # noqa
-
-
-def read_packet(sock):
-    header = b""
-    while len(header) < 4:
-        chunk = sock.recv(4 - len(header))
-        if not chunk:
-            return None
-        header += chunk
-    length = int.from_bytes(header[:3], "little")
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            return None
-        body += chunk
-    return body
 
 
 def test_each_error_source_is_counted(start_proxy):
@@ -61,14 +45,14 @@ def test_each_error_source_is_counted(start_proxy):
 
     # client_handshake: a client that reads the greeting and leaves
     s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-    assert read_packet(s)
+    assert read_packet(s)[1]
     s.close()
     wait_closed(mport, "client_handshake", 1)
 
     # malformed: an empty packet where a command belongs gets an ERR and the close
     c = proxy.connect()
     c._sock.sendall(b"\x00\x00\x00\x00")
-    reply = read_packet(c._sock)
+    _, reply = read_packet(c._sock)
     assert reply[0] == 0xFF
     wait_closed(mport, "malformed", 1)
 

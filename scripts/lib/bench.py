@@ -77,10 +77,9 @@ class Target:
             self._stop()
 
 
-def start_haproxy(workdir, backend_port, threads):
-    port = free_port()
-    cfg = workdir / "haproxy.cfg"
-    cfg.write_text(f"""global
+def haproxy_config(path, port, backend_port, threads):
+    """HAProxy in TCP mode on 127.0.0.1:port in front of the server: the plain forwarder baseline."""
+    path.write_text(f"""global
     maxconn 4000
     nbthread {threads}
 defaults
@@ -92,6 +91,12 @@ listen mysql
     bind 127.0.0.1:{port}
     server db 127.0.0.1:{backend_port}
 """)
+    return path
+
+
+def start_haproxy(workdir, backend_port, threads):
+    port = free_port()
+    cfg = haproxy_config(workdir / "haproxy.cfg", port, backend_port, threads)
     proc = subprocess.Popen(["haproxy", "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(port)
     return Target("haproxy", port, proc.pid, lambda: (proc.terminate(), proc.wait()))

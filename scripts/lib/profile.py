@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench import free_port, wait_for  # noqa: E402
+from bench import free_port, haproxy_config, wait_for  # noqa: E402
 
 WORKLOADS = {
     "point_select_text": ["oltp_point_select", "--db-ps-mode=disable"],
@@ -56,19 +56,7 @@ def measured(tool, out):
 
 def target_command(name, port, a, workdir):
     if name == "haproxy":
-        cfg = workdir / f"haproxy-{port}.cfg"
-        cfg.write_text(f"""global
-    maxconn 4000
-    nbthread 1
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 8h
-    timeout server 8h
-listen mysql
-    bind 127.0.0.1:{port}
-    server db 127.0.0.1:{a.mariadb_port}
-""")
+        cfg = haproxy_config(workdir / f"haproxy-{port}.cfg", port, a.mariadb_port, 1)
         return ["haproxy", "-f", str(cfg), "-db"]
     cmd = [a.moonproxy, f"--proxy-address=127.0.0.1:{port}", f"--proxy-backend-addresses=127.0.0.1:{a.mariadb_port}",
            "--event-threads=1", "--log-level=warning"]
