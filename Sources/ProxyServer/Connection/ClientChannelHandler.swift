@@ -28,8 +28,16 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var activated = false
     /// The client address counted towards --max-connections-per-address.
     private var admittedAddress: String?
-    private var clientAddress: SocketAddress?
-    private var backendAddress: ProxyAddress? { didSet { publish() } }
+    private var clientAddress: SocketAddress? { didSet { clientDescription = clientAddress?.logDescription } }
+    /// `clientAddress` as logs and the admin interface show it, made once.
+    private var clientDescription: String?
+    private var backendAddress: ProxyAddress? {
+        didSet {
+            backendDescription = backendAddress.map { "\($0)" }
+            publish()
+        }
+    }
+    private var backendDescription: String?
     private var context: ChannelHandlerContext?
     private var backend: BackendChannelHandler?
     private var backendIndex: Int?
@@ -82,8 +90,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
         guard shared.logger.logLevel <= level else { return }
         var logger = shared.logger
         logger[metadataKey: "conn"] = "\(connectionID)"
-        if let clientAddress { logger[metadataKey: "client"] = "\(clientAddress.logDescription)" }
-        if let backendAddress { logger[metadataKey: "backend"] = "\(backendAddress)" }
+        if let clientDescription { logger[metadataKey: "client"] = "\(clientDescription)" }
+        if let backendDescription { logger[metadataKey: "backend"] = "\(backendDescription)" }
         if let clientTLS { logger[metadataKey: "client_tls"] = "\(clientTLS.version) \(clientTLS.cipher ?? "")" }
         if let backendTLS { logger[metadataKey: "backend_tls"] = "\(backendTLS.version) \(backendTLS.cipher ?? "")" }
         if let compression { logger[metadataKey: "compression"] = "\(compression)" }
@@ -94,8 +102,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// What the admin interface lists about this connection, written when it changes.
     private func publish() {
         guard let registry = shared.registry, connectionID != 0, !closed else { return }
-        let client = clientAddress?.logDescription ?? "local socket"
-        let backend = backendAddress.map { "\($0)" }
+        let client = clientDescription ?? "local socket"
+        let backend = backendDescription
         let user = loggedIn ? machine.session?.username : nil
         let database = loggedIn ? machine.session?.database : nil
         let tls = clientTLS.map { "\($0.version) \($0.cipher ?? "")" }
@@ -404,7 +412,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             if let queryLog = shared.queryLog {
                 let session = machine.session
                 let entry = QueryLog.Entry(record: record, connection: connectionID, user: session?.username, database: session?.database,
-                                           client: clientAddress?.logDescription, backend: record.answeredByScript ? nil : backendAddress.map { "\($0)" })
+                                           client: clientDescription, backend: record.answeredByScript ? nil : backendDescription)
                 if !queryLog.append(entry) { counters.add(.queryLogDropped) }
             }
         }

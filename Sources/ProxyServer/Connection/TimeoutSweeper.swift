@@ -44,10 +44,9 @@ final class TimeoutSweeper {
 
     func remove(_ handler: ClientChannelHandler) {
         connections.removeValue(forKey: ObjectIdentifier(handler))
-        if connections.isEmpty {
-            task?.cancel()
-            task = nil
-        }
+        // The timer stops at its next tick if the loop is still without connections: a client
+        // that connects for one query and leaves (a connect storm) would otherwise pay for
+        // scheduling and cancelling a repeated task every time.
     }
 
     /// A graceful shutdown began.
@@ -67,6 +66,11 @@ final class TimeoutSweeper {
     }
 
     private func sweep() {
+        if connections.isEmpty {
+            task?.cancel()
+            task = nil
+            return
+        }
         for handler in Array(connections.values) {
             handler.timerFired(readTicks: readTicks, writeTicks: writeTicks, loginTicks: loginTicks)
         }
