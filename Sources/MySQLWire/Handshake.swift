@@ -153,7 +153,31 @@ public struct HandshakeResponse41: Hashable, Sendable {
     public var authResponse: [UInt8]
     public var database: String?
     public var authPluginName: String?
-    public var attributes: [(key: String, value: String)]
+    /// The connection attributes as sent (length-encoded key/value pairs, without the block's own
+    /// length): checked when parsed, but turned into strings only when asked for, since the proxy
+    /// passes them on unread on every login.
+    public var attributesBlock = ByteBuffer()
+
+    public var attributes: [(key: String, value: String)] {
+        get {
+            var block = attributesBlock
+            var out: [(key: String, value: String)] = []
+            while block.readableBytes > 0,
+                  let key = try? block.readMySQLLengthEncodedString("attribute name"),
+                  let value = try? block.readMySQLLengthEncodedString("attribute value") {
+                out.append((key, value))
+            }
+            return out
+        }
+        set {
+            var block = ByteBuffer()
+            for (key, value) in newValue {
+                block.writeMySQLLengthEncodedString(key)
+                block.writeMySQLLengthEncodedString(value)
+            }
+            attributesBlock = block
+        }
+    }
     /// The zstd level a client asking for CLIENT_ZSTD_COMPRESSION_ALGORITHM sends last.
     public var zstdCompressionLevel: UInt8?
     /// Where, in the parsed payload, the zstd level byte is or would go: the end of the fields
@@ -184,8 +208,8 @@ public struct HandshakeResponse41: Hashable, Sendable {
         self.authResponse = authResponse
         self.database = database
         self.authPluginName = authPluginName
-        self.attributes = attributes
         self.zstdCompressionLevel = zstdCompressionLevel
+        self.attributes = attributes
     }
 
     /// The fixed part is 32 bytes; a packet of exactly that size with CLIENT_SSL is an SSLRequest.
@@ -238,7 +262,6 @@ public struct HandshakeResponse41: Hashable, Sendable {
         }
         self.database = nil
         self.authPluginName = nil
-        self.attributes = []
         if caps.contains(.connectWithDB), buffer.readableBytes > 0 {
             self.database = buffer.readMySQLNullTerminatedStringOrRest()
         }
@@ -246,12 +269,13 @@ public struct HandshakeResponse41: Hashable, Sendable {
             self.authPluginName = buffer.readMySQLNullTerminatedStringOrRest()
         }
         if caps.contains(.connectAttributes), buffer.readableBytes > 0 {
-            var attrs = try buffer.readMySQLLengthEncodedSlice("connection attributes")
-            while attrs.readableBytes > 0 {
-                let key = try attrs.readMySQLLengthEncodedString("attribute name")
-                let value = try attrs.readMySQLLengthEncodedString("attribute value")
-                self.attributes.append((key, value))
+            let attrs = try buffer.readMySQLLengthEncodedSlice("connection attributes")
+            var walk = attrs
+            while walk.readableBytes > 0 {
+                _ = try walk.readMySQLLengthEncodedSlice("attribute name")
+                _ = try walk.readMySQLLengthEncodedSlice("attribute value")
             }
+            self.attributesBlock = attrs
         }
         self.zstdCompressionLevel = nil
         self.zstdLevelOffset = buffer.readerIndex - payload.readerIndex
@@ -287,12 +311,7 @@ public struct HandshakeResponse41: Hashable, Sendable {
             buffer.writeMySQLNullTerminatedString(authPluginName ?? "")
         }
         if capabilities.contains(.connectAttributes) {
-            var attrs = ByteBuffer()
-            for (key, value) in attributes {
-                attrs.writeMySQLLengthEncodedString(key)
-                attrs.writeMySQLLengthEncodedString(value)
-            }
-            buffer.writeMySQLLengthEncodedBuffer(attrs)
+            buffer.writeMySQLLengthEncodedBuffer(attributesBlock)
         }
         if capabilities.contains(.zstdCompression) {
             buffer.writeInteger(zstdCompressionLevel ?? UInt8(ProtocolCompression.defaultZstdLevel))

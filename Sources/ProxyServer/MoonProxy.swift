@@ -267,7 +267,7 @@ public final class MoonProxy: Sendable {
             .childChannelInitializer { channel in
                 guard !context.isStopping else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
-                    let handler = ClientChannelHandler(shared: context, eventLoop: channel.eventLoop)
+                    let handler = ClientChannelHandler(shared: context, channel: channel)
                     if let networks = context.configuration.proxyProtocolNetworks, networks.contains(channel.remoteAddress) {
                         let decoder = ProxyProtocolDecoder(timeout: context.configuration.loginTimeout ?? .seconds(10), logger: context.logger) {
                             handler.proxyProtocolEndpoints = $0

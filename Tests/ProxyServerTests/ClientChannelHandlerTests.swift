@@ -38,7 +38,7 @@ final class EmbeddedConnector: BackendConnector, @unchecked Sendable {
         context = ProxyContext(configuration: config, backends: BackendPool(config.backends), statistics: ProxyStatistics(),
                                connector: connector, logger: Logger(label: "test"))
         client = EmbeddedChannel(loop: loop)
-        try client.pipeline.syncOperations.addHandler(ClientChannelHandler(shared: context, eventLoop: client.eventLoop))
+        try client.pipeline.syncOperations.addHandler(ClientChannelHandler(shared: context, channel: client))
         try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 55555)).wait()
     }
 
@@ -102,7 +102,7 @@ final class EmbeddedConnector: BackendConnector, @unchecked Sendable {
         let context = ProxyContext(configuration: config, backends: BackendPool(config.backends), statistics: ProxyStatistics(),
                                    connector: connector, logger: Logger(label: "test"))
         let client = EmbeddedChannel(loop: loop)
-        try client.pipeline.syncOperations.addHandler(ClientChannelHandler(shared: context, eventLoop: client.eventLoop))
+        try client.pipeline.syncOperations.addHandler(ClientChannelHandler(shared: context, channel: client))
         try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 55555)).wait()
         let frames = try readAll(client).frames()
         #expect(try ERRPacket(parsing: frames[0].payload).code == 1105)

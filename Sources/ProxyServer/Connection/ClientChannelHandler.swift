@@ -69,11 +69,15 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var clientBlockedTicks = 0
     private var backendBlockedTicks = 0
 
-    init(shared: ProxyContext, eventLoop: EventLoop) {
+    init(shared: ProxyContext, channel: Channel) {
         self.shared = shared
-        self.counters = shared.statistics.shard(for: eventLoop)
+        let counters = shared.statistics.shard(for: channel.eventLoop)
+        self.counters = counters
         self.recording = shared.recording
-        self.machine = ConnectionStateMachine(statistics: counters)
+        // Made once, as the connection will use it (a script's connection makes its own when the
+        // script starts): a second one would cost its allocations again on every connection.
+        self.machine = ConnectionStateMachine(statistics: counters, recording: shared.recording, tls: Self.tlsPolicy(shared, channel),
+                                              compression: shared.configuration.compression)
     }
 
     /// Lua hooks are timed (metrics on).
@@ -152,7 +156,6 @@ final class ClientChannelHandler: ChannelInboundHandler {
             context.fireChannelActive()
             return
         }
-        machine = ConnectionStateMachine(statistics: counters, recording: recording, tls: tlsPolicy(context), compression: shared.configuration.compression)
         publish()
         log(.debug, "client connected")
         sweeper = shared.sweeper(for: context.eventLoop)
@@ -190,7 +193,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             connection.script = script
             scripted = connection
             machine = ConnectionStateMachine(statistics: counters, recording: recording, script: connection,
-                                             maxPacketSize: shared.configuration.maxAssembledPacketSize, tls: tlsPolicy(context),
+                                             maxPacketSize: shared.configuration.maxAssembledPacketSize, tls: Self.tlsPolicy(shared, context.channel),
                                              compression: shared.configuration.compression)
             return true
         case .failure(let failure):
@@ -211,13 +214,13 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     /// What this connection may do with TLS.
-    private func tlsPolicy(_ context: ChannelHandlerContext) -> ConnectionStateMachine.TLSPolicy {
+    private static func tlsPolicy(_ shared: ProxyContext, _ channel: Channel) -> ConnectionStateMachine.TLSPolicy {
         var policy = ConnectionStateMachine.TLSPolicy()
         guard let tls = shared.tls else { return policy }
         policy.offer = tls.forClients == nil ? .never : tls.client.offer
         policy.requireSecureTransport = tls.client.requireSecureTransport
         policy.backend = tls.backendProblem == nil ? tls.backend.mode : .off
-        if case .unixDomainSocket = context.channel.localAddress { policy.localSocket = true }
+        if case .unixDomainSocket = channel.localAddress { policy.localSocket = true }
         return policy
     }
 
