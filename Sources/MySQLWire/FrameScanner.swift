@@ -52,11 +52,22 @@ public struct FrameScanner: Sendable {
     /// returns false to stop early (the scanner is then left mid-chunk and must not be used again).
     public mutating func scan(_ chunk: ByteBuffer, _ body: (Event) -> Bool) {
         chunk.withUnsafeReadableBytes { bytes in
-            self.scan(bytes, body)
+            self.walk(bytes, reportsEnds: true, start: { body(.packetStart($0, offset: $1)) }, end: { body(.packetEnd(offset: $0)) })
         }
     }
 
-    private mutating func scan(_ bytes: UnsafeRawBufferPointer, _ body: (Event) -> Bool) {
+    /// Like `scan`, for callers that only want to know where packets start (the relay): `body`
+    /// gets each packet's start and the offset of its header, and no end events are made.
+    public mutating func scanPacketStarts(_ chunk: ByteBuffer, _ body: (PacketStart, Int) -> Bool) {
+        chunk.withUnsafeReadableBytes { bytes in
+            self.walk(bytes, reportsEnds: false, start: body, end: { _ in true })
+        }
+    }
+
+    /// The one walk behind both entry points; inlined into each so that `reportsEnds` is a constant there.
+    @inline(__always)
+    private mutating func walk(_ bytes: UnsafeRawBufferPointer, reportsEnds: Bool,
+                               start: (PacketStart, Int) -> Bool, end: (Int) -> Bool) {
         let count = bytes.count
         var i = 0
         while true {
@@ -68,7 +79,7 @@ public struct FrameScanner: Sendable {
             }
             if inPacket && !frameIsFull {
                 inPacket = false
-                if !body(.packetEnd(offset: i)) { return }
+                if reportsEnds && !end(i) { return }
                 continue
             }
             if i == count && carry.isEmpty { return }
@@ -80,11 +91,11 @@ public struct FrameScanner: Sendable {
                 let prefixLength = wantPrefix ? Swift.min(length, PacketPrefix.capacity) : 0
                 if count - i - PacketHeader.size >= prefixLength {
                     let header = PacketHeader(payloadLength: length, sequenceID: UInt8(truncatingIfNeeded: word >> 24))
-                    let start = i
+                    let headerOffset = i
                     i += PacketHeader.size
                     if !frameStarted(header) {
-                        let prefix = PacketPrefix(UnsafeRawBufferPointer(rebasing: bytes[i..<(i + prefixLength)]))
-                        if !body(.packetStart(PacketStart(header: header, prefix: prefix), offset: start)) { return }
+                        let prefix = PacketPrefix(bytes, at: i, count: prefixLength)
+                        if !start(PacketStart(header: header, prefix: prefix), headerOffset) { return }
                     }
                     continue
                 }
@@ -110,7 +121,7 @@ public struct FrameScanner: Sendable {
             let isContinuation = frameStarted(header)
             remaining -= prefixLength  // those payload bytes were consumed while gathering
             if !isContinuation {
-                if !body(.packetStart(PacketStart(header: header, prefix: prefix, isSplit: true), offset: 0)) { return }
+                if !start(PacketStart(header: header, prefix: prefix, isSplit: true), 0) { return }
             }
         }
     }

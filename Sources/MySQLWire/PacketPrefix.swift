@@ -20,6 +20,26 @@ public struct PacketPrefix: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The `count` (at most `capacity`) bytes at `offset` in `bytes`. When a whole `capacity`
+    /// bytes lie there, they are loaded as four words (no call to memcpy); the ones past `count`
+    /// belong to whatever follows and are never read.
+    @inlinable @inline(__always)
+    public init(_ bytes: UnsafeRawBufferPointer, at offset: Int, count: Int) {
+        precondition(offset >= 0 && count >= 0 && count <= Self.capacity && offset + count <= bytes.count)
+        if bytes.count - offset >= Self.capacity {
+            self._count = count
+            self.storage = (bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self),
+                            bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self),
+                            bytes.loadUnaligned(fromByteOffset: offset + 16, as: UInt64.self),
+                            bytes.loadUnaligned(fromByteOffset: offset + 24, as: UInt64.self))
+        } else {
+            self._count = count
+            if count > 0 {
+                withUnsafeMutableBytes(of: &storage) { $0.baseAddress!.copyMemory(from: bytes.baseAddress! + offset, byteCount: count) }
+            }
+        }
+    }
+
     public init(_ buffer: ByteBuffer) {
         self = buffer.withUnsafeReadableBytes { PacketPrefix($0) }
     }

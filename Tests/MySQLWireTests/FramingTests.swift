@@ -172,6 +172,56 @@ import Testing
         }
     }
 
+    /// The relay's starts-only walk sees the same starts, at the same offsets, as the full one:
+    /// the whole stream, split at every point, and with prefixes that end near a chunk's end
+    /// (where the prefix is copied byte by byte instead of loaded as four words).
+    @Test func startsOnlyWalkAgreesWithTheFullOne() {
+        func starts(_ chunks: [ByteBuffer], full: Bool) -> [String] {
+            var scanner = FrameScanner()
+            var seen: [String] = []
+            for chunk in chunks {
+                let note = { (s: FrameScanner.PacketStart, offset: Int) in
+                    seen.append("\(offset):\(s.header.payloadLength):\(s.header.sequenceID):\(s.prefix.buffer.hex):\(s.isSplit)")
+                }
+                if full {
+                    scanner.scan(chunk) { event in
+                        if case .packetStart(let s, let offset) = event { note(s, offset) }
+                        return true
+                    }
+                } else {
+                    scanner.scanPacketStarts(chunk) { s, offset in
+                        note(s, offset)
+                        return true
+                    }
+                }
+            }
+            return seen
+        }
+        var stream = selectOne
+        var long = frame(String(repeating: "cd", count: 45), seq: 6)
+        stream.writeBuffer(&long)
+        for split in 0...stream.readableBytes {
+            let chunks = [stream.getSlice(at: 0, length: split)!, stream.getSlice(at: split, length: stream.readableBytes - split)!]
+            #expect(starts(chunks, full: false) == starts(chunks, full: true), "split at \(split)")
+        }
+        #expect(starts([stream], full: false).last == "57:45:6:\(String(repeating: "cd", count: 32)):false")
+    }
+
+    @Test func prefixFromWordsEqualsPrefixFromBytes() {
+        let bytes: [UInt8] = (0..<80).map { UInt8($0) }
+        bytes.withUnsafeBytes { raw in
+            for offset in [0, 7, 40, 48, 60, 75] {
+                for count in [0, 1, 5, 31, 32] where offset + count <= raw.count {
+                    let loaded = PacketPrefix(raw, at: offset, count: count)
+                    let copied = PacketPrefix(UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + count)]))
+                    #expect(loaded == copied && loaded.count == count, "offset \(offset) count \(count)")
+                    #expect(loaded[count] == nil)
+                    if count > 0 { #expect(loaded[count - 1] == UInt8(offset + count - 1)) }
+                }
+            }
+        }
+    }
+
     @Test func byteByByte() {
         let bytes = Array(selectOne.readableBytesView)
         #expect(scan(bytes.map { ByteBuffer(bytes: [$0]) }) == scan([selectOne]))

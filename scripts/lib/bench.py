@@ -94,12 +94,23 @@ listen mysql
     return path
 
 
-def start_haproxy(workdir, backend_port, threads):
+def start_haproxy(workdir, backend_port, threads, name="haproxy"):
     port = free_port()
-    cfg = haproxy_config(workdir / "haproxy.cfg", port, backend_port, threads)
+    cfg = haproxy_config(workdir / f"{name}.cfg", port, backend_port, threads)
     proc = subprocess.Popen(["haproxy", "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(port)
-    return Target("haproxy", port, proc.pid, lambda: (proc.terminate(), proc.wait()))
+    return Target(name, port, proc.pid, lambda: (proc.terminate(), proc.wait()))
+
+
+def thread_suffix(n, first):
+    """Targets at the first thread count keep their plain names; the others are NAME@Nt."""
+    return "" if n == first else f"@{n}t"
+
+
+def baseline_of(name):
+    """The HAProxy target a MoonProxy target is compared with: the one with as many threads."""
+    _, at, threads = name.partition("@")
+    return "haproxy" + (f"@{threads}" if at else "")
 
 
 def start_moonproxy(binary, backend_port, threads, name="moonproxy", extra=()):
@@ -193,7 +204,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=8)
-    ap.add_argument("--proxy-threads", type=int, default=1, help="event threads of MoonProxy and HAProxy's nbthread")
+    ap.add_argument("--proxy-threads", default="1",
+                    help="event threads of MoonProxy and HAProxy's nbthread; a list (1,2) runs a MoonProxy and an "
+                         "HAProxy per count side by side (the script and metrics targets use the first count)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--extra-moonproxy", action="append", default=[],
                     help="NAME=ARGS: another MoonProxy target started with these extra arguments")
@@ -215,9 +228,12 @@ def main():
     subprocess.run(["sysbench", "oltp_read_only", "--mysql-host=127.0.0.1", f"--mysql-port={a.mariadb_port}", "--mysql-user=root",
                     "--mysql-db=sbtest", "--tables=4", "--table-size=50000", "prepare"], check=True, capture_output=True)
 
-    targets = [Target("direct", a.mariadb_port),
-               start_haproxy(workdir, a.mariadb_port, a.proxy_threads),
-               start_moonproxy(a.moonproxy, a.mariadb_port, a.proxy_threads, extra=tls_args)]
+    thread_counts = [int(n) for n in str(a.proxy_threads).split(",") if n]
+    first = thread_counts[0]
+    targets = [Target("direct", a.mariadb_port)]
+    for n in thread_counts:
+        targets.append(start_haproxy(workdir, a.mariadb_port, n, name="haproxy" + thread_suffix(n, first)))
+        targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, n, name="moonproxy" + thread_suffix(n, first), extra=tls_args))
     if not a.no_script_targets:
         a.extra_moonproxy = [f"moon+empty=--proxy-lua-script={HERE / 'bench_empty.lua'}",
                              f"moon+append=--proxy-lua-script={HERE / 'bench_append.lua'}"] + a.extra_moonproxy
@@ -225,7 +241,7 @@ def main():
         a.extra_moonproxy.append(f"moon+metrics=--metrics-address=127.0.0.1:{free_port()}")
     for spec in a.extra_moonproxy:
         name, _, args = spec.partition("=")
-        targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, a.proxy_threads, name=name, extra=tls_args + args.split()))
+        targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, first, name=name, extra=tls_args + args.split()))
 
     results = {w: {t.name: [] for t in targets} for w in workloads}
     try:
@@ -263,7 +279,7 @@ def main():
     cpu_by_workload = {}
     print()
     print(f"MoonProxy benchmark: {a.rounds} rounds x {a.seconds}s, {a.threads} client threads, "
-          f"{a.proxy_threads} proxy thread(s), {os.cpu_count()} CPUs; medians over rounds")
+          f"{'/'.join(map(str, thread_counts))} proxy thread(s), {os.cpu_count()} CPUs; medians over rounds")
     print(f"{'workload':20} {'target':14} {'rate':>12} {'unit':10} {'p95 ms':>9} {'CPU s/10k':>10} {'user+sys µs':>13} {'peak RSS':>9}")
     for w in workloads:
         unit = WORKLOADS[w][0]
@@ -280,14 +296,14 @@ def main():
             print(f"{w:20} {t.name:14} {rate:12.1f} {unit:10} {p95:9.2f} "
                   f"{(f'{cpu:.3f}' if cpu is not None else '-'):>10} {split:>13} {(f'{rss:.1f}M' if rss is not None else '-'):>9}"
                   + (f"  ({errors} errors)" if errors else ""))
-        base_rate, base_cpu = summary["haproxy"]
         direct_rate = summary["direct"][0]
         plain_cpu = summary["moonproxy"][1]
         for t in targets:
-            if t.name in ("direct", "haproxy"):
+            if t.name == "direct" or t.name.startswith("haproxy"):
                 continue
+            base_rate, base_cpu = summary[baseline_of(t.name)]
             rate, cpu = summary[t.name]
-            versus_plain = f"  CPU/moonproxy {cpu / plain_cpu:5.2f}" if t.name != "moonproxy" and plain_cpu else ""
+            versus_plain = f"  CPU/moonproxy {cpu / plain_cpu:5.2f}" if t.name.startswith("moon+") and plain_cpu else ""
             plain_w = None
             if w.endswith("_tls"):
                 base = w[:-len("_tls")]
@@ -295,8 +311,12 @@ def main():
             versus_tls = ""
             if plain_w in cpu_by_workload and cpu_by_workload[plain_w].get(t.name):
                 versus_tls = f"  CPU TLS/plaintext {cpu / cpu_by_workload[plain_w][t.name]:5.2f}"
-            print(f"{'':20} {t.name + ' ratios':14} rate/haproxy {rate / base_rate:5.2f}  rate/direct {rate / direct_rate:5.2f}  "
-                  f"CPU/haproxy {cpu / base_cpu if base_cpu else float('nan'):5.2f}{versus_plain}{versus_tls}")
+            print(f"{'':20} {t.name + ' ratios':14} rate/{baseline_of(t.name)} {rate / base_rate:5.2f}  rate/direct {rate / direct_rate:5.2f}  "
+                  f"CPU/{baseline_of(t.name)} {cpu / base_cpu if base_cpu else float('nan'):5.2f}{versus_plain}{versus_tls}")
+        for n in thread_counts[1:]:
+            for proxy in ("haproxy", "moonproxy"):
+                one, more = summary[proxy][0], summary[proxy + thread_suffix(n, first)][0]
+                print(f"{'':20} {proxy + ' scaling':14} rate {n}t/{first}t {more / one:5.2f}")
         cpu_by_workload[w] = {name: c for name, (_, c) in summary.items()}
 
 

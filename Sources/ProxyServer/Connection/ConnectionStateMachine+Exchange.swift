@@ -389,8 +389,7 @@ extension ConnectionStateMachine {
     private mutating func streamResponse(_ chunk: ByteBuffer) -> Action {
         var failure: (FrameScanner.PacketStart, offset: Int, WireError)?
         var ended: ResponseTracker.ResponseEnd?
-        fromServer.scan(chunk) { event in
-            guard case .packetStart(let packet, let offset) = event else { return true }
+        fromServer.scanPacketStarts(chunk) { packet, offset in
             do throws(WireError) {
                 let kind = try tracker.serverPacketStarted(packet)
                 if exchange.firstByte == nil && kind != .progress { exchange.firstByte = packet.firstByte ?? 0 }

@@ -10,11 +10,11 @@ extension ConnectionStateMachine {
     /// connection: the server's bytes go to the client as they are, the tracker is desynchronised
     /// and picks up again at the client's next command, and the warning names what it could not follow.
     mutating func relayFromServer(_ chunk: ByteBuffer) -> Action {
-        var failure: (command: CommandCode?, packet: FrameScanner.PacketStart, error: WireError)?
+        var warning: String?  // (a String, not the error itself: cheaper to carry when nothing failed)
         let recordingOn = recording != .off
         if recordingOn { recordResponseBytes(chunk.readableBytes) }
-        fromServer.scan(chunk) { event in
-            guard case .packetStart(let packet, _) = event, !tracker.isDesynchronized else { return true }
+        fromServer.scanPacketStarts(chunk) { packet, _ in
+            guard !tracker.isDesynchronized else { return true }
             do throws(WireError) {
                 if case .endOfResponse(let end) = try tracker.serverPacketStarted(packet) {
                     if end.command == nil {
@@ -24,16 +24,16 @@ extension ConnectionStateMachine {
                     }
                 }
             } catch {
-                failure = (tracker.currentCommand, packet, error)
+                let command = tracker.currentCommand.map { "\($0)" } ?? "the login"
+                warning = "cannot follow the server's response to \(command) (\(error)) at a packet of \(packet.header.payloadLength) bytes starting \(packet.prefix.description.prefix(32)); relaying it unchanged and following again from the client's next command"
                 tracker.desynchronize()
                 if recordingOn { openRecords.removeAll() }
             }
             return true
         }
-        guard let failure else { return .forwardToClient(chunk) }
+        guard let warning else { return .forwardToClient(chunk) }
         statistics.add(.backendProtocolErrors)  // counted, but the connection goes on
-        let command = failure.command.map { "\($0)" } ?? "the login"
-        return .forwardToClientUnderstoodNot(chunk, warning: "cannot follow the server's response to \(command) (\(failure.error)) at a packet of \(failure.packet.header.payloadLength) bytes starting \(failure.packet.prefix.description.prefix(32)); relaying it unchanged and following again from the client's next command")
+        return .forwardToClientUnderstoodNot(chunk, warning: warning)
     }
 
     /// Forwards what came before the bad packet and puts an ERR where it stood.
@@ -48,12 +48,11 @@ extension ConnectionStateMachine {
 
     /// Scans a chunk from the client, registering each command with the tracker; forwards it whole.
     mutating func relayFromClient(_ chunk: ByteBuffer) -> Action {
-        var failure: (FrameScanner.PacketStart, WireError)?
+        var failure: (isSplit: Bool, sequenceID: UInt8, error: String)?
         var commands = 0
         var queries = 0
         let recordingOn = recording != .off
-        fromClient.scan(chunk) { event in
-            guard case .packetStart(let packet, let offset) = event else { return true }
+        fromClient.scanPacketStarts(chunk) { packet, offset in
             do throws(WireError) {
                 if case .command(let code, let shape) = try tracker.clientPacketStarted(packet) {
                     commands += 1
@@ -67,21 +66,21 @@ extension ConnectionStateMachine {
                 }
                 return true
             } catch {
-                failure = (packet, error)
+                failure = (packet.isSplit, packet.header.sequenceID, "\(error)")
                 return false
             }
         }
         tracker.clientFramesSeen(upTo: fromClient.lastSequenceID)
         if commands > 0 { statistics.add(.commands, commands) }
         if queries > 0 { statistics.add(.queries, queries) }
-        if let (packet, error) = failure {
+        if let failure {
             clientBrokeProtocol()
-            let reason = "malformed packet from the client: \(error)"
-            if tracker.isAwaitingResponse || packet.isSplit {
+            let reason = "malformed packet from the client: \(failure.error)"
+            if tracker.isAwaitingResponse || failure.isSplit {
                 return .abortConnections(reason: reason)
             }
             statistics.add(.errorsSentByProxy)
-            return .sendToClientAndClose(Self.framed(.unknownCommand(), sequenceID: packet.header.sequenceID &+ 1, protocol41: true), reason: reason)
+            return .sendToClientAndClose(Self.framed(.unknownCommand(), sequenceID: failure.sequenceID &+ 1, protocol41: true), reason: reason)
         }
         return .forwardToBackend(chunk)
     }

@@ -94,8 +94,9 @@ struct ConnectionStateMachine {
         /// Forward what the server sent, then close both sides (an ERR instead of a greeting, or
         /// the end of the last response before a shutdown).
         case forwardToClientAndClose(ByteBuffer)
-        /// Write to either side and flush at once (scripted connections).
-        case send(Output)
+        /// Write to either side and flush at once (scripted connections). Boxed: an `Output` is
+        /// several buffers wide, and every action is copied and destroyed on the relay's path.
+        indirect case send(Output)
         /// Send packets the proxy made (usually one ERR) and close both sides; `reason` is logged.
         case sendToClientAndClose(ByteBuffer, reason: String)
         /// Close both sides without a word (once what was written to the client is out); `reason`
@@ -352,6 +353,10 @@ struct ConnectionStateMachine {
     mutating func backendDataReceived(_ chunk: ByteBuffer) -> Action {
         statistics.add(.bytesFromBackends, chunk.readableBytes)
         switch phase {
+        case .relaying where !intercepting && !closeWhenIdle && !interceptingAuthResult && loginShift == 0
+                                && compressionPending == nil && !exchange.active:
+            // The plain relay (no hook on the path): it only ever forwards.
+            return relayFromServer(chunk)
         case .relaying:
             var action: Action
             if interceptingAuthResult || loginShift != 0 || compressionPending != nil {
