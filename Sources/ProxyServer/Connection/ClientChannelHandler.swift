@@ -44,30 +44,30 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var triedBackends: Set<Int> = []
     private var readingFromClient = true
     private var flushPending = false
-    private var closed = false
+    var closed = false
     var abortBackendOnClose = false
     /// The connection's script, when the proxy runs one.
     var scripted: ScriptedConnection?
     private var disconnectHookCalled = false
     /// The TLS of the client's link and of the server's, once their handshakes are done.
-    private var clientTLSHandler: NIOSSLServerHandler?
-    private var clientCipher: String?
+    var clientTLSHandler: NIOSSLServerHandler?
+    var clientCipher: String?
     private(set) var clientTLS: ScriptTLSInfo? { didSet { publish() } }
     private(set) var backendTLS: ScriptTLSInfo? { didSet { publish() } }
     /// The compression each link speaks, once the login negotiated it.
-    private var compression: String? { didSet { publish() } }
-    private var backendCompression: String? { didSet { publish() } }
+    var compression: String? { didSet { publish() } }
+    var backendCompression: String? { didSet { publish() } }
 
     // Timeouts are checked by the event loop's sweeper; the hot path only sets these flags.
     var sweeper: TimeoutSweeper?
-    private var loggedIn = false { didSet { publish() } }
-    private var ticksBeforeLogin = 0
-    private var clientSpoke = false
-    private var backendSpoke = false
-    private var clientIdleTicks = 0
-    private var backendIdleTicks = 0
-    private var clientBlockedTicks = 0
-    private var backendBlockedTicks = 0
+    var loggedIn = false { didSet { publish() } }
+    var ticksBeforeLogin = 0
+    var clientSpoke = false
+    var backendSpoke = false
+    var clientIdleTicks = 0
+    var backendIdleTicks = 0
+    var clientBlockedTicks = 0
+    var backendBlockedTicks = 0
 
     init(shared: ProxyContext, channel: Channel) {
         self.shared = shared
@@ -348,7 +348,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     // MARK: actions
 
-    private func run(_ action: ConnectionStateMachine.Action) {
+    func run(_ action: ConnectionStateMachine.Action) {
         switch action {
         case .none:
             break
@@ -421,73 +421,6 @@ final class ClientChannelHandler: ChannelInboundHandler {
         }
         // the list keeps its storage (no copy of it was kept): no allocation per command
         machine.clearFinishedRecords()
-    }
-
-    /// The client asked for TLS: the handshake runs in a handler in front of this one, and the
-    /// bytes that came behind the SSLRequest (the ClientHello) go through it first.
-    private func startClientTLS(_ leftover: ByteBuffer) {
-        guard let context, let sslContext = shared.tls?.forClients else {
-            closeBoth()
-            return
-        }
-        do {
-            let handler = NIOSSLServerHandler(context: sslContext)
-            try context.pipeline.syncOperations.addHandler(handler, position: .first)
-            clientTLSHandler = handler
-            // the cipher, read from the ServerHello the TLS handler writes
-            try context.pipeline.syncOperations.addHandler(ServerHelloSniffer(watching: .outbound) { [weak self] cipher in
-                self?.clientCipher = cipher
-            }, position: .first)
-        } catch {
-            log(.error, "closing: cannot start TLS with the client: \(error)")
-            closeBoth()
-            return
-        }
-        if leftover.readableBytes > 0 { context.pipeline.syncOperations.fireChannelRead(NIOAny(leftover)) }
-    }
-
-    /// The login's OK went out: the client's link speaks the compressed protocol from now on.
-    private func startClientCompression(_ algorithm: ProtocolCompression) {
-        guard let context else { return }
-        do {
-            try context.pipeline.syncOperations.addHandler(CompressionHandler(role: .server, compression: algorithm), position: .before(self))
-            compression = "\(algorithm)"
-            scripted?.client.compression = compression
-        } catch {
-            log(.error, "closing: cannot start \(algorithm) compression with the client: \(error)")
-            closeBoth()
-        }
-    }
-
-    /// The login's OK came from the server: its link speaks the compressed protocol from now on.
-    private func startBackendCompression(_ algorithm: ProtocolCompression, early: ByteBuffer?) {
-        guard let backend else { return }
-        do {
-            try backend.startCompression(algorithm, early: early)
-            backendCompression = "\(algorithm)"
-            scripted?.server?.compression = backendCompression
-        } catch {
-            log(.error, "closing: cannot start \(algorithm) compression with the backend: \(error)")
-            closeBoth()
-        }
-    }
-
-    /// The login's SSLRequest goes to the server in plaintext, and the link turns to TLS; what is
-    /// written next waits in the TLS handler until its handshake is done.
-    private func startBackendTLS(_ request: ByteBuffer) {
-        guard let backend, let tls = shared.tls else { return }
-        do {
-            let sslContext = try tls.forBackend(clientVersion: clientTLSHandler?.tlsVersion)
-            var hostname: String? = nil
-            if case .tcp(let host, _) = backendAddress, (try? SocketAddress(ipAddress: host, port: 0)) == nil {
-                hostname = host  // SNI, and the name verify-identity checks; an IP address is checked against the peer's
-            }
-            try backend.startTLS(request: request, context: sslContext, serverHostname: hostname)
-        } catch {
-            log(.warning, "cannot start TLS with the backend: \(error)")
-            machine.noteClose(.backendHandshake)
-            run(machine.backendTLSFailed(TLSFailure.describe(error)))
-        }
     }
 
     /// Writes a chunk that was just read from the other side. A read that did not fill its buffer
@@ -639,41 +572,4 @@ final class ClientChannelHandler: ChannelInboundHandler {
                 }
             }
     }
-
-    // MARK: timeouts
-
-    /// Called by the sweeper every tick.
-    func timerFired(readTicks: Int, writeTicks: Int, loginTicks: Int? = nil) {
-        guard !closed else { return }
-        if !loggedIn {
-            loggedIn = machine.loginEnded
-            ticksBeforeLogin += 1
-            if !loggedIn, let loginTicks, ticksBeforeLogin > loginTicks {
-                // as MariaDB's connect_timeout: a client that does not finish its login (a stalled
-                // TLS handshake, a half-sent handshake response) is cut off
-                counters.add(.clientProtocolErrors)
-                machine.noteClose(.clientHandshake)
-                run(.abortConnections(reason: "the client did not log in within --proxy-login-timeout"))
-                return
-            }
-        }
-        clientIdleTicks = clientSpoke ? 0 : clientIdleTicks + 1
-        backendIdleTicks = backendSpoke ? 0 : backendIdleTicks + 1
-        clientSpoke = false
-        backendSpoke = false
-        if let context, !context.channel.isWritable { clientBlockedTicks += 1 } else { clientBlockedTicks = 0 }
-        if let backend, !backend.isWritable { backendBlockedTicks += 1 } else { backendBlockedTicks = 0 }
-
-        if clientBlockedTicks >= writeTicks || backendBlockedTicks >= writeTicks {
-            machine.noteClose(.timeout)
-            run(.abortConnections(reason: "a write stayed blocked for longer than the write timeout"))
-        } else if clientIdleTicks >= readTicks {
-            clientIdleTicks = 0
-            run(machine.readTimedOut(client: true))
-        } else if backendIdleTicks >= readTicks {
-            backendIdleTicks = 0
-            run(machine.readTimedOut(client: false))
-        }
-    }
 }
-
