@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -22,7 +25,9 @@ public final class MoonProxy: Sendable {
     private let state = NIOLockedValueBox(ServerState())
 
     private struct ServerState {
-        var serverChannel: Channel?
+        /// The proxy's listeners: one, or with several event loops and a TCP address, one per loop
+        /// (see `bindPerLoop`). The first one's address is the proxy's.
+        var serverChannels: [Channel] = []
         var adminChannel: Channel?
         var metricsChannel: Channel?
         var started = false
@@ -191,7 +196,7 @@ public final class MoonProxy: Sendable {
 
     /// The address the listener is bound to, once started.
     public var localAddress: SocketAddress? {
-        state.withLockedValue { $0.serverChannel?.localAddress }
+        state.withLockedValue { $0.serverChannels.first?.localAddress }
     }
 
     /// Number of client connections open right now.
@@ -232,10 +237,12 @@ public final class MoonProxy: Sendable {
         }
         healthChecker?.start()
         guard configuration.proxyEnabled else { return }
-        let channel = try await bind(configuration.listenAddress, context: context)
-        state.withLockedValue { $0.serverChannel = channel }
+        let channels = try await bindPerLoop(configuration.listenAddress, context: context)
+        state.withLockedValue { $0.serverChannels = channels }
+        let channel = channels[0]
         logger.notice("listening on \(channel.localAddress.map(\.logDescription) ?? "\(configuration.listenAddress)")",
-                      metadata: ["backends": "\(configuration.backends.map { "\($0.address) (\($0.type.rawValue))" }.joined(separator: ", "))"])
+                      metadata: ["backends": "\(configuration.backends.map { "\($0.address) (\($0.type.rawValue))" }.joined(separator: ", "))",
+                                 "listeners": "\(channels.count)"])
     }
 
     private func bindMetrics(_ address: ProxyAddress, exporter: MetricsExporter) async throws -> Channel {
@@ -260,10 +267,90 @@ public final class MoonProxy: Sendable {
         state.withLockedValue { $0.metricsChannel?.localAddress }
     }
 
+    /// The proxy's listeners. With one event loop, or a Unix socket, one listener whose accepted
+    /// connections NIO hands round-robin to the loops. With several loops and TCP, one listener per
+    /// loop on the same address (SO_REUSEPORT), each accepting for its own loop: the kernel
+    /// spreads the connections, and none of them is accepted on one thread to be registered and
+    /// served on another (a cross-thread hop and wake-up per connection). Port 0 is resolved by the
+    /// first listener and the others take the port it got.
+    private func bindPerLoop(_ address: ProxyAddress, context: ProxyContext) async throws -> [Channel] {
+        let loops = Array(group.makeIterator())
+        guard loops.count > 1, case .tcp = address else {
+            return [try await bind(address, context: context)]
+        }
+        if case .tcp(let host, let port) = address, port != 0 {
+            // SO_REUSEPORT would let this proxy join a listener that is already there (another
+            // proxy left running by the same user) and split the connections with it; a plain
+            // bind first fails as a single listener would.
+            let resolved = try SocketAddress.makeAddressResolvingHost(host, port: port)
+            if let problem = Self.portIsTaken(resolved) {
+                throw IOError(errnoCode: problem, reason: "bind(\(resolved))")
+            }
+        }
+        var channels: [Channel] = []
+        do {
+            let first = try await bind(.address(address), context: context, loop: loops[0])
+            channels.append(first)
+            guard let bound = first.localAddress else {
+                throw ConfigurationError.invalidAddress("\(address)", "the listener has no local address")
+            }
+            for loop in loops.dropFirst() {
+                channels.append(try await bind(.resolved(bound), context: context, loop: loop))
+            }
+        } catch {
+            for channel in channels { try? await channel.close() }
+            throw error
+        }
+        return channels
+    }
+
     private func bind(_ address: ProxyAddress, context: ProxyContext) async throws -> Channel {
-        let bootstrap = ServerBootstrap(group: group)
+        try await bind(.address(address), context: context, loop: nil)
+    }
+
+    /// Binds (without listening) a plain socket to `address` and closes it: the errno when that
+    /// fails (EADDRINUSE when something listens there), nil when the address is free.
+    private static func portIsTaken(_ address: SocketAddress) -> Int32? {
+        guard let ip = address.ipAddress, let port = address.port else { return nil }
+        let family = address.protocol == .inet6 ? AF_INET6 : AF_INET
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var one: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let result: Int32
+        if family == AF_INET6 {
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = in_port_t(UInt16(port).bigEndian)
+            guard inet_pton(AF_INET6, ip, &sin6.sin6_addr) == 1 else { return nil }
+            result = withUnsafePointer(to: &sin6) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+        } else {
+            var sin = sockaddr_in()
+            sin.sin_family = sa_family_t(AF_INET)
+            sin.sin_port = in_port_t(UInt16(port).bigEndian)
+            guard inet_pton(AF_INET, ip, &sin.sin_addr) == 1 else { return nil }
+            result = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        }
+        return result == 0 ? nil : errno
+    }
+
+    private enum BindTarget {
+        case address(ProxyAddress)
+        /// The address another listener got (the port the system picked for port 0).
+        case resolved(SocketAddress)
+    }
+
+    /// A listener; on `loop` alone (accepting and serving there, sharing its port with the other
+    /// loops' listeners), or on the whole group.
+    private func bind(_ target: BindTarget, context: ProxyContext, loop: EventLoop?) async throws -> Channel {
+        var bootstrap = (loop.map { ServerBootstrap(group: $0) } ?? ServerBootstrap(group: group))
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 1024)
+        if loop != nil {
+            bootstrap = bootstrap.serverChannelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
+        }
+        bootstrap = bootstrap
             .childChannelInitializer { channel in
                 guard !context.isStopping else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
@@ -277,11 +364,13 @@ public final class MoonProxy: Sendable {
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
-        switch address {
-        case .tcp(let host, let port):
+        switch target {
+        case .address(.tcp(let host, let port)):
             return try await bootstrap.bind(host: host, port: port).get()
-        case .unix(let path):
+        case .address(.unix(let path)):
             return try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+        case .resolved(let address):
+            return try await bootstrap.bind(to: address).get()
         }
     }
 
@@ -291,11 +380,11 @@ public final class MoonProxy: Sendable {
         context.isStopping = true
         adminContext?.isStopping = true
         healthChecker?.stop()
-        let (server, admin, metrics) = state.withLockedValue { state -> (Channel?, Channel?, Channel?) in
-            defer { state.serverChannel = nil; state.adminChannel = nil; state.metricsChannel = nil }
-            return (state.serverChannel, state.adminChannel, state.metricsChannel)
+        let (servers, admin, metrics) = state.withLockedValue { state -> ([Channel], Channel?, Channel?) in
+            defer { state.serverChannels = []; state.adminChannel = nil; state.metricsChannel = nil }
+            return (state.serverChannels, state.adminChannel, state.metricsChannel)
         }
-        try? await server?.close()
+        for server in servers { try? await server.close() }
         try? await admin?.close()
         try? await metrics?.close()
         await context.forEachSweeper { $0.shutdownRequested() }

@@ -240,6 +240,24 @@ def test_address_already_in_use_fails_cleanly():
     s.close()
 
 
+def test_event_threads_listen_on_one_port_each_and_refuse_a_taken_port(start_proxy):
+    """With several event threads every thread has a listener of its own on the proxy's port
+    (SO_REUSEPORT): connections are served on both, and a second proxy started on the same port
+    is refused as it would be with one listener, instead of quietly sharing the port."""
+    p = start_proxy("--event-threads=2")
+    listeners = subprocess.run(["ss", "-Hltn", f"sport = :{p.port}"], capture_output=True, text=True).stdout
+    assert len([line for line in listeners.splitlines() if line.strip()]) == 2, listeners
+    ids = set()
+    for _ in range(16):
+        out = mariadb_cli(p.port, "SELECT CONNECTION_ID()").stdout.split()
+        ids.add(out[-1])
+    assert len(ids) == 16
+    r = run(f"-P127.0.0.1:{p.port}", f"--proxy-backend-addresses=127.0.0.1:{MARIADB_PORT}", "--event-threads=2")
+    assert r.returncode == 1
+    assert "in use" in r.stderr.lower()
+    assert "5" in mariadb_cli(p.port, "SELECT 5").stdout  # the first proxy still serves
+
+
 def test_log_lines_carry_connection_metadata(start_proxy):
     p = start_proxy("--log-level=debug")
     mariadb_cli(p.port, "SELECT 1")
