@@ -256,6 +256,9 @@ def test_event_threads_listen_on_one_port_each_and_refuse_a_taken_port(start_pro
     assert r.returncode == 1
     assert "in use" in r.stderr.lower()
     assert "5" in mariadb_cli(p.port, "SELECT 5").stdout  # the first proxy still serves
+    assert p.stop(signal.SIGTERM) == 0
+    left = subprocess.run(["ss", "-Hltn", f"sport = :{p.port}"], capture_output=True, text=True).stdout
+    assert not left.strip(), left  # every listener closed
 
 
 def test_log_lines_carry_connection_metadata(start_proxy):
