@@ -25,10 +25,9 @@ final class MetricsExporter: Sendable {
         let registry = PrometheusCollectorRegistry()
         self.registry = registry
         func counter(_ name: String, _ labels: [(String, String)] = [], _ help: String) -> Counter {
-            registry.makeCounter(name: name, labels: labels, help: help)
+            registry.makeCounter(descriptor: Self.named(name, help), labels: labels)
         }
-        activeConnections = registry.makeGauge(name: "moonproxy_client_connections", labels: [],
-                                               help: "Client connections open now")
+        activeConnections = registry.makeGauge(descriptor: Self.named("moonproxy_client_connections", "Client connections open now"), labels: [])
         counters = [
             (.connectionsAccepted, counter("moonproxy_client_connections_accepted_total", [], "Client connections accepted")),
             (.connectionsRefused, counter("moonproxy_client_connections_refused_total", [],
@@ -48,6 +47,11 @@ final class MetricsExporter: Sendable {
         ]
     }
 
+    /// A metric's whole name (the registry joins a descriptor's parts; ours are written out whole).
+    private static func named(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
+    }
+
     /// Connect latencies to backends: 0.5 ms to 2 s.
     private static let connectBuckets: [Duration] = [.microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
                                                      .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
@@ -55,15 +59,15 @@ final class MetricsExporter: Sendable {
 
     /// A connect to `backend` succeeded after `duration` (once per server connection, never per packet).
     func connectCompleted(backend: ProxyAddress, duration: Duration) {
-        registry.makeDurationHistogram(name: "moonproxy_backend_connect_duration_seconds", labels: [("backend", "\(backend)")],
-                                       buckets: Self.connectBuckets, help: "Time to connect to a backend, successful connects")
+        registry.makeDurationHistogram(descriptor: Self.named("moonproxy_backend_connect_duration_seconds", "Time to connect to a backend, successful connects"),
+                                       labels: [("backend", "\(backend)")], buckets: Self.connectBuckets)
             .record(duration)
     }
 
     /// A health check of `backend` ended.
     func checkCompleted(backend: ProxyAddress, up: Bool) {
-        registry.makeCounter(name: "moonproxy_backend_checks_total", labels: [("backend", "\(backend)"), ("result", up ? "up" : "down")],
-                             help: "Health checks, by result")
+        registry.makeCounter(descriptor: Self.named("moonproxy_backend_checks_total", "Health checks, by result"),
+                             labels: [("backend", "\(backend)"), ("result", up ? "up" : "down")])
             .increment()
     }
 
@@ -83,17 +87,15 @@ final class MetricsExporter: Sendable {
         }
         for backend in backends.snapshot() {
             let labels = [("backend", "\(backend.address)"), ("type", backend.type.rawValue)]
-            registry.makeGauge(name: "moonproxy_backend_up", labels: labels,
-                               help: "1 while a backend is not known to be down, 0 while it is")
+            registry.makeGauge(descriptor: Self.named("moonproxy_backend_up", "1 while a backend is not known to be down, 0 while it is"), labels: labels)
                 .set(to: backend.state == .down ? 0 : 1)
-            registry.makeGauge(name: "moonproxy_backend_clients", labels: labels, help: "Clients using a backend now")
+            registry.makeGauge(descriptor: Self.named("moonproxy_backend_clients", "Clients using a backend now"), labels: labels)
                 .set(to: Double(backend.connectedClients))
-            registry.makeGauge(name: "moonproxy_pool_idle_connections", labels: labels,
-                               help: "Server connections idle in the pool, for scripts to take")
+            registry.makeGauge(descriptor: Self.named("moonproxy_pool_idle_connections", "Server connections idle in the pool, for scripts to take"), labels: labels)
                 .set(to: Double(backends.idleCount(backend: backend.index)))
         }
         if let scriptEngine {
-            registry.makeGauge(name: "moonproxy_lua_memory_bytes", labels: [], help: "Bytes the Lua state holds")
+            registry.makeGauge(descriptor: Self.named("moonproxy_lua_memory_bytes", "Bytes the Lua state holds"), labels: [])
                 .set(to: Double(scriptEngine.memoryInUse))
         }
         var out = registry.emitToBuffer()
