@@ -275,21 +275,20 @@ public final class MoonProxy: Sendable {
     /// first listener and the others take the port it got.
     private func bindPerLoop(_ address: ProxyAddress, context: ProxyContext) async throws -> [Channel] {
         let loops = Array(group.makeIterator())
-        guard loops.count > 1, case .tcp = address else {
+        guard loops.count > 1, case .tcp(let host, let port) = address else {
             return [try await bind(address, context: context)]
         }
-        if case .tcp(let host, let port) = address, port != 0 {
+        // Resolved once, so that the check below and every listener use the same address.
+        let resolved = try SocketAddress.makeAddressResolvingHost(host, port: port)
+        if port != 0, let problem = Self.portIsTaken(resolved) {
             // SO_REUSEPORT would let this proxy join a listener that is already there (another
             // proxy left running by the same user) and split the connections with it; a plain
             // bind first fails as a single listener would.
-            let resolved = try SocketAddress.makeAddressResolvingHost(host, port: port)
-            if let problem = Self.portIsTaken(resolved) {
-                throw IOError(errnoCode: problem, reason: "bind(\(resolved))")
-            }
+            throw IOError(errnoCode: problem, reason: "bind(\(resolved))")
         }
         var channels: [Channel] = []
         do {
-            let first = try await bind(.address(address), context: context, loop: loops[0])
+            let first = try await bind(.resolved(resolved), context: context, loop: loops[0])
             channels.append(first)
             guard let bound = first.localAddress else {
                 throw ConfigurationError.invalidAddress("\(address)", "the listener has no local address")
