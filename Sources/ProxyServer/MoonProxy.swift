@@ -310,27 +310,13 @@ public final class MoonProxy: Sendable {
     /// Binds (without listening) a plain socket to `address` and closes it: the errno when that
     /// fails (EADDRINUSE when something listens there), nil when the address is free.
     private static func portIsTaken(_ address: SocketAddress) -> Int32? {
-        guard let ip = address.ipAddress, let port = address.port else { return nil }
         let family = address.protocol == .inet6 ? AF_INET6 : AF_INET
         let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return nil }
         defer { Glibc.close(fd) }
         var one: Int32 = 1
         _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        let result: Int32
-        if family == AF_INET6 {
-            var sin6 = sockaddr_in6()
-            sin6.sin6_family = sa_family_t(AF_INET6)
-            sin6.sin6_port = in_port_t(UInt16(port).bigEndian)
-            guard inet_pton(AF_INET6, ip, &sin6.sin6_addr) == 1 else { return nil }
-            result = withUnsafePointer(to: &sin6) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
-        } else {
-            var sin = sockaddr_in()
-            sin.sin_family = sa_family_t(AF_INET)
-            sin.sin_port = in_port_t(UInt16(port).bigEndian)
-            guard inet_pton(AF_INET, ip, &sin.sin_addr) == 1 else { return nil }
-            result = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        }
+        let result = address.withSockAddr { Glibc.bind(fd, $0, socklen_t($1)) }
         return result == 0 ? nil : errno
     }
 

@@ -303,7 +303,7 @@ def main():
                 continue
             base_rate, base_cpu = summary[baseline_of(t.name)]
             rate, cpu = summary[t.name]
-            versus_plain = f"  CPU/moonproxy {cpu / plain_cpu:5.2f}" if t.name.startswith("moon+") and plain_cpu else ""
+            versus_plain = f"  CPU/moonproxy {cpu / plain_cpu:5.2f}" if t.name.partition("@")[0] != "moonproxy" and plain_cpu else ""
             plain_w = None
             if w.endswith("_tls"):
                 base = w[:-len("_tls")]
