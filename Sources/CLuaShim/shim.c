@@ -383,6 +383,40 @@ int moon_dump_function(lua_State *L) {
     return status;
 }
 
+int moon_push_field_or_global(lua_State *L, int table_ref, int key_ref) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, key_ref);
+    if (lua_rawget(L, -2) == LUA_TFUNCTION) {
+        lua_remove(L, -2);
+        return 1;
+    }
+    lua_pop(L, 2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, key_ref);
+    if (lua_rawget(L, -2) == LUA_TFUNCTION) {
+        lua_remove(L, -2);
+        return 1;
+    }
+    lua_pop(L, 2);
+    return 0;
+}
+
+void moon_clear_fields(lua_State *L, int table_ref, const int *key_refs, int count) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref);
+    for (int i = 0; i < count; i++) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, key_refs[i]);
+        if (lua_rawget(L, -2) != LUA_TNIL) {
+            lua_pop(L, 1);
+            lua_rawgeti(L, LUA_REGISTRYINDEX, key_refs[i]);
+            lua_pushnil(L);
+            lua_rawset(L, -3);
+        } else {
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
 void moon_pop(lua_State *L, int n) { lua_pop(L, n); }
 int moon_upvalueindex(int i) { return lua_upvalueindex(i); }
 void moon_newtable(lua_State *L) { lua_newtable(L); }

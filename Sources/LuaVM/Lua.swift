@@ -247,6 +247,19 @@ public struct Lua {
         LuaType(rawValue: lua_rawgeti(L, Self.registryIndex, lua_Integer(reference))) ?? .none
     }
 
+    /// Pushes the function stored under the key registry[`keyRef`] in the table
+    /// registry[`tableRef`], or else in the globals (raw lookups, one call into C); false, with
+    /// nothing pushed, when neither holds a function.
+    public func pushFunction(key keyRef: Int32, inTableOrGlobals tableRef: Int32) -> Bool {
+        moon_push_field_or_global(L, tableRef, keyRef) != 0
+    }
+
+    /// Sets the fields under the keys registry[`keyRefs`] of the table registry[`tableRef`] to
+    /// nil, writing only those that are not nil already (one call into C).
+    public func clearFields(_ keyRefs: [Int32], ofTable tableRef: Int32) {
+        keyRefs.withUnsafeBufferPointer { moon_clear_fields(L, tableRef, $0.baseAddress, Int32($0.count)) }
+    }
+
     // MARK: loading and calling
 
     /// Loads a chunk (source or binary) and pushes it as a function.

@@ -143,23 +143,7 @@ public final class ConnectionScript {
 
     /// `pushHook` for the hot path: the name comes from the registry, already interned.
     private func pushHook(keyRef: Int32, _ lua: Lua) -> Bool {
-        lua.push(reference: environmentRef)
-        let table = lua.top
-        lua.push(reference: keyRef)
-        if lua.rawGetKey(table) == .function {
-            lua.remove(at: -2)
-            return true
-        }
-        lua.pop()
-        lua.pushGlobalTable()
-        lua.replace(at: table)
-        lua.push(reference: keyRef)
-        if lua.rawGetKey(table) == .function {
-            lua.remove(at: -2)
-            return true
-        }
-        lua.pop(2)
-        return false
+        lua.pushFunction(key: keyRef, inTableOrGlobals: environmentRef)
     }
 
     /// Releases this connection's Lua objects (after `disconnect_client`).
@@ -262,33 +246,20 @@ public final class ConnectionScript {
             lua.push(packet)
             return 1
         }, before: { lua in
+            // Clear what the last command left.
             let keys = self.engine.keys
+            if hints.isEmpty {
+                lua.clearFields(keys.responseAndHints, ofTable: self.fieldsRef)
+                return
+            }
+            lua.clearFields(keys.responseOnly, ofTable: self.fieldsRef)
             lua.push(reference: self.fieldsRef)
             let fields = lua.top
-            // Clear what the last command left; reading first spares a write (and the
-            // garbage collector's barrier) when there is nothing to clear, the usual case.
-            lua.push(reference: keys.response)
-            if lua.rawGetKey(fields) != .nil {
-                lua.push(reference: keys.response)
-                lua.pushNil()
-                lua.rawSetPair(fields)
-            }
-            lua.pop()
             lua.push(reference: keys.hints)
-            if hints.isEmpty {
-                if lua.rawGetKey(fields) == .nil {
-                    lua.pop(2)
-                    return
-                }
-                lua.pop()
-                lua.push(reference: keys.hints)
-                lua.pushNil()
-            } else {
-                lua.newTable(recordCapacity: Int32(hints.count))
-                for (key, value) in hints {
-                    lua.push(value)
-                    lua.rawSet(-2, key)
-                }
+            lua.newTable(recordCapacity: Int32(hints.count))
+            for (key, value) in hints {
+                lua.push(value)
+                lua.rawSet(-2, key)
             }
             lua.rawSetPair(fields)
             lua.pop()

@@ -84,6 +84,9 @@ public final class ScriptEngine: @unchecked Sendable {
         var newindex = Lua.noReference
         var response = Lua.noReference
         var hints = Lua.noReference
+        /// `response` and `hints`, and `response` alone: what `read_query` clears.
+        var responseAndHints: [Int32] = []
+        var responseOnly: [Int32] = []
         /// The hook names, in `ConnectionScript.Hooks.names` order.
         var hooks: [Int32] = []
     }
@@ -157,6 +160,8 @@ public final class ScriptEngine: @unchecked Sendable {
         keys.newindex = keyRef("__newindex")
         keys.response = keyRef("response")
         keys.hints = keyRef("hints")
+        keys.responseAndHints = [keys.response, keys.hints]
+        keys.responseOnly = [keys.response]
         keys.hooks = ConnectionScript.Hooks.names.map { keyRef($0.1) }
         do throws(LuaError) {
             try run(LuaBootstrap.compatibility, name: "=(moonproxy compatibility)", lua)

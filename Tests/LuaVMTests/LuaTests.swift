@@ -160,4 +160,36 @@ let addFunction: LuaFunction = { L in
         try state.lua.pcall(arguments: 0, results: 0)
         #expect(state.memoryInUse > before + 900_000)
     }
+
+    /// The hook lookup: the table's own function first, else the global one, else nothing pushed;
+    /// clearing fields writes nil only where a value is.
+    @Test func pushFunctionAndClearFields() throws {
+        let state = LuaState()
+        defer { withExtendedLifetime(state) {} }
+        let lua = state.lua
+        try lua.load("g = function() return 'global' end; t = { f = function() return 'own' end, n = 1, s = 's' }", name: "=t")
+        try lua.pcall(arguments: 0, results: 0)
+        lua.pushGlobalTable()
+        _ = lua.rawGet(-1, "t")
+        let table = lua.ref()
+        lua.pop()
+        func key(_ name: String) -> Int32 { lua.push(name); return lua.ref() }
+        let f = key("f"), g = key("g"), missing = key("missing"), n = key("n"), s = key("s")
+        for (name, expected) in [(f, "own"), (g, "global")] {
+            #expect(lua.pushFunction(key: name, inTableOrGlobals: table))
+            try lua.pcall(arguments: 0, results: 1)
+            #expect(lua.toString(at: -1) == expected)
+            lua.pop()
+        }
+        #expect(!lua.pushFunction(key: missing, inTableOrGlobals: table))
+        #expect(!lua.pushFunction(key: n, inTableOrGlobals: table))  // a number is no hook
+        #expect(lua.top == 0)
+        lua.clearFields([n, missing, s], ofTable: table)
+        #expect(lua.top == 0)
+        lua.push(reference: table)
+        #expect(lua.rawGet(-1, "n") == .nil)
+        #expect(lua.rawGet(-2, "s") == .nil)
+        #expect(lua.rawGet(-3, "f") == .function)
+        lua.pop(4)
+    }
 }

@@ -18,6 +18,15 @@ import Testing
         #expect(hints("SELECT '/* @x 1 */', \"/* @y 2 */\", `/* @z */` -- /* @w 3 */\n FROM t # /* @v */") == [])
     }
     @Test func noComment() { #expect(hints("SELECT 1").isEmpty) }
+    /// The quick test for "/*" looks past slashes that do not open a comment, and at the last byte.
+    @Test func slashesThatOpenNoComment() {
+        #expect(hints("SELECT 4/2, 6 / 3 /").isEmpty)
+        #expect(hints("/").isEmpty)
+        #expect(hints("").isEmpty)
+        #expect(hints("SELECT 8/4//*@a 1*/") == ["a=1"])
+        #expect(hints("SELECT 1 / *@b*/").isEmpty)
+        #expect(hints("/*@c*/") == ["c="])
+    }
     @Test func unterminatedCommentDoesNotTrap() { #expect(hints("SELECT /* @a b") == ["a=b"]) }
     @Test func escapedQuotes() { #expect(hints("SELECT 'it''s /* @no */' /* @yes 1 */") == ["yes=1"]) }
     /// A million hints cost no more than the query: the first 64 count, overlong keys and values

@@ -67,6 +67,18 @@ int moon_dump_function(lua_State *L);
 /* lua_pcall under the state's limits (see moon_limits). */
 int moon_pcall(lua_State *L, int nargs, int nresults, int msgh);
 
+/* The hot path of a hook call, in one crossing each (neither allocates, so neither can raise):
+ *
+ * moon_push_field_or_global pushes the function stored under the key registry[key_ref] in the
+ * table registry[table_ref], or else in the globals, and returns 1; when neither holds a
+ * function it pushes nothing and returns 0.
+ *
+ * moon_clear_fields sets table[registry[k]] to nil for each of the `count` key references in
+ * `key_refs` whose value is not nil already (reading first spares the write and its barrier in
+ * the usual case, when there is nothing to clear), in the table registry[table_ref]. */
+int moon_push_field_or_global(lua_State *L, int table_ref, int key_ref);
+void moon_clear_fields(lua_State *L, int table_ref, const int *key_refs, int count);
+
 /* Thin wrappers for C macros Swift cannot import. */
 void moon_pop(lua_State *L, int n);
 int moon_upvalueindex(int i);
