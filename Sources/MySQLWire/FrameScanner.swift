@@ -47,6 +47,10 @@ public struct FrameScanner: Sendable {
 
     /// True between packets: no frame is half read. Only here may the proxy insert a packet of its own.
     public var isAtPacketBoundary: Bool { !inPacket && carry.isEmpty }
+    /// Bytes of a header (and prefix) held from earlier reads: a start reported `isSplit` in the
+    /// next chunk took the rest of its header and prefix, `PacketHeader.size + prefix.count`
+    /// minus this, from that chunk's beginning.
+    public var carriedBytes: Int { carry.count }
 
     /// Walks all of `chunk`, calling `body` for every packet start and end in it, in order. `body`
     /// returns false to stop early (the scanner is then left mid-chunk and must not be used again).

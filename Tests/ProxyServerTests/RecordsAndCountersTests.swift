@@ -43,6 +43,43 @@ import ProxyScripting
         #expect(m.finishedRecords.isEmpty && m.openRecords.isEmpty)
     }
 
+    /// The relay sees a statement one read at a time: wherever the client's reads split it (in
+    /// the header, in the first 32 bytes, after them), the log gets the statement up to the limit,
+    /// marked truncated only when it is longer than the limit; a second query in the last read
+    /// gets its own text.
+    @Test func aStatementSplitOverReadsIsRecordedWhole() {
+        let long = "SELECT '" + String(repeating: "x", count: 90) + "' AS a_rather_long_column_name"
+        let wire = T.packets([(Self.query(long), 0), (Self.query("SELECT 2"), 0)])
+        let bytes = Array(wire.readableBytesView)
+        let firstEnd = PacketHeader.size + 1 + long.utf8.count
+        for limit in [8, 40, long.utf8.count, 4096] {
+            for cut in 1..<firstEnd {
+                for secondCut in [cut + 1, (cut + firstEnd) / 2, firstEnd] where secondCut > cut && secondCut <= firstEnd {
+                    var m = relaying(recording: .text(limit: limit))
+                    for range in [0..<cut, cut..<secondCut, secondCut..<bytes.count] where !range.isEmpty {
+                        _ = m.clientDataReceived(ByteBuffer(bytes: bytes[range]))
+                    }
+                    _ = m.backendDataReceived(T.packets([("00000002000000", 1)]))
+                    _ = m.backendDataReceived(T.packets([("00000002000000", 1)]))
+                    let records = m.takeFinishedRecords()
+                    let texts = records.map { $0.text.map { String(buffer: $0) } }
+                    #expect(texts == [String(long.prefix(limit)), String("SELECT 2".prefix(limit))], "limit \(limit), cuts \(cut) \(secondCut)")
+                    #expect(records.map(\.textTruncated) == [long.utf8.count > limit, 8 > limit], "limit \(limit), cuts \(cut) \(secondCut)")
+                }
+            }
+        }
+    }
+
+    /// A connection that ends inside a statement leaves its record marked truncated.
+    @Test func aStatementCutShortStaysTruncated() {
+        var m = relaying(recording: .text(limit: 100))
+        let statement = "SELECT 'abcdefghijklmnopqrstuvwxyz0123456789'"
+        let wire = T.packets([(Self.query(statement), 0)])
+        _ = m.clientDataReceived(wire.getSlice(at: 0, length: 40)!)
+        #expect(m.openRecords.count == 1 && m.openRecords[0].textTruncated)
+        #expect(m.openRecords[0].text.map { String(buffer: $0) } == String(statement.prefix(35)))
+    }
+
     @Test func nothingIsRecordedWhenOff() {
         var m = relaying(recording: .off)
         _ = m.clientDataReceived(T.packets([(Self.query("SELECT 1"), 0)]))

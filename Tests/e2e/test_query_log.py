@@ -107,3 +107,23 @@ def test_query_log_needs_a_writable_file(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
     assert "cannot open the query log" in r.stdout + r.stderr
+
+
+def test_query_log_keeps_statements_longer_than_a_read(start_proxy, tmp_path):
+    """A statement arrives over several reads; the log keeps all of it up to the limit."""
+    log = tmp_path / "long.log"
+    proxy = start_proxy(f"--query-log={log}", "--query-log-max-query-length=1048576")
+    whole = "SELECT '" + "y" * 300_000 + "' AS long_one"
+    cut = "SELECT '" + "z" * 1_100_000 + "'"
+    c = proxy.connect()
+    with c.cursor() as cur:
+        cur.execute(whole)
+        assert len(cur.fetchone()[0]) == 300_000
+        cur.execute(cut)
+        cur.execute("SELECT 'short'")
+    c.close()
+    found = [e for e in entries(log, 6) if e["command"] == "COM_QUERY"]
+    by_start = {e["query"][:10]: e for e in found}
+    assert by_start["SELECT 'yy"]["query"] == whole and "query_truncated" not in by_start["SELECT 'yy"]
+    assert by_start["SELECT 'zz"]["query"] == cut[:1048576] and by_start["SELECT 'zz"]["query_truncated"] is True
+    assert by_start["SELECT 'sh"]["query"] == "SELECT 'short'"

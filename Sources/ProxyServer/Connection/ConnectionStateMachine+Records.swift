@@ -28,8 +28,13 @@ extension ConnectionStateMachine {
         var responseBytes = 0
         /// The start of the statement (COM_QUERY, COM_STMT_PREPARE), when the query log wants it.
         var text: ByteBuffer?
-        /// The text was cut at the limit (or at the end of the read it came in).
-        var textTruncated = false
+        /// The statement is longer than the limit.
+        var textCut = false
+        /// Bytes of the text still to come from the client's next reads (the relay sees a
+        /// statement one read at a time); more than 0 in a finished record when the rest never came.
+        var textWanted = 0
+        /// The text is not the whole statement.
+        var textTruncated: Bool { textCut || textWanted > 0 }
         /// Answered by the script, without the server.
         var answeredByScript = false
 
@@ -40,29 +45,52 @@ extension ConnectionStateMachine {
     /// for the first ones only, rather than growing the list without bound).
     static let maximumOpenRecords = 64
 
-    /// The client sent command `code`; `payload` holds what of its packet arrived with it.
+    /// The client sent command `code`; `payload` holds its whole packet.
     mutating func recordCommandStarted(_ code: CommandCode, expectsResponse: Bool, payload: ByteBuffer?) {
-        Self.recordStart(code, expectsResponse: expectsResponse, payload: payload, recording: recording, now: now,
-                         open: &openRecords, finished: &finishedRecords)
+        Self.recordStart(code, expectsResponse: expectsResponse, payload: payload, payloadLength: payload?.readableBytes ?? 0,
+                         recording: recording, now: now, open: &openRecords, finished: &finishedRecords)
     }
 
-    /// As `recordCommandStarted`, on the properties alone (for use inside a scan of a chunk).
-    static func recordStart(_ code: CommandCode, expectsResponse: Bool, payload: ByteBuffer?, recording: Recording, now: UInt64,
-                            open: inout [CommandRecord], finished: inout [CommandRecord]) {
-        guard recording != .off, open.count < maximumOpenRecords else { return }
+    /// As `recordCommandStarted`, on the properties alone (for use inside a scan of a chunk):
+    /// `payload` holds the first bytes of a packet of `payloadLength`. Returns whether the
+    /// statement's text waits for more of it (see `recordRestOfText`).
+    @discardableResult
+    static func recordStart(_ code: CommandCode, expectsResponse: Bool, payload: ByteBuffer?, payloadLength: Int, recording: Recording,
+                            now: UInt64, open: inout [CommandRecord], finished: inout [CommandRecord]) -> Bool {
+        guard recording != .off, open.count < maximumOpenRecords else { return false }
         var record = CommandRecord(command: code, started: now)
         if case .text(let limit) = recording, code == .query || code == .stmtPrepare, var payload {
             payload.moveReaderIndex(forwardBy: min(1, payload.readableBytes))  // the command byte
-            let length = min(limit, payload.readableBytes)
+            let statementLength = max(0, min(payloadLength, PacketHeader.maxPayloadLength) - 1)
+            let wanted = min(limit, statementLength)
+            let length = min(wanted, payload.readableBytes)
             record.text = payload.getSlice(at: payload.readerIndex, length: length)
-            record.textTruncated = length < payload.readableBytes
+            record.textWanted = wanted - length
+            record.textCut = wanted < statementLength
         }
+        let waits = record.textWanted > 0
         if expectsResponse {
             open.append(record)
         } else {
             record.ended = now
             finished.append(record)
+            return false
         }
+        return waits
+    }
+
+    /// The client's next read begins with more of the statement the newest open command's record
+    /// waits for (`recordStart` returned true): its text takes what it still wants. Returns whether
+    /// it waits for more still.
+    mutating func recordRestOfText(_ chunk: ByteBuffer) -> Bool {
+        guard let last = openRecords.indices.last, openRecords[last].textWanted > 0 else { return false }
+        let n = min(openRecords[last].textWanted, chunk.readableBytes)
+        if var slice = chunk.getSlice(at: chunk.readerIndex, length: n) {
+            openRecords[last].text = openRecords[last].text ?? ByteBuffer()
+            openRecords[last].text!.writeBuffer(&slice)
+        }
+        openRecords[last].textWanted -= n
+        return openRecords[last].textWanted > 0
     }
 
     /// The response to the oldest open command ended.

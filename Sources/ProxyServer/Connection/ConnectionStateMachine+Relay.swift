@@ -46,22 +46,49 @@ extension ConnectionStateMachine {
         return .sendToClientAndClose(out, reason: reason)
     }
 
+    /// The first bytes of a packet's payload, at most `limit`, as far as `chunk` holds them: the
+    /// bytes after its header, or, when the header and prefix came over several reads (`isSplit`),
+    /// the prefix followed by what comes after it in this chunk (`carried` bytes of header and
+    /// prefix were held from earlier reads).
+    static func payloadStart(of packet: FrameScanner.PacketStart, at offset: Int, in chunk: ByteBuffer, carried: Int,
+                             upTo limit: Int) -> ByteBuffer? {
+        let length = min(Int(packet.header.payloadLength), limit)
+        guard packet.isSplit else {
+            let start = offset + PacketHeader.size
+            return chunk.getSlice(at: chunk.readerIndex + start, length: max(0, min(length, chunk.readableBytes - start)))
+        }
+        var payload = packet.prefix.buffer
+        let start = PacketHeader.size + packet.prefix.count - carried
+        guard start >= 0, start <= chunk.readableBytes,
+              var rest = chunk.getSlice(at: chunk.readerIndex + start,
+                                        length: max(0, min(length - packet.prefix.count, chunk.readableBytes - start)))
+        else { return payload }
+        payload.writeBuffer(&rest)
+        return payload
+    }
+
     /// Scans a chunk from the client, registering each command with the tracker; forwards it whole.
     mutating func relayFromClient(_ chunk: ByteBuffer) -> Action {
         var failure: (isSplit: Bool, sequenceID: UInt8, error: String)?
         var commands = 0
         var queries = 0
         let recordingOn = recording != .off
+        if recordTextPending { recordTextPending = recordRestOfText(chunk) }
+        let carried = fromClient.carriedBytes
+        var textPending = false
         fromClient.scanPacketStarts(chunk) { packet, offset in
             do throws(WireError) {
                 if case .command(let code, let shape) = try tracker.clientPacketStarted(packet) {
                     commands += 1
                     if code == .query { queries += 1 }
                     if recordingOn {
-                        let payload = packet.isSplit ? nil : chunk.getSlice(at: chunk.readerIndex + offset + PacketHeader.size,
-                                                     length: max(0, min(Int(packet.header.payloadLength), chunk.readableBytes - offset - PacketHeader.size)))
-                        Self.recordStart(code, expectsResponse: shape != .none, payload: payload, recording: recording, now: now,
-                                         open: &openRecords, finished: &finishedRecords)
+                        var payload: ByteBuffer?
+                        if case .text(let limit) = recording, code == .query || code == .stmtPrepare {
+                            payload = Self.payloadStart(of: packet, at: offset, in: chunk, carried: carried, upTo: limit < Int.max ? limit + 1 : limit)
+                        }
+                        textPending = Self.recordStart(code, expectsResponse: shape != .none, payload: payload,
+                                                       payloadLength: Int(packet.header.payloadLength), recording: recording,
+                                                       now: now, open: &openRecords, finished: &finishedRecords)
                     }
                 }
                 return true
@@ -70,6 +97,7 @@ extension ConnectionStateMachine {
                 return false
             }
         }
+        if textPending { recordTextPending = true }
         tracker.clientFramesSeen(upTo: fromClient.lastSequenceID)
         if commands > 0 { statistics.add(.commands, commands) }
         if queries > 0 { statistics.add(.queries, queries) }
