@@ -3,6 +3,7 @@ import MySQLWire
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ProxyScripting
 
 /// Active health checks (`--proxy-backend-check-interval`, with `--proxy-backend-check-user` and
@@ -12,6 +13,11 @@ import ProxyScripting
 /// logged once) and its type (a read-only server serves as RO, a writable one as RW). A probe
 /// always ends its login one way or the other, so the server never counts it in
 /// `Aborted_connects` (which would get the proxy's host blocked past `max_connect_errors`).
+///
+/// The login goes over TLS whenever the server offers it and `--proxy-backend-ssl` is not off
+/// (so a check account created `REQUIRE SSL` works, and the check proves the TLS path clients
+/// take), with the backend side's CA, client certificate and verification; under `required` and
+/// the verifying modes a server that offers no TLS is down, as it is for clients.
 final class HealthChecker: Sendable {
     struct Settings: Sendable {
         var interval: TimeAmount
@@ -26,9 +32,12 @@ final class HealthChecker: Sendable {
     private let logger: Logger
     private let task = NIOLockedValueBox<RepeatedTask?>(nil)
     private let metrics: MetricsExporter?
+    private let tls: TLSContexts?
 
-    init(settings: Settings, backends: BackendPool, group: EventLoopGroup, logger: Logger, metrics: MetricsExporter? = nil) {
+    init(settings: Settings, backends: BackendPool, group: EventLoopGroup, logger: Logger, metrics: MetricsExporter? = nil,
+         tls: TLSContexts? = nil) {
         self.metrics = metrics
+        self.tls = tls
         self.settings = settings
         self.backends = backends
         self.group = group
@@ -84,7 +93,8 @@ final class HealthChecker: Sendable {
     private func probe(_ backend: BackendInfo) -> EventLoopFuture<Outcome> {
         let loop = group.next()
         let promise = loop.makePromise(of: Outcome.self)
-        let handler = HealthProbeHandler(user: settings.user, password: settings.password, promise: promise)
+        let handler = HealthProbeHandler(user: settings.user, password: settings.password, promise: promise,
+                                         tls: tlsPlan(for: backend.address))
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(settings.timeout)
             .channelInitializer { channel in
@@ -113,8 +123,29 @@ final class HealthChecker: Sendable {
     }
 }
 
-/// One probe: greeting, login (mysql_native_password, with an auth switch to it if asked),
-/// `SELECT @@read_only`, COM_QUIT.
+extension HealthChecker {
+    /// How a probe of `address` may turn to TLS: nil when it stays in plaintext.
+    func tlsPlan(for address: ProxyAddress) -> HealthProbeHandler.TLSPlan? {
+        guard let tls, tls.backend.mode != .off else { return nil }
+        let required = tls.backend.mode.wantsTLS(clientUsesTLS: true, serverOffers: false) == nil
+        let context: NIOSSLContext
+        do {
+            context = try tls.forBackend(clientVersion: nil)
+        } catch {
+            // the backend side cannot do TLS (its CA or key does not load): a mode that needs it
+            // makes every check fail with the reason, as it does every client's connection
+            return required ? HealthProbeHandler.TLSPlan(context: nil, hostname: nil, required: true, problem: "\(error)") : nil
+        }
+        var hostname: String? = nil
+        if case .tcp(let host, _) = address, (try? SocketAddress(ipAddress: host, port: 0)) == nil {
+            hostname = host  // SNI, and the name verify-identity checks
+        }
+        return HealthProbeHandler.TLSPlan(context: context, hostname: hostname, required: required, problem: nil)
+    }
+}
+
+/// One probe: greeting, login (over TLS if the plan says so; mysql_native_password, with an auth
+/// switch to it if asked), `SELECT @@read_only`, COM_QUIT.
 final class HealthProbeHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -128,11 +159,22 @@ final class HealthProbeHandler: ChannelInboundHandler, @unchecked Sendable {
     private var sequence: UInt8 = 0
     private var queryPackets: [ByteBuffer] = []
     private var capabilities: CapabilityFlags = []
+    private let tls: TLSPlan?
 
-    init(user: String, password: String, promise: EventLoopPromise<HealthChecker.Outcome>) {
+    struct TLSPlan {
+        var context: NIOSSLContext?
+        var hostname: String?
+        /// A server that does not offer TLS is down.
+        var required: Bool
+        /// Why the context could not be made.
+        var problem: String?
+    }
+
+    init(user: String, password: String, promise: EventLoopPromise<HealthChecker.Outcome>, tls: TLSPlan? = nil) {
         self.user = user
         self.password = password
         self.promise = promise
+        self.tls = tls
         collector.maximumPacketLength = 1 << 20
     }
 
@@ -161,7 +203,8 @@ final class HealthProbeHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        finish(.down("\(error)"), context: context, quit: false)
+        finish(.down(TLSFailure.isFailure(error) ? "TLS with the backend failed: \(TLSFailure.describe(error))" : "\(error)"),
+               context: context, quit: false)
     }
 
     private func handle(_ payload: ByteBuffer, context: ChannelHandlerContext) throws {
@@ -174,11 +217,24 @@ final class HealthProbeHandler: ChannelInboundHandler, @unchecked Sendable {
         case .greeting:
             let greeting = try HandshakeV10(parsing: payload)
             capabilities = greeting.capabilities.intersection([.longPassword, .protocol41, .secureConnection, .pluginAuth, .transactions])
+            let useTLS = tls != nil && greeting.capabilities.contains(.ssl)
+            if let tls, tls.required {
+                if let problem = tls.problem { return finish(.down("TLS to the backend cannot be set up: \(problem)"), context: context, quit: false) }
+                if !useTLS { return finish(.down("the server does not offer TLS, which --proxy-backend-ssl requires"), context: context, quit: false) }
+            }
+            if useTLS { capabilities.insert(.ssl) }
             let response = HandshakeResponse41(capabilities: capabilities, username: user,
                                                authResponse: answer(greeting.authPluginData),
                                                authPluginName: capabilities.contains(.pluginAuth) ? "mysql_native_password" : nil)
             var out = ByteBuffer()
             response.write(to: &out)
+            if useTLS, let tls, let sslContext = tls.context {
+                // the SSLRequest in plaintext, then the TLS handler under this one: the response
+                // waits in it until the handshake is done
+                send(try HandshakeResponse41.sslRequest(for: out), context: context)
+                try context.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: tls.hostname),
+                                                               position: .first)
+            }
             send(out, context: context)
             step = .login
         case .login:

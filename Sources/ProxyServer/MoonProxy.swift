@@ -93,7 +93,7 @@ public final class MoonProxy: Sendable {
             self.healthChecker = HealthChecker(
                 settings: .init(interval: interval, user: user, password: configuration.backendCheckPassword,
                                 timeout: max(configuration.connectTimeout, .seconds(1))),
-                backends: backends, group: self.group, logger: logger, metrics: metrics)
+                backends: backends, group: self.group, logger: logger, metrics: metrics, tls: tls)
         } else {
             self.healthChecker = nil
         }

@@ -114,3 +114,43 @@ def test_broken_and_silent_servers_are_down_and_cost_nothing_else(start_proxy):
     assert states() == ["down", "down"]
     assert proxy.proc.poll() is None
     silent.close()
+
+
+def test_checks_go_over_tls_to_a_server_that_requires_it(start_proxy):
+    """A MariaDB with require_secure_transport refuses plaintext logins: the checks log in over TLS
+    (verified against the CA under verify-ca), the backend is up and serves; with TLS to backends
+    off, the same checks are refused (1045: the account requires SSL) and the backend is down, as
+    it is when the server's certificate does not chain to the CA."""
+    import os
+    from pathlib import Path
+    certs = Path(os.environ["MOON_TEST_CERTS"])
+    server = ExtraMariaDB("mariadb-tls-only", "\n".join([
+        f"ssl-ca={certs / 'ca.pem'}", f"ssl-cert={certs / 'server.pem'}", f"ssl-key={certs / 'server-key.pem'}",
+        "require_secure_transport=ON"]))
+    try:
+        server.sql("CREATE USER IF NOT EXISTS 'moon_check'@'%' IDENTIFIED BY 'checkpass' REQUIRE SSL")
+        admin_port = free_port()
+        common = [f"--proxy-backend-addresses=127.0.0.1:{server.port}", "--proxy-backend-check-interval=0.3",
+                  "--proxy-backend-check-user=moon_check", "--proxy-backend-check-password=checkpass"]
+        proxy = start_proxy(*common, "--proxy-backend-ssl=verify-ca", f"--proxy-backend-ssl-ca={certs / 'ca.pem'}",
+                            "--plugins=proxy,admin", f"--admin-address=127.0.0.1:{admin_port}",
+                            "--admin-username=boss", "--admin-password=pw", backend=False)
+        address = f"127.0.0.1:{server.port}"
+        assert wait_for(lambda: tuple((r[1], r[2], r[3]) for r in admin_backends(admin_port)) == ((address, "up", "rw"),))
+        before = aborted_connects(server)  # (start_proxy's readiness probe, a connect and close, counts once)
+        c = proxy.connect(user="moon_check", password="checkpass")
+        with c.cursor() as cur:
+            cur.execute("SHOW STATUS LIKE 'Ssl_version'")
+            assert cur.fetchone()[1].startswith("TLSv1.")
+        c.close()
+        time.sleep(1)  # a few more checks
+        assert "is down" not in proxy.log()
+        assert aborted_connects(server) == before
+
+        plain = start_proxy(*common, "--proxy-backend-ssl=off", backend=False)
+        assert wait_for(lambda: "is down (health check): 1045" in plain.log()), plain.log()
+        # a server certificate that does not chain to the configured CA: down, and the log says why
+        other = start_proxy(*common, "--proxy-backend-ssl=verify-ca", f"--proxy-backend-ssl-ca={certs / 'other-ca.pem'}", backend=False)
+        assert wait_for(lambda: "is down (health check): TLS with the backend failed: CERTIFICATE_VERIFY_FAILED" in other.log()), other.log()
+    finally:
+        server.stop()
