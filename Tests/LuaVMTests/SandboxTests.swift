@@ -23,10 +23,8 @@ let bigStringFunction: LuaFunction = { L in
             try lua.load(code, name: "=sandbox")
             try lua.pcall(arguments: 0, results: 0)
             return nil
-        } catch let error as LuaError {
-            return error
         } catch {
-            return LuaError(kind: .other, message: "\(error)")
+            return error
         }
     }
 
