@@ -83,6 +83,14 @@ function read_query(packet)
     proxy.response.resultset = { fields = { { type = proxy.MYSQL_TYPE_STRING, name = "a" } }, rows = { { "x" }, { "y" } } }
     return proxy.PROXY_SEND_RESULT
   end
+  if packet:find("refused", 1, true) then
+    proxy.response = { type = proxy.MYSQLD_PACKET_ERR, errmsg = "no", errcode = 1142 }
+    return proxy.PROXY_SEND_RESULT
+  end
+  if packet:find("done", 1, true) then
+    proxy.response = { type = proxy.MYSQLD_PACKET_OK, affected_rows = 7 }
+    return proxy.PROXY_SEND_RESULT
+  end
 end
 """)
     proxy = start_proxy(f"--query-log={log}", "--query-log-normalize", f"--proxy-lua-script={script}")
@@ -90,13 +98,20 @@ end
     with c.cursor() as cur:
         cur.execute("SELECT id FROM moon.t WHERE name = 'secret' AND id > 42 /* comment */")
         cur.execute("SELECT 'mocked'")
+        with pytest.raises(pymysql.err.OperationalError):
+            cur.execute("SELECT 'refused'")
+        cur.execute("UPDATE done SET x = 1")
     c.close()
-    found = entries(log, 4)
+    found = entries(log, 6)
     queries = [e for e in found if "query" in e and not e["query"].startswith("SET ")]
     assert queries[0]["query"] == "SELECT `id` FROM `moon` . `t` WHERE `name` = ? AND `id` > ?"
     assert queries[0]["backend"] == f"127.0.0.1:{MARIADB_PORT}"
     assert queries[1]["query"] == "SELECT ?" and queries[1]["answered_by"] == "script"
     assert "backend" not in queries[1]
+    # what the script answered: its rows, its error, its affected rows
+    assert queries[1]["rows"] == 2 and queries[1]["error"] == 0
+    assert queries[2]["answered_by"] == "script" and queries[2]["error"] == 1142
+    assert queries[3]["answered_by"] == "script" and queries[3]["affected_rows"] == 7
     assert "secret" not in log.read_text()
 
 

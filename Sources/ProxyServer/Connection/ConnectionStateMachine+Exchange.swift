@@ -225,7 +225,17 @@ extension ConnectionStateMachine {
     /// `proxy.response` answers the command.
     mutating func answerCommand(with response: ScriptResponse, _ out: inout Output) {
         exchange.sent += 1
-        if recording != .off && !openRecords.isEmpty { openRecords[0].answeredByScript = true }
+        if recording != .off && !openRecords.isEmpty {
+            // what the client got is the script's answer, not what a server said before it
+            openRecords[0].answeredByScript = true
+            exchange.lastEnd = nil
+            switch response {
+            case .ok(let affectedRows, _, _, _, _): openRecords[0].affectedRows = affectedRows
+            case .error(let code, _, _): openRecords[0].errorCode = code
+            case .resultSet(_, let rows, _, _): openRecords[0].rows = UInt64(rows.count)
+            case .raw: break
+            }
+        }
         guard ResponseShape(command: exchange.command) != .none else {
             if exchange.command == .quit {
                 // The client quits all the same and waits for the close, as a server gives it
