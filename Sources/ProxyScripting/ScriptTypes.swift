@@ -2,18 +2,82 @@ import MySQLWire
 import NIOCore
 
 /// An endpoint as scripts see it (`src`, `dst`): MySQL Proxy's name, address, port and the
-/// socket family as `type` (2 IPv4, 10 IPv6, 1 unix).
+/// socket family as `type` (2 IPv4, 10 IPv6, 1 unix). Made from a socket's address, it keeps
+/// the address and words it only when a script asks (most never do, and the wording costs a few
+/// thousand instructions per address and connection).
 public struct ScriptAddress: Hashable, Sendable {
-    public var name: String
-    public var address: String
-    public var port: Int
-    public var type: Int
+    private enum Storage: Hashable, Sendable {
+        case socket(SocketAddress)
+        case fields(name: String, address: String, port: Int, type: Int)
+    }
+    private let storage: Storage
 
     public init(name: String, address: String, port: Int, type: Int) {
-        self.name = name
-        self.address = address
-        self.port = port
-        self.type = type
+        storage = .fields(name: name, address: address, port: port, type: type)
+    }
+
+    public init(_ socket: SocketAddress) {
+        storage = .socket(socket)
+    }
+
+    public var name: String {
+        switch storage {
+        case .socket(let socket): return socket.logDescription
+        case .fields(let name, _, _, _): return name
+        }
+    }
+
+    public var address: String {
+        switch storage {
+        case .socket(let socket):
+            if case .unixDomainSocket = socket { return socket.pathname ?? "" }
+            return socket.ipAddress ?? ""
+        case .fields(_, let address, _, _): return address
+        }
+    }
+
+    public var port: Int {
+        switch storage {
+        case .socket(let socket): return socket.port ?? 0
+        case .fields(_, _, let port, _): return port
+        }
+    }
+
+    public var type: Int {
+        switch storage {
+        case .socket(let socket):
+            switch socket {
+            case .v4: return 2
+            case .v6: return 10
+            case .unixDomainSocket: return 1
+            }
+        case .fields(_, _, _, let type): return type
+        }
+    }
+
+    public static func == (lhs: ScriptAddress, rhs: ScriptAddress) -> Bool {
+        lhs.name == rhs.name && lhs.address == rhs.address && lhs.port == rhs.port && lhs.type == rhs.type
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(name)
+        hasher.combine(port)
+        hasher.combine(type)
+    }
+}
+
+extension SocketAddress {
+    /// `ip:port`, `[ip6]:port` or the socket's path, as log lines and scripts show an address.
+    public var logDescription: String {
+        switch self {
+        case .v4, .v6:
+            if let ip = ipAddress, let port {
+                return self.protocol == .inet6 ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+            }
+            return "\(self)"
+        case .unixDomainSocket:
+            return pathname ?? "unix"
+        }
     }
 }
 
@@ -63,12 +127,31 @@ public struct ScriptServerInfo: Sendable {
     /// `keepingReplicationPrefix` (mysql.proto reports the string as the server sent it).
     /// The version comes from the server: anything is possible, and nothing here may overflow.
     public static func versionNumber(_ version: String, keepingReplicationPrefix: Bool = false) -> Int {
-        var text = Substring(version)
-        if !keepingReplicationPrefix && text.hasPrefix("5.5.5-") { text = text.dropFirst(6) }
-        let parts = text.utf8.split(whereSeparator: { !(UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }).prefix(3)
-        guard parts.count == 3, parts.allSatisfy({ $0.count <= 4 }) else { return 0 }
-        let numbers = parts.map { $0.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) } }
-        return numbers[0] * 10000 + numbers[1] * 100 + numbers[2]
+        var version = version
+        return version.withUTF8 { bytes in
+            var i = 0
+            if !keepingReplicationPrefix && bytes.starts(with: "5.5.5-".utf8) { i = 6 }
+            // three runs of digits, whatever separates them, each of at most four digits
+            var numbers = (0, 0, 0)
+            for part in 0..<3 {
+                while i < bytes.count && !(UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[i]) { i += 1 }
+                var value = 0
+                var digits = 0
+                while i < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[i]) {
+                    digits += 1
+                    if digits > 4 { return 0 }
+                    value = value * 10 + Int(bytes[i] - UInt8(ascii: "0"))
+                    i += 1
+                }
+                if digits == 0 { return 0 }
+                switch part {
+                case 0: numbers.0 = value
+                case 1: numbers.1 = value
+                default: numbers.2 = value
+                }
+            }
+            return numbers.0 * 10000 + numbers.1 * 100 + numbers.2
+        }
     }
 }
 

@@ -50,20 +50,6 @@ public enum ProxyAddress: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-extension SocketAddress {
-    /// `ip:port`, `[ip6]:port` or the socket's path, as log lines and scripts show an address.
-    var logDescription: String {
-        switch self {
-        case .v4, .v6:
-            if let ip = ipAddress, let port {
-                return self.protocol == .inet6 ? "[\(ip)]:\(port)" : "\(ip):\(port)"
-            }
-            return "\(self)"
-        case .unixDomainSocket:
-            return pathname ?? "unix"
-        }
-    }
-}
 
 extension String {
     fileprivate func trimmingCharacters(in set: String) -> String {

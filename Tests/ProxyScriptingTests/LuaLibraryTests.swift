@@ -157,6 +157,11 @@ private func runLua(_ code: String, backends: ScriptBackendsHost? = FakeBackends
         #expect(ScriptServerInfo.versionNumber("99999999999999999999999.1.1") == 0)
         #expect(ScriptServerInfo.versionNumber("5.\u{0663}.1") == 0)      // a non-ASCII digit is no digit
         #expect(ScriptServerInfo.versionNumber("MariaDB") == 0)
+        #expect(ScriptServerInfo.versionNumber("10.11") == 0)
+        #expect(ScriptServerInfo.versionNumber("v10.11.19-log") == 101119)
+        #expect(ScriptServerInfo.versionNumber("1.2.3.45678") == 10203)
+        #expect(ScriptServerInfo.versionNumber("1.2.34567") == 0)
+        #expect(ScriptServerInfo.versionNumber("") == 0)
         runLua(#"""
         local proto = require("mysql.proto")
         local g = proto.to_challenge_packet({ server_version_str = "9223372036854775807.1.1" })

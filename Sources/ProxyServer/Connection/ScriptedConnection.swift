@@ -153,15 +153,5 @@ final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
     }
 
     /// How scripts see a socket address (`src`, `dst`).
-    static func scriptAddress(_ address: SocketAddress) -> ScriptAddress {
-        switch address {
-        case .v4:
-            return ScriptAddress(name: address.logDescription, address: address.ipAddress ?? "", port: address.port ?? 0, type: 2)
-        case .v6:
-            return ScriptAddress(name: address.logDescription, address: address.ipAddress ?? "", port: address.port ?? 0, type: 10)
-        case .unixDomainSocket:
-            let path = address.pathname ?? ""
-            return ScriptAddress(name: path, address: path, port: 0, type: 1)
-        }
-    }
+    static func scriptAddress(_ address: SocketAddress) -> ScriptAddress { ScriptAddress(address) }
 }
