@@ -105,7 +105,8 @@ public final class ConnectionScript {
         engine.makeCurrent(fieldsRef: fieldsRef, lua)
         try engine.running(self) { () throws(LuaError) in try lua.pcall(arguments: 0, results: 0) }
 
-        for (hook, name) in Hooks.names where pushHook(name, lua) {
+        let keys = engine.keys.hooks
+        for (position, (hook, _)) in Hooks.names.enumerated() where pushHook(keyRef: keys[position], lua) {
             lua.pop()
             hooks.insert(hook)
         }
@@ -124,24 +125,7 @@ public final class ConnectionScript {
     }
 
     /// Pushes the hook function (from the environment, else the shared globals) and returns true,
-    /// or pushes nothing and returns false.
-    private func pushHook(_ name: String, _ lua: Lua) -> Bool {
-        lua.push(reference: environmentRef)
-        if lua.rawGet(-1, name) == .function {
-            lua.remove(at: -2)
-            return true
-        }
-        lua.pop(2)
-        lua.pushGlobalTable()
-        if lua.rawGet(-1, name) == .function {
-            lua.remove(at: -2)
-            return true
-        }
-        lua.pop(2)
-        return false
-    }
-
-    /// `pushHook` for the hot path: the name comes from the registry, already interned.
+    /// or pushes nothing and returns false; the name comes from the registry, already interned.
     private func pushHook(keyRef: Int32, _ lua: Lua) -> Bool {
         lua.pushFunction(key: keyRef, inTableOrGlobals: environmentRef)
     }
