@@ -28,16 +28,27 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var activated = false
     /// The client address counted towards --max-connections-per-address.
     private var admittedAddress: String?
-    private var clientAddress: SocketAddress? { didSet { clientDescription = clientAddress?.logDescription } }
-    /// `clientAddress` as logs and the admin interface show it, made once.
-    private var clientDescription: String?
+    private var clientAddress: SocketAddress? { didSet { describedClient = nil } }
+    /// `clientAddress` as logs and the query log show it, made when first needed (most
+    /// connections never log a line).
+    private var clientDescription: String? {
+        if let describedClient { return describedClient }
+        describedClient = .some(clientAddress?.logDescription)
+        return describedClient!
+    }
+    private var describedClient: String??
     var backendAddress: ProxyAddress? {
         didSet {
-            backendDescription = backendAddress.map { "\($0)" }
+            describedBackend = nil
             publish()
         }
     }
-    private var backendDescription: String?
+    private var backendDescription: String? {
+        if let describedBackend { return describedBackend }
+        describedBackend = .some(backendAddress?.description)
+        return describedBackend!
+    }
+    private var describedBackend: String??
     var context: ChannelHandlerContext?
     var backend: BackendChannelHandler?
     var backendIndex: Int?
@@ -106,8 +117,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// What the admin interface lists about this connection, written when it changes.
     private func publish() {
         guard let registry = shared.registry, connectionID != 0, !closed else { return }
-        let client = clientDescription ?? "local socket"
-        let backend = backendDescription
+        let (client, backend) = (clientAddress, backendAddress)
         let user = loggedIn ? machine.session?.username : nil
         let database = loggedIn ? machine.session?.database : nil
         let tls = clientTLS.map { "\($0.version) \($0.cipher ?? "")" }

@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import ProxyScripting
 
 /// The proxy's client connections as the admin interface lists them (`SELECT * FROM connections`,
 /// `chassis.get_connections()`): who, through which backend, and with what TLS and compression on
@@ -8,8 +9,10 @@ import NIOCore
 final class ConnectionRegistry: Sendable {
     struct Entry: Sendable {
         var id: UInt64
-        var client = ""
-        var backend: String?
+        /// Kept as addresses and worded when listed (the admin interface asks rarely; connections
+        /// come and go often).
+        var client: SocketAddress?
+        var backend: ProxyAddress?
         var user: String?
         var database: String?
         var clientTLS: String?
@@ -38,9 +41,10 @@ final class ConnectionRegistry: Sendable {
     func rows() -> [[(String, String)]] {
         let now = NIODeadline.now()
         return entries.withLockedValue { Array($0.values) }.sorted { $0.id < $1.id }.map { e in
-            var row: [(String, String)] = [("id", "\(e.id)"), ("client", e.client), ("state", e.loggedIn ? "logged in" : "login"),
+            var row: [(String, String)] = [("id", "\(e.id)"), ("client", e.client?.logDescription ?? "local socket"),
+                                           ("state", e.loggedIn ? "logged in" : "login"),
                                            ("seconds", "\((now - e.since).nanoseconds / 1_000_000_000)")]
-            for (name, value) in [("backend", e.backend), ("user", e.user), ("db", e.database), ("client_tls", e.clientTLS),
+            for (name, value) in [("backend", e.backend?.description), ("user", e.user), ("db", e.database), ("client_tls", e.clientTLS),
                                   ("backend_tls", e.backendTLS), ("client_compression", e.clientCompression),
                                   ("backend_compression", e.backendCompression)] {
                 if let value { row.append((name, value)) }
