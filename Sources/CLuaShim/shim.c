@@ -383,7 +383,8 @@ int moon_dump_function(lua_State *L) {
     return status;
 }
 
-int moon_push_field_or_global(lua_State *L, int table_ref, int key_ref) {
+/* Pushes registry[table_ref][registry[key_ref]] and returns 1 if it is a function; else pushes nothing. */
+static int moon_push_function_in(lua_State *L, lua_Integer table_ref, int key_ref) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, table_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, key_ref);
     if (lua_rawget(L, -2) == LUA_TFUNCTION) {
@@ -391,14 +392,11 @@ int moon_push_field_or_global(lua_State *L, int table_ref, int key_ref) {
         return 1;
     }
     lua_pop(L, 2);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, key_ref);
-    if (lua_rawget(L, -2) == LUA_TFUNCTION) {
-        lua_remove(L, -2);
-        return 1;
-    }
-    lua_pop(L, 2);
     return 0;
+}
+
+int moon_push_field_or_global(lua_State *L, int table_ref, int key_ref) {
+    return moon_push_function_in(L, table_ref, key_ref) || moon_push_function_in(L, LUA_RIDX_GLOBALS, key_ref);
 }
 
 void moon_clear_fields(lua_State *L, int table_ref, const int *key_refs, int count) {

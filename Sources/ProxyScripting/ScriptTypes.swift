@@ -132,8 +132,8 @@ public struct ScriptServerInfo: Sendable {
             var i = 0
             if !keepingReplicationPrefix && bytes.starts(with: "5.5.5-".utf8) { i = 6 }
             // three runs of digits, whatever separates them, each of at most four digits
-            var numbers = (0, 0, 0)
-            for part in 0..<3 {
+            var result = 0
+            for _ in 0..<3 {
                 while i < bytes.count && !(UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[i]) { i += 1 }
                 var value = 0
                 var digits = 0
@@ -144,13 +144,9 @@ public struct ScriptServerInfo: Sendable {
                     i += 1
                 }
                 if digits == 0 { return 0 }
-                switch part {
-                case 0: numbers.0 = value
-                case 1: numbers.1 = value
-                default: numbers.2 = value
-                }
+                result = result * 100 + value
             }
-            return numbers.0 * 10000 + numbers.1 * 100 + numbers.2
+            return result
         }
     }
 }

@@ -50,7 +50,6 @@ public enum ProxyAddress: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-
 extension String {
     fileprivate func trimmingCharacters(in set: String) -> String {
         var s = Substring(self)

@@ -2,7 +2,9 @@
 read-only: the proxy's view of the backend follows within a few check intervals, clients are
 told at once when every backend is down, and the checks never leave a handshake unfinished
 (the server's Aborted_connects stays where it was)."""
+import os
 import time
+from pathlib import Path
 
 import pymysql
 import pytest
@@ -121,8 +123,6 @@ def test_checks_go_over_tls_to_a_server_that_requires_it(start_proxy):
     (verified against the CA under verify-ca), the backend is up and serves; with TLS to backends
     off, the same checks are refused (1045: the account requires SSL) and the backend is down, as
     it is when the server's certificate does not chain to the CA."""
-    import os
-    from pathlib import Path
     certs = Path(os.environ["MOON_TEST_CERTS"])
     server = ExtraMariaDB("mariadb-tls-only", "\n".join([
         f"ssl-ca={certs / 'ca.pem'}", f"ssl-cert={certs / 'server.pem'}", f"ssl-key={certs / 'server-key.pem'}",

@@ -196,8 +196,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// Prepares the script for this connection; false when it cannot run (the client was told).
     private func startScript(_ engine: ScriptEngine, context: ChannelHandlerContext) -> Bool {
         let connection = ScriptedConnection(handler: self, resultsetBufferLimit: engine.configuration.resultsetBufferLimit)
-        connection.client.src = clientAddress.map(ScriptedConnection.scriptAddress)
-        connection.client.dst = clientDestination(context).map(ScriptedConnection.scriptAddress)
+        connection.client.src = clientAddress.map(ScriptAddress.init)
+        connection.client.dst = clientDestination(context).map(ScriptAddress.init)
         switch engine.startConnection(host: connection) {
         case .success(let script):
             connection.script = script

@@ -52,12 +52,11 @@ extension ConnectionStateMachine {
     }
 
     /// As `recordCommandStarted`, on the properties alone (for use inside a scan of a chunk):
-    /// `payload` holds the first bytes of a packet of `payloadLength`. Returns whether the
-    /// statement's text waits for more of it (see `recordRestOfText`).
-    @discardableResult
+    /// `payload` holds the first bytes of a packet of `payloadLength`; the rest of the statement's
+    /// text, if it wants more, comes through `recordRestOfText`.
     static func recordStart(_ code: CommandCode, expectsResponse: Bool, payload: ByteBuffer?, payloadLength: Int, recording: Recording,
-                            now: UInt64, open: inout [CommandRecord], finished: inout [CommandRecord]) -> Bool {
-        guard recording != .off, open.count < maximumOpenRecords else { return false }
+                            now: UInt64, open: inout [CommandRecord], finished: inout [CommandRecord]) {
+        guard recording != .off, open.count < maximumOpenRecords else { return }
         var record = CommandRecord(command: code, started: now)
         if case .text(let limit) = recording, code == .query || code == .stmtPrepare, var payload {
             payload.moveReaderIndex(forwardBy: min(1, payload.readableBytes))  // the command byte
@@ -68,29 +67,25 @@ extension ConnectionStateMachine {
             record.textWanted = wanted - length
             record.textCut = wanted < statementLength
         }
-        let waits = record.textWanted > 0
         if expectsResponse {
             open.append(record)
         } else {
             record.ended = now
             finished.append(record)
-            return false
         }
-        return waits
     }
 
-    /// The client's next read begins with more of the statement the newest open command's record
-    /// waits for (`recordStart` returned true): its text takes what it still wants. Returns whether
-    /// it waits for more still.
-    mutating func recordRestOfText(_ chunk: ByteBuffer) -> Bool {
-        guard let last = openRecords.indices.last, openRecords[last].textWanted > 0 else { return false }
+    /// When the newest open command's record still wants text, the client's read begins with more
+    /// of its statement (no other command can start before that packet ends): the text takes what
+    /// it still wants. Only that record can want text: it is the one whose packet is arriving.
+    mutating func recordRestOfText(_ chunk: ByteBuffer) {
+        guard let last = openRecords.indices.last, openRecords[last].textWanted > 0 else { return }
         let n = min(openRecords[last].textWanted, chunk.readableBytes)
         if var slice = chunk.getSlice(at: chunk.readerIndex, length: n) {
             openRecords[last].text = openRecords[last].text ?? ByteBuffer()
             openRecords[last].text!.writeBuffer(&slice)
         }
         openRecords[last].textWanted -= n
-        return openRecords[last].textWanted > 0
     }
 
     /// The response to the oldest open command ended.

@@ -73,9 +73,8 @@ extension ConnectionStateMachine {
         var commands = 0
         var queries = 0
         let recordingOn = recording != .off
-        if recordTextPending { recordTextPending = recordRestOfText(chunk) }
+        if recordingOn { recordRestOfText(chunk) }
         let carried = fromClient.carriedBytes
-        var textPending = false
         fromClient.scanPacketStarts(chunk) { packet, offset in
             do throws(WireError) {
                 if case .command(let code, let shape) = try tracker.clientPacketStarted(packet) {
@@ -86,9 +85,9 @@ extension ConnectionStateMachine {
                         if case .text(let limit) = recording, code == .query || code == .stmtPrepare {
                             payload = Self.payloadStart(of: packet, at: offset, in: chunk, carried: carried, upTo: limit < Int.max ? limit + 1 : limit)
                         }
-                        textPending = Self.recordStart(code, expectsResponse: shape != .none, payload: payload,
-                                                       payloadLength: Int(packet.header.payloadLength), recording: recording,
-                                                       now: now, open: &openRecords, finished: &finishedRecords)
+                        Self.recordStart(code, expectsResponse: shape != .none, payload: payload,
+                                         payloadLength: Int(packet.header.payloadLength), recording: recording,
+                                         now: now, open: &openRecords, finished: &finishedRecords)
                     }
                 }
                 return true
@@ -97,7 +96,6 @@ extension ConnectionStateMachine {
                 return false
             }
         }
-        if textPending { recordTextPending = true }
         tracker.clientFramesSeen(upTo: fromClient.lastSequenceID)
         if commands > 0 { statistics.add(.commands, commands) }
         if queries > 0 { statistics.add(.queries, queries) }

@@ -138,8 +138,6 @@ struct ConnectionStateMachine {
     var openRecords: [CommandRecord] = []
     /// Commands answered since the handler last took them.
     var finishedRecords: [CommandRecord] = []
-    /// The newest open record's statement continues in the client's next read (relay only).
-    var recordTextPending = false
     /// Why the connection ended, once it is ending.
     var closeSource: CloseSource?
 

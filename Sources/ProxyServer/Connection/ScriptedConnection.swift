@@ -58,8 +58,8 @@ final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
         info.versionString = greeting.serverVersion
         info.mysqldVersion = ScriptServerInfo.versionNumber(greeting.serverVersion)
         info.scrambleBuffer = greeting.authPluginData
-        info.src = handler?.backendLocalAddress.map(Self.scriptAddress)
-        info.dst = handler?.backendRemoteAddress.map(Self.scriptAddress)
+        info.src = handler?.backendLocalAddress.map(ScriptAddress.init)
+        info.dst = handler?.backendRemoteAddress.map(ScriptAddress.init)
         server = info
     }
 
@@ -151,7 +151,4 @@ final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
     func scriptSetConnectionClose(_ close: Bool) {
         connectionCloseRequested = close
     }
-
-    /// How scripts see a socket address (`src`, `dst`).
-    static func scriptAddress(_ address: SocketAddress) -> ScriptAddress { ScriptAddress(address) }
 }
