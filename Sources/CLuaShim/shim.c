@@ -142,6 +142,17 @@ static void moon_replace_with_refusal(lua_State *L, const char *library, const c
     lua_pop(L, 1);
 }
 
+/* The upvalues of built-in functions are theirs: several of the sandbox's wrappers keep the
+ * library function they guard in one. */
+static int moon_debug_getupvalue(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    if (lua_iscfunction(L, 1)) return 0;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
 static int moon_debug_setupvalue(lua_State *L) {
     luaL_checktype(L, 1, LUA_TFUNCTION);
     if (lua_iscfunction(L, 1)) return luaL_error(L, "debug.setupvalue: the upvalues of built-in functions cannot be changed in MoonProxy");
@@ -180,18 +191,52 @@ static void moon_wrap_debug(lua_State *L, const char *name, lua_CFunction wrappe
     lua_pop(L, 1);
 }
 
-/* load, loadfile and dofile take text only: Lua 5.4 does not verify binary chunks, and a crafted
- * one can make the VM read and write out of bounds. */
+/* load, loadfile, dofile and require take text only: Lua 5.4 does not verify binary chunks, and a
+ * crafted one can make the VM read and write out of bounds. `load` is written here in full rather
+ * than wrapping the library's: a wrapper would hold the original in an upvalue or on its stack
+ * while a reader function runs, where debug.getupvalue or debug.getlocal could reach it. */
+#define MOON_LOAD_READER 5 /* the stack slot the reader keeps its current piece in */
+
+static const char *moon_load_reader(lua_State *L, void *ud, size_t *size) {
+    (void)ud;
+    luaL_checkstack(L, 2, "too many nested functions");
+    lua_pushvalue(L, 1);
+    lua_call(L, 0, 1);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        *size = 0;
+        return NULL;
+    }
+    if (!lua_isstring(L, -1)) luaL_error(L, "reader function must return a string");
+    lua_replace(L, MOON_LOAD_READER);
+    return lua_tolstring(L, MOON_LOAD_READER, size);
+}
+
 static int moon_load_text(lua_State *L) {
-    /* load(chunk [, chunkname [, mode [, env]]]) */
-    int top = lua_gettop(L);
-    if (top < 3) lua_settop(L, 3);
-    lua_pushliteral(L, "t");
-    lua_replace(L, 3);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    /* load(chunk [, chunkname [, mode [, env]]]); the mode is always "t" */
+    int env = !lua_isnone(L, 4) ? 4 : 0;
+    int status;
+    size_t length;
+    const char *text = lua_tolstring(L, 1, &length);
+    if (text != NULL) {
+        const char *name = luaL_optstring(L, 2, text);
+        status = luaL_loadbufferx(L, text, length, name, "t");
+    } else {
+        const char *name = luaL_optstring(L, 2, "=(load)");
+        luaL_checktype(L, 1, LUA_TFUNCTION);
+        lua_settop(L, MOON_LOAD_READER);
+        status = lua_load(L, moon_load_reader, NULL, name, "t");
+    }
+    if (status != LUA_OK) {
+        luaL_pushfail(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    if (env != 0) {
+        lua_pushvalue(L, env);
+        if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1);
+    }
+    return 1;
 }
 
 static int moon_loadfile_text(lua_State *L) {
@@ -272,7 +317,82 @@ static int moon_setmetatable(lua_State *L) {
     return lua_gettop(L);
 }
 
+/* require's searcher for Lua files, text only (the library's loads binary chunks as well):
+ * package.searchpath over package.path, then the file loaded in text mode. Upvalue 1 is the
+ * package table. */
+static int moon_searcher_lua_text(lua_State *L) {
+    const char *name = luaL_checkstring(L, 1);
+    lua_getfield(L, lua_upvalueindex(1), "searchpath");
+    lua_pushvalue(L, 1);
+    if (lua_getfield(L, lua_upvalueindex(1), "path") != LUA_TSTRING) return luaL_error(L, "'package.path' must be a string");
+    lua_call(L, 2, 2);
+    if (lua_isnil(L, -2)) return 1; /* the message of the paths tried */
+    lua_pop(L, 1);
+    const char *filename = lua_tostring(L, -1);
+    if (luaL_loadfilex(L, filename, "t") != LUA_OK)
+        return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", name, filename, lua_tostring(L, -1));
+    lua_pushstring(L, filename);
+    return 2;
+}
+
+/* Where the C module loaders wait while they are off (the registry, which scripts cannot reach). */
+static const char *const moon_c_loaders_key = "moonproxy.c_loaders";
+
+/* C modules are off unless the operator gives a C path: package.loadlib and require's searchers
+ * for C libraries go (a library can open anything the sandbox closed, os.execute included), and
+ * the searcher for Lua files loads text only. */
+static void moon_restrict_packages(lua_State *L) {
+    if (lua_getglobal(L, "package") != LUA_TTABLE) { lua_pop(L, 1); return; }
+    int package = lua_gettop(L);
+    lua_newtable(L); /* the C loaders, kept: [1] loadlib, [2] and [3] the searchers */
+    lua_getfield(L, package, "loadlib");
+    lua_rawseti(L, -2, 1);
+    lua_pushnil(L);
+    lua_setfield(L, package, "loadlib");
+    if (lua_getfield(L, package, "searchers") == LUA_TTABLE) {
+        int searchers = lua_gettop(L);
+        lua_pushvalue(L, package);
+        lua_pushcclosure(L, moon_searcher_lua_text, 1);
+        lua_rawseti(L, searchers, 2);
+        lua_rawgeti(L, searchers, 3);
+        lua_rawseti(L, -3, 2);
+        lua_rawgeti(L, searchers, 4);
+        lua_rawseti(L, -3, 3);
+        lua_pushnil(L);
+        lua_rawseti(L, searchers, 4);
+        lua_pushnil(L);
+        lua_rawseti(L, searchers, 3);
+    }
+    lua_pop(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, moon_c_loaders_key);
+    lua_pop(L, 1);
+}
+
+static int moon_allow_c_modules_protected(lua_State *L) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, moon_c_loaders_key) != LUA_TTABLE) return 0;
+    int saved = lua_gettop(L);
+    if (lua_getglobal(L, "package") != LUA_TTABLE) return 0;
+    int package = lua_gettop(L);
+    lua_rawgeti(L, saved, 1);
+    lua_setfield(L, package, "loadlib");
+    if (lua_getfield(L, package, "searchers") == LUA_TTABLE) {
+        lua_rawgeti(L, saved, 2);
+        lua_rawseti(L, -2, 3);
+        lua_rawgeti(L, saved, 3);
+        lua_rawseti(L, -2, 4);
+    }
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, moon_c_loaders_key);
+    return 0;
+}
+
+int moon_allow_c_modules(lua_State *L) {
+    lua_pushcfunction(L, moon_allow_c_modules_protected);
+    return lua_pcall(L, 0, 0, 0);
+}
+
 static int moon_sandbox_protected(lua_State *L) {
+    moon_wrap_debug(L, "getupvalue", moon_debug_getupvalue);
     moon_wrap_debug(L, "setupvalue", moon_debug_setupvalue);
     moon_wrap_debug(L, "setmetatable", moon_debug_setmetatable);
     moon_wrap_debug(L, "getmetatable", moon_debug_getmetatable);
@@ -281,8 +401,7 @@ static int moon_sandbox_protected(lua_State *L) {
     moon_replace_with_refusal(L, "os", "exit");
     moon_replace_with_refusal(L, "os", "execute");
     moon_replace_with_refusal(L, "io", "popen");
-    lua_getglobal(L, "load");
-    lua_pushcclosure(L, moon_load_text, 1);
+    lua_pushcfunction(L, moon_load_text);
     lua_setglobal(L, "load");
     lua_pushcfunction(L, moon_loadfile_text);
     lua_setglobal(L, "loadfile");
@@ -290,6 +409,7 @@ static int moon_sandbox_protected(lua_State *L) {
     lua_setglobal(L, "dofile");
     lua_pushcfunction(L, moon_xpcall);
     lua_setglobal(L, "xpcall");
+    moon_restrict_packages(L);
     lua_getglobal(L, "setmetatable");
     lua_pushcclosure(L, moon_setmetatable, 1);
     lua_setglobal(L, "setmetatable");

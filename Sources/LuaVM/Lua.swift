@@ -406,4 +406,10 @@ public final class LuaState {
     }
 
     public static var release: String { String(cString: moon_lua_release()) }
+
+    /// Gives scripts C modules (`package.loadlib`, `require`'s searchers for C libraries), which
+    /// the sandbox leaves out: the operator named a C path.
+    public func allowCModules() {
+        _ = moon_allow_c_modules(lua.L)
+    }
 }

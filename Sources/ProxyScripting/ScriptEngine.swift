@@ -165,6 +165,7 @@ public final class ScriptEngine: @unchecked Sendable {
         keys.hooks = ConnectionScript.Hooks.names.map { keyRef($0.1) }
         do throws(LuaError) {
             try run(LuaBootstrap.compatibility, name: "=(moonproxy compatibility)", lua)
+            if configuration.luaCPath != nil { state.allowCModules() }
             setPackagePaths(lua)
 
             // _G.proxy: constants, proxy.global, and a metatable pointed at the calling connection.

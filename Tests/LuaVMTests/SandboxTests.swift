@@ -1,3 +1,4 @@
+import Foundation
 import CLuaShim
 import NIOCore
 import Testing
@@ -83,6 +84,58 @@ let bigStringFunction: LuaFunction = { L in
         #expect(run(state, "local f, e = load(string.dump(function() return 1 end), 'x', 'b'); assert(f == nil)") == nil)
         #expect(run(state, "assert(load('return 7')() == 7)") == nil)
         #expect(run(state, "local env = {y = 3}; assert(load('return y', 'c', 't', env)() == 3)") == nil)
+    }
+
+    @Test func binaryChunksAreRefusedThroughUpvaluesReadersAndRequire() throws {
+        let state = LuaState()
+        // The library's load, hidden behind a wrapper, was one upvalue away (issue 22).
+        #expect(run(state, "assert(select('#', debug.getupvalue(load, 1)) == 0)") == nil)
+        #expect(run(state, "assert(select('#', debug.getupvalue(setmetatable, 1)) == 0)") == nil)
+        #expect(run(state, "local x = 1; local function f() return x end; assert(debug.getupvalue(f, 1) == 'x')") == nil)
+        // A reader function cannot reach a library load on the stack, and what it gives is text only.
+        #expect(run(state, """
+            local dump, found = string.dump(function() return 1 end), {}
+            local f = load(function()
+              if dump == nil then return nil end
+              for level = 2, 3 do
+                for i = 1, 10 do
+                  local name, v = debug.getlocal(level, i)
+                  if not name then break end
+                  if type(v) == 'function' then found[#found + 1] = v end
+                end
+              end
+              local piece = dump; dump = nil; return piece
+            end)
+            assert(f == nil)
+            for _, v in ipairs(found) do
+              local ok, g = pcall(v, string.dump(function() return 2 end))
+              assert(not (ok and type(g) == 'function' and g() == 2))
+            end
+            local parts = { 'return ', '4', '2' }
+            assert(load(function() return table.remove(parts, 1) end)() == 42)
+            """) == nil)
+        // require loads text only
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("moon-sandbox-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let dir = directory.path
+        #expect(run(state, """
+            local out = io.open('\(dir)/binmod.lua', 'wb'); out:write(string.dump(function() return 'bin' end)); out:close()
+            out = io.open('\(dir)/textmod.lua', 'wb'); out:write("return 'text'"); out:close()
+            package.path = '\(dir)/?.lua'
+            assert(require('textmod') == 'text')
+            local ok, e = pcall(require, 'binmod')
+            assert(not ok and e:find('binary'), e)
+            """) == nil)
+    }
+
+    @Test func cModulesOnlyWhenTheOperatorAllowsThem() {
+        let state = LuaState()
+        // package.loadlib could reopen os with os.execute in it
+        #expect(run(state, "assert(package.loadlib == nil and #package.searchers == 2)") == nil)
+        #expect(run(state, "assert(not pcall(require, 'definitely_not_a_c_module'))") == nil)
+        state.allowCModules()
+        #expect(run(state, "assert(type(package.loadlib) == 'function' and #package.searchers == 4)") == nil)
     }
 
     @Test func aSpinningCallIsStoppedAtTheTimeout() {

@@ -47,9 +47,15 @@ moon_limits *moon_limits_of(lua_State *L);
 
 /* Replaces what a script could use to crash, stop or bypass the proxy: debug.setupvalue on
  * built-in (C) functions, debug.setmetatable on userdata, debug.getregistry, debug.sethook,
- * os.exit, os.execute, io.popen, binary chunks in load/loadfile/dofile, __gc metamethods
- * (finalizers run with hooks off), and xpcall message handlers run after the time limit. */
+ * os.exit, os.execute, io.popen, binary chunks in load/loadfile/dofile/require, the upvalues of
+ * built-in functions (debug.getupvalue), C modules (package.loadlib and require's C searchers),
+ * __gc metamethods (finalizers run with hooks off), and xpcall message handlers run after the
+ * time limit. */
 int moon_sandbox(lua_State *L);
+
+/* Gives scripts C modules back (package.loadlib, require's C searchers): the operator set a C
+ * path. Runs protected; returns a lua status code. */
+int moon_allow_c_modules(lua_State *L);
 
 /* Installs a panic handler that logs the message to stderr before Lua aborts. */
 void moon_set_panic_handler(lua_State *L);
