@@ -265,23 +265,35 @@ extension SQLTokenizer {
     /// may follow each.
     private static let statementWords: [String: String?] = ["COMMIT": nil, "ROLLBACK": nil, "BEGIN": nil, "START": "TRANSACTION"]
 
-    /// The statement with comments removed, names quoted, constants turned into `?` and keywords
-    /// in upper case: one text for every statement of the same shape (what `proxy.tokenizer`'s
-    /// `normalize` gives scripts, for the query log).
+    /// The statement with comments removed, names quoted, constants (hexadecimal and bit
+    /// literals too, also inside `/*! */` code) turned into `?` and keywords in upper case: one
+    /// text for every statement of the same shape, for the query log. (`proxy.tokenizer`'s
+    /// `normalize`, in Lua, keeps `/*! */` code verbatim, as MySQL Proxy's does.)
     public static func normalize(_ tokens: [Token]) -> String {
         var out = ""
         var words = 0
         var first: String?
-        for token in tokens {
+        var index = tokens.startIndex
+        while index < tokens.endIndex {
+            let token = tokens[index]
+            index += 1
             switch token.id {
             case comment:
                 continue
             case commentMySQL:
-                out += "/*!" + token.string + "*/ "
+                // Code the server runs: normalised like the rest, behind its version number.
+                let version = token.text.prefix { $0 >= 48 && $0 <= 57 }
+                let inner = token.text.dropFirst(version.count).withUnsafeBytes { normalize(tokenize($0)) }
+                out += "/*!" + String(decoding: version, as: UTF8.self) + " " + inner + " */ "
             case literal:
                 let text = token.string
                 let upper = text.uppercased()
-                if text.hasPrefix("@") {
+                if isNumberLiteral(token.text) {
+                    out += "? "   // 0x0A, 0b101
+                } else if isStringPrefix(token.text), index < tokens.endIndex, tokens[index].id == string {
+                    out += "? "   // X'0A', B'101', N'...', _utf8mb4'...'
+                    index += 1
+                } else if text.hasPrefix("@") {
                     out += text + " "
                 } else if words == 0, statementWords[upper] != nil {
                     out += upper + " "
@@ -302,5 +314,20 @@ extension SQLTokenizer {
         }
         if out.hasSuffix(" ") { out.removeLast() }
         return out
+    }
+
+    /// `0x...` and `0b...` (a name to the tokenizer).
+    static func isNumberLiteral(_ text: [UInt8]) -> Bool {
+        guard text.count > 2, text[0] == 48 else { return false }
+        switch text[1] {
+        case 120, 88: return text.dropFirst(2).allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 | 0x20 >= 97 && $0 | 0x20 <= 102) }
+        case 98, 66: return text.dropFirst(2).allSatisfy { $0 == 48 || $0 == 49 }
+        default: return false
+        }
+    }
+
+    /// What may stand right before a quoted constant and belongs to it: `X`, `B`, `N`, `_charset`.
+    static func isStringPrefix(_ text: [UInt8]) -> Bool {
+        (text.count == 1 && [88, 120, 66, 98, 78, 110].contains(text[0])) || (text.count > 1 && text[0] == 95)
     }
 }

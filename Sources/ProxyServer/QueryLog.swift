@@ -208,7 +208,7 @@ public final class QueryLog: Sendable {
             if settings.normalize {
                 statement = text.withUnsafeBytes { Array(SQLTokenizer.normalize(SQLTokenizer.tokenize($0)).utf8) }
             } else {
-                statement = text
+                statement = StatementSecrets.masked(text) ?? text
             }
             out.append(contentsOf: Array(",\"query\":".utf8))
             Self.appendString(statement, to: &out)
