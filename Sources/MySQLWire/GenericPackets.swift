@@ -214,6 +214,19 @@ extension ERRPacket {
     public static func authModeNotSupported(_ detail: String) -> ERRPacket {
         ERRPacket(code: 1251, sqlState: "08004", message: "Client does not support authentication protocol requested by server: \(detail)")
     }
+    /// A password the client would send in clear, or that the proxy would have to encrypt with a
+    /// key it cannot trust, where the link to the server is not verified TLS: the words a MySQL
+    /// client says when it refuses the same (CR_AUTH_PLUGIN_ERR), under the server's code for an
+    /// authentication the client cannot do (a client-range code reads as a malformed packet).
+    public static func authRequiresSecureConnection(plugin: String, _ detail: String) -> ERRPacket {
+        ERRPacket(code: 1251, sqlState: "08004",
+                  message: "Authentication plugin '\(plugin)' reported error: Authentication requires secure connection. (\(detail))")
+    }
+    /// A LOCAL INFILE request the proxy did not pass on: the statement sent asks for no local file
+    /// (ER_NOT_ALLOWED_COMMAND, what a server says when local files are off).
+    public static func localInfileRefused(_ detail: String) -> ERRPacket {
+        ERRPacket(code: 1148, sqlState: "42000", message: "The used command is not allowed with this MariaDB version: \(detail)")
+    }
     public static func shutdownInProgress() -> ERRPacket {
         ERRPacket(code: 1053, sqlState: "08S01", message: "Server shutdown in progress")
     }

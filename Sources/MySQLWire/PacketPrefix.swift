@@ -62,6 +62,12 @@ public struct PacketPrefix: Sendable, Equatable, CustomStringConvertible {
     }
 
     @inlinable
+    public func uint32(at index: Int) -> UInt32? {
+        guard let low = uint16(at: index), let high = uint16(at: index + 2) else { return nil }
+        return UInt32(low) | UInt32(high) << 16
+    }
+
+    @inlinable
     public func uint16(at index: Int, _ field: @autoclosure () -> String) throws(WireError) -> UInt16 {
         guard let value = uint16(at: index) else { throw .truncated(field()) }
         return value

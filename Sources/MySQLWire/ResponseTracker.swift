@@ -40,6 +40,10 @@ public struct ResponseTracker: Sendable {
         case progress
         /// The server asks for a LOCAL INFILE upload: the client sends its file, then an empty packet.
         case localInfileRequest
+        /// The server asks for a LOCAL INFILE upload in answer to a command that cannot ask for one
+        /// (see `LocalInfile`): a rogue server reaching for the client's files. The tracker expects
+        /// no upload; the caller ends the connection.
+        case localInfileRequestRefused
         /// An authentication step (auth switch or more data) that the client may answer.
         case authenticationStep
         /// This packet ends the response to the oldest pending command.
@@ -103,6 +107,9 @@ public struct ResponseTracker: Sendable {
         var nonBlocking = false
         /// The sequence id the response's first packet carries.
         var replySequence: UInt8 = 1
+        /// The command may be answered with a LOCAL INFILE request (see `LocalInfile`); for
+        /// COM_STMT_PREPARE, the statement prepared may be.
+        var mayAskForFile = false
     }
 
     public var capabilities: CapabilityFlags
@@ -121,6 +128,10 @@ public struct ResponseTracker: Sendable {
     private var newestCommandIsLong = false
     /// The prepare response under way leaves its definitions out (MySQL's optional metadata).
     private var prepareSkipsMetadata = false
+    /// Prepared statements whose execution may ask for a local file (LOAD DATA LOCAL prepared),
+    /// by statement id; a handful at most.
+    private var fileStatements: [UInt32] = []
+    static let maximumFileStatements = 16
     private var current = ResponseEnd(command: nil, kind: .other, status: nil, warnings: 0, affectedRows: 0, lastInsertID: 0, rows: 0, results: 0)
 
     public init(capabilities: CapabilityFlags = [.protocol41]) {
@@ -206,6 +217,9 @@ public struct ResponseTracker: Sendable {
         switch shape {
         case .none:
             if code == .quit { clientPhase = .quit }
+            if code == .stmtClose, !fileStatements.isEmpty, let id = packet.prefix.uint32(at: 1) {
+                fileStatements.removeAll { $0 == id }
+            }
             return .command(code, shape)
         case .authentication:
             clientPhase = .authentication
@@ -217,6 +231,12 @@ public struct ResponseTracker: Sendable {
         case .binaryResult:
             // COM_STMT_EXECUTE: 0x17, statement id (4), flags (1): READ_ONLY, FOR_UPDATE, SCROLLABLE.
             item.cursorRequested = code == .stmtExecute && (packet.prefix[5] ?? 0) & 0x07 != 0
+            if code == .stmtExecute, !fileStatements.isEmpty, let id = packet.prefix.uint32(at: 1) {
+                item.mayAskForFile = fileStatements.contains(id)
+            }
+        case .textResult, .prepare:
+            item.mayAskForFile = (code == .query || code == .stmtPrepare)
+                && LocalInfile.mayAskForFile(packet.prefix, payloadLength: Int(packet.header.payloadLength))
         default:
             break
         }
@@ -303,6 +323,9 @@ public struct ResponseTracker: Sendable {
                 // and with MySQL's optional metadata, whether the definitions follow (1).
                 let columns = try packet.prefix.uint16(at: 5, "prepare OK column count")
                 let parameters = try packet.prefix.uint16(at: 7, "prepare OK parameter count")
+                if item.mayAskForFile, let id = packet.prefix.uint32(at: 1), fileStatements.count < Self.maximumFileStatements {
+                    fileStatements.append(id)
+                }
                 current.warnings = packet.prefix.uint16(at: 10) ?? 0
                 prepareSkipsMetadata = capabilities.contains(.optionalResultsetMetadata) && packet.prefix[12] == 0
                 if parameters > 0 {
@@ -323,6 +346,7 @@ public struct ResponseTracker: Sendable {
                 return resultEnded(kind: .ok, status: ok.status, warnings: ok.warnings, affected: ok.affectedRows, insertID: ok.lastInsertID, item)
             case 0xFB:
                 // LOAD DATA LOCAL INFILE, also through COM_STMT_EXECUTE (MariaDB prepares it).
+                guard item.mayAskForFile else { return .localInfileRequestRefused }
                 clientPhase = .localInfile
                 return .localInfileRequest
             case 0xFE where isTerminator:

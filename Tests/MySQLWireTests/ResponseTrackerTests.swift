@@ -158,6 +158,44 @@ import Testing
         #expect(try feed(&t, ["0001000a000000", "01", "036465660000000132000c3f0001000000038100000000", "fe00000200", "0132", "fe00000200"]) == [5])
     }
 
+    /// A rogue server's LOCAL INFILE request in answer to a statement that loads no file is
+    /// refused (and not taken as the start of an upload); LOAD statements, also behind comments or
+    /// in /*! */ code, and statements prepared from them may ask.
+    @Test func localInfileOnlyForStatementsThatLoadAFile() throws {
+        func hex(_ text: String) -> String { Array(text.utf8).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
+        for (statement, asks) in [("SELECT 1", false), ("load data local infile 'x' into table t", true),
+                                  ("  /* @trace_id abc */ LOAD XML LOCAL INFILE 'x'", true), ("/*!40101 LOAD DATA LOCAL */", true),
+                                  ("-- note\nLOAD DATA LOCAL INFILE 'x' INTO TABLE t", true), ("EXECUTE s", true),
+                                  ("SELECT 'LOAD DATA LOCAL'", false), ("LOADED", false), ("/* a comment much longer than the packet's prefix */ LOAD DATA", false),
+                                  ("INSERT INTO t SELECT * FROM u", false)] {
+            var t = try commandPhaseTracker(Self.classic)
+            _ = try send(&t, "03" + hex(statement))
+            let kind = try t.serverPacketStarted(start("fb2f6574632f706173737764"))
+            #expect(kind == (asks ? .localInfileRequest : .localInfileRequestRefused), "\(statement)")
+            #expect(t.clientPhase == (asks ? .localInfile : .command), "\(statement)")
+        }
+        // prepared: the statement id of a prepared LOAD may ask when executed, others not
+        var t = try commandPhaseTracker(Self.deprecateEOF)
+        _ = try send(&t, "16" + hex("LOAD DATA LOCAL INFILE ? INTO TABLE t"))
+        #expect(try feed(&t, ["000700000000000100000000", "03646566000000013f000c3f000000000006800000000000"]) == [1])
+        _ = try send(&t, "16" + hex("SELECT ?"))
+        #expect(try feed(&t, ["000800000001000100000000", "03646566000000013f000c3f000000000006800000000000",
+                               "036465660000000131000c3f000000000006800000000000"]) == [2])
+        _ = try send(&t, "170800000000010000000001fd00037878")
+        #expect(try t.serverPacketStarted(start("fb78")) == .localInfileRequestRefused)
+        var u = try commandPhaseTracker(Self.deprecateEOF)
+        _ = try send(&u, "16" + hex("LOAD DATA LOCAL INFILE ? INTO TABLE t"))
+        _ = try feed(&u, ["000700000000000100000000", "03646566000000013f000c3f000000000006800000000000"])
+        _ = try send(&u, "170700000000010000000001fd00037878")
+        #expect(try u.serverPacketStarted(start("fb78")) == .localInfileRequest)
+        // once closed, the id asks no more
+        _ = try send(&u, "")  // the upload's end
+        _ = try feed(&u, ["0000000200000000"])
+        _ = try send(&u, "1907000000")
+        _ = try send(&u, "170700000000010000000001fd00037878")
+        #expect(try u.serverPacketStarted(start("fb78")) == .localInfileRequestRefused)
+    }
+
     @Test func changeUserWithAuthSwitch() throws {
         var t = try commandPhaseTracker(Self.classic)
         #expect(try send(&t, "116e617400") == .command(.changeUser, .authentication))

@@ -253,11 +253,27 @@ import Testing
 
     @Test func localInfileThroughPreparedStatement() {
         var m = authenticated()
+        let load = Array("LOAD DATA LOCAL INFILE '/tmp/x' INTO TABLE t".utf8).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        _ = m.clientDataReceived(Self.packets([("16" + load, 0)]))
+        _ = m.backendDataReceived(Self.packets([("000100000000000000000000", 1)]))
         _ = m.clientDataReceived(Self.packets([("1701000000000100000000", 0)]))
         guard case .forwardToClient = m.backendDataReceived(Self.packets([("fb2f746d702f78", 1)])) else { Issue.record(); return }
         guard case .forwardToBackend = m.clientDataReceived(Self.packets([("312c610a", 2), ("", 3)])) else { Issue.record(); return }
         guard case .forwardToClient = m.backendDataReceived(Self.packets([("00010002000000", 4)])) else { Issue.record(); return }
         #expect(!m.isAwaitingResponse)
+    }
+
+    /// A LOCAL INFILE request in answer to a statement that loads no file (a rogue server): the
+    /// client gets an ERR where the request stood, and both sides close.
+    @Test func aLocalInfileRequestForAnotherStatementIsRefused() throws {
+        var m = authenticated()
+        _ = m.clientDataReceived(Self.packets([("0353454c4543542031", 0)]))
+        guard case .sendToClientAndClose(let out, _) = m.backendDataReceived(Self.packets([("fb2f6574632f706173737764", 1)])) else {
+            Issue.record(); return
+        }
+        let frame = try #require(out.frames().first)
+        #expect(frame.sequenceID == 1)
+        #expect(try ERRPacket(parsing: frame.payload).code == 1148)
     }
 }
 

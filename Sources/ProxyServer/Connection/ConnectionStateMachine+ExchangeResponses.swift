@@ -14,10 +14,15 @@ extension ConnectionStateMachine {
     /// The response goes to the client as it arrives; the scanner finds where it ends.
     private mutating func streamResponse(_ chunk: ByteBuffer) -> Action {
         var failure: (FrameScanner.PacketStart, offset: Int, WireError)?
+        var refusedAt: (FrameScanner.PacketStart, offset: Int)?
         var ended: ResponseTracker.ResponseEnd?
         fromServer.scanPacketStarts(chunk) { packet, offset in
             do throws(WireError) {
                 let kind = try tracker.serverPacketStarted(packet)
+                if kind == .localInfileRequestRefused {
+                    refusedAt = (packet, offset)
+                    return false
+                }
                 if exchange.firstByte == nil && kind != .progress { exchange.firstByte = packet.firstByte ?? 0 }
                 if kind == .row, let result = exchange.injection { result.bytes += Self.rowBytes(packet.header.payloadLength) }
                 if case .endOfResponse(let end) = kind, ended == nil {
@@ -33,6 +38,7 @@ extension ConnectionStateMachine {
             backendBrokeProtocol()
             return Self.serverPacketMalformed(chunk, at: offset, packet, error)
         }
+        if let (packet, offset) = refusedAt { return localInfileRefused(chunk, at: offset, packet) }
         nextSequenceToClient = fromServer.lastSequenceID &+ 1
         if let result = exchange.injection {
             if result.firstPacketAt == 0 { result.firstPacketAt = ConnectionScript.now() }
@@ -87,6 +93,19 @@ extension ConnectionStateMachine {
                     out.client(Self.framed(c.packet, sequenceID: seq))
                     nextSequenceToClient = seq &+ 1
                     continue
+                }
+                if case .localInfileRequestRefused = kind {
+                    // asked for a file in answer to a statement that loads none: a rogue server
+                    phase = .closed
+                    backendBrokeProtocol()
+                    let reason = "the server asked for a LOCAL INFILE upload in answer to a statement that loads no local file; refused"
+                    guard exchange.clientMayTakeError else { return .abortConnections(reason: reason) }
+                    statistics.add(.errorsSentByProxy)
+                    out.client(Self.framed(.localInfileRefused("the server asked for a local file in answer to a statement that loads none (MoonProxy)"),
+                                           sequenceID: nextSequenceToClient, protocol41: true))
+                    out.close = reason
+                    out.closeLevel = .warning
+                    return .send(out)
                 }
                 if case .localInfileRequest = kind {
                     // The client knows nothing of this query and has no file for it: send none.

@@ -11,17 +11,24 @@ extension ConnectionStateMachine {
     /// and picks up again at the client's next command, and the warning names what it could not follow.
     mutating func relayFromServer(_ chunk: ByteBuffer) -> Action {
         var warning: String?  // (a String, not the error itself: cheaper to carry when nothing failed)
+        var refusedAt: (FrameScanner.PacketStart, offset: Int)?
         let recordingOn = recording != .off
         if recordingOn { recordResponseBytes(chunk.readableBytes) }
-        fromServer.scanPacketStarts(chunk) { packet, _ in
+        fromServer.scanPacketStarts(chunk) { packet, offset in
             guard !tracker.isDesynchronized else { return true }
             do throws(WireError) {
-                if case .endOfResponse(let end) = try tracker.serverPacketStarted(packet) {
+                switch try tracker.serverPacketStarted(packet) {
+                case .endOfResponse(let end):
                     if end.command == nil {
                         if end.kind == .error && closeSource == nil { closeSource = .authFailed }
                     } else if recordingOn {
                         Self.recordEnd(end, now: now, open: &openRecords, finished: &finishedRecords)
                     }
+                case .localInfileRequestRefused:
+                    refusedAt = (packet, offset)
+                    return false
+                default:
+                    break
                 }
             } catch {
                 let command = tracker.currentCommand.map { "\($0)" } ?? "the login"
@@ -31,9 +38,27 @@ extension ConnectionStateMachine {
             }
             return true
         }
+        if let (packet, offset) = refusedAt { return localInfileRefused(chunk, at: offset, packet) }
         guard let warning else { return .forwardToClient(chunk) }
         statistics.add(.backendProtocolErrors)  // counted, but the connection goes on
         return .forwardToClientUnderstoodNot(chunk, warning: warning)
+    }
+
+    /// The server asked for a local file in answer to a statement that loads none (see
+    /// `LocalInfile`): the client gets what came before the request and an ERR in its place, and
+    /// the connection ends (the server waits for a file that will not come).
+    mutating func localInfileRefused(_ chunk: ByteBuffer, at offset: Int, _ packet: FrameScanner.PacketStart) -> Action {
+        phase = .closed
+        backendBrokeProtocol()
+        let command = tracker.currentCommand.map { "\($0)" } ?? "a command"
+        let reason = "the server asked for a LOCAL INFILE upload in answer to \(command), which does not load a local file; refused (a rogue or intercepted server reaching for the client's files)"
+        guard !packet.isSplit else { return .abortConnections(reason: reason) }
+        statistics.add(.errorsSentByProxy)
+        var out = chunk.getSlice(at: chunk.readerIndex, length: offset) ?? ByteBuffer()
+        var err = Self.framed(.localInfileRefused("the server asked for a local file in answer to a statement that loads none (MoonProxy)"),
+                              sequenceID: packet.header.sequenceID, protocol41: true)
+        out.writeBuffer(&err)
+        return .sendToClientAndClose(out, reason: reason)
     }
 
     /// Forwards what came before the bad packet and puts an ERR where it stood.
