@@ -26,6 +26,9 @@ public final class ScriptEngine: @unchecked Sendable {
         public var luaCPath: String?
         /// A directory of Lua modules searched first (`dir/?.lua`, `dir/?/init.lua`, `dir/?.so`).
         public var libraryDirectory: String?
+        /// `--proxy-auto-config-dir`: where proxy.auto-config's SAVE and LOAD may write and read,
+        /// by file name only (nil: they are refused).
+        public var autoConfigDirectory: String?
         /// `proxy.global.config`.
         public var config: [String: ScriptValue] = [:]
         /// Largest result an injected query with `resultset_is_needed = true` may buffer.

@@ -159,6 +159,13 @@ public struct ProxyConfiguration: Sendable {
     /// `--max-connections`: client connections at once, over all listeners of the proxy (0: no
     /// limit); one more is refused as the server refuses it (1040, "Too many connections").
     public var maxConnections: Int = 0
+    /// `--max-unauthenticated-connections-per-address`: connections from one client address that
+    /// have not finished logging in (0: no limit). A login takes milliseconds; many at once from
+    /// one address hold the proxy's descriptors for nothing (a slow-login flood).
+    public var maxUnauthenticatedConnectionsPerAddress: Int = 256
+    /// `--proxy-auto-config-dir`: where scripts' `PROXY SAVE CONFIG` / `LOAD CONFIG` may write and
+    /// read, by file name only (nil: they are refused).
+    public var autoConfigDirectory: String?
     /// `--max-connections-per-address`: client connections at once from one client address (0: no limit).
     public var maxConnectionsPerAddress: Int = 0
     /// `--max-open-files`; 0 leaves the limit alone.

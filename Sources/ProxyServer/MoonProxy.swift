@@ -68,6 +68,7 @@ public final class MoonProxy: Sendable {
             script.luaPath = configuration.luaPath
             script.luaCPath = configuration.luaCPath
             script.libraryDirectory = configuration.luaLibraryDirectory
+            script.autoConfigDirectory = configuration.autoConfigDirectory
             script.resultsetBufferLimit = configuration.resultsetBufferLimit
             script.memoryLimit = configuration.luaMemoryLimit
             script.timeout = configuration.luaTimeout

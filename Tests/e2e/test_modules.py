@@ -74,8 +74,10 @@ def test_mysql_proto_on_prepared_statements(start_proxy):
     d.close()
 
 
-def test_auto_config_and_chassis(start_proxy):
-    saved = WORKDIR / f"moon-autoconfig-{id(object())}.lua"
+def test_auto_config_and_chassis(start_proxy, tmp_path):
+    config_dir = tmp_path / "autoconfig"
+    config_dir.mkdir()
+    saved = config_dir / "saved.lua"
     p = script("""
         local commands = require("proxy.commands")
         local chassis = require("chassis")
@@ -89,7 +91,7 @@ def test_auto_config_and_chassis(start_proxy):
           if proxy.global.config.demo.verbose then chassis.warning("query: " .. commands.pretty_print(cmd)) end
         end
     """)
-    proxy = start_proxy(f"--proxy-lua-script={p}")
+    proxy = start_proxy(f"--proxy-lua-script={p}", f"--proxy-auto-config-dir={config_dir}")
     c = proxy.connect()
     with c.cursor() as cur:
         assert cur.execute("PROXY SET GLOBAL demo.row_limit = 5") == 1
@@ -100,10 +102,10 @@ def test_auto_config_and_chassis(start_proxy):
         assert "expected a number" in e.value.args[1]
         with pytest.raises(pymysql.err.OperationalError):
             cur.execute("PROXY SET GLOBAL nothing.here = 1")
-        cur.execute(f'PROXY SAVE CONFIG INTO "{saved}"')
+        cur.execute('PROXY SAVE CONFIG INTO "saved.lua"')
         cur.execute("PROXY SET GLOBAL demo.verbose = true")
         cur.execute("SELECT 'logged'")
-        cur.execute(f'PROXY LOAD CONFIG FROM "{saved}"')          # verbose is false again
+        cur.execute('PROXY LOAD CONFIG FROM "saved.lua"')          # verbose is false again
         cur.execute("SELECT 'not logged'")
     c.close()
     wait_for_log(proxy, r"\(lua\) \(\S+\.lua:\d+\) query: \[COM_QUERY\] SELECT 'logged'")

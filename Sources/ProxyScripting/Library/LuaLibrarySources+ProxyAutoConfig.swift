@@ -10,6 +10,9 @@ extension LuaLibrarySources {
 -- config:handle(cmd) (cmd from proxy.commands.parse) answers them and returns
 -- proxy.PROXY_SEND_RESULT, or nil for any other query.
 local M = { _VERSION = "MoonProxy proxy.auto-config 1.0" }
+-- SAVE and LOAD go through the proxy: plain file names in --proxy-auto-config-dir only (a client
+-- chooses the name), and nothing without that option
+local files = ...
 
 local function parse_value(current, text)
   local kind = type(current)
@@ -43,15 +46,16 @@ local function ok(rows) proxy.response = { type = proxy.MYSQLD_PACKET_OK, affect
 local function err(msg) proxy.response = { type = proxy.MYSQLD_PACKET_ERR, errmsg = msg, errcode = 1105, sqlstate = "HY000" } end
 
 function M.save(tbl, filename)
-  local file, msg = io.open(filename, "w")
-  if not file then return false, msg end
-  file:write("return {\n" .. serialize(tbl, "  ") .. "}\n")
-  file:close()
+  local done, msg = files.save(tostring(filename), "return {\n" .. serialize(tbl, "  ") .. "}\n")
+  if not done then return false, msg end
   return true
 end
 
 function M.load(tbl, filename)
-  local chunk, msg = loadfile(filename, "t", {})
+  local text, msg = files.load(tostring(filename))
+  if not text then return false, msg end
+  local chunk
+  chunk, msg = load(text, "=" .. tostring(filename), "t", {})
   if not chunk then return false, msg end
   local done, values = pcall(chunk)
   if not done then return false, values end

@@ -25,6 +25,9 @@ enum LuaModules {
     -- script is, with 5.1's unknown escapes made literal when 5.4 refuses the file as it is.
     local lua51 = swift_modules["moonproxy.lua51"]
     swift_modules["moonproxy.lua51"] = nil
+    -- proxy.auto-config's files, confined to --proxy-auto-config-dir; for that module only
+    local config_files = swift_modules["moonproxy.config_files"]
+    swift_modules["moonproxy.config_files"] = nil
     local searchers = package.searchers
     local lua_searcher = searchers[2]
     searchers[2] = function(name)
@@ -46,7 +49,11 @@ enum LuaModules {
       preload[name] = function() return publish(name, module) end
     end
     for name, chunk in pairs(lua_modules) do
-      preload[name] = function(...) return publish(name, chunk(...)) end
+      if name == "proxy.auto-config" then
+        preload[name] = function() return publish(name, chunk(config_files)) end
+      else
+        preload[name] = function(...) return publish(name, chunk(...)) end
+      end
     end
     rawset(proxy, "tokenize", swift_modules["mysql.tokenizer"].tokenize)
     """#
@@ -68,6 +75,14 @@ enum LuaModules {
 
         lua.push(function: lua51Rewrite)
         lua.rawSet(-2, "moonproxy.lua51")
+
+        lua.newTable()
+        for (name, fn) in [("save", configFileSave), ("load", configFileLoad)] {
+            lua.push(object: reference, metatable: engineMetatable)
+            lua.push(function: fn, upvalues: 1)
+            lua.rawSet(-2, name)
+        }
+        lua.rawSet(-2, "moonproxy.config_files")
 
         lua.newTable()
         for (name, fn) in [("hash", passwordHash), ("scramble", passwordScramble), ("unscramble", passwordUnscramble), ("check", passwordCheck)] {
@@ -116,6 +131,37 @@ enum LuaModules {
 final class EngineReference {
     unowned(unsafe) let engine: ScriptEngine
     init(_ engine: ScriptEngine) { self.engine = engine }
+}
+
+// MARK: proxy.auto-config's files
+
+private let configFileSave: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let name = bytesArgument(lua, 1), let text = bytesArgument(lua, 2) else {
+        return lua.raiseWithPosition("save(name, text) takes two strings")
+    }
+    let directory = LuaModules.engine(lua)?.configuration.autoConfigDirectory
+    if let problem = ConfigFiles.save(name, text, in: directory) {
+        lua.pushNil()
+        lua.push(problem.description)
+        return 2
+    }
+    lua.push(true)
+    return 1
+}
+
+private let configFileLoad: LuaFunction = { L in
+    let lua = Lua(L!)
+    guard let name = bytesArgument(lua, 1) else { return lua.raiseWithPosition("load(name) takes a string") }
+    switch ConfigFiles.load(name, in: LuaModules.engine(lua)?.configuration.autoConfigDirectory) {
+    case .success(let bytes):
+        bytes.withUnsafeBytes { lua.push(bytes: $0) }
+        return 1
+    case .failure(let problem):
+        lua.pushNil()
+        lua.push(problem.description)
+        return 2
+    }
 }
 
 // MARK: mysql.tokenizer
