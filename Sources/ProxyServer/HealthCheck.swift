@@ -127,7 +127,8 @@ extension HealthChecker {
     /// How a probe of `address` may turn to TLS: nil when it stays in plaintext.
     func tlsPlan(for address: ProxyAddress) -> HealthProbeHandler.TLSPlan? {
         guard let tls, tls.backend.mode != .off else { return nil }
-        let required = tls.backend.mode.wantsTLS(clientUsesTLS: true, serverOffers: false) == nil
+        // TLS when offered; required where even a plaintext client's link must be TLS
+        let required = tls.backend.mode.wantsTLS(clientUsesTLS: false, serverOffers: false) == nil
         let context: NIOSSLContext
         do {
             context = try tls.forBackend(clientVersion: nil)

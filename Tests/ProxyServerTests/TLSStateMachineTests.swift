@@ -103,6 +103,46 @@ import Testing
         guard case .sendToClientAndClose = m.clientDataReceived(Base.packets([(Self.sslRequest, 1)])) else { Issue.record("not refused"); return }
     }
 
+    /// With --ssl-cert the greeting offers TLS whatever the server's says; a server link stripped
+    /// of TLS is refused for a TLS client rather than carried over plaintext.
+    @Test func aTLSClientIsNotDowngraded() throws {
+        var (m, _) = greeted(.init(offer: .always, backend: .preferred), greeting: Base.greeting)
+        guard case .startClientTLS = m.clientDataReceived(Base.packets([(Self.sslRequest, 1)])) else { Issue.record("no TLS"); return }
+        guard case .sendToClientAndClose(let err, let reason) = m.clientDataReceived(Base.packets([(Base.handshakeResponse, 2)])) else {
+            Issue.record("not refused"); return
+        }
+        #expect(reason.contains("does not carry a TLS client over a plaintext server link"))
+        let frame = try #require(err.frames().first)
+        let code = try ERRPacket(parsing: frame.payload).code
+        #expect(frame.sequenceID == 3 && code == 1105)
+    }
+
+    /// TLS on both links, the server's certificate not verified: a switch to a plugin that sends
+    /// the password in clear is refused before the client sends it, unless the operator trusts
+    /// unverified servers or verified this one.
+    @Test func aPasswordGoesOverUnverifiedTLSOnlyWhenTrusted() throws {
+        let clearSwitch = "fe" + Array("mysql_clear_password".utf8).map { String(format: "%02x", $0) }.joined() + "00"
+        func login(_ policy: ConnectionStateMachine.TLSPolicy) throws -> ConnectionStateMachine.Action {
+            var (m, _) = greeted(policy)
+            guard case .startClientTLS = m.clientDataReceived(Base.packets([(Self.sslRequest, 1)])) else { throw TestFailure.unexpected("no TLS") }
+            guard case .send(let out) = m.clientDataReceived(Base.packets([(Base.handshakeResponse, 2)])), out.backendTLSRequest != nil else {
+                throw TestFailure.unexpected("no TLS to the server")
+            }
+            return m.backendDataReceived(Base.packets([(clearSwitch, 3)]))
+        }
+        guard case .send(let refused) = try login(.init(offer: .likeBackend, backend: .preferred)), refused.close != nil else {
+            Issue.record("not refused"); return
+        }
+        let err = try ERRPacket(parsing: #require(refused.toClient?.frames().first).payload)
+        #expect(err.code == 1251 && err.message.contains("Authentication requires secure connection"))
+        #expect(refused.toBackend == nil)
+        for trusted in [ConnectionStateMachine.TLSPolicy(offer: .likeBackend, backend: .preferred, trustUnverifiedBackends: true),
+                        ConnectionStateMachine.TLSPolicy(offer: .likeBackend, backend: .verifyCA)] {
+            let passed = try Self.toClient(login(trusted))
+            #expect(try #require(passed.frames().first).payload.getInteger(at: 0, as: UInt8.self) == 0xFE)
+        }
+    }
+
     static func toClient(_ action: ConnectionStateMachine.Action) throws -> ByteBuffer {
         switch action {
         case .forwardToClient(let b): return b

@@ -31,11 +31,14 @@ def sha2_scramble(password, scramble):
 
 
 class AuthServer(FakeServer):
-    """mode: 'sha2-fast' (the server has the password cached), 'sha2-full', 'sha256' or 'clear'."""
+    """mode: 'sha2-fast' (the server has the password cached), 'sha2-full', 'sha256' or 'clear'.
+    key_bits: the size of the RSA key it sends (2048 unless a test wants a weak one)."""
 
-    def __init__(self, mode, password=b"secret"):
+    def __init__(self, mode, password=b"secret", key_bits=2048):
         self.mode, self.password = mode, password
         self.steps = []
+        self.key = KEY if key_bits == 2048 else rsa.generate_private_key(public_exponent=65537, key_size=key_bits)
+        self.pem = self.key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         super().__init__()
 
     @staticmethod
@@ -58,10 +61,10 @@ class AuthServer(FakeServer):
                 seq, answer = self._read(conn)
                 if answer == b"\x01":                              # request for the public key
                     self.steps.append("key requested")
-                    conn.sendall(frame(b"\x01" + PEM, seq + 1))
+                    conn.sendall(frame(b"\x01" + self.pem, seq + 1))
                     seq, answer = self._read(conn)
                 try:
-                    plain = KEY.decrypt(answer, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None))
+                    plain = self.key.decrypt(answer, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None))
                     xored = bytes(b ^ switch_scramble[i % 20] for i, b in enumerate(plain))
                     ok = xored.rstrip(b"\x00") == self.password
                 except ValueError:
@@ -87,11 +90,14 @@ class AuthServer(FakeServer):
                     seq, answer = self._read(conn)
                     if answer == b"\x02":                          # request for the public key
                         self.steps.append("key requested")
-                        conn.sendall(frame(b"\x01" + PEM, seq + 1))
+                        conn.sendall(frame(b"\x01" + self.pem, seq + 1))
                         seq, answer = self._read(conn)
-                    plain = KEY.decrypt(answer, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None))
-                    xored = bytes(b ^ scramble[i % len(scramble)] for i, b in enumerate(plain))
-                    ok = xored.rstrip(b"\x00") == self.password
+                    try:
+                        plain = self.key.decrypt(answer, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None))
+                        xored = bytes(b ^ scramble[i % len(scramble)] for i, b in enumerate(plain))
+                        ok = xored.rstrip(b"\x00") == self.password
+                    except ValueError:
+                        self.steps.append("not encrypted for this key")
                     self.steps.append("full")
             if ok:
                 conn.sendall(frame(OK, seq + 1))

@@ -299,13 +299,16 @@ def test_large_results_stream_through_tls(start_proxy):
 @pytest.mark.parametrize("password, accepted", [("secret", True), ("wrong", False)])
 def test_a_password_sent_in_clear_over_tls_goes_on_rsa_encrypted(start_proxy, password, accepted):
     """caching_sha2_password full authentication: the client sends its password in clear over TLS;
-    the server link is plaintext (the fake server has no TLS), so the proxy does the RSA exchange
-    with the server itself. The fake server decrypts with its private key: a password that came in
-    clear would fail there."""
+    the server link is plaintext (the fake server has no TLS; the operator chose
+    --proxy-backend-ssl=off and trusts the key the server sends), so the proxy does the RSA
+    exchange with the server itself. The fake server decrypts with its private key: a password
+    that came in clear would fail there. (Without the operator's word the login is refused: see
+    test_security.)"""
     from authserver import AuthServer
     import mysql.connector
     server = AuthServer("sha2-full")
-    proxy = start_proxy(f"--ssl-cert={CERT}", f"--ssl-key={KEY}", f"--proxy-backend-addresses=127.0.0.1:{server.port}", backend=False)
+    proxy = start_proxy(f"--ssl-cert={CERT}", f"--ssl-key={KEY}", f"--proxy-backend-addresses=127.0.0.1:{server.port}", backend=False,
+                        *["--proxy-backend-ssl=off", "--proxy-backend-get-server-public-key"])
     kw = dict(host="127.0.0.1", port=proxy.port, user="u", password=password, auth_plugin="caching_sha2_password",
               ssl_verify_cert=False, ssl_disabled=False, connection_timeout=10)
     if accepted:
@@ -329,6 +332,7 @@ def test_tls_options_in_a_defaults_file(start_proxy, tmp_path):
     cnf = tmp_path / "moonproxy.cnf"
     cnf.write_text(f"[mysql-proxy]\nssl-cert = {CERT}\nssl-key = {KEY}\nproxy-backend-ssl = required\n"
                    "require-secure-transport = true\n")
+    cnf.chmod(0o600)
     proxy = start_proxy(f"--defaults-file={cnf}")
     assert cli(proxy.port, SSL_QUERY, extra=[f"--ssl-ca={CA}", "--ssl-verify-server-cert"]).stdout.strip().startswith("TLSv1.")
     assert "3159" in cli(proxy.port, tls=False, check=False).stderr
@@ -368,7 +372,8 @@ def test_sha256_password_over_tls_goes_on_rsa_encrypted(start_proxy):
     password encrypted. Over a plaintext client link the client does that itself."""
     from authserver import AuthServer
     server = AuthServer("sha256")
-    proxy = start_proxy(f"--ssl-cert={CERT}", f"--ssl-key={KEY}", f"--proxy-backend-addresses=127.0.0.1:{server.port}", backend=False)
+    proxy = start_proxy(f"--ssl-cert={CERT}", f"--ssl-key={KEY}", f"--proxy-backend-addresses=127.0.0.1:{server.port}",
+                        "--proxy-backend-ssl=off", "--proxy-backend-get-server-public-key", backend=False)
     c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="u", password="secret", ssl=no_verify(), connect_timeout=10)
     c.ping(reconnect=False)
     c.close()
@@ -385,7 +390,8 @@ def test_a_cleartext_plugin_is_refused_between_tls_and_plaintext(start_proxy):
     when the proxy would have to pass it on in clear. Plaintext on both links, it is relayed."""
     from authserver import AuthServer
     server = AuthServer("clear")
-    proxy = start_proxy(f"--ssl-cert={CERT}", f"--ssl-key={KEY}", f"--proxy-backend-addresses=127.0.0.1:{server.port}", backend=False)
+    proxy = start_proxy(f"--ssl-cert={CERT}", f"--ssl-key={KEY}", f"--proxy-backend-addresses=127.0.0.1:{server.port}",
+                        "--proxy-backend-ssl=off", "--proxy-backend-get-server-public-key", backend=False)
     with pytest.raises(pymysql.err.OperationalError) as e:
         pymysql.connect(host="127.0.0.1", port=proxy.port, user="u", password="secret", ssl=no_verify(), connect_timeout=10)
     assert e.value.args[0] == 1251 and "--proxy-backend-ssl" in e.value.args[1]

@@ -175,10 +175,10 @@ extension ConnectionStateMachine {
             guard let wanted = tlsPolicy.backend.wantsTLS(clientUsesTLS: clientTLS, serverOffers: session.greeting.capabilities.contains(.ssl)) else {
                 phase = .closed
                 statistics.add(.errorsSentByProxy)
-                return .sendToClientAndClose(
-                    Self.framed(.sslConnectionError("the backend server does not offer TLS, which --proxy-backend-ssl=\(tlsPolicy.backend.rawValue) requires (MoonProxy)"),
-                                sequenceID: reply, protocol41: true),
-                    reason: "the backend does not offer TLS, which --proxy-backend-ssl=\(tlsPolicy.backend.rawValue) requires")
+                let reason = tlsPolicy.backend == .preferred
+                    ? "the client logged in over TLS and the backend server does not offer TLS; the proxy does not carry a TLS client over a plaintext server link (--proxy-backend-ssl=off would)"
+                    : "the backend server does not offer TLS, which --proxy-backend-ssl=\(tlsPolicy.backend.rawValue) requires"
+                return .sendToClientAndClose(Self.framed(.sslConnectionError("\(reason) (MoonProxy)"), sequenceID: reply, protocol41: true), reason: reason)
             }
             backendTLS = wanted
             serverSequence = wanted ? 2 : 1
@@ -220,6 +220,7 @@ extension ConnectionStateMachine {
                 let bytes = answer.encode(command: nil, capabilities: session.capabilities, sequenceID: reply)
                 if case .error = answer {
                     phase = .closed
+                    noteClose(.authFailed)
                     return .send(Output(toClient: bytes, close: "read_auth refused the login"))
                 }
                 return loggedInWithoutServer(answer: bytes, rest: input, compression: clientCompression)
@@ -269,19 +270,21 @@ extension ConnectionStateMachine {
         loginShift = frame.sequenceID &- serverSequence
         let start = CompressionStart(client: clientCompression, backend: backendCompression)
         compressionPending = start.client == nil && start.backend == nil ? nil : start
-        if clientTLS && hasServer && !backendTLS {
+        if clientTLS && hasServer && !backendLinkIsTrusted {
             // A password in clear in the handshake response itself (the greeting named a plugin
-            // that sends it so): it cannot be made safe for a plaintext server link.
+            // that sends it so): it goes on over unverified TLS only if the operator trusts such
+            // servers, and never over a plaintext link.
             let plugin = response.authPluginName ?? ""
             let data = response.authResponse
             if (Self.cleartextPlugins.contains(plugin) && !data.isEmpty)
-                || (plugin == Self.sha256PluginName && !data.isEmpty && data != Self.sha256PublicKeyRequest && !(data.count >= 256 && data.last != 0)) {
+                || (plugin == Self.sha256PluginName && !data.isEmpty && data != Self.sha256PublicKeyRequest && !(data.count >= 256 && data.last != 0)),
+               !(backendTLS && tlsPolicy.trustUnverifiedBackends) {
+                let refused = PasswordRefused(plugin: plugin, unverifiedTLS: backendTLS, cleartextOnly: Self.cleartextPlugins.contains(plugin) || !backendTLS)
                 phase = .closed
                 statistics.add(.errorsSentByProxy)
-                return .sendToClientAndClose(Self.framed(.authModeNotSupported(CleartextRefused(plugin: plugin).description), sequenceID: reply, protocol41: true),
-                                             reason: "login refused: \(CleartextRefused(plugin: plugin))")
+                return .sendToClientAndClose(Self.framed(refused.packet, sequenceID: reply, protocol41: true), reason: "login refused: \(refused)")
             }
-            secretGuard = SecretGuard(plugin: plugin, scramble: Array(session.greeting.authPluginData.prefix(20)))
+            secretGuard = SecretGuard(plugin: plugin, scramble: Array(session.greeting.authPluginData.prefix(20)), unverifiedTLS: backendTLS)
         }
         nextSequenceToClient = reply
         phase = .relaying
@@ -305,18 +308,23 @@ extension ConnectionStateMachine {
         clientCollector.append(chunk)
         var out = Output()
         do {
-            while loginShift != 0 && tracker.clientPhase == .authentication, let c = clientCollector.peekSequence(), c != 0,
+            while loginShift != 0 || secretGuard != nil, tracker.clientPhase == .authentication, let c = clientCollector.peekSequence(), c != 0,
                   let packet = try clientCollector.next() {
                 _ = try tracker.clientPacketStarted(packet.start)
                 nextSequenceToClient = packet.packet.sequenceID &+ 1
-                guard guardClientLoginPacket(packet.packet, &out) else { continue }
+                guard try guardClientLoginPacket(packet.packet, &out) else { continue }
                 out.backend(Self.framed(packet.packet, sequenceID: packet.packet.sequenceID &- loginShift))
             }
+        } catch let failure as CachingSHA2.Failure {
+            phase = .closed
+            statistics.add(.errorsSentByProxy)
+            return .sendToClientAndClose(Self.framed(.sslConnectionError("\(failure) (MoonProxy)"), sequenceID: nextSequenceToClient, protocol41: true),
+                                         reason: "the client's password cannot be encrypted for the server: \(failure)")
         } catch {
             clientBrokeProtocol()
             return .abortConnections(reason: "malformed packet from the client during the login: \(error)")
         }
-        if loginShift != 0 && tracker.clientPhase == .authentication && clientCollector.peekSequence() != 0 {
+        if (loginShift != 0 || secretGuard != nil) && tracker.clientPhase == .authentication && clientCollector.peekSequence() != 0 {
             return Self.finish(out)  // the rest of a packet is on its way
         }
         guard let rest = clientCollector.takeUnread() else {
@@ -358,14 +366,14 @@ extension ConnectionStateMachine {
         serverCollector.append(chunk)
         var out = Output()
         do {
-            while interceptingAuthResult || loginShift != 0 || compressionPending != nil, let c = try serverCollector.next() {
+            while interceptingAuthResult || loginShift != 0 || compressionPending != nil || secretGuard != nil, let c = try serverCollector.next() {
                 let kind = try tracker.serverPacketStarted(c.start)
                 if secretGuard != nil {
                     do {
                         guard try guardServerLoginPacket(c.packet, &out) else { continue }
-                    } catch let refused as CleartextRefused {
+                    } catch let refused as PasswordRefused {
                         statistics.add(.errorsSentByProxy)
-                        out.client(Self.framed(.authModeNotSupported(refused.description), sequenceID: c.packet.sequenceID &+ loginShift, protocol41: true))
+                        out.client(Self.framed(refused.packet, sequenceID: c.packet.sequenceID &+ loginShift, protocol41: true))
                         out.close = "login refused: \(refused)"
                         out.closeLevel = .warning
                         return .send(out)
@@ -415,7 +423,7 @@ extension ConnectionStateMachine {
             backendBrokeProtocol()
             return .abortConnections(reason: "malformed packet from the backend during the login: \(error)")
         }
-        if !interceptingAuthResult && loginShift == 0 && compressionPending == nil {
+        if !interceptingAuthResult && loginShift == 0 && compressionPending == nil && secretGuard == nil {
             // What followed the verdict in the same read (a partial packet too) is read as usual.
             guard let rest = serverCollector.takeUnread() else {
                 return .abortConnections(reason: "the server sent a packet of 16 MiB or more right after its verdict on the login")

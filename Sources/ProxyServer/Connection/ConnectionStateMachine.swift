@@ -84,6 +84,11 @@ struct ConnectionStateMachine {
         var backend = BackendTLSSettings.Mode.off
         /// The client came through a unix socket, which counts as secure transport.
         var localSocket = false
+        /// `--proxy-backend-server-public-key`: the key a password goes encrypted with over a
+        /// plaintext server link (see +Secrets).
+        var pinnedServerKey: String?
+        /// `--proxy-backend-get-server-public-key`: servers that are not verified may have passwords.
+        var trustUnverifiedBackends = false
     }
 
     enum Action {
@@ -173,6 +178,11 @@ struct ConnectionStateMachine {
     var clientTLS = false
     /// The server's link turned to TLS (after the proxy's SSLRequest).
     var backendTLS = false
+    /// The server link is a unix socket.
+    var backendIsLocal = false
+    /// Whether the server link is known to end at the server: a unix socket, or TLS whose
+    /// certificate was verified.
+    var backendLinkIsTrusted: Bool { backendIsLocal || (backendTLS && tlsPolicy.backend.verifies) }
     /// While the login runs, the client's sequence ids are the server's plus this: the SSLRequest
     /// takes one packet on a TLS link, so when only one of the two links is TLS they are one apart.
     var loginShift: UInt8 = 0
@@ -237,8 +247,11 @@ struct ConnectionStateMachine {
         return .connectToBackend
     }
 
-    mutating func backendConnected() -> Action {
+    /// `localSocket`: the server is on this machine, behind a unix socket, where nobody can sit
+    /// between (a password may go to it as to a verified TLS link).
+    mutating func backendConnected(localSocket: Bool = false) -> Action {
         guard phase == .connectingToBackend else { return .none }
+        backendIsLocal = localSocket
         phase = .awaitingGreeting
         return .none
     }
@@ -354,12 +367,12 @@ struct ConnectionStateMachine {
         statistics.add(.bytesFromBackends, chunk.readableBytes)
         switch phase {
         case .relaying where !intercepting && !closeWhenIdle && !interceptingAuthResult && loginShift == 0
-                                && compressionPending == nil && !exchange.active:
+                                && compressionPending == nil && !exchange.active && secretGuard == nil:
             // The plain relay (no hook on the path): it only ever forwards.
             return relayFromServer(chunk)
         case .relaying:
             var action: Action
-            if interceptingAuthResult || loginShift != 0 || compressionPending != nil {
+            if interceptingAuthResult || loginShift != 0 || compressionPending != nil || secretGuard != nil {
                 action = authResultDataReceived(chunk)
             } else if exchange.active {
                 action = exchangeServerData(chunk)
@@ -432,7 +445,7 @@ struct ConnectionStateMachine {
 
     /// Bytes from the client once its handshake response went on.
     mutating func clientDataDuringRelay(_ chunk: ByteBuffer) -> Action {
-        if loginShift != 0 && tracker.clientPhase == .authentication { return loginClientData(chunk) }
+        if (loginShift != 0 || secretGuard != nil) && tracker.clientPhase == .authentication { return loginClientData(chunk) }
         return intercepting ? exchangeClientData(chunk) : relayFromClient(chunk)
     }
 

@@ -15,16 +15,35 @@ enum CachingSHA2 {
         var description: String
     }
 
+    /// RSA keys shorter than this are refused: one that short can be factored by whoever sent it
+    /// in place of the server.
+    static let minimumKeyBits = 2048
+
     static func encryptedPassword(_ password: ByteBuffer, scramble: [UInt8], publicKeyPEM: String) throws -> [UInt8] {
         guard !scramble.isEmpty else { throw Failure(description: "no scramble to mix the password with") }
         var bytes = Array(password.readableBytesView)
+        defer { for i in bytes.indices { bytes[i] = 0 } }
         if bytes.last != 0 { bytes.append(0) }
         for i in bytes.indices { bytes[i] ^= scramble[i % scramble.count] }
         let key: _RSA.Encryption.PublicKey
         do { key = try _RSA.Encryption.PublicKey(unsafePEMRepresentation: publicKeyPEM) } catch {
             throw Failure(description: "the server's public key cannot be read: \(error)")
         }
+        guard key.keySizeInBits >= minimumKeyBits else {
+            throw Failure(description: "the server's RSA key has \(key.keySizeInBits) bits, fewer than the \(minimumKeyBits) the proxy accepts")
+        }
         guard bytes.count <= key.keySizeInBits / 8 - 42 else { throw Failure(description: "the password is too long for the server's RSA key") }
         return Array(try key.encrypt(bytes, padding: .PKCS1_OAEP))
+    }
+
+    /// Checks a PEM public key at startup (`--proxy-backend-server-public-key`): RSA, readable, long enough.
+    static func checkPublicKey(_ pem: String) throws {
+        let key: _RSA.Encryption.PublicKey
+        do { key = try _RSA.Encryption.PublicKey(unsafePEMRepresentation: pem) } catch {
+            throw Failure(description: "not an RSA public key in PEM: \(error)")
+        }
+        guard key.keySizeInBits >= minimumKeyBits else {
+            throw Failure(description: "the RSA key has \(key.keySizeInBits) bits, fewer than \(minimumKeyBits)")
+        }
     }
 }

@@ -38,6 +38,11 @@ final class TLSContexts: Sendable {
         serverContext = NIOLockedValueBox(context)
         selfSigned = generated
         var problem: String? = nil
+        if let pem = backend.serverPublicKeyPEM {
+            do { try CachingSHA2.checkPublicKey(pem) } catch {
+                throw TLSSetupError("--proxy-backend-server-public-key: \(error)")
+            }
+        }
         if backend.mode != .off {
             // made now so that a CA or key file that does not load is known before any client comes
             do {

@@ -58,8 +58,8 @@ public struct BackendTLSSettings: Sendable {
     public enum Mode: String, Sendable, CaseIterable {
         /// Never.
         case off
-        /// When the client's own link is TLS and the server offers it, so the server sees what it
-        /// would see directly (the default).
+        /// When the client's own link is TLS, so the server sees what it would see directly (the
+        /// default); a TLS client is refused when the server does not offer TLS (a downgrade).
         case preferred
         /// Always; a server that does not offer TLS is refused. The certificate is not checked.
         case required
@@ -74,10 +74,14 @@ public struct BackendTLSSettings: Sendable {
         public func wantsTLS(clientUsesTLS: Bool, serverOffers: Bool) -> Bool? {
             switch self {
             case .off: return false
-            case .preferred: return clientUsesTLS && serverOffers
+            case .preferred: return clientUsesTLS ? (serverOffers ? true : nil) : false
             case .required, .verifyCA, .verifyIdentity: return serverOffers ? true : nil
             }
         }
+
+        /// Whether the server's certificate is checked: only then is a TLS link known to end at
+        /// the server rather than at whoever sits between.
+        public var verifies: Bool { self == .verifyCA || self == .verifyIdentity }
     }
 
     public var mode: Mode = .preferred
@@ -85,6 +89,12 @@ public struct BackendTLSSettings: Sendable {
     /// A client certificate and key to present to the server.
     public var certificatePath: String?
     public var keyPath: String?
+    /// The backends' RSA public key, PEM (`--proxy-backend-server-public-key`): a password a
+    /// client sent in clear goes over a plaintext server link only encrypted with it.
+    public var serverPublicKeyPEM: String?
+    /// `--proxy-backend-get-server-public-key`: servers that are not verified are trusted with
+    /// passwords anyway (the RSA key a server sends is taken; a password goes over unverified TLS).
+    public var trustUnverifiedWithPasswords = false
 
     public init() {}
 }
