@@ -10,14 +10,16 @@ import ProxyScripting
 /// itself never reaches Lua). The admin script then only needs `read_query`; the default one
 /// answers `SELECT * FROM help`, `backends`, `stats`, `connections` and `config`.
 public struct AdminConfiguration: Sendable {
-    public var address: ProxyAddress = .tcp(host: "0.0.0.0", port: 4041)
+    /// Loopback unless the operator names another address: the admin interface shows every
+    /// connection and the configuration.
+    public var address: ProxyAddress = .tcp(host: "127.0.0.1", port: 4041)
     public var username: String
     public var password: String
     /// `--admin-lua-script`; the built-in script when nil (and `luaScriptSource` is nil).
     public var luaScript: String?
     public var luaScriptSource: String?
 
-    public init(username: String, password: String, address: ProxyAddress = .tcp(host: "0.0.0.0", port: 4041)) {
+    public init(username: String, password: String, address: ProxyAddress = .tcp(host: "127.0.0.1", port: 4041)) {
         self.username = username
         self.password = password
         self.address = address

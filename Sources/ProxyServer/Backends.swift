@@ -24,8 +24,11 @@ public struct BackendInfo: Hashable, Sendable {
 /// The backends of one proxy and their health, shared by every event loop.
 ///
 /// A new client goes to the least-loaded read-write backend that is not down (ties go round-robin).
-/// A failed connect marks a backend down; a down backend becomes a candidate again once
-/// `retryInterval` has passed since it went down, and up once a connect to it succeeds.
+/// A failed connect (or a server that sends no greeting in time) marks a backend down. A down
+/// backend is half-open once `retryInterval` has passed since it went down: the next client is
+/// tried there, alone, while the others go elsewhere; its greeting marks the backend up, another
+/// failure down again. So a restarted server takes clients again within the interval, without a
+/// probe of the proxy's own (which would leave an unfinished handshake on the server).
 public final class BackendPool: Sendable {
     private struct Entry {
         var configuration: BackendConfiguration
@@ -34,6 +37,9 @@ public final class BackendPool: Sendable {
         var state: BackendState = .unknown
         var connectedClients = 0
         var downSince: NIODeadline? = nil
+        /// A client is trying this down backend (half-open): the others are not sent there
+        /// until it knows.
+        var probing = false
         var uuid: String
         /// Limits of the idle connection pool (`pool.min_idle_connections`, `max_idle_connections`).
         var minIdle = 0
@@ -71,14 +77,15 @@ public final class BackendPool: Sendable {
         }
     }
 
-    /// Whether a backend down since `since` may be tried by a client now.
-    private func retryable(_ since: NIODeadline?, now: NIODeadline) -> Bool {
-        guard !activeChecks.load(ordering: .relaxed) else { return false }
-        guard let since else { return true }
+    /// Whether a down backend may be tried by a client now: health checks are off, no client is
+    /// trying it already, and the retry interval has passed.
+    private func retryable(_ entry: Entry, now: NIODeadline) -> Bool {
+        guard !activeChecks.load(ordering: .relaxed), !entry.probing else { return false }
+        guard let since = entry.downSince else { return true }
         return now - since >= retryInterval
     }
 
-    public init(_ backends: [BackendConfiguration], retryInterval: TimeAmount = .seconds(5)) {
+    public init(_ backends: [BackendConfiguration], retryInterval: TimeAmount = .milliseconds(500)) {
         var list: [Entry] = []
         for (i, b) in backends.enumerated() {
             var resolved: SocketAddress? = nil
@@ -105,11 +112,12 @@ public final class BackendPool: Sendable {
                 let i = (offset + value.rotation) % n
                 let e = value.backends[i]
                 guard e.configuration.type == .readWrite, !excluding.contains(i) else { continue }
-                if e.state == .down, !retryable(e.downSince, now: now) { continue }
+                if e.state == .down, !retryable(e, now: now) { continue }
                 if let b = best, value.backends[b].connectedClients <= e.connectedClients { continue }
                 best = i
             }
             guard let chosen = best else { return nil }
+            if value.backends[chosen].state == .down { value.backends[chosen].probing = true }
             return (chosen, value.backends[chosen].configuration.address, value.backends[chosen].resolved)
         }
     }
@@ -120,18 +128,11 @@ public final class BackendPool: Sendable {
         entries.withLockedValue { value in
             guard value.backends.indices.contains(index) else { return nil }
             let e = value.backends[index]
-            if e.state == .down, !retryable(e.downSince, now: now) { return nil }
+            if e.state == .down {
+                guard retryable(e, now: now) else { return nil }
+                value.backends[index].probing = true
+            }
             return (index, e.configuration.address, e.resolved)
-        }
-    }
-
-    /// The address of backend `index` if it may be used now (not down, or down long enough ago).
-    public func usableAddress(_ index: Int, now: NIODeadline = .now()) -> ProxyAddress? {
-        entries.withLockedValue { value in
-            guard value.backends.indices.contains(index) else { return nil }
-            let e = value.backends[index]
-            if e.state == .down, !retryable(e.downSince, now: now) { return nil }
-            return e.configuration.address
         }
     }
 
@@ -140,6 +141,7 @@ public final class BackendPool: Sendable {
             guard value.backends.indices.contains(index) else { return }
             value.backends[index].state = .down
             value.backends[index].downSince = now
+            value.backends[index].probing = false
         }
     }
 
@@ -148,6 +150,15 @@ public final class BackendPool: Sendable {
             guard value.backends.indices.contains(index) else { return }
             value.backends[index].state = .up
             value.backends[index].downSince = nil
+            value.backends[index].probing = false
+        }
+    }
+
+    /// The client trying a down backend went away before it knew: another may try.
+    func probeAbandoned(_ index: Int) {
+        entries.withLockedValue { value in
+            guard value.backends.indices.contains(index) else { return }
+            value.backends[index].probing = false
         }
     }
 

@@ -116,8 +116,13 @@ public struct ProxyConfiguration: Sendable {
     /// `--proxy-login-timeout`: how long a client has, from its connect, to finish logging in (the
     /// TLS handshake included), as MariaDB's `connect_timeout`; nil: no limit. Default 10 s.
     public var loginTimeout: TimeAmount? = .seconds(10)
-    /// How long a backend marked down is left alone before a new client may try it again.
-    public var backendRetryInterval: TimeAmount = .seconds(5)
+    /// How long a backend marked down is left alone before one new client may try it again
+    /// (half-open: the others go elsewhere until that one knows). Default 0.5 s.
+    public var backendRetryInterval: TimeAmount = .milliseconds(500)
+    /// `--proxy-backend-greeting-timeout`: how long a server may take from the TCP connect to its
+    /// greeting. One that misses it (stopped, hung, its accept queue full) is marked down and the
+    /// client goes to the next backend. nil: no limit (the login timeout still applies).
+    public var backendGreetingTimeout: TimeAmount? = .seconds(5)
     /// How long a graceful shutdown lets running commands finish before closing everything.
     public var shutdownGracePeriod: TimeAmount = .seconds(10)
     /// `--event-threads`, default 1 as in MySQL Proxy.

@@ -31,6 +31,8 @@ public final class MoonProxy: Sendable {
         var adminChannel: Channel?
         var metricsChannel: Channel?
         var started = false
+        var acceptsAtOnce = true
+        var accepting = false
     }
     /// The admin interface's connections, script and counters (nil without `configuration.admin`).
     private let adminContext: ProxyContext?
@@ -131,9 +133,11 @@ public final class MoonProxy: Sendable {
             var adminProxy = configuration
             adminProxy.listenAddress = admin.address
             adminProxy.backends = []
+            // TLS with the proxy's certificate, --require-secure-transport, and a growing wait for
+            // addresses that keep failing to log in
             self.adminContext = ProxyContext(configuration: adminProxy, backends: BackendPool([], retryInterval: .seconds(5)),
                                              statistics: ProxyStatistics(), connector: connector, logger: adminLogger,
-                                             scriptEngine: adminEngine)
+                                             scriptEngine: adminEngine, tls: tls, failedLogins: FailedLogins(), offersTLSAlways: true)
         } else {
             self.adminContext = nil
         }
@@ -168,7 +172,11 @@ public final class MoonProxy: Sendable {
     public func reloadCertificates() throws {
         guard let tls else { return }
         if try tls.reload() {
-            logger.notice("TLS certificate and key reloaded from \(configuration.clientTLS.certificatePath ?? "")")
+            if let path = configuration.clientTLS.certificatePath {
+                logger.notice("TLS certificate and key reloaded from \(path)")
+            } else {
+                logger.notice("TLS for clients: a new self-signed certificate made, valid for a year")
+            }
         }
     }
 
@@ -215,12 +223,17 @@ public final class MoonProxy: Sendable {
 
     /// Binds the listeners (the proxy's, unless disabled, and the admin interface's, if
     /// configured). Throws if an address is taken or invalid, or the admin has no password.
-    public func start() async throws {
+    ///
+    /// With `accepting` false the listeners are bound but accept nothing (clients wait in the
+    /// backlog) until `startAccepting()`: a proxy started as root binds its ports and drops its
+    /// privileges before the first connection runs any of its code.
+    public func start(accepting: Bool = true) async throws {
         let first = state.withLockedValue { state -> Bool in
             defer { state.started = true }
             return !state.started
         }
         guard first else { return }
+        acceptsAtOnce = accepting
         if let tlsProblem { throw TLSSetupError(tlsProblem) }
         if let queryLogProblem { throw QueryLog.QueryLogError(message: queryLogProblem) }
         if let admin = configuration.admin, let adminContext {
@@ -236,23 +249,61 @@ public final class MoonProxy: Sendable {
             state.withLockedValue { $0.metricsChannel = channel }
             logger.notice("metrics at http://\(channel.localAddress.map(\.logDescription) ?? "\(address)")/metrics")
         }
+        if configuration.proxyEnabled {
+            let channels = try await bindPerLoop(configuration.listenAddress, context: context)
+            state.withLockedValue { $0.serverChannels = channels }
+            let channel = channels[0]
+            logger.notice("listening on \(channel.localAddress.map(\.logDescription) ?? "\(configuration.listenAddress)")",
+                          metadata: ["backends": "\(configuration.backends.map { "\($0.address) (\($0.type.rawValue))" }.joined(separator: ", "))",
+                                     "listeners": "\(channels.count)"])
+            warnIfBackendsAreUnverified()
+        }
+        if accepting { await startAccepting() }
+    }
+
+    /// Whether `start` lets the listeners accept as soon as they are bound.
+    private var acceptsAtOnce: Bool {
+        get { state.withLockedValue { $0.acceptsAtOnce } }
+        set { state.withLockedValue { $0.acceptsAtOnce = newValue } }
+    }
+
+    /// Lets the listeners `start(accepting: false)` bound accept connections, and starts the
+    /// health checks.
+    public func startAccepting() async {
+        let channels = state.withLockedValue { state -> [Channel] in
+            defer { state.accepting = true }
+            guard !state.accepting else { return [] }
+            return state.serverChannels + [state.adminChannel, state.metricsChannel].compactMap { $0 }
+        }
+        for channel in channels {
+            try? await channel.setOption(.autoRead, value: true).get()
+            channel.read()
+        }
         healthChecker?.start()
-        guard configuration.proxyEnabled else { return }
-        let channels = try await bindPerLoop(configuration.listenAddress, context: context)
-        state.withLockedValue { $0.serverChannels = channels }
-        let channel = channels[0]
-        logger.notice("listening on \(channel.localAddress.map(\.logDescription) ?? "\(configuration.listenAddress)")",
-                      metadata: ["backends": "\(configuration.backends.map { "\($0.address) (\($0.type.rawValue))" }.joined(separator: ", "))",
-                                 "listeners": "\(channels.count)"])
+    }
+
+    /// Said once at startup: a server link that is not verified TLS may end at whoever sits
+    /// between, so clients' passwords sent in clear are not passed on (see +Secrets).
+    private func warnIfBackendsAreUnverified() {
+        let remote = configuration.backends.filter { if case .tcp = $0.address { return true } else { return false } }
+        guard !remote.isEmpty, !configuration.backendTLS.mode.verifies else { return }
+        let pinned = configuration.backendTLS.serverPublicKeyPEM != nil ? " except RSA-encrypted with --proxy-backend-server-public-key" : ""
+        let trusted = configuration.backendTLS.trustUnverifiedWithPasswords ? ", but --proxy-backend-get-server-public-key trusts them anyway" : ""
+        let message = "backends are reached without verifying who answers (--proxy-backend-ssl=\(configuration.backendTLS.mode.rawValue)): "
+            + "a password a client sends in clear (caching_sha2_password's full authentication, sha256_password, cleartext plugins) "
+            + "is not passed on to them\(pinned)\(trusted); set --proxy-backend-ssl=verify-ca with --proxy-backend-ssl-ca to verify them"
+        logger.warning("\(message)")
     }
 
     private func bindMetrics(_ address: ProxyAddress, exporter: MetricsExporter) async throws -> Channel {
-        let bootstrap = ServerBootstrap(group: group)
+        let limits = MetricsHTTPHandler.Limits()
+        let bootstrap = guarded(ServerBootstrap(group: group), statistics: statistics)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                guard limits.admit() else { return channel.close() }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(exporter: exporter))
+                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(exporter: exporter, limits: limits))
                 }
             }
         switch address {
@@ -330,7 +381,7 @@ public final class MoonProxy: Sendable {
     /// A listener; on `loop` alone (accepting and serving there, sharing its port with the other
     /// loops' listeners), or on the whole group.
     private func bind(_ target: BindTarget, context: ProxyContext, loop: EventLoop?) async throws -> Channel {
-        var bootstrap = (loop.map { ServerBootstrap(group: $0) } ?? ServerBootstrap(group: group))
+        var bootstrap = guarded(loop.map { ServerBootstrap(group: $0) } ?? ServerBootstrap(group: group), statistics: context.statistics)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 1024)
         if loop != nil {
@@ -358,6 +409,26 @@ public final class MoonProxy: Sendable {
         case .resolved(let address):
             return try await bootstrap.bind(to: address).get()
         }
+    }
+
+    /// A listener's bootstrap with what every listener has: the accept guard (descriptor
+    /// exhaustion), and no accepting before `startAccepting()` when `start` was asked so.
+    private func guarded(_ bootstrap: ServerBootstrap, statistics: ProxyStatistics) -> ServerBootstrap {
+        let logger = self.logger
+        let stormLog = context.stormLog
+        return bootstrap
+            .serverChannelOption(.autoRead, value: acceptsAtOnce)
+            .serverChannelInitializer { channel in
+                let counters = statistics.shard(for: channel.eventLoop)
+                let loop = channel.eventLoop
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptGuard { error in
+                        counters.add(.acceptFailures)
+                        stormLog.warning(.descriptorsExhausted, "cannot accept a connection: \(error); waiting clients get ERR 1040 as descriptors come free (raise the open-files limit, --max-open-files)",
+                                         logger: logger, on: loop)
+                    })
+                }
+            }
     }
 
     /// Stops accepting, lets running commands finish for up to `gracePeriod` (the configuration's

@@ -27,6 +27,8 @@ public final class ProxyStatistics: @unchecked Sendable {
         case bytesToBackends
         /// Query log entries dropped because the writer fell behind (--query-log).
         case queryLogDropped
+        /// Accepts that failed for want of descriptors (or memory): EMFILE, ENFILE, ENOBUFS, ENOMEM.
+        case acceptFailures
     }
 
     private let active = ManagedAtomic<Int>(0)

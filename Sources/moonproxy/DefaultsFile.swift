@@ -15,7 +15,7 @@ enum DefaultsFile {
     static let switches: Set<String> = [
         "proxy-skip-profiling", "proxy-fix-bug-25371", "no-proxy", "proxy-pool-no-change-user", "verbose-shutdown",
         "daemon", "log-use-syslog", "log-backtrace-on-crash", "keepalive", "version", "require-secure-transport", "skip-ssl",
-        "proxy-backend-proxy-protocol", "query-log-normalize",
+        "proxy-backend-proxy-protocol", "query-log-normalize", "proxy-backend-get-server-public-key", "require-x509", "require-client-certificate",
     ]
 
     /// Long names of options that take a value, with their short forms.
@@ -24,7 +24,8 @@ enum DefaultsFile {
         "proxy-lua-script": "s", "proxy-connect-timeout": nil, "proxy-read-timeout": nil, "proxy-write-timeout": nil,
         "proxy-backend-retry-interval": nil, "proxy-login-timeout": nil, "proxy-shutdown-timeout": nil, "proxy-resultset-buffer-limit": nil,
         "proxy-lua-timeout": nil, "proxy-lua-memory-limit": nil, "proxy-max-packet-size": nil,
-        "admin-address": nil, "admin-username": nil, "admin-password": nil, "admin-lua-script": nil,
+        "admin-address": nil, "admin-username": nil, "admin-password": nil, "admin-password-file": nil, "admin-lua-script": nil,
+        "proxy-backend-check-password-file": nil, "proxy-backend-server-public-key": nil, "proxy-auto-config-dir": nil, "max-unauthenticated-connections-per-address": nil, "proxy-backend-greeting-timeout": nil,
         "user": nil, "basedir": nil, "pid-file": nil, "plugin-dir": nil, "plugins": nil, "log-level": nil, "log-file": nil,
         "max-open-files": nil, "max-connections": nil, "metrics-address": nil, "query-log": nil, "query-log-max-query-length": nil, "proxy-protocol-networks": nil, "proxy-backend-check-interval": nil, "proxy-backend-check-user": nil, "proxy-backend-check-password": nil, "max-connections-per-address": nil, "event-threads": nil, "lua-path": nil, "lua-cpath": nil,
         "ssl-cert": nil, "ssl-key": nil, "ssl-ca": nil, "ssl-cipher": nil, "tls-version": nil,
@@ -34,6 +35,7 @@ enum DefaultsFile {
 
     /// Parses the `[mysql-proxy]` section into (key, value) pairs in file order.
     static func read(path: String) throws -> [(key: String, value: String)] {
+        try SecretFile.checkNotWorldAccessible(path, what: "the defaults file")
         guard let text = readWholeFile(path, limit: 16 << 20).map({ String(decoding: $0, as: UTF8.self) }) else {
             throw Problem(description: "cannot read the defaults file '\(path)': \(String(cString: strerror(errno)))")
         }

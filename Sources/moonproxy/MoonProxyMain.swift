@@ -5,6 +5,7 @@ import ArgumentParser
 import Dispatch
 import Logging
 import NIOCore
+import ProxyScripting
 import ProxyServer
 import ServiceLifecycle
 
@@ -46,6 +47,8 @@ enum MoonProxyMain {
             }
         } catch let problem as DefaultsFile.Problem {
             fail(problem.description, code: 2)
+        } catch let problem as SecretFile.Problem {
+            fail(problem.description, code: 2)
         } catch {
             if Options.exitCode(for: error) == .success {
                 print(MoonProxyCommand.helpMessage(columns: nil))
@@ -53,6 +56,9 @@ enum MoonProxyMain {
             }
             fail("\(Options.message(for: error))\nTry 'moonproxy --help' for the list of options.", code: 2)
         }
+
+        // Passwords given on the command line: out of what ps shows, and a word of warning.
+        let secretsOnCommandLine = SecretFile.scrubCommandLine()
 
         /// Relative paths in the configuration are taken relative to --basedir when it is given.
         let basedir = options.basedir
@@ -79,10 +85,13 @@ enum MoonProxyMain {
                 let seconds = options.proxyBackendCheckInterval ?? 2
                 configuration.backendCheckInterval = seconds > 0 ? .nanoseconds(Int64(seconds * 1e9)) : nil
                 configuration.backendCheckUser = user
-                configuration.backendCheckPassword = options.proxyBackendCheckPassword ?? ""
+                configuration.backendCheckPassword = try SecretFile.resolve(
+                    value: options.proxyBackendCheckPassword, file: resolve(options.proxyBackendCheckPasswordFile),
+                    fileOption: "--proxy-backend-check-password-file", environment: "MOONPROXY_BACKEND_CHECK_PASSWORD") ?? ""
             }
             if let metrics = options.metricsAddress {
-                configuration.metricsAddress = try ProxyAddress(parsing: metrics, defaultHost: "0.0.0.0", defaultPort: 9104)
+                // a bare :port is loopback: metrics show the proxy's traffic to whoever asks
+                configuration.metricsAddress = try ProxyAddress(parsing: metrics, defaultHost: "127.0.0.1", defaultPort: 9104)
             }
             if let path = resolve(options.queryLog) {
                 var queryLog = QueryLog.Settings(path: path)
@@ -114,10 +123,15 @@ enum MoonProxyMain {
         configuration.backendRetryInterval = seconds(options.proxyBackendRetryInterval, configuration.backendRetryInterval)
         configuration.shutdownGracePeriod = seconds(options.proxyShutdownTimeout, configuration.shutdownGracePeriod)
         if let login = options.proxyLoginTimeout { configuration.loginTimeout = login > 0 ? seconds(login, .seconds(10)) : nil }
+        if let greeting = options.proxyBackendGreetingTimeout {
+            configuration.backendGreetingTimeout = greeting > 0 ? seconds(greeting, .seconds(5)) : nil
+        }
         configuration.eventThreads = options.eventThreads ?? 1
         configuration.maxOpenFiles = options.maxOpenFiles ?? 0
         configuration.maxConnections = options.maxConnections ?? 0
         configuration.maxConnectionsPerAddress = options.maxConnectionsPerAddress ?? 0
+        if let n = options.maxUnauthenticatedConnectionsPerAddress { configuration.maxUnauthenticatedConnectionsPerAddress = n }
+        configuration.autoConfigDirectory = resolve(options.proxyAutoConfigDir)
 
         // MARK: scripting
 
@@ -136,11 +150,19 @@ enum MoonProxyMain {
         configuration.clientTLS.cipher = options.sslCipher
         if let text = options.tlsVersion, let versions = try? ClientTLSSettings.parseVersions(text) { configuration.clientTLS.versions = versions }
         configuration.clientTLS.requireSecureTransport = options.requireSecureTransport
+        configuration.clientTLS.requireX509 = options.requireX509
         configuration.clientTLS.disabled = options.skipSsl
         if let mode = options.proxyBackendSsl.flatMap(BackendTLSSettings.Mode.init(rawValue:)) { configuration.backendTLS.mode = mode }
         configuration.backendTLS.caPath = resolve(options.proxyBackendSslCa)
         configuration.backendTLS.certificatePath = resolve(options.proxyBackendSslCert)
         configuration.backendTLS.keyPath = resolve(options.proxyBackendSslKey)
+        if let path = resolve(options.proxyBackendServerPublicKey) {
+            guard let pem = readWholeFile(path, limit: 1 << 20) else {
+                fail("--proxy-backend-server-public-key: cannot read '\(path)': \(String(cString: strerror(errno)))", code: 2)
+            }
+            configuration.backendTLS.serverPublicKeyPEM = String(decoding: pem, as: UTF8.self)
+        }
+        configuration.backendTLS.trustUnverifiedWithPasswords = options.proxyBackendGetServerPublicKey
         if let text = options.protocolCompressionAlgorithms, let flags = try? CompressionSettings.parseAlgorithms(text) {
             configuration.compression.clientAlgorithms = flags
         }
@@ -153,13 +175,20 @@ enum MoonProxyMain {
         // MARK: admin
 
         if options.pluginList.contains("admin") {
-            guard let username = options.adminUsername, !username.isEmpty,
-                  let password = options.adminPassword, !password.isEmpty else {
-                fail("--plugins=admin needs --admin-username and --admin-password (the admin interface does not run without a password)", code: 1)
+            let password: String?
+            do {
+                password = try SecretFile.resolve(value: options.adminPassword, file: resolve(options.adminPasswordFile),
+                                                  fileOption: "--admin-password-file", environment: "MOONPROXY_ADMIN_PASSWORD")
+            } catch {
+                fail("\(error)", code: 2)
+            }
+            guard let username = options.adminUsername, !username.isEmpty, let password, !password.isEmpty else {
+                fail("--plugins=admin needs --admin-username and a password (--admin-password-file, MOONPROXY_ADMIN_PASSWORD or --admin-password); the admin interface does not run without one", code: 1)
             }
             var admin = AdminConfiguration(username: username, password: password)
             do {
-                admin.address = try ProxyAddress(parsing: options.adminAddress ?? ":4041", defaultHost: "0.0.0.0", defaultPort: 4041)
+                // a bare :port is loopback: the admin interface shows every connection
+                admin.address = try ProxyAddress(parsing: options.adminAddress ?? ":4041", defaultHost: "127.0.0.1", defaultPort: 4041)
             } catch {
                 fail("--admin-address: \(error)", code: 2)
             }
@@ -199,8 +228,12 @@ enum MoonProxyMain {
             do { try ProcessControl.setMaxOpenFiles(configuration.maxOpenFiles) } catch { logger.critical("\(error)"); exit(1) }
         }
         let pidFile = resolve(options.pidFile)
+        var pidFileLock: CInt = -1
         if let pidFile {
-            do { try ProcessControl.writePIDFile(pidFile) } catch { logger.critical("\(error)"); exit(1) }
+            do { pidFileLock = try ProcessControl.writePIDFile(pidFile) } catch { logger.critical("\(error)"); exit(1) }
+        }
+        if secretsOnCommandLine {
+            logger.warning("a password was given on the command line, where other users can read it (ps shows it while the proxy starts); use the -file option or the environment variable instead")
         }
 
         for (given, note) in [
@@ -255,7 +288,9 @@ enum MoonProxyMain {
             defer { finished.signal() }
             do {
                 if runProxy {
-                    try await proxy.start()
+                    // Bound now (a port below 1024 needs root), accepting only once the
+                    // privileges are dropped: no connection ever runs as root.
+                    try await proxy.start(accepting: false)
                     if !proxyEnabled { logger.notice("the proxy module is not started (--no-proxy or --plugins without proxy)") }
                 } else {
                     // Nothing to serve: wait for a signal all the same, as MySQL Proxy does.
@@ -264,6 +299,7 @@ enum MoonProxyMain {
                 if let user = switchToUser {
                     try ProcessControl.switchUser(user)
                 }
+                if runProxy { await proxy.startAccepting() }
                 try await group.run()
             } catch {
                 logger.critical("\(error)")
@@ -272,7 +308,7 @@ enum MoonProxyMain {
         }
         finished.wait()
         withExtendedLifetime(earlySignals) {}
-        if let pidFile { ProcessControl.removePIDFile(pidFile) }
+        if let pidFile, pidFileLock >= 0 { ProcessControl.removePIDFile(pidFile, fd: pidFileLock) }
         if options.verboseShutdown {
             logger.notice("shutting down normally, exit code is: \(exitCode.withLockedValue { $0 })")
         }

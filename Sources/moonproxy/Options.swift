@@ -65,8 +65,12 @@ struct ProxyOptions: ParsableArguments {
     var proxyLoginTimeout: Double?
 
     @Option(name: .customLong("proxy-backend-retry-interval"),
-            help: ArgumentHelp("seconds before a backend marked down is tried again (MoonProxy; default: 5)", valueName: "seconds"))
+            help: ArgumentHelp("seconds before one client is tried again on a backend marked down, while the others go elsewhere (MoonProxy; default: 0.5)", valueName: "seconds"))
     var proxyBackendRetryInterval: Double?
+
+    @Option(name: .customLong("proxy-backend-greeting-timeout"),
+            help: ArgumentHelp("seconds a server has from the connect to its greeting; one that misses it is marked down and the client tried on the next backend; 0: no limit (MoonProxy; default: 5)", valueName: "seconds"))
+    var proxyBackendGreetingTimeout: Double?
 
     @Option(name: .customLong("proxy-shutdown-timeout"),
             help: ArgumentHelp("seconds a shutdown waits for running commands (MoonProxy; default: 10)", valueName: "seconds"))
@@ -78,8 +82,14 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("proxy-backend-check-user"), help: ArgumentHelp("account the health checks log in with (mysql_native_password; needs no privileges); without it, a backend is marked down only when a connect fails (MoonProxy)", valueName: "user"))
     var proxyBackendCheckUser: String?
 
-    @Option(name: .customLong("proxy-backend-check-password"), help: ArgumentHelp("password of the health check account (MoonProxy)", valueName: "password"))
+    @Option(name: .customLong("proxy-backend-check-password"), help: ArgumentHelp("password of the health check account; visible to other users in ps: prefer --proxy-backend-check-password-file or MOONPROXY_BACKEND_CHECK_PASSWORD (MoonProxy)", valueName: "password"))
     var proxyBackendCheckPassword: String?
+
+    @Option(name: .customLong("proxy-backend-check-password-file"), help: ArgumentHelp("file holding the health check account's password (its first line; not readable by others) (MoonProxy)", valueName: "file"))
+    var proxyBackendCheckPasswordFile: String?
+
+    @Option(name: .customLong("proxy-auto-config-dir"), help: ArgumentHelp("directory in which scripts' PROXY SAVE CONFIG / LOAD CONFIG (proxy.auto-config) may write and read, by file name only; without it both are refused (MoonProxy)", valueName: "dir"))
+    var proxyAutoConfigDir: String?
 
     @Option(name: .customLong("proxy-protocol-networks"), help: ArgumentHelp("clients from these networks (CIDR ranges, addresses, localhost, *; comma-separated) start with a PROXY protocol v1 or v2 header, as MariaDB's proxy_protocol_networks (MoonProxy; default: none)", valueName: "networks"))
     var proxyProtocolNetworks: String?
@@ -92,6 +102,9 @@ struct ProxyOptions: ParsableArguments {
 
     @Option(name: .customLong("max-connections-per-address"), help: ArgumentHelp("client connections at once from one client address, refused likewise (MoonProxy; default: 0, no limit)", valueName: "n"))
     var maxConnectionsPerAddress: Int?
+
+    @Option(name: .customLong("max-unauthenticated-connections-per-address"), help: ArgumentHelp("connections from one client address that have not finished logging in, at once; one more is refused likewise (MoonProxy; default: 256; 0: no limit)", valueName: "n"))
+    var maxUnauthenticatedConnectionsPerAddress: Int?
 
     @Option(name: .customLong("lua-path"), help: ArgumentHelp("set the LUA_PATH", valueName: "path"))
     var luaPath: String?
@@ -107,8 +120,11 @@ struct TLSOptions: ParsableArguments {
     @Option(name: .customLong("ssl-key"), help: ArgumentHelp("PEM private key of --ssl-cert (MoonProxy; default: the --ssl-cert file)", valueName: "file"))
     var sslKey: String?
 
-    @Option(name: .customLong("ssl-ca"), help: ArgumentHelp("PEM CA certificates: clients are asked for a certificate, verified against these (MoonProxy)", valueName: "file"))
+    @Option(name: .customLong("ssl-ca"), help: ArgumentHelp("PEM CA certificates: clients are asked for a certificate, verified against these when they send one (MoonProxy)", valueName: "file"))
     var sslCa: String?
+
+    @Flag(name: [.customLong("require-x509"), .customLong("require-client-certificate")], help: "with --ssl-ca: every TLS client must present a certificate that verifies against it, as an account's REQUIRE X509 (MoonProxy)")
+    var requireX509 = false
 
     @Option(name: .customLong("ssl-cipher"), help: ArgumentHelp("OpenSSL cipher list for TLS 1.2 and earlier (MoonProxy)", valueName: "list"))
     var sslCipher: String?
@@ -134,6 +150,12 @@ struct TLSOptions: ParsableArguments {
     @Option(name: .customLong("proxy-backend-ssl-key"), help: ArgumentHelp("PEM private key of --proxy-backend-ssl-cert (MoonProxy)", valueName: "file"))
     var proxyBackendSslKey: String?
 
+    @Option(name: .customLong("proxy-backend-server-public-key"), help: ArgumentHelp("PEM RSA public key of the backends (as MySQL's --server-public-key-path): a password a client sent in clear over TLS goes to a backend without verified TLS only encrypted with this key (MoonProxy)", valueName: "file"))
+    var proxyBackendServerPublicKey: String?
+
+    @Flag(name: .customLong("proxy-backend-get-server-public-key"), help: "trust backends that are not verified with clients' passwords: take the RSA key a backend sends on a plaintext link, and pass passwords sent in clear over an unverified TLS link (as MySQL's --get-server-public-key; MoonProxy)")
+    var proxyBackendGetServerPublicKey = false
+
     @Option(name: .customLong("protocol-compression-algorithms"), help: ArgumentHelp("compression offered to clients: zlib, zstd, uncompressed, comma-separated (as MySQL's server option; default: zlib,zstd,uncompressed)", valueName: "list"))
     var protocolCompressionAlgorithms: String?
 
@@ -142,21 +164,24 @@ struct TLSOptions: ParsableArguments {
 }
 
 struct AdminOptions: ParsableArguments {
-    @Option(name: .customLong("admin-address"), help: ArgumentHelp("listening address:port of the admin-server (default: :4041)", valueName: "host:port"))
+    @Option(name: .customLong("admin-address"), help: ArgumentHelp("listening address:port of the admin-server; a bare :port is loopback, 0.0.0.0:port all interfaces (default: 127.0.0.1:4041)", valueName: "host:port"))
     var adminAddress: String?
 
     @Option(name: .customLong("admin-username"), help: ArgumentHelp("username to allow to log in", valueName: "user"))
     var adminUsername: String?
 
-    @Option(name: .customLong("admin-password"), help: ArgumentHelp("password to allow to log in", valueName: "password"))
+    @Option(name: .customLong("admin-password"), help: ArgumentHelp("password to allow to log in; visible to other users in ps: prefer --admin-password-file or MOONPROXY_ADMIN_PASSWORD", valueName: "password"))
     var adminPassword: String?
+
+    @Option(name: .customLong("admin-password-file"), help: ArgumentHelp("file holding the admin password (its first line; not readable by others) (MoonProxy)", valueName: "file"))
+    var adminPasswordFile: String?
 
     @Option(name: .customLong("admin-lua-script"), help: ArgumentHelp("script to execute by the admin plugin", valueName: "file"))
     var adminLuaScript: String?
 }
 
 struct MetricsOptions: ParsableArguments {
-    @Option(name: .customLong("metrics-address"), help: ArgumentHelp("listening address:port of the Prometheus metrics endpoint, GET /metrics (MoonProxy; default: off)", valueName: "host:port"))
+    @Option(name: .customLong("metrics-address"), help: ArgumentHelp("listening address:port of the Prometheus metrics endpoint, GET /metrics; a bare :port is loopback, 0.0.0.0:port all interfaces (MoonProxy; default: off)", valueName: "host:port"))
     var metricsAddress: String?
 
     @Option(name: .customLong("query-log"), help: ArgumentHelp("write one JSON object per client command to this file (time, connection, user, database, addresses, command, statement, duration, rows, bytes, error, proxy hints); reopened on SIGHUP (MoonProxy; default: off)", valueName: "file"))
@@ -246,6 +271,10 @@ struct Options: ParsableArguments {
         if let n = self.maxConnections, n < 0 { throw ValidationError("--max-connections must not be negative") }
         if let t = self.proxyBackendCheckInterval, !(t >= 0 && t <= 3600) { throw ValidationError("--proxy-backend-check-interval must be a number of seconds from 0 to 3600") }
         if let n = self.maxConnectionsPerAddress, n < 0 { throw ValidationError("--max-connections-per-address must not be negative") }
+        if let n = self.maxUnauthenticatedConnectionsPerAddress, n < 0 { throw ValidationError("--max-unauthenticated-connections-per-address must not be negative") }
+        if self.requireX509 && self.sslCa == nil { throw ValidationError("--require-x509 needs --ssl-ca (the CA client certificates are verified against)") }
+        if self.proxyBackendCheckPassword != nil && self.proxyBackendCheckPasswordFile != nil { throw ValidationError("give --proxy-backend-check-password or --proxy-backend-check-password-file, not both") }
+        if self.adminPassword != nil && self.adminPasswordFile != nil { throw ValidationError("give --admin-password or --admin-password-file, not both") }
         if let n = self.queryLogMaxQueryLength, n < 0 || n > 1 << 20 { throw ValidationError("--query-log-max-query-length must be a number of bytes from 0 to 1048576") }
         if let n = self.proxyResultsetBufferLimit, n < 0 { throw ValidationError("--proxy-resultset-buffer-limit must not be negative") }
         if let t = self.proxyLuaTimeout, !(t >= 0 && t <= 3600) { throw ValidationError("--proxy-lua-timeout must be a number of seconds from 0 to 3600") }
@@ -260,7 +289,8 @@ struct Options: ParsableArguments {
         }
         for (name, value) in [("--proxy-connect-timeout", self.proxyConnectTimeout), ("--proxy-read-timeout", self.proxyReadTimeout),
                               ("--proxy-write-timeout", self.proxyWriteTimeout), ("--proxy-backend-retry-interval", self.proxyBackendRetryInterval),
-                              ("--proxy-shutdown-timeout", self.proxyShutdownTimeout), ("--proxy-login-timeout", self.proxyLoginTimeout)] {
+                              ("--proxy-shutdown-timeout", self.proxyShutdownTimeout), ("--proxy-login-timeout", self.proxyLoginTimeout),
+                              ("--proxy-backend-greeting-timeout", self.proxyBackendGreetingTimeout)] {
             if let v = value, !(v >= 0 && v <= 31_536_000) { throw ValidationError("\(name) must be a number of seconds from 0 to 31536000") }
         }
         if let mode = self.proxyBackendSsl, BackendTLSSettings.Mode(rawValue: mode) == nil {

@@ -32,16 +32,43 @@ enum ProcessControl {
         }
     }
 
-    static func writePIDFile(_ path: String) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw Failure(description: "cannot write the pid file '\(path)': \(errnoText())") }
+    /// Writes the PID file and holds a lock on it for as long as the process runs, so that a
+    /// second instance started with the same file refuses to start. The file is opened without
+    /// following a symlink and must be a regular file with one name, owned by this user or root:
+    /// a proxy started as root must not truncate whatever file a less trusted user points the
+    /// name at. (It is written in place, not written aside and renamed, because a rename would
+    /// move the lock off the name.) Returns the descriptor that holds the lock.
+    static func writePIDFile(_ path: String) throws -> CInt {
+        let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            let reason = errno == ELOOP ? "it is a symbolic link" : errnoText()
+            throw Failure(description: "cannot write the pid file '\(path)': \(reason)")
+        }
+        var info = stat()
+        guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG, info.st_nlink == 1,
+              info.st_uid == geteuid() || info.st_uid == 0 else {
+            close(fd)
+            throw Failure(description: "cannot write the pid file '\(path)': not a regular file of this user's with a single name")
+        }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            var holder = [UInt8](repeating: 0, count: 32)
+            let n = read(fd, &holder, holder.count)
+            close(fd)
+            let pid = n > 0 ? String(decoding: holder[0..<n], as: UTF8.self).trimmingWhitespace : "?"
+            throw Failure(description: "the pid file '\(path)' is held by another running moonproxy (pid \(pid))")
+        }
         let text = "\(getpid())\n"
-        _ = text.withCString { write(fd, $0, strlen($0)) }
-        close(fd)
+        guard ftruncate(fd, 0) == 0, text.withCString({ pwrite(fd, $0, strlen($0), 0) }) == text.utf8.count else {
+            close(fd)
+            throw Failure(description: "cannot write the pid file '\(path)': \(errnoText())")
+        }
+        return fd
     }
 
-    static func removePIDFile(_ path: String) {
+    /// Removes the PID file written by `writePIDFile`, whose lock `fd` holds.
+    static func removePIDFile(_ path: String, fd: CInt) {
         unlink(path)
+        close(fd)
     }
 
     static func setMaxOpenFiles(_ n: Int) throws {
@@ -107,5 +134,14 @@ enum ProcessControl {
     private static let forwardSignal: @convention(c) (Int32) -> Void = { signo in
         ProcessControl.stopRequested = true
         if ProcessControl.childPID > 0 { kill(ProcessControl.childPID, signo) }
+    }
+}
+
+extension String {
+    var trimmingWhitespace: String {
+        var s = Substring(self)
+        while let c = s.first, c.isWhitespace { s = s.dropFirst() }
+        while let c = s.last, c.isWhitespace { s = s.dropLast() }
+        return String(s)
     }
 }

@@ -90,7 +90,7 @@ def test_admin_needs_a_password():
         r = subprocess.run([BINARY, "--plugins=admin", f"--admin-address=127.0.0.1:{free_port()}"] + args,
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 1
-        assert "needs --admin-username and --admin-password" in r.stderr
+        assert "needs --admin-username and a password" in r.stderr
 
 
 def test_custom_admin_script_and_admin_only(start_proxy):

@@ -98,6 +98,7 @@ proxy-skip-profiling = true
 daemon = false
 event-threads = 2
 """)
+    conf.chmod(0o640)   # readable by the group, as MySQL Proxy allowed; not by others
     p = subprocess.Popen([BINARY, f"--defaults-file={conf}"])
     try:
         wait_for_port(port)
@@ -115,6 +116,7 @@ def test_command_line_overrides_the_defaults_file(tmp_path):
     port = free_port()
     conf = tmp_path / "moonproxy.cnf"
     conf.write_text(f"[mysql-proxy]\nproxy-address = 127.0.0.1:{free_port()}\nproxy-backend-addresses = 127.0.0.1:1\n")
+    conf.chmod(0o600)
     p = subprocess.Popen([BINARY, f"--defaults-file={conf}", f"-P127.0.0.1:{port}", f"--proxy-backend-addresses=127.0.0.1:{MARIADB_PORT}"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -133,6 +135,7 @@ def test_command_line_overrides_the_defaults_file(tmp_path):
 def test_bad_defaults_file(tmp_path, content, complaint):
     conf = tmp_path / "bad.cnf"
     conf.write_text(content)
+    conf.chmod(0o600)
     r = run(f"--defaults-file={conf}")
     assert r.returncode == 2
     assert complaint in r.stderr

@@ -4,12 +4,25 @@ import NIOCore
 
 extension ClientChannelHandler {
     /// Called by the sweeper every tick.
-    func timerFired(readTicks: Int, writeTicks: Int, loginTicks: Int? = nil) {
+    func timerFired(readTicks: Int, writeTicks: Int, loginTicks: Int? = nil, greetingTicks: Int? = nil) {
         guard !closed else { return }
+        if awaitingGreeting, let greetingTicks {
+            ticksAwaitingGreeting += 1
+            if ticksAwaitingGreeting > greetingTicks {
+                backendMissedGreeting()
+                return
+            }
+        }
         if !loggedIn {
             loggedIn = machine.loginEnded
             ticksBeforeLogin += 1
             if !loggedIn, let loginTicks, ticksBeforeLogin > loginTicks {
+                if awaitingGreeting || machine.phase == .connectingToBackend {
+                    // the server's fault, not the client's
+                    machine.noteClose(.backendHandshake)
+                    run(.abortConnections(reason: "no backend greeted the client within --proxy-login-timeout (the last tried: \(backendAddress.map { "\($0)" } ?? "none"))"))
+                    return
+                }
                 // as MariaDB's connect_timeout: a client that does not finish its login (a stalled
                 // TLS handshake, a half-sent handshake response) is cut off
                 counters.add(.clientProtocolErrors)

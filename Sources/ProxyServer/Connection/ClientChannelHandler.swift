@@ -1,6 +1,7 @@
 import Logging
 import MySQLWire
 import NIOCore
+import NIOPosix
 import NIOSSL
 import NIOTLS
 import ProxyScripting
@@ -26,8 +27,13 @@ final class ClientChannelHandler: ChannelInboundHandler {
     var proxyProtocolEndpoints: ProxyProtocol.Endpoints?
     /// channelActive came: the connection was counted.
     private var activated = false
-    /// The client address counted towards --max-connections-per-address.
+    /// The client address counted towards the per-address limits, and whether the connection
+    /// still counts as not logged in there.
     private var admittedAddress: String?
+    private var countedUnauthenticated = false
+    /// The login ended (successfully or not), and whether it let the client in.
+    private var loginSeen = false
+    private var loginSucceeded = false
     private var clientAddress: SocketAddress? { didSet { describedClient = nil } }
     /// `clientAddress` as logs and the query log show it, made when first needed (most
     /// connections never log a line).
@@ -71,6 +77,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     // Timeouts are checked by the event loop's sweeper; the hot path only sets these flags.
     var sweeper: TimeoutSweeper?
+    /// Connected to a server whose greeting has not come yet (see --proxy-backend-greeting-timeout).
+    var awaitingGreeting = false
+    var ticksAwaitingGreeting = 0
     var loggedIn = false { didSet { publish() } }
     var ticksBeforeLogin = 0
     var clientSpoke = false
@@ -161,7 +170,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             counters.add(.connectionsRefused)
             counters.add(.errorsSentByProxy)
             machine.noteClose(.limit)
-            log(.warning, "refusing a client: \(refusal)")
+            logStorm(.clientRefused, "refusing a client: \(refusal)")
             sendAndClose(ConnectionStateMachine.framed(.tooManyConnections, sequenceID: 0, protocol41: true))
             context.fireChannelActive()
             return
@@ -174,7 +183,17 @@ final class ClientChannelHandler: ChannelInboundHandler {
             context.fireChannelActive()
             return
         }
-        run(machine.clientConnected())
+        if let failedLogins = shared.failedLogins, let ip = clientAddress?.ipAddress,
+           case let wait = failedLogins.delay(for: ip), wait > .zero {
+            // an address that keeps failing to log in waits for its greeting
+            log(.info, "delaying the greeting by \(wait.nanoseconds / 1_000_000) ms after failed logins from \(ip)")
+            context.eventLoop.assumeIsolated().scheduleTask(in: wait) { [self] in
+                guard !self.closed else { return }
+                self.run(self.machine.clientConnected())
+            }
+        } else {
+            run(machine.clientConnected())
+        }
         context.fireChannelActive()
     }
 
@@ -184,11 +203,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
         if limit > 0 && active > limit {
             return "\(active - 1) clients are connected, --max-connections is \(limit)"
         }
-        if shared.configuration.maxConnectionsPerAddress > 0, let ip = clientAddress?.ipAddress {
-            guard shared.admit(address: ip) else {
-                return "\(ip) has \(shared.configuration.maxConnectionsPerAddress) connections already (--max-connections-per-address)"
-            }
+        if shared.countsPerAddress, let ip = clientAddress?.ipAddress {
+            if let refusal = shared.admit(address: ip) { return refusal }
             admittedAddress = ip
+            countedUnauthenticated = true
         }
         return nil
     }
@@ -227,9 +245,11 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private static func tlsPolicy(_ shared: ProxyContext, _ channel: Channel) -> ConnectionStateMachine.TLSPolicy {
         var policy = ConnectionStateMachine.TLSPolicy()
         guard let tls = shared.tls else { return policy }
-        policy.offer = tls.forClients == nil ? .never : tls.client.offer
+        policy.offer = tls.forClients == nil ? .never : (shared.offersTLSAlways ? .always : tls.client.offer)
         policy.requireSecureTransport = tls.client.requireSecureTransport
         policy.backend = tls.backendProblem == nil ? tls.backend.mode : .off
+        policy.pinnedServerKey = tls.backend.serverPublicKeyPEM
+        policy.trustUnverifiedBackends = tls.backend.trustUnverifiedWithPasswords
         if case .unixDomainSocket = channel.localAddress { policy.localSocket = true }
         return policy
     }
@@ -276,7 +296,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             // The TLS stack has sent its alert; nothing in MySQL's protocol can follow.
             counters.add(.clientProtocolErrors)
             machine.noteClose(.clientHandshake)
-            log(.warning, "closing: TLS with the client failed: \(error)")
+            logStorm(.clientTLSFailed, "closing: TLS with the client failed: \(error)")
         } else if error is CompressionHandler.Failure {
             counters.add(.clientProtocolErrors)
             machine.noteClose(.malformed)
@@ -317,6 +337,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         let delivering = backend
         stamp()
         run(machine.backendDataReceived(buffer))
+        if awaitingGreeting && !machine.isAwaitingGreeting { greetingArrived() }
         if flushPending && backend !== delivering, let context {
             // The script gave this server connection to the pool (or took another) during the hook:
             // its read cycle's end will not reach this handler, so what was written goes out now.
@@ -332,7 +353,46 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func backendClosed() {
+        if awaitingGreeting, let index = backendIndex {
+            // closed before it greeted: as good as a failed connect
+            awaitingGreeting = false
+            shared.backends.markDown(index)
+            counters.add(.backendConnectFailures)
+            logStorm(.backendConnectFailed, "backend \(backendAddress.map { "\($0)" } ?? "?") closed the connection before its greeting; marking it down")
+        }
         run(machine.backendClosed())
+    }
+
+    /// The proxy closes the server connection before the server greeted (the client left): that
+    /// says nothing about the server, and another client may try it if it was down.
+    private func abandonGreetingWait() {
+        guard awaitingGreeting else { return }
+        awaitingGreeting = false
+        if let index = backendIndex { shared.backends.probeAbandoned(index) }
+    }
+
+    /// The server greeted (or refused with an ERR greeting): it is up.
+    private func greetingArrived() {
+        awaitingGreeting = false
+        if let index = backendIndex { shared.backends.markUp(index) }
+    }
+
+    /// The server accepted the connection and said nothing for --proxy-backend-greeting-timeout
+    /// (stopped, hung, its accept queue full): marked down, and the client goes to the next backend.
+    func backendMissedGreeting() {
+        awaitingGreeting = false
+        guard let index = backendIndex, let handler = backend else { return }
+        let address = backendAddress.map { "\($0)" } ?? "?"
+        shared.backends.markDown(index)
+        counters.add(.backendConnectFailures)
+        logStorm(.backendDown, "backend \(address) sent no greeting within --proxy-backend-greeting-timeout; marking it down and trying the next one")
+        handler.owner = nil
+        handler.close(abrupt: true)
+        backend = nil
+        backendIndex = nil
+        backendAddress = nil
+        shared.backends.clientDetached(index)
+        run(machine.backendGreetingTimedOut())
     }
 
     func backendWritabilityChanged(_ writable: Bool) {
@@ -396,7 +456,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
             }
             if let algorithm = output.startCompression?.client, output.close == nil { startClientCompression(algorithm) }
         case .sendToClientAndClose(let buffer, let reason):
-            log(.warning, "\(reason)")
+            switch machine.closeSource {
+            case .noBackend?, .limit?: logStorm(.clientRefused, reason)  // refusal storms: once per interval
+            default: log(.warning, "\(reason)")
+            }
             sendAndClose(buffer)
         case .closeConnections(let reason):
             if let reason { log(.info, "closing: \(reason)") }
@@ -414,6 +477,25 @@ final class ClientChannelHandler: ChannelInboundHandler {
         }
         updateClientReading()
         if !machine.finishedRecords.isEmpty { recordCommands() }
+        if !loginSeen && machine.loginEnded { loginOver() }
+    }
+
+    /// The login is over: the connection no longer counts towards the address's limit of
+    /// connections that have not logged in.
+    private func loginOver() {
+        loginSeen = true
+        loginSucceeded = machine.phase != .closed
+        if countedUnauthenticated, let ip = admittedAddress {
+            countedUnauthenticated = false
+            shared.loggedIn(address: ip)
+        }
+    }
+
+    /// A warning of a kind that comes in storms: written at most once per interval, the rest counted.
+    func logStorm(_ kind: RateLimitedLog.Kind, _ message: @autoclosure () -> String) {
+        guard let context, shared.logger.logLevel <= .warning else { return }
+        shared.stormLog.warning(kind, "[conn=\(connectionID)\(clientDescription.map { " client=\($0)" } ?? "")] \(message())",
+                                logger: shared.logger, on: context.eventLoop)
     }
 
     /// Commands that ended: into this loop's histograms, and the query log.
@@ -452,6 +534,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             return
         }
         callDisconnectHook(serverIdle: false)
+        abandonGreetingWait()
         backend?.close(abrupt: abortBackendOnClose)
         context.writeAndFlush(self.wrapOutboundOut(buffer)).assumeIsolated().whenComplete { [self] result in
             guard case .success = result, let context = self.context else {
@@ -486,6 +569,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     func closeBoth() {
         // a client that quit between commands leaves an idle server connection the script may pool
         callDisconnectHook(serverIdle: machine.serverIsIdle)
+        abandonGreetingWait()
         backend?.close(abrupt: abortBackendOnClose)
         context?.close(promise: nil)
     }
@@ -513,8 +597,12 @@ final class ClientChannelHandler: ChannelInboundHandler {
         scripted?.close()
         scripted = nil
         closed = true
+        if let failedLogins = shared.failedLogins, let ip = clientAddress?.ipAddress {
+            if machine.closeSource == .authFailed { failedLogins.failed(ip) } else if loginSucceeded { failedLogins.succeeded(ip) }
+        }
         sweeper?.remove(self)
         sweeper = nil
+        abandonGreetingWait()
         backend?.close(abrupt: abortBackendOnClose)
         backend?.owner = nil
         backend = nil
@@ -525,7 +613,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         shared.statistics.connectionClosed()
         counters.connectionClosed(machine.closeSource ?? .none)
         if let ip = admittedAddress {
-            shared.release(address: ip)
+            shared.release(address: ip, loggedIn: !countedUnauthenticated)
             admittedAddress = nil
         }
         shared.registry?.remove(connectionID)
@@ -533,6 +621,14 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     // MARK: backends
+
+    /// A connect that failed for want of the proxy's own resources (NIO reports the errors of
+    /// each address it tried inside one error).
+    static func isLocalExhaustion(_ error: Error) -> Bool {
+        guard let connection = error as? NIOConnectionError else { return false }
+        return connection.connectionErrors.contains { AcceptGuard.isExhaustion($0.error) }
+            || connection.dnsAAAAError.map(AcceptGuard.isExhaustion) == true || connection.dnsAError.map(AcceptGuard.isExhaustion) == true
+    }
 
     private func connectToNextBackend() {
         guard let context, !closed else { return }
@@ -557,6 +653,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
                 switch result {
                 case .success(let channel):
                     guard !self.closed else {
+                        self.shared.backends.probeAbandoned(index)
                         channel.close(promise: nil)
                         return
                     }
@@ -566,17 +663,28 @@ final class ClientChannelHandler: ChannelInboundHandler {
                                                                      destination: self.context.flatMap { self.clientDestination($0) }))
                     }
                     if let started { self.shared.metrics?.connectCompleted(backend: address, duration: ContinuousClock.now - started) }
-                    self.shared.backends.markUp(index)
+                    // up once it greets: a server that accepts and says nothing is not
+                    self.awaitingGreeting = true
+                    self.ticksAwaitingGreeting = 0
                     self.shared.backends.clientAttached(index)
                     self.backendIndex = index
                     self.backend = handler
                     self.backendAddress = address
                     self.log(.debug, "connected to backend")
-                    self.run(self.machine.backendConnected())
+                    var local = false
+                    if case .unix = address { local = true }
+                    self.run(self.machine.backendConnected(localSocket: local))
+                case .failure(let error) where AcceptGuard.isExhaustion(error) || Self.isLocalExhaustion(error):
+                    // The proxy's own descriptor (or memory) limit, not the server's fault: the
+                    // backend stays up and the client hears what a full server says.
+                    self.counters.add(.connectionsRefused)
+                    self.shared.backends.probeAbandoned(index)
+                    self.logStorm(.descriptorsExhausted, "refusing a client: no descriptor for its server connection (\(error)); raise the open-files limit (--max-open-files)")
+                    self.run(self.machine.refusedForWantOfResources())
                 case .failure(let error):
                     self.shared.backends.markDown(index)
                     self.counters.add(.backendConnectFailures)
-                    self.log(.warning, "cannot connect to backend \(address), marking it down: \(error)")
+                    self.logStorm(.backendConnectFailed, "cannot connect to backend \(address), marking it down: \(error)")
                     self.scripted?.requestedBackend = nil
                     self.run(self.machine.backendConnectFailed())
                 }

@@ -269,6 +269,29 @@ struct ConnectionStateMachine {
         return .connectToBackend
     }
 
+    /// The server connection could not be opened for want of the proxy's own resources (the
+    /// descriptor limit): the client is refused as a full server refuses it.
+    mutating func refusedForWantOfResources() -> Action {
+        guard phase == .connectingToBackend else { return .none }
+        phase = .closed
+        noteClose(.limit)
+        statistics.add(.errorsSentByProxy)
+        return .sendToClientAndClose(Self.framed(.tooManyConnections, sequenceID: 0, protocol41: true),
+                                     reason: "refused: the proxy has no descriptor left for the server connection")
+    }
+
+    /// Connected to a server that has not greeted yet.
+    var isAwaitingGreeting: Bool { phase == .awaitingGreeting }
+
+    /// The server connected to sent no greeting in time (the handler dropped it and marked its
+    /// backend down): as after a failed connect, the next backend (or `connect_server` again).
+    mutating func backendGreetingTimedOut() -> Action {
+        guard phase == .awaitingGreeting else { return .none }
+        gathered.clear()
+        phase = .connectingToBackend
+        return backendConnectFailed()
+    }
+
     /// No backend could be reached (all down, refused or timed out).
     mutating func noBackendAvailable(_ detail: String) -> Action {
         phase = .closed

@@ -27,12 +27,23 @@ final class ProxyContext: Sendable {
     private let lastConnectionID = ManagedAtomic<UInt64>(0)
     private let stopping = ManagedAtomic<Bool>(false)
     private let sweepers = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<TimeoutSweeper>]>([:])
-    /// Client connections per client address, kept only with --max-connections-per-address.
-    private let perAddress = NIOLockedValueBox<[String: Int]>([:])
+    /// Client connections per client address (all, and those not logged in yet), kept only with
+    /// --max-connections-per-address or --max-unauthenticated-connections-per-address.
+    private let perAddress = NIOLockedValueBox<[String: (all: Int, unauthenticated: Int)]>([:])
+    /// Warnings that come in storms, written once per interval (see `RateLimitedLog`).
+    let stormLog = RateLimitedLog()
+    /// Failed logins by address, whose new connections wait (the admin interface's).
+    let failedLogins: FailedLogins?
+    /// The greeting always offers TLS when the proxy has a certificate (the admin interface, which
+    /// has no backend whose greeting to follow).
+    let offersTLSAlways: Bool
 
     init(configuration: ProxyConfiguration, backends: BackendPool, statistics: ProxyStatistics,
          connector: BackendConnector, logger: Logger, scriptEngine: ScriptEngine? = nil, tls: TLSContexts? = nil,
-         registry: ConnectionRegistry? = nil, metrics: MetricsExporter? = nil, queryLog: QueryLog? = nil) {
+         registry: ConnectionRegistry? = nil, metrics: MetricsExporter? = nil, queryLog: QueryLog? = nil,
+         failedLogins: FailedLogins? = nil, offersTLSAlways: Bool = false) {
+        self.failedLogins = failedLogins
+        self.offersTLSAlways = offersTLSAlways
         self.metrics = metrics
         self.queryLog = queryLog
         if let queryLog {
@@ -54,25 +65,47 @@ final class ProxyContext: Sendable {
         lastConnectionID.wrappingIncrementThenLoad(ordering: .relaxed)
     }
 
-    /// Counts a new client connection from `address`: false (and nothing counted) when that
-    /// address already has `--max-connections-per-address` of them.
-    func admit(address: String) -> Bool {
-        let limit = configuration.maxConnectionsPerAddress
-        guard limit > 0 else { return true }
+    /// Whether connections are counted per address at all.
+    var countsPerAddress: Bool {
+        configuration.maxConnectionsPerAddress > 0 || configuration.maxUnauthenticatedConnectionsPerAddress > 0
+    }
+
+    /// Counts a new client connection from `address`, not logged in yet: why it is refused
+    /// instead (and nothing counted) when that address is at one of its limits.
+    func admit(address: String) -> String? {
+        let all = configuration.maxConnectionsPerAddress
+        let unauthenticated = configuration.maxUnauthenticatedConnectionsPerAddress
         return perAddress.withLockedValue { counts in
-            let n = counts[address, default: 0]
-            guard n < limit else { return false }
-            counts[address] = n + 1
-            return true
+            var n = counts[address, default: (0, 0)]
+            if all > 0 && n.all >= all {
+                return "\(address) has \(all) connections already (--max-connections-per-address)"
+            }
+            if unauthenticated > 0 && n.unauthenticated >= unauthenticated {
+                return "\(address) has \(unauthenticated) connections that have not logged in yet (--max-unauthenticated-connections-per-address)"
+            }
+            n.all += 1
+            n.unauthenticated += 1
+            counts[address] = n
+            return nil
         }
     }
 
-    /// A connection `admit` counted has ended.
-    func release(address: String) {
-        guard configuration.maxConnectionsPerAddress > 0 else { return }
+    /// A connection from `address` that `admit` counted has finished logging in.
+    func loggedIn(address: String) {
         perAddress.withLockedValue { counts in
-            let n = counts[address, default: 0] - 1
-            counts[address] = n > 0 ? n : nil
+            guard var n = counts[address] else { return }
+            n.unauthenticated = max(0, n.unauthenticated - 1)
+            counts[address] = n
+        }
+    }
+
+    /// A connection `admit` counted has ended (`loggedIn`: after `loggedIn(address:)` was called).
+    func release(address: String, loggedIn: Bool) {
+        perAddress.withLockedValue { counts in
+            guard var n = counts[address] else { return }
+            n.all -= 1
+            if !loggedIn { n.unauthenticated = max(0, n.unauthenticated - 1) }
+            counts[address] = n.all > 0 ? n : nil
         }
     }
 
@@ -97,7 +130,9 @@ final class ProxyContext: Sendable {
             if let existing = all[key] { return existing }
             let created = NIOLoopBound(TimeoutSweeper(eventLoop: eventLoop, readTimeout: configuration.readTimeout,
                                                       writeTimeout: configuration.writeTimeout,
-                                                      loginTimeout: configuration.loginTimeout, backends: backends),
+                                                      loginTimeout: configuration.loginTimeout,
+                                                      greetingTimeout: configuration.backends.isEmpty ? nil : configuration.backendGreetingTimeout,
+                                                      backends: backends),
                                        eventLoop: eventLoop)
             all[key] = created
             return created

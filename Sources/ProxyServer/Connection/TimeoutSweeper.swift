@@ -12,6 +12,8 @@ final class TimeoutSweeper {
     let writeTicks: Int
     /// Ticks a client has to log in (nil: no limit).
     let loginTicks: Int?
+    /// Ticks a server has from the connect to its greeting (nil: no limit).
+    let greetingTicks: Int?
     private var connections: [ObjectIdentifier: ClientChannelHandler] = [:]
     private var task: RepeatedTask?
     /// The loop's pool of idle server connections (scripts' `backend_ndx = 0`).
@@ -19,16 +21,19 @@ final class TimeoutSweeper {
 
     static let ticksPerTimeout = 4
 
-    init(eventLoop: EventLoop, readTimeout: TimeAmount, writeTimeout: TimeAmount, loginTimeout: TimeAmount? = nil, backends: BackendPool) {
+    init(eventLoop: EventLoop, readTimeout: TimeAmount, writeTimeout: TimeAmount, loginTimeout: TimeAmount? = nil,
+         greetingTimeout: TimeAmount? = nil, backends: BackendPool) {
         self.eventLoop = eventLoop
         self.serverPool = ServerConnectionPool(eventLoop: eventLoop, backends: backends)
         var shortest = min(readTimeout, writeTimeout)
         if let loginTimeout { shortest = min(shortest, loginTimeout) }
+        if let greetingTimeout { shortest = min(shortest, greetingTimeout) }
         let tick = TimeAmount.nanoseconds(max(shortest.nanoseconds / Int64(Self.ticksPerTimeout), 1_000_000))
         self.tick = tick
         self.readTicks = max(1, Int(readTimeout.nanoseconds / tick.nanoseconds))
         self.writeTicks = max(1, Int(writeTimeout.nanoseconds / tick.nanoseconds))
         self.loginTicks = loginTimeout.map { max(1, Int($0.nanoseconds / tick.nanoseconds)) }
+        self.greetingTicks = greetingTimeout.map { max(1, Int($0.nanoseconds / tick.nanoseconds)) }
     }
 
     func add(_ handler: ClientChannelHandler) {
@@ -72,7 +77,7 @@ final class TimeoutSweeper {
             return
         }
         for handler in Array(connections.values) {
-            handler.timerFired(readTicks: readTicks, writeTicks: writeTicks, loginTicks: loginTicks)
+            handler.timerFired(readTicks: readTicks, writeTicks: writeTicks, loginTicks: loginTicks, greetingTicks: greetingTicks)
         }
     }
 }

@@ -31,7 +31,7 @@ final class MetricsExporter: Sendable {
         counters = [
             (.connectionsAccepted, counter("moonproxy_client_connections_accepted_total", [], "Client connections accepted")),
             (.connectionsRefused, counter("moonproxy_client_connections_refused_total", [],
-                                          "Client connections refused by --max-connections or --max-connections-per-address")),
+                                          "Client connections refused by --max-connections, the per-address limits, or the descriptor limit")),
             (.bytesFromClients, counter("moonproxy_received_bytes_total", [("peer", "client")], "Bytes received")),
             (.bytesFromBackends, counter("moonproxy_received_bytes_total", [("peer", "backend")], "Bytes received")),
             (.clientProtocolErrors, counter("moonproxy_protocol_errors_total", [("peer", "client")],
@@ -44,6 +44,7 @@ final class MetricsExporter: Sendable {
             (.bytesToClients, counter("moonproxy_sent_bytes_total", [("peer", "client")], "Bytes sent")),
             (.bytesToBackends, counter("moonproxy_sent_bytes_total", [("peer", "backend")], "Bytes sent")),
             (.queryLogDropped, counter("moonproxy_query_log_dropped_total", [], "Query log entries dropped because the writer fell behind")),
+            (.acceptFailures, counter("moonproxy_accept_failures_total", [], "Accepts that failed for want of descriptors or memory")),
         ]
     }
 

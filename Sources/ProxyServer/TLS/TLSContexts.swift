@@ -58,11 +58,13 @@ final class TLSContexts: Sendable {
     /// The context for a new client connection's handshake; nil when TLS is off.
     var forClients: NIOSSLContext? { serverContext.withLockedValue { $0 } }
 
-    /// Reads the certificate and key files again (SIGHUP). On failure the old context stays and
+    /// Reads the certificate and key files again (SIGHUP), or makes a new self-signed certificate
+    /// when the proxy made its own (it is valid for a year). On failure the old context stays and
     /// the error says why.
     func reload() throws -> Bool {
-        guard !client.disabled, client.certificatePath != nil else { return false }
-        let fresh = try Self.makeServerContext(client)
+        guard !client.disabled else { return false }
+        let fresh = client.certificatePath != nil ? try Self.makeServerContext(client)
+            : try Self.makeServerContext(client, identity: Self.selfSignedIdentity())
         serverContext.withLockedValue { $0 = fresh }
         return true
     }
@@ -107,12 +109,13 @@ final class TLSContexts: Sendable {
                                                               privateKey: .privateKey(identity.key))
         config.minimumTLSVersion = settings.versions.min(by: { rank($0) < rank($1) }) ?? .tlsv12
         config.maximumTLSVersion = settings.versions.max(by: { rank($0) < rank($1) })
-        if let cipher = settings.cipher { config.cipherSuites = cipher }
+        config.cipherSuites = settings.cipher ?? defaultCipherSuites
         config.shutdownTimeout = shutdownTimeout
         if let ca = settings.caPath {
             guard FileManager.default.isReadableFile(atPath: ca) else { throw TLSSetupError("cannot read the CA file '\(ca)'") }
             config.trustRoots = .file(ca)
-            config.certificateVerification = .optionalVerification
+            // a certificate is verified when one is sent; with --require-x509 one must be sent
+            config.certificateVerification = settings.requireX509 ? .noHostnameVerification : .optionalVerification
             config.sendCANameList = true
         }
         do { return try NIOSSLContext(configuration: config) } catch {
@@ -123,8 +126,9 @@ final class TLSContexts: Sendable {
     static func makeBackendContext(_ settings: BackendTLSSettings, maximum: TLSVersion?) throws -> NIOSSLContext {
         var config = TLSConfiguration.makeClientConfiguration()
         config.shutdownTimeout = shutdownTimeout
-        config.minimumTLSVersion = .tlsv1
-        config.maximumTLSVersion = maximum
+        config.minimumTLSVersion = .tlsv12
+        config.maximumTLSVersion = maximum.map { rank($0) < rank(.tlsv12) ? .tlsv12 : $0 }
+        config.cipherSuites = defaultCipherSuites
         switch settings.mode {
         case .off, .preferred, .required: config.certificateVerification = .none
         case .verifyCA: config.certificateVerification = .noHostnameVerification
@@ -152,6 +156,13 @@ final class TLSContexts: Sendable {
     /// seconds would hold each of them open that long.
     static let shutdownTimeout = TimeAmount.milliseconds(300)
 
+    /// TLS 1.2's suites when the operator names none: forward-secret AEAD only (no CBC, no SHA-1
+    /// MACs, no static RSA key exchange). TLS 1.3's are all of that kind already.
+    static let defaultCipherSuites = [
+        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    ].joined(separator: ":")
+
     static func rank(_ v: TLSVersion) -> Int {
         switch v {
         case .tlsv1: return 10
@@ -161,7 +172,8 @@ final class TLSContexts: Sendable {
         }
     }
 
-    /// A P-256 key and a certificate for it, signed by itself, valid for ten years from yesterday.
+    /// A P-256 key and a certificate for it, signed by itself, valid for a year from an hour ago
+    /// (SIGHUP makes a new one).
     static func selfSignedIdentity() throws -> Identity {
         let key = P256.Signing.PrivateKey()
         let name = try DistinguishedName {
@@ -172,8 +184,8 @@ final class TLSContexts: Sendable {
             version: .v3,
             serialNumber: Certificate.SerialNumber(),
             publicKey: .init(key.publicKey),
-            notValidBefore: now.addingTimeInterval(-86_400),
-            notValidAfter: now.addingTimeInterval(10 * 365 * 86_400),
+            notValidBefore: now.addingTimeInterval(-3_600),
+            notValidAfter: now.addingTimeInterval(365 * 86_400 - 3_600),
             issuer: name,
             subject: name,
             signatureAlgorithm: .ecdsaWithSHA256,

@@ -27,6 +27,9 @@ public struct ClientTLSSettings: Sendable {
     public var versions: [TLSVersion] = [.tlsv12, .tlsv13]
     /// Plaintext logins are refused with ER_SECURE_TRANSPORT_REQUIRED (unix sockets count as secure).
     public var requireSecureTransport = false
+    /// `--require-x509`: with a CA, a TLS client without a certificate that verifies is refused in
+    /// the TLS handshake (without it, a certificate is verified when one is sent).
+    public var requireX509 = false
     /// `--skip-ssl`: never offer TLS.
     public var disabled = false
 
