@@ -111,7 +111,8 @@ public final class MoonProxy: Sendable {
         }
         self.queryLog = queryLog
         self.queryLogProblem = queryLogProblem
-        let registry = ConnectionRegistry()
+        // what the admin interface lists; without it nobody reads it, and a connection costs less
+        let registry = configuration.admin == nil ? nil : ConnectionRegistry()
         self.context = ProxyContext(configuration: configuration, backends: backends, statistics: statistics,
                                     connector: connector, logger: logger, scriptEngine: engine, tls: tls, registry: registry,
                                     metrics: metrics, queryLog: queryLog)
@@ -126,7 +127,7 @@ public final class MoonProxy: Sendable {
             script.timeout = configuration.luaTimeout
             script.prelude = AdminInterface.prelude(username: admin.username, password: admin.password)
             script.statistics = { Self.statisticsGroups(statistics, backends) }
-            script.connections = { registry.rows() }
+            script.connections = { registry?.rows() ?? [] }
             var adminLogger = logger
             adminLogger[metadataKey: "module"] = "admin"
             let adminEngine = ScriptEngine(configuration: script, backends: backends, logger: adminLogger)
@@ -388,6 +389,7 @@ public final class MoonProxy: Sendable {
             bootstrap = bootstrap.serverChannelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
         }
         bootstrap = bootstrap
+            .childChannelOption(.recvAllocator, value: ClientChannelHandler.receiveAllocator)
             .childChannelInitializer { channel in
                 guard !context.isStopping else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {

@@ -14,6 +14,7 @@ struct SocketBackendConnector: BackendConnector {
                  handler: NIOLoopBound<BackendChannelHandler>) -> EventLoopFuture<Channel> {
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(timeout)
+            .channelOption(.recvAllocator, value: ClientChannelHandler.receiveAllocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(handler.value)

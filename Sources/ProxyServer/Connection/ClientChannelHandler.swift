@@ -100,6 +100,11 @@ final class ClientChannelHandler: ChannelInboundHandler {
                                               compression: shared.configuration.compression)
     }
 
+    /// How each link's receive buffer is sized: from what arrives, starting small. NIO keeps a
+    /// link's buffer for its next read, so this is what an idle connection holds per link (NIO's
+    /// default starts at 2 KiB); a read that fills it makes the next one larger, up to 64 KiB.
+    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536)
+
     /// Lua hooks are timed (metrics on).
     var timesHooks: Bool { recording != .off }
 

@@ -166,7 +166,9 @@ struct ConnectionStateMachine {
     /// A command went to the script: the login is over, whatever COM_CHANGE_USER runs now.
     var commandsStarted = false
     /// Commands the client sent while an earlier one was being handled.
-    var queuedCommands = CircularBuffer<PacketCollector.Collected>()
+    /// (One slot to begin with: most connections never queue a command, and NIO's default of 16
+    /// would cost every connection a kilobyte.)
+    var queuedCommands = CircularBuffer<PacketCollector.Collected>(initialCapacity: 1)
     static let maximumQueuedCommands = 64
 
     // MARK: TLS (see +Handshake)

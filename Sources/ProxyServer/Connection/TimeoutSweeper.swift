@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOCore
 
 /// Knows every connection on one event loop: checks their read and write timeouts with a single
@@ -15,6 +18,8 @@ final class TimeoutSweeper {
     /// Ticks a server has from the connect to its greeting (nil: no limit).
     let greetingTicks: Int?
     private var connections: [ObjectIdentifier: ClientChannelHandler] = [:]
+    /// The most connections this loop had since memory was last given back to the system.
+    private var peakSinceTrim = 0
     private var task: RepeatedTask?
     /// The loop's pool of idle server connections (scripts' `backend_ndx = 0`).
     let serverPool: ServerConnectionPool
@@ -39,6 +44,7 @@ final class TimeoutSweeper {
     func add(_ handler: ClientChannelHandler) {
         eventLoop.preconditionInEventLoop()
         connections[ObjectIdentifier(handler)] = handler
+        peakSinceTrim = max(peakSinceTrim, connections.count)
         if task == nil {
             let bound = NIOLoopBound(self, eventLoop: eventLoop)
             task = eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { _ in
@@ -53,6 +59,25 @@ final class TimeoutSweeper {
         // that connects for one query and leaves (a connect storm) would otherwise pay for
         // scheduling and cancelling a repeated task every time.
     }
+
+    /// After a burst of connections has gone (half of them, and at least `trimThreshold`), the
+    /// memory they used goes back to the system: the allocator keeps freed memory for reuse, and
+    /// a proxy that once held 10,000 connections would otherwise stay that large.
+    private func trimAfterBurst() {
+        let gone = peakSinceTrim - connections.count
+        guard gone >= Self.trimThreshold, connections.count * 2 <= peakSinceTrim else { return }
+        peakSinceTrim = connections.count
+        _ = Self.mallocTrim?(0)
+    }
+
+    static let trimThreshold = 256
+
+    /// glibc's malloc_trim (releases free memory in every arena), looked up once: Swift's Glibc
+    /// module does not import <malloc.h>.
+    nonisolated(unsafe) static let mallocTrim: (@convention(c) (Int) -> Int32)? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)
+    }()
 
     /// A graceful shutdown began.
     func shutdownRequested() {
@@ -71,6 +96,7 @@ final class TimeoutSweeper {
     }
 
     private func sweep() {
+        trimAfterBurst()
         if connections.isEmpty {
             task?.cancel()
             task = nil
