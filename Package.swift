@@ -6,7 +6,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "moonproxy", targets: ["moonproxy"]),
-        .library(name: "MoonProxy", targets: ["ProxyServer", "ProxyScripting"]),
+        .library(name: "MoonProxy", targets: ["ProxyServer", "ProxyScripting", "ProxyCore"]),
         .library(name: "MySQLWire", targets: ["MySQLWire"]),
     ],
     dependencies: [
@@ -44,10 +44,20 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // The connection's state machine and the values it trades with its handler: no sockets,
+        // no scripting, no clock (see docs/architecture.md).
+        .target(
+            name: "ProxyCore",
+            dependencies: [
+                "MySQLWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
         .target(
             name: "ProxyScripting",
             dependencies: [
-                "LuaVM", "MySQLWire",
+                "LuaVM", "MySQLWire", "ProxyCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -63,7 +73,7 @@ let package = Package(
         .target(
             name: "ProxyServer",
             dependencies: [
-                "MySQLWire", "ProxyScripting", "CZstd",
+                "MySQLWire", "ProxyCore", "ProxyScripting", "CZstd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -84,7 +94,7 @@ let package = Package(
         .executableTarget(
             name: "moonproxy",
             dependencies: [
-                "ProxyServer", "ProxyScripting",
+                "ProxyServer", "ProxyScripting", "ProxyCore",
                 "CLuaShim",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -97,7 +107,11 @@ let package = Package(
         ),
         .testTarget(
             name: "ProxyScriptingTests",
-            dependencies: ["ProxyScripting", "LuaVM", "MySQLWire", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["ProxyScripting", "ProxyCore", "LuaVM", "MySQLWire", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "ProxyCoreTests",
+            dependencies: ["ProxyCore", "MySQLWire", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "MySQLWireTests",
@@ -106,7 +120,7 @@ let package = Package(
         .testTarget(
             name: "ProxyServerTests",
             dependencies: [
-                "ProxyServer", "MySQLWire",
+                "ProxyServer", "ProxyCore", "MySQLWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

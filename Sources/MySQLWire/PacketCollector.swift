@@ -82,6 +82,15 @@ public struct PacketCollector: Sendable {
         return PacketHeader.peek(pending, at: pending.readerIndex)?.sequenceID
     }
 
+    /// Gives up on the packet under way (one `next()` refused as too large): forgets what was
+    /// assembled of it and returns the bytes not consumed, from the header of the frame `next()`
+    /// stopped at (to be skipped by a reader that only wants to know where the packet ends).
+    public mutating func abandonPacket() -> ByteBuffer {
+        let rest = pending
+        reset()
+        return rest
+    }
+
     /// Forgets everything held.
     public mutating func reset() {
         pending = ByteBuffer()

@@ -1,5 +1,6 @@
 import LuaVM
 import NIOCore
+import ProxyCore
 
 /// `proxy.connection` and `proxy.queries`: userdata whose methods reach the connection's script
 /// (and through it the proxy) via a weak box.

@@ -5,43 +5,22 @@ import LuaVM
 import Logging
 import MySQLWire
 import NIOCore
+import ProxyCore
 
 /// What happened when the proxy called a hook.
-public enum HookOutcome: Sendable, Equatable {
-    /// The script does not define the hook: carry on as without a script.
-    case notDefined
-    /// The hook raised an error (logged with its traceback).
-    case failed(String)
-    case returned(HookDecision)
-}
 
 /// The script as one connection runs it: its environment, its `proxy.connection`, `proxy.queries`
 /// and `proxy.response`, and the hooks it defines. Every method is called on the connection's
 /// event loop and runs the hook to completion.
 public final class ConnectionScript {
-    public struct Hooks: OptionSet, Sendable {
-        public let rawValue: Int
-        public init(rawValue: Int) { self.rawValue = rawValue }
-        public static let connectServer = Hooks(rawValue: 1 << 0)
-        public static let readHandshake = Hooks(rawValue: 1 << 1)
-        public static let readAuth = Hooks(rawValue: 1 << 2)
-        public static let readAuthResult = Hooks(rawValue: 1 << 3)
-        public static let readQuery = Hooks(rawValue: 1 << 4)
-        public static let readQueryResult = Hooks(rawValue: 1 << 5)
-        public static let disconnectClient = Hooks(rawValue: 1 << 6)
+    public typealias Hooks = ScriptHooks
 
-        static let names: [(Hooks, String)] = [
-            (.connectServer, "connect_server"), (.readHandshake, "read_handshake"), (.readAuth, "read_auth"),
-            (.readAuthResult, "read_auth_result"), (.readQuery, "read_query"), (.readQueryResult, "read_query_result"),
-            (.disconnectClient, "disconnect_client"),
-        ]
-    }
 
     let engine: ScriptEngine
-    /// The connection, which owns this script. Not `weak`: a weak reference gives its target a
-    /// side table, and every retain and release of it then takes the slow path, on every hook.
-    /// `close()` clears it, and the host closes the script before it goes.
-    unowned(unsafe) var host: ScriptConnectionHost?
+    /// The connection, which owns this script: a strong reference, the cycle broken by `close()`,
+    /// which the host calls before it goes (not `weak`: a weak reference gives its target a side
+    /// table, and every retain and release of it then takes the slow path, on every hook).
+    var host: ScriptConnectionHost?
     /// The hooks the script defined when the connection started.
     public private(set) var hooks: Hooks = []
     /// `proxy.queries`.
@@ -262,11 +241,11 @@ public final class ConnectionScript {
     public func disconnectClient() -> HookOutcome { call(.disconnectClient) }
 }
 
-/// The way from a connection's Lua userdata back to its script, which Lua may outlive: the
-/// script clears it when it closes (and it closes before it is freed). Not `weak`, for the same
-/// reason as `ConnectionScript.host`.
+/// The way from a connection's Lua userdata back to its script, which Lua may outlive (a script
+/// may keep them in `proxy.global`): the script clears it when it closes, after which every use
+/// is refused as "closed". Strong, not `weak`, for the same reason as `ConnectionScript.host`.
 final class ConnectionBox {
-    unowned(unsafe) var script: ConnectionScript?
+    var script: ConnectionScript?
 
     /// The script, if it is the connection whose hook runs now; else the error to raise.
     var runningScript: Result<ConnectionScript, OutOfPlace> {

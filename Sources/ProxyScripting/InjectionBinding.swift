@@ -1,6 +1,7 @@
 import LuaVM
 import MySQLWire
 import NIOCore
+import ProxyCore
 
 /// `inj` in `read_query_result(inj)`: its id, query, times and `resultset`.
 enum InjectionBinding {

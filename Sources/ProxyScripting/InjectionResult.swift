@@ -1,5 +1,6 @@
 import MySQLWire
 import NIOCore
+import ProxyCore
 
 /// The result of an injected query, as `read_query_result(inj)` sees it. The proxy fills it in as
 /// the response passes (or is buffered, with `resultset_is_needed`); fields and rows are parsed
@@ -32,6 +33,23 @@ public final class InjectionResult {
         self.injection = injection
         self.buffered = buffered
         self.capabilities = capabilities
+    }
+
+    /// The result as the connection's machine saw it pass.
+    public convenience init(_ outcome: InjectionOutcome) {
+        self.init(injection: outcome.injection, buffered: outcome.buffered, capabilities: outcome.capabilities)
+        packets = outcome.packets
+        firstPacketAt = outcome.firstPacketAt
+        lastPacketAt = outcome.lastPacketAt
+        bytes = outcome.bytes
+        rows = outcome.rows
+        wasResultSet = outcome.wasResultSet
+        serverStatus = outcome.serverStatus
+        warnings = outcome.warnings
+        affectedRows = outcome.affectedRows
+        insertID = outcome.insertID
+        queryStatus = outcome.queryStatus
+        errorCode = outcome.errorCode
     }
 
     /// Rows of COM_STMT_EXECUTE (and bulk execute) responses are in the binary protocol.

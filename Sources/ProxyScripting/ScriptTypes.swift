@@ -210,38 +210,6 @@ public indirect enum ScriptValue: Sendable, Equatable {
     case table([String: ScriptValue])
 }
 
-/// A query queued with `proxy.queries:append()`/`prepend()`.
-public struct Injection: Sendable {
-    public var id: Int
-    public var packet: ByteBuffer
-    public var resultsetIsNeeded: Bool
-    /// When it was queued (µs, monotonic), for `query_time` and `response_time`.
-    public var queuedAt: UInt64
-
-    public init(id: Int, packet: ByteBuffer, resultsetIsNeeded: Bool, queuedAt: UInt64) {
-        self.id = id
-        self.packet = packet
-        self.resultsetIsNeeded = resultsetIsNeeded
-        self.queuedAt = queuedAt
-    }
-
-    public var command: CommandCode? { packet.getInteger(at: packet.readerIndex, as: UInt8.self).map { CommandCode($0) } }
-}
-
-/// What a hook decided.
-public enum HookDecision: Sendable, Equatable {
-    /// nil or no return value: carry on as without a script.
-    case noDecision
-    /// PROXY_SEND_QUERY.
-    case sendQuery
-    /// PROXY_SEND_RESULT, with `proxy.response` as it was when the hook returned.
-    case sendResult(ScriptResponse)
-    /// PROXY_IGNORE_RESULT.
-    case ignoreResult
-    /// Any other number.
-    case other(Int)
-}
-
 /// Hook return codes, as MySQL Proxy numbers them.
 public enum ProxyReturn {
     public static let noDecision = 0

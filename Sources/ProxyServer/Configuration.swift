@@ -1,4 +1,5 @@
 import NIOCore
+import ProxyCore
 
 /// Where to listen or connect: a TCP host and port, or a unix socket path.
 public enum ProxyAddress: Hashable, Sendable, CustomStringConvertible {

@@ -3,6 +3,7 @@ import Logging
 import MySQLWire
 import NIOConcurrencyHelpers
 import NIOCore
+import ProxyCore
 import ProxyScripting
 
 /// `--query-log=FILE`: one JSON object per line for each command a client ran.
@@ -45,7 +46,7 @@ public final class QueryLog: Sendable {
         var errorCode: UInt16
         var answeredByScript: Bool
 
-        init(record: ConnectionStateMachine.CommandRecord, connection: UInt64, user: String?, database: String?,
+        init(record: ConnectionMachine.CommandRecord, connection: UInt64, user: String?, database: String?,
              client: String?, backend: String?) {
             var now = timespec()
             clock_gettime(CLOCK_REALTIME, &now)

@@ -6,6 +6,7 @@ import Dispatch
 import Logging
 import NIOCore
 import ProxyScripting
+import ProxyCore
 import ProxyServer
 import ServiceLifecycle
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ProxyCore
 import ProxyServer
 
 /// The log levels MySQL Proxy accepts, from most to least severe.

@@ -1,6 +1,7 @@
 import Logging
 import MySQLWire
 import NIOCore
+import ProxyCore
 import Testing
 @testable import ProxyScripting
 

@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import MySQLWire
 import NIOCore
+import ProxyCore
 import Testing
 @testable import ProxyScripting
 

@@ -59,13 +59,13 @@ final class EmbeddedConnector: BackendConnector, @unchecked Sendable {
 
     @Test func greetingHandshakeAndQueryFlowThrough() throws {
         #expect(connector.channels.count == 1)
-        try backend.writeInbound(Self.packet(ConnectionStateMachineTests.greeting, seq: 0))
+        try backend.writeInbound(Self.packet(Captured.greeting, seq: 0))
         let greeting = try readAll(client).frames()
         #expect(greeting.count == 1)
         // relayed as the server offered it (compression included); TLS as the policy says
         #expect(try HandshakeV10(parsing: greeting[0].payload).capabilities.contains(.compress))
 
-        try client.writeInbound(Self.packet(ConnectionStateMachineTests.handshakeResponse, seq: 1))
+        try client.writeInbound(Self.packet(Captured.handshakeResponse, seq: 1))
         #expect(try readAll(backend).frames().first?.sequenceID == 1)
         try backend.writeInbound(Self.packet("00000002000000", seq: 2))
         #expect(try readAll(client).frames().count == 1)
@@ -82,8 +82,8 @@ final class EmbeddedConnector: BackendConnector, @unchecked Sendable {
     /// What the server sent before it went away reaches the client, then the close: no ERR of the
     /// proxy's own, as a direct client would see it.
     @Test func backendClosingMidResultRelaysWhatCameThenCloses() throws {
-        try backend.writeInbound(Self.packet(ConnectionStateMachineTests.greeting, seq: 0))
-        try client.writeInbound(Self.packet(ConnectionStateMachineTests.handshakeResponse, seq: 1))
+        try backend.writeInbound(Self.packet(Captured.greeting, seq: 0))
+        try client.writeInbound(Self.packet(Captured.handshakeResponse, seq: 1))
         try backend.writeInbound(Self.packet("00000002000000", seq: 2))
         _ = try readAll(client)
         try client.writeInbound(Self.packet("0353454c4543542031", seq: 0))
@@ -111,7 +111,7 @@ final class EmbeddedConnector: BackendConnector, @unchecked Sendable {
     }
 
     @Test func clientGoingAwayClosesTheBackend() throws {
-        try backend.writeInbound(Self.packet(ConnectionStateMachineTests.greeting, seq: 0))
+        try backend.writeInbound(Self.packet(Captured.greeting, seq: 0))
         try client.close().wait()
         #expect(!backend.isActive)
         #expect(context.backends.snapshot()[0].connectedClients == 0)

@@ -134,6 +134,34 @@ def test_rw_splitting(start_proxy):
         x.close()
 
 
+def test_rw_splitting_after_time_passes_with_connections_listed(start_proxy):
+    """The script moves server connections through the pool on every statement. Past the
+    sweeper's first ticks (the login is over for it then) and with the admin interface listing
+    each connection, a move used to reach the connection's state while it changed: the proxy
+    aborted on an exclusivity violation (672b912). Here time passes between statements, past
+    every timer that ticks while a client is idle, and the session carries on."""
+    from conftest import free_port, wait_for_port
+    admin_port = free_port()
+    proxy = start_proxy(example("rw-splitting.lua"), f"--proxy-backend-addresses=127.0.0.1:{MARIADB_PORT}",
+                        f"--proxy-read-only-backend-addresses={MARIADB_SOCKET}", "--plugins=proxy,admin",
+                        f"--admin-address=127.0.0.1:{admin_port}", "--admin-username=boss", "--admin-password=pw",
+                        "--proxy-backend-greeting-timeout=1", "--proxy-login-timeout=2", backend=False)
+    wait_for_port(admin_port)
+    a = proxy.connect(user="nat", password="natpass", autocommit=True)
+    b = proxy.connect(user="nat", password="natpass", autocommit=True)
+    for _ in range(2):
+        time.sleep(2.5)  # past the login and greeting timeouts, several sweeper ticks
+        for c in (a, b):
+            assert rows(c, "SELECT 1") == ((1,),)
+            with c.cursor() as cur:
+                cur.execute("DO 1")
+        listed = mariadb_cli(admin_port, "SELECT * FROM connections", user="boss", password="pw").stdout
+        assert listed.count("logged in") >= 2, listed
+    assert proxy.proc.poll() is None
+    a.close()
+    b.close()
+
+
 def test_route_by_hint(start_proxy):
     proxy = split_proxy(start_proxy, "route-by-hint.lua")
     a = proxy.connect(user="nat", password="natpass", autocommit=True)

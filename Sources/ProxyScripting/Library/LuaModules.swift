@@ -126,10 +126,11 @@ enum LuaModules {
     }
 }
 
-/// The engine as chassis functions reach it. Not a strong reference: the Lua state holding this
-/// belongs to the engine, and dies with it.
+/// The engine as chassis functions reach it. Weak: the Lua state holding this belongs to the
+/// engine (a strong reference would keep both alive for good), and these functions are not on any
+/// packet's path.
 final class EngineReference {
-    unowned(unsafe) let engine: ScriptEngine
+    weak var engine: ScriptEngine?
     init(_ engine: ScriptEngine) { self.engine = engine }
 }
 

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOSSL
 import MySQLWire
+import ProxyCore
 
 // MARK: - a link turning to TLS or to the compressed protocol
 
@@ -47,7 +48,7 @@ extension ClientChannelHandler {
         do {
             try backend.startCompression(algorithm, early: early)
             backendCompression = "\(algorithm)"
-            scripted?.server?.compression = backendCompression
+            scripted?.attached?.compression = backendCompression
         } catch {
             log(.error, "closing: cannot start \(algorithm) compression with the backend: \(error)")
             closeBoth()
@@ -66,9 +67,8 @@ extension ClientChannelHandler {
             }
             try backend.startTLS(request: request, context: sslContext, serverHostname: hostname)
         } catch {
-            log(.warning, "cannot start TLS with the backend: \(error)")
-            machine.noteClose(.backendHandshake)
-            run(machine.backendTLSFailed(TLSFailure.describe(error)))
+            run(machine.backendTLSFailed("cannot start: \(error)"))
+            if !machine.isClosed { run(machine.abandon(.backendHandshake, reason: "cannot start TLS with the backend: \(error)")) }
         }
     }
 }

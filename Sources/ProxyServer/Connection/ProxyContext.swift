@@ -2,6 +2,7 @@ import Atomics
 import NIOConcurrencyHelpers
 import Logging
 import NIOCore
+import ProxyCore
 import ProxyScripting
 
 /// What every connection of one proxy shares.
@@ -23,7 +24,7 @@ final class ProxyContext: Sendable {
     let queryLog: QueryLog?
     /// What connections record about each command: durations for the metrics, statement text
     /// for the query log, nothing (and no clock read) without either.
-    let recording: ConnectionStateMachine.Recording
+    let recording: ConnectionMachine.Recording
     private let lastConnectionID = ManagedAtomic<UInt64>(0)
     private let stopping = ManagedAtomic<Bool>(false)
     private let sweepers = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<TimeoutSweeper>]>([:])

@@ -1,136 +1,143 @@
 import Logging
 import MySQLWire
 import NIOCore
+import ProxyCore
 import ProxyScripting
 
-/// A connection's script, seen from both sides: the state machine calls its hooks through
-/// `ConnectionScripting`, and the script reaches the connection through `ScriptConnectionHost`
-/// (`proxy.connection`). It keeps what scripts read about the client and the server, and leaves
-/// moving server connections to and from the pool to the client's handler. Lives on the
-/// connection's event loop.
-final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
-    /// The connection's handler, which owns this object; cleared by `close()`. Not `weak`: that
-    /// would put every retain of the handler on the runtime's slow path.
-    unowned(unsafe) var handler: ClientChannelHandler?
+/// A connection's script, and the handle its Lua side holds (`proxy.connection`). Owned by the
+/// connection's handler, with no way back to it: a hook runs between two of the machine's events
+/// (`run(_:)`), sees what the handler put here before it (`prepare`), and what the script asks of
+/// the connection is noted here (`swap`, `requestedBackend`, `connectionCloseRequested`,
+/// `notes`) for the handler to carry out once the hook has returned. After `close()` the handle
+/// is dead: Lua objects that outlive the connection find no script behind it.
+///
+/// `backend_ndx` is the one request a script reads back at once (MySQL Proxy's scripts read
+/// `proxy.connection.server` right after setting it): the pooled connection it names is taken
+/// from this loop's pool while the hook runs, kept here, and attached by the handler afterwards.
+final class ScriptedConnection: ScriptConnectionHost {
     var script: ConnectionScript?
+    let connectionID: UInt64
+    /// This event loop's pool of idle server connections, and the backends.
+    let pool: ServerConnectionPool?
+    let backends: BackendPool
+    let resetPooledConnections: Bool
     let resultsetBufferLimit: Int
+
+    var client = ScriptClientInfo()
+    /// The server connection the handler holds, nil when there is none. It goes with the
+    /// connection into the pool.
+    var attached: ScriptServerInfo?
+    /// The server connection as the script sees it: the one attached, or what the swap asked
+    /// so far puts in its place.
+    var server: ScriptServerInfo? {
+        switch swap {
+        case .release?: return nil
+        case .take(let parked)?: return parked.server
+        case nil: return attached
+        }
+    }
+    /// The backend in use (0-based), as the handler says before each hook.
+    var currentBackend: Int?
+    /// The backend `connect_server` asked for (0-based).
+    var requestedBackend: Int?
     private(set) var connectionCloseRequested = false
 
-    /// As of the last `prepareHook`.
+    /// As of the hook that runs.
     private(set) var loggedIn = false
     private(set) var serverIdle = false
     private(set) var serverStatus: ServerStatus = .autocommit
     /// The capabilities of the session that matter to pooled connections (part of their key).
-    private(set) var capabilities: CapabilityFlags = []
-    private var change: ServerChange?
+    var capabilities: CapabilityFlags = []
 
-    var client = ScriptClientInfo()
-    /// The server connection in use, nil when there is none.
-    var server: ScriptServerInfo?
-    /// The backend `connect_server` asked for (0-based).
-    var requestedBackend: Int?
+    /// What the script did to the server connection during the hook that ran.
+    enum Swap {
+        /// Give it to the pool.
+        case release
+        /// Use this one, taken from the pool.
+        case take(ServerConnectionPool.Parked)
+    }
+    private(set) var swap: Swap?
+    /// Lines for the connection's log, made while the hook ran.
+    private(set) var notes: [(Logger.Level, String)] = []
 
-    init(handler: ClientChannelHandler, resultsetBufferLimit: Int) {
-        self.handler = handler
+    init(connectionID: UInt64, pool: ServerConnectionPool?, backends: BackendPool, resetPooledConnections: Bool, resultsetBufferLimit: Int) {
+        self.connectionID = connectionID
+        self.pool = pool
+        self.backends = backends
+        self.resetPooledConnections = resetPooledConnections
         self.resultsetBufferLimit = resultsetBufferLimit
     }
 
-    // MARK: ConnectionScripting
+    var hooks: ScriptHooks { script?.hooks ?? [] }
 
-    var hooks: ConnectionScript.Hooks { script?.hooks ?? [] }
+    // MARK: running hooks
 
-    var queries: [Injection] {
-        get { script?.queries ?? [] }
-        set { script?.queries = newValue }
+    /// Runs the hook the machine asked for; the handler carries out what it left here.
+    func run(_ call: ConnectionMachine.HookCall) -> HookOutcome {
+        loggedIn = call.loggedIn
+        serverIdle = call.serverIdle
+        serverStatus = call.status
+        script?.queries = call.queries
+        switch call.hook {
+        case .connectServer: return counted(.connectServer) { $0.connectServer() }
+        case .readHandshake: return counted(.readHandshake) { $0.readHandshake() }
+        case .readAuth: return counted(.readAuth) { $0.readAuth() }
+        case .readAuthResult(let packet): return counted(.readAuthResult) { $0.readAuthResult(packet: packet) }
+        case .readQuery(let packet):
+            let hints = packet.getInteger(at: packet.readerIndex, as: UInt8.self) == CommandCode.query.rawValue ? ProxyHints.parse(packet) : []
+            return counted(.readQuery) { $0.readQuery(packet: packet, hints: hints) }
+        case .readQueryResult(let outcome):
+            return counted(.readQueryResult) { $0.readQueryResult(InjectionResult(outcome)) }
+        }
     }
 
-    var hasQueries: Bool { !(script?.queries.isEmpty ?? true) }
-
-    func prepareHook(loggedIn: Bool, serverIdle: Bool, status: ServerStatus) {
-        self.loggedIn = loggedIn
+    /// `disconnect_client()`, when the script has it: the script may give an idle server
+    /// connection to the pool.
+    func disconnectClient(serverIdle: Bool, status: ServerStatus) {
+        guard hooks.contains(.disconnectClient) else { return }
+        loggedIn = serverIdle
         self.serverIdle = serverIdle
-        self.serverStatus = status
-    }
-
-    func greetingReceived(_ greeting: HandshakeV10) {
-        var info = ScriptServerInfo()
-        info.threadID = greeting.connectionID
-        info.versionString = greeting.serverVersion
-        info.mysqldVersion = ScriptServerInfo.versionNumber(greeting.serverVersion)
-        info.scrambleBuffer = greeting.authPluginData
-        info.src = handler?.backendLocalAddress.map(ScriptAddress.init)
-        info.dst = handler?.backendRemoteAddress.map(ScriptAddress.init)
-        server = info
-    }
-
-    func handshakeResponseReceived(_ response: HandshakeResponse41, capabilities: CapabilityFlags) {
-        client.username = response.username
-        client.defaultDB = response.database ?? ""
-        client.scrambledPassword = response.authResponse
-        server?.username = response.username
-        self.capabilities = capabilities.intersection(.sessionAffecting)
-    }
-
-    func databaseChanged(to name: String, forClient: Bool) {
-        server?.defaultDB = name
-        if forClient { client.defaultDB = name }
-    }
-
-    func userChanged(to username: String, database: String) {
-        client.username = username
-        client.defaultDB = database
-        server?.defaultDB = database
-    }
-
-    func connectServer() -> HookOutcome { counted(.connectServer) { $0.connectServer() } }
-    func readHandshake() -> HookOutcome { counted(.readHandshake) { $0.readHandshake() } }
-    func readAuth() -> HookOutcome { counted(.readAuth) { $0.readAuth() } }
-    func readAuthResult(packet: ByteBuffer) -> HookOutcome { counted(.readAuthResult) { $0.readAuthResult(packet: packet) } }
-
-    func readQuery(packet: ByteBuffer, hints: [(key: String, value: String)]) -> HookOutcome {
-        counted(.readQuery) { $0.readQuery(packet: packet, hints: hints) }
-    }
-
-    func readQueryResult(_ result: InjectionResult) -> HookOutcome { counted(.readQueryResult) { $0.readQueryResult(result) } }
-
-    func disconnectClient() {
+        serverStatus = status
         _ = counted(.disconnectClient) { $0.disconnectClient() }
     }
 
-    /// Runs a hook, counting the call (and its error) in the loop's counters, and timing it when
-    /// the proxy keeps durations (metrics on).
+    var queries: [Injection] { script?.queries ?? [] }
+
+    /// Times and counts a hook (metrics), when the handler says it keeps durations.
+    var counters: LoopStatistics?
+    var timesHooks = false
+
     @inline(__always)
     private func counted(_ hook: HookKind, _ call: (ConnectionScript) -> HookOutcome) -> HookOutcome {
         guard let script else { return .notDefined }
-        guard let handler else { return call(script) }
-        let start = handler.timesHooks ? NIODeadline.now().uptimeNanoseconds : 0
+        let start = timesHooks ? NIODeadline.now().uptimeNanoseconds : 0
         let outcome = call(script)
         if case .notDefined = outcome { return outcome }
         var failed = false
         if case .failed = outcome { failed = true }
         let elapsed = start == 0 ? nil : Int(clamping: NIODeadline.now().uptimeNanoseconds &- start)
-        handler.counters.hookCalled(hook, nanoseconds: elapsed, failed: failed)
+        counters?.hookCalled(hook, nanoseconds: elapsed, failed: failed)
         return outcome
     }
 
-    func takeServerChange() -> ServerChange? {
-        defer { change = nil }
-        return change
+    /// What the hook asked of the server connection, once.
+    func takeSwap() -> Swap? {
+        defer { swap = nil }
+        return swap
     }
 
-    func serverChanged(_ new: ServerChange) {
-        change = new
+    func takeNotes() -> [(Logger.Level, String)] {
+        defer { notes.removeAll() }
+        return notes
     }
 
-    func log(_ level: Logger.Level, _ message: String) {
-        handler?.log(level, "\(message)")
-    }
-
-    /// Releases the Lua side of the connection.
+    /// Releases the Lua side of the connection, and a pooled connection taken for a hook whose
+    /// swap was never carried out.
     func close() {
+        if case .take(let parked) = swap, pool?.park(parked) != true { parked.handler.close() }
+        swap = nil
         script?.close()
         script = nil
-        handler = nil
     }
 
     // MARK: ScriptConnectionHost
@@ -138,14 +145,63 @@ final class ScriptedConnection: ConnectionScripting, ScriptConnectionHost {
     var scriptClient: ScriptClientInfo { client }
     var scriptServer: ScriptServerInfo? { server }
 
+    /// The backend in use once the swap asked so far is done.
+    private var effectiveBackend: Int? {
+        switch swap {
+        case .release?: return nil
+        case .take(let parked)?: return parked.key.backend
+        case nil: return currentBackend
+        }
+    }
+
     var scriptBackendIndex: Int {
-        if let index = handler?.currentBackendIndex { return index + 1 }
+        if let index = effectiveBackend { return index + 1 }
         if !loggedIn, let requestedBackend { return requestedBackend + 1 }
         return 0
     }
 
+    /// `proxy.connection.backend_ndx = index`: before the login it picks the backend to connect
+    /// to; after it, 0 gives the server connection to the pool and a backend takes an idle
+    /// connection of this user from its pool (staying put when there is none, as MySQL Proxy does).
     func scriptSetBackendIndex(_ index: Int) {
-        handler?.scriptSelectBackend(index - 1, connection: self)
+        let target = index - 1
+        let count = backends.count
+        guard target == -1 || (0..<count).contains(target) else {
+            notes.append((.warning, "proxy.connection.backend_ndx = \(index): there are only \(count) backends; ignored"))
+            return
+        }
+        guard loggedIn else {
+            requestedBackend = target >= 0 ? target : nil
+            return
+        }
+        let current = effectiveBackend
+        if current != nil && target == current { return }
+        if currentBackend != nil && current == currentBackend && !serverIdle {
+            notes.append((.warning, "proxy.connection.backend_ndx = \(index): a response is still on its way from the server; the connection stays where it is"))
+            return
+        }
+        guard target >= 0 else {
+            if current != nil { replaceSwap(with: currentBackend == nil ? nil : .release) }
+            return
+        }
+        let key = ServerConnectionPool.Key(backend: target, user: client.username, capabilities: capabilities)
+        guard let pool, let parked = pool.take(key) else {
+            notes.append((.info, "proxy.connection.backend_ndx = \(index): no idle connection of user '\(client.username)' to that backend in the pool; staying \(current.map { "on backend \($0 + 1)" } ?? "without a server")"))
+            return
+        }
+        if parked.session != connectionID && resetPooledConnections && !ServerConnectionPool.serverResetsSessions(parked.server.versionString) {
+            notes.append((.warning, "proxy.connection.backend_ndx = \(index): the pooled connection's server (\(parked.server.versionString)) cannot reset a session (COM_RESET_CONNECTION), so it does not go to another client session; closing it (--proxy-pool-no-change-user allows it)"))
+            parked.handler.close()
+            return
+        }
+        replaceSwap(with: .take(parked))
+    }
+
+    /// A later `backend_ndx` in the same hook replaces an earlier one; a connection taken for
+    /// the earlier one goes back to the pool.
+    private func replaceSwap(with new: Swap?) {
+        if case .take(let earlier) = swap, pool?.park(earlier) != true { earlier.handler.close() }
+        swap = new
     }
 
     func scriptSetConnectionClose(_ close: Bool) {

@@ -10,13 +10,8 @@ import NIOCore
 final class TimeoutSweeper {
     let eventLoop: EventLoop
     let tick: TimeAmount
-    /// Ticks without progress after which a read or write has timed out.
-    let readTicks: Int
-    let writeTicks: Int
-    /// Ticks a client has to log in (nil: no limit).
-    let loginTicks: Int?
-    /// Ticks a server has from the connect to its greeting (nil: no limit).
-    let greetingTicks: Int?
+    /// The timeouts in ticks.
+    let limits: ConnectionTimers.Limits
     private var connections: [ObjectIdentifier: ClientChannelHandler] = [:]
     /// The most connections this loop had since memory was last given back to the system.
     private var peakSinceTrim = 0
@@ -35,10 +30,8 @@ final class TimeoutSweeper {
         if let greetingTimeout { shortest = min(shortest, greetingTimeout) }
         let tick = TimeAmount.nanoseconds(max(shortest.nanoseconds / Int64(Self.ticksPerTimeout), 1_000_000))
         self.tick = tick
-        self.readTicks = max(1, Int(readTimeout.nanoseconds / tick.nanoseconds))
-        self.writeTicks = max(1, Int(writeTimeout.nanoseconds / tick.nanoseconds))
-        self.loginTicks = loginTimeout.map { max(1, Int($0.nanoseconds / tick.nanoseconds)) }
-        self.greetingTicks = greetingTimeout.map { max(1, Int($0.nanoseconds / tick.nanoseconds)) }
+        func ticks(_ amount: TimeAmount) -> Int { max(1, Int(amount.nanoseconds / tick.nanoseconds)) }
+        self.limits = .init(read: ticks(readTimeout), write: ticks(writeTimeout), login: loginTimeout.map(ticks), greeting: greetingTimeout.map(ticks))
     }
 
     func add(_ handler: ClientChannelHandler) {
@@ -74,7 +67,7 @@ final class TimeoutSweeper {
 
     /// glibc's malloc_trim (releases free memory in every arena), looked up once: Swift's Glibc
     /// module does not import <malloc.h>.
-    nonisolated(unsafe) static let mallocTrim: (@convention(c) (Int) -> Int32)? = {
+    static let mallocTrim: (@convention(c) (Int) -> Int32)? = {
         guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return nil }
         return unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)
     }()
@@ -103,7 +96,7 @@ final class TimeoutSweeper {
             return
         }
         for handler in Array(connections.values) {
-            handler.timerFired(readTicks: readTicks, writeTicks: writeTicks, loginTicks: loginTicks, greetingTicks: greetingTicks)
+            handler.timerFired(limits)
         }
     }
 }

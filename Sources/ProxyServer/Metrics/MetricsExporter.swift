@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import Prometheus
+import ProxyCore
 import ProxyScripting
 
 /// The proxy's state as Prometheus metrics (swift-prometheus formats them). Nothing on the path of

@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
+import ProxyCore
 import SwiftASN1
 import X509
 
@@ -39,7 +40,7 @@ final class TLSContexts: Sendable {
         selfSigned = generated
         var problem: String? = nil
         if let pem = backend.serverPublicKeyPEM {
-            do { try CachingSHA2.checkPublicKey(pem) } catch {
+            do { try RSAPassword.checkPublicKey(pem) } catch {
                 throw TLSSetupError("--proxy-backend-server-public-key: \(error)")
             }
         }

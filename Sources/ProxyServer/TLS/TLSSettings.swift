@@ -1,19 +1,12 @@
 import NIOSSL
+import ProxyCore
 
 /// TLS towards clients, where the proxy plays the server. Options are named as MariaDB names its
 /// own (`--ssl-cert`, `--ssl-key`, `--ssl-ca`, `--ssl-cipher`, `--tls-version`,
 /// `--require-secure-transport`, `--skip-ssl`), since to a client the proxy is the server.
 public struct ClientTLSSettings: Sendable {
     /// When the greeting offers CLIENT_SSL.
-    public enum Offer: Sendable, Equatable {
-        /// Exactly when the backend's greeting offers it, so a client sees what it would see
-        /// directly (the default: a certificate is made at startup for it).
-        case likeBackend
-        /// Always (a certificate was configured).
-        case always
-        /// Never (`--skip-ssl`).
-        case never
-    }
+    public typealias Offer = ClientTLSOffer
 
     /// PEM files: the certificate chain and its private key. Without them the proxy makes a
     /// self-signed certificate at startup, as MariaDB 11.4 does.
@@ -58,34 +51,7 @@ public struct ClientTLSSettings: Sendable {
 
 /// TLS towards backends, where the proxy plays the client (`--proxy-backend-ssl` and friends).
 public struct BackendTLSSettings: Sendable {
-    public enum Mode: String, Sendable, CaseIterable {
-        /// Never.
-        case off
-        /// When the client's own link is TLS, so the server sees what it would see directly (the
-        /// default); a TLS client is refused when the server does not offer TLS (a downgrade).
-        case preferred
-        /// Always; a server that does not offer TLS is refused. The certificate is not checked.
-        case required
-        /// Always, and the server's certificate must chain to the CA (`--proxy-backend-ssl-ca`,
-        /// else the system's roots).
-        case verifyCA = "verify-ca"
-        /// As verify-ca, and the certificate must name the backend's host.
-        case verifyIdentity = "verify-identity"
-
-        /// Whether the link to a server goes through TLS: nil when it must not be made at all (the
-        /// server does not offer TLS and the mode requires it).
-        public func wantsTLS(clientUsesTLS: Bool, serverOffers: Bool) -> Bool? {
-            switch self {
-            case .off: return false
-            case .preferred: return clientUsesTLS ? (serverOffers ? true : nil) : false
-            case .required, .verifyCA, .verifyIdentity: return serverOffers ? true : nil
-            }
-        }
-
-        /// Whether the server's certificate is checked: only then is a TLS link known to end at
-        /// the server rather than at whoever sits between.
-        public var verifies: Bool { self == .verifyCA || self == .verifyIdentity }
-    }
+    public typealias Mode = BackendTLSMode
 
     public var mode: Mode = .preferred
     public var caPath: String?

@@ -4,9 +4,9 @@ import NIOCore
 /// What the machine tells its handler about each command (for the metrics' duration histograms
 /// and the query log) and about why the connection ended. The machine never reads the clock: the
 /// handler puts the time of the event into `now` before handing the event over, and only when it
-/// wants durations (`recording` is not `.off`).
-extension ConnectionStateMachine {
-    enum Recording: Equatable {
+/// wants durations (`wantsTime`).
+extension ConnectionMachine {
+    public enum Recording: Equatable, Sendable {
         /// Nothing (no metrics endpoint, no query log): the relay reads no clock.
         case off
         /// Command kinds and durations.
@@ -16,29 +16,34 @@ extension ConnectionStateMachine {
     }
 
     /// A command, from the client's packet to the end of the response the client got.
-    struct CommandRecord {
-        var command: CommandCode
+    public struct CommandRecord: Equatable, Sendable {
+        public var command: CommandCode
         /// Monotonic nanoseconds (the handler's clock).
-        var started: UInt64
-        var ended: UInt64 = 0
-        var rows: UInt64 = 0
-        var affectedRows: UInt64 = 0
-        var errorCode: UInt16 = 0
+        public var started: UInt64
+        public var ended: UInt64 = 0
+        public var rows: UInt64 = 0
+        public var affectedRows: UInt64 = 0
+        public var errorCode: UInt16 = 0
         /// Bytes of the response from the server.
-        var responseBytes = 0
+        public var responseBytes = 0
         /// The start of the statement (COM_QUERY, COM_STMT_PREPARE), when the query log wants it.
-        var text: ByteBuffer?
+        public var text: ByteBuffer?
         /// The statement is longer than the limit.
-        var textCut = false
+        public var textCut = false
         /// Bytes of the text still to come from the client's next reads (the relay sees a
         /// statement one read at a time); more than 0 in a finished record when the rest never came.
-        var textWanted = 0
+        public var textWanted = 0
         /// The text is not the whole statement.
-        var textTruncated: Bool { textCut || textWanted > 0 }
+        public var textTruncated: Bool { textCut || textWanted > 0 }
         /// Answered by the script, without the server.
-        var answeredByScript = false
+        public var answeredByScript = false
 
-        var nanoseconds: Int { ended >= started ? Int(clamping: ended - started) : 0 }
+        public var nanoseconds: Int { ended >= started ? Int(clamping: ended - started) : 0 }
+
+        public init(command: CommandCode, started: UInt64) {
+            self.command = command
+            self.started = started
+        }
     }
 
     /// Commands whose timing is kept at once, at most (a client that pipelines more is timed
@@ -48,7 +53,7 @@ extension ConnectionStateMachine {
     /// The client sent command `code`; `payload` holds its whole packet.
     mutating func recordCommandStarted(_ code: CommandCode, expectsResponse: Bool, payload: ByteBuffer?) {
         Self.recordStart(code, expectsResponse: expectsResponse, payload: payload, payloadLength: payload?.readableBytes ?? 0,
-                         recording: recording, now: now, open: &openRecords, finished: &finishedRecords)
+                         recording: configuration.recording, now: now, open: &openRecords, finished: &finishedRecords)
     }
 
     /// As `recordCommandStarted`, on the properties alone (for use inside a scan of a chunk):
@@ -90,7 +95,7 @@ extension ConnectionStateMachine {
 
     /// The response to the oldest open command ended.
     mutating func recordResponseEnded(_ end: ResponseTracker.ResponseEnd?) {
-        guard recording != .off else { return }
+        guard configuration.recording != .off else { return }
         Self.recordEnd(end, now: now, open: &openRecords, finished: &finishedRecords)
     }
 
@@ -109,36 +114,30 @@ extension ConnectionStateMachine {
     /// Bytes of the server's response to the oldest open command.
     @inline(__always)
     mutating func recordResponseBytes(_ count: Int) {
-        guard recording != .off, !openRecords.isEmpty else { return }
+        guard configuration.recording != .off, !openRecords.isEmpty else { return }
         openRecords[0].responseBytes += count
     }
 
-    /// The handler takes what ended since it last asked.
-    mutating func takeFinishedRecords() -> [CommandRecord] {
-        defer { finishedRecords.removeAll(keepingCapacity: true) }
-        return finishedRecords
-    }
-
     /// The handler has read `finishedRecords` (and kept no copy of the list).
-    mutating func clearFinishedRecords() {
+    public mutating func clearFinishedRecords() {
         finishedRecords.removeAll(keepingCapacity: true)
     }
 
     /// Notes why the connection is ending, unless a reason is known already (the first one is the
     /// cause; what follows is its consequence).
-    mutating func noteClose(_ source: CloseSource) {
+    public mutating func noteClose(_ source: CloseSource) {
         if closeSource == nil { closeSource = source }
     }
 
     /// The client broke the protocol: counted, and the cause of the end.
     mutating func clientBrokeProtocol() {
-        statistics.add(.clientProtocolErrors)
+        counts.clientProtocolErrors += 1
         noteClose(loginEnded ? .malformed : .clientHandshake)
     }
 
     /// The server broke the protocol: counted, and the cause of the end.
     mutating func backendBrokeProtocol() {
-        statistics.add(.backendProtocolErrors)
+        counts.backendProtocolErrors += 1
         noteClose(loginEnded ? .backendProtocol : .backendHandshake)
     }
 }

@@ -3,7 +3,69 @@ import NIOCore
 
 /// The transparent relay: chunks pass whole in both directions while the frame scanners walk their
 /// packet headers and the response tracker follows the conversation. Nothing is copied or buffered.
-extension ConnectionStateMachine {
+extension ConnectionMachine {
+    /// Bytes from the server.
+    public mutating func backendDataReceived(_ chunk: ByteBuffer) -> Action {
+        switch state {
+        case .relaying(draining: false):
+            // The plain relay (no hook on the path): it only ever forwards.
+            return relayFromServer(chunk)
+        case .relaying(draining: true):
+            let action = relayFromServer(chunk)
+            if case .forwardToClient(let bytes) = action, !tracker.isAwaitingResponse {
+                return close(toClient: bytes, reason: nil, level: .info)  // the last response before the shutdown
+            }
+            return action
+        case .exchanging:
+            feedExchangeServer(chunk)
+            return nextAction()
+        case .authenticating:
+            authenticationServerData(chunk)
+            return nextAction()
+        case .awaitingGreeting:
+            return greetingBytesReceived(chunk)
+        case .awaitingHandshakeResponse(let handshake):
+            // Nothing is expected here; a server that times out the handshake may still say why.
+            return handshake.hasServer ? .forwardToClient(chunk) : .none
+        default:
+            return .none
+        }
+    }
+
+    /// Bytes from the client.
+    public mutating func clientDataReceived(_ chunk: ByteBuffer) -> Action {
+        switch state {
+        case .relaying:
+            return relayFromClient(chunk)
+        case .exchanging, .authenticating:
+            feedClient(chunk)
+            return nextAction()
+        case .awaitingHandshakeResponse:
+            return handshakeResponseBytesReceived(chunk)
+        case .skippingOversized:
+            skipOversized(chunk)
+            return nextAction()
+        case .closed, .connectServerHook, .readHandshakeHook, .readAuthHook, .readAuthResultHook, .modifying:
+            return .none
+        case .initialized, .connecting, .awaitingGreeting:
+            // Reads are not asked for before the greeting went out, so a client cannot get here
+            // unless it speaks first; MySQL clients never do.
+            clientBrokeProtocol()
+            return close(.abort, reason: "client sent data before the server's greeting")
+        }
+    }
+
+    /// Bytes from the client, whatever the state, queued as actions (for bytes that came behind
+    /// a packet the machine took, and were left over when the state changed).
+    mutating func feedClient(_ chunk: ByteBuffer) {
+        switch state {
+        case .relaying: emit(relayFromClient(chunk))
+        case .exchanging: feedExchangeClient(chunk)
+        case .authenticating: authenticationClientData(chunk)
+        default: break
+        }
+    }
+
     /// Scans a chunk from the server for packet boundaries, tracking responses; forwards it whole.
     ///
     /// No hook is on this path, so a packet the tracker cannot place is no reason to end the
@@ -12,7 +74,7 @@ extension ConnectionStateMachine {
     mutating func relayFromServer(_ chunk: ByteBuffer) -> Action {
         var warning: String?  // (a String, not the error itself: cheaper to carry when nothing failed)
         var refusedAt: (FrameScanner.PacketStart, offset: Int)?
-        let recordingOn = recording != .off
+        let recordingOn = configuration.recording != .off
         if recordingOn { recordResponseBytes(chunk.readableBytes) }
         fromServer.scanPacketStarts(chunk) { packet, offset in
             guard !tracker.isDesynchronized else { return true }
@@ -40,7 +102,7 @@ extension ConnectionStateMachine {
         }
         if let (packet, offset) = refusedAt { return localInfileRefused(chunk, at: offset, packet) }
         guard let warning else { return .forwardToClient(chunk) }
-        statistics.add(.backendProtocolErrors)  // counted, but the connection goes on
+        counts.backendProtocolErrors += 1  // counted, but the connection goes on
         return .forwardToClientUnderstoodNot(chunk, warning: warning)
     }
 
@@ -48,27 +110,21 @@ extension ConnectionStateMachine {
     /// `LocalInfile`): the client gets what came before the request and an ERR in its place, and
     /// the connection ends (the server waits for a file that will not come).
     mutating func localInfileRefused(_ chunk: ByteBuffer, at offset: Int, _ packet: FrameScanner.PacketStart) -> Action {
-        phase = .closed
         backendBrokeProtocol()
         let command = tracker.currentCommand.map { "\($0)" } ?? "a command"
         let reason = "the server asked for a LOCAL INFILE upload in answer to \(command), which does not load a local file; refused (a rogue or intercepted server reaching for the client's files)"
-        guard !packet.isSplit else { return .abortConnections(reason: reason) }
-        statistics.add(.errorsSentByProxy)
-        var out = chunk.getSlice(at: chunk.readerIndex, length: offset) ?? ByteBuffer()
-        var err = Self.framed(.localInfileRefused("the server asked for a local file in answer to a statement that loads none (MoonProxy)"),
-                              sequenceID: packet.header.sequenceID, protocol41: true)
-        out.writeBuffer(&err)
-        return .sendToClientAndClose(out, reason: reason)
+        guard !packet.isSplit else { return close(.abort, reason: reason) }
+        return refuse(.localInfileRefused("the server asked for a local file in answer to a statement that loads none (MoonProxy)"),
+                      sequenceID: packet.header.sequenceID, before: chunk.getSlice(at: chunk.readerIndex, length: offset), reason: reason)
     }
 
     /// Forwards what came before the bad packet and puts an ERR where it stood.
-    static func serverPacketMalformed(_ chunk: ByteBuffer, at offset: Int, _ packet: FrameScanner.PacketStart, _ error: WireError) -> Action {
+    mutating func serverPacketMalformed(_ chunk: ByteBuffer, at offset: Int, _ packet: FrameScanner.PacketStart, _ error: WireError) -> Action {
+        backendBrokeProtocol()
         let reason = "malformed packet from the backend: \(error)"
-        guard !packet.isSplit else { return .abortConnections(reason: reason) }
-        var out = chunk.getSlice(at: chunk.readerIndex, length: offset) ?? ByteBuffer()
-        var err = Self.framed(.malformedPacket("from the server: \(error)"), sequenceID: packet.header.sequenceID, protocol41: true)
-        out.writeBuffer(&err)
-        return .sendToClientAndClose(out, reason: reason)
+        guard !packet.isSplit else { return close(.abort, reason: reason) }
+        return refuse(.malformedPacket("from the server: \(error)"), sequenceID: packet.header.sequenceID,
+                      before: chunk.getSlice(at: chunk.readerIndex, length: offset), reason: reason)
     }
 
     /// The first bytes of a packet's payload, at most `limit`, as far as `chunk` holds them: the
@@ -97,6 +153,7 @@ extension ConnectionStateMachine {
         var failure: (isSplit: Bool, sequenceID: UInt8, error: String)?
         var commands = 0
         var queries = 0
+        let recording = configuration.recording
         let recordingOn = recording != .off
         if recordingOn { recordRestOfText(chunk) }
         let carried = fromClient.carriedBytes
@@ -122,16 +179,17 @@ extension ConnectionStateMachine {
             }
         }
         tracker.clientFramesSeen(upTo: fromClient.lastSequenceID)
-        if commands > 0 { statistics.add(.commands, commands) }
-        if queries > 0 { statistics.add(.queries, queries) }
+        if commands > 0 {
+            counts.commands &+= commands
+            counts.queries &+= queries
+        }
         if let failure {
             clientBrokeProtocol()
             let reason = "malformed packet from the client: \(failure.error)"
             if tracker.isAwaitingResponse || failure.isSplit {
-                return .abortConnections(reason: reason)
+                return close(.abort, reason: reason)
             }
-            statistics.add(.errorsSentByProxy)
-            return .sendToClientAndClose(Self.framed(.unknownCommand(), sequenceID: failure.sequenceID &+ 1, protocol41: true), reason: reason)
+            return refuse(.unknownCommand(), sequenceID: failure.sequenceID &+ 1, reason: reason)
         }
         return .forwardToBackend(chunk)
     }

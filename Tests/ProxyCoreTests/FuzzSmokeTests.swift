@@ -1,4 +1,4 @@
-@_spi(Fuzzing) import ProxyServer
+@_spi(Fuzzing) import ProxyCore
 import Testing
 
 /// The state machine fuzzer's driver run on seeded random inputs, so that CI covers the logins it
@@ -11,7 +11,7 @@ import Testing
             let length = Int(seeded.next() % 600)
             var bytes = [UInt8](repeating: 0, count: length)
             for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: seeded.next()) }
-            bytes.withUnsafeBytes { StateMachineFuzzing.run($0) }
+            bytes.withUnsafeBytes { MachineFuzzing.run($0) }
         }
     }
 }

@@ -18,7 +18,7 @@ import NIOCore
 /// Plugins that can only send the password in clear are never passed over a plaintext link. An
 /// RSA key shorter than 2048 bits is refused. The password the proxy holds meanwhile is zeroed
 /// once used.
-extension ConnectionStateMachine {
+extension ConnectionMachine {
     struct SecretGuard {
         enum Step {
             case idle
@@ -65,7 +65,7 @@ extension ConnectionStateMachine {
 
     /// Whether the server may have the client's password as the plugin sends it: the link is
     /// verified TLS, or the operator trusts unverified servers.
-    private var passwordMayGoAsAsked: Bool { tlsPolicy.trustUnverifiedBackends }
+    private var passwordMayGoAsAsked: Bool { configuration.tls.trustUnverifiedBackends }
 
     /// The server asked for the password (full authentication, or a switch to a plugin that sends
     /// it): whether the client may send it, and how the proxy will pass it on.
@@ -75,7 +75,7 @@ extension ConnectionStateMachine {
             guard passwordMayGoAsAsked else { throw PasswordRefused(plugin: secrets.plugin, unverifiedTLS: true, cleartextOnly: cleartextOnly) }
             return  // the client's answer goes through the TLS link as it is
         }
-        guard !cleartextOnly, tlsPolicy.pinnedServerKey != nil || tlsPolicy.trustUnverifiedBackends else {
+        guard !cleartextOnly, configuration.tls.pinnedServerKey != nil || configuration.tls.trustUnverifiedBackends else {
             throw PasswordRefused(plugin: secrets.plugin, unverifiedTLS: false, cleartextOnly: cleartextOnly)
         }
         secrets.step = .fullAuthenticationAsked
@@ -83,21 +83,21 @@ extension ConnectionStateMachine {
 
     /// A server packet of the login, before it goes to the client: false when the proxy keeps it
     /// (the public key it asked for), after sending what it answers to the server.
-    mutating func guardServerLoginPacket(_ packet: MySQLFrame, _ out: inout Output) throws -> Bool {
-        guard var secrets = secretGuard else { return true }
-        defer { secretGuard = secrets }
+    mutating func guardServerLoginPacket(_ auth: inout Authentication, _ packet: MySQLFrame, _ out: inout Output) throws -> Bool {
+        guard var secrets = auth.secretGuard else { return true }
+        defer { auth.secretGuard = secrets }
         let payload = Array(packet.payload.readableBytesView)
         if case .publicKeyAsked(var password, let clientSequence) = secrets.step {
             secrets.step = .idle
             defer { Self.zero(&password) }
             guard payload.first == 0x01 else {
-                throw CachingSHA2.Failure(description: "the server did not answer the request for its public key")
+                throw RSAFailure(description: "the server did not answer the request for its public key")
             }
             let pem = String(decoding: payload.dropFirst(), as: UTF8.self)
-            let encrypted = try CachingSHA2.encryptedPassword(password, scramble: secrets.scramble, publicKeyPEM: pem)
+            let encrypted = try RSAPassword.encrypted(password, scramble: secrets.scramble, publicKeyPEM: pem)
             out.backend(Self.framed(MySQLFrame(sequenceID: packet.sequenceID &+ 1, payload: ByteBuffer(bytes: encrypted))))
             // The verdict comes one packet later than the client expects it: two were added.
-            loginShift = clientSequence &+ 1 &- (packet.sequenceID &+ 2)
+            auth.shift = clientSequence &+ 1 &- (packet.sequenceID &+ 2)
             return false
         }
         switch payload.first {
@@ -113,7 +113,7 @@ extension ConnectionStateMachine {
             if Self.cleartextPlugins.contains(secrets.plugin) || secrets.plugin == Self.sha256PluginName {
                 try passwordAsked(&secrets)
             }
-        case 0x01 where payload == CachingSHA2.fullAuthenticationRequest && secrets.plugin == CachingSHA2.pluginName:
+        case 0x01 where payload == RSAPassword.fullAuthenticationRequest && secrets.plugin == RSAPassword.cachingSHA2PluginName:
             try passwordAsked(&secrets)
         default:
             break
@@ -124,24 +124,24 @@ extension ConnectionStateMachine {
     /// A client packet of the login, before it goes to the server: false when the proxy keeps it
     /// (the cleartext password), after sending the server its encrypted form or a request for the
     /// server's public key.
-    mutating func guardClientLoginPacket(_ packet: MySQLFrame, _ out: inout Output) throws -> Bool {
-        guard var secrets = secretGuard, case .fullAuthenticationAsked = secrets.step else { return true }
-        defer { secretGuard = secrets }
+    mutating func guardClientLoginPacket(_ auth: inout Authentication, _ packet: MySQLFrame, _ out: inout Output) throws -> Bool {
+        guard var secrets = auth.secretGuard, case .fullAuthenticationAsked = secrets.step else { return true }
+        defer { auth.secretGuard = secrets }
         secrets.step = .idle
-        let keyRequest = secrets.plugin == Self.sha256PluginName ? Self.sha256PublicKeyRequest : CachingSHA2.publicKeyRequest
+        let keyRequest = secrets.plugin == Self.sha256PluginName ? Self.sha256PublicKeyRequest : RSAPassword.publicKeyRequest
         let bytes = Array(packet.payload.readableBytesView)
         if bytes == keyRequest || (secrets.plugin == Self.sha256PluginName && bytes.count >= 256 && bytes.last != 0) {
             return true  // the client does the RSA exchange itself
         }
         var password = packet.payload
-        if let pinned = tlsPolicy.pinnedServerKey {
+        if let pinned = configuration.tls.pinnedServerKey {
             defer { Self.zero(&password) }
-            let encrypted = try CachingSHA2.encryptedPassword(password, scramble: secrets.scramble, publicKeyPEM: pinned)
-            out.backend(Self.framed(MySQLFrame(sequenceID: packet.sequenceID &- loginShift, payload: ByteBuffer(bytes: encrypted))))
+            let encrypted = try RSAPassword.encrypted(password, scramble: secrets.scramble, publicKeyPEM: pinned)
+            out.backend(Self.framed(MySQLFrame(sequenceID: packet.sequenceID &- auth.shift, payload: ByteBuffer(bytes: encrypted))))
             return false
         }
         secrets.step = .publicKeyAsked(password: password, clientSequence: packet.sequenceID)
-        out.backend(Self.framed(MySQLFrame(sequenceID: packet.sequenceID &- loginShift, payload: ByteBuffer(bytes: keyRequest))))
+        out.backend(Self.framed(MySQLFrame(sequenceID: packet.sequenceID &- auth.shift, payload: ByteBuffer(bytes: keyRequest))))
         return false
     }
 

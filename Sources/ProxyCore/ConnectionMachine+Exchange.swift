@@ -1,0 +1,447 @@
+import MySQLWire
+import NIOCore
+
+/// Commands handed to the script, with MySQL Proxy's semantics.
+///
+/// The client's commands are taken one at a time (later ones wait in `queue`) and given to
+/// `read_query`. Its answer decides what happens:
+/// - nothing (or an error in the hook): the command goes to the server and its response streams
+///   back exactly as in the transparent relay;
+/// - PROXY_SEND_RESULT: `proxy.response` answers the client; the server hears nothing;
+/// - PROXY_SEND_QUERY: the queries in `proxy.queries` go to the server one after the other, each
+///   with sequence id 0. A result marked `resultset_is_needed` is collected (up to the buffer
+///   limit) and handed to `read_query_result`, which may forward it, replace it or drop it; any
+///   other result streams to the client as it arrives. The client gets exactly one response per
+///   command: a second one is dropped and logged, and when none was sent the proxy answers with
+///   an ERR rather than leave the client waiting.
+///
+/// A hook is a round trip: where the script must decide, the exchange records what it is waiting
+/// for in its `step`, queues `.runHook` behind what it has to send, and stops; `hookReturned`
+/// applies the answer and carries on with what was left (queued commands, bytes already read).
+extension ConnectionMachine {
+    struct Exchange {
+        /// A server connection is attached: not in a mock server, nor after the script gave it
+        /// to the pool.
+        var hasServer: Bool
+        var step = Step.idle
+        /// Commands the client sent while an earlier one was handled.
+        var queue: [PacketCollector.Collected] = []
+        var clientCollector: PacketCollector
+        var serverCollector: PacketCollector
+        /// The script answered a statement with a LOCAL INFILE request: the client's packets are
+        /// its file, up to an empty one.
+        var scriptedUpload = false
+        /// A command went to the script: the login is over, whatever COM_CHANGE_USER runs now.
+        var commandsStarted = false
+        /// A shutdown waits for the running command.
+        var draining = false
+        /// `proxy.queries` between hooks: what is left to inject for the current command.
+        var injections: [Injection] = []
+        /// The script set `proxy.connection.connection_close`: the connection ends after the command.
+        var closeRequested = false
+
+        static let maximumQueuedCommands = 64
+
+        init(hasServer: Bool, maximumPacketLength: Int) {
+            self.hasServer = hasServer
+            clientCollector = PacketCollector(maximumPacketLength: maximumPacketLength)
+            serverCollector = PacketCollector(maximumPacketLength: maximumPacketLength)
+        }
+
+        enum Step {
+            /// No command runs.
+            case idle
+            /// `read_query` runs for the command.
+            case readQueryHook(Command)
+            /// `read_query` runs for a packet of a file the script asked for (`last`: the empty
+            /// packet that ends it).
+            case uploadHook(Command, last: Bool)
+            /// The command runs: the client's own on the server, or the injections.
+            case running(Command)
+            /// `read_query_result` runs for an injection's result.
+            case readQueryResultHook(Command, InjectionOutcome)
+
+            var isActive: Bool {
+                if case .idle = self { return false }
+                return true
+            }
+
+            var isHook: Bool {
+                switch self {
+                case .readQueryHook, .uploadHook, .readQueryResultHook: return true
+                default: return false
+                }
+            }
+
+            var command: Command? {
+                switch self {
+                case .idle: return nil
+                case .readQueryHook(let c), .uploadHook(let c, _), .running(let c), .readQueryResultHook(let c, _): return c
+                }
+            }
+        }
+    }
+
+    /// The command being handled.
+    struct Command {
+        enum Collect: Equatable {
+            /// Keep the packets for `read_query_result` (`resultset_is_needed`).
+            case buffer
+            /// Forward whole packets with their sequence ids moved by `shift`.
+            case shift
+        }
+
+        var code: CommandCode
+        /// The sequence id of the command's last frame: the response starts after it.
+        var clientSequence: UInt8
+        /// The client's command packet.
+        var packet: ByteBuffer
+        /// COM_INIT_DB's database, to update the session when it succeeds.
+        var database: String?
+        /// COM_CHANGE_USER's user and database, likewise.
+        var changeUser: ChangeUserRequest?
+        /// The injection whose response is coming; nil while the client's own command runs.
+        var injection: InjectionOutcome?
+        /// How the current response is handled; nil streams it through the frame scanner.
+        var collect: Collect?
+        /// Responses sent to the client for this command (MySQL Proxy's `sent_resultset`).
+        var sent = 0
+        /// Added to the server's sequence ids on the way to the client (`.shift`).
+        var shift: UInt8 = 0
+        var bufferedBytes = 0
+        var overflowed = false
+        /// The first byte of the current response's first packet, once seen.
+        var firstByte: UInt8?
+        /// A server's LOCAL INFILE request went on to the client, which then sent its file.
+        var uploadRelayed = false
+        /// The current injection asked for no buffering, but another such one follows it: its
+        /// result is kept for `read_query_result` and never goes to the client.
+        var autoBuffered = false
+        /// The last response of the exchange that ended (for the command's record).
+        var lastEnd: ResponseTracker.ResponseEnd?
+
+        /// Whether an ERR can still stand in for the rest of this command's response.
+        var clientMayTakeError: Bool { collect != .buffer || sent == 0 }
+    }
+
+    /// Processing goes on, or stops: a hook runs, or the connection ends.
+    enum Flow {
+        case proceed
+        case halt
+    }
+
+    // MARK: - entry points
+
+    /// Bytes from the client while the exchange runs.
+    mutating func feedExchangeClient(_ chunk: ByteBuffer) {
+        guard case .exchanging(var exchange) = state else { return }
+        state = .modifying
+        var out = Output()
+        if exchange.step.isHook {
+            exchange.clientCollector.append(chunk)  // taken once the hook has returned
+        } else {
+            _ = exchangeClientChunk(&exchange, chunk, &out)
+        }
+        store(exchange, out)
+    }
+
+    /// Bytes from the server while the exchange runs.
+    mutating func feedExchangeServer(_ chunk: ByteBuffer) {
+        guard case .exchanging(var exchange) = state else { return }
+        state = .modifying
+        var out = Output(duringServerRead: true)
+        _ = exchangeServerChunk(&exchange, chunk, &out)
+        store(exchange, out)
+    }
+
+    /// Carries on where the exchange stopped: after the login's verdict, after a hook.
+    mutating func resumeExchange(_ exchange: Exchange) {
+        var exchange = exchange
+        state = .modifying
+        var out = Output()
+        _ = carryOn(&exchange, &out)
+        store(exchange, out)
+    }
+
+    /// Puts the exchange back (unless the connection ended meanwhile) and queues what it made.
+    mutating func store(_ exchange: Exchange, _ out: Output) {
+        emit(out)
+        if case .modifying = state { state = .exchanging(exchange) }
+    }
+
+    /// What waited: the server's bytes of a response being collected, the queued commands, the
+    /// client's packets read but not taken yet.
+    mutating func carryOn(_ exchange: inout Exchange, _ out: inout Output) -> Flow {
+        if case .running(let command) = exchange.step, command.collect != nil, !exchange.serverCollector.isEmpty {
+            guard collectResponse(&exchange, nil, &out) == .proceed else { return .halt }
+        }
+        guard drainQueue(&exchange, &out) == .proceed else { return .halt }
+        do {
+            while !exchange.step.isHook, !isClosed, let c = try exchange.clientCollector.next() {
+                guard clientPacketReceived(&exchange, c, &out) == .proceed else { return .halt }
+            }
+        } catch {
+            return clientPacketFailed(&exchange, error, &out)
+        }
+        return .proceed
+    }
+
+    /// Queues what was made so far (before a log line, a hook, the close).
+    mutating func flush(_ out: inout Output) {
+        emit(out)
+        out = Output(duringServerRead: out.duringServerRead)
+    }
+
+    /// Halts with what was made so far, then `action`.
+    mutating func halt(_ action: Action, _ out: inout Output) -> Flow {
+        flush(&out)
+        emit(action)
+        return .halt
+    }
+
+    // MARK: - from the client
+
+    mutating func exchangeClientChunk(_ exchange: inout Exchange, _ chunk: ByteBuffer, _ out: inout Output) -> Flow {
+        do {
+            if exchange.clientCollector.isEmpty, let single = Self.singlePacket(chunk),
+               single.packet.payload.readableBytes <= exchange.clientCollector.maximumPacketLength {
+                // the usual case: one whole command in one read, taken as it is
+                return clientPacketReceived(&exchange, single, &out)
+            }
+            exchange.clientCollector.append(chunk)
+            while !exchange.step.isHook, !isClosed, let c = try exchange.clientCollector.next() {
+                guard clientPacketReceived(&exchange, c, &out) == .proceed else { return .halt }
+            }
+            return .proceed
+        } catch {
+            return clientPacketFailed(&exchange, error, &out)
+        }
+    }
+
+    mutating func clientPacketFailed(_ exchange: inout Exchange, _ error: WireError, _ out: inout Output) -> Flow {
+        clientBrokeProtocol()
+        if case .tooLarge(let limit, _) = error {
+            // As the server does past max_allowed_packet: ER_NET_PACKET_TOO_LARGE, then the close,
+            // without holding more of the packet. The ERR carries the sequence id the client
+            // expects after the packet's last frame, which is known once that frame's header came.
+            exchange.queue.removeAll()
+            let rest = exchange.clientCollector.abandonPacket()
+            if let header = PacketHeader.peek(rest, at: rest.readerIndex), header.payloadLength < PacketHeader.maxPayloadLength {
+                // the frame that overflowed is the packet's last: the ERR can go at once
+                return halt(refuseOversized(limit: limit, reply: header.sequenceID &+ 1), &out)
+            }
+            flush(&out)
+            state = .skippingOversized(Oversized(limit: limit))
+            skipOversized(rest)
+            return .halt
+        }
+        return halt(close(.abort, reason: "malformed packet from the client: \(error)"), &out)
+    }
+
+    /// A command larger than the proxy assembles, whose frames are skipped.
+    struct Oversized {
+        var limit: Int
+        var scanner = FrameScanner()
+    }
+
+    /// Skips the oversized command's frames; once its last frame's header is here, the client gets
+    /// the ERR with the sequence id after it, and the connection ends.
+    mutating func skipOversized(_ chunk: ByteBuffer) {
+        guard case .skippingOversized(var oversized) = state else { return }
+        var reply: UInt8?
+        var ended = false
+        oversized.scanner.scan(chunk) { event in
+            switch event {
+            case .packetStart(let start, _) where !start.isMultiFrame:
+                reply = start.header.sequenceID &+ 1
+            case .packetEnd:
+                ended = true
+            default:
+                return true
+            }
+            return false
+        }
+        if ended { reply = oversized.scanner.lastSequenceID &+ 1 }
+        guard let reply else {
+            state = .skippingOversized(oversized)
+            return
+        }
+        emit(refuseOversized(limit: oversized.limit, reply: reply))
+    }
+
+    mutating func refuseOversized(limit: Int, reply: UInt8) -> Action {
+        refuse(.packetTooLarge(limit), sequenceID: reply,
+               reason: "the client sent a packet larger than --proxy-max-packet-size (\(limit) bytes), which read_query would need whole")
+    }
+
+    /// Commands the client sent behind its handshake response, held until the server's verdict.
+    mutating func queueBehindLogin(_ exchange: inout Exchange, _ bytes: ByteBuffer) {
+        exchange.clientCollector.append(bytes)
+        do {
+            while let c = try exchange.clientCollector.next() {
+                counts.commands += 1
+                if c.packet.payload.getInteger(at: c.packet.payload.readerIndex, as: UInt8.self) == CommandCode.query.rawValue { counts.queries += 1 }
+                exchange.queue.append(c)
+            }
+        } catch {
+            var out = Output()
+            _ = clientPacketFailed(&exchange, error, &out)
+        }
+    }
+
+    /// `chunk` as a packet when it holds exactly one whole single-frame packet.
+    static func singlePacket(_ chunk: ByteBuffer) -> PacketCollector.Collected? {
+        guard let header = PacketHeader.peek(chunk, at: chunk.readerIndex),
+              header.payloadLength < PacketHeader.maxPayloadLength,
+              chunk.readableBytes == PacketHeader.size + header.payloadLength,
+              let payload = chunk.getSlice(at: chunk.readerIndex + PacketHeader.size, length: header.payloadLength)
+        else { return nil }
+        return PacketCollector.Collected(packet: MySQLFrame(sequenceID: header.sequenceID, payload: payload),
+                                         firstFrameLength: header.payloadLength, raw: chunk)
+    }
+
+    mutating func clientPacketReceived(_ exchange: inout Exchange, _ c: PacketCollector.Collected, _ out: inout Output) -> Flow {
+        let pipelinedBehindLogin = tracker.clientPhase == .authentication && c.packet.sequenceID == 0
+        if exchange.hasServer && tracker.clientPhase != .command && !pipelinedBehindLogin {
+            // Data of the exchange under way: a LOCAL INFILE upload, authentication answers.
+            do {
+                _ = try tracker.clientPacketStarted(c.start)
+            } catch {
+                return clientPacketFailed(&exchange, error, &out)
+            }
+            if case .running(let command) = exchange.step, command.shift != 0 {
+                // an injection's upload: the server counts from the injection's sequence ids
+                out.backend(Self.framed(c.packet, sequenceID: c.packet.sequenceID &- command.shift))
+            } else {
+                out.backend(c.raw ?? Self.framed(c.packet))
+            }
+            if exchange.step.isActive {
+                nextSequenceToClient = Self.sequence(after: c.packet.sequenceID, length: c.packet.payload.readableBytes)
+            }
+            return .proceed
+        }
+        if exchange.scriptedUpload {
+            return scriptedUploadPacket(&exchange, c, &out)
+        }
+        counts.commands += 1
+        if c.packet.payload.getInteger(at: c.packet.payload.readerIndex, as: UInt8.self) == CommandCode.query.rawValue {
+            counts.queries += 1
+        }
+        if exchange.step.isActive || !exchange.queue.isEmpty || pipelinedBehindLogin {
+            // One command at a time, and none before the login (or COM_CHANGE_USER) has its
+            // verdict: each goes through read_query in order, as the session it runs in.
+            exchange.queue.append(c)
+            return .proceed
+        }
+        guard startCommand(&exchange, c, &out) == .proceed else { return .halt }
+        return drainQueue(&exchange, &out)
+    }
+
+    /// Starts the commands that waited, as long as each is done at once (answered by the script),
+    /// once no authentication awaits its verdict.
+    mutating func drainQueue(_ exchange: inout Exchange, _ out: inout Output) -> Flow {
+        while !exchange.step.isActive, !isClosed, !(exchange.hasServer && tracker.clientPhase == .authentication), !exchange.queue.isEmpty {
+            let next = exchange.queue.removeFirst()
+            guard startCommand(&exchange, next, &out) == .proceed else { return .halt }
+        }
+        return .proceed
+    }
+
+    mutating func startCommand(_ exchange: inout Exchange, _ c: PacketCollector.Collected, _ out: inout Output) -> Flow {
+        let payload = c.packet.payload
+        // The sequence id of the command's last frame (a command of 16 MiB or more has several).
+        let lastSequence = c.packet.sequenceID &+ UInt8(truncatingIfNeeded: payload.readableBytes / PacketHeader.maxPayloadLength)
+        guard let byte = payload.getInteger(at: payload.readerIndex, as: UInt8.self) else {
+            return clientPacketFailed(&exchange, .invalid("empty command packet"), &out)
+        }
+        var command = Command(code: CommandCode(byte), clientSequence: lastSequence, packet: payload)
+        exchange.commandsStarted = true
+        recordCommandStarted(command.code, expectsResponse: true, payload: payload)
+        nextSequenceToClient = lastSequence &+ 1
+        if command.code == .initDB {
+            command.database = payload.getString(at: payload.readerIndex + 1, length: payload.readableBytes - 1)
+        } else if command.code == .changeUser {
+            command.changeUser = try? ChangeUserRequest(parsing: payload, capabilities: session.capabilities.isEmpty ? [.protocol41, .secureConnection] : session.capabilities)
+        }
+        exchange.injections = []
+        if configuration.hooks.contains(.readQuery) {
+            exchange.step = .readQueryHook(command)
+            return halt(.runHook(hookCall(.readQuery(packet: payload), loggedIn: true,
+                                          serverIdle: exchange.hasServer && !tracker.isAwaitingResponse, status: tracker.status)), &out)
+        }
+        return commandDecided(&exchange, command, .noDecision, &out)
+    }
+
+    /// `read_query` has spoken (or there is none).
+    mutating func commandDecided(_ exchange: inout Exchange, _ command: Command, _ decision: HookDecision, _ out: inout Output) -> Flow {
+        var command = command
+        switch decision {
+        case .sendResult(let response):
+            answerCommand(&command, with: response, &out)
+            if command.code == .quit {
+                // The client quits all the same and waits for the close, as a server gives it
+                // (mysqltest's disconnect reads until then). The server connection stays: a
+                // pooling script answers COM_QUIT to keep it.
+                return finishCommand(&exchange, command, &out, closing: ("the client quit (the script kept its COM_QUIT from the server)", .debug))
+            }
+            if Self.asksForFile(command.code, response) { exchange.scriptedUpload = true }
+            return finishCommand(&exchange, command, &out)
+        case .sendQuery where !exchange.injections.isEmpty:
+            return sendNextInjection(&exchange, command, &out)
+        default:
+            if case .sendQuery = decision {
+                flush(&out)
+                emit(.log(.critical, "'return proxy.PROXY_SEND_QUERY' used without proxy.queries:append() or :prepend(); assuming nil was returned"))
+            } else if !exchange.injections.isEmpty {
+                flush(&out)
+                emit(.log(.critical, "proxy.queries:append() or :prepend() used without 'return proxy.PROXY_SEND_QUERY'; discarding \(exchange.injections.count) queued queries"))
+                exchange.injections.removeAll()
+            }
+            return forwardOriginal(&exchange, command, &out)
+        }
+    }
+
+    /// The client's command goes to the server unchanged, and its response streams back.
+    mutating func forwardOriginal(_ exchange: inout Exchange, _ command: Command, _ out: inout Output) -> Flow {
+        var command = command
+        guard exchange.hasServer else { return noServer(&exchange, command, &out) }
+        let start = PacketCollector.start(of: MySQLFrame(sequenceID: command.clientSequence &- UInt8(truncatingIfNeeded: command.packet.readableBytes / PacketHeader.maxPayloadLength),
+                                                         payload: command.packet),
+                                          firstFrameLength: min(command.packet.readableBytes, PacketHeader.maxPayloadLength))
+        let kind: ResponseTracker.ClientPacket
+        do {
+            kind = try tracker.clientPacketStarted(start)
+        } catch {
+            return clientPacketFailed(&exchange, error, &out)
+        }
+        var framed = ByteBuffer()
+        var seq = start.header.sequenceID
+        framed.writeMySQLPacket(command.packet, sequenceID: &seq)
+        out.backend(framed)
+        command.injection = nil
+        command.collect = nil
+        command.sent = 1
+        if case .command(_, .none) = kind {
+            return finishCommand(&exchange, command, &out)
+        }
+        exchange.step = .running(command)
+        return .proceed
+    }
+
+    /// Neither the script nor a server can answer.
+    mutating func noServer(_ exchange: inout Exchange, _ command: Command, _ out: inout Output) -> Flow {
+        var command = command
+        command.sent = 1
+        if command.code == .quit {
+            return finishCommand(&exchange, command, &out, closing: ("the client quit", .debug))
+        }
+        if ResponseShape(command: command.code) != .none {
+            flush(&out)
+            emit(.log(.error, "no server connection for \(command.code): the script neither answered it nor picked a backend"))
+            counts.errorsSentByProxy += 1
+            let err = ERRPacket(code: 1105, sqlState: "HY000", message: "(proxy) no backend connection: the script neither answered this command nor picked a backend")
+            out.client(Self.framed(err, sequenceID: nextSequenceToClient, protocol41: true))
+        }
+        return finishCommand(&exchange, command, &out)
+    }
+}

@@ -1,0 +1,202 @@
+import MySQLWire
+import NIOCore
+
+/// Drives one connection's machine from a fuzzer's bytes (Fuzz/Sources/MachineFuzzer), the way a
+/// handler would: it carries out the actions the machine returns, opens the server connection it
+/// asks for at once, and answers every hook it asks for with a decision read from the input
+/// (answer, inject buffered or streamed queries, ignore or replace results, fail, close, give the
+/// server connection to the pool or take another). Client and server bytes, closes, timeouts and
+/// shutdowns come in the order the input says. The machine may refuse anything; it must never
+/// trap, and once it said `close` it says nothing more.
+@_spi(Fuzzing) public enum MachineFuzzing {
+    public static func run(_ input: UnsafeRawBufferPointer) {
+        var driver = FuzzDriver(input)
+        driver.play()
+    }
+
+    static func frame(_ payload: [UInt8], sequenceID: UInt8) -> ByteBuffer {
+        var out = ByteBuffer()
+        var seq = sequenceID
+        out.writeMySQLPacket(ByteBuffer(bytes: payload), sequenceID: &seq)
+        return out
+    }
+
+    static func hex(_ text: String) -> [UInt8] {
+        var bytes: [UInt8] = []
+        var chars = text.makeIterator()
+        while let hi = chars.next(), let lo = chars.next() { bytes.append(UInt8(String([hi, lo]), radix: 16)!) }
+        return bytes
+    }
+
+    /// Where the greeting's lower capability flags are: after the version string, the connection
+    /// id and the first 8 bytes of scramble with their filler.
+    static var greetingLowerCapabilities: Int { greeting[1...].firstIndex(of: 0)! + 1 + 4 + 9 }
+
+    // Captured from MariaDB 10.11 and libmariadb (see Tests/ProxyCoreTests).
+    static let greeting = hex("0a352e352e352d31302e31312e31392d4d6172696144422d302b64656231327531000a000000474e34542c7d556e00fef7080200ff81150000000000001d0000004a643d406a76343f7b72484f006d7973716c5f6e61746976655f70617373776f726400")
+    static let handshakeResponse = hex("84a2bf000000100021000000000000000000000000000000000000001d0000006e617400145f944c76085a805c6f80596fb1e9a40dd32c23d46d7973716c5f6e61746976655f70617373776f726400")
+    static let handshakeResponseDeprecateEOF = hex("84a2bf010000100021000000000000000000000000000000000000001d0000006e617400145f944c76085a805c6f80596fb1e9a40dd32c23d46d7973716c5f6e61746976655f70617373776f726400")
+}
+
+struct FuzzReader {
+    private let bytes: [UInt8]
+    private var position = 0
+
+    init(_ input: UnsafeRawBufferPointer) { bytes = Array(input) }
+
+    var isAtEnd: Bool { position >= bytes.count }
+
+    mutating func byte() -> UInt8 {
+        guard position < bytes.count else { return 0 }
+        defer { position += 1 }
+        return bytes[position]
+    }
+
+    mutating func bytes(_ count: Int) -> ByteBuffer {
+        let n = min(count, bytes.count - position)
+        defer { position += n }
+        return ByteBuffer(bytes: bytes[position..<(position + n)])
+    }
+}
+
+/// The handler's part, played from the input.
+struct FuzzDriver {
+    var reader: FuzzReader
+    var machine: ConnectionMachine
+    let scripted: Bool
+    let setup: (tls: UInt8, compressing: UInt8)
+
+    init(_ input: UnsafeRawBufferPointer) {
+        reader = FuzzReader(input)
+        let first = reader.byte()
+        scripted = first & 1 != 0
+        // the login: TLS policy and SSLRequest, compression, and whether the fuzzer plays the rest
+        // of the login itself (auth switches, caching_sha2's full authentication, renumbering)
+        let tls = reader.byte()
+        let compressing = reader.byte()
+        setup = (tls, compressing)
+        var configuration = ConnectionMachine.Configuration()
+        if scripted { configuration.hooks = ScriptHooks(rawValue: Int(first >> 1)) }
+        configuration.tls.offer = [ClientTLSOffer.never, .likeBackend, .always][Int(tls % 3)]
+        configuration.tls.backend = BackendTLSMode.allCases[Int(tls >> 2) % BackendTLSMode.allCases.count]
+        configuration.tls.requireSecureTransport = tls & 0x20 != 0
+        // each link's compression: what the proxy offers and asks the server for, what the client asks
+        configuration.compression.clientAlgorithms = [[], .compress, .zstdCompression, ProtocolCompression.capabilities][Int(compressing & 3)]
+        configuration.compression.backend = [.mirror, .off, .always(.zlib), .always(.zstd(level: Int(compressing >> 4) + 1))][Int(compressing >> 2) & 3]
+        // what is recorded about commands (metrics, query log), by bits the policy also reads
+        configuration.recording = [ConnectionMachine.Recording.off, .durations, .text(limit: 16)][Int(tls >> 5) % 3]
+        configuration.maximumPacketLength = 1 << 16
+        configuration.resultsetBufferLimit = 1 << 12
+        machine = ConnectionMachine(configuration: configuration)
+    }
+
+    mutating func play() {
+        let (tls, compressing) = setup
+        handle(machine.clientConnected())
+        var offered = MachineFuzzing.greeting
+        if tls & 0x40 != 0 { offered[MachineFuzzing.greetingLowerCapabilities + 1] |= 0x08 }  // CLIENT_SSL
+        handle(machine.backendDataReceived(MachineFuzzing.frame(offered, sequenceID: 0)))
+        var response = reader.byte() & 1 == 0 ? MachineFuzzing.handshakeResponse : MachineFuzzing.handshakeResponseDeprecateEOF
+        if tls & 0x08 != 0 { response[0] |= 0x20 }  // CLIENT_COMPRESS
+        if compressing & 0x80 != 0 {
+            response[3] |= 0x04  // CLIENT_ZSTD_COMPRESSION_ALGORITHM, and its level last
+            response.append(compressing)
+        }
+        var sequence: UInt8 = 1
+        if tls & 0x80 != 0, let request = try? HandshakeResponse41.sslRequest(for: ByteBuffer(bytes: response)) {
+            handle(machine.clientDataReceived(MachineFuzzing.frame(Array(request.readableBytesView), sequenceID: 1)))
+            sequence = 2
+        }
+        handle(machine.clientDataReceived(MachineFuzzing.frame(response, sequenceID: sequence)))
+        if tls & 0x10 == 0 {
+            let ok: [UInt8] = [0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00]
+            handle(machine.backendDataReceived(MachineFuzzing.frame(ok, sequenceID: machine.session.backendTLS ? 3 : 2)))
+        }
+        while !reader.isAtEnd {
+            let op = reader.byte()
+            let data = reader.bytes(Int(reader.byte()) * 4)
+            switch op % 11 {
+            case 0, 1, 2: handle(machine.clientDataReceived(data))
+            case 3, 4, 5: handle(machine.backendDataReceived(data))
+            case 6: handle(machine.backendClosed())
+            case 7: handle(machine.readTimedOut(client: op & 0x10 != 0))
+            case 8: handle(machine.shutdownRequested())
+            case 9: handle(machine.abandon(.timeout, reason: "fuzz"))
+            default: handle(machine.clientClosed())
+            }
+            _ = machine.takeCounts()
+            machine.clearFinishedRecords()
+        }
+    }
+
+    /// Carries out `first` and what follows it, as the handler's run loop does.
+    mutating func handle(_ first: ConnectionMachine.Action) {
+        var action = first
+        var closed = false
+        if case .close = first {
+            // a close goes out after what was queued before it, never ahead of it
+            precondition(!machine.hasPendingActions, "a close returned ahead of queued actions")
+        }
+        while true {
+            precondition(!closed || action == .none, "the machine acted after it closed the connection: \(action)")
+            switch action {
+            case .runHook(let call):
+                action = machine.hookReturned(decide(call))
+                continue
+            case .connectToBackend:
+                action = machine.backendConnected(localSocket: reader.byte() & 1 != 0)
+                continue
+            case .close:
+                closed = true
+                precondition(machine.isClosed)
+            default:
+                break
+            }
+            guard machine.hasPendingActions else { return }
+            action = machine.nextAction()
+        }
+    }
+
+    /// A hook's result, from the input.
+    mutating func decide(_ call: ConnectionMachine.HookCall) -> ConnectionMachine.HookResult {
+        guard scripted else { return .notDefined }
+        var queries = call.queries
+        let outcome: HookOutcome
+        switch reader.byte() % 8 {
+        case 0: outcome = .notDefined
+        case 1: outcome = .failed("fuzz")
+        case 2, 3: outcome = .returned(.sendResult(answer()))
+        case 4, 5:
+            let count = Int(reader.byte() % 3) + 1
+            for i in 0..<count {
+                var packet = reader.bytes(Int(reader.byte() % 12))
+                if packet.readableBytes == 0 { packet = ByteBuffer(bytes: [0x03, 0x31]) }
+                queries.append(Injection(id: i, packet: packet, resultsetIsNeeded: reader.byte() & 1 == 0, queuedAt: 0))
+            }
+            outcome = .returned(.sendQuery)
+        case 6: outcome = .returned(.ignoreResult)
+        default: outcome = .returned(.noDecision)
+        }
+        let flags = reader.byte()
+        var change: ConnectionMachine.ServerChange?
+        // the handler swaps server connections only between commands, as the pool allows
+        if call.loggedIn && call.serverIdle && flags & 0x30 != 0 {
+            change = flags & 0x10 != 0 ? .released : .replaced(status: .autocommit)
+        }
+        let choice: Int? = call.hook == .connectServer && flags & 0x40 != 0 ? Int(flags & 3) : nil
+        return ConnectionMachine.HookResult(outcome: outcome, queries: queries, closeRequested: flags & 0x87 == 0x80,
+                                            serverChange: change, backendChoice: choice)
+    }
+
+    mutating func answer() -> ScriptResponse {
+        switch reader.byte() % 5 {
+        case 0: return .ok(affectedRows: UInt64(reader.byte()), insertID: 0, serverStatus: nil, warnings: 0, message: nil)
+        case 1: return .error(code: 1105, sqlState: "HY000", message: "fuzz")
+        case 2: return .raw([reader.bytes(Int(reader.byte()))])
+        default:
+            let type = ColumnType(reader.byte())
+            let value = String(decoding: reader.bytes(Int(reader.byte() % 16)).readableBytesView, as: UTF8.self)
+            return .resultSet(fields: [ScriptField(name: "f", type: type)], rows: [[value], [nil]], serverStatus: nil, warnings: 0)
+        }
+    }
+}

@@ -1,0 +1,59 @@
+import NIOCore
+import ProxyCore
+import ProxyScripting
+
+// MARK: - hooks: run between two of the machine's events, their requests carried out after
+
+extension ClientChannelHandler {
+    /// Runs the hook the machine asked for and applies what the script asked of the connection.
+    func runHook(_ call: ConnectionMachine.HookCall) -> ConnectionMachine.HookResult {
+        guard let scripted else { return .notDefined }
+        prepareScript(scripted)
+        let outcome = scripted.run(call)
+        let change = applyScriptRequests(scripted)
+        return ConnectionMachine.HookResult(outcome: outcome, queries: scripted.queries, closeRequested: scripted.connectionCloseRequested,
+                                            serverChange: change, backendChoice: scripted.requestedBackend)
+    }
+
+    /// What the script sees of the connection, as of now.
+    func prepareScript(_ scripted: ScriptedConnection) {
+        let session = machine.session
+        scripted.currentBackend = backend != nil ? backendIndex : nil
+        scripted.capabilities = session.capabilities.intersection(.sessionAffecting)
+        if let response = session.response {
+            scripted.client.scrambledPassword = response.authResponse
+        }
+        scripted.client.username = session.username
+        scripted.client.defaultDB = session.database ?? ""
+        if scripted.attached == nil, backend != nil, let greeting = session.greeting {
+            var info = ScriptServerInfo()
+            info.threadID = greeting.connectionID
+            info.versionString = greeting.serverVersion
+            info.mysqldVersion = ScriptServerInfo.versionNumber(greeting.serverVersion)
+            info.scrambleBuffer = greeting.authPluginData
+            info.src = backend?.localAddress.map(ScriptAddress.init)
+            info.dst = backend?.remoteAddress.map(ScriptAddress.init)
+            info.ssl = backendTLS
+            info.compression = backendCompression
+            scripted.attached = info
+        }
+        if backend != nil {
+            scripted.attached?.username = session.username
+            scripted.attached?.defaultDB = session.serverDatabase ?? session.database ?? ""
+        }
+    }
+
+    /// Carries out a server swap the hook asked for (`backend_ndx`), and logs its notes.
+    func applyScriptRequests(_ scripted: ScriptedConnection) -> ConnectionMachine.ServerChange? {
+        for (level, note) in scripted.takeNotes() { log(level, "\(note)") }
+        switch scripted.takeSwap() {
+        case nil:
+            return nil
+        case .release?:
+            parkServer(scripted)
+            return .released
+        case .take(let parked)?:
+            return attachPooled(parked, scripted)
+        }
+    }
+}
