@@ -166,16 +166,11 @@ extension ERRPacket {
     // libmariadb (the mariadb CLI, mysqltest, PHP, ...) rejects an ERR packet carrying a client-side
     // code such as 2003 or 2013 as "Received malformed packet".
 
-    /// The backend connection broke while the client waited for a response.
     /// ER_NET_PACKET_TOO_LARGE, as a server sends it past max_allowed_packet.
     public static func packetTooLarge(_ limit: Int) -> ERRPacket {
         ERRPacket(code: 1153, sqlState: "08S01", message: "Got a packet bigger than 'max_allowed_packet' bytes (MoonProxy's --proxy-max-packet-size is \(limit))")
     }
 
-    public static func lostConnection(_ detail: String = "") -> ERRPacket {
-        ERRPacket(code: 1158, sqlState: "08S01",
-                  message: "Lost connection to the backend server during query" + (detail.isEmpty ? "" : " (\(detail))"))
-    }
     /// The backend sent nothing for longer than the read timeout.
     public static func backendReadTimeout() -> ERRPacket {
         ERRPacket(code: 1159, sqlState: "08S01", message: "Got timeout reading communication packets from the backend server")
@@ -192,9 +187,6 @@ extension ERRPacket {
     }
     public static func unknownCommand() -> ERRPacket {
         ERRPacket(code: 1047, sqlState: "08S01", message: "Unknown command")
-    }
-    public static func packetsOutOfOrder() -> ERRPacket {
-        ERRPacket(code: 1156, sqlState: "08S01", message: "Got packets out of order")
     }
     /// A plaintext login where TLS is required (MariaDB's `require_secure_transport`).
     public static func secureTransportRequired() -> ERRPacket {
@@ -226,8 +218,5 @@ extension ERRPacket {
     /// (ER_NOT_ALLOWED_COMMAND, what a server says when local files are off).
     public static func localInfileRefused(_ detail: String) -> ERRPacket {
         ERRPacket(code: 1148, sqlState: "42000", message: "The used command is not allowed with this MariaDB version: \(detail)")
-    }
-    public static func shutdownInProgress() -> ERRPacket {
-        ERRPacket(code: 1053, sqlState: "08S01", message: "Server shutdown in progress")
     }
 }

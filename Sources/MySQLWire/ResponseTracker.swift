@@ -251,12 +251,6 @@ public struct ResponseTracker: Sendable {
         pending[pending.index(before: pending.endIndex)].replySequence = lastSequenceID &+ 1
     }
 
-    /// Registers a command the proxy itself sends to the server (not seen through `clientPacketStarted`).
-    public mutating func commandSent(_ code: CommandCode) {
-        let shape = ResponseShape(command: code)
-        if shape != .none { enqueue(Pending(command: code, shape: shape)) }
-    }
-
     /// Forgets every pending response after a packet that could not be placed: the tracker takes
     /// up again at the client's next command. Used by the transparent relay, which has no reason to
     /// end a healthy connection because the proxy does not understand one response.
