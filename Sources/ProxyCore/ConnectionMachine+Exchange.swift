@@ -19,33 +19,86 @@ import NIOCore
 /// for in its `step`, queues `.runHook` behind what it has to send, and stops; `hookReturned`
 /// applies the answer and carries on with what was left (queued commands, bytes already read).
 extension ConnectionMachine {
+    /// The exchange's state lives out of line, in the buffer of a one-element array (copied on
+    /// write, as any array): a connection that never runs a script (most) carries 8 bytes for it
+    /// rather than the 600 of its collectors and the command in flight, and an exchange is changed
+    /// in place (the state holds no other reference while `.modifying`), so no event allocates.
     struct Exchange {
+        struct Fields {
+            var hasServer: Bool
+            var step = Step.idle
+            var queue: [PacketCollector.Collected] = []
+            var clientCollector: PacketCollector
+            var serverCollector: PacketCollector
+            var scriptedUpload = false
+            var commandsStarted = false
+            var draining = false
+            var injections: [Injection] = []
+            var closeRequested = false
+        }
+
+        private var storage: [Fields]
+
+        private var fields: Fields {
+            _read { yield storage[0] }
+            _modify { yield &storage[0] }
+        }
+
         /// A server connection is attached: not in a mock server, nor after the script gave it
         /// to the pool.
-        var hasServer: Bool
-        var step = Step.idle
+        var hasServer: Bool {
+            get { fields.hasServer }
+            _modify { yield &fields.hasServer }
+        }
+        var step: Step {
+            get { fields.step }
+            _modify { yield &fields.step }
+        }
         /// Commands the client sent while an earlier one was handled.
-        var queue: [PacketCollector.Collected] = []
-        var clientCollector: PacketCollector
-        var serverCollector: PacketCollector
+        var queue: [PacketCollector.Collected] {
+            get { fields.queue }
+            _modify { yield &fields.queue }
+        }
+        var clientCollector: PacketCollector {
+            get { fields.clientCollector }
+            _modify { yield &fields.clientCollector }
+        }
+        var serverCollector: PacketCollector {
+            get { fields.serverCollector }
+            _modify { yield &fields.serverCollector }
+        }
         /// The script answered a statement with a LOCAL INFILE request: the client's packets are
         /// its file, up to an empty one.
-        var scriptedUpload = false
+        var scriptedUpload: Bool {
+            get { fields.scriptedUpload }
+            _modify { yield &fields.scriptedUpload }
+        }
         /// A command went to the script: the login is over, whatever COM_CHANGE_USER runs now.
-        var commandsStarted = false
+        var commandsStarted: Bool {
+            get { fields.commandsStarted }
+            _modify { yield &fields.commandsStarted }
+        }
         /// A shutdown waits for the running command.
-        var draining = false
+        var draining: Bool {
+            get { fields.draining }
+            _modify { yield &fields.draining }
+        }
         /// `proxy.queries` between hooks: what is left to inject for the current command.
-        var injections: [Injection] = []
+        var injections: [Injection] {
+            get { fields.injections }
+            _modify { yield &fields.injections }
+        }
         /// The script set `proxy.connection.connection_close`: the connection ends after the command.
-        var closeRequested = false
+        var closeRequested: Bool {
+            get { fields.closeRequested }
+            _modify { yield &fields.closeRequested }
+        }
 
         static let maximumQueuedCommands = 64
 
         init(hasServer: Bool, maximumPacketLength: Int) {
-            self.hasServer = hasServer
-            clientCollector = PacketCollector(maximumPacketLength: maximumPacketLength)
-            serverCollector = PacketCollector(maximumPacketLength: maximumPacketLength)
+            storage = [Fields(hasServer: hasServer, clientCollector: PacketCollector(maximumPacketLength: maximumPacketLength),
+                              serverCollector: PacketCollector(maximumPacketLength: maximumPacketLength))]
         }
 
         enum Step {

@@ -33,12 +33,12 @@ public struct ConnectionMachine {
         /// The greeting went to the client; its handshake response is being gathered.
         case awaitingHandshakeResponse(Handshake)
         /// `read_auth` runs on the client's handshake response.
-        case readAuthHook(Handshake, LoginPlan)
+        indirect case readAuthHook(Handshake, LoginPlan)
         /// The login runs packet by packet: one link is TLS and the other not, the password guard
         /// is on, compression starts with the verdict, or `read_auth_result` wants the verdict.
-        case authenticating(Authentication)
+        indirect case authenticating(Authentication)
         /// `read_auth_result` runs on the server's verdict.
-        case readAuthResultHook(Authentication, Verdict)
+        indirect case readAuthResultHook(Authentication, Verdict)
         /// No hook on the path: bytes stream through (the login too, when it needs no care).
         /// `draining`: a shutdown waits for the running command.
         case relaying(draining: Bool)
@@ -96,9 +96,18 @@ public struct ConnectionMachine {
     public struct Session: Equatable {
         /// The greeting the session started with (the server's, or the script's in a mock);
         /// let go once a connection without a script is logged in.
-        public var greeting: HandshakeV10?
+        public var greeting: HandshakeV10? {
+            get { storedGreeting?.value }
+            set { storedGreeting = newValue.map(OutOfLine.init) }
+        }
         /// The client's handshake response, likewise.
-        public var response: HandshakeResponse41?
+        public var response: HandshakeResponse41? {
+            get { storedResponse?.value }
+            set { storedResponse = newValue.map(OutOfLine.init) }
+        }
+        // kept out of line: most connections hold them only during the login
+        private var storedGreeting: OutOfLine<HandshakeV10>?
+        private var storedResponse: OutOfLine<HandshakeResponse41>?
         public var username = ""
         /// The client's default database.
         public var database: String?
@@ -365,4 +374,18 @@ public enum BackendTLSMode: String, Sendable, CaseIterable {
     /// Whether the server's certificate is checked: only then is a TLS link known to end at the
     /// server rather than at whoever sits between.
     public var verifies: Bool { self == .verifyCA || self == .verifyIdentity }
+}
+
+/// A value kept on the heap, for a large field most connections leave empty: the field holds 8
+/// bytes instead of the value's size. Set once, read a few times (no in-place change).
+enum OutOfLine<Value: Equatable>: Equatable {
+    indirect case some(Value)
+
+    init(_ value: Value) { self = .some(value) }
+
+    var value: Value {
+        switch self {
+        case .some(let value): return value
+        }
+    }
 }

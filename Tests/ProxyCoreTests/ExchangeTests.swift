@@ -483,4 +483,29 @@ import Testing
         var d = Driver.loggedIn(script: script)
         #expect(d.client(Wire.query("SELECT 1")).toBackend == Wire.query("SELECT 1"))
     }
+
+    /// The exchange lives out of line but is a value: a copy of the machine goes its own way.
+    @Test func aCopiedMachineIsIndependent() throws {
+        let script = FakeScript(hooks: [.readQuery])
+        let original = Driver.loggedIn(script: script)
+        var a = original
+        var b = original
+        a.client(Wire.query("SELECT 1"))
+        #expect(a.machine.isAwaitingResponse)
+        #expect(!b.machine.isAwaitingResponse)
+        #expect(b.client(Wire.query("SELECT 2")).toBackend == Wire.query("SELECT 2"))
+        #expect(a.server(Wire.ok(seq: 1)).toClient == Wire.ok(seq: 1))
+        #expect(!original.machine.isAwaitingResponse)
+    }
+
+    /// The proxy refuses a client before any byte of its own (a limit, a script that cannot start).
+    @Test func aRefusedConnectionGetsItsErrorWhereTheGreetingWouldBe() throws {
+        var d = Driver()
+        let out = d.run(d.machine.refuseConnection(.tooManyConnections, source: .limit, reason: "full"))
+        let frame = try firstFrame(out.close?.toClient)
+        let code = try ERRPacket(parsing: frame.payload).code
+        #expect(frame.sequenceID == 0 && code == 1040)
+        #expect(d.machine.closeSource == .limit)
+        #expect(d.machine.clientConnected() == .none)
+    }
 }
