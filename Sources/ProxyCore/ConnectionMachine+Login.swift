@@ -50,6 +50,14 @@ extension ConnectionMachine {
         return nextAction()
     }
 
+    /// The proxy does not serve this client (its connection limits, a script that cannot start):
+    /// `err` where the greeting would be, then the close.
+    public mutating func refuseConnection(_ err: ERRPacket, source: CloseSource, reason: String, level: Severity = .warning) -> Action {
+        guard case .initialized = state else { return .none }
+        noteClose(source)
+        return refuse(err, sequenceID: 0, reason: reason, level: level)
+    }
+
     mutating func askConnectServer() {
         if configuration.hooks.contains(.connectServer) {
             state = .connectServerHook

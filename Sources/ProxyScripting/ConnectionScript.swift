@@ -44,11 +44,10 @@ public final class ConnectionScript {
 
     var logger: Logger { engine.logger }
 
-    /// Monotonic microseconds, for query and response times.
+    /// Monotonic microseconds, for query and response times: the clock the handler stamps the
+    /// machine's events with (NIO's), in the unit MySQL Proxy's scripts read.
     public static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec / 1000)
+        NIODeadline.now().uptimeNanoseconds / 1000
     }
 
     // MARK: setting up

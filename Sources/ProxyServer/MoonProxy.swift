@@ -389,7 +389,7 @@ public final class MoonProxy: Sendable {
             bootstrap = bootstrap.serverChannelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
         }
         bootstrap = bootstrap
-            .childChannelOption(.recvAllocator, value: ClientChannelHandler.receiveAllocator)
+            .childChannelOption(.recvAllocator, value: ReceiveBuffers.allocator)
             .childChannelInitializer { channel in
                 guard !context.isStopping else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {

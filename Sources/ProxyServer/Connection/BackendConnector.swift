@@ -14,7 +14,7 @@ struct SocketBackendConnector: BackendConnector {
                  handler: NIOLoopBound<BackendChannelHandler>) -> EventLoopFuture<Channel> {
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(timeout)
-            .channelOption(.recvAllocator, value: ClientChannelHandler.receiveAllocator)
+            .channelOption(.recvAllocator, value: ReceiveBuffers.allocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(handler.value)
@@ -30,4 +30,11 @@ struct SocketBackendConnector: BackendConnector {
             return bootstrap.connect(unixDomainSocketPath: path)
         }
     }
+}
+
+/// How each link's receive buffer is sized: from what arrives, starting small. NIO keeps a link's
+/// buffer for its next read, so this is what an idle connection holds per link (NIO's default
+/// starts at 2 KiB); a read that fills it makes the next one larger, up to 64 KiB.
+enum ReceiveBuffers {
+    static let allocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536)
 }

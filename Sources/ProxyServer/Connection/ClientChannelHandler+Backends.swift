@@ -19,7 +19,7 @@ extension ClientChannelHandler {
         }
         let handler = BackendChannelHandler(owner: self)
         let eventLoop = context.eventLoop
-        let started = shared.metrics == nil ? nil : ContinuousClock.now
+        let started = shared.metrics == nil ? nil : NIODeadline.now()
         shared.connector.connect(to: address, resolved: resolved, on: eventLoop, timeout: shared.configuration.connectTimeout,
                                  handler: NIOLoopBound(handler, eventLoop: eventLoop))
             .hop(to: eventLoop)
@@ -34,23 +34,23 @@ extension ClientChannelHandler {
                     }
                     if self.shared.configuration.backendProxyProtocol {
                         // before anything else on the connection, the server's greeting included
-                        handler.writeAndFlush(ProxyProtocol.v2Header(source: self.clientAddress,
+                        handler.writeAndFlush(ProxyProtocol.v2Header(source: self.described.client,
                                                                      destination: self.context.flatMap { self.clientDestination($0) }))
                     }
-                    if let started { self.shared.metrics?.connectCompleted(backend: address, duration: ContinuousClock.now - started) }
+                    if let started { self.shared.metrics?.connectCompleted(backend: address, duration: .nanoseconds((NIODeadline.now() - started).nanoseconds)) }
                     // up once it greets: a server that accepts and says nothing is not
                     self.timers.awaitingGreeting = true
                     self.shared.backends.clientAttached(index)
                     self.backendIndex = index
                     self.backend = handler
-                    self.backendAddress = address
+                    self.described.backend = address
                     self.scripted?.attached = nil  // described from its greeting at the next hook
                     self.publish()
                     self.log(.debug, "connected to backend")
                     var local = false
                     if case .unix = address { local = true }
                     self.run(self.machine.backendConnected(localSocket: local))
-                case .failure(let error) where AcceptGuard.isExhaustion(error) || Self.isLocalExhaustion(error):
+                case .failure(let error) where AcceptGuard.isExhaustion(connectError: error):
                     // The proxy's own descriptor (or memory) limit, not the server's fault: the
                     // backend stays up and the client hears what a full server says.
                     self.counters.add(.connectionsRefused)
@@ -64,14 +64,6 @@ extension ClientChannelHandler {
                     self.run(self.machine.backendConnectFailed())
                 }
             }
-    }
-
-    /// A connect that failed for want of the proxy's own resources (NIO reports the errors of
-    /// each address it tried inside one error).
-    static func isLocalExhaustion(_ error: Error) -> Bool {
-        guard let connection = error as? NIOConnectionError else { return false }
-        return connection.connectionErrors.contains { AcceptGuard.isExhaustion($0.error) }
-            || connection.dnsAAAAError.map(AcceptGuard.isExhaustion) == true || connection.dnsAError.map(AcceptGuard.isExhaustion) == true
     }
 
     /// The proxy closes the server connection before the server greeted (the client left): that
@@ -94,7 +86,7 @@ extension ClientChannelHandler {
         guard let index = backendIndex, backend != nil else { return }
         shared.backends.markDown(index)
         counters.add(.backendConnectFailures)
-        logStorm(.backendDown, "backend \(backendDescription ?? "?") sent no greeting within --proxy-backend-greeting-timeout; marking it down and trying the next one")
+        logStorm(.backendDown, "backend \(described.backendText() ?? "?") sent no greeting within --proxy-backend-greeting-timeout; marking it down and trying the next one")
         detachBackend(closing: true)
         run(machine.backendGreetingTimedOut())
     }
@@ -107,7 +99,7 @@ extension ClientChannelHandler {
         backend = nil
         if let index = backendIndex { shared.backends.clientDetached(index) }
         backendIndex = nil
-        backendAddress = nil
+        described.backend = nil
         scripted?.attached = nil
         publish()
     }
@@ -123,11 +115,11 @@ extension ClientChannelHandler {
 
     /// Gives the server connection to this loop's pool, or closes it when it cannot be kept.
     func parkServer(_ connection: ScriptedConnection) {
-        guard let handler = backend, let index = backendIndex, let address = backendAddress else { return }
+        guard let handler = backend, let index = backendIndex, let address = described.backend else { return }
         let parked = ServerConnectionPool.Parked(
             handler: handler,
             key: ServerConnectionPool.Key(backend: index, user: connection.client.username, capabilities: connection.capabilities),
-            status: machine.serverStatus, server: connection.attached ?? ScriptServerInfo(), address: address, session: connectionID)
+            status: machine.serverStatus, server: connection.attached ?? ScriptServerInfo(), address: address, session: described.id)
         detachBackend(closing: false)
         if sweeper?.serverPool.park(parked) != true {
             log(.debug, "closing a server connection the pool cannot keep (full, or in a transaction)")
@@ -138,14 +130,14 @@ extension ClientChannelHandler {
     /// Takes a connection the script chose from the pool: reset first when another client
     /// session used it (nothing of that session may reach this one).
     func attachPooled(_ parked: ServerConnectionPool.Parked, _ connection: ScriptedConnection) -> ConnectionMachine.ServerChange {
-        if parked.session != connectionID && shared.configuration.resetPooledConnections {
+        if parked.session != described.id && shared.configuration.resetPooledConnections {
             parked.handler.resetSession()
         }
         if backend != nil { parkServer(connection) }
         parked.handler.owner = self
         backend = parked.handler
         backendIndex = parked.key.backend
-        backendAddress = parked.address
+        described.backend = parked.address
         shared.backends.clientAttached(parked.key.backend)
         connection.attached = parked.server
         if let context { parked.handler.setReadsPaused(!context.channel.isWritable) }

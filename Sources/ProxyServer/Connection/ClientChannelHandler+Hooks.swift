@@ -33,8 +33,8 @@ extension ClientChannelHandler {
             info.scrambleBuffer = greeting.authPluginData
             info.src = backend?.localAddress.map(ScriptAddress.init)
             info.dst = backend?.remoteAddress.map(ScriptAddress.init)
-            info.ssl = backendTLS
-            info.compression = backendCompression
+            info.ssl = described.backendTLS
+            info.compression = described.backendCompression
             scripted.attached = info
         }
         if backend != nil {

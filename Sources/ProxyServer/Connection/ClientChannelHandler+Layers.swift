@@ -34,8 +34,8 @@ extension ClientChannelHandler {
         guard let context else { return }
         do {
             try context.pipeline.syncOperations.addHandler(CompressionHandler(role: .server, compression: algorithm), position: .before(self))
-            compression = "\(algorithm)"
-            scripted?.client.compression = compression
+            described.compression = "\(algorithm)"
+            scripted?.client.compression = described.compression
         } catch {
             log(.error, "closing: cannot start \(algorithm) compression with the client: \(error)")
             closeBoth()
@@ -47,8 +47,8 @@ extension ClientChannelHandler {
         guard let backend else { return }
         do {
             try backend.startCompression(algorithm, early: early)
-            backendCompression = "\(algorithm)"
-            scripted?.attached?.compression = backendCompression
+            described.backendCompression = "\(algorithm)"
+            scripted?.attached?.compression = described.backendCompression
         } catch {
             log(.error, "closing: cannot start \(algorithm) compression with the backend: \(error)")
             closeBoth()
@@ -62,7 +62,7 @@ extension ClientChannelHandler {
         do {
             let sslContext = try tls.forBackend(clientVersion: clientTLSHandler?.tlsVersion)
             var hostname: String? = nil
-            if case .tcp(let host, _) = backendAddress, (try? SocketAddress(ipAddress: host, port: 0)) == nil {
+            if case .tcp(let host, _) = described.backend, (try? SocketAddress(ipAddress: host, port: 0)) == nil {
                 hostname = host  // SNI, and the name verify-identity checks; an IP address is checked against the peer's
             }
             try backend.startTLS(request: request, context: sslContext, serverHostname: hostname)

@@ -14,7 +14,7 @@ extension ClientChannelHandler {
             backendMissedGreeting()
         case .loginWithoutServer:
             // the server's fault, not the client's
-            run(machine.abandon(.backendHandshake, reason: "no backend greeted the client within --proxy-login-timeout (the last tried: \(backendDescription ?? "none"))"))
+            run(machine.abandon(.backendHandshake, reason: "no backend greeted the client within --proxy-login-timeout (the last tried: \(described.backendText() ?? "none"))"))
         case .login:
             // as MariaDB's connect_timeout: a client that does not finish its login is cut off
             counters.add(.clientProtocolErrors)

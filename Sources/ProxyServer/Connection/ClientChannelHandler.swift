@@ -25,32 +25,15 @@ final class ClientChannelHandler: ChannelInboundHandler {
     let counters: LoopStatistics
     /// The machine wants the time of each event (durations, injection timings).
     private var stampsTime: Bool
-    var connectionID: UInt64 = 0
     /// What the client's PROXY protocol header announced (set before channelActive).
     var proxyProtocolEndpoints: ProxyProtocol.Endpoints?
     /// channelActive came: the connection was counted.
     private var activated = false
-    /// The client address counted towards the per-address limits, and whether the connection
-    /// still counts there as not logged in; whether its login let the client in.
-    private var admittedAddress: String?
-    private var countedUnauthenticated = false
+    /// How the connection counts towards the limits; whether its login was seen, and let it in.
+    private var admission = ProxyContext.Admission()
     private var loginSeen = false
-    private var loginSucceeded = false
-    var clientAddress: SocketAddress? { didSet { describedClient = nil } }
-    private var describedClient: String??
-    /// `clientAddress` as logs and the query log show it, made when first needed.
-    var clientDescription: String? {
-        if let describedClient { return describedClient }
-        describedClient = .some(clientAddress?.logDescription)
-        return describedClient!
-    }
-    var backendAddress: ProxyAddress? { didSet { describedBackend = nil } }
-    private var describedBackend: String??
-    var backendDescription: String? {
-        if let describedBackend { return describedBackend }
-        describedBackend = .some(backendAddress?.description)
-        return describedBackend!
-    }
+    /// Addresses, TLS and compression of both links, for logs and the admin interface.
+    var described = ConnectionDescription()
     var context: ChannelHandlerContext?
     var backend: BackendChannelHandler?
     var backendIndex: Int?
@@ -62,98 +45,40 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// The connection's script, when the proxy runs one.
     var scripted: ScriptedConnection?
     private var disconnectHookCalled = false
-    /// The TLS of the client's link and of the server's, once their handshakes are done.
+    /// The TLS handler of the client's link, and the cipher it chose.
     var clientTLSHandler: NIOSSLServerHandler?
     var clientCipher: String?
-    var clientTLS: ScriptTLSInfo?
-    var backendTLS: ScriptTLSInfo?
-    /// The compression each link speaks, once the login negotiated it.
-    var compression: String?
-    var backendCompression: String?
 
     /// Timeouts, ticked by the event loop's sweeper; the hot path only marks reads.
     var sweeper: TimeoutSweeper?
     var timers = ConnectionTimers()
-    /// The login let the client in (for the admin interface's list).
-    var loggedIn = false
 
     init(shared: ProxyContext, channel: Channel) {
         self.shared = shared
         self.counters = shared.statistics.shard(for: channel.eventLoop)
         // Made once, as the connection will use it: a script's connection makes its own when its
         // script starts (the hooks it defines are known then).
-        self.machine = ConnectionMachine(configuration: Self.machineConfiguration(shared, channel, hooks: []))
+        self.machine = ConnectionMachine(configuration: shared.machineConfiguration(for: channel, hooks: []))
         self.stampsTime = machine.wantsTime
-    }
-
-    /// How each link's receive buffer is sized: from what arrives, starting small. NIO keeps a
-    /// link's buffer for its next read, so this is what an idle connection holds per link (NIO's
-    /// default starts at 2 KiB); a read that fills it makes the next one larger, up to 64 KiB.
-    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536)
-
-    /// MySQL Proxy's words when a connection's script cannot start, sent instead of a greeting.
-    static let scriptLoadFailed = ERRPacket(code: 1105, sqlState: "07000", message: "MySQL Proxy Lua script failed to load. Check the error log.")
-    static let scriptExecuteFailed = ERRPacket(code: 1105, sqlState: "07000", message: "MySQL Proxy Lua script failed to execute. Check the error log.")
-
-    /// What the machine is told about the connection.
-    static func machineConfiguration(_ shared: ProxyContext, _ channel: Channel, hooks: ScriptHooks) -> ConnectionMachine.Configuration {
-        var c = ConnectionMachine.Configuration()
-        c.compression = shared.configuration.compression
-        c.maximumPacketLength = shared.configuration.maxAssembledPacketSize
-        c.resultsetBufferLimit = shared.configuration.resultsetBufferLimit
-        c.recording = shared.recording
-        c.hooks = hooks
-        guard let tls = shared.tls else { return c }
-        c.tls.offer = tls.forClients == nil ? .never : (shared.offersTLSAlways ? .always : tls.client.offer)
-        c.tls.requireSecureTransport = tls.client.requireSecureTransport
-        c.tls.backend = tls.backendProblem == nil ? tls.backend.mode : .off
-        c.tls.pinnedServerKey = tls.backend.serverPublicKeyPEM
-        c.tls.trustUnverifiedBackends = tls.backend.trustUnverifiedWithPasswords
-        if case .unixDomainSocket = channel.localAddress { c.tls.localSocket = true }
-        return c
     }
 
     /// Logs with the connection's metadata, built only when the line is actually written.
     func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message) {
         guard shared.logger.logLevel <= level else { return }
-        var logger = shared.logger
-        logger[metadataKey: "conn"] = "\(connectionID)"
-        if let clientDescription { logger[metadataKey: "client"] = "\(clientDescription)" }
-        if let backendDescription { logger[metadataKey: "backend"] = "\(backendDescription)" }
-        if let clientTLS { logger[metadataKey: "client_tls"] = "\(clientTLS.version) \(clientTLS.cipher ?? "")" }
-        if let backendTLS { logger[metadataKey: "backend_tls"] = "\(backendTLS.version) \(backendTLS.cipher ?? "")" }
-        if let compression { logger[metadataKey: "compression"] = "\(compression)" }
-        if let backendCompression { logger[metadataKey: "backend_compression"] = "\(backendCompression)" }
-        logger.log(level: level, message())
+        described.logger(shared.logger).log(level: level, message())
     }
 
     /// A warning of a kind that comes in storms: written at most once per interval, the rest counted.
     func logStorm(_ kind: RateLimitedLog.Kind, _ message: @autoclosure () -> String) {
         guard let context, shared.logger.logLevel <= .warning else { return }
-        shared.stormLog.warning(kind, "[conn=\(connectionID)\(clientDescription.map { " client=\($0)" } ?? "")] \(message())",
+        shared.stormLog.warning(kind, "[conn=\(described.id)\(described.clientText().map { " client=\($0)" } ?? "")] \(message())",
                                 logger: shared.logger, on: context.eventLoop)
     }
 
     /// What the admin interface lists about this connection (only kept when it has one).
     func publish() {
-        guard let registry = shared.registry, connectionID != 0, !closed else { return }
-        let (client, backend, loggedIn) = (clientAddress, backendAddress, loggedIn)
-        let user = loggedIn ? machine.session.username : nil
-        let database = loggedIn ? machine.session.database : nil
-        let tls = clientTLS.map { "\($0.version) \($0.cipher ?? "")" }
-        let serverTLS = backendTLS.map { "\($0.version) \($0.cipher ?? "")" }
-        let (compression, backendCompression) = (self.compression, self.backendCompression)
-        registry.update(connectionID) { entry in
-            entry.client = client
-            entry.backend = backend
-            entry.user = user
-            entry.database = database
-            entry.clientTLS = tls
-            entry.backendTLS = serverTLS
-            entry.clientCompression = compression
-            entry.backendCompression = backendCompression
-            entry.loggedIn = loggedIn
-        }
+        guard let registry = shared.registry, described.id != 0, !closed else { return }
+        described.publish(to: registry, user: machine.session.username, database: machine.session.database)
     }
 
     // MARK: client channel events
@@ -172,25 +97,25 @@ final class ClientChannelHandler: ChannelInboundHandler {
         activated = true
         counters.add(.connectionsAccepted)
         let active = shared.statistics.connectionOpened()
-        connectionID = shared.nextConnectionID()
-        clientAddress = context.channel.remoteAddress
-        if case .proxied(let source, _) = proxyProtocolEndpoints { clientAddress = source }
+        described.id = shared.nextConnectionID()
+        described.client = context.channel.remoteAddress
+        if case .proxied(let source, _) = proxyProtocolEndpoints { described.client = source }
         defer { context.fireChannelActive() }
-        if let refusal = admissionRefusal(active: active) {
+        switch shared.admit(active: active, address: described.client?.ipAddress) {
+        case .success(let admitted):
+            admission = admitted
+        case .failure(let refusal):
             // As the server refuses a connection past max_connections: ERR 1040 where the
             // greeting would be, then the close.
             counters.add(.connectionsRefused)
-            counters.add(.errorsSentByProxy)
-            machine.noteClose(.limit)
-            logStorm(.clientRefused, "refusing a client: \(refusal)")
-            return sendAndClose(ConnectionMachine.framed(.tooManyConnections, sequenceID: 0, protocol41: true))
+            return run(machine.refuseConnection(.tooManyConnections, source: .limit, reason: "refusing a client: \(refusal.reason)"))
         }
         publish()
         log(.debug, "client connected")
         sweeper = shared.sweeper(for: context.eventLoop)
         sweeper?.add(self)
         if let engine = shared.scriptEngine, !startScript(engine, context: context) { return }
-        if let failedLogins = shared.failedLogins, let ip = clientAddress?.ipAddress,
+        if let failedLogins = shared.failedLogins, let ip = described.client?.ipAddress,
            case let wait = failedLogins.delay(for: ip), wait > .zero {
             // an address that keeps failing to log in waits for its greeting
             log(.info, "delaying the greeting by \(wait.nanoseconds / 1_000_000) ms after failed logins from \(ip)")
@@ -203,26 +128,12 @@ final class ClientChannelHandler: ChannelInboundHandler {
         }
     }
 
-    /// Why a new client may not be served (--max-connections and the per-address limits), or nil.
-    private func admissionRefusal(active: Int) -> String? {
-        let limit = shared.configuration.maxConnections
-        if limit > 0 && active > limit {
-            return "\(active - 1) clients are connected, --max-connections is \(limit)"
-        }
-        if shared.countsPerAddress, let ip = clientAddress?.ipAddress {
-            if let refusal = shared.admit(address: ip) { return refusal }
-            admittedAddress = ip
-            countedUnauthenticated = true
-        }
-        return nil
-    }
-
     /// Prepares the script for this connection; false when it cannot run (the client was told).
     private func startScript(_ engine: ScriptEngine, context: ChannelHandlerContext) -> Bool {
-        let connection = ScriptedConnection(connectionID: connectionID, pool: sweeper?.serverPool, backends: shared.backends,
+        let connection = ScriptedConnection(connectionID: described.id, pool: sweeper?.serverPool, backends: shared.backends,
                                             resetPooledConnections: shared.configuration.resetPooledConnections,
                                             resultsetBufferLimit: engine.configuration.resultsetBufferLimit)
-        connection.client.src = clientAddress.map(ScriptAddress.init)
+        connection.client.src = described.client.map(ScriptAddress.init)
         connection.client.dst = clientDestination(context).map(ScriptAddress.init)
         connection.counters = counters
         connection.timesHooks = shared.recording != .off
@@ -230,16 +141,13 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case .success(let script):
             connection.script = script
             scripted = connection
-            machine = ConnectionMachine(configuration: Self.machineConfiguration(shared, context.channel, hooks: script.hooks))
+            machine = ConnectionMachine(configuration: shared.machineConfiguration(for: context.channel, hooks: script.hooks))
             stampsTime = machine.wantsTime
             return true
         case .failure(let failure):
             // MySQL Proxy's words, with packet id 0, instead of a greeting
-            let err = failure == .loadFailed ? Self.scriptLoadFailed : Self.scriptExecuteFailed
-            counters.add(.errorsSentByProxy)
-            machine.noteClose(.scriptError)
-            log(.error, "\(err.message)")
-            sendAndClose(ConnectionMachine.framed(err, sequenceID: 0, protocol41: true))
+            let err = failure == .loadFailed ? ScriptedConnection.loadFailed : ScriptedConnection.executeFailed
+            run(machine.refuseConnection(err, source: .scriptError, reason: err.message, level: .error))
             return false
         }
     }
@@ -282,8 +190,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event as? TLSUserEvent ?? .shutdownCompleted, let handler = clientTLSHandler {
-            clientTLS = handler.tlsVersion.map { ScriptTLSInfo(version: $0.mysqlName, cipher: clientCipher) }
-            scripted?.client.ssl = clientTLS
+            described.clientTLS = handler.tlsVersion.map { ScriptTLSInfo(version: $0.mysqlName, cipher: clientCipher) }
+            scripted?.client.ssl = described.clientTLS
             publish()
             log(.debug, "TLS with the client established")
         }
@@ -358,7 +266,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             timers.awaitingGreeting = false
             shared.backends.markDown(index)
             counters.add(.backendConnectFailures)
-            logStorm(.backendConnectFailed, "backend \(backendDescription ?? "?") closed the connection before its greeting; marking it down")
+            logStorm(.backendConnectFailed, "backend \(described.backendText() ?? "?") closed the connection before its greeting; marking it down")
         }
         run(machine.backendClosed())
     }
@@ -378,8 +286,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func backendTLSEstablished(_ version: TLSVersion?, cipher: String?) {
-        backendTLS = version.map { ScriptTLSInfo(version: $0.mysqlName, cipher: cipher) }
-        scripted?.attached?.ssl = backendTLS
+        described.backendTLS = version.map { ScriptTLSInfo(version: $0.mysqlName, cipher: cipher) }
+        scripted?.attached?.ssl = described.backendTLS
         publish()
         log(.debug, "TLS with the backend established")
     }
@@ -441,12 +349,12 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case .dropBackend:
             dropBackend()
         case .log(let severity, let message):
-            log(Self.level(severity), "\(message)")
+            log(severity.loggerLevel, "\(message)")
         case .close(let close):
             if let reason = close.reason {
                 switch machine.closeSource {
                 case .noBackend?, .limit?: logStorm(.clientRefused, reason)  // refusal storms: once per interval
-                default: log(Self.level(close.level), "\(reason)")
+                default: log(close.level.loggerLevel, "\(reason)")
                 }
             }
             switch close.mode {
@@ -456,25 +364,15 @@ final class ClientChannelHandler: ChannelInboundHandler {
         }
     }
 
-    static func level(_ severity: ConnectionMachine.Severity) -> Logger.Level {
-        switch severity {
-        case .debug: return .debug
-        case .info: return .info
-        case .warning: return .warning
-        case .error: return .error
-        case .critical: return .critical
-        }
-    }
-
     /// Commands that ended: into this loop's histograms, and the query log.
     private func recordCommands() {
         for record in machine.finishedRecords {
             counters.commandCompleted(CommandKind(record.command), backend: record.answeredByScript ? nil : backendIndex,
                                       nanoseconds: record.nanoseconds)
             if let queryLog = shared.queryLog {
-                let entry = QueryLog.Entry(record: record, connection: connectionID, user: machine.session.username,
-                                           database: machine.session.database, client: clientDescription,
-                                           backend: record.answeredByScript ? nil : backendDescription)
+                let entry = QueryLog.Entry(record: record, connection: described.id, user: machine.session.username,
+                                           database: machine.session.database, client: described.clientText(),
+                                           backend: record.answeredByScript ? nil : described.backendText())
                 if !queryLog.append(entry) { counters.add(.queryLogDropped) }
             }
         }
@@ -486,13 +384,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// connections that have not logged in.
     private func loginOver() {
         loginSeen = true
-        loginSucceeded = !machine.isClosed
-        loggedIn = loginSucceeded
+        described.loggedIn = !machine.isClosed
         publish()
-        if countedUnauthenticated, let ip = admittedAddress {
-            countedUnauthenticated = false
-            shared.loggedIn(address: ip)
-        }
+        shared.loggedIn(&admission)
     }
 
     /// Writes a chunk that was just read from the other side. A read that did not fill its buffer
@@ -561,8 +455,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
         scripted?.close()
         scripted = nil
         closed = true
-        if let failedLogins = shared.failedLogins, let ip = clientAddress?.ipAddress {
-            if machine.closeSource == .authFailed { failedLogins.failed(ip) } else if loginSucceeded { failedLogins.succeeded(ip) }
+        if let failedLogins = shared.failedLogins, let ip = described.client?.ipAddress {
+            if machine.closeSource == .authFailed { failedLogins.failed(ip) } else if described.loggedIn { failedLogins.succeeded(ip) }
         }
         sweeper?.remove(self)
         sweeper = nil
@@ -576,11 +470,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
         }
         shared.statistics.connectionClosed()
         counters.connectionClosed(machine.closeSource ?? .none)
-        if let ip = admittedAddress {
-            shared.release(address: ip, loggedIn: !countedUnauthenticated)
-            admittedAddress = nil
-        }
-        shared.registry?.remove(connectionID)
+        shared.release(&admission)
+        shared.registry?.remove(described.id)
         log(.debug, "client disconnected")
     }
 }

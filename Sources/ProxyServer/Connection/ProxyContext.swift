@@ -71,9 +71,68 @@ final class ProxyContext: Sendable {
         configuration.maxConnectionsPerAddress > 0 || configuration.maxUnauthenticatedConnectionsPerAddress > 0
     }
 
+    /// A client connection counted towards the limits: what is uncounted when it logs in and
+    /// when it ends.
+    struct Admission {
+        /// The address it counts for (nil: not counted per address).
+        var address: String?
+        /// It still counts as not logged in.
+        var unauthenticated = false
+    }
+
+    /// Whether a new client may be served (`active`: connections open, itself included; `address`:
+    /// its IP address): its admission, or why it is refused (--max-connections and the
+    /// per-address limits), nothing counted then.
+    func admit(active: Int, address: String?) -> Result<Admission, Refusal> {
+        let limit = configuration.maxConnections
+        if limit > 0 && active > limit {
+            return .failure(Refusal(reason: "\(active - 1) clients are connected, --max-connections is \(limit)"))
+        }
+        guard countsPerAddress, let address else { return .success(Admission()) }
+        if let refusal = admit(address: address) { return .failure(Refusal(reason: refusal)) }
+        return .success(Admission(address: address, unauthenticated: true))
+    }
+
+    struct Refusal: Error {
+        var reason: String
+    }
+
+    /// The connection logged in: it no longer counts towards its address's limit of connections
+    /// that have not.
+    func loggedIn(_ admission: inout Admission) {
+        guard admission.unauthenticated, let address = admission.address else { return }
+        admission.unauthenticated = false
+        loggedIn(address: address)
+    }
+
+    /// The connection ended.
+    func release(_ admission: inout Admission) {
+        guard let address = admission.address else { return }
+        release(address: address, loggedIn: !admission.unauthenticated)
+        admission = Admission()
+    }
+
+    /// What a connection's machine is told about it (`hooks`: what its script defines).
+    func machineConfiguration(for channel: Channel, hooks: ScriptHooks) -> ConnectionMachine.Configuration {
+        var c = ConnectionMachine.Configuration()
+        c.compression = configuration.compression
+        c.maximumPacketLength = configuration.maxAssembledPacketSize
+        c.resultsetBufferLimit = configuration.resultsetBufferLimit
+        c.recording = recording
+        c.hooks = hooks
+        guard let tls else { return c }
+        c.tls.offer = tls.forClients == nil ? .never : (offersTLSAlways ? .always : tls.client.offer)
+        c.tls.requireSecureTransport = tls.client.requireSecureTransport
+        c.tls.backend = tls.backendProblem == nil ? tls.backend.mode : .off
+        c.tls.pinnedServerKey = tls.backend.serverPublicKeyPEM
+        c.tls.trustUnverifiedBackends = tls.backend.trustUnverifiedWithPasswords
+        if case .unixDomainSocket = channel.localAddress { c.tls.localSocket = true }
+        return c
+    }
+
     /// Counts a new client connection from `address`, not logged in yet: why it is refused
     /// instead (and nothing counted) when that address is at one of its limits.
-    func admit(address: String) -> String? {
+    private func admit(address: String) -> String? {
         let all = configuration.maxConnectionsPerAddress
         let unauthenticated = configuration.maxUnauthenticatedConnectionsPerAddress
         return perAddress.withLockedValue { counts in
@@ -91,8 +150,7 @@ final class ProxyContext: Sendable {
         }
     }
 
-    /// A connection from `address` that `admit` counted has finished logging in.
-    func loggedIn(address: String) {
+    private func loggedIn(address: String) {
         perAddress.withLockedValue { counts in
             guard var n = counts[address] else { return }
             n.unauthenticated = max(0, n.unauthenticated - 1)
@@ -100,8 +158,7 @@ final class ProxyContext: Sendable {
         }
     }
 
-    /// A connection `admit` counted has ended (`loggedIn`: after `loggedIn(address:)` was called).
-    func release(address: String, loggedIn: Bool) {
+    private func release(address: String, loggedIn: Bool) {
         perAddress.withLockedValue { counts in
             guard var n = counts[address] else { return }
             n.all -= 1

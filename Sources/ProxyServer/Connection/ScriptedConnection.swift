@@ -70,6 +70,10 @@ final class ScriptedConnection: ScriptConnectionHost {
 
     var hooks: ScriptHooks { script?.hooks ?? [] }
 
+    /// MySQL Proxy's words when a connection's script cannot start, sent instead of a greeting.
+    static let loadFailed = ERRPacket(code: 1105, sqlState: "07000", message: "MySQL Proxy Lua script failed to load. Check the error log.")
+    static let executeFailed = ERRPacket(code: 1105, sqlState: "07000", message: "MySQL Proxy Lua script failed to execute. Check the error log.")
+
     // MARK: running hooks
 
     /// Runs the hook the machine asked for; the handler carries out what it left here.

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Logging
 import NIOCore
+import NIOPosix
 
 /// Keeps a listener sane at the descriptor limit. Without it an `accept` that fails with EMFILE
 /// is retried at once, forever (the pending connection stays readable): a busy loop, while the
@@ -40,6 +41,15 @@ final class AcceptGuard: ChannelDuplexHandler, RemovableChannelHandler {
     static func isExhaustion(_ error: Error) -> Bool {
         guard let io = error as? IOError else { return false }
         return [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(io.errnoCode)
+    }
+
+    /// A connect that failed for want of the proxy's own resources (NIO reports the errors of
+    /// each address it tried inside one error).
+    static func isExhaustion(connectError error: Error) -> Bool {
+        if isExhaustion(error) { return true }
+        guard let connection = error as? NIOConnectionError else { return false }
+        return connection.connectionErrors.contains { isExhaustion($0.error) }
+            || [connection.dnsAAAAError, connection.dnsAError].contains { $0.map { isExhaustion($0) } ?? false }
     }
 
     func read(context: ChannelHandlerContext) {
