@@ -38,6 +38,13 @@ extension ConnectionMachine {
         case startCompression(client: ProtocolCompression?, backend: ProtocolCompression?, early: ByteBuffer?)
         /// Close the server connection, not the client's (the script answered in its place).
         case dropBackend
+        /// The server connected to answered with its greeting (or an ERR in its place): it is up.
+        case backendGreeted
+        /// The client's first login went through: the session is open.
+        case loginSucceeded
+        /// Read from the client, or stop reading (a graceful shutdown takes no new command;
+        /// scripted commands pile up; a hook runs). Reads go on at first.
+        case readFromClient(Bool)
         /// Run a hook of the script; the handler answers with `hookReturned(_:)`.
         case runHook(HookCall)
         /// A line for the connection's log.
@@ -81,8 +88,8 @@ extension ConnectionMachine {
             case readAuthResult(packet: ByteBuffer)
             /// A client's command, whole.
             case readQuery(packet: ByteBuffer)
-            /// An injected query's result.
-            case readQueryResult(InjectionOutcome)
+            /// An injected query's result (out of line: it is large, and most hooks are not this one).
+            indirect case readQueryResult(InjectionOutcome)
         }
 
         public var hook: Hook

@@ -93,7 +93,7 @@ extension ConnectionMachine {
                 afterLogin: scripted ? .exchange(Exchange(hasServer: true, maximumPacketLength: max)) : .relay,
                 clientCollector: PacketCollector(maximumPacketLength: max), serverCollector: PacketCollector(maximumPacketLength: max)))
         } else if scripted {
-            state = .exchanging(Exchange(hasServer: true, maximumPacketLength: configuration.maximumPacketLength))
+            state = .exchanging(ExchangeBox(Exchange(hasServer: true, maximumPacketLength: configuration.maximumPacketLength)))
         } else {
             if hooks.isEmpty {
                 // nobody reads them again: a connection without a script keeps little

@@ -19,86 +19,49 @@ import NIOCore
 /// for in its `step`, queues `.runHook` behind what it has to send, and stops; `hookReturned`
 /// applies the answer and carries on with what was left (queued commands, bytes already read).
 extension ConnectionMachine {
-    /// The exchange's state lives out of line, in the buffer of a one-element array (copied on
-    /// write, as any array): a connection that never runs a script (most) carries 8 bytes for it
-    /// rather than the 600 of its collectors and the command in flight, and an exchange is changed
-    /// in place (the state holds no other reference while `.modifying`), so no event allocates.
+    /// The exchange, held by the state out of line (see `ExchangeBox`).
     struct Exchange {
-        struct Fields {
-            var hasServer: Bool
-            var step = Step.idle
-            var queue: [PacketCollector.Collected] = []
-            var clientCollector: PacketCollector
-            var serverCollector: PacketCollector
-            var scriptedUpload = false
-            var commandsStarted = false
-            var draining = false
-            var injections: [Injection] = []
-            var closeRequested = false
-        }
-
-        private var storage: [Fields]
-
-        private var fields: Fields {
-            _read { yield storage[0] }
-            _modify { yield &storage[0] }
-        }
-
         /// A server connection is attached: not in a mock server, nor after the script gave it
         /// to the pool.
-        var hasServer: Bool {
-            get { fields.hasServer }
-            _modify { yield &fields.hasServer }
-        }
-        var step: Step {
-            get { fields.step }
-            _modify { yield &fields.step }
-        }
+        var hasServer: Bool
+        var step = Step.idle
         /// Commands the client sent while an earlier one was handled.
-        var queue: [PacketCollector.Collected] {
-            get { fields.queue }
-            _modify { yield &fields.queue }
-        }
-        var clientCollector: PacketCollector {
-            get { fields.clientCollector }
-            _modify { yield &fields.clientCollector }
-        }
-        var serverCollector: PacketCollector {
-            get { fields.serverCollector }
-            _modify { yield &fields.serverCollector }
-        }
+        var queue: [PacketCollector.Collected] = []
+        var clientCollector: PacketCollector
+        var serverCollector: PacketCollector
         /// The script answered a statement with a LOCAL INFILE request: the client's packets are
         /// its file, up to an empty one.
-        var scriptedUpload: Bool {
-            get { fields.scriptedUpload }
-            _modify { yield &fields.scriptedUpload }
-        }
+        var scriptedUpload = false
         /// A command went to the script: the login is over, whatever COM_CHANGE_USER runs now.
-        var commandsStarted: Bool {
-            get { fields.commandsStarted }
-            _modify { yield &fields.commandsStarted }
-        }
+        var commandsStarted = false
         /// A shutdown waits for the running command.
-        var draining: Bool {
-            get { fields.draining }
-            _modify { yield &fields.draining }
-        }
+        var draining = false
         /// `proxy.queries` between hooks: what is left to inject for the current command.
-        var injections: [Injection] {
-            get { fields.injections }
-            _modify { yield &fields.injections }
-        }
+        var injections: [Injection] = []
+        /// The injected query whose response is coming, and what is known of that response so
+        /// far; nil while the client's own command runs. In `readQueryResultHook`, the result
+        /// `read_query_result` decides on.
+        var injected: InjectionOutcome?
+        /// The last response of the command that runs (for its record).
+        var lastEnd: ResponseTracker.ResponseEnd?
         /// The script set `proxy.connection.connection_close`: the connection ends after the command.
-        var closeRequested: Bool {
-            get { fields.closeRequested }
-            _modify { yield &fields.closeRequested }
-        }
+        var closeRequested = false
 
         static let maximumQueuedCommands = 64
 
+        /// The step, leaving `.idle` in its place: its command is moved out, not copied, to be
+        /// changed and put back.
+        @inline(__always)
+        mutating func takeStep() -> Step {
+            var taken = Step.idle
+            swap(&taken, &step)
+            return taken
+        }
+
         init(hasServer: Bool, maximumPacketLength: Int) {
-            storage = [Fields(hasServer: hasServer, clientCollector: PacketCollector(maximumPacketLength: maximumPacketLength),
-                              serverCollector: PacketCollector(maximumPacketLength: maximumPacketLength))]
+            self.hasServer = hasServer
+            clientCollector = PacketCollector(maximumPacketLength: maximumPacketLength)
+            serverCollector = PacketCollector(maximumPacketLength: maximumPacketLength)
         }
 
         enum Step {
@@ -112,7 +75,7 @@ extension ConnectionMachine {
             /// The command runs: the client's own on the server, or the injections.
             case running(Command)
             /// `read_query_result` runs for an injection's result.
-            case readQueryResultHook(Command, InjectionOutcome)
+            case readQueryResultHook(Command)
 
             var isActive: Bool {
                 if case .idle = self { return false }
@@ -126,12 +89,41 @@ extension ConnectionMachine {
                 }
             }
 
+            /// The running command's response is collected (kept or renumbered), not streamed.
+            var collects: Bool {
+                if case .running(let command) = self { return command.collect != nil }
+                return false
+            }
+
+            /// The running command's sequence-id shift (0 when none runs).
+            var shift: UInt8 {
+                if case .running(let command) = self { return command.shift }
+                return 0
+            }
+
             var command: Command? {
                 switch self {
                 case .idle: return nil
-                case .readQueryHook(let c), .uploadHook(let c, _), .running(let c), .readQueryResultHook(let c, _): return c
+                case .readQueryHook(let c), .uploadHook(let c, _), .running(let c), .readQueryResultHook(let c): return c
                 }
             }
+        }
+    }
+
+    /// The exchange as the state holds it: in the buffer of a one-element array (copied on
+    /// write, as any array), so that a connection that never runs a script (most) carries 8
+    /// bytes for it rather than the 500 of its collectors and the command in flight. An entry
+    /// point takes the box out of the state (which is `.modifying` meanwhile, so the box's
+    /// buffer has one owner), works on `exchange` in place, and puts it back: no event allocates.
+    struct ExchangeBox {
+        var buffer: [Exchange]
+
+        init(_ exchange: Exchange) { buffer = [exchange] }
+
+        /// Reads the exchange where it is, without a copy of it.
+        @inline(__always)
+        func read<R>(_ body: (borrowing Exchange) -> R) -> R {
+            buffer.withUnsafeBufferPointer { body($0[0]) }
         }
     }
 
@@ -149,12 +141,12 @@ extension ConnectionMachine {
         var clientSequence: UInt8
         /// The client's command packet.
         var packet: ByteBuffer
+        /// The packet as it came, framed (a single-frame packet read whole): sent on as it is.
+        var raw: ByteBuffer?
         /// COM_INIT_DB's database, to update the session when it succeeds.
         var database: String?
         /// COM_CHANGE_USER's user and database, likewise.
         var changeUser: ChangeUserRequest?
-        /// The injection whose response is coming; nil while the client's own command runs.
-        var injection: InjectionOutcome?
         /// How the current response is handled; nil streams it through the frame scanner.
         var collect: Collect?
         /// Responses sent to the client for this command (MySQL Proxy's `sent_resultset`).
@@ -170,8 +162,6 @@ extension ConnectionMachine {
         /// The current injection asked for no buffering, but another such one follows it: its
         /// result is kept for `read_query_result` and never goes to the client.
         var autoBuffered = false
-        /// The last response of the exchange that ended (for the command's record).
-        var lastEnd: ResponseTracker.ResponseEnd?
 
         /// Whether an ERR can still stand in for the rest of this command's response.
         var clientMayTakeError: Bool { collect != .buffer || sent == 0 }
@@ -187,45 +177,45 @@ extension ConnectionMachine {
 
     /// Bytes from the client while the exchange runs.
     mutating func feedExchangeClient(_ chunk: ByteBuffer) {
-        guard case .exchanging(var exchange) = state else { return }
+        guard case .exchanging(var box) = state else { return }
         state = .modifying
         var out = Output()
-        if exchange.step.isHook {
-            exchange.clientCollector.append(chunk)  // taken once the hook has returned
+        if box.read({ $0.step.isHook }) {
+            box.buffer[0].clientCollector.append(chunk)  // taken once the hook has returned
         } else {
-            _ = exchangeClientChunk(&exchange, chunk, &out)
+            _ = exchangeClientChunk(&box.buffer[0], chunk, &out)
         }
-        store(exchange, out)
+        store(box, out)
     }
 
     /// Bytes from the server while the exchange runs.
     mutating func feedExchangeServer(_ chunk: ByteBuffer) {
-        guard case .exchanging(var exchange) = state else { return }
+        guard case .exchanging(var box) = state else { return }
         state = .modifying
         var out = Output(duringServerRead: true)
-        _ = exchangeServerChunk(&exchange, chunk, &out)
-        store(exchange, out)
+        _ = exchangeServerChunk(&box.buffer[0], chunk, &out)
+        store(box, out)
     }
 
     /// Carries on where the exchange stopped: after the login's verdict, after a hook.
     mutating func resumeExchange(_ exchange: Exchange) {
-        var exchange = exchange
+        var box = ExchangeBox(exchange)
         state = .modifying
         var out = Output()
-        _ = carryOn(&exchange, &out)
-        store(exchange, out)
+        _ = carryOn(&box.buffer[0], &out)
+        store(box, out)
     }
 
     /// Puts the exchange back (unless the connection ended meanwhile) and queues what it made.
-    mutating func store(_ exchange: Exchange, _ out: Output) {
+    mutating func store(_ box: consuming ExchangeBox, _ out: consuming Output) {
         emit(out)
-        if case .modifying = state { state = .exchanging(exchange) }
+        if case .modifying = state { state = .exchanging(box) }
     }
 
     /// What waited: the server's bytes of a response being collected, the queued commands, the
     /// client's packets read but not taken yet.
     mutating func carryOn(_ exchange: inout Exchange, _ out: inout Output) -> Flow {
-        if case .running(let command) = exchange.step, command.collect != nil, !exchange.serverCollector.isEmpty {
+        if exchange.step.collects, !exchange.serverCollector.isEmpty {
             guard collectResponse(&exchange, nil, &out) == .proceed else { return .halt }
         }
         guard drainQueue(&exchange, &out) == .proceed else { return .halt }
@@ -241,12 +231,14 @@ extension ConnectionMachine {
 
     /// Queues what was made so far (before a log line, a hook, the close).
     mutating func flush(_ out: inout Output) {
-        emit(out)
-        out = Output(duringServerRead: out.duringServerRead)
+        guard !out.isEmpty else { return }
+        var made = Output(duringServerRead: out.duringServerRead)
+        swap(&made, &out)
+        emit(made)
     }
 
     /// Halts with what was made so far, then `action`.
-    mutating func halt(_ action: Action, _ out: inout Output) -> Flow {
+    mutating func halt(_ action: consuming Action, _ out: inout Output) -> Flow {
         flush(&out)
         emit(action)
         return .halt
@@ -362,9 +354,9 @@ extension ConnectionMachine {
             } catch {
                 return clientPacketFailed(&exchange, error, &out)
             }
-            if case .running(let command) = exchange.step, command.shift != 0 {
+            if case let shift = exchange.step.shift, shift != 0 {
                 // an injection's upload: the server counts from the injection's sequence ids
-                out.backend(Self.framed(c.packet, sequenceID: c.packet.sequenceID &- command.shift))
+                out.backend(Self.framed(c.packet, sequenceID: c.packet.sequenceID &- shift))
             } else {
                 out.backend(c.raw ?? Self.framed(c.packet))
             }
@@ -407,7 +399,7 @@ extension ConnectionMachine {
         guard let byte = payload.getInteger(at: payload.readerIndex, as: UInt8.self) else {
             return clientPacketFailed(&exchange, .invalid("empty command packet"), &out)
         }
-        var command = Command(code: CommandCode(byte), clientSequence: lastSequence, packet: payload)
+        var command = Command(code: CommandCode(byte), clientSequence: lastSequence, packet: payload, raw: c.raw)
         exchange.commandsStarted = true
         recordCommandStarted(command.code, expectsResponse: true, payload: payload)
         nextSequenceToClient = lastSequence &+ 1
@@ -416,7 +408,9 @@ extension ConnectionMachine {
         } else if command.code == .changeUser {
             command.changeUser = try? ChangeUserRequest(parsing: payload, capabilities: session.capabilities.isEmpty ? [.protocol41, .secureConnection] : session.capabilities)
         }
-        exchange.injections = []
+        if !exchange.injections.isEmpty { exchange.injections = [] }
+        if exchange.injected != nil { exchange.injected = nil }
+        exchange.lastEnd = nil
         if configuration.hooks.contains(.readQuery) {
             exchange.step = .readQueryHook(command)
             return halt(.runHook(hookCall(.readQuery(packet: payload), loggedIn: true,
@@ -426,11 +420,11 @@ extension ConnectionMachine {
     }
 
     /// `read_query` has spoken (or there is none).
-    mutating func commandDecided(_ exchange: inout Exchange, _ command: Command, _ decision: HookDecision, _ out: inout Output) -> Flow {
-        var command = command
+    mutating func commandDecided(_ exchange: inout Exchange, _ command: consuming Command, _ decision: HookDecision, _ out: inout Output) -> Flow {
+        var command = consume command
         switch decision {
         case .sendResult(let response):
-            answerCommand(&command, with: response, &out)
+            answerCommand(&exchange, &command, with: response, &out)
             if command.code == .quit {
                 // The client quits all the same and waits for the close, as a server gives it
                 // (mysqltest's disconnect reads until then). The server connection stays: a
@@ -455,8 +449,8 @@ extension ConnectionMachine {
     }
 
     /// The client's command goes to the server unchanged, and its response streams back.
-    mutating func forwardOriginal(_ exchange: inout Exchange, _ command: Command, _ out: inout Output) -> Flow {
-        var command = command
+    mutating func forwardOriginal(_ exchange: inout Exchange, _ command: consuming Command, _ out: inout Output) -> Flow {
+        var command = consume command
         guard exchange.hasServer else { return noServer(&exchange, command, &out) }
         let start = PacketCollector.start(of: MySQLFrame(sequenceID: command.clientSequence &- UInt8(truncatingIfNeeded: command.packet.readableBytes / PacketHeader.maxPayloadLength),
                                                          payload: command.packet),
@@ -467,23 +461,28 @@ extension ConnectionMachine {
         } catch {
             return clientPacketFailed(&exchange, error, &out)
         }
-        var framed = ByteBuffer()
-        var seq = start.header.sequenceID
-        framed.writeMySQLPacket(command.packet, sequenceID: &seq)
-        out.backend(framed)
-        command.injection = nil
+        if let raw = command.raw {
+            out.backend(raw)
+        } else {
+            var framed = ByteBuffer()
+            framed.reserveCapacity(command.packet.readableBytes + PacketHeader.size * (1 + command.packet.readableBytes / PacketHeader.maxPayloadLength))
+            var seq = start.header.sequenceID
+            framed.writeMySQLPacket(command.packet, sequenceID: &seq)
+            out.backend(framed)
+        }
+        if exchange.injected != nil { exchange.injected = nil }
         command.collect = nil
         command.sent = 1
         if case .command(_, .none) = kind {
             return finishCommand(&exchange, command, &out)
         }
-        exchange.step = .running(command)
+        exchange.step = .running(consume command)
         return .proceed
     }
 
     /// Neither the script nor a server can answer.
-    mutating func noServer(_ exchange: inout Exchange, _ command: Command, _ out: inout Output) -> Flow {
-        var command = command
+    mutating func noServer(_ exchange: inout Exchange, _ command: consuming Command, _ out: inout Output) -> Flow {
+        var command = consume command
         command.sent = 1
         if command.code == .quit {
             return finishCommand(&exchange, command, &out, closing: ("the client quit", .debug))

@@ -9,7 +9,7 @@ extension ConnectionMachine {
     mutating func exchangeServerChunk(_ exchange: inout Exchange, _ chunk: ByteBuffer, _ out: inout Output) -> Flow {
         recordResponseBytes(chunk.readableBytes)
         guard exchange.hasServer else { return .proceed }  // a server swapped out while its bytes were on the way
-        if case .running(let command) = exchange.step, command.collect != nil {
+        if exchange.step.collects {
             return collectResponse(&exchange, chunk, &out)
         }
         if exchange.step.isHook {
@@ -24,7 +24,14 @@ extension ConnectionMachine {
         var failure: (FrameScanner.PacketStart, offset: Int, WireError)?
         var refusedAt: (FrameScanner.PacketStart, offset: Int)?
         var ended: ResponseTracker.ResponseEnd?
-        var command = exchange.step.command
+        // the running command, moved out of the step while its response is read (put back below)
+        var command: Command?
+        if case .running = exchange.step {
+            switch exchange.takeStep() {
+            case .running(let running): command = running
+            default: break
+            }
+        }
         fromServer.scanPacketStarts(chunk) { packet, offset in
             do throws(WireError) {
                 let kind = try tracker.serverPacketStarted(packet)
@@ -33,7 +40,7 @@ extension ConnectionMachine {
                     return false
                 }
                 if command?.firstByte == nil && kind != .progress { command?.firstByte = packet.firstByte ?? 0 }
-                if kind == .row, command?.injection != nil { command?.injection?.bytes += Self.rowBytes(packet.header.payloadLength) }
+                if kind == .row, exchange.injected != nil { exchange.injected?.bytes += Self.rowBytes(packet.header.payloadLength) }
                 if case .endOfResponse(let end) = kind, ended == nil {
                     ended = end
                 }
@@ -43,18 +50,19 @@ extension ConnectionMachine {
                 return false
             }
         }
+        if failure != nil || refusedAt != nil, let command { exchange.step = .running(command) }
         if let (packet, offset, error) = failure {
             return halt(serverPacketMalformed(chunk, at: offset, packet, error), &out)
         }
         if let (packet, offset) = refusedAt { return halt(localInfileRefused(chunk, at: offset, packet), &out) }
         nextSequenceToClient = fromServer.lastSequenceID &+ 1
-        if command?.injection?.firstPacketAt == 0 { command?.injection?.firstPacketAt = now / 1000 }
+        if exchange.injected?.firstPacketAt == 0 { exchange.injected?.firstPacketAt = now / 1000 }
         out.client(chunk)
         // no command: the login's verdict (commands sent behind it start now), or a server that
         // talks out of turn
         guard var running = command else { return drainQueue(&exchange, &out) }
         guard let end = ended else {
-            exchange.step = .running(running)
+            exchange.step = .running(consume running)
             return .proceed
         }
         guard responseEnded(&exchange, &running, end, &out) == .proceed else { return .halt }
@@ -75,9 +83,9 @@ extension ConnectionMachine {
                 let kind = try tracker.serverPacketStarted(c.start)
                 if command.firstByte == nil && kind != .progress {
                     command.firstByte = payload.getInteger(at: payload.readerIndex, as: UInt8.self) ?? 0
-                    command.injection?.firstPacketAt = now / 1000
+                    exchange.injected?.firstPacketAt = now / 1000
                 }
-                if kind == .row { command.injection?.bytes += Self.rowBytes(payload.readableBytes) }
+                if kind == .row { exchange.injected?.bytes += Self.rowBytes(payload.readableBytes) }
                 exchange.step = .running(command)
                 if case .progress = kind {
                     // MariaDB's progress report: the client may see it, a buffered result does not keep it
@@ -96,7 +104,7 @@ extension ConnectionMachine {
                     return halt(refuse(.localInfileRefused("the server asked for a local file in answer to a statement that loads none (MoonProxy)"),
                                        sequenceID: nextSequenceToClient, before: out.toClient.take(), reason: reason), &out)
                 }
-                if kind == .localInfileRequest || kind == .authenticationStep, let injection = command.injection,
+                if kind == .localInfileRequest || kind == .authenticationStep, let injection = exchange.injected,
                    collect == .shift || (command.sent == 0 && injection.injection.packet == command.packet),
                    kind == .authenticationStep ? injection.injection.command == .changeUser : (command.code == .query && !command.uploadRelayed) {
                     // The statement whose result the client gets, or the client's own one whose
@@ -113,7 +121,7 @@ extension ConnectionMachine {
                 if case .localInfileRequest = kind {
                     // The client knows nothing of this query and has no file for it: send none.
                     flush(&out)
-                    emit(.log(.warning, "injected query \(command.injection?.injection.id ?? 0) asks for a LOCAL INFILE upload; it gets an empty file"))
+                    emit(.log(.warning, "injected query \(exchange.injected?.injection.id ?? 0) asks for a LOCAL INFILE upload; it gets an empty file"))
                     var seq = c.packet.sequenceID &+ 1
                     let start = FrameScanner.PacketStart(header: PacketHeader(payloadLength: 0, sequenceID: seq), prefix: PacketPrefix())
                     var empty = ByteBuffer()
@@ -124,13 +132,13 @@ extension ConnectionMachine {
                 }
                 switch collect {
                 case .buffer:
-                    if !command.overflowed, command.injection != nil {
+                    if !command.overflowed, exchange.injected != nil {
                         command.bufferedBytes += payload.readableBytes
                         if command.bufferedBytes > configuration.resultsetBufferLimit {
                             command.overflowed = true
-                            command.injection?.packets.removeAll()
+                            exchange.injected?.packets.removeAll()
                         } else {
-                            command.injection?.packets.append(payload)
+                            exchange.injected?.packets.append(payload)
                         }
                     }
                 case .shift:
@@ -167,8 +175,8 @@ extension ConnectionMachine {
     /// `read_query_result`, and the next injection (if any) is sent.
     mutating func responseEnded(_ exchange: inout Exchange, _ command: inout Command, _ end: ResponseTracker.ResponseEnd,
                                 _ out: inout Output) -> Flow {
-        command.lastEnd = end
-        guard var result = command.injection else {
+        exchange.lastEnd = end
+        guard var result = exchange.injected.take() else {
             if end.kind == .ok, command.code == .initDB, let name = command.database {
                 session.database = name
                 session.serverDatabase = name
@@ -181,7 +189,6 @@ extension ConnectionMachine {
             return finishCommand(&exchange, command, &out)
         }
         let collect = command.collect
-        command.injection = nil
         command.collect = nil
         result.lastPacketAt = now / 1000
         if result.firstPacketAt == 0 { result.firstPacketAt = result.lastPacketAt }
@@ -226,7 +233,8 @@ extension ConnectionMachine {
             return sendNextInjection(&exchange, command, &out)
         }
         if configuration.hooks.contains(.readQueryResult) {
-            exchange.step = .readQueryResultHook(command, result)
+            exchange.step = .readQueryResultHook(command)
+            exchange.injected = result
             return halt(.runHook(hookCall(.readQueryResult(result), loggedIn: true,
                                           serverIdle: exchange.hasServer && !tracker.isAwaitingResponse, status: tracker.status,
                                           queries: exchange.injections)), &out)
@@ -235,9 +243,9 @@ extension ConnectionMachine {
     }
 
     /// `read_query_result` has spoken (or there is none): what the client gets of the result.
-    mutating func resultDecided(_ exchange: inout Exchange, _ command: Command, _ result: InjectionOutcome, _ decision: HookDecision,
+    mutating func resultDecided(_ exchange: inout Exchange, _ command: consuming Command, _ result: InjectionOutcome, _ decision: HookDecision,
                                 _ out: inout Output) -> Flow {
-        var command = command
+        var command = consume command
         if !result.buffered {
             if decision != .noDecision {
                 flush(&out)
@@ -247,7 +255,7 @@ extension ConnectionMachine {
             switch decision {
             case .sendResult(let response):
                 if command.sent == 0 {
-                    answerCommand(&command, with: response, &out)
+                    answerCommand(&exchange, &command, with: response, &out)
                     if Self.asksForFile(command.code, response) { exchange.scriptedUpload = true }
                 } else {
                     flush(&out)
@@ -280,30 +288,35 @@ extension ConnectionMachine {
     // MARK: - hooks answered
 
     mutating func exchangeHookReturned(_ result: HookResult) {
-        guard case .exchanging(var exchange) = state else { return }
+        guard case .exchanging(var box) = state else { return }
         state = .modifying
+        exchangeHookReturned(&box.buffer[0], result)
+        store(box, Output())
+    }
+
+    mutating func exchangeHookReturned(_ exchange: inout Exchange, _ result: HookResult) {
         var out = Output()
         if result.closeRequested { exchange.closeRequested = true }
         if let change = result.serverChange { applyServerChange(change, to: &exchange) }
         exchange.injections = result.queries
         let flow: Flow
-        switch exchange.step {
+        switch exchange.takeStep() {
         case .readQueryHook(let command):
-            exchange.step = .idle
             flow = commandDecided(&exchange, command, result.decision, &out)
         case .uploadHook(let command, let last):
-            exchange.step = .idle
             flow = uploadPacketDecided(&exchange, command, last: last, result.decision, &out)
-        case .readQueryResultHook(let command, let outcome):
+        case .readQueryResultHook(let command):
+            let outcome = exchange.injected.take()!
             exchange.step = .running(command)
             flow = resultDecided(&exchange, command, outcome, result.decision, &out)
-        case .idle, .running:
+        case let step:
+            exchange.step = step  // no hook was waiting
             flow = .proceed
         }
         if flow == .proceed, !isClosed {
             _ = carryOn(&exchange, &out)
         }
-        store(exchange, out)
+        emit(out)
     }
 
     /// The script swapped the server connection during a hook: the server side starts afresh.

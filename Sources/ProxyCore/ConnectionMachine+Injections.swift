@@ -7,12 +7,12 @@ import NIOCore
 /// one response.
 extension ConnectionMachine {
     /// `proxy.response` answers the command.
-    mutating func answerCommand(_ command: inout Command, with response: ScriptResponse, _ out: inout Output) {
+    mutating func answerCommand(_ exchange: inout Exchange, _ command: inout Command, with response: ScriptResponse, _ out: inout Output) {
         command.sent += 1
         if configuration.recording != .off && !openRecords.isEmpty {
             // what the client got is the script's answer, not what a server said before it
             openRecords[0].answeredByScript = true
-            command.lastEnd = nil
+            exchange.lastEnd = nil
             switch response {
             case .ok(let affectedRows, _, _, _, _): openRecords[0].affectedRows = affectedRows
             case .error(let code, _, _): openRecords[0].errorCode = code
@@ -63,8 +63,8 @@ extension ConnectionMachine {
         return uploadPacketDecided(&exchange, command, last: last, .noDecision, &out)
     }
 
-    mutating func uploadPacketDecided(_ exchange: inout Exchange, _ command: Command, last: Bool, _ decision: HookDecision, _ out: inout Output) -> Flow {
-        var command = command
+    mutating func uploadPacketDecided(_ exchange: inout Exchange, _ command: consuming Command, last: Bool, _ decision: HookDecision, _ out: inout Output) -> Flow {
+        var command = consume command
         if !exchange.injections.isEmpty {
             flush(&out)
             emit(.log(.error, "proxy.queries:append() while the client uploads a file the script asked for; \(exchange.injections.count) queued queries dropped"))
@@ -75,7 +75,7 @@ extension ConnectionMachine {
             return .proceed
         }
         if case .sendResult(let response) = decision {
-            answerCommand(&command, with: response, &out)
+            answerCommand(&exchange, &command, with: response, &out)
         } else {
             flush(&out)
             emit(.log(.error, "the script asked for a LOCAL INFILE upload and did not answer its end (the empty packet) with proxy.response"))
@@ -88,8 +88,8 @@ extension ConnectionMachine {
     }
 
     /// Sends the first query of `proxy.queries` to the server, or ends the command when none is left.
-    mutating func sendNextInjection(_ exchange: inout Exchange, _ command: Command, _ out: inout Output) -> Flow {
-        var command = command
+    mutating func sendNextInjection(_ exchange: inout Exchange, _ command: consuming Command, _ out: inout Output) -> Flow {
+        var command = consume command
         while let injection = exchange.injections.first {
             guard exchange.hasServer else {
                 flush(&out)
@@ -136,7 +136,7 @@ extension ConnectionMachine {
             // buffered for the script instead.
             let buffer = injection.resultsetIsNeeded || exchange.injections.dropFirst().contains { !$0.resultsetIsNeeded }
             command.autoBuffered = buffer && !injection.resultsetIsNeeded
-            command.injection = InjectionOutcome(injection: injection, buffered: buffer,
+            exchange.injected = InjectionOutcome(injection: injection, buffered: buffer,
                                                  capabilities: session.capabilities.isEmpty ? [.protocol41] : session.capabilities)
             command.firstByte = nil
             command.bufferedBytes = 0
@@ -161,7 +161,7 @@ extension ConnectionMachine {
                                 closing: (reason: String, level: Severity)? = nil) -> Flow {
         if configuration.recording != .off && !openRecords.isEmpty {
             if !exchange.hasServer { openRecords[0].answeredByScript = true }
-            recordResponseEnded(command.lastEnd)
+            recordResponseEnded(exchange.lastEnd)
         }
         if command.sent == 0 && closing == nil && ResponseShape(command: command.code) != .none {
             flush(&out)

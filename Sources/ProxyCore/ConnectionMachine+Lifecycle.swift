@@ -11,6 +11,11 @@ extension ConnectionMachine {
     /// The hook the machine asked for has run; `result` says what the script decided and what
     /// the handler changed because of it.
     public mutating func hookReturned(_ result: HookResult) -> Action {
+        if phase == .exchanging {
+            // not inside `switch state`, which would hold a second reference to the exchange
+            exchangeHookReturned(result)
+            return nextAction()
+        }
         switch state {
         case .connectServerHook:
             connectServerReturned(result)
@@ -20,8 +25,6 @@ extension ConnectionMachine {
             proceedWithLogin(handshake, plan, decision: result.decision, queries: result.queries)
         case .readAuthResultHook(let auth, let verdict):
             readAuthResultReturned(auth, verdict, result)
-        case .exchanging:
-            exchangeHookReturned(result)
         default:
             break
         }
@@ -44,7 +47,9 @@ extension ConnectionMachine {
         } else {
             noteClose(loginEnded && inSession ? .clientNetwork : .clientHandshake)
         }
-        return close(reason: wasAwaiting ? "client went away while a response was pending" : nil, level: .info)
+        // mid-response, the server must see the client go as it would directly: by the
+        // connection's end (.abort), not by a TLS close_notify it reads only later
+        return close(wasAwaiting ? .abort : .afterFlush, reason: wasAwaiting ? "client went away while a response was pending" : nil, level: .info)
     }
 
     /// The server closed its connection. The client gets what the server sent and then the close,
@@ -54,7 +59,7 @@ extension ConnectionMachine {
         switch state {
         case .initialized, .closed, .connectServerHook, .connecting:
             return .none
-        case .exchanging(let exchange) where !exchange.hasServer:
+        case .exchanging(let box) where !box.buffer[0].hasServer:
             return .none  // not this session's server any more
         default:
             break
@@ -85,15 +90,16 @@ extension ConnectionMachine {
             }
             state = .relaying(draining: true)
             return .none
-        case .exchanging(var exchange):
-            if !isAwaitingResponse && fromClient.isAtPacketBoundary && exchange.clientCollector.isEmpty {
+        case .exchanging(var box):
+            if !isAwaitingResponse && fromClient.isAtPacketBoundary && box.buffer[0].clientCollector.isEmpty {
                 return close(reason: "shutting down", level: .info)
             }
-            if tracker.isStreaming && !exchange.step.isActive {
+            if tracker.isStreaming && !box.buffer[0].step.isActive {
                 return close(reason: "shutting down (a replication stream was running)", level: .info)
             }
-            exchange.draining = true
-            state = .exchanging(exchange)
+            state = .modifying
+            box.buffer[0].draining = true
+            state = .exchanging(box)
             return .none
         case .closed:
             return .none
@@ -115,7 +121,8 @@ extension ConnectionMachine {
         var exchanging = false
         var mayTakeError = true
         var collectorEmpty = true
-        if case .exchanging(let exchange) = state {
+        if case .exchanging(let box) = state {
+            let exchange = box.buffer[0]
             guard exchange.hasServer else { return .none }
             exchanging = true
             mayTakeError = exchange.step.command?.clientMayTakeError ?? true

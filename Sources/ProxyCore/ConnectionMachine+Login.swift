@@ -167,6 +167,13 @@ extension ConnectionMachine {
     // MARK: - the greeting
 
     mutating func greetingBytesReceived(_ chunk: ByteBuffer) -> Action {
+        emit(greetingReceived(chunk))
+        return nextAction()
+    }
+
+    /// The server's greeting, gathered; once a whole packet is there the server has answered
+    /// (`.backendGreeted`), whatever it said.
+    private mutating func greetingReceived(_ chunk: ByteBuffer) -> Action {
         guard case .awaitingGreeting(var gathered) = state else { return .none }
         gathered.writeImmutableBuffer(chunk)
         var input = gathered
@@ -179,6 +186,7 @@ extension ConnectionMachine {
             state = .awaitingGreeting(gathered)
             return .none
         }
+        emit(.backendGreeted)
         if frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self) == 0xFF {
             // "Too many connections", "Host ... is blocked": the server's own words, relayed.
             noteClose(.backendHandshake)
@@ -391,7 +399,7 @@ extension ConnectionMachine {
         fromServer = FrameScanner()
         var exchange = Exchange(hasServer: false, maximumPacketLength: configuration.maximumPacketLength)
         exchange.commandsStarted = true
-        state = .exchanging(exchange)
+        state = .exchanging(ExchangeBox(exchange))
         if dropBackend { emit(.dropBackend) }
         emit(.write(toClient: answer, toBackend: nil))
         if let compression { emit(.startCompression(client: compression, backend: nil, early: nil)) }

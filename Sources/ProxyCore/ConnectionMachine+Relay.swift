@@ -6,11 +6,11 @@ import NIOCore
 extension ConnectionMachine {
     /// Bytes from the server.
     public mutating func backendDataReceived(_ chunk: ByteBuffer) -> Action {
-        switch state {
-        case .relaying(draining: false):
+        switch phase {
+        case .relaying:
             // The plain relay (no hook on the path): it only ever forwards.
             return relayFromServer(chunk)
-        case .relaying(draining: true):
+        case .draining:
             let action = relayFromServer(chunk)
             if case .forwardToClient(let bytes) = action, !tracker.isAwaitingResponse {
                 return close(toClient: bytes, reason: nil, level: .info)  // the last response before the shutdown
@@ -24,9 +24,10 @@ extension ConnectionMachine {
             return nextAction()
         case .awaitingGreeting:
             return greetingBytesReceived(chunk)
-        case .awaitingHandshakeResponse(let handshake):
+        case .awaitingHandshakeResponse:
             // Nothing is expected here; a server that times out the handshake may still say why.
-            return handshake.hasServer ? .forwardToClient(chunk) : .none
+            guard case .awaitingHandshakeResponse(let handshake) = state, handshake.hasServer else { return .none }
+            return .forwardToClient(chunk)
         default:
             return .none
         }
@@ -34,8 +35,8 @@ extension ConnectionMachine {
 
     /// Bytes from the client.
     public mutating func clientDataReceived(_ chunk: ByteBuffer) -> Action {
-        switch state {
-        case .relaying:
+        switch phase {
+        case .relaying, .draining:
             return relayFromClient(chunk)
         case .exchanging, .authenticating:
             feedClient(chunk)
@@ -58,8 +59,8 @@ extension ConnectionMachine {
     /// Bytes from the client, whatever the state, queued as actions (for bytes that came behind
     /// a packet the machine took, and were left over when the state changed).
     mutating func feedClient(_ chunk: ByteBuffer) {
-        switch state {
-        case .relaying: emit(relayFromClient(chunk))
+        switch phase {
+        case .relaying, .draining: emit(relayFromClient(chunk))
         case .exchanging: feedExchangeClient(chunk)
         case .authenticating: authenticationClientData(chunk)
         default: break

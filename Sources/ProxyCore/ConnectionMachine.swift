@@ -43,7 +43,7 @@ public struct ConnectionMachine {
         /// `draining`: a shutdown waits for the running command.
         case relaying(draining: Bool)
         /// The script takes the client's commands one at a time.
-        case exchanging(Exchange)
+        case exchanging(ExchangeBox)
         /// A command too large to take: its frames are skipped to learn the sequence id the
         /// client expects for the ERR that refuses it.
         case skippingOversized(Oversized)
@@ -128,7 +128,39 @@ public struct ConnectionMachine {
     }
 
     var state: State = .initialized
-    public internal(set) var session = Session()
+
+    /// Which state the machine is in, without its data: what an entry point switches on before
+    /// it changes the state. A `switch state` keeps a copy of the payload alive through its
+    /// cases, and the exchange, changed in place, must be held by nothing else.
+    enum Phase {
+        case initialized, connectServerHook, connecting, awaitingGreeting, readHandshakeHook, awaitingHandshakeResponse
+        case readAuthHook, authenticating, readAuthResultHook, relaying, draining, exchanging, skippingOversized, closed, modifying
+    }
+
+    var phase: Phase {
+        switch state {
+        case .initialized: return .initialized
+        case .connectServerHook: return .connectServerHook
+        case .connecting: return .connecting
+        case .awaitingGreeting: return .awaitingGreeting
+        case .readHandshakeHook: return .readHandshakeHook
+        case .awaitingHandshakeResponse: return .awaitingHandshakeResponse
+        case .readAuthHook: return .readAuthHook
+        case .authenticating: return .authenticating
+        case .readAuthResultHook: return .readAuthResultHook
+        case .relaying(let draining): return draining ? .draining : .relaying
+        case .exchanging: return .exchanging
+        case .skippingOversized: return .skippingOversized
+        case .closed: return .closed
+        case .modifying: return .modifying
+        }
+    }
+    public internal(set) var session = Session() {
+        didSet { sessionVersion &+= 1 }
+    }
+    /// Changes each time the session does: a handler that mirrors the session (for a script)
+    /// copies it again only then.
+    public private(set) var sessionVersion: UInt32 = 0
     public let configuration: Configuration
     /// The wire view: the conversation's responses, and where each side's packets start.
     var tracker = ResponseTracker()
@@ -136,10 +168,15 @@ public struct ConnectionMachine {
     var fromServer = FrameScanner()
     /// The sequence id a packet the proxy puts in front of the client must carry.
     var nextSequenceToClient: UInt8 = 0
-    /// Actions made while handling an event, after the one returned (`nextAction()`).
-    var outbox: [Action] = []
+    /// Actions made while handling an event, after the one returned (`nextAction()`): the next
+    /// one, and those behind it (most events make one or two: no array is touched for them).
+    var outbox = Outbox()
     /// A close is in the outbox: nothing more goes in.
     var closeQueued = false
+    /// What the handler was last told about reading from the client (it reads at first), and
+    /// whether it was told the login went through.
+    var clientReadsReported = true
+    var loginReported = false
     /// What was counted since the handler last took it.
     public internal(set) var counts = Counts()
     /// Why the connection ended, once it is ending (the first reason is the cause).
@@ -171,9 +208,20 @@ public struct ConnectionMachine {
     /// More actions are waiting (`nextAction()`).
     public var hasPendingActions: Bool { !outbox.isEmpty }
 
-    /// The next action made while handling the last event, or `.none`.
+    /// The next action made while handling the last event; when none is left, whether the
+    /// handler should now read from the client or stop (`.readFromClient`) if that changed;
+    /// then `.none`. The handler calls it until `.none` after every event.
     public mutating func nextAction() -> Action {
-        outbox.isEmpty ? .none : outbox.removeFirst()
+        if let next = outbox.take() { return next }
+        guard !isClosed else { return .none }
+        if !loginReported && loginEnded {
+            loginReported = true
+            return .loginSucceeded
+        }
+        let wanted = wantsClientReads
+        guard wanted != clientReadsReported else { return .none }
+        clientReadsReported = wanted
+        return .readFromClient(wanted)
     }
 
     /// Whether the handler should read from the client now: not during a graceful shutdown,
@@ -181,7 +229,8 @@ public struct ConnectionMachine {
     public var wantsClientReads: Bool {
         switch state {
         case .relaying(let draining): return !draining
-        case .exchanging(let exchange): return !exchange.draining && exchange.queue.count < Exchange.maximumQueuedCommands && !exchange.step.isHook
+        case .exchanging(let box):
+            return box.read { !$0.draining && $0.queue.count < Exchange.maximumQueuedCommands && !$0.step.isHook }
         case .connectServerHook, .readHandshakeHook, .readAuthHook, .readAuthResultHook: return false
         default: return true
         }
@@ -191,7 +240,7 @@ public struct ConnectionMachine {
     public var isAwaitingResponse: Bool {
         switch state {
         case .relaying: return tracker.isAwaitingResponse
-        case .exchanging(let exchange): return tracker.isAwaitingResponse || exchange.step.isActive
+        case .exchanging(let box): return tracker.isAwaitingResponse || box.read { $0.step.isActive }
         case .authenticating, .readAuthResultHook: return true
         default: return false
         }
@@ -203,9 +252,9 @@ public struct ConnectionMachine {
         switch state {
         case .relaying:
             return tracker.clientPhase == .command && !tracker.isAwaitingResponse && fromServer.isAtPacketBoundary
-        case .exchanging(let exchange):
-            return exchange.hasServer && tracker.clientPhase == .command && !tracker.isAwaitingResponse && !exchange.step.isActive
-                && fromServer.isAtPacketBoundary && exchange.serverCollector.isEmpty
+        case .exchanging(let box):
+            return tracker.clientPhase == .command && !tracker.isAwaitingResponse && fromServer.isAtPacketBoundary
+                && box.read { $0.hasServer && !$0.step.isActive && $0.serverCollector.isEmpty }
         default:
             return false
         }
@@ -216,7 +265,7 @@ public struct ConnectionMachine {
         switch state {
         case .closed: return true
         case .relaying: return tracker.clientPhase != .authentication
-        case .exchanging(let exchange): return exchange.commandsStarted || tracker.clientPhase != .authentication
+        case .exchanging(let box): return box.read { $0.commandsStarted } || tracker.clientPhase != .authentication
         default: return false
         }
     }
@@ -250,7 +299,8 @@ public struct ConnectionMachine {
     // MARK: - helpers
 
     /// Queues `action` behind the one being returned; nothing is queued behind a close.
-    mutating func emit(_ action: Action) {
+    mutating func emit(_ action: consuming Action) {
+        if case .none = action { return }
         guard !closeQueued else { return }
         if case .close = action { closeQueued = true }
         outbox.append(action)
@@ -258,7 +308,7 @@ public struct ConnectionMachine {
 
     /// Queues what `out` holds, in the order the wire needs: the server's TLS request, then the
     /// bytes for each side.
-    mutating func emit(_ out: Output) {
+    mutating func emit(_ out: consuming Output) {
         if let request = out.backendTLSRequest { emit(.startBackendTLS(sslRequest: request)) }
         if out.duringServerRead && out.toBackend == nil && out.backendTLSRequest == nil, let bytes = out.toClient {
             // flushed with the end of the server's read cycle, as in the relay: a large result
@@ -387,5 +437,43 @@ enum OutOfLine<Value: Equatable>: Equatable {
         switch self {
         case .some(let value): return value
         }
+    }
+}
+
+/// The machine's queue of actions: the next one in a slot of its own, moved out when taken; the
+/// rest in an array read from the front, emptied (keeping its storage) once read.
+struct Outbox {
+    private var next: ConnectionMachine.Action = .none
+    private var behind: [ConnectionMachine.Action] = []
+    private var read = 0
+
+    var isEmpty: Bool {
+        if case .none = next { return read == behind.count }
+        return false
+    }
+
+    mutating func append(_ action: consuming ConnectionMachine.Action) {
+        if case .none = next, read == behind.count {
+            next = action
+        } else {
+            behind.append(action)
+        }
+    }
+
+    mutating func take() -> ConnectionMachine.Action? {
+        if case .none = next {} else {
+            var taken = ConnectionMachine.Action.none
+            swap(&taken, &next)
+            return taken
+        }
+        guard read < behind.count else { return nil }
+        var taken = ConnectionMachine.Action.none
+        swap(&taken, &behind[read])
+        read += 1
+        if read == behind.count {
+            behind.removeAll(keepingCapacity: true)
+            read = 0
+        }
+        return taken
     }
 }

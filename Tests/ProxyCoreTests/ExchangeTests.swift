@@ -200,10 +200,12 @@ import Testing
         #expect(call.hook == .readQuery(packet: ByteBuffer(bytes: [0x03] + Array("SELECT 1".utf8))))
         #expect(!d.machine.wantsClientReads)
         #expect(d.machine.isAwaitingResponse)
-        #expect(d.machine.clientDataReceived(Wire.query("SELECT 2")) == .none)
+        // a hook that runs elsewhere: the handler is told to stop reading until its answer
+        #expect(d.machine.clientDataReceived(Wire.query("SELECT 2")) == .readFromClient(false))
         // the first goes to the server once the script said nothing; the second waits its turn
         let out = d.run(d.machine.hookReturned(.init(outcome: .returned(.noDecision))))
         #expect(out.toBackend == Wire.query("SELECT 1"))
+        #expect(out.actions.last == .readFromClient(true))
         #expect(d.machine.wantsClientReads)
         #expect(d.server(Wire.ok(seq: 1)).toBackend == Wire.query("SELECT 2"))
     }

@@ -149,14 +149,18 @@ struct Driver {
             #expect(!machine.hasPendingActions, "a close returned ahead of queued actions")
         }
         while true {
-            if case .runHook(let call) = action {
+            switch action {
+            case .none:
+                break
+            case .runHook(let call):
                 effects.hooks.append(call)
                 action = machine.hookReturned(script?.run(call) ?? .notDefined)
                 continue
+            default:
+                effects.actions.append(action)
             }
-            if action != .none { effects.actions.append(action) }
-            guard machine.hasPendingActions else { return effects }
             action = machine.nextAction()
+            if case .none = action { return effects }
         }
     }
 
@@ -194,7 +198,7 @@ extension ConnectionMachine {
     /// The session has a server connection (false in a mock server, or after the pool took it).
     var hasServer: Bool {
         switch state {
-        case .exchanging(let exchange): return exchange.hasServer
+        case .exchanging(let box): return box.buffer[0].hasServer
         case .relaying, .authenticating, .readAuthResultHook: return true
         default: return false
         }

@@ -152,8 +152,8 @@ struct FuzzDriver {
             default:
                 break
             }
-            guard machine.hasPendingActions else { return }
             action = machine.nextAction()
+            if case .none = action { return }
         }
     }
 

@@ -19,12 +19,14 @@ extension ClientChannelHandler {
         }
         let handler = BackendChannelHandler(owner: self)
         let eventLoop = context.eventLoop
+        connectingToBackend = true
         let started = shared.metrics == nil ? nil : NIODeadline.now()
         shared.connector.connect(to: address, resolved: resolved, on: eventLoop, timeout: shared.configuration.connectTimeout,
                                  handler: NIOLoopBound(handler, eventLoop: eventLoop))
             .hop(to: eventLoop)
             .assumeIsolated()
             .whenComplete { [self] result in
+                self.connectingToBackend = false
                 switch result {
                 case .success(let channel):
                     guard !self.closed else {

@@ -15,10 +15,15 @@ extension ClientChannelHandler {
                                             serverChange: change, backendChoice: scripted.requestedBackend)
     }
 
-    /// What the script sees of the connection, as of now.
+    /// What the script sees of the connection, as of now: copied from the session when it
+    /// changed, or the server connection did, since the last hook.
     func prepareScript(_ scripted: ScriptedConnection) {
+        let attachedBackend = backend != nil ? backendIndex : nil
+        guard machine.sessionVersion != preparedSessionVersion || attachedBackend != scripted.currentBackend || (backend != nil && scripted.attached == nil)
+        else { return }
+        preparedSessionVersion = machine.sessionVersion
         let session = machine.session
-        scripted.currentBackend = backend != nil ? backendIndex : nil
+        scripted.currentBackend = attachedBackend
         scripted.capabilities = session.capabilities.intersection(.sessionAffecting)
         if let response = session.response {
             scripted.client.scrambledPassword = response.authResponse
@@ -45,6 +50,7 @@ extension ClientChannelHandler {
 
     /// Carries out a server swap the hook asked for (`backend_ndx`), and logs its notes.
     func applyScriptRequests(_ scripted: ScriptedConnection) -> ConnectionMachine.ServerChange? {
+        guard scripted.hasRequests else { return nil }
         for (level, note) in scripted.takeNotes() { log(level, "\(note)") }
         switch scripted.takeSwap() {
         case nil:

@@ -68,7 +68,7 @@ extension ClientChannelHandler {
             try backend.startTLS(request: request, context: sslContext, serverHostname: hostname)
         } catch {
             run(machine.backendTLSFailed("cannot start: \(error)"))
-            if !machine.isClosed { run(machine.abandon(.backendHandshake, reason: "cannot start TLS with the backend: \(error)")) }
+            run(machine.abandon(.backendHandshake, reason: "cannot start TLS with the backend: \(error)"))
         }
     }
 }

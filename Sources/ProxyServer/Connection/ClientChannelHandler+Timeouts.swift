@@ -4,8 +4,8 @@ extension ClientChannelHandler {
     /// A tick of the sweeper: what expired (see `ConnectionTimers`) ends the connection, or its
     /// server connection's wait, through the machine.
     func timerFired(_ limits: ConnectionTimers.Limits) {
-        guard !closed else { return }
-        let expired = timers.tick(limits, loginEnded: machine.loginEnded, connecting: machine.isConnecting,
+        guard !closed, !closing else { return }
+        let expired = timers.tick(limits, connecting: connectingToBackend,
                                   clientWritable: context?.channel.isWritable ?? true, serverWritable: backend?.isWritable)
         switch expired {
         case nil:

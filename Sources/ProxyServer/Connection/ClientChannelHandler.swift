@@ -31,19 +31,24 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var activated = false
     /// How the connection counts towards the limits; whether its login was seen, and let it in.
     private var admission = ProxyContext.Admission()
-    private var loginSeen = false
     /// Addresses, TLS and compression of both links, for logs and the admin interface.
     var described = ConnectionDescription()
     var context: ChannelHandlerContext?
     var backend: BackendChannelHandler?
     var backendIndex: Int?
     var choice = BackendChoice()
+    /// Reads from the client are on; the machine wants them (`.readFromClient`).
     private var readingFromClient = true
+    private var clientReadsWanted = true
     var flushPending = false
+    /// The machine closed the connection (its last bytes may still be on their way); the
+    /// channels are gone.
+    var closing = false
     var closed = false
     var abortBackendOnClose = false
-    /// The connection's script, when the proxy runs one.
+    /// The connection's script, when the proxy runs one, and the session's version it saw last.
     var scripted: ScriptedConnection?
+    var preparedSessionVersion: UInt32 = .max
     private var disconnectHookCalled = false
     /// The TLS handler of the client's link, and the cipher it chose.
     var clientTLSHandler: NIOSSLServerHandler?
@@ -52,6 +57,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// Timeouts, ticked by the event loop's sweeper; the hot path only marks reads.
     var sweeper: TimeoutSweeper?
     var timers = ConnectionTimers()
+    /// A server connection is being opened (the login timeout then blames the server).
+    var connectingToBackend = false
 
     init(shared: ProxyContext, channel: Channel) {
         self.shared = shared
@@ -173,9 +180,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         // A client that vanished while its query runs: the server must see it go as it would
         // directly, by the connection's end, not by a TLS close_notify it reads only later.
-        abortBackendOnClose = machine.isAwaitingResponse
         // A client that leaves between commands leaves a server connection the script may pool.
-        callDisconnectHook(serverIdle: machine.serverIsIdle)
+        callDisconnectHook()
         run(machine.clientClosed())
         finish()
         context.fireChannelInactive()
@@ -224,13 +230,13 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     /// The shutdown grace period is over.
     func forceClose() {
-        machine.noteClose(.proxyShutdown)
+        run(machine.abandon(.proxyShutdown, reason: "closing: the shutdown grace period is over", level: .info))
         closeBoth()
     }
 
     /// Reads from the client only when the machine wants them and the backend keeps up.
     private func updateClientReading() {
-        let wanted = machine.wantsClientReads && (backend?.isWritable ?? true)
+        let wanted = clientReadsWanted && (backend?.isWritable ?? true)
         guard wanted != readingFromClient, let context, !closed else { return }
         readingFromClient = wanted
         try? context.channel.syncOptions?.setOption(.autoRead, value: wanted)
@@ -245,7 +251,6 @@ final class ClientChannelHandler: ChannelInboundHandler {
         let delivering = backend
         if stampsTime { machine.now = NIODeadline.now().uptimeNanoseconds }
         run(machine.backendDataReceived(buffer))
-        if timers.awaitingGreeting && !machine.isAwaitingGreeting { greetingArrived() }
         if flushPending && backend !== delivering, let context {
             // The script gave this server connection to the pool (or took another) during the hook:
             // its read cycle's end will not reach this handler, so what was written goes out now.
@@ -299,18 +304,20 @@ final class ClientChannelHandler: ChannelInboundHandler {
     func run(_ first: ConnectionMachine.Action) {
         var action = first
         while true {
-            if case .runHook(let call) = action {
+            switch action {
+            case .none:
+                break
+            case .runHook(let call):
                 action = machine.hookReturned(runHook(call))
                 continue
+            default:
+                perform(action)
             }
-            perform(action)
-            guard machine.hasPendingActions else { break }
             action = machine.nextAction()
+            if case .none = action { break }
         }
-        updateClientReading()
         if !machine.counts.isEmpty { counters.add(machine.takeCounts()) }
         if !machine.finishedRecords.isEmpty { recordCommands() }
-        if !loginSeen && machine.loginEnded { loginOver() }
     }
 
     private func perform(_ action: ConnectionMachine.Action) {
@@ -348,9 +355,17 @@ final class ClientChannelHandler: ChannelInboundHandler {
             if let client { startClientCompression(client) }
         case .dropBackend:
             dropBackend()
+        case .readFromClient(let wanted):
+            clientReadsWanted = wanted
+            updateClientReading()
+        case .backendGreeted:
+            greetingArrived()
+        case .loginSucceeded:
+            loginOver()
         case .log(let severity, let message):
             log(severity.loggerLevel, "\(message)")
         case .close(let close):
+            closing = true
             if let reason = close.reason {
                 switch machine.closeSource {
                 case .noBackend?, .limit?: logStorm(.clientRefused, reason)  // refusal storms: once per interval
@@ -359,7 +374,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
             }
             switch close.mode {
             case .afterFlush: sendAndClose(close.toClient ?? ByteBuffer())
-            case .abort: closeBoth()
+            case .abort:
+                // nothing can follow on the wire: the server too sees the connection end at once
+                abortBackendOnClose = true
+                closeBoth()
             }
         }
     }
@@ -383,8 +401,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// The login is over: the connection no longer counts towards the address's limit of
     /// connections that have not logged in.
     private func loginOver() {
-        loginSeen = true
-        described.loggedIn = !machine.isClosed
+        timers.loginEnded = true
+        described.loggedIn = true
         publish()
         shared.loggedIn(&admission)
     }
@@ -426,7 +444,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func closeBoth() {
         // a client that quit between commands leaves an idle server connection the script may pool
-        callDisconnectHook(serverIdle: machine.serverIsIdle)
+        callDisconnectHook()
         abandonGreetingWait()
         backend?.close(abrupt: abortBackendOnClose)
         context?.close(promise: nil)
@@ -434,12 +452,13 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     /// `disconnect_client()`, once, before the server connection is closed: the script may give
     /// that connection to the pool (`backend_ndx = 0`) if it is idle.
-    private func callDisconnectHook(serverIdle: Bool) {
+    /// `serverIdle` nil: as the machine says now.
+    private func callDisconnectHook(serverIdle: Bool? = nil) {
         guard let scripted, !disconnectHookCalled else { return }
         disconnectHookCalled = true
         guard scripted.hooks.contains(.disconnectClient) else { return }
         prepareScript(scripted)
-        scripted.disconnectClient(serverIdle: serverIdle, status: machine.serverStatus)
+        scripted.disconnectClient(serverIdle: serverIdle ?? machine.serverIsIdle, status: machine.serverStatus)
         _ = applyScriptRequests(scripted)
     }
 

@@ -39,17 +39,17 @@ struct ConnectionTimers: Equatable {
         didSet { if awaitingGreeting { ticksAwaitingGreeting = 0 } }
     }
     private(set) var ticksAwaitingGreeting = 0
-    private(set) var loginEnded = false
+    /// The login went through (the handler heard it from the machine), or its timeout expired.
+    var loginEnded = false
     private(set) var ticksBeforeLogin = 0
     private(set) var clientIdle = 0
     private(set) var serverIdle = 0
     var clientBlocked = 0
     var serverBlocked = 0
 
-    /// A tick of the sweeper. `loginEnded`, `connecting`: the machine's view; `clientWritable`,
-    /// `serverWritable` (nil: no server connection): the channels'.
-    mutating func tick(_ limits: Limits, loginEnded machineLoginEnded: Bool, connecting: Bool,
-                       clientWritable: Bool, serverWritable: Bool?) -> Expiry? {
+    /// A tick of the sweeper. `connecting`: a server connection is being opened;
+    /// `clientWritable`, `serverWritable` (nil: no server connection): the channels'.
+    mutating func tick(_ limits: Limits, connecting: Bool, clientWritable: Bool, serverWritable: Bool?) -> Expiry? {
         if awaitingGreeting, let greeting = limits.greeting {
             ticksAwaitingGreeting += 1
             if ticksAwaitingGreeting > greeting {
@@ -58,7 +58,6 @@ struct ConnectionTimers: Equatable {
             }
         }
         if !loginEnded {
-            loginEnded = machineLoginEnded
             ticksBeforeLogin += 1
             if !loginEnded, let login = limits.login, ticksBeforeLogin > login {
                 loginEnded = true  // reported once: the connection ends

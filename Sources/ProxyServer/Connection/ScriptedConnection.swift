@@ -124,6 +124,9 @@ final class ScriptedConnection: ScriptConnectionHost {
         return outcome
     }
 
+    /// The last hook asked for a server swap or left notes.
+    var hasRequests: Bool { swap != nil || !notes.isEmpty }
+
     /// What the hook asked of the server connection, once.
     func takeSwap() -> Swap? {
         defer { swap = nil }
