@@ -3,11 +3,10 @@
 
 MOON_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
-# How MoonProxy is built for real use (demo, benchmark, deployment). Dynamic exclusivity checks are
-# a debugging aid that costs SwiftNIO about a third of its instructions per packet; debug builds
-# and the test suite keep them.
+# How MoonProxy is built for real use (demo, benchmark, deployment): a plain release build, with
+# Swift's run-time exclusivity checks on, as in debug builds and the test suite.
 release_build() {
-    swift build -c release -Xswiftc -enforce-exclusivity=unchecked --product moonproxy "$@"
+    swift build -c release --product moonproxy "$@"
 }
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
