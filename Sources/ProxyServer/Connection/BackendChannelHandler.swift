@@ -176,10 +176,10 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
 
     private var flushPending = false
 
-    /// Sends bytes to the backend. See `ClientChannelHandler.forward` for when they are flushed.
+    /// Sends bytes to the backend. See `ChannelHandlerContext.forward` for when they are flushed.
     func write(_ buffer: ByteBuffer) {
         guard let context else { return }
-        ClientChannelHandler.forward(buffer, on: context, flushPending: &flushPending)
+        context.forward(buffer, flushPending: &flushPending)
     }
 
     /// Sends bytes the proxy made, now.

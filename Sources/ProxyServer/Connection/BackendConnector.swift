@@ -38,3 +38,17 @@ struct SocketBackendConnector: BackendConnector {
 enum ReceiveBuffers {
     static let allocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536)
 }
+
+extension ChannelHandlerContext {
+    /// Writes a chunk that was just read from the other side. A read that did not fill its buffer
+    /// is the last of its read cycle, so it is flushed at once; after a full one NIO reads again,
+    /// and the flush waits for the end of the cycle so that the chunks leave in one system call.
+    func forward(_ buffer: ByteBuffer, flushPending: inout Bool) {
+        if buffer.writableBytes > 0 && !flushPending {
+            writeAndFlush(NIOAny(buffer), promise: nil)
+        } else {
+            write(NIOAny(buffer), promise: nil)
+            flushPending = true
+        }
+    }
+}

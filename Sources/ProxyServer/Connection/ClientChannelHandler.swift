@@ -329,11 +329,11 @@ final class ClientChannelHandler: ChannelInboundHandler {
             backend?.write(buffer)
         case .forwardToClient(let buffer):
             counters.add(.bytesToClients, buffer.readableBytes)
-            if let context { Self.forward(buffer, on: context, flushPending: &flushPending) }
+            context?.forward(buffer, flushPending: &flushPending)
         case .forwardToClientUnderstoodNot(let buffer, let warning):
             log(.warning, "\(warning)")
             counters.add(.bytesToClients, buffer.readableBytes)
-            if let context { Self.forward(buffer, on: context, flushPending: &flushPending) }
+            context?.forward(buffer, flushPending: &flushPending)
         case .write(let toClient, let toBackend):
             if let bytes = toBackend {
                 counters.add(.bytesToBackends, bytes.readableBytes)
@@ -384,18 +384,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     /// Commands that ended: into this loop's histograms, and the query log.
     private func recordCommands() {
-        for record in machine.finishedRecords {
-            counters.commandCompleted(CommandKind(record.command), backend: record.answeredByScript ? nil : backendIndex,
-                                      nanoseconds: record.nanoseconds)
-            if let queryLog = shared.queryLog {
-                let entry = QueryLog.Entry(record: record, connection: described.id, user: machine.session.username,
-                                           database: machine.session.database, client: described.clientText(),
-                                           backend: record.answeredByScript ? nil : described.backendText())
-                if !queryLog.append(entry) { counters.add(.queryLogDropped) }
-            }
-        }
-        // the list keeps its storage (no copy of it was kept): no allocation per command
-        machine.clearFinishedRecords()
+        shared.record(machine.finishedRecords, counters: counters, backend: backendIndex, session: machine.session, described: &described)
+        machine.clearFinishedRecords()  // the list keeps its storage: no allocation per command
     }
 
     /// The login is over: the connection no longer counts towards the address's limit of
@@ -405,18 +395,6 @@ final class ClientChannelHandler: ChannelInboundHandler {
         described.loggedIn = true
         publish()
         shared.loggedIn(&admission)
-    }
-
-    /// Writes a chunk that was just read from the other side. A read that did not fill its buffer
-    /// is the last of its read cycle, so it is flushed at once; after a full one NIO reads again,
-    /// and the flush waits for the end of the cycle so that the chunks leave in one system call.
-    static func forward(_ buffer: ByteBuffer, on context: ChannelHandlerContext, flushPending: inout Bool) {
-        if buffer.writableBytes > 0 && !flushPending {
-            context.writeAndFlush(NIOAny(buffer), promise: nil)
-        } else {
-            context.write(NIOAny(buffer), promise: nil)
-            flushPending = true
-        }
     }
 
     /// Writes the client's last bytes, then closes both sides: the server's at once, the client's

@@ -112,6 +112,20 @@ final class ProxyContext: Sendable {
         admission = Admission()
     }
 
+    /// A connection's commands that ended: into its loop's histograms (`backend`: the one that
+    /// answered, unless the script did), and the query log.
+    func record(_ records: [ConnectionMachine.CommandRecord], counters: LoopStatistics, backend: Int?,
+                session: ConnectionMachine.Session, described: inout ConnectionDescription) {
+        for record in records {
+            counters.commandCompleted(CommandKind(record.command), backend: record.answeredByScript ? nil : backend,
+                                      nanoseconds: record.nanoseconds)
+            guard let queryLog else { continue }
+            let entry = QueryLog.Entry(record: record, connection: described.id, user: session.username, database: session.database,
+                                       client: described.clientText(), backend: record.answeredByScript ? nil : described.backendText())
+            if !queryLog.append(entry) { counters.add(.queryLogDropped) }
+        }
+    }
+
     /// What a connection's machine is told about it (`hooks`: what its script defines).
     func machineConfiguration(for channel: Channel, hooks: ScriptHooks) -> ConnectionMachine.Configuration {
         var c = ConnectionMachine.Configuration()
