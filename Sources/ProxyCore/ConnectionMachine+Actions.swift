@@ -144,12 +144,13 @@ extension ConnectionMachine {
 
     /// What the machine counted, for the handler to add to the loop's statistics (and reset).
     public struct Counts: Equatable, Sendable {
-        public var commands = 0
-        public var queries = 0
-        public var errorsSentByProxy = 0
-        public var clientProtocolErrors = 0
-        public var backendProtocolErrors = 0
-        public var backendsLost = 0
+        // 32 bits each: they count one connection's events between two looks of its handler
+        public var commands: UInt32 = 0
+        public var queries: UInt32 = 0
+        public var errorsSentByProxy: UInt32 = 0
+        public var clientProtocolErrors: UInt32 = 0
+        public var backendProtocolErrors: UInt32 = 0
+        public var backendsLost: UInt32 = 0
 
         public init() {}
 

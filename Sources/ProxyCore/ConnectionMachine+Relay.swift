@@ -181,8 +181,8 @@ extension ConnectionMachine {
         }
         tracker.clientFramesSeen(upTo: fromClient.lastSequenceID)
         if commands > 0 {
-            counts.commands &+= commands
-            counts.queries &+= queries
+            counts.commands &+= UInt32(truncatingIfNeeded: commands)
+            counts.queries &+= UInt32(truncatingIfNeeded: queries)
         }
         if let failure {
             clientBrokeProtocol()

@@ -53,7 +53,7 @@ public struct ConnectionMachine {
     }
 
     /// What the configuration and the listener say about this connection.
-    public struct Configuration {
+    public struct Configuration: Sendable {
         public var tls = TLSPolicy()
         public var compression = CompressionSettings()
         /// The largest packet the machine assembles where it needs one whole.
@@ -161,7 +161,19 @@ public struct ConnectionMachine {
     /// Changes each time the session does: a handler that mirrors the session (for a script)
     /// copies it again only then.
     public private(set) var sessionVersion: UInt32 = 0
-    public let configuration: Configuration
+    /// The configuration, shared by the connections made with it.
+    private let sharedConfiguration: SharedConfiguration
+    public var configuration: Configuration {
+        _read { yield sharedConfiguration.storage[0] }
+    }
+
+    /// A configuration made once for many connections: each machine holds 8 bytes for it (the
+    /// buffer of a one-element array, never written) instead of the configuration's 96.
+    public struct SharedConfiguration: Sendable {
+        fileprivate let storage: [Configuration]
+        public init(_ configuration: Configuration) { storage = [configuration] }
+        public var configuration: Configuration { storage[0] }
+    }
     /// The wire view: the conversation's responses, and where each side's packets start.
     var tracker = ResponseTracker()
     var fromClient = FrameScanner()
@@ -193,7 +205,12 @@ public struct ConnectionMachine {
     public internal(set) var finishedRecords: [CommandRecord] = []
 
     public init(configuration: Configuration) {
-        self.configuration = configuration
+        self.init(shared: SharedConfiguration(configuration))
+    }
+
+    public init(shared: SharedConfiguration) {
+        self.sharedConfiguration = shared
+        outbox.keepsCapacity = !shared.configuration.hooks.isEmpty
     }
 
     /// Whether the handler should put the time into `now` before each event.
@@ -212,7 +229,10 @@ public struct ConnectionMachine {
     /// handler should now read from the client or stop (`.readFromClient`) if that changed;
     /// then `.none`. The handler calls it until `.none` after every event.
     public mutating func nextAction() -> Action {
-        if let next = outbox.take() { return next }
+        if !outbox.isEmpty, let next = outbox.take() { return next }
+        if case .relaying(draining: false) = state, loginReported, clientReadsReported {
+            return .none  // the relay's usual case: nothing changed
+        }
         guard !isClosed else { return .none }
         if !loginReported && loginEnded {
             loginReported = true
@@ -447,6 +467,7 @@ struct Outbox {
     private var behind: [ConnectionMachine.Action] = []
     private var read = 0
 
+    @inline(__always)
     var isEmpty: Bool {
         if case .none = next { return read == behind.count }
         return false
@@ -460,6 +481,10 @@ struct Outbox {
         }
     }
 
+    /// Keep the array's storage once emptied (connections whose events often make several
+    /// actions: a script's); else it is given back (an idle connection holds none).
+    var keepsCapacity = false
+
     mutating func take() -> ConnectionMachine.Action? {
         if case .none = next {} else {
             var taken = ConnectionMachine.Action.none
@@ -471,7 +496,7 @@ struct Outbox {
         swap(&taken, &behind[read])
         read += 1
         if read == behind.count {
-            behind.removeAll(keepingCapacity: true)
+            behind.removeAll(keepingCapacity: keepsCapacity)
             read = 0
         }
         return taken

@@ -102,7 +102,7 @@ public final class BackendPool: Sendable {
     public var count: Int { entries.withLockedValue { $0.backends.count } }
 
     /// Chooses a backend for a new client, skipping those in `excluding`; nil when none is usable.
-    public func pickForNewClient(excluding: Set<Int> = [], now: NIODeadline = .now()) -> (index: Int, address: ProxyAddress, resolved: SocketAddress?)? {
+    func pickForNewClient(excluding: BackendSet = BackendSet(), now: NIODeadline = .now()) -> (index: Int, address: ProxyAddress, resolved: SocketAddress?)? {
         entries.withLockedValue { value in
             var best: Int? = nil
             let n = value.backends.count

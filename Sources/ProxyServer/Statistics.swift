@@ -167,12 +167,12 @@ public final class LoopStatistics: @unchecked Sendable {
 
     /// What a connection's machine counted since its handler last looked.
     public func add(_ counts: ConnectionMachine.Counts) {
-        if counts.commands != 0 { add(.commands, counts.commands) }
-        if counts.queries != 0 { add(.queries, counts.queries) }
-        if counts.errorsSentByProxy != 0 { add(.errorsSentByProxy, counts.errorsSentByProxy) }
-        if counts.clientProtocolErrors != 0 { add(.clientProtocolErrors, counts.clientProtocolErrors) }
-        if counts.backendProtocolErrors != 0 { add(.backendProtocolErrors, counts.backendProtocolErrors) }
-        if counts.backendsLost != 0 { add(.backendsLost, counts.backendsLost) }
+        if counts.commands != 0 { add(.commands, Int(counts.commands)) }
+        if counts.queries != 0 { add(.queries, Int(counts.queries)) }
+        if counts.errorsSentByProxy != 0 { add(.errorsSentByProxy, Int(counts.errorsSentByProxy)) }
+        if counts.clientProtocolErrors != 0 { add(.clientProtocolErrors, Int(counts.clientProtocolErrors)) }
+        if counts.backendProtocolErrors != 0 { add(.backendProtocolErrors, Int(counts.backendProtocolErrors)) }
+        if counts.backendsLost != 0 { add(.backendsLost, Int(counts.backendsLost)) }
     }
 
     public func value(_ counter: ProxyStatistics.Counter) -> Int {

@@ -6,7 +6,7 @@ import NIOCore
 /// is left the client is refused, with the reason.
 struct BackendChoice {
     /// Backends tried for this client (each once).
-    private(set) var tried: Set<Int> = []
+    private(set) var tried = BackendSet()
 
     enum Decision: Equatable {
         case connect(index: Int, address: ProxyAddress, resolved: SocketAddress?)
@@ -21,5 +21,22 @@ struct BackendChoice {
         }
         tried.insert(index)
         return .connect(index: index, address: address, resolved: resolved)
+    }
+}
+
+/// A set of backend indices that allocates nothing for the first 64 (every deployment): a bit
+/// each, with a `Set` behind for the rest.
+struct BackendSet: Equatable {
+    private var low: UInt64 = 0
+    private var high: Set<Int>?
+
+    var isEmpty: Bool { low == 0 && (high?.isEmpty ?? true) }
+
+    func contains(_ index: Int) -> Bool {
+        (0..<64).contains(index) ? low & (1 << UInt64(index)) != 0 : high?.contains(index) ?? false
+    }
+
+    mutating func insert(_ index: Int) {
+        if (0..<64).contains(index) { low |= 1 << UInt64(index) } else { high = (high ?? []).union([index]) }
     }
 }

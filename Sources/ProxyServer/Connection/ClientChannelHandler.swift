@@ -65,7 +65,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         self.counters = shared.statistics.shard(for: channel.eventLoop)
         // Made once, as the connection will use it: a script's connection makes its own when its
         // script starts (the hooks it defines are known then).
-        self.machine = ConnectionMachine(configuration: shared.machineConfiguration(for: channel, hooks: []))
+        self.machine = ConnectionMachine(shared: shared.machineConfiguration(for: channel, hooks: []))
         self.stampsTime = machine.wantsTime
     }
 
@@ -148,7 +148,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case .success(let script):
             connection.script = script
             scripted = connection
-            machine = ConnectionMachine(configuration: shared.machineConfiguration(for: context.channel, hooks: script.hooks))
+            machine = ConnectionMachine(shared: shared.machineConfiguration(for: context.channel, hooks: script.hooks))
             stampsTime = machine.wantsTime
             return true
         case .failure(let failure):
@@ -320,6 +320,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         if !machine.finishedRecords.isEmpty { recordCommands() }
     }
 
+    @inline(__always)
     private func perform(_ action: ConnectionMachine.Action) {
         switch action {
         case .none, .runHook:
@@ -327,12 +328,11 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case .forwardToBackend(let buffer):
             counters.add(.bytesToBackends, buffer.readableBytes)
             backend?.write(buffer)
-        case .forwardToClient(let buffer):
+        case .forwardToClient(let buffer), .forwardToClientUnderstoodNot(let buffer, _):
+            if case .forwardToClientUnderstoodNot(_, let warning) = action { log(.warning, "\(warning)") }
             counters.add(.bytesToClients, buffer.readableBytes)
-            context?.forward(buffer, flushPending: &flushPending)
-        case .forwardToClientUnderstoodNot(let buffer, let warning):
-            log(.warning, "\(warning)")
-            counters.add(.bytesToClients, buffer.readableBytes)
+            // a hook queued behind the response's end runs before the client sees that end
+            if machine.hasPendingActions { flushPending = true }
             context?.forward(buffer, flushPending: &flushPending)
         case .write(let toClient, let toBackend):
             if let bytes = toBackend {

@@ -8,27 +8,64 @@ import ProxyScripting
 /// and compression of each link, and whether its login let the client in.
 struct ConnectionDescription {
     var id: UInt64 = 0
-    var client: SocketAddress? { didSet { clientWords = nil } }
-    var backend: ProxyAddress? { didSet { backendWords = nil } }
-    var clientTLS: ScriptTLSInfo?
-    var backendTLS: ScriptTLSInfo?
-    var compression: String?
-    var backendCompression: String?
+    var client: SocketAddress? { didSet { if layers != nil { extra.clientWords = nil } } }
+    var backend: ProxyAddress? { didSet { if layers != nil { extra.backendWords = nil } } }
     var loggedIn = false
-    private var clientWords: String??
-    private var backendWords: String??
+    /// What most connections never have (TLS, compression) or never need (their addresses in
+    /// words, for the query log): kept out of line, made when first set.
+    private var layers: Layers?
+
+    private struct Extra {
+        var clientTLS: ScriptTLSInfo?
+        var backendTLS: ScriptTLSInfo?
+        var compression: String?
+        var backendCompression: String?
+        var clientWords: String??
+        var backendWords: String??
+    }
+
+    private indirect enum Layers {
+        case some(Extra)
+    }
+
+    private var extra: Extra {
+        get {
+            guard case .some(let extra)? = layers else { return Extra() }
+            return extra
+        }
+        set { layers = .some(newValue) }
+    }
+
+    var clientTLS: ScriptTLSInfo? {
+        get { extra.clientTLS }
+        set { extra.clientTLS = newValue }
+    }
+    var backendTLS: ScriptTLSInfo? {
+        get { extra.backendTLS }
+        set { extra.backendTLS = newValue }
+    }
+    var compression: String? {
+        get { extra.compression }
+        set { extra.compression = newValue }
+    }
+    var backendCompression: String? {
+        get { extra.backendCompression }
+        set { extra.backendCompression = newValue }
+    }
 
     /// `client` as logs and the query log show it, worded once.
     mutating func clientText() -> String? {
-        if let clientWords { return clientWords }
-        clientWords = .some(client?.logDescription)
-        return clientWords!
+        if let words = extra.clientWords { return words }
+        let words = client?.logDescription
+        extra.clientWords = .some(words)
+        return words
     }
 
     mutating func backendText() -> String? {
-        if let backendWords { return backendWords }
-        backendWords = .some(backend?.description)
-        return backendWords!
+        if let words = extra.backendWords { return words }
+        let words = backend?.description
+        extra.backendWords = .some(words)
+        return words
     }
 
     /// `base` with the connection's metadata.

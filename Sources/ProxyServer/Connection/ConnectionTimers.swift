@@ -6,13 +6,13 @@ struct ConnectionTimers: Equatable {
     /// Ticks after which each timeout expires (from the options, by the sweeper).
     struct Limits: Equatable {
         /// --proxy-read-timeout: no byte from a side that owes one.
-        var read: Int
+        var read: Int32
         /// --proxy-write-timeout: a side that takes no byte.
-        var write: Int
+        var write: Int32
         /// --proxy-login-timeout: from the connect to the end of the login (nil: none).
-        var login: Int?
+        var login: Int32?
         /// --proxy-backend-greeting-timeout: from the server's accept to its greeting (nil: none).
-        var greeting: Int?
+        var greeting: Int32?
     }
 
     enum Expiry: Equatable {
@@ -38,14 +38,15 @@ struct ConnectionTimers: Equatable {
     var awaitingGreeting = false {
         didSet { if awaitingGreeting { ticksAwaitingGreeting = 0 } }
     }
-    private(set) var ticksAwaitingGreeting = 0
+    private(set) var ticksAwaitingGreeting: Int32 = 0
     /// The login went through (the handler heard it from the machine), or its timeout expired.
     var loginEnded = false
-    private(set) var ticksBeforeLogin = 0
-    private(set) var clientIdle = 0
-    private(set) var serverIdle = 0
-    var clientBlocked = 0
-    var serverBlocked = 0
+    // 32 bits each: a tick is at least a millisecond
+    private(set) var ticksBeforeLogin: Int32 = 0
+    private(set) var clientIdle: Int32 = 0
+    private(set) var serverIdle: Int32 = 0
+    var clientBlocked: Int32 = 0
+    var serverBlocked: Int32 = 0
 
     /// A tick of the sweeper. `connecting`: a server connection is being opened;
     /// `clientWritable`, `serverWritable` (nil: no server connection): the channels'.

@@ -31,6 +31,8 @@ final class ProxyContext: Sendable {
     /// Client connections per client address (all, and those not logged in yet), kept only with
     /// --max-connections-per-address or --max-unauthenticated-connections-per-address.
     private let perAddress = NIOLockedValueBox<[String: (all: Int, unauthenticated: Int)]>([:])
+    /// The machines' configurations, by kind of connection (see `machineConfiguration`).
+    private let machineConfigurations = NIOLockedValueBox<[Int: ConnectionMachine.SharedConfiguration]>([:])
     /// Warnings that come in storms, written once per interval (see `RateLimitedLog`).
     let stormLog = RateLimitedLog()
     /// Failed logins by address, whose new connections wait (the admin interface's).
@@ -126,8 +128,21 @@ final class ProxyContext: Sendable {
         }
     }
 
-    /// What a connection's machine is told about it (`hooks`: what its script defines).
-    func machineConfiguration(for channel: Channel, hooks: ScriptHooks) -> ConnectionMachine.Configuration {
+    /// What a connection's machine is told about it (`hooks`: what its script defines): made
+    /// once per kind of connection and shared by all of that kind.
+    func machineConfiguration(for channel: Channel, hooks: ScriptHooks) -> ConnectionMachine.SharedConfiguration {
+        var local = false
+        if case .unixDomainSocket = channel.localAddress { local = true }
+        let key = hooks.rawValue << 1 | (local ? 1 : 0)
+        return machineConfigurations.withLockedValue { made in
+            if let shared = made[key] { return shared }
+            let shared = ConnectionMachine.SharedConfiguration(makeMachineConfiguration(localSocket: local, hooks: hooks))
+            made[key] = shared
+            return shared
+        }
+    }
+
+    private func makeMachineConfiguration(localSocket: Bool, hooks: ScriptHooks) -> ConnectionMachine.Configuration {
         var c = ConnectionMachine.Configuration()
         c.compression = configuration.compression
         c.maximumPacketLength = configuration.maxAssembledPacketSize
@@ -140,7 +155,7 @@ final class ProxyContext: Sendable {
         c.tls.backend = tls.backendProblem == nil ? tls.backend.mode : .off
         c.tls.pinnedServerKey = tls.backend.serverPublicKeyPEM
         c.tls.trustUnverifiedBackends = tls.backend.trustUnverifiedWithPasswords
-        if case .unixDomainSocket = channel.localAddress { c.tls.localSocket = true }
+        c.tls.localSocket = localSocket
         return c
     }
 

@@ -30,7 +30,7 @@ final class TimeoutSweeper {
         if let greetingTimeout { shortest = min(shortest, greetingTimeout) }
         let tick = TimeAmount.nanoseconds(max(shortest.nanoseconds / Int64(Self.ticksPerTimeout), 1_000_000))
         self.tick = tick
-        func ticks(_ amount: TimeAmount) -> Int { max(1, Int(amount.nanoseconds / tick.nanoseconds)) }
+        func ticks(_ amount: TimeAmount) -> Int32 { Int32(clamping: max(1, amount.nanoseconds / tick.nanoseconds)) }
         self.limits = .init(read: ticks(readTimeout), write: ticks(writeTimeout), login: loginTimeout.map(ticks), greeting: greetingTimeout.map(ticks))
     }
 
