@@ -19,6 +19,13 @@ extension ConnectionMachine {
         /// The relay: what the server sent goes to the client as it is, flushed with the end of
         /// the server's read cycle.
         case forwardToClient(ByteBuffer)
+        /// The plain relay's forwards when they are all an event made (the relay's usual case),
+        /// with what it counted: nothing follows them, the handler need not ask `nextAction()`.
+        case relayToBackend(ByteBuffer, Counts)
+        case relayToClient(ByteBuffer, Counts)
+        /// Bytes for the client, flushed with the end of the server's read cycle and never before:
+        /// a hook runs behind them, before the client sees them.
+        case queueToClient(ByteBuffer)
         /// The relay: what the server sent goes to the client as it is although the response
         /// tracker could not follow it; `warning` says why (it picks up at the next command).
         case forwardToClientUnderstoodNot(ByteBuffer, warning: String)
@@ -49,6 +56,9 @@ extension ConnectionMachine {
         case runHook(HookCall)
         /// A line for the connection's log.
         case log(Severity, String)
+        /// What the machine counted since the last report, for the loop's statistics; with
+        /// `recordsFinished`, commands ended: their records wait in `finishedRecords`.
+        case report(Counts, recordsFinished: Bool)
         /// The connection ends.
         case close(Close)
     }
@@ -157,6 +167,15 @@ extension ConnectionMachine {
         public var isEmpty: Bool {
             commands == 0 && queries == 0 && errorsSentByProxy == 0 && clientProtocolErrors == 0
                 && backendProtocolErrors == 0 && backendsLost == 0
+        }
+
+        public mutating func add(_ other: Counts) {
+            commands &+= other.commands
+            queries &+= other.queries
+            errorsSentByProxy &+= other.errorsSentByProxy
+            clientProtocolErrors &+= other.clientProtocolErrors
+            backendProtocolErrors &+= other.backendProtocolErrors
+            backendsLost &+= other.backendsLost
         }
     }
 }

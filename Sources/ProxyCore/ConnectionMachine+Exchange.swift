@@ -239,7 +239,9 @@ extension ConnectionMachine {
 
     /// Halts with what was made so far, then `action`.
     mutating func halt(_ action: consuming Action, _ out: inout Output) -> Flow {
+        if case .runHook = action { out.heldForHook = true }
         flush(&out)
+        out.heldForHook = false
         emit(action)
         return .halt
     }

@@ -102,7 +102,7 @@ extension ConnectionMachine {
             return true
         }
         if let (packet, offset) = refusedAt { return localInfileRefused(chunk, at: offset, packet) }
-        guard let warning else { return .forwardToClient(chunk) }
+        guard let warning else { return isSettledRelay ? .relayToClient(chunk, takeCounts()) : .forwardToClient(chunk) }
         counts.backendProtocolErrors += 1  // counted, but the connection goes on
         return .forwardToClientUnderstoodNot(chunk, warning: warning)
     }
@@ -192,6 +192,13 @@ extension ConnectionMachine {
             }
             return refuse(.unknownCommand(), sequenceID: failure.sequenceID &+ 1, reason: reason)
         }
-        return .forwardToBackend(chunk)
+        return isSettledRelay ? .relayToBackend(chunk, takeCounts()) : .forwardToBackend(chunk)
+    }
+
+    /// The plain relay with nothing else to say: no action queued, no record finished, the login
+    /// and the client's reads reported (`nextAction()` would answer `.none` after the counts).
+    var isSettledRelay: Bool {
+        guard case .relaying(draining: false) = state else { return false }
+        return loginReported && clientReadsReported && finishedRecords.isEmpty && outbox.isEmpty
     }
 }

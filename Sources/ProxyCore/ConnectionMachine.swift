@@ -225,11 +225,15 @@ public struct ConnectionMachine {
     /// More actions are waiting (`nextAction()`).
     public var hasPendingActions: Bool { !outbox.isEmpty }
 
-    /// The next action made while handling the last event; when none is left, whether the
-    /// handler should now read from the client or stop (`.readFromClient`) if that changed;
-    /// then `.none`. The handler calls it until `.none` after every event.
+    /// The next action made while handling the last event; when none is left, what was counted
+    /// (`.report`), then whether the handler should now read from the client or stop
+    /// (`.readFromClient`) if that changed; then `.none`. The handler calls it until `.none`
+    /// after every event.
     public mutating func nextAction() -> Action {
         if !outbox.isEmpty, let next = outbox.take() { return next }
+        if !counts.isEmpty || !finishedRecords.isEmpty {
+            return .report(takeCounts(), recordsFinished: !finishedRecords.isEmpty)
+        }
         if case .relaying(draining: false) = state, loginReported, clientReadsReported {
             return .none  // the relay's usual case: nothing changed
         }
@@ -333,7 +337,7 @@ public struct ConnectionMachine {
         if out.duringServerRead && out.toBackend == nil && out.backendTLSRequest == nil, let bytes = out.toClient {
             // flushed with the end of the server's read cycle, as in the relay: a large result
             // leaves in few system calls
-            return emit(.forwardToClient(bytes))
+            return emit(out.heldForHook ? .queueToClient(bytes) : .forwardToClient(bytes))
         }
         if out.toClient != nil || out.toBackend != nil { emit(.write(toClient: out.toClient, toBackend: out.toBackend)) }
     }
@@ -365,6 +369,8 @@ public struct ConnectionMachine {
         var backendTLSRequest: ByteBuffer?
         /// Made while handling bytes from the server: the handler flushes at the end of that read cycle.
         var duringServerRead = false
+        /// A hook follows: what the client gets waits for it (`.queueToClient`).
+        var heldForHook = false
 
         mutating func client(_ bytes: ByteBuffer) {
             if toClient == nil { toClient = bytes } else { var b = bytes; toClient!.writeBuffer(&b) }

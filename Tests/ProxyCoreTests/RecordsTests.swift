@@ -24,13 +24,13 @@ import Testing
         d.server([(Wire.okHex, 1)])
         d.machine.now = 9_000
         d.server([(Wire.okHex, 1)])
-        let records = d.machine.takeFinishedRecords()
+        let records = d.takeRecords()
         #expect(records.map(\.command) == [.stmtClose, .query, .ping])
         #expect(records.map(\.nanoseconds) == [0, 4_000, 8_000])
         #expect(records[1].text.map { String(buffer: $0) } == "SELECT 1")
         #expect(records[1].textTruncated)
         #expect(records[1].responseBytes == 11)
-        #expect(d.machine.finishedRecords.isEmpty && d.machine.openRecords.isEmpty)
+        #expect(d.records.isEmpty && d.machine.openRecords.isEmpty)
     }
 
     /// The relay sees a statement one read at a time: wherever the client's reads split it (in
@@ -51,7 +51,7 @@ import Testing
                     }
                     d.server([(Wire.okHex, 1)])
                     d.server([(Wire.okHex, 1)])
-                    let records = d.machine.takeFinishedRecords()
+                    let records = d.takeRecords()
                     let texts = records.map { $0.text.map { String(buffer: $0) } }
                     #expect(texts == [String(long.prefix(limit)), String("SELECT 2".prefix(limit))], "limit \(limit), cuts \(cut) \(secondCut)")
                     #expect(records.map(\.textTruncated) == [long.utf8.count > limit, 8 > limit], "limit \(limit), cuts \(cut) \(secondCut)")
@@ -75,7 +75,7 @@ import Testing
         #expect(!d.machine.wantsTime)
         d.client([(Wire.queryHex("SELECT 1"), 0)])
         d.server([(Wire.okHex, 1)])
-        #expect(d.machine.openRecords.isEmpty && d.machine.finishedRecords.isEmpty)
+        #expect(d.machine.openRecords.isEmpty && d.records.isEmpty)
     }
 
     /// A command the script answered is recorded as answered by the script, not the server.
@@ -86,7 +86,7 @@ import Testing
         configuration.recording = .durations
         var d = Driver.loggedIn(configuration, script: script)
         d.client(Wire.query("SELECT 1"))
-        let records = d.machine.takeFinishedRecords()
+        let records = d.takeRecords()
         #expect(records.count == 1 && records[0].answeredByScript && records[0].affectedRows == 3)
     }
 

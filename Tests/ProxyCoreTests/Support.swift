@@ -112,7 +112,7 @@ struct Effects {
     var hooks: [HookCall] = []
 
     /// Everything for the client, in order: forwarded, written, and the last words of a close.
-    var toClient: ByteBuffer? { gather { if case .forwardToClient(let b) = $0 { b } else if case .forwardToClientUnderstoodNot(let b, _) = $0 { b } else if case .write(let c, _) = $0 { c } else if case .close(let c) = $0 { c.toClient } else { nil } } }
+    var toClient: ByteBuffer? { gather { if case .forwardToClient(let b) = $0 { b } else if case .queueToClient(let b) = $0 { b } else if case .forwardToClientUnderstoodNot(let b, _) = $0 { b } else if case .write(let c, _) = $0 { c } else if case .close(let c) = $0 { c.toClient } else { nil } } }
     var toBackend: ByteBuffer? { gather { if case .forwardToBackend(let b) = $0 { b } else if case .write(_, let b) = $0 { b } else if case .startBackendTLS(let r) = $0 { r } else { nil } } }
     var close: ConnectionMachine.Close? { actions.lazy.compactMap { if case .close(let c) = $0 { c } else { nil } }.first }
     var logs: [(ConnectionMachine.Severity, String)] { actions.compactMap { if case .log(let s, let m) = $0 { (s, m) } else { nil } } }
@@ -133,6 +133,10 @@ struct Effects {
 struct Driver {
     var machine: ConnectionMachine
     let script: FakeScript?
+    /// What the machine reported (`.report`), summed.
+    var counts = ConnectionMachine.Counts()
+    /// Records of the commands that ended, as reported.
+    var records: [ConnectionMachine.CommandRecord] = []
 
     init(_ configuration: ConnectionMachine.Configuration = .init(), script: FakeScript? = nil) {
         var c = configuration
@@ -156,6 +160,15 @@ struct Driver {
                 effects.hooks.append(call)
                 action = machine.hookReturned(script?.run(call) ?? .notDefined)
                 continue
+            case .report(let c, let recordsFinished):
+                counts.add(c)
+                if recordsFinished { records += machine.takeFinishedRecords() }
+            case .relayToBackend(let bytes, let c), .relayToClient(let bytes, let c):
+                // the relay's forward is all the event made: shown as the forward it is
+                counts.add(c)
+                effects.actions.append(action == .relayToBackend(bytes, c) ? .forwardToBackend(bytes) : .forwardToClient(bytes))
+                #expect(machine.nextAction() == .none, "an action follows the relay's forward")
+                return effects
             default:
                 effects.actions.append(action)
             }
@@ -192,6 +205,11 @@ struct Driver {
     }
 
     var capabilities: CapabilityFlags { machine.session.capabilities }
+
+    mutating func takeRecords() -> [ConnectionMachine.CommandRecord] {
+        defer { records = [] }
+        return records
+    }
 }
 
 extension ConnectionMachine {

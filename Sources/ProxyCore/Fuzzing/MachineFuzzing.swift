@@ -124,8 +124,7 @@ struct FuzzDriver {
             case 9: handle(machine.abandon(.timeout, reason: "fuzz"))
             default: handle(machine.clientClosed())
             }
-            _ = machine.takeCounts()
-            machine.clearFinishedRecords()
+            precondition(machine.counts.isEmpty && machine.finishedRecords.isEmpty, "counts or records left unreported")
         }
     }
 
@@ -138,7 +137,19 @@ struct FuzzDriver {
             precondition(!machine.hasPendingActions, "a close returned ahead of queued actions")
         }
         while true {
-            precondition(!closed || action == .none, "the machine acted after it closed the connection: \(action)")
+            switch action {
+            case .relayToBackend, .relayToClient:
+                precondition(!closed && machine.nextAction() == .none, "an action follows the relay's forward")
+                return
+            case .report(_, let recordsFinished):
+                // counts may follow a close (the ERR it sent), nothing else may
+                if recordsFinished { machine.clearFinishedRecords() }
+                action = machine.nextAction()
+                if case .none = action { return }
+                continue
+            default:
+                precondition(!closed || action == .none, "the machine acted after it closed the connection: \(action)")
+            }
             switch action {
             case .runHook(let call):
                 action = machine.hookReturned(decide(call))

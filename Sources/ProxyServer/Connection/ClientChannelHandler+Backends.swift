@@ -37,7 +37,7 @@ extension ClientChannelHandler {
                     if self.shared.configuration.backendProxyProtocol {
                         // before anything else on the connection, the server's greeting included
                         handler.writeAndFlush(ProxyProtocol.v2Header(source: self.described.client,
-                                                                     destination: self.context.flatMap { self.clientDestination($0) }))
+                                                                     destination: self.context.flatMap { self.proxyProtocolEndpoints?.destination ?? $0.channel.localAddress }))
                     }
                     if let started { self.shared.metrics?.connectCompleted(backend: address, duration: .nanoseconds((NIODeadline.now() - started).nanoseconds)) }
                     // up once it greets: a server that accepts and says nothing is not

@@ -141,7 +141,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
                                             resetPooledConnections: shared.configuration.resetPooledConnections,
                                             resultsetBufferLimit: engine.configuration.resultsetBufferLimit)
         connection.client.src = described.client.map(ScriptAddress.init)
-        connection.client.dst = clientDestination(context).map(ScriptAddress.init)
+        connection.client.dst = (proxyProtocolEndpoints?.destination ?? context.channel.localAddress).map(ScriptAddress.init)
         connection.counters = counters
         connection.timesHooks = shared.recording != .off
         switch engine.startConnection(host: connection) {
@@ -157,12 +157,6 @@ final class ClientChannelHandler: ChannelInboundHandler {
             run(machine.refuseConnection(err, source: .scriptError, reason: err.message, level: .error))
             return false
         }
-    }
-
-    /// The address the client connected to: the one its PROXY header names, else the listener's.
-    func clientDestination(_ context: ChannelHandlerContext) -> SocketAddress? {
-        if case .proxied(_, let destination) = proxyProtocolEndpoints { return destination }
-        return context.channel.localAddress
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -301,23 +295,24 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     /// Carries out `first` and every action the machine has queued behind it, running the hooks
     /// it asks for on the way.
-    func run(_ first: ConnectionMachine.Action) {
+    func run(_ first: consuming ConnectionMachine.Action) {
+        switch first {
+        case .relayToBackend, .relayToClient: perform(first)  // all the event made: nothing follows
+        default: runQueued(first)
+        }
+    }
+
+    @inline(never) private func runQueued(_ first: consuming ConnectionMachine.Action) {
         var action = first
         while true {
-            switch action {
-            case .none:
-                break
-            case .runHook(let call):
+            if case .runHook(let call) = action {
                 action = machine.hookReturned(runHook(call))
                 continue
-            default:
-                perform(action)
             }
+            perform(action)
             action = machine.nextAction()
             if case .none = action { break }
         }
-        if !machine.counts.isEmpty { counters.add(machine.takeCounts()) }
-        if !machine.finishedRecords.isEmpty { recordCommands() }
     }
 
     @inline(__always)
@@ -325,14 +320,15 @@ final class ClientChannelHandler: ChannelInboundHandler {
         switch action {
         case .none, .runHook:
             break
-        case .forwardToBackend(let buffer):
+        case .forwardToBackend(let buffer), .relayToBackend(let buffer, _):
+            if case .relayToBackend(_, let counts) = action { counters.add(counts) }
             counters.add(.bytesToBackends, buffer.readableBytes)
             backend?.write(buffer)
-        case .forwardToClient(let buffer), .forwardToClientUnderstoodNot(let buffer, _):
+        case .forwardToClient(let buffer), .forwardToClientUnderstoodNot(let buffer, _), .queueToClient(let buffer), .relayToClient(let buffer, _):
             if case .forwardToClientUnderstoodNot(_, let warning) = action { log(.warning, "\(warning)") }
+            if case .relayToClient(_, let counts) = action { counters.add(counts) }
+            if case .queueToClient = action { flushPending = true }
             counters.add(.bytesToClients, buffer.readableBytes)
-            // a hook queued behind the response's end runs before the client sees that end
-            if machine.hasPendingActions { flushPending = true }
             context?.forward(buffer, flushPending: &flushPending)
         case .write(let toClient, let toBackend):
             if let bytes = toBackend {
@@ -364,6 +360,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
             loginOver()
         case .log(let severity, let message):
             log(severity.loggerLevel, "\(message)")
+        case .report(let counts, let recordsFinished):
+            counters.add(counts)
+            if recordsFinished { recordCommands() }
         case .close(let close):
             closing = true
             if let reason = close.reason {

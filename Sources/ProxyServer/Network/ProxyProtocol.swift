@@ -12,6 +12,12 @@ public enum ProxyProtocol {
         case local
         /// The client (`source`) and the address it connected to (`destination`).
         case proxied(source: SocketAddress, destination: SocketAddress)
+
+        /// The address the client connected to, as the header names it (nil: the listener's stands).
+        var destination: SocketAddress? {
+            if case .proxied(_, let destination) = self { return destination }
+            return nil
+        }
     }
 
     public enum Parsed: Sendable {
