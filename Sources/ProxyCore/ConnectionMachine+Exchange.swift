@@ -401,20 +401,23 @@ extension ConnectionMachine {
         guard let byte = payload.getInteger(at: payload.readerIndex, as: UInt8.self) else {
             return clientPacketFailed(&exchange, .invalid("empty command packet"), &out)
         }
-        var command = Command(code: CommandCode(byte), clientSequence: lastSequence, packet: payload, raw: c.raw)
+        let code = CommandCode(byte)
         exchange.commandsStarted = true
-        recordCommandStarted(command.code, expectsResponse: true, payload: payload)
+        recordCommandStarted(code, expectsResponse: true, payload: payload)
         nextSequenceToClient = lastSequence &+ 1
-        if command.code == .initDB {
-            command.database = payload.getString(at: payload.readerIndex + 1, length: payload.readableBytes - 1)
-        } else if command.code == .changeUser {
-            command.changeUser = try? ChangeUserRequest(parsing: payload, capabilities: session.capabilities.isEmpty ? [.protocol41, .secureConnection] : session.capabilities)
+        var database: String?
+        var changeUser: ChangeUserRequest?
+        if code == .initDB {
+            database = payload.getString(at: payload.readerIndex + 1, length: payload.readableBytes - 1)
+        } else if code == .changeUser {
+            changeUser = try? ChangeUserRequest(parsing: payload, capabilities: session.capabilities.isEmpty ? [.protocol41, .secureConnection] : session.capabilities)
         }
+        let command = Command(code: code, clientSequence: lastSequence, packet: payload, raw: c.raw, database: database, changeUser: changeUser)
         if !exchange.injections.isEmpty { exchange.injections = [] }
         if exchange.injected != nil { exchange.injected = nil }
         exchange.lastEnd = nil
         if configuration.hooks.contains(.readQuery) {
-            exchange.step = .readQueryHook(command)
+            exchange.step = .readQueryHook(consume command)
             return halt(.runHook(hookCall(.readQuery(packet: payload), loggedIn: true,
                                           serverIdle: exchange.hasServer && !tracker.isAwaitingResponse, status: tracker.status)), &out)
         }
@@ -446,7 +449,7 @@ extension ConnectionMachine {
                 emit(.log(.critical, "proxy.queries:append() or :prepend() used without 'return proxy.PROXY_SEND_QUERY'; discarding \(exchange.injections.count) queued queries"))
                 exchange.injections.removeAll()
             }
-            return forwardOriginal(&exchange, command, &out)
+            return forwardOriginal(&exchange, consume command, &out)
         }
     }
 

@@ -60,7 +60,7 @@ extension ConnectionMachine {
         out.client(chunk)
         // no command: the login's verdict (commands sent behind it start now), or a server that
         // talks out of turn
-        guard var running = command else { return drainQueue(&exchange, &out) }
+        guard var running = command.take() else { return drainQueue(&exchange, &out) }
         guard let end = ended else {
             exchange.step = .running(consume running)
             return .proceed
@@ -302,7 +302,7 @@ extension ConnectionMachine {
         let flow: Flow
         switch exchange.takeStep() {
         case .readQueryHook(let command):
-            flow = commandDecided(&exchange, command, result.decision, &out)
+            flow = commandDecided(&exchange, consume command, result.decision, &out)
         case .uploadHook(let command, let last):
             flow = uploadPacketDecided(&exchange, command, last: last, result.decision, &out)
         case .readQueryResultHook(let command):
