@@ -44,6 +44,9 @@ extension ConnectionMachine {
         var injected: InjectionOutcome?
         /// The last response of the command that runs (for its record).
         var lastEnd: ResponseTracker.ResponseEnd?
+        /// The first byte of the running response's first packet, once seen (kept here, not in the
+        /// command, so that a chunk of the response leaves the command where it is).
+        var responseFirstByte: UInt8?
         /// The script set `proxy.connection.connection_close`: the connection ends after the command.
         var closeRequested = false
 
@@ -80,6 +83,11 @@ extension ConnectionMachine {
             var isActive: Bool {
                 if case .idle = self { return false }
                 return true
+            }
+
+            var isRunning: Bool {
+                if case .running = self { return true }
+                return false
             }
 
             var isHook: Bool {
@@ -155,8 +163,6 @@ extension ConnectionMachine {
         var shift: UInt8 = 0
         var bufferedBytes = 0
         var overflowed = false
-        /// The first byte of the current response's first packet, once seen.
-        var firstByte: UInt8?
         /// A server's LOCAL INFILE request went on to the client, which then sent its file.
         var uploadRelayed = false
         /// The current injection asked for no buffering, but another such one follows it: its
@@ -185,7 +191,7 @@ extension ConnectionMachine {
         } else {
             _ = exchangeClientChunk(&box.buffer[0], chunk, &out)
         }
-        store(box, out)
+        store(consume box, consume out)
     }
 
     /// Bytes from the server while the exchange runs.
@@ -194,7 +200,7 @@ extension ConnectionMachine {
         state = .modifying
         var out = Output(duringServerRead: true)
         _ = exchangeServerChunk(&box.buffer[0], chunk, &out)
-        store(box, out)
+        store(consume box, consume out)
     }
 
     /// Carries on where the exchange stopped: after the login's verdict, after a hook.
@@ -203,13 +209,13 @@ extension ConnectionMachine {
         state = .modifying
         var out = Output()
         _ = carryOn(&box.buffer[0], &out)
-        store(box, out)
+        store(consume box, consume out)
     }
 
     /// Puts the exchange back (unless the connection ended meanwhile) and queues what it made.
     mutating func store(_ box: consuming ExchangeBox, _ out: consuming Output) {
-        emit(out)
-        if case .modifying = state { state = .exchanging(box) }
+        emit(consume out)
+        if case .modifying = state { state = .exchanging(consume box) }
     }
 
     /// What waited: the server's bytes of a response being collected, the queued commands, the
@@ -476,6 +482,7 @@ extension ConnectionMachine {
             out.backend(framed)
         }
         if exchange.injected != nil { exchange.injected = nil }
+        exchange.responseFirstByte = nil
         command.collect = nil
         command.sent = 1
         if case .command(_, .none) = kind {

@@ -24,14 +24,7 @@ extension ConnectionMachine {
         var failure: (FrameScanner.PacketStart, offset: Int, WireError)?
         var refusedAt: (FrameScanner.PacketStart, offset: Int)?
         var ended: ResponseTracker.ResponseEnd?
-        // the running command, moved out of the step while its response is read (put back below)
-        var command: Command?
-        if case .running = exchange.step {
-            switch exchange.takeStep() {
-            case .running(let running): command = running
-            default: break
-            }
-        }
+        let running = exchange.step.isRunning
         fromServer.scanPacketStarts(chunk) { packet, offset in
             do throws(WireError) {
                 let kind = try tracker.serverPacketStarted(packet)
@@ -39,7 +32,7 @@ extension ConnectionMachine {
                     refusedAt = (packet, offset)
                     return false
                 }
-                if command?.firstByte == nil && kind != .progress { command?.firstByte = packet.firstByte ?? 0 }
+                if running && exchange.responseFirstByte == nil && kind != .progress { exchange.responseFirstByte = packet.firstByte ?? 0 }
                 if kind == .row, exchange.injected != nil { exchange.injected?.bytes += Self.rowBytes(packet.header.payloadLength) }
                 if case .endOfResponse(let end) = kind, ended == nil {
                     ended = end
@@ -50,7 +43,6 @@ extension ConnectionMachine {
                 return false
             }
         }
-        if failure != nil || refusedAt != nil, let command { exchange.step = .running(command) }
         if let (packet, offset, error) = failure {
             return halt(serverPacketMalformed(chunk, at: offset, packet, error), &out)
         }
@@ -60,12 +52,11 @@ extension ConnectionMachine {
         out.client(chunk)
         // no command: the login's verdict (commands sent behind it start now), or a server that
         // talks out of turn
-        guard var running = command.take() else { return drainQueue(&exchange, &out) }
-        guard let end = ended else {
-            exchange.step = .running(consume running)
-            return .proceed
-        }
-        guard responseEnded(&exchange, &running, end, &out) == .proceed else { return .halt }
+        guard running else { return drainQueue(&exchange, &out) }
+        guard let end = ended else { return .proceed }
+        // the response is complete: the command leaves its step while what follows is decided
+        guard case .running(var command) = exchange.takeStep() else { return .proceed }
+        guard responseEnded(&exchange, &command, end, &out) == .proceed else { return .halt }
         return drainQueue(&exchange, &out)
     }
 
@@ -81,8 +72,8 @@ extension ConnectionMachine {
             while case .running(var command) = exchange.step, let collect = command.collect, let c = try exchange.serverCollector.next() {
                 let payload = c.packet.payload
                 let kind = try tracker.serverPacketStarted(c.start)
-                if command.firstByte == nil && kind != .progress {
-                    command.firstByte = payload.getInteger(at: payload.readerIndex, as: UInt8.self) ?? 0
+                if exchange.responseFirstByte == nil && kind != .progress {
+                    exchange.responseFirstByte = payload.getInteger(at: payload.readerIndex, as: UInt8.self) ?? 0
                     exchange.injected?.firstPacketAt = now / 1000
                 }
                 if kind == .row { exchange.injected?.bytes += Self.rowBytes(payload.readableBytes) }
@@ -193,7 +184,7 @@ extension ConnectionMachine {
         result.lastPacketAt = now / 1000
         if result.firstPacketAt == 0 { result.firstPacketAt = result.lastPacketAt }
         result.rows = Int(clamping: end.rows)
-        if let first = command.firstByte {
+        if let first = exchange.responseFirstByte {
             result.wasResultSet = first != 0x00 && first != 0xFF && first != 0xFE && first != 0xFB
         }
         result.serverStatus = (end.status ?? tracker.status).rawValue
@@ -316,7 +307,7 @@ extension ConnectionMachine {
         if flow == .proceed, !isClosed {
             _ = carryOn(&exchange, &out)
         }
-        emit(out)
+        emit(consume out)
     }
 
     /// The script swapped the server connection during a hook: the server side starts afresh.

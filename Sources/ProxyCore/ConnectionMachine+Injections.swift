@@ -138,7 +138,7 @@ extension ConnectionMachine {
             command.autoBuffered = buffer && !injection.resultsetIsNeeded
             exchange.injected = InjectionOutcome(injection: injection, buffered: buffer,
                                                  capabilities: session.capabilities.isEmpty ? [.protocol41] : session.capabilities)
-            command.firstByte = nil
+            exchange.responseFirstByte = nil
             command.bufferedBytes = 0
             command.overflowed = false
             // `seq` is now the sequence id the server's response starts with
