@@ -41,6 +41,8 @@ public final class ScriptEngine: @unchecked Sendable {
         public var statistics: (@Sendable () -> [String: [(String, Int)]])?
         /// What `chassis.get_connections()` lists: one row of name/value pairs per client connection.
         public var connections: (@Sendable () -> [[(String, String)]])?
+        /// What `chassis.get_accounts()` lists: the servers' accounts as the proxy read them.
+        public var accounts: (@Sendable () -> [[(String, String)]])?
         /// What `chassis.set_shutdown()` does; without it the call is logged and ignored.
         public var shutdownRequest: (@Sendable () -> Void)?
         /// Lua code run in each connection's environment before the script (the admin interface

@@ -8,7 +8,7 @@ import ProxyScripting
 /// connection's environment defines `connect_server` (a greeting with a fresh challenge) and
 /// `read_auth` (a real mysql_native_password check against SHA1(SHA1(password)); the password
 /// itself never reaches Lua). The admin script then only needs `read_query`; the default one
-/// answers `SELECT * FROM help`, `backends`, `stats`, `connections` and `config`.
+/// answers `SELECT * FROM help`, `backends`, `stats`, `connections`, `config` and `accounts`.
 public struct AdminConfiguration: Sendable {
     /// Loopback unless the operator names another address: the admin interface shows every
     /// connection and the configuration.
@@ -84,6 +84,7 @@ enum AdminInterface {
         { "SELECT * FROM stats", "the proxy's counters: connections, queries, bytes, errors by source" },
         { "SELECT * FROM connections", "the client connections: client, backend, user, TLS and compression on each link" },
         { "SELECT * FROM config", "the effective options" },
+        { "SELECT * FROM accounts", "the servers' accounts as read with --proxy-users-user, in the order the servers search them (no hashes)" },
       })
     end
     tables.backends = function()
@@ -110,6 +111,16 @@ enum AdminInterface {
       for _, c in ipairs(chassis.get_connections() or {}) do
         local row = {}
         for i, name in ipairs(columns) do row[i] = c[name] end
+        rows[#rows + 1] = row
+      end
+      return resultset(columns, rows)
+    end
+    tables.accounts = function()
+      local columns = { "user", "host", "plugin", "locked", "password_expired", "require" }
+      local rows = {}
+      for _, a in ipairs(chassis.get_accounts() or {}) do
+        local row = {}
+        for i, name in ipairs(columns) do row[i] = a[name] end
         rows[#rows + 1] = row
       end
       return resultset(columns, rows)

@@ -152,6 +152,11 @@ public struct ProxyConfiguration: Sendable {
     public var backendCheckInterval: TimeAmount?
     public var backendCheckUser: String?
     public var backendCheckPassword: String = ""
+    /// The servers' accounts, read with `--proxy-users-user` / `--proxy-users-password` every
+    /// `--proxy-users-refresh-interval` (nil user: not read).
+    public var accountsUser: String?
+    public var accountsPassword: String = ""
+    public var accountsRefreshInterval: TimeAmount = .seconds(60)
     /// `--proxy-protocol-networks`: clients from these networks must start with a PROXY protocol
     /// header (v1 or v2), whose client address then stands for the connection's (nil: none do).
     public var proxyProtocolNetworks: NetworkList?

@@ -38,6 +38,8 @@ public final class MoonProxy: Sendable {
     private let adminContext: ProxyContext?
     /// Active health checks, when configured.
     private let healthChecker: HealthChecker?
+    /// The servers' accounts, with --proxy-users-user.
+    private let accountLoader: AccountLoader?
     /// The metrics endpoint's exporter, with --metrics-address.
     private let metrics: MetricsExporter?
     /// The query log's writer, with --query-log.
@@ -100,6 +102,13 @@ public final class MoonProxy: Sendable {
         } else {
             self.healthChecker = nil
         }
+        let group = self.group
+        let accounts = configuration.accountsUser.map { user in
+            AccountLoader(settings: .init(user: user, password: configuration.accountsPassword, interval: configuration.accountsRefreshInterval,
+                                          timeout: max(configuration.connectTimeout, .seconds(1))),
+                          backends: backends, group: group, logger: logger, tls: tls)
+        }
+        self.accountLoader = accounts
         var queryLog: QueryLog? = nil
         var queryLogProblem: String? = nil
         if let settings = configuration.queryLog {
@@ -128,6 +137,7 @@ public final class MoonProxy: Sendable {
             script.prelude = AdminInterface.prelude(username: admin.username, password: admin.password)
             script.statistics = { Self.statisticsGroups(statistics, backends) }
             script.connections = { registry?.rows() ?? [] }
+            script.accounts = { accounts?.rows() ?? [] }
             var adminLogger = logger
             adminLogger[metadataKey: "module"] = "admin"
             let adminEngine = ScriptEngine(configuration: script, backends: backends, logger: adminLogger)
@@ -281,6 +291,7 @@ public final class MoonProxy: Sendable {
             channel.read()
         }
         healthChecker?.start()
+        accountLoader?.start()
     }
 
     /// Said once at startup: a server link that is not verified TLS may end at whoever sits
@@ -439,6 +450,7 @@ public final class MoonProxy: Sendable {
         context.isStopping = true
         adminContext?.isStopping = true
         healthChecker?.stop()
+        accountLoader?.stop()
         let (servers, admin, metrics) = state.withLockedValue { state -> ([Channel], Channel?, Channel?) in
             defer { state.serverChannels = []; state.adminChannel = nil; state.metricsChannel = nil }
             return (state.serverChannels, state.adminChannel, state.metricsChannel)

@@ -31,6 +31,7 @@ enum DefaultsFile {
         "ssl-cert": nil, "ssl-key": nil, "ssl-ca": nil, "ssl-cipher": nil, "tls-version": nil,
         "proxy-backend-ssl": nil, "proxy-backend-ssl-ca": nil, "proxy-backend-ssl-cert": nil, "proxy-backend-ssl-key": nil,
         "protocol-compression-algorithms": nil, "proxy-backend-compression": nil,
+        "proxy-users-user": nil, "proxy-users-password-file": nil, "proxy-users-refresh-interval": nil,
     ]
 
     /// Parses the `[mysql-proxy]` section into (key, value) pairs in file order.

@@ -48,6 +48,13 @@ extension Options {
                     value: options.proxyBackendCheckPassword, file: resolve(options.proxyBackendCheckPasswordFile),
                     fileOption: "--proxy-backend-check-password-file", environment: "MOONPROXY_BACKEND_CHECK_PASSWORD") ?? ""
             }
+            if let user = options.proxyUsersUser, !user.isEmpty {
+                configuration.accountsUser = user
+                configuration.accountsPassword = try SecretFile.resolve(
+                    value: nil, file: resolve(options.proxyUsersPasswordFile),
+                    fileOption: "--proxy-users-password-file", environment: "MOONPROXY_USERS_PASSWORD") ?? ""
+                if let seconds = options.proxyUsersRefreshInterval { configuration.accountsRefreshInterval = .nanoseconds(Int64(seconds * 1e9)) }
+            }
             if let metrics = options.metricsAddress {
                 // a bare :port is loopback: metrics show the proxy's traffic to whoever asks
                 configuration.metricsAddress = try ProxyAddress(parsing: metrics, defaultHost: "127.0.0.1", defaultPort: 9104)

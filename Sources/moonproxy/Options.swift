@@ -89,6 +89,15 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("proxy-backend-check-password-file"), help: ArgumentHelp("file holding the health check account's password (its first line; not readable by others) (MoonProxy)", valueName: "file"))
     var proxyBackendCheckPasswordFile: String?
 
+    @Option(name: .customLong("proxy-users-user"), help: ArgumentHelp("service account the servers' accounts are read with (SELECT on mysql.global_priv; mysql_native_password); the admin interface lists them (MoonProxy)", valueName: "user"))
+    var proxyUsersUser: String?
+
+    @Option(name: .customLong("proxy-users-password-file"), help: ArgumentHelp("file holding the service account's password (its first line; not readable by others); or MOONPROXY_USERS_PASSWORD (MoonProxy)", valueName: "file"))
+    var proxyUsersPasswordFile: String?
+
+    @Option(name: .customLong("proxy-users-refresh-interval"), help: ArgumentHelp("seconds between readings of the accounts (MoonProxy; default: 60)", valueName: "seconds"))
+    var proxyUsersRefreshInterval: Double?
+
     @Option(name: .customLong("proxy-auto-config-dir"), help: ArgumentHelp("directory in which scripts' PROXY SAVE CONFIG / LOAD CONFIG (proxy.auto-config) may write and read, by file name only; without it both are refused (MoonProxy)", valueName: "dir"))
     var proxyAutoConfigDir: String?
 
@@ -271,6 +280,7 @@ struct Options: ParsableArguments {
         if let n = self.maxOpenFiles, n < 0 { throw ValidationError("--max-open-files must not be negative") }
         if let n = self.maxConnections, n < 0 { throw ValidationError("--max-connections must not be negative") }
         if let t = self.proxyBackendCheckInterval, !(t >= 0 && t <= 3600) { throw ValidationError("--proxy-backend-check-interval must be a number of seconds from 0 to 3600") }
+        if let t = self.proxyUsersRefreshInterval, !(t >= 1 && t <= 86400) { throw ValidationError("--proxy-users-refresh-interval must be a number of seconds from 1 to 86400") }
         if let n = self.maxConnectionsPerAddress, n < 0 { throw ValidationError("--max-connections-per-address must not be negative") }
         if let n = self.maxUnauthenticatedConnectionsPerAddress, n < 0 { throw ValidationError("--max-unauthenticated-connections-per-address must not be negative") }
         if self.requireX509 && self.sslCa == nil { throw ValidationError("--require-x509 needs --ssl-ca (the CA client certificates are verified against)") }

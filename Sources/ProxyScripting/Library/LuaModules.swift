@@ -106,6 +106,9 @@ enum LuaModules {
         lua.push(function: chassisConnections, upvalues: 1)
         lua.rawSet(-2, "get_connections")
         lua.push(object: reference, metatable: engineMetatable)
+        lua.push(function: chassisAccounts, upvalues: 1)
+        lua.rawSet(-2, "get_accounts")
+        lua.push(object: reference, metatable: engineMetatable)
         lua.push(function: chassisSetShutdown, upvalues: 1)
         lua.rawSet(-2, "set_shutdown")
         lua.rawSet(-2, "chassis")
@@ -335,11 +338,22 @@ private let lua51Rewrite: LuaFunction = { L in
 /// client_tls, backend_tls, client_compression, backend_compression), nil where nobody keeps one.
 private let chassisConnections: LuaFunction = { L in
     let lua = Lua(L!)
-    guard let engine = LuaModules.engine(lua), let provider = engine.configuration.connections else {
+    return pushRows(lua, LuaModules.engine(lua)?.configuration.connections?())
+}
+
+/// `chassis.get_accounts()`: an array of tables (user, host, plugin, locked, password_expired,
+/// require) in the order the servers search them; nil until the proxy has read them.
+private let chassisAccounts: LuaFunction = { L in
+    let lua = Lua(L!)
+    return pushRows(lua, LuaModules.engine(lua)?.configuration.accounts?())
+}
+
+/// Rows of name/value pairs as an array of tables; nil for none kept.
+private func pushRows(_ lua: Lua, _ rows: [[(String, String)]]?) -> Int32 {
+    guard let rows else {
         lua.pushNil()
         return 1
     }
-    let rows = provider()
     lua.newTable(arrayCapacity: Int32(clamping: rows.count))
     for (i, row) in rows.enumerated() {
         lua.newTable(recordCapacity: Int32(clamping: row.count))

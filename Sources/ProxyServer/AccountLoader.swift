@@ -1,0 +1,135 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import ProxyCore
+
+/// The servers' accounts, read with a service account (`--proxy-users-user`, needing only
+/// `SELECT` on `mysql.global_priv`) from the first backend that answers, when the proxy starts and
+/// then every `--proxy-users-refresh-interval`. What it reads is kept in memory only, and shown
+/// without hashes (the admin interface's `accounts`). It is the ground for authenticating clients
+/// in the proxy (issue 24); today nothing logs in with it.
+final class AccountLoader: Sendable {
+    struct Settings: Sendable {
+        var user: String
+        var password: String
+        var interval: TimeAmount
+        var timeout: TimeAmount
+    }
+
+    /// User, host, the authentication plugin and its string, locked, the password's last change
+    /// (0: expired), the TLS requirement; roles are not accounts.
+    static let query = """
+        SELECT User, Host, IFNULL(JSON_VALUE(Priv, '$.plugin'), 'mysql_native_password'), \
+        IFNULL(JSON_VALUE(Priv, '$.authentication_string'), ''), IFNULL(JSON_VALUE(Priv, '$.account_locked'), '0'), \
+        IFNULL(JSON_VALUE(Priv, '$.password_last_changed'), '1'), IFNULL(JSON_VALUE(Priv, '$.ssl_type'), '0') \
+        FROM mysql.global_priv WHERE IFNULL(JSON_VALUE(Priv, '$.is_role'), '0') <> '1'
+        """
+
+    private let settings: Settings
+    private let backends: BackendPool
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let tls: TLSContexts?
+    private let state = NIOLockedValueBox(State())
+    private struct State {
+        var table: AccountTable?
+        var task: RepeatedTask?
+        var lastProblem: String?
+        var refreshes = 0
+    }
+
+    init(settings: Settings, backends: BackendPool, group: EventLoopGroup, logger: Logger, tls: TLSContexts?) {
+        self.settings = settings
+        self.backends = backends
+        self.group = group
+        self.logger = logger
+        self.tls = tls
+    }
+
+    /// The accounts as last read (nil until a backend has answered).
+    var table: AccountTable? { state.withLockedValue { $0.table } }
+
+    func start() {
+        let loop = group.next()
+        let task = loop.scheduleRepeatedAsyncTask(initialDelay: .zero, delay: settings.interval) { [self] _ in
+            refresh(on: loop)
+        }
+        state.withLockedValue { $0.task = task }
+    }
+
+    func stop() {
+        state.withLockedValue { $0.task?.cancel(); $0.task = nil }
+    }
+
+    /// Reads the accounts from the first backend that is not down and answers; the table stays
+    /// as it was when none does.
+    private func refresh(on loop: EventLoop) -> EventLoopFuture<Void> {
+        let candidates = backends.snapshot().filter { $0.state != .down } + backends.snapshot().filter { $0.state == .down }
+        func attempt(_ index: Int, _ problems: [String]) -> EventLoopFuture<Void> {
+            guard index < candidates.count else {
+                note(problem: problems.joined(separator: "; "))
+                return loop.makeSucceededVoidFuture()
+            }
+            let backend = candidates[index]
+            return BackendQuery.run(Self.query, on: backend.address, user: settings.user, password: settings.password,
+                                    tls: BackendQuery.tlsPlan(for: backend.address, tls: tls), timeout: settings.timeout, group: group)
+                .hop(to: loop)
+                .flatMap { outcome in
+                    switch outcome {
+                    case .rows(let rows):
+                        self.loaded(AccountTable(rows.compactMap(Self.account)), from: backend)
+                        return loop.makeSucceededVoidFuture()
+                    case .failed(let reason):
+                        return attempt(index + 1, problems + ["\(backend.address): \(reason)"])
+                    }
+                }
+        }
+        return attempt(0, [])
+    }
+
+    static func account(_ row: [String?]) -> Account? {
+        guard row.count == 7, let user = row[0], let host = row[1] else { return nil }
+        let tls: Account.TLSRequirement
+        switch row[6] {
+        case "1": tls = .any
+        case "2": tls = .x509
+        case "3": tls = .specified
+        default: tls = .none
+        }
+        return Account(user: user, host: host, methods: [(row[2] ?? "mysql_native_password", row[3] ?? "")],
+                       locked: row[4] == "1", passwordExpired: row[5] == "0", tls: tls)
+    }
+
+    private func loaded(_ table: AccountTable, from backend: BackendInfo) {
+        let (first, recovered) = state.withLockedValue { state -> (Bool, Bool) in
+            defer { state.table = table; state.lastProblem = nil; state.refreshes += 1 }
+            return (state.table == nil, state.lastProblem != nil)
+        }
+        if first || recovered {
+            logger.notice("read \(table.accounts.count) accounts from backend \(backend.address) with --proxy-users-user")
+        } else {
+            logger.debug("read \(table.accounts.count) accounts from backend \(backend.address)")
+        }
+    }
+
+    private func note(problem: String) {
+        let repeated = state.withLockedValue { state -> Bool in
+            defer { state.lastProblem = problem }
+            return state.lastProblem == problem
+        }
+        if !repeated { logger.warning("cannot read the accounts with --proxy-users-user from any backend: \(problem)") }
+    }
+
+    /// What the admin interface lists: the accounts in the order MariaDB searches them, without
+    /// their authentication strings.
+    func rows() -> [[(String, String)]] { Self.rows(table) }
+
+    static func rows(_ table: AccountTable?) -> [[(String, String)]] {
+        guard let table else { return [] }
+        return table.accounts.map { account in
+            [("user", account.user), ("host", account.host.text), ("plugin", account.methods.map(\.plugin).joined(separator: ",")),
+             ("locked", account.locked ? "yes" : "no"), ("password_expired", account.passwordExpired ? "yes" : "no"),
+             ("require", "\(account.tls)")]
+        }
+    }
+}

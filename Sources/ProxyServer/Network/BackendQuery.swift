@@ -1,0 +1,241 @@
+import MySQLWire
+import NIOCore
+import NIOPosix
+import NIOSSL
+import ProxyScripting
+
+/// One query on a server connection of the proxy's own, with an account of the operator's:
+/// greeting, login (over TLS if the plan says so; mysql_native_password, with an auth switch to it
+/// if asked), one text query, its rows, COM_QUIT. The health checks ask `SELECT @@read_only` so;
+/// the account loader reads `mysql.global_priv`. The login always ends one way or the other, so
+/// the server never counts the connection in `Aborted_connects` (which would get the proxy's host
+/// blocked past `max_connect_errors`).
+enum BackendQuery {
+    enum Outcome: Sendable {
+        /// The rows, each column's text or nil for NULL.
+        case rows([[String?]])
+        case failed(String)
+    }
+
+    struct TLSPlan {
+        var context: NIOSSLContext?
+        var hostname: String?
+        /// A server that does not offer TLS fails the query.
+        var required: Bool
+        /// Why the context could not be made.
+        var problem: String?
+    }
+
+    /// More rows than this fail the query: what it reads is held in memory.
+    static let rowLimit = 100_000
+
+    static func run(_ query: String, on address: ProxyAddress, user: String, password: String, tls: TLSPlan?,
+                    timeout: TimeAmount, group: EventLoopGroup) -> EventLoopFuture<Outcome> {
+        let loop = group.next()
+        let promise = loop.makePromise(of: Outcome.self)
+        let handler = BackendQueryHandler(query: query, user: user, password: password, promise: promise, tls: tls)
+        let bootstrap = ClientBootstrap(group: loop)
+            .connectTimeout(timeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }
+            }
+        let connect: EventLoopFuture<Channel>
+        switch address {
+        case .tcp(let host, let port): connect = bootstrap.connect(host: host, port: port)
+        case .unix(let path): connect = bootstrap.connect(unixDomainSocketPath: path)
+        }
+        // everything below runs on `loop`, the query's channel's, as the handler does
+        connect.whenComplete { result in
+            switch result {
+            case .failure(let error):
+                handler.conclude(.failed("cannot connect: \(error)"))
+            case .success(let channel):
+                // a query that hangs fails; its connection is closed
+                let timer = loop.scheduleTask(in: timeout) {
+                    handler.conclude(.failed("no answer within \(timeout.nanoseconds / 1_000_000) ms"))
+                    channel.close(promise: nil)
+                }
+                promise.futureResult.whenComplete { _ in timer.cancel() }
+            }
+        }
+        return promise.futureResult
+    }
+
+    /// How a connection of the proxy's own to `address` may turn to TLS: nil when it stays in
+    /// plaintext. TLS when offered; required where even a plaintext client's link must be TLS.
+    static func tlsPlan(for address: ProxyAddress, tls: TLSContexts?) -> TLSPlan? {
+        guard let tls, tls.backend.mode != .off else { return nil }
+        let required = tls.backend.mode.wantsTLS(clientUsesTLS: false, serverOffers: false) == nil
+        let context: NIOSSLContext
+        do {
+            context = try tls.forBackend(clientVersion: nil)
+        } catch {
+            // the backend side cannot do TLS (its CA or key does not load): a mode that needs it
+            // makes every query fail with the reason, as it does every client's connection
+            return required ? TLSPlan(context: nil, hostname: nil, required: true, problem: "\(error)") : nil
+        }
+        var hostname: String? = nil
+        if case .tcp(let host, _) = address, (try? SocketAddress(ipAddress: host, port: 0)) == nil {
+            hostname = host  // SNI, and the name verify-identity checks
+        }
+        return TLSPlan(context: context, hostname: hostname, required: required, problem: nil)
+    }
+}
+
+final class BackendQueryHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum Step { case greeting, login, columns, columnDefinitions, rows, done }
+    private let query: String
+    private let user: String
+    private let password: String
+    private let promise: EventLoopPromise<BackendQuery.Outcome>
+    private var step = Step.greeting
+    private var collector = PacketCollector()
+    private var sequence: UInt8 = 0
+    private var columns = 0
+    private var definitionsLeft = 0
+    private var rows: [[String?]] = []
+    private var capabilities: CapabilityFlags = []
+    private let tls: BackendQuery.TLSPlan?
+
+    init(query: String, user: String, password: String, promise: EventLoopPromise<BackendQuery.Outcome>, tls: BackendQuery.TLSPlan? = nil) {
+        self.query = query
+        self.user = user
+        self.password = password
+        self.promise = promise
+        self.tls = tls
+        collector.maximumPacketLength = 1 << 20
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        collector.append(unwrapInboundIn(data))
+        do {
+            while step != .done, let c = try collector.next() {
+                sequence = c.packet.sequenceID &+ 1
+                try handle(c.packet.payload, context: context)
+            }
+        } catch {
+            finish(.failed("malformed answer: \(error)"), context: context, quit: false)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        conclude(.failed("the server closed the connection"))
+        context.fireChannelInactive()
+    }
+
+    /// The outcome, once (the first of the answer, a close, a failed connect, the timeout).
+    func conclude(_ outcome: BackendQuery.Outcome) {
+        guard step != .done else { return }
+        step = .done
+        promise.succeed(outcome)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        finish(.failed(TLSFailure.isFailure(error) ? "TLS with the backend failed: \(TLSFailure.describe(error))" : "\(error)"),
+               context: context, quit: false)
+    }
+
+    private func handle(_ payload: ByteBuffer, context: ChannelHandlerContext) throws {
+        let first = payload.getInteger(at: payload.readerIndex, as: UInt8.self) ?? 0
+        if first == 0xFF, let err = try? ERRPacket(parsing: payload) {
+            // 1040 too many connections, 1129 host blocked, 1045 access denied, 1142 no SELECT ...
+            return finish(.failed("\(err.code) \(err.message)"), context: context, quit: step != .greeting && step != .login)
+        }
+        switch step {
+        case .greeting:
+            let greeting = try HandshakeV10(parsing: payload)
+            capabilities = greeting.capabilities.intersection([.longPassword, .protocol41, .secureConnection, .pluginAuth, .transactions])
+            let useTLS = tls != nil && greeting.capabilities.contains(.ssl)
+            if let tls, tls.required {
+                if let problem = tls.problem { return finish(.failed("TLS to the backend cannot be set up: \(problem)"), context: context, quit: false) }
+                if !useTLS { return finish(.failed("the server does not offer TLS, which --proxy-backend-ssl requires"), context: context, quit: false) }
+            }
+            if useTLS { capabilities.insert(.ssl) }
+            let response = HandshakeResponse41(capabilities: capabilities, username: user,
+                                               authResponse: answer(greeting.authPluginData),
+                                               authPluginName: capabilities.contains(.pluginAuth) ? "mysql_native_password" : nil)
+            var out = ByteBuffer()
+            response.write(to: &out)
+            if useTLS, let tls, let sslContext = tls.context {
+                // the SSLRequest in plaintext, then the TLS handler under this one: the response
+                // waits in it until the handshake is done
+                send(try HandshakeResponse41.sslRequest(for: out), context: context)
+                try context.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: tls.hostname),
+                                                               position: .first)
+            }
+            send(out, context: context)
+            step = .login
+        case .login:
+            if first == 0xFE {
+                let request = try AuthSwitchRequest(parsing: payload)
+                guard request.pluginName == "mysql_native_password" else {
+                    return finish(.failed("the account uses \(request.pluginName); it needs mysql_native_password"), context: context, quit: false)
+                }
+                send(ByteBuffer(bytes: answer(request.pluginData)), context: context)
+                return
+            }
+            guard first == 0x00 else { return finish(.failed("unexpected answer to the login"), context: context, quit: false) }
+            sequence = 0
+            send(ByteBuffer(bytes: [CommandCode.query.rawValue] + Array(query.utf8)), context: context)
+            step = .columns
+        case .columns:
+            // without CLIENT_DEPRECATE_EOF: column count, definitions, EOF, rows, EOF
+            guard first != 0x00 else { return finish(.rows([]), context: context, quit: true) }  // no result set
+            var cursor = payload
+            let count = try cursor.readMySQLLengthEncodedInteger("column count")
+            guard count > 0, count <= 4096 else {
+                return finish(.failed("unexpected answer to the query"), context: context, quit: true)
+            }
+            columns = Int(count)
+            definitionsLeft = columns + 1  // and the EOF behind them
+            step = .columnDefinitions
+        case .columnDefinitions:
+            definitionsLeft -= 1
+            if definitionsLeft == 0 { step = .rows }
+        case .rows:
+            if first == 0xFE && payload.readableBytes < 9 { return finish(.rows(rows), context: context, quit: true) }
+            guard rows.count < BackendQuery.rowLimit else {
+                return finish(.failed("more than \(BackendQuery.rowLimit) rows"), context: context, quit: false)
+            }
+            var cursor = payload
+            var row: [String?] = []
+            row.reserveCapacity(columns)
+            for i in 0..<columns {
+                if cursor.getInteger(at: cursor.readerIndex, as: UInt8.self) == 0xFB {
+                    cursor.moveReaderIndex(forwardBy: 1)
+                    row.append(nil)
+                } else {
+                    row.append(try cursor.readMySQLLengthEncodedString("column \(i + 1)"))
+                }
+            }
+            rows.append(row)
+        case .done:
+            break
+        }
+    }
+
+    private func answer(_ challenge: [UInt8]) -> [UInt8] {
+        guard !password.isEmpty else { return [] }
+        let scramble = Array(challenge.prefix(20))
+        return NativePassword.scramble(challenge: scramble, hashedPassword: NativePassword.hash(Array(password.utf8)))
+    }
+
+    private func send(_ payload: ByteBuffer, context: ChannelHandlerContext) {
+        var out = ByteBuffer()
+        out.writeMySQLPacket(payload, sequenceID: &sequence)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+    }
+
+    private func finish(_ outcome: BackendQuery.Outcome, context: ChannelHandlerContext, quit: Bool) {
+        guard step != .done else { return }
+        conclude(outcome)
+        if quit {
+            sequence = 0
+            send(ByteBuffer(bytes: [CommandCode.quit.rawValue]), context: context)
+        }
+        context.close(promise: nil)
+    }
+}
