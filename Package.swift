@@ -51,6 +51,7 @@ let package = Package(
             dependencies: [
                 "MySQLWire",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
         ),

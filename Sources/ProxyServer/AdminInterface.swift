@@ -1,4 +1,5 @@
 import Logging
+import ProxyCore
 import ProxyScripting
 
 /// MySQL Proxy's admin interface (`--plugins=admin`): a second listener that speaks the MySQL

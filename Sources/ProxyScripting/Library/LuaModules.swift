@@ -1,6 +1,6 @@
-import Crypto
 import Logging
 import LuaVM
+import ProxyCore
 
 /// The Lua modules MySQL Proxy scripts `require`: the ones written in Swift (`mysql.proto`,
 /// `mysql.tokenizer`, `mysql.password`, `chassis`) and the Lua ones in `LuaLibrarySources`, all registered in
@@ -194,36 +194,6 @@ private let tokenize: LuaFunction = { L in
 }
 
 // MARK: mysql.password (mysql_native_password)
-
-/// SHA1(password): what the server stores, hashed once more, and what a client proves it knows.
-public enum NativePassword {
-    static func sha1(_ parts: [UInt8]...) -> [UInt8] {
-        var hasher = Insecure.SHA1()
-        for p in parts { hasher.update(data: p) }
-        return Array(hasher.finalize())
-    }
-
-    public static func hash(_ password: [UInt8]) -> [UInt8] { sha1(password) }
-
-    /// The client's answer to `challenge`: SHA1(password) XOR SHA1(challenge + SHA1(SHA1(password))).
-    public static func scramble(challenge: [UInt8], hashedPassword: [UInt8]) -> [UInt8] {
-        let mask = sha1(challenge, sha1(hashedPassword))
-        return zip(hashedPassword, mask).map { $0 ^ $1 }
-    }
-
-    /// SHA1(password) recovered from an answer, given SHA1(SHA1(password)).
-    static func unscramble(challenge: [UInt8], response: [UInt8], doubleHashed: [UInt8]) -> [UInt8] {
-        let mask = sha1(challenge, doubleHashed)
-        return zip(response, mask).map { $0 ^ $1 }
-    }
-
-    static func check(challenge: [UInt8], response: [UInt8], doubleHashed: [UInt8]) -> Bool {
-        guard response.count == 20, doubleHashed.count == 20 else { return false }
-        let candidate = unscramble(challenge: challenge, response: response, doubleHashed: doubleHashed)
-        // compare without an early exit
-        return zip(sha1(candidate), doubleHashed).reduce(0) { $0 | ($1.0 ^ $1.1) } == 0
-    }
-}
 
 private func bytesArgument(_ lua: Lua, _ index: Int32) -> [UInt8]? {
     lua.withBytes(at: index) { Array($0) }

@@ -2,7 +2,7 @@ import MySQLWire
 import NIOCore
 import NIOPosix
 import NIOSSL
-import ProxyScripting
+import ProxyCore
 
 /// One query on a server connection of the proxy's own, with an account of the operator's:
 /// greeting, login (over TLS if the plan says so; mysql_native_password, with an auth switch to it
