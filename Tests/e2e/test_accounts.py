@@ -9,6 +9,7 @@ import pymysql
 
 from conftest import MARIADB_PORT, MARIADB_SOCKET, free_port, mariadb_cli, wait_for_port
 from test_admin import admin_args, table
+from test_health_checks import wait_for
 
 HOSTS = ["%", "127.0.0.%", "127.0.0.1", "127.0.%.1", "12_.0.0.1", "127.0.0._", "127.0.0.0/255.255.255.0",
          "127.%", "1%", "localhost", "%.0.0.1", "127.0.0.1%"]
@@ -25,16 +26,6 @@ def admin_accounts(port, user):
     rows, header = table(result)
     assert header == ["user", "host", "plugin", "locked", "password_expired", "require"]
     return [row for row in rows if row[0] == user]
-
-
-def wait_for(predicate, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    return predicate()
 
 
 def logs_in(user, password):
