@@ -104,3 +104,28 @@ def test_a_service_account_that_cannot_log_in_is_reported_once(start_proxy):
     with c.cursor() as cur:
         cur.execute("SELECT 1")
     c.close()
+
+
+def test_reading_the_accounts_leaves_no_aborted_connect(start_proxy):
+    r = root()
+
+    def aborted():
+        with r.cursor() as cur:
+            cur.execute("SHOW GLOBAL STATUS LIKE 'Aborted_connects'")
+            return int(cur.fetchone()[1])
+
+    with r.cursor() as cur:
+        cur.execute("CREATE OR REPLACE USER 'moon_svc'@'127.0.0.1' IDENTIFIED BY 'svc pw'")
+        cur.execute("GRANT SELECT ON mysql.global_priv TO 'moon_svc'@'127.0.0.1'")
+    try:
+        admin_port = free_port()
+        start_proxy(*admin_args(admin_port), "--proxy-users-user=moon_svc", "--proxy-users-refresh-interval=1",
+                    env=dict(os.environ, MOONPROXY_USERS_PASSWORD="svc pw"))
+        wait_for_port(admin_port)
+        assert wait_for(lambda: admin_accounts(admin_port, "moon_svc"))
+        before = aborted()
+        time.sleep(2.5)  # two more readings
+        assert aborted() == before  # each logged in and quit
+    finally:
+        with r.cursor() as cur:
+            cur.execute("DROP USER IF EXISTS 'moon_svc'@'127.0.0.1'")
