@@ -30,6 +30,7 @@ final class AccountLoader: Sendable {
     private let group: EventLoopGroup
     private let logger: Logger
     private let tls: TLSContexts?
+    private let metrics: MetricsExporter?
     private let state = NIOLockedValueBox(State())
     private struct State {
         var table: AccountTable?
@@ -38,7 +39,8 @@ final class AccountLoader: Sendable {
         var refreshes = 0
     }
 
-    init(settings: Settings, backends: BackendPool, group: EventLoopGroup, logger: Logger, tls: TLSContexts?) {
+    init(settings: Settings, backends: BackendPool, group: EventLoopGroup, logger: Logger, tls: TLSContexts?, metrics: MetricsExporter?) {
+        self.metrics = metrics
         self.settings = settings
         self.backends = backends
         self.group = group
@@ -101,6 +103,7 @@ final class AccountLoader: Sendable {
     }
 
     private func loaded(_ table: AccountTable, from backend: BackendInfo) {
+        metrics?.accountsRefreshed(count: table.accounts.count)
         let (first, recovered) = state.withLockedValue { state -> (Bool, Bool) in
             defer { state.table = table; state.lastProblem = nil; state.refreshes += 1 }
             return (state.table == nil, state.lastProblem != nil)
@@ -113,6 +116,7 @@ final class AccountLoader: Sendable {
     }
 
     private func note(problem: String) {
+        metrics?.accountsRefreshed(count: nil)
         let repeated = state.withLockedValue { state -> Bool in
             defer { state.lastProblem = problem }
             return state.lastProblem == problem

@@ -106,7 +106,7 @@ public final class MoonProxy: Sendable {
         let accounts = configuration.accountsUser.map { user in
             AccountLoader(settings: .init(user: user, password: configuration.accountsPassword, interval: configuration.accountsRefreshInterval,
                                           timeout: max(configuration.connectTimeout, .seconds(1))),
-                          backends: backends, group: group, logger: logger, tls: tls)
+                          backends: backends, group: group, logger: logger, tls: tls, metrics: metrics)
         }
         self.accountLoader = accounts
         var queryLog: QueryLog? = nil

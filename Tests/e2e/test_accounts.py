@@ -10,6 +10,7 @@ import pymysql
 from conftest import MARIADB_PORT, MARIADB_SOCKET, free_port, mariadb_cli, wait_for_port
 from test_admin import admin_args, table
 from test_health_checks import wait_for
+from test_metrics import promtool_check, samples, scrape
 
 HOSTS = ["%", "127.0.0.%", "127.0.0.1", "127.0.%.1", "12_.0.0.1", "127.0.0._", "127.0.0.0/255.255.255.0",
          "127.%", "1%", "localhost", "%.0.0.1", "127.0.0.1%"]
@@ -90,13 +91,17 @@ def test_accounts_are_listed_in_the_servers_order(start_proxy):
 
 
 def test_a_service_account_that_cannot_log_in_is_reported_once(start_proxy):
-    admin_port = free_port()
+    admin_port, metrics_port = free_port(), free_port()
     proxy = start_proxy(*admin_args(admin_port), "--proxy-users-user=nobody_here", "--proxy-users-refresh-interval=1",
-                        env=dict(os.environ, MOONPROXY_USERS_PASSWORD="wrong"))
+                        f"--metrics-address=127.0.0.1:{metrics_port}", env=dict(os.environ, MOONPROXY_USERS_PASSWORD="wrong"))
     wait_for_port(admin_port)
     assert wait_for(lambda: "cannot read the accounts" in proxy.log())
     time.sleep(2.5)  # more refreshes, the same problem: not logged again
     assert proxy.log().count("cannot read the accounts") == 1
+    text = scrape(metrics_port)
+    promtool_check(text)
+    assert samples(text)['moonproxy_account_refreshes_total{result="failed"}'] >= 2
+    assert "moonproxy_accounts " not in text
     assert "1045" in proxy.log()
     assert admin_accounts(admin_port, "root") == []
     # the proxy itself serves as before
@@ -118,14 +123,21 @@ def test_reading_the_accounts_leaves_no_aborted_connect(start_proxy):
         cur.execute("CREATE OR REPLACE USER 'moon_svc'@'127.0.0.1' IDENTIFIED BY 'svc pw'")
         cur.execute("GRANT SELECT ON mysql.global_priv TO 'moon_svc'@'127.0.0.1'")
     try:
-        admin_port = free_port()
+        admin_port, metrics_port = free_port(), free_port()
         start_proxy(*admin_args(admin_port), "--proxy-users-user=moon_svc", "--proxy-users-refresh-interval=1",
-                    env=dict(os.environ, MOONPROXY_USERS_PASSWORD="svc pw"))
+                    f"--metrics-address=127.0.0.1:{metrics_port}", env=dict(os.environ, MOONPROXY_USERS_PASSWORD="svc pw"))
         wait_for_port(admin_port)
         assert wait_for(lambda: admin_accounts(admin_port, "moon_svc"))
         before = aborted()
         time.sleep(2.5)  # two more readings
         assert aborted() == before  # each logged in and quit
+        text = scrape(metrics_port)
+        promtool_check(text)
+        values = samples(text)
+        assert values['moonproxy_account_refreshes_total{result="ok"}'] >= 3
+        with r.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM mysql.global_priv WHERE IFNULL(JSON_VALUE(Priv, '$.is_role'), '0') <> '1'")
+            assert values["moonproxy_accounts"] == cur.fetchone()[0]
     finally:
         with r.cursor() as cur:
             cur.execute("DROP USER IF EXISTS 'moon_svc'@'127.0.0.1'")

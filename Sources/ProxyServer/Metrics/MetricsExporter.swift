@@ -73,6 +73,17 @@ final class MetricsExporter: Sendable {
             .increment()
     }
 
+    /// The servers' accounts were read (`count` of them), or could not be (nil).
+    func accountsRefreshed(count: Int?) {
+        registry.makeCounter(descriptor: Self.named("moonproxy_account_refreshes_total", "Readings of the servers' accounts (--proxy-users-user), by result"),
+                             labels: [("result", count == nil ? "failed" : "ok")])
+            .increment()
+        if let count {
+            registry.makeGauge(descriptor: Self.named("moonproxy_accounts", "Accounts read from the servers at the last reading"), labels: [])
+                .set(to: Double(count))
+        }
+    }
+
     /// The exposition, text format 0.0.4.
     func scrape() -> [UInt8] {
         activeConnections.set(to: Double(statistics.value(.connectionsActive)))
