@@ -5,55 +5,30 @@ import ProxyCore
 /// The result of an injected query, as `read_query_result(inj)` sees it. The proxy fills it in as
 /// the response passes (or is buffered, with `resultset_is_needed`); fields and rows are parsed
 /// from the buffered packets only when a script asks for them.
+@dynamicMemberLookup
 public final class InjectionResult {
-    public let injection: Injection
-    /// Whether the response's packets were kept (`resultset_is_needed = true`).
-    public let buffered: Bool
-    /// Payloads of the response, in order (buffered results only).
-    public var packets: [ByteBuffer] = []
-    public var firstPacketAt: UInt64 = 0
-    public var lastPacketAt: UInt64 = 0
-    public var bytes = 0
-    public var rows = 0
-    public var wasResultSet = false
-    public var serverStatus: UInt16 = 0
-    public var warnings: UInt16 = 0
-    public var affectedRows: UInt64 = 0
-    public var insertID: UInt64 = 0
-    /// MYSQLD_PACKET_OK or MYSQLD_PACKET_ERR; nil until known.
-    public var queryStatus: UInt8?
-    /// The error code when the response was an ERR (known for streamed results too).
-    public var errorCode: UInt16 = 0
-    public let capabilities: CapabilityFlags
+    /// What the machine saw of the response (`result.rows`, `result.packets`, ... read through).
+    public var outcome: InjectionOutcome
     /// The connection whose `read_query_result` got this (set when the hook is called): the only
     /// one that may use it.
     weak var owner: ConnectionScript?
 
     public init(injection: Injection, buffered: Bool, capabilities: CapabilityFlags) {
-        self.injection = injection
-        self.buffered = buffered
-        self.capabilities = capabilities
+        outcome = InjectionOutcome(injection: injection, buffered: buffered, capabilities: capabilities)
     }
 
     /// The result as the connection's machine saw it pass.
-    public convenience init(_ outcome: InjectionOutcome) {
-        self.init(injection: outcome.injection, buffered: outcome.buffered, capabilities: outcome.capabilities)
-        packets = outcome.packets
-        firstPacketAt = outcome.firstPacketAt
-        lastPacketAt = outcome.lastPacketAt
-        bytes = outcome.bytes
-        rows = outcome.rows
-        wasResultSet = outcome.wasResultSet
-        serverStatus = outcome.serverStatus
-        warnings = outcome.warnings
-        affectedRows = outcome.affectedRows
-        insertID = outcome.insertID
-        queryStatus = outcome.queryStatus
-        errorCode = outcome.errorCode
+    public init(_ outcome: InjectionOutcome) {
+        self.outcome = outcome
+    }
+
+    public subscript<T>(dynamicMember field: WritableKeyPath<InjectionOutcome, T>) -> T {
+        get { outcome[keyPath: field] }
+        set { outcome[keyPath: field] = newValue }
     }
 
     /// Rows of COM_STMT_EXECUTE (and bulk execute) responses are in the binary protocol.
-    public var binary: Bool { injection.command == .stmtExecute || injection.command == .stmtBulkExecute }
+    public var binary: Bool { outcome.injection.command == .stmtExecute || outcome.injection.command == .stmtBulkExecute }
 
     struct Parsed {
         var columns: [ColumnDefinition41]
@@ -71,26 +46,26 @@ public final class InjectionResult {
     }
 
     private func parse() -> Parsed? {
-        guard var first = packets.first, let header = first.getInteger(at: first.readerIndex, as: UInt8.self),
+        guard var first = outcome.packets.first, let header = first.getInteger(at: first.readerIndex, as: UInt8.self),
               header != 0x00, header != 0xFF, header != 0xFB,
               let count = try? first.readMySQLLengthEncodedInteger(), count > 0, count < 4096,
-              packets.count > Int(count)
+              outcome.packets.count > Int(count)
         else { return nil }
         var columns: [ColumnDefinition41] = []
-        let extended = capabilities.contains(.mariaDBExtendedMetadata)
+        let extended = outcome.capabilities.contains(.mariaDBExtendedMetadata)
         for i in 1...Int(count) {
-            guard let column = try? ColumnDefinition41(parsing: packets[i], mariaDBExtendedMetadata: extended) else { return nil }
+            guard let column = try? ColumnDefinition41(parsing: outcome.packets[i], mariaDBExtendedMetadata: extended) else { return nil }
             columns.append(column)
         }
         var next = Int(count) + 1
-        if !capabilities.contains(.deprecateEOF) { next += 1 }  // the EOF after the definitions
+        if !outcome.capabilities.contains(.deprecateEOF) { next += 1 }  // the EOF after the definitions
         return Parsed(columns: columns, firstRow: next)
     }
 
     /// The row at packet `index` as text values, or nil at the end of the rows.
     func row(at index: Int) -> [String?]?? {
-        guard let parsed, index < packets.count else { return nil }
-        let packet = packets[index]
+        guard let parsed, index < outcome.packets.count else { return nil }
+        let packet = outcome.packets[index]
         let first = packet.getInteger(at: packet.readerIndex, as: UInt8.self)
         if first == 0xFF || (first == 0xFE && packet.readableBytes < PacketHeader.maxPayloadLength) { return nil }
         if binary {
