@@ -26,8 +26,9 @@ enum BackendQuery {
         var problem: String?
     }
 
-    /// More rows than this fail the query: what it reads is held in memory.
+    /// More rows or bytes than this fail the query: what it reads is held in memory.
     static let rowLimit = 100_000
+    static let byteLimit = 64 << 20
 
     static func run(_ query: String, on address: ProxyAddress, user: String, password: String, tls: TLSPlan?,
                     timeout: TimeAmount, group: EventLoopGroup) -> EventLoopFuture<Outcome> {
@@ -97,6 +98,7 @@ final class BackendQueryHandler: ChannelInboundHandler, @unchecked Sendable {
     private var columns = 0
     private var definitionsLeft = 0
     private var rows: [[String?]] = []
+    private var rowBytes = 0
     private var capabilities: CapabilityFlags = []
     private let tls: BackendQuery.TLSPlan?
 
@@ -197,8 +199,9 @@ final class BackendQueryHandler: ChannelInboundHandler, @unchecked Sendable {
             if definitionsLeft == 0 { step = .rows }
         case .rows:
             if first == 0xFE && payload.readableBytes < 9 { return finish(.rows(rows), context: context, quit: true) }
-            guard rows.count < BackendQuery.rowLimit else {
-                return finish(.failed("more than \(BackendQuery.rowLimit) rows"), context: context, quit: false)
+            rowBytes += payload.readableBytes
+            guard rows.count < BackendQuery.rowLimit, rowBytes <= BackendQuery.byteLimit else {
+                return finish(.failed("more than \(BackendQuery.rowLimit) rows or \(BackendQuery.byteLimit >> 20) MiB"), context: context, quit: false)
             }
             var cursor = payload
             var row: [String?] = []
