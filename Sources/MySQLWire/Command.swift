@@ -105,27 +105,3 @@ public enum ResponseShape: Hashable, Sendable {
         }
     }
 }
-
-/// The fields of a COM_CHANGE_USER the proxy needs: who the session belongs to after it, and
-/// its default database. (Its authentication data and attributes pass through untouched.)
-public struct ChangeUserRequest: Hashable, Sendable {
-    public var username: String
-    public var database: String
-
-    /// `payload` starts with the command byte 0x11. The layout (protocol 4.1): user NUL, auth data
-    /// with a 1-byte length (CLIENT_SECURE_CONNECTION) or NUL-terminated, database NUL, then
-    /// character set, plugin name and attributes, which are not read.
-    public init(parsing payload: ByteBuffer, capabilities: CapabilityFlags) throws(WireError) {
-        var buffer = payload
-        let command: UInt8 = try buffer.readMySQLInteger("command")
-        guard command == CommandCode.changeUser.rawValue else { throw .invalid("not a COM_CHANGE_USER") }
-        username = try buffer.readMySQLNullTerminatedString("user")
-        if capabilities.contains(.secureConnection) {
-            let length: UInt8 = try buffer.readMySQLInteger("auth data length")
-            _ = try buffer.readMySQLBytes(length: Int(length), "auth data")
-        } else {
-            _ = try buffer.readMySQLNullTerminatedString("auth data")
-        }
-        database = buffer.readableBytes > 0 ? try buffer.readMySQLNullTerminatedString("database") : ""
-    }
-}

@@ -52,6 +52,12 @@ extension ConnectionMachine {
         /// Read from the client, or stop reading (a graceful shutdown takes no new command;
         /// scripted commands pile up; a hook runs). Reads go on at first.
         case readFromClient(Bool)
+        /// Verify a client's login against the servers' accounts (`--proxy-auth=proxy`); the
+        /// handler answers with `loginVerified(_:)`.
+        case verifyLogin(LoginAttempt)
+        /// The client quit and its server connection, logged in by the proxy and idle, goes to
+        /// the pool (the close follows): the handler lets go of it without closing it.
+        case releaseBackend
         /// Run a hook of the script; the handler answers with `hookReturned(_:)`.
         case runHook(HookCall)
         /// A line for the connection's log.

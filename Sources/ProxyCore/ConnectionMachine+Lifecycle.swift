@@ -44,12 +44,16 @@ extension ConnectionMachine {
         guard !isClosed else { return .none }
         if tracker.clientPhase == .quit || (inSession && loginEnded && !wasAwaiting) {
             noteClose(.none)
+            // a client that left between commands without COM_QUIT leaves an idle server
+            // connection the pool may keep
+            if phase == .relaying && releasesServer(quitting: false) { emit(.releaseBackend) }
         } else {
             noteClose(loginEnded && inSession ? .clientNetwork : .clientHandshake)
         }
         // mid-response, the server must see the client go as it would directly: by the
         // connection's end (.abort), not by a TLS close_notify it reads only later
-        return close(wasAwaiting ? .abort : .afterFlush, reason: wasAwaiting ? "client went away while a response was pending" : nil, level: .info)
+        emit(close(wasAwaiting ? .abort : .afterFlush, reason: wasAwaiting ? "client went away while a response was pending" : nil, level: .info))
+        return nextAction()
     }
 
     /// The server closed its connection. The client gets what the server sent and then the close,

@@ -52,10 +52,11 @@ extension ConnectionMachine {
 
     /// The proxy does not serve this client (its connection limits, a script that cannot start):
     /// `err` where the greeting would be, then the close.
-    public mutating func refuseConnection(_ err: ERRPacket, source: CloseSource, reason: String, level: Severity = .warning) -> Action {
+    public mutating func refuseConnection(_ err: ERRPacket, source: CloseSource, reason: String, level: Severity = .warning,
+                                          protocol41: Bool = true) -> Action {
         guard case .initialized = state else { return .none }
         noteClose(source)
-        return refuse(err, sequenceID: 0, reason: reason, level: level)
+        return refuse(err, sequenceID: 0, protocol41: protocol41, reason: reason, level: level)
     }
 
     mutating func askConnectServer() {
@@ -63,12 +64,26 @@ extension ConnectionMachine {
             state = .connectServerHook
             return emit(.runHook(hookCall(.connectServer, loggedIn: false, serverIdle: false, status: .autocommit)))
         }
+        if let ownLogin = own {
+            // the proxy's own login: a connect only once the login was verified
+            if ownLogin.plan == nil { return greetClient(ownLogin) }
+            state = .connecting
+            return emit(.connectToBackend(preferred: ownLogin.preferred))
+        }
         state = .connecting
         emit(.connectToBackend(preferred: nil))
     }
 
     mutating func connectServerReturned(_ result: HookResult) {
-        if case .sendResult(let response) = result.decision { return scriptAnsweredConnect(response) }
+        if case .sendResult(let response) = result.decision {
+            own = nil  // a mock server: the script is the server
+            return scriptAnsweredConnect(response)
+        }
+        if var ownLogin = own, ownLogin.plan == nil {
+            ownLogin.preferred = result.backendChoice
+            own = ownLogin
+            return greetClient(ownLogin)
+        }
         // nil, IGNORE_RESULT or an error: connect, to the backend the script chose if it did.
         state = .connecting
         emit(.connectToBackend(preferred: result.backendChoice))
@@ -188,9 +203,15 @@ extension ConnectionMachine {
         }
         emit(.backendGreeted)
         if frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self) == 0xFF {
-            // "Too many connections", "Host ... is blocked": the server's own words, relayed.
+            // "Too many connections", "Host ... is blocked": the server's own words, relayed
+            // (where the client waits for the verdict on its login, with that sequence id).
             noteClose(.backendHandshake)
+            if let plan = own?.plan { return close(toClient: Self.framed(MySQLFrame(sequenceID: plan.reply, payload: frame.payload)), reason: nil, level: .info) }
             return close(toClient: gathered, reason: nil, level: .info)
+        }
+        if let ownLogin = own, ownLogin.plan != nil {
+            state = .modifying
+            return logIntoServer(greetingFrame: frame, ownLogin)
         }
         var payload = frame.payload
         let greeting: HandshakeV10
@@ -236,7 +257,8 @@ extension ConnectionMachine {
         var rest = greeting.rest
         out.writeBuffer(&rest)  // nothing, unless the server talks out of turn
         state = .awaitingHandshakeResponse(Handshake(hasServer: true, offersTLS: greeting.offersTLS))
-        return .forwardToClient(out)
+        // the proxy's own greeting comes with no server read cycle to flush it
+        return own != nil ? .write(toClient: out, toBackend: nil) : .forwardToClient(out)
     }
 
     // MARK: - the handshake response
@@ -288,7 +310,7 @@ extension ConnectionMachine {
         // The server link is TLS when the policy says so; the response then follows an SSLRequest
         // of the proxy's and carries sequence id 2 on that link, whatever it carried here.
         var serverSequence: UInt8 = 1
-        if handshake.hasServer {
+        if handshake.hasServer && own == nil {
             let offered = session.greeting?.capabilities.contains(.ssl) ?? false
             guard let wanted = tls.backend.wantsTLS(clientUsesTLS: session.clientTLS, serverOffers: offered) else {
                 let reason = tls.backend == .preferred
@@ -336,7 +358,7 @@ extension ConnectionMachine {
         let clientCompression = ProtocolCompression.negotiated(asked: asked, offered: session.clientOffered,
                                                                zstdLevel: response.zstdCompressionLevel)
         var backendCompression: ProtocolCompression?
-        if hasServer {
+        if hasServer && own == nil {
             backendCompression = configuration.compression.backendCompression(client: clientCompression, offered: greetingCapabilities)
             try HandshakeResponse41.setCompression(of: &payload, parsed: response, to: backendCompression)
         }
@@ -381,6 +403,12 @@ extension ConnectionMachine {
             }
         default:
             break
+        }
+        if own != nil && handshake.hasServer {
+            if !queries.isEmpty {
+                emit(.log(.warning, "read_auth replaced the handshake response, which --proxy-auth=proxy does not send: the proxy verifies the client's own and logs into the server itself"))
+            }
+            return askVerification(plan, switched: false)
         }
         guard handshake.hasServer else {
             // Mock-server mode and read_auth did not answer: the client is let in, as MySQL Proxy does.

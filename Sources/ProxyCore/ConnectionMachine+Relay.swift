@@ -43,10 +43,19 @@ extension ConnectionMachine {
             return nextAction()
         case .awaitingHandshakeResponse:
             return handshakeResponseBytesReceived(chunk)
+        case .awaitingSwitchAnswer:
+            return switchAnswerBytesReceived(chunk)
+        case .connecting where own?.plan != nil, .awaitingGreeting where own?.plan != nil:
+            // a client that sends commands behind its login without waiting for the OK: they
+            // follow the proxy's login to the server
+            var ownLogin = own!
+            ownLogin.plan!.rest.writeImmutableBuffer(chunk)
+            own = ownLogin
+            return .none
         case .skippingOversized:
             skipOversized(chunk)
             return nextAction()
-        case .closed, .connectServerHook, .readHandshakeHook, .readAuthHook, .readAuthResultHook, .modifying:
+        case .closed, .connectServerHook, .readHandshakeHook, .readAuthHook, .readAuthResultHook, .verifyingLogin, .modifying:
             return .none
         case .initialized, .connecting, .awaitingGreeting:
             // Reads are not asked for before the greeting went out, so a client cannot get here
@@ -158,9 +167,15 @@ extension ConnectionMachine {
         let recordingOn = recording != .off
         if recordingOn { recordRestOfText(chunk) }
         let carried = fromClient.carriedBytes
+        var quitAt: Int?
+        let pools = configuration.poolsServers
         fromClient.scanPacketStarts(chunk) { packet, offset in
             do throws(WireError) {
                 if case .command(let code, let shape) = try tracker.clientPacketStarted(packet) {
+                    if code == .quit && pools {
+                        quitAt = offset
+                        return false
+                    }
                     commands += 1
                     if code == .query { queries += 1 }
                     if recordingOn {
@@ -179,6 +194,7 @@ extension ConnectionMachine {
                 return false
             }
         }
+        if let quitAt { return clientQuit(chunk, at: quitAt, commands: commands, queries: queries) }
         tracker.clientFramesSeen(upTo: fromClient.lastSequenceID)
         if commands > 0 {
             counts.commands &+= UInt32(truncatingIfNeeded: commands)
@@ -193,6 +209,23 @@ extension ConnectionMachine {
             return refuse(.unknownCommand(), sequenceID: failure.sequenceID &+ 1, reason: reason)
         }
         return isSettledRelay ? .relayToBackend(chunk, takeCounts()) : .forwardToBackend(chunk)
+    }
+
+    /// COM_QUIT, where server connections may be pooled: the server connection goes back to the
+    /// pool when the proxy logged it in and nothing is on its way (else the quit goes to the
+    /// server, which closes). Nothing can follow a quit.
+    mutating func clientQuit(_ chunk: ByteBuffer, at offset: Int, commands: Int, queries: Int) -> Action {
+        counts.commands &+= UInt32(truncatingIfNeeded: commands + 1)
+        counts.queries &+= UInt32(truncatingIfNeeded: queries)
+        if offset > 0, let before = chunk.getSlice(at: chunk.readerIndex, length: offset) { emit(.forwardToBackend(before)) }
+        noteClose(.none)
+        if releasesServer(quitting: true) {
+            emit(.releaseBackend)
+        } else if let quit = chunk.getSlice(at: chunk.readerIndex + offset, length: chunk.readableBytes - offset) {
+            emit(.forwardToBackend(quit))
+        }
+        emit(close(reason: nil, level: .info))
+        return nextAction()
     }
 
     /// The plain relay with nothing else to say: no action queued, no record finished, the login

@@ -34,6 +34,10 @@ public struct ConnectionMachine {
         case awaitingHandshakeResponse(Handshake)
         /// `read_auth` runs on the client's handshake response.
         indirect case readAuthHook(Handshake, LoginPlan)
+        /// `--proxy-auth=proxy`: the handler verifies the login (+ProxyLogin).
+        indirect case verifyingLogin(LoginPlan)
+        /// The client was asked to answer with another plugin; its answer is being gathered.
+        indirect case awaitingSwitchAnswer(LoginPlan, ByteBuffer)
         /// The login runs packet by packet: one link is TLS and the other not, the password guard
         /// is on, compression starts with the verdict, or `read_auth_result` wants the verdict.
         indirect case authenticating(Authentication)
@@ -64,6 +68,9 @@ public struct ConnectionMachine {
         public var recording = Recording.off
         /// The most an injection's buffered result may hold.
         public var resultsetBufferLimit = 64 << 20
+        /// A server connection the proxy logged in goes back to the handler's pool when its
+        /// client quits (`.releaseBackend`), instead of being closed.
+        public var poolsServers = false
 
         public init() {}
     }
@@ -128,13 +135,15 @@ public struct ConnectionMachine {
     }
 
     var state: State = .initialized
+    /// A login the proxy verifies itself (+ProxyLogin).
+    var ownBox: OwnLoginBox?
 
     /// Which state the machine is in, without its data: what an entry point switches on before
     /// it changes the state. A `switch state` keeps a copy of the payload alive through its
     /// cases, and the exchange, changed in place, must be held by nothing else.
     enum Phase {
         case initialized, connectServerHook, connecting, awaitingGreeting, readHandshakeHook, awaitingHandshakeResponse
-        case readAuthHook, authenticating, readAuthResultHook, relaying, draining, exchanging, skippingOversized, closed, modifying
+        case readAuthHook, verifyingLogin, awaitingSwitchAnswer, authenticating, readAuthResultHook, relaying, draining, exchanging, skippingOversized, closed, modifying
     }
 
     var phase: Phase {
@@ -146,6 +155,8 @@ public struct ConnectionMachine {
         case .readHandshakeHook: return .readHandshakeHook
         case .awaitingHandshakeResponse: return .awaitingHandshakeResponse
         case .readAuthHook: return .readAuthHook
+        case .verifyingLogin: return .verifyingLogin
+        case .awaitingSwitchAnswer: return .awaitingSwitchAnswer
         case .authenticating: return .authenticating
         case .readAuthResultHook: return .readAuthResultHook
         case .relaying(let draining): return draining ? .draining : .relaying
@@ -255,7 +266,7 @@ public struct ConnectionMachine {
         case .relaying(let draining): return !draining
         case .exchanging(let box):
             return box.read { !$0.draining && $0.queue.count < Exchange.maximumQueuedCommands && !$0.step.isHook }
-        case .connectServerHook, .readHandshakeHook, .readAuthHook, .readAuthResultHook: return false
+        case .connectServerHook, .readHandshakeHook, .readAuthHook, .readAuthResultHook, .verifyingLogin: return false
         default: return true
         }
     }

@@ -1,13 +1,16 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import MySQLWire
 import ProxyCore
 
 /// The servers' accounts, read with a service account (`--proxy-users-user`, needing only
 /// `SELECT` on `mysql.global_priv`) from the first backend that answers, when the proxy starts and
 /// then every `--proxy-users-refresh-interval`. What it reads is kept in memory only, and shown
 /// without hashes (the admin interface's `accounts`). It is the ground for authenticating clients
-/// in the proxy (issue 24); today nothing logs in with it.
+/// in the proxy (`--proxy-auth=proxy`), which also greets clients as the server it read them from
+/// did (its version and capabilities), and asks for a reading after a failed login (at most one a
+/// second), so that an account created or changed since shows at the client's next attempt.
 final class AccountLoader: Sendable {
     struct Settings: Sendable {
         var user: String
@@ -34,7 +37,10 @@ final class AccountLoader: Sendable {
     private let state = NIOLockedValueBox(State())
     private struct State {
         var table: AccountTable?
+        var greeting: HandshakeV10?
         var task: RepeatedTask?
+        var refreshing = false
+        var lastRefresh: NIODeadline?
         var lastProblem: String?
         var refreshes = 0
     }
@@ -51,6 +57,24 @@ final class AccountLoader: Sendable {
     /// The accounts as last read (nil until a backend has answered).
     var table: AccountTable? { state.withLockedValue { $0.table } }
 
+    /// The accounts and the greeting of the server they were read from, together.
+    var snapshot: (table: AccountTable, greeting: HandshakeV10)? {
+        state.withLockedValue { s in s.table.flatMap { t in s.greeting.map { (t, $0) } } }
+    }
+
+    /// A login failed: the accounts are read again, unless a reading ran less than a second ago
+    /// or is running (a storm of wrong passwords costs the server at most one query a second).
+    func loginFailed() {
+        let now = NIODeadline.now()
+        let go = state.withLockedValue { s -> Bool in
+            guard s.task != nil, !s.refreshing, s.lastRefresh.map({ now - $0 >= .seconds(1) }) ?? true else { return false }
+            return true
+        }
+        guard go else { return }
+        let loop = group.next()
+        loop.execute { _ = self.refresh(on: loop) }
+    }
+
     func start() {
         let loop = group.next()
         let task = loop.scheduleRepeatedAsyncTask(initialDelay: .zero, delay: settings.interval) { [self] _ in
@@ -66,6 +90,17 @@ final class AccountLoader: Sendable {
     /// Reads the accounts from the first backend that is not down and answers; the table stays
     /// as it was when none does.
     private func refresh(on loop: EventLoop) -> EventLoopFuture<Void> {
+        let started = state.withLockedValue { s -> Bool in
+            guard !s.refreshing else { return false }
+            s.refreshing = true
+            s.lastRefresh = .now()
+            return true
+        }
+        guard started else { return loop.makeSucceededVoidFuture() }
+        return readAccounts(on: loop).always { _ in self.state.withLockedValue { $0.refreshing = false } }
+    }
+
+    private func readAccounts(on loop: EventLoop) -> EventLoopFuture<Void> {
         let candidates = backends.snapshot().filter { $0.state != .down } + backends.snapshot().filter { $0.state == .down }
         func attempt(_ index: Int, _ problems: [String]) -> EventLoopFuture<Void> {
             guard index < candidates.count else {
@@ -78,8 +113,8 @@ final class AccountLoader: Sendable {
                 .hop(to: loop)
                 .flatMap { outcome in
                     switch outcome {
-                    case .rows(let rows):
-                        self.loaded(AccountTable(rows.compactMap(Self.account)), from: backend)
+                    case .rows(let rows, let greeting):
+                        self.loaded(AccountTable(rows.compactMap(Self.account)), greeting: greeting, from: backend)
                         return loop.makeSucceededVoidFuture()
                     case .failed(let reason):
                         return attempt(index + 1, problems + ["\(backend.address): \(reason)"])
@@ -102,10 +137,10 @@ final class AccountLoader: Sendable {
                        locked: row[4] == "1", passwordExpired: row[5] == "0", tls: tls)
     }
 
-    private func loaded(_ table: AccountTable, from backend: BackendInfo) {
+    private func loaded(_ table: AccountTable, greeting: HandshakeV10?, from backend: BackendInfo) {
         metrics?.accountsRefreshed(count: table.accounts.count)
         let (first, recovered) = state.withLockedValue { state -> (Bool, Bool) in
-            defer { state.table = table; state.lastProblem = nil; state.refreshes += 1 }
+            defer { state.table = table; state.greeting = greeting ?? state.greeting; state.lastProblem = nil; state.refreshes += 1 }
             return (state.table == nil, state.lastProblem != nil)
         }
         if first || recovered {

@@ -200,6 +200,15 @@ public struct ProxyConfiguration: Sendable {
     /// Whether a pooled server connection is reset before a session other than the one that
     /// parked it uses it (`--proxy-pool-no-change-user` turns it off).
     public var resetPooledConnections = true
+    /// `--proxy-auth`: who authenticates clients: the server (`relay`, the default) or the proxy
+    /// itself against the accounts read with `accountsUser` (`proxy`).
+    public var authentication = AuthenticationMode.relay
+    /// `--proxy-pool-max`: server connections the proxy logged in kept per backend for the next
+    /// client of the same login (`proxy` authentication only; 0: none).
+    public var poolMaximum = 0
+    /// `--proxy-pool-idle-timeout`, `--proxy-pool-max-lifetime`.
+    public var poolIdleTimeout = TimeAmount.seconds(300)
+    public var poolMaximumLifetime = TimeAmount.seconds(3600)
     /// More entries for scripts' `proxy.global.config` (the command line's other options).
     public var scriptConfig: [String: String] = [:]
 
@@ -227,4 +236,12 @@ public struct ProxyConfiguration: Sendable {
         c.shutdownGracePeriod = .seconds(2)
         return c
     }
+}
+
+/// Who authenticates clients (`--proxy-auth`).
+public enum AuthenticationMode: String, Sendable, CaseIterable {
+    /// The server, through the relay (MySQL Proxy's way).
+    case relay
+    /// The proxy, against the servers' accounts; it then logs clients into servers itself.
+    case proxy
 }

@@ -95,7 +95,7 @@ final class HealthChecker: Sendable {
                          tls: BackendQuery.tlsPlan(for: backend.address, tls: tls), timeout: settings.timeout, group: group)
             .map { outcome in
                 switch outcome {
-                case .rows(let rows):
+                case .rows(let rows, _):
                     guard let value = rows.first?.first else { return .down("no answer to SELECT @@read_only") }
                     return .up(readOnly: value != "0")
                 case .failed(let reason):

@@ -124,7 +124,9 @@ public final class MoonProxy: Sendable {
         let registry = configuration.admin == nil ? nil : ConnectionRegistry()
         self.context = ProxyContext(configuration: configuration, backends: backends, statistics: statistics,
                                     connector: connector, logger: logger, scriptEngine: engine, tls: tls, registry: registry,
-                                    metrics: metrics, queryLog: queryLog)
+                                    metrics: metrics, queryLog: queryLog, accounts: accounts)
+        let corePool = self.context.corePool
+        metrics?.corePool.withLockedValue { $0 = corePool }
         if let admin = configuration.admin {
             var script = ScriptEngine.Configuration(scriptPath: admin.luaScript,
                                                     scriptSource: admin.luaScript == nil ? (admin.luaScriptSource ?? AdminInterface.defaultScript) : nil)

@@ -55,6 +55,10 @@ extension Options {
                     fileOption: "--proxy-users-password-file", environment: "MOONPROXY_USERS_PASSWORD") ?? ""
                 if let seconds = options.proxyUsersRefreshInterval { configuration.accountsRefreshInterval = .nanoseconds(Int64(seconds * 1e9)) }
             }
+            configuration.authentication = options.proxyAuth.flatMap(AuthenticationMode.init(rawValue:)) ?? .relay
+            configuration.poolMaximum = options.proxyPoolMax ?? 0
+            if let seconds = options.proxyPoolIdleTimeout { configuration.poolIdleTimeout = .nanoseconds(Int64(seconds * 1e9)) }
+            if let seconds = options.proxyPoolMaxLifetime { configuration.poolMaximumLifetime = .nanoseconds(Int64(seconds * 1e9)) }
             if let metrics = options.metricsAddress {
                 // a bare :port is loopback: metrics show the proxy's traffic to whoever asks
                 configuration.metricsAddress = try ProxyAddress(parsing: metrics, defaultHost: "127.0.0.1", defaultPort: 9104)

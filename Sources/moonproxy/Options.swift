@@ -98,6 +98,18 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("proxy-users-refresh-interval"), help: ArgumentHelp("seconds between readings of the accounts (MoonProxy; default: 60)", valueName: "seconds"))
     var proxyUsersRefreshInterval: Double?
 
+    @Option(name: .customLong("proxy-auth"), help: ArgumentHelp("who authenticates clients: relay (the server, through the proxy) or proxy (the proxy itself, against the accounts read with --proxy-users-user; it then logs clients into servers) (MoonProxy; default: relay)", valueName: "relay|proxy"))
+    var proxyAuth: String?
+
+    @Option(name: .customLong("proxy-pool-max"), help: ArgumentHelp("with --proxy-auth=proxy: server connections kept per backend when their clients quit, for the next client of the same login (MoonProxy; default: 0, none)", valueName: "n"))
+    var proxyPoolMax: Int?
+
+    @Option(name: .customLong("proxy-pool-idle-timeout"), help: ArgumentHelp("seconds a pooled server connection may stay unused before it is closed (MoonProxy; default: 300)", valueName: "seconds"))
+    var proxyPoolIdleTimeout: Double?
+
+    @Option(name: .customLong("proxy-pool-max-lifetime"), help: ArgumentHelp("seconds after which a server connection is no longer pooled (MoonProxy; default: 3600)", valueName: "seconds"))
+    var proxyPoolMaxLifetime: Double?
+
     @Option(name: .customLong("proxy-auto-config-dir"), help: ArgumentHelp("directory in which scripts' PROXY SAVE CONFIG / LOAD CONFIG (proxy.auto-config) may write and read, by file name only; without it both are refused (MoonProxy)", valueName: "dir"))
     var proxyAutoConfigDir: String?
 
@@ -281,6 +293,12 @@ struct Options: ParsableArguments {
         if let n = self.maxConnections, n < 0 { throw ValidationError("--max-connections must not be negative") }
         if let t = self.proxyBackendCheckInterval, !(t >= 0 && t <= 3600) { throw ValidationError("--proxy-backend-check-interval must be a number of seconds from 0 to 3600") }
         if let t = self.proxyUsersRefreshInterval, !(t >= 1 && t <= 86400) { throw ValidationError("--proxy-users-refresh-interval must be a number of seconds from 1 to 86400") }
+        if let mode = self.proxyAuth, AuthenticationMode(rawValue: mode) == nil { throw ValidationError("--proxy-auth must be relay or proxy") }
+        if self.proxyAuth == "proxy" && (self.proxyUsersUser ?? "").isEmpty { throw ValidationError("--proxy-auth=proxy needs --proxy-users-user (the service account the servers' accounts are read with)") }
+        if let n = self.proxyPoolMax, n < 0 || n > 100_000 { throw ValidationError("--proxy-pool-max must be a number from 0 to 100000") }
+        if self.proxyPoolMax ?? 0 > 0 && self.proxyAuth != "proxy" { throw ValidationError("--proxy-pool-max needs --proxy-auth=proxy (the pool logs connections in with the credentials the proxy verified)") }
+        if let t = self.proxyPoolIdleTimeout, !(t >= 0.01 && t <= 86400) { throw ValidationError("--proxy-pool-idle-timeout must be a number of seconds from 0.01 to 86400") }
+        if let t = self.proxyPoolMaxLifetime, !(t >= 1 && t <= 31_536_000) { throw ValidationError("--proxy-pool-max-lifetime must be a number of seconds from 1 to 31536000") }
         if let n = self.maxConnectionsPerAddress, n < 0 { throw ValidationError("--max-connections-per-address must not be negative") }
         if let n = self.maxUnauthenticatedConnectionsPerAddress, n < 0 { throw ValidationError("--max-unauthenticated-connections-per-address must not be negative") }
         if self.requireX509 && self.sslCa == nil { throw ValidationError("--require-x509 needs --ssl-ca (the CA client certificates are verified against)") }

@@ -2,6 +2,7 @@ import NIOCore
 import MySQLWire
 import NIOSSL
 import NIOTLS
+import ProxyCore
 
 /// The backend side of a proxied connection: passes bytes and events to the client's handler,
 /// which owns the connection's state, and reads from the backend only while the client keeps up.
@@ -16,6 +17,12 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     var owner: ClientChannelHandler?
     /// The pool holding this connection while no client uses it.
     weak var parkedIn: ServerConnectionPool?
+    /// The core pool holding it (`--proxy-auth=proxy`), and who the proxy logged it in as.
+    weak var corePool: CorePool?
+    var serverLogin: ConnectionMachine.ServerLogin?
+    var serverChallenge: [UInt8] = []
+    /// When the connection was opened (its lifetime in the pool counts from it).
+    var createdAt: NIODeadline?
     private(set) var context: ChannelHandlerContext?
     private var readsPaused = false
     /// The backend channel's writability, kept here so the hot path need not ask the channel.
@@ -40,6 +47,8 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
                 guard takeResetAnswer(&data, owner: owner) else { return }
             }
             owner.backendDataReceived(data)
+        } else if let corePool {
+            corePool.received(self, unwrapInboundIn(data))
         } else {
             parkedIn?.parkedConnectionEnded(self)
         }
@@ -52,6 +61,7 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     func channelInactive(context: ChannelHandlerContext) {
         owner?.backendClosed()
         parkedIn?.parkedConnectionEnded(self)
+        corePool?.ended(self)
         context.fireChannelInactive()
     }
 

@@ -17,7 +17,15 @@ extension ClientChannelHandler {
         case .connect(let i, let a, let r):
             (index, address, resolved) = (i, a, r)
         }
+        if takeFromCorePool(index, address, resolved) { return }
+        openConnection(index, address, resolved)
+    }
+
+    /// Opens a new server connection to backend `index`.
+    func openConnection(_ index: Int, _ address: ProxyAddress, _ resolved: SocketAddress?) {
+        guard let context, !closed else { return }
         let handler = BackendChannelHandler(owner: self)
+        handler.createdAt = .now()
         let eventLoop = context.eventLoop
         connectingToBackend = true
         let started = shared.metrics == nil ? nil : NIODeadline.now()

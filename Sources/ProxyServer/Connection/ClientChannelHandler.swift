@@ -128,10 +128,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
             log(.info, "delaying the greeting by \(wait.nanoseconds / 1_000_000) ms after failed logins from \(ip)")
             context.eventLoop.assumeIsolated().scheduleTask(in: wait) { [self] in
                 guard !self.closed else { return }
-                self.run(self.machine.clientConnected())
+                self.startSession()
             }
         } else {
-            run(machine.clientConnected())
+            startSession()
         }
     }
 
@@ -309,6 +309,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
                 action = machine.hookReturned(runHook(call))
                 continue
             }
+            if case .verifyLogin(let attempt) = action {
+                action = machine.loginVerified(verify(attempt))
+                continue
+            }
             perform(action)
             action = machine.nextAction()
             if case .none = action { break }
@@ -318,8 +322,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
     @inline(__always)
     private func perform(_ action: ConnectionMachine.Action) {
         switch action {
-        case .none, .runHook:
+        case .none, .runHook, .verifyLogin:
             break
+        case .releaseBackend:
+            releaseToPool()
         case .forwardToBackend(let buffer), .relayToBackend(let buffer, _):
             if case .relayToBackend(_, let counts) = action { counters.add(counts) }
             counters.add(.bytesToBackends, buffer.readableBytes)
@@ -454,6 +460,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         if let failedLogins = shared.failedLogins, let ip = described.client?.ipAddress {
             if machine.closeSource == .authFailed { failedLogins.failed(ip) } else if described.loggedIn { failedLogins.succeeded(ip) }
         }
+        if machine.closeSource == .authFailed { shared.accounts?.loginFailed() }
         sweeper?.remove(self)
         sweeper = nil
         abandonGreetingWait()

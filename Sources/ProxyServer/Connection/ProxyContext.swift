@@ -40,12 +40,21 @@ final class ProxyContext: Sendable {
     /// The greeting always offers TLS when the proxy has a certificate (the admin interface, which
     /// has no backend whose greeting to follow).
     let offersTLSAlways: Bool
+    /// The servers' accounts (`--proxy-auth=proxy` greets and verifies clients with them).
+    let accounts: AccountLoader?
+    /// What the loops' core pools share (nil: no pool).
+    let corePool: CorePool.Shared?
 
     init(configuration: ProxyConfiguration, backends: BackendPool, statistics: ProxyStatistics,
          connector: BackendConnector, logger: Logger, scriptEngine: ScriptEngine? = nil, tls: TLSContexts? = nil,
          registry: ConnectionRegistry? = nil, metrics: MetricsExporter? = nil, queryLog: QueryLog? = nil,
-         failedLogins: FailedLogins? = nil, offersTLSAlways: Bool = false) {
+         failedLogins: FailedLogins? = nil, offersTLSAlways: Bool = false, accounts: AccountLoader? = nil) {
         self.failedLogins = failedLogins
+        self.accounts = configuration.authentication == .proxy ? accounts : nil
+        self.corePool = configuration.authentication == .proxy && accounts != nil && configuration.poolMaximum > 0
+            ? CorePool.Shared(settings: .init(maximum: configuration.poolMaximum, idleTimeout: configuration.poolIdleTimeout,
+                                              maximumLifetime: configuration.poolMaximumLifetime))
+            : nil
         self.offersTLSAlways = offersTLSAlways
         self.metrics = metrics
         self.queryLog = queryLog
@@ -149,6 +158,7 @@ final class ProxyContext: Sendable {
         c.resultsetBufferLimit = configuration.resultsetBufferLimit
         c.recording = recording
         c.hooks = hooks
+        c.poolsServers = corePool != nil
         guard let tls else { return c }
         c.tls.offer = tls.forClients == nil ? .never : (offersTLSAlways ? .always : tls.client.offer)
         c.tls.requireSecureTransport = tls.client.requireSecureTransport
@@ -219,7 +229,7 @@ final class ProxyContext: Sendable {
                                                       writeTimeout: configuration.writeTimeout,
                                                       loginTimeout: configuration.loginTimeout,
                                                       greetingTimeout: configuration.backends.isEmpty ? nil : configuration.backendGreetingTimeout,
-                                                      backends: backends),
+                                                      backends: backends, corePool: corePool),
                                        eventLoop: eventLoop)
             all[key] = created
             return created

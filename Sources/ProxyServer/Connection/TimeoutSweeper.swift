@@ -18,13 +18,16 @@ final class TimeoutSweeper {
     private var task: RepeatedTask?
     /// The loop's pool of idle server connections (scripts' `backend_ndx = 0`).
     let serverPool: ServerConnectionPool
+    /// The loop's core pool (`--proxy-auth=proxy` with `--proxy-pool-max`).
+    let corePool: CorePool?
 
     static let ticksPerTimeout = 4
 
     init(eventLoop: EventLoop, readTimeout: TimeAmount, writeTimeout: TimeAmount, loginTimeout: TimeAmount? = nil,
-         greetingTimeout: TimeAmount? = nil, backends: BackendPool) {
+         greetingTimeout: TimeAmount? = nil, backends: BackendPool, corePool: CorePool.Shared? = nil) {
         self.eventLoop = eventLoop
         self.serverPool = ServerConnectionPool(eventLoop: eventLoop, backends: backends)
+        self.corePool = corePool.map { CorePool(shared: $0, eventLoop: eventLoop) }
         var shortest = min(readTimeout, writeTimeout)
         if let loginTimeout { shortest = min(shortest, loginTimeout) }
         if let greetingTimeout { shortest = min(shortest, greetingTimeout) }
@@ -75,6 +78,7 @@ final class TimeoutSweeper {
     /// A graceful shutdown began.
     func shutdownRequested() {
         serverPool.closeAll()
+        corePool?.closeAll()
         for handler in Array(connections.values) {
             handler.shutdownRequested()
         }
@@ -83,6 +87,7 @@ final class TimeoutSweeper {
     /// The shutdown grace period is over.
     func closeAll() {
         serverPool.closeAll()
+        corePool?.closeAll()
         for handler in Array(connections.values) {
             handler.forceClose()
         }

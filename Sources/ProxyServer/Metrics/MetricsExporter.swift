@@ -73,6 +73,18 @@ final class MetricsExporter: Sendable {
             .increment()
     }
 
+    /// A login `--proxy-auth=proxy` decided: `verified` (the proxy logs the client into servers),
+    /// `relayed` (the server authenticates it: `plugin` is the account's), `refused`,
+    /// `host_not_allowed`.
+    func loginDecided(plugin: String, result: String) {
+        registry.makeCounter(descriptor: Self.named("moonproxy_logins_total", "Logins decided by the proxy (--proxy-auth=proxy), by plugin and result"),
+                             labels: [("plugin", plugin), ("result", result)])
+            .increment()
+    }
+
+    /// The core pool, whose counts a scrape reads (set once the proxy made it).
+    let corePool = NIOLockedValueBox<CorePool.Shared?>(nil)
+
     /// The servers' accounts were read (`count` of them), or could not be (nil).
     func accountsRefreshed(count: Int?) {
         registry.makeCounter(descriptor: Self.named("moonproxy_account_refreshes_total", "Readings of the servers' accounts (--proxy-users-user), by result"),
@@ -114,7 +126,27 @@ final class MetricsExporter: Sendable {
         var out = registry.emitToBuffer()
         let shards = statistics.allShards
         appendLoopFamilies(shards, to: &out)
+        if let pool = corePool.withLockedValue({ $0 }) { appendCorePool(pool.snapshot, to: &out) }
         return out
+    }
+
+    /// The core pool's connections and events per backend.
+    private func appendCorePool(_ counts: CorePool.Shared.Counts, to out: inout [UInt8]) {
+        var names: [Int: String] = [:]
+        for backend in backends.snapshot() { names[backend.index] = Self.escape("\(backend.address)") }
+        var text = "# HELP moonproxy_core_pool_connections Server connections the core pool holds (idle or being reset), per backend\n"
+        text += "# TYPE moonproxy_core_pool_connections gauge\n"
+        for (index, name) in names.sorted(by: { $0.key < $1.key }) {
+            text += "moonproxy_core_pool_connections{backend=\"\(name)\"} \(counts.pooled[index, default: 0])\n"
+        }
+        text += "# HELP moonproxy_core_pool_events_total Core pool events per backend: checkouts (hit, waited for a reset, miss), resets, closes\n"
+        text += "# TYPE moonproxy_core_pool_events_total counter\n"
+        for (key, n) in counts.events.sorted(by: { $0.key < $1.key }) {
+            let parts = key.split(separator: "\t", maxSplits: 1)
+            guard parts.count == 2, let index = Int(parts[0]), let name = names[index] else { continue }
+            text += "moonproxy_core_pool_events_total{backend=\"\(name)\",event=\"\(parts[1])\"} \(n)\n"
+        }
+        out.append(contentsOf: Array(text.utf8))
     }
 
     /// The families each event loop counts itself, summed over the loops (swift-prometheus keeps

@@ -12,8 +12,8 @@ import ProxyCore
 /// blocked past `max_connect_errors`).
 enum BackendQuery {
     enum Outcome: Sendable {
-        /// The rows, each column's text or nil for NULL.
-        case rows([[String?]])
+        /// The rows, each column's text or nil for NULL, and the server's greeting.
+        case rows([[String?]], greeting: HandshakeV10?)
         case failed(String)
     }
 
@@ -100,6 +100,7 @@ final class BackendQueryHandler: ChannelInboundHandler, @unchecked Sendable {
     private var rows: [[String?]] = []
     private var rowBytes = 0
     private var capabilities: CapabilityFlags = []
+    private var greeting: HandshakeV10?
     private let tls: BackendQuery.TLSPlan?
 
     init(query: String, user: String, password: String, promise: EventLoopPromise<BackendQuery.Outcome>, tls: BackendQuery.TLSPlan? = nil) {
@@ -149,6 +150,7 @@ final class BackendQueryHandler: ChannelInboundHandler, @unchecked Sendable {
         switch step {
         case .greeting:
             let greeting = try HandshakeV10(parsing: payload)
+            self.greeting = greeting
             capabilities = greeting.capabilities.intersection([.longPassword, .protocol41, .secureConnection, .pluginAuth, .transactions])
             let useTLS = tls != nil && greeting.capabilities.contains(.ssl)
             if let tls, tls.required {
@@ -185,7 +187,7 @@ final class BackendQueryHandler: ChannelInboundHandler, @unchecked Sendable {
             step = .columns
         case .columns:
             // without CLIENT_DEPRECATE_EOF: column count, definitions, EOF, rows, EOF
-            guard first != 0x00 else { return finish(.rows([]), context: context, quit: true) }  // no result set
+            guard first != 0x00 else { return finish(.rows([], greeting: greeting), context: context, quit: true) }  // no result set
             var cursor = payload
             let count = try cursor.readMySQLLengthEncodedInteger("column count")
             guard count > 0, count <= 4096 else {
@@ -198,7 +200,7 @@ final class BackendQueryHandler: ChannelInboundHandler, @unchecked Sendable {
             definitionsLeft -= 1
             if definitionsLeft == 0 { step = .rows }
         case .rows:
-            if first == 0xFE && payload.readableBytes < 9 { return finish(.rows(rows), context: context, quit: true) }
+            if first == 0xFE && payload.readableBytes < 9 { return finish(.rows(rows, greeting: greeting), context: context, quit: true) }
             rowBytes += payload.readableBytes
             guard rows.count < BackendQuery.rowLimit, rowBytes <= BackendQuery.byteLimit else {
                 return finish(.failed("more than \(BackendQuery.rowLimit) rows or \(BackendQuery.byteLimit >> 20) MiB"), context: context, quit: false)

@@ -1,0 +1,257 @@
+import MySQLWire
+import NIOCore
+
+/// `--proxy-auth=proxy`: the proxy greets the client with its own greeting (the servers'
+/// version and capabilities, a challenge of its own), has the handler verify the handshake
+/// response against the servers' accounts (`.verifyLogin` → `loginVerified(_:)`), and only then
+/// opens a server connection, or takes a pooled one already logged in as that client. The server
+/// login is the proxy's: the client's handshake response with the password answer recomputed for
+/// the server's challenge from SHA1(password), which the client's right answer revealed. An
+/// account whose plugin the proxy cannot log in with is relayed: the proxy's response names
+/// mysql_native_password with no answer, and the server asks the client for its own plugin.
+///
+/// What scripts see: `read_handshake` the proxy's greeting, `read_auth` the client's response (it
+/// may answer or refuse the login as before), `read_auth_result` the server's verdict on the
+/// proxy's login (a pooled connection skips it: the handler does not pool for such scripts).
+extension ConnectionMachine {
+    /// What a login the proxy verifies carries from the greeting to the server's OK.
+    struct OwnLogin {
+        /// The proxy's greeting (its challenge is what the client answered).
+        var greeting: HandshakeV10
+        /// `connect_server`'s choice of backend.
+        var preferred: Int?
+        /// The verified login, once the verdict came.
+        var plan: LoginPlan?
+        /// SHA1(password) (empty: no password); nil for a relayed login.
+        var credential: [UInt8]?
+        /// The server's challenge and the capabilities of the proxy's login on that server.
+        var serverChallenge: [UInt8] = []
+        /// Who the server connection is logged in as, once it is (not for a relayed login).
+        var login: ServerLogin?
+    }
+
+    /// Kept out of line: most connections never have one, and it is read only during the login.
+    indirect enum OwnLoginBox {
+        case some(OwnLogin)
+        var value: OwnLogin {
+            switch self { case .some(let v): return v }
+        }
+    }
+
+    var own: OwnLogin? {
+        get { ownBox?.value }
+        set { ownBox = newValue.map(OwnLoginBox.some) }
+    }
+
+    /// Who a pooled server connection is logged in as, and what the proxy needs to log it in
+    /// again (COM_CHANGE_USER) before the next client session uses it.
+    public struct ServerLogin: Equatable, Sendable {
+        public var user: String
+        /// The login's default database ("": none).
+        public var database: String
+        public var characterSet: UInt8
+        /// The capabilities of the server session (what the reset is written with).
+        public var capabilities: CapabilityFlags
+        /// The flags the client session negotiated: only a session that agrees on them may
+        /// take the connection.
+        public var sessionCapabilities: CapabilityFlags
+        public var credential: [UInt8]
+        public var attributes: ByteBuffer
+        /// The client's link is TLS (the server link's TLS follows from it and the policy).
+        public var clientTLS: Bool
+    }
+
+    /// A client connected and the proxy authenticates it with `greeting` (nil: the server does,
+    /// as before). The handler makes the greeting: the servers' version and capabilities, a
+    /// fresh challenge, a connection id.
+    public mutating func clientConnected(ownGreeting: HandshakeV10?) -> Action {
+        guard case .initialized = state else { return .none }
+        if let ownGreeting { own = OwnLogin(greeting: ownGreeting) }
+        askConnectServer()
+        return nextAction()
+    }
+
+    /// The greeting goes to the client (through `read_handshake`).
+    mutating func greetClient(_ ownLogin: OwnLogin) {
+        var greeting = ownLogin.greeting
+        let policy = configuration.tls.offer
+        let offer = policy == .always || (policy == .likeBackend && greeting.capabilities.contains(.ssl))
+        greeting.capabilities = clientGreetingCapabilities(greeting.capabilities, mask: capabilityMask(hasServer: true), tls: offer)
+        session.clientOffered = greeting.capabilities
+        session.greeting = greeting
+        var payload = ByteBuffer()
+        greeting.write(to: &payload)
+        let forward = Greeting(payload: payload, sequenceID: 0, rest: ByteBuffer(), offersTLS: offer)
+        if configuration.hooks.contains(.readHandshake) {
+            state = .readHandshakeHook(forward)
+            return emit(.runHook(hookCall(.readHandshake, loggedIn: false, serverIdle: false, status: greeting.status)))
+        }
+        emit(sendGreeting(forward))
+    }
+
+    /// The client's handshake response (or its answer to a plugin switch) is verified.
+    mutating func askVerification(_ plan: LoginPlan, switched: Bool) {
+        guard let ownLogin = own else { return }
+        state = .verifyingLogin(plan)
+        emit(.verifyLogin(LoginAttempt(user: plan.response.username, plugin: plan.response.authPluginName,
+                                       response: plan.response.authResponse, challenge: Array(ownLogin.greeting.authPluginData.prefix(20)),
+                                       clientTLS: session.clientTLS, switched: switched)))
+    }
+
+    /// The handler's verdict on the login the machine asked it to verify.
+    public mutating func loginVerified(_ verdict: LoginVerdict) -> Action {
+        guard case .verifyingLogin(var plan) = state, var ownLogin = own else { return nextAction() }
+        switch verdict {
+        case .refused(let err, let reason):
+            noteClose(.authFailed)
+            emit(refuse(err, sequenceID: plan.reply, reason: reason, level: .info))
+        case .switchPlugin(let plugin):
+            var payload = ByteBuffer()
+            AuthSwitchRequest(pluginName: plugin, pluginData: Array(ownLogin.greeting.authPluginData.prefix(20)) + [0]).write(to: &payload)
+            var out = ByteBuffer()
+            var seq = plan.reply
+            out.writeMySQLPacket(payload, sequenceID: &seq)
+            plan.response.authPluginName = plugin
+            state = .awaitingSwitchAnswer(plan, ByteBuffer())
+            emit(.write(toClient: out, toBackend: nil))
+        case .relay, .accepted:
+            if case .accepted(let credential) = verdict { ownLogin.credential = credential }
+            ownLogin.plan = plan
+            let preferred = ownLogin.preferred
+            own = ownLogin
+            state = .connecting
+            emit(.connectToBackend(preferred: preferred))
+        }
+        return nextAction()
+    }
+
+    /// The client's answer to the plugin switch.
+    mutating func switchAnswerBytesReceived(_ chunk: ByteBuffer) -> Action {
+        guard case .awaitingSwitchAnswer(var plan, var gathered) = state else { return .none }
+        gathered.writeImmutableBuffer(chunk)
+        var input = gathered
+        guard let frame = input.readMySQLFrame() else {
+            if gathered.readableBytes > 1 << 16 {
+                clientBrokeProtocol()
+                return close(.abort, reason: "an authentication answer larger than 64 KiB")
+            }
+            state = .awaitingSwitchAnswer(plan, gathered)
+            return .none
+        }
+        plan.response.authResponse = Array(frame.payload.readableBytesView)
+        plan.clientSequence = frame.sequenceID
+        plan.reply = frame.sequenceID &+ 1
+        plan.rest = input
+        askVerification(plan, switched: true)
+        return nextAction()
+    }
+
+    /// The server greeted a connection opened for a login the proxy verified: the proxy logs in.
+    mutating func logIntoServer(greetingFrame frame: MySQLFrame, _ ownLogin: OwnLogin) -> Action {
+        guard var plan = ownLogin.plan else { return .none }
+        let greeting: HandshakeV10
+        do {
+            greeting = try HandshakeV10(parsing: frame.payload)
+        } catch {
+            backendBrokeProtocol()
+            return refuse(.malformedPacket("the server's greeting: \(error)"), sequenceID: plan.reply, reason: "malformed greeting from the backend: \(error)")
+        }
+        let tls = configuration.tls
+        guard let wantsTLS = tls.backend.wantsTLS(clientUsesTLS: session.clientTLS, serverOffers: greeting.capabilities.contains(.ssl)) else {
+            return refuse(.sslConnectionError("the backend server does not offer TLS, which --proxy-backend-ssl=\(tls.backend.rawValue) requires here (MoonProxy)"),
+                          sequenceID: plan.reply, reason: "the backend does not offer TLS")
+        }
+        let needed = session.capabilities.intersection(.sessionAffecting)
+        guard greeting.capabilities.isSuperset(of: needed) else {
+            return refuse(.noBackend("the backend does not offer the capabilities the session negotiated (\(needed.subtracting(greeting.capabilities)))"),
+                          sequenceID: plan.reply, reason: "the backend lacks capabilities the proxy's greeting offered")
+        }
+        var response = plan.response
+        var capabilities = response.capabilities.intersection(capabilityMask(hasServer: true)).intersection(greeting.capabilities)
+            .subtracting(ProtocolCompression.capabilities).subtracting(.ssl)
+        capabilities.formUnion(greeting.capabilities.intersection([.protocol41, .secureConnection, .pluginAuth]))
+        if wantsTLS { capabilities.insert(.ssl) }
+        response.capabilities = capabilities
+        response.authPluginName = ProxyAuthenticator.nativePlugin
+        response.zstdCompressionLevel = nil
+        let challenge = Array(greeting.authPluginData.prefix(20))
+        if let credential = ownLogin.credential, !credential.isEmpty {
+            response.authResponse = NativePassword.scramble(challenge: challenge, hashedPassword: credential)
+        } else {
+            response.authResponse = []  // no password, or relayed: the server asks the client
+        }
+        var payload = ByteBuffer()
+        response.write(to: &payload)
+        plan.payload = payload
+        plan.serverSequence = wantsTLS ? 2 : 1
+        plan.backendCompression = nil
+        session.backendTLS = wantsTLS
+        var updated = ownLogin
+        updated.serverChallenge = challenge
+        updated.login = ownLogin.credential.map { serverLogin(plan.response, credential: $0, serverCapabilities: capabilities) }
+        updated.plan = nil
+        own = updated
+        sendLogin(plan)
+        return .none
+    }
+
+    /// The handler gave the session a pooled server connection logged in as this client: the
+    /// client gets the OK the server would have sent, and the session starts.
+    public mutating func pooledServerAttached(backendTLS: Bool, localSocket: Bool) -> Action {
+        guard case .connecting = state, var ownLogin = own, let plan = ownLogin.plan, let credential = ownLogin.credential else { return .none }
+        ownLogin.plan = nil
+        ownLogin.login = serverLogin(plan.response, credential: credential, serverCapabilities: [])
+        own = ownLogin
+        session.backendTLS = backendTLS
+        session.backendIsLocal = localSocket
+        tracker = .commandPhase(capabilities: session.capabilities)
+        fromServer = FrameScanner()
+        var ok = ByteBuffer()
+        var seq = plan.reply
+        ResponseEncoding.ok(OKPacket(status: .autocommit), capabilities: session.capabilities, sequenceID: &seq, into: &ok)
+        if !configuration.hooks.isDisjoint(with: Self.commandHooks) {
+            var exchange = Exchange(hasServer: true, maximumPacketLength: configuration.maximumPacketLength)
+            exchange.commandsStarted = true
+            state = .exchanging(ExchangeBox(exchange))
+        } else {
+            if configuration.hooks.isEmpty {
+                session.greeting = nil
+                session.response = nil
+            }
+            state = .relaying(draining: false)
+        }
+        emit(.write(toClient: ok, toBackend: nil))
+        if let compression = plan.clientCompression { emit(.startCompression(client: compression, backend: nil, early: nil)) }
+        if plan.rest.readableBytes > 0 { feedClient(plan.rest) }
+        return nextAction()
+    }
+
+    func serverLogin(_ response: HandshakeResponse41, credential: [UInt8], serverCapabilities: CapabilityFlags) -> ServerLogin {
+        ServerLogin(user: response.username, database: response.database ?? "", characterSet: response.characterSet,
+                    capabilities: serverCapabilities, sessionCapabilities: session.capabilities.intersection(.sessionAffecting),
+                    credential: credential, attributes: response.attributesBlock, clientTLS: session.clientTLS)
+    }
+
+    /// Who the session's server connection is logged in as, when the proxy logged it in with a
+    /// credential it holds (nil for a relayed login, or without `--proxy-auth=proxy`).
+    public var serverLogin: ServerLogin? { own?.login }
+    /// The challenge of the server the proxy logged into (a reset answers it, or the next).
+    public var serverChallenge: [UInt8] { own?.serverChallenge ?? [] }
+
+    /// The login a pooled connection could serve (what the handler looks one up by), while the
+    /// machine waits for a server connection; nil when a pooled one will not do.
+    public var pendingServerLogin: ServerLogin? {
+        guard case .connecting = state, configuration.hooks.isDisjoint(with: [.readAuthResult]),
+              let ownLogin = own, let plan = ownLogin.plan, let credential = ownLogin.credential else { return nil }
+        return serverLogin(plan.response, credential: credential, serverCapabilities: [])
+    }
+
+    /// Whether the session's server connection may go back to the pool when the client quits:
+    /// the proxy logged it in and nothing is on its way.
+    /// (`quitting`: the client's COM_QUIT was taken, and nothing of it went to the server.)
+    func releasesServer(quitting: Bool) -> Bool {
+        guard configuration.poolsServers, own?.login != nil, case .relaying = state else { return false }
+        return (tracker.clientPhase == .command || tracker.clientPhase == .quit) && !tracker.isAwaitingResponse
+            && fromServer.isAtPacketBoundary && (quitting || fromClient.isAtPacketBoundary)
+    }
+}

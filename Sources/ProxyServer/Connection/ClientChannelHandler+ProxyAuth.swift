@@ -1,0 +1,115 @@
+import MySQLWire
+import NIOCore
+import ProxyCore
+
+// MARK: - `--proxy-auth=proxy`: the proxy's greeting, the verdict, the core pool
+
+extension ClientChannelHandler {
+    /// Starts the session: with `--proxy-auth=proxy` and the accounts read, the proxy greets the
+    /// client itself (as the server the accounts came from, with a challenge of its own); a
+    /// client from a host no account names gets 1130 in place of the greeting, as from the
+    /// server. Before the first reading the server authenticates the client, as in `relay`.
+    func startSession() {
+        guard let accounts = shared.accounts else { return run(machine.clientConnected()) }
+        guard let (table, serverGreeting) = accounts.snapshot else {
+            log(.debug, "the accounts have not been read yet: the server authenticates this client")
+            return run(machine.clientConnected())
+        }
+        let (hostname, ip) = clientHost
+        guard ProxyAuthenticator.hostKnown(table, hostname: hostname, ip: ip) else {
+            shared.metrics?.loginDecided(plugin: "", result: "host_not_allowed")
+            return run(machine.refuseConnection(.hostNotAllowed(hostname ?? ip ?? "unknown"), source: .authFailed,
+                                                reason: "refusing a client: no account's host matches \(hostname ?? ip ?? "its address")",
+                                                level: .info, protocol41: false))
+        }
+        var greeting = serverGreeting
+        var random = SystemRandomNumberGenerator()
+        greeting.connectionID = UInt32(truncatingIfNeeded: described.id)
+        greeting.authPluginData = ProxyAuthenticator.challenge(using: &random)
+        greeting.authPluginName = ProxyAuthenticator.nativePlugin
+        greeting.status = .autocommit
+        greeting.capabilities.formUnion([.protocol41, .secureConnection, .pluginAuth])
+        run(machine.clientConnected(ownGreeting: greeting))
+    }
+
+    /// How the server would know the client: by address (as with `skip_name_resolve`), or as
+    /// `localhost` through a unix socket.
+    var clientHost: (hostname: String?, ip: String?) {
+        guard let client = described.client else { return ("localhost", nil) }
+        if case .unixDomainSocket = client { return ("localhost", nil) }
+        return (nil, client.ipAddress)
+    }
+
+    /// The proxy's verdict on a login (`.verifyLogin`).
+    func verify(_ attempt: LoginAttempt) -> LoginVerdict {
+        guard let table = shared.accounts?.table else { return .relay(plugin: "unknown") }
+        let (hostname, ip) = clientHost
+        let verdict = ProxyAuthenticator.verify(attempt, table: table, hostname: hostname, ip: ip)
+        switch verdict {
+        case .accepted: shared.metrics?.loginDecided(plugin: ProxyAuthenticator.nativePlugin, result: "verified")
+        case .relay(let plugin): shared.metrics?.loginDecided(plugin: plugin, result: "relayed")
+        case .refused: shared.metrics?.loginDecided(plugin: attempt.plugin ?? ProxyAuthenticator.nativePlugin, result: "refused")
+        case .switchPlugin: break
+        }
+        return verdict
+    }
+
+    /// Takes a server connection for the waiting login from the core pool: at once when one is
+    /// ready, or once the reset of one that came back runs out. False: none; open one.
+    func takeFromCorePool(_ index: Int, _ address: ProxyAddress, _ resolved: SocketAddress?) -> Bool {
+        guard let pool = sweeper?.corePool, let login = machine.pendingServerLogin else { return false }
+        switch pool.take(CorePool.Key(backend: index, login: login)) {
+        case .ready(let entry):
+            attachCorePooled(entry, index)
+            return true
+        case .resetting(let entry):
+            connectingToBackend = true
+            entry.waiter = { [self] ready in
+                self.connectingToBackend = false
+                guard !self.closed, self.machine.isConnecting else {
+                    ready?.handler.close()
+                    return
+                }
+                if let ready {
+                    self.attachCorePooled(ready, index)
+                } else {
+                    self.openConnection(index, address, resolved)
+                }
+            }
+            return true
+        case .none:
+            return false
+        }
+    }
+
+    private func attachCorePooled(_ entry: CorePool.Entry, _ index: Int) {
+        shared.backends.probeAbandoned(index)
+        let handler = entry.handler
+        handler.owner = self
+        handler.serverChallenge = entry.reset.challenge
+        backend = handler
+        backendIndex = index
+        described.backend = entry.address
+        shared.backends.clientAttached(index)
+        if let context { handler.setReadsPaused(!context.channel.isWritable) }
+        publish()
+        log(.debug, "took a pooled server connection to backend \(index + 1)")
+        run(machine.pooledServerAttached(backendTLS: entry.backendTLS, localSocket: entry.localSocket))
+    }
+
+    /// The client quit: its server connection, which the proxy logged in, goes to the core pool
+    /// (closed when the pool is full).
+    func releaseToPool() {
+        guard let handler = backend, let index = backendIndex, let address = described.backend, let pool = sweeper?.corePool,
+              let login = handler.serverLogin ?? machine.serverLogin else { return }
+        let challenge = handler.serverLogin != nil ? handler.serverChallenge : machine.serverChallenge
+        let backendTLS = described.backendTLS != nil || machine.session.backendTLS
+        detachBackend(closing: false)
+        handler.serverLogin = login
+        var local = false
+        if case .unix = address { local = true }
+        if !pool.keep(handler, backend: index, login: login, challenge: challenge, address: address, backendTLS: backendTLS, localSocket: local) {
+            handler.close()
+        }
+    }
+}

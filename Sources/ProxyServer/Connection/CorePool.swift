@@ -1,0 +1,246 @@
+import MySQLWire
+import NIOConcurrencyHelpers
+import NIOCore
+import ProxyCore
+
+/// Server connections the proxy logged in itself (`--proxy-auth=proxy`), kept when their client
+/// quits and handed to the next client session of the same login: no TCP connect, greeting,
+/// login or server thread per client. One per event loop (a connection serves clients of its
+/// loop); `--proxy-pool-max` bounds the connections all loops keep per backend.
+///
+/// A connection comes back through a reset (`ServerLoginReset`: COM_CHANGE_USER to the login it
+/// was made for), which ends everything of the session before; only then may another session
+/// take it. A session that arrives while the reset runs waits for it instead of opening a
+/// connection of its own. A connection is only given to a session whose login is the same user,
+/// password, database, character set, client-side TLS and session-affecting capabilities.
+final class CorePool {
+    struct Key: Hashable {
+        var backend: Int
+        var user: String
+        var database: String
+        var characterSet: UInt8
+        var sessionCapabilities: CapabilityFlags
+        var credential: [UInt8]
+        var clientTLS: Bool
+
+        init(backend: Int, login: ConnectionMachine.ServerLogin) {
+            self.backend = backend
+            user = login.user
+            database = login.database
+            characterSet = login.characterSet
+            sessionCapabilities = login.sessionCapabilities
+            credential = login.credential
+            clientTLS = login.clientTLS
+        }
+    }
+
+    /// A pooled connection.
+    final class Entry {
+        let handler: BackendChannelHandler
+        let key: Key
+        var reset: ServerLoginReset
+        let address: ProxyAddress
+        let backendTLS: Bool
+        let localSocket: Bool
+        var idleSince = NIODeadline.now()
+        /// The reset is done: a session may take it.
+        var ready = false
+        var collector = PacketCollector(maximumPacketLength: 1 << 16)
+        /// A session waiting for the reset (nil: the reset failed).
+        var waiter: ((Entry?) -> Void)?
+        let resetStarted = NIODeadline.now()
+
+        init(handler: BackendChannelHandler, key: Key, reset: ServerLoginReset, address: ProxyAddress, backendTLS: Bool, localSocket: Bool) {
+            self.handler = handler
+            self.key = key
+            self.reset = reset
+            self.address = address
+            self.backendTLS = backendTLS
+            self.localSocket = localSocket
+        }
+    }
+
+    struct Settings: Sendable {
+        /// Connections kept per backend, over all event loops (0: no pool).
+        var maximum: Int
+        var idleTimeout: TimeAmount
+        var maximumLifetime: TimeAmount
+    }
+
+    /// What every loop's pool shares: how many connections each backend has pooled, and the
+    /// counts the metrics and the admin interface show.
+    final class Shared: Sendable {
+        let settings: Settings
+        private let counts = NIOLockedValueBox<Counts>(Counts())
+        struct Counts {
+            var pooled: [Int: Int] = [:]
+            var events: [String: Int] = [:]
+        }
+
+        init(settings: Settings) { self.settings = settings }
+
+        func reserve(_ backend: Int) -> Bool {
+            counts.withLockedValue { c in
+                let n = c.pooled[backend, default: 0]
+                guard n < settings.maximum else { return false }
+                c.pooled[backend] = n + 1
+                return true
+            }
+        }
+
+        func unreserve(_ backend: Int) {
+            counts.withLockedValue { c in c.pooled[backend] = max(0, c.pooled[backend, default: 0] - 1) }
+        }
+
+        /// Counts an event (`checkout_hit`, `checkout_waited`, `checkout_miss`, `reset_ok`, ...).
+        func count(_ event: String, backend: Int) {
+            counts.withLockedValue { c in c.events["\(backend)\t\(event)", default: 0] += 1 }
+        }
+
+        var snapshot: Counts { counts.withLockedValue { $0 } }
+    }
+
+    let shared: Shared
+    private var entries: [Key: [Entry]] = [:]
+    private var byHandler: [ObjectIdentifier: Entry] = [:]
+
+    private let eventLoop: EventLoop
+    /// Runs the idle sweep while the pool holds connections.
+    private var sweepTask: RepeatedTask?
+
+    init(shared: Shared, eventLoop: EventLoop) {
+        self.shared = shared
+        self.eventLoop = eventLoop
+    }
+
+    enum Taken {
+        case ready(Entry)
+        /// Its reset is running: set `waiter`.
+        case resetting(Entry)
+        case none
+    }
+
+    /// A connection for `key`: one that is ready, else one whose reset runs and nobody waits
+    /// for, else none.
+    func take(_ key: Key) -> Taken {
+        guard let list = entries[key] else {
+            shared.count("checkout_miss", backend: key.backend)
+            return .none
+        }
+        if let entry = list.first(where: { $0.ready }) {
+            remove(entry)
+            shared.count("checkout_hit", backend: key.backend)
+            return .ready(entry)
+        }
+        if let entry = list.first(where: { $0.waiter == nil }) {
+            shared.count("checkout_waited", backend: key.backend)
+            return .resetting(entry)
+        }
+        shared.count("checkout_miss", backend: key.backend)
+        return .none
+    }
+
+    /// Keeps a server connection whose client quit, and starts its reset; false when the pool is
+    /// full (the caller closes it).
+    func keep(_ handler: BackendChannelHandler, backend: Int, login: ConnectionMachine.ServerLogin, challenge: [UInt8],
+              address: ProxyAddress, backendTLS: Bool, localSocket: Bool) -> Bool {
+        guard let created = handler.createdAt, NIODeadline.now() - created < shared.settings.maximumLifetime,
+              shared.reserve(backend) else { return false }
+        let reset = ServerLoginReset(login: login, challenge: challenge)
+        let entry = Entry(handler: handler, key: Key(backend: backend, login: login), reset: reset, address: address,
+                          backendTLS: backendTLS, localSocket: localSocket)
+        entries[entry.key, default: []].append(entry)
+        byHandler[ObjectIdentifier(handler)] = entry
+        handler.owner = nil
+        handler.corePool = self
+        handler.setReadsPaused(false)
+        handler.writeAndFlush(reset.request())
+        if sweepTask == nil {
+            let every = TimeAmount.nanoseconds(max(min(shared.settings.idleTimeout.nanoseconds / 4, 1_000_000_000), 10_000_000))
+            let bound = NIOLoopBound(self, eventLoop: eventLoop)
+            sweepTask = eventLoop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in bound.value.sweep() }
+        }
+        return true
+    }
+
+    /// Bytes from a pooled connection: the reset's answers, or a server that speaks out of turn.
+    func received(_ handler: BackendChannelHandler, _ data: ByteBuffer) {
+        guard let entry = byHandler[ObjectIdentifier(handler)] else { return handler.close() }
+        guard !entry.ready else { return drop(entry, "the server spoke while the connection was idle", event: "closed_by_server") }
+        entry.collector.append(data)
+        do {
+            while let packet = try entry.collector.next() {
+                switch entry.reset.received(packet.packet) {
+                case .send(let bytes):
+                    handler.writeAndFlush(bytes)
+                case .done:
+                    entry.ready = true
+                    entry.idleSince = .now()
+                    shared.count("reset_ok", backend: entry.key.backend)
+                    if let waiter = entry.waiter {
+                        remove(entry)
+                        waiter(entry)
+                    }
+                    return
+                case .failed(let reason):
+                    return drop(entry, reason, event: "reset_failed")
+                }
+            }
+        } catch {
+            drop(entry, "\(error)", event: "reset_failed")
+        }
+    }
+
+    /// A pooled connection closed.
+    func ended(_ handler: BackendChannelHandler) {
+        guard let entry = byHandler[ObjectIdentifier(handler)] else { return }
+        drop(entry, "closed", event: "closed_by_server")
+    }
+
+    /// Closes connections idle past the idle timeout or older than the maximum lifetime.
+    func sweep(now: NIODeadline = .now()) {
+        for entry in byHandler.values where entry.ready {
+            let old = entry.handler.createdAt.map { now - $0 >= shared.settings.maximumLifetime } ?? true
+            if old || now - entry.idleSince >= shared.settings.idleTimeout {
+                drop(entry, "idle", event: old ? "closed_lifetime" : "closed_idle")
+            }
+        }
+        if byHandler.isEmpty {
+            sweepTask?.cancel()
+            sweepTask = nil
+        }
+    }
+
+    func closeAll() {
+        for entry in Array(byHandler.values) { drop(entry, "shutdown", event: "closed_shutdown") }
+    }
+
+    /// What the admin interface lists: per key, ready and resetting connections.
+    func rows() -> [[(String, String)]] {
+        entries.map { key, list in
+            [("backend_ndx", "\(key.backend + 1)"), ("user", key.user), ("db", key.database),
+             ("idle", "\(list.filter(\.ready).count)"), ("resetting", "\(list.filter { !$0.ready }.count)")]
+        }
+    }
+
+    private func remove(_ entry: Entry) {
+        byHandler[ObjectIdentifier(entry.handler)] = nil
+        if var list = entries[entry.key] {
+            list.removeAll { $0 === entry }
+            entries[entry.key] = list.isEmpty ? nil : list
+        }
+        entry.handler.corePool = nil
+        shared.unreserve(entry.key.backend)
+    }
+
+    private func drop(_ entry: Entry, _ reason: String, event: String) {
+        guard byHandler[ObjectIdentifier(entry.handler)] === entry else { return }
+        remove(entry)
+        shared.count(event, backend: entry.key.backend)
+        entry.handler.close()
+        if let waiter = entry.waiter {
+            entry.waiter = nil
+            waiter(nil)
+        }
+    }
+}
