@@ -137,6 +137,9 @@ struct Driver {
     var counts = ConnectionMachine.Counts()
     /// Records of the commands that ended, as reported.
     var records: [ConnectionMachine.CommandRecord] = []
+    /// What the handler would answer `.verifyLogin` with (`--proxy-auth=proxy`), and what it was asked.
+    var verifier: (LoginAttempt) -> LoginVerdict = { _ in .relay(plugin: "unknown") }
+    var attempts: [LoginAttempt] = []
 
     init(_ configuration: ConnectionMachine.Configuration = .init(), script: FakeScript? = nil) {
         var c = configuration
@@ -159,6 +162,10 @@ struct Driver {
             case .runHook(let call):
                 effects.hooks.append(call)
                 action = machine.hookReturned(script?.run(call) ?? .notDefined)
+                continue
+            case .verifyLogin(let attempt):
+                attempts.append(attempt)
+                action = machine.loginVerified(verifier(attempt))
                 continue
             case .report(let c, let recordsFinished):
                 counts.add(c)
