@@ -43,6 +43,8 @@ public final class ScriptEngine: @unchecked Sendable {
         public var connections: (@Sendable () -> [[(String, String)]])?
         /// What `chassis.get_accounts()` lists: the servers' accounts as the proxy read them.
         public var accounts: (@Sendable () -> [[(String, String)]])?
+        /// What `chassis.get_pool()` lists: the core pool's connections by login.
+        public var pool: (@Sendable () -> [[(String, String)]])?
         /// What `chassis.set_shutdown()` does; without it the call is logged and ignored.
         public var shutdownRequest: (@Sendable () -> Void)?
         /// Lua code run in each connection's environment before the script (the admin interface

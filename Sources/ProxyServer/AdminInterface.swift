@@ -9,7 +9,7 @@ import ProxyScripting
 /// connection's environment defines `connect_server` (a greeting with a fresh challenge) and
 /// `read_auth` (a real mysql_native_password check against SHA1(SHA1(password)); the password
 /// itself never reaches Lua). The admin script then only needs `read_query`; the default one
-/// answers `SELECT * FROM help`, `backends`, `stats`, `connections`, `config` and `accounts`.
+/// answers `SELECT * FROM help`, `backends`, `stats`, `connections`, `config`, `accounts` and `pool`.
 public struct AdminConfiguration: Sendable {
     /// Loopback unless the operator names another address: the admin interface shows every
     /// connection and the configuration.
@@ -86,6 +86,7 @@ enum AdminInterface {
         { "SELECT * FROM connections", "the client connections: client, backend, user, TLS and compression on each link" },
         { "SELECT * FROM config", "the effective options" },
         { "SELECT * FROM accounts", "the servers' accounts as read with --proxy-users-user, in the order the servers search them (no hashes)" },
+        { "SELECT * FROM pool", "the core pool (--proxy-pool-max): server connections by backend and login, idle or being reset" },
       })
     end
     tables.backends = function()
@@ -122,6 +123,16 @@ enum AdminInterface {
       for _, a in ipairs(chassis.get_accounts() or {}) do
         local row = {}
         for i, name in ipairs(columns) do row[i] = a[name] end
+        rows[#rows + 1] = row
+      end
+      return resultset(columns, rows)
+    end
+    tables.pool = function()
+      local columns = { "backend_ndx", "user", "db", "idle", "resetting" }
+      local rows = {}
+      for _, p in ipairs(chassis.get_pool() or {}) do
+        local row = {}
+        for i, name in ipairs(columns) do row[i] = p[name] end
         rows[#rows + 1] = row
       end
       return resultset(columns, rows)

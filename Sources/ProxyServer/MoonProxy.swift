@@ -140,6 +140,7 @@ public final class MoonProxy: Sendable {
             script.statistics = { Self.statisticsGroups(statistics, backends) }
             script.connections = { registry?.rows() ?? [] }
             script.accounts = { accounts?.rows() ?? [] }
+            script.pool = { corePool?.rows() ?? [] }
             var adminLogger = logger
             adminLogger[metadataKey: "module"] = "admin"
             let adminEngine = ScriptEngine(configuration: script, backends: backends, logger: adminLogger)

@@ -109,6 +109,9 @@ enum LuaModules {
         lua.push(function: chassisAccounts, upvalues: 1)
         lua.rawSet(-2, "get_accounts")
         lua.push(object: reference, metatable: engineMetatable)
+        lua.push(function: chassisPool, upvalues: 1)
+        lua.rawSet(-2, "get_pool")
+        lua.push(object: reference, metatable: engineMetatable)
         lua.push(function: chassisSetShutdown, upvalues: 1)
         lua.rawSet(-2, "set_shutdown")
         lua.rawSet(-2, "chassis")
@@ -316,6 +319,13 @@ private let chassisConnections: LuaFunction = { L in
 private let chassisAccounts: LuaFunction = { L in
     let lua = Lua(L!)
     return pushRows(lua, LuaModules.engine(lua)?.configuration.accounts?())
+}
+
+/// `chassis.get_pool()`: the core pool's connections (backend_ndx, user, db, idle, resetting) by
+/// login; nil without a pool.
+private let chassisPool: LuaFunction = { L in
+    let lua = Lua(L!)
+    return pushRows(lua, LuaModules.engine(lua)?.configuration.pool?())
 }
 
 /// Rows of name/value pairs as an array of tables; nil for none kept.

@@ -75,6 +75,13 @@ final class CorePool {
         struct Counts {
             var pooled: [Int: Int] = [:]
             var events: [String: Int] = [:]
+            /// Per backend, user and database: connections ready and being reset.
+            var logins: [Login: (ready: Int, resetting: Int)] = [:]
+        }
+        struct Login: Hashable {
+            var backend: Int
+            var user: String
+            var database: String
         }
 
         init(settings: Settings) { self.settings = settings }
@@ -98,6 +105,25 @@ final class CorePool {
         }
 
         var snapshot: Counts { counts.withLockedValue { $0 } }
+
+        func adjust(_ key: Key, ready: Int = 0, resetting: Int = 0) {
+            let login = Login(backend: key.backend, user: key.user, database: key.database)
+            counts.withLockedValue { c in
+                var n = c.logins[login, default: (0, 0)]
+                n.ready += ready
+                n.resetting += resetting
+                c.logins[login] = n.ready <= 0 && n.resetting <= 0 ? nil : n
+            }
+        }
+
+        /// What the admin interface lists (`SELECT * FROM pool`).
+        func rows() -> [[(String, String)]] {
+            snapshot.logins.sorted { ($0.key.backend, $0.key.user, $0.key.database) < ($1.key.backend, $1.key.user, $1.key.database) }
+                .map { login, n in
+                    [("backend_ndx", "\(login.backend + 1)"), ("user", login.user), ("db", login.database),
+                     ("idle", "\(n.ready)"), ("resetting", "\(n.resetting)")]
+                }
+        }
     }
 
     let shared: Shared
@@ -151,6 +177,7 @@ final class CorePool {
                           backendTLS: backendTLS, localSocket: localSocket)
         entries[entry.key, default: []].append(entry)
         byHandler[ObjectIdentifier(handler)] = entry
+        shared.adjust(entry.key, resetting: 1)
         handler.owner = nil
         handler.corePool = self
         handler.setReadsPaused(false)
@@ -176,6 +203,7 @@ final class CorePool {
                 case .done:
                     entry.ready = true
                     entry.idleSince = .now()
+                    shared.adjust(entry.key, ready: 1, resetting: -1)
                     shared.count("reset_ok", backend: entry.key.backend)
                     if let waiter = entry.waiter {
                         remove(entry)
@@ -215,14 +243,6 @@ final class CorePool {
         for entry in Array(byHandler.values) { drop(entry, "shutdown", event: "closed_shutdown") }
     }
 
-    /// What the admin interface lists: per key, ready and resetting connections.
-    func rows() -> [[(String, String)]] {
-        entries.map { key, list in
-            [("backend_ndx", "\(key.backend + 1)"), ("user", key.user), ("db", key.database),
-             ("idle", "\(list.filter(\.ready).count)"), ("resetting", "\(list.filter { !$0.ready }.count)")]
-        }
-    }
-
     private func remove(_ entry: Entry) {
         byHandler[ObjectIdentifier(entry.handler)] = nil
         if var list = entries[entry.key] {
@@ -231,6 +251,7 @@ final class CorePool {
         }
         entry.handler.corePool = nil
         shared.unreserve(entry.key.backend)
+        shared.adjust(entry.key, ready: entry.ready ? -1 : 0, resetting: entry.ready ? 0 : -1)
     }
 
     private func drop(_ entry: Entry, _ reason: String, event: String) {

@@ -1,0 +1,242 @@
+"""--proxy-auth=proxy and the core pool against the real server: the proxy verifies logins
+itself (the server's error codes, SQLSTATEs and words; no server connection for a wrong
+password), logs clients into the server with what their right answer revealed, follows account
+changes, hands one server connection from client to client, and nothing of one client's session
+reaches the next (the server itself is the judge: each state is read back from it)."""
+import os
+import signal
+import subprocess
+import time
+
+import mariadb
+import mysql.connector
+import pymysql
+import pytest
+
+from conftest import MARIADB_PORT, MARIADB_SOCKET, WORKDIR, free_port, wait_for_port
+from test_admin import admin_args, table
+from test_health_checks import wait_for
+from test_metrics import promtool_check, samples, scrape
+
+SERVICE = ("moon_pa_svc", "svc pw")
+
+
+def root():
+    return pymysql.connect(unix_socket=MARIADB_SOCKET, user="root", autocommit=True)
+
+
+def status(name):
+    with root() as r, r.cursor() as cur:
+        cur.execute("SHOW GLOBAL STATUS LIKE %s", (name,))
+        return int(cur.fetchone()[1])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def accounts():
+    with root() as r, r.cursor() as cur:
+        for stmt in [
+            "CREATE OR REPLACE USER 'moon_pa_svc'@'127.0.0.1' IDENTIFIED BY 'svc pw'",
+            "GRANT SELECT ON mysql.global_priv TO 'moon_pa_svc'@'127.0.0.1'",
+            "CREATE OR REPLACE USER 'pa'@'%' IDENTIFIED BY 'pa pw'",
+            "GRANT ALL ON moon.* TO 'pa'@'%'",
+            "CREATE OR REPLACE USER 'pa_locked'@'%' IDENTIFIED BY 'pw' ACCOUNT LOCK",
+            "CREATE OR REPLACE USER 'pa_ssl'@'%' IDENTIFIED BY 'pw' REQUIRE SSL",
+            "CREATE OR REPLACE USER 'pa_far'@'10.9.9.9' IDENTIFIED BY 'pw'",
+            "CREATE OR REPLACE USER 'pa_nopw'@'%'",
+            "CREATE OR REPLACE USER 'pa_ed'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('ed pw')",
+            "CREATE TABLE IF NOT EXISTS moon.pa_auto (id INT AUTO_INCREMENT PRIMARY KEY, v INT)",
+        ]:
+            cur.execute(stmt)
+    yield
+
+
+def start(start_proxy, *extra, refresh=60, pool=1):
+    proxy = start_proxy("--proxy-auth=proxy", f"--proxy-pool-max={pool}", f"--proxy-users-user={SERVICE[0]}",
+                        f"--proxy-users-refresh-interval={refresh}", "--log-level=info", *extra,
+                        env=dict(os.environ, MOONPROXY_USERS_PASSWORD=SERVICE[1]))
+    assert wait_for(lambda: "accounts from backend" in proxy.log()), proxy.log()
+    return proxy
+
+
+def cli_error(port, user, password, ssl=False):
+    args = ["mariadb", "-h127.0.0.1", f"-P{port}", f"-u{user}", "--batch", "-e", "SELECT 1"]
+    args.append("--ssl" if ssl else "--skip-ssl")
+    if password:
+        args.append(f"-p{password}")
+    r = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    return r.returncode, r.stderr.strip()
+
+
+def test_refusals_are_the_servers(start_proxy):
+    proxy = start(start_proxy)
+    cases = [("pa", "wrong"), ("pa", ""), ("nobody", "x"), ("pa_locked", "pw"), ("pa_locked", "wrong"), ("pa_ssl", "pw"),
+             ("pa_far", "pw"), ("pa_nopw", "x")]
+    before = status("Connections")
+    for user, password in cases:
+        through = cli_error(proxy.port, user, password)
+        assert through[0] == 1 and through[1].startswith("ERROR"), (user, through)
+    # no server connection was made for any of them
+    assert status("Connections") - before == 1  # the status query's own
+    for user, password in cases:
+        assert cli_error(proxy.port, user, password) == cli_error(MARIADB_PORT, user, password), (user, password)
+    # and what the server lets in, the proxy lets in
+    assert cli_error(proxy.port, "pa_ssl", "pw", ssl=True)[0] == 0
+    assert cli_error(proxy.port, "pa_nopw", "")[0] == 0
+    assert cli_error(proxy.port, "pa", "pa pw")[0] == 0
+
+
+def test_clients_log_in(start_proxy):
+    proxy = start(start_proxy, pool=4)
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw", database="moon")
+    with c.cursor() as cur:
+        cur.execute("SELECT CURRENT_USER(), DATABASE()")
+        assert cur.fetchone() == ("pa@%", "moon")
+    c.close()
+    c = mysql.connector.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw", database="moon")
+    cur = c.cursor(prepared=True)
+    cur.execute("SELECT ? + 1", (41,))
+    assert cur.fetchone()[0] == 42
+    c.close()
+    c = mariadb.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw", database="moon")
+    cur = c.cursor()
+    cur.execute("SELECT CURRENT_USER()")
+    assert cur.fetchone() == ("pa@%",)
+    c.close()
+    # TLS, and an account the proxy cannot log in with (ed25519): relayed to the server
+    assert cli_error(proxy.port, "pa", "pa pw", ssl=True) == (0, "")
+    assert cli_error(proxy.port, "pa_ed", "ed pw") == (0, "")
+    assert cli_error(proxy.port, "pa_ed", "nope")[1] == cli_error(MARIADB_PORT, "pa_ed", "nope")[1]
+
+
+def test_account_changes_show_at_the_next_failed_login(start_proxy):
+    proxy = start(start_proxy)
+    with root() as r, r.cursor() as cur:
+        cur.execute("CREATE OR REPLACE USER 'pa_new'@'%' IDENTIFIED BY 'one'")
+    # unknown to the proxy until it reads the accounts again: the failure makes it read them
+    first = cli_error(proxy.port, "pa_new", "one")
+    assert first[0] == 0 or "1045" in first[1]
+    assert wait_for(lambda: cli_error(proxy.port, "pa_new", "one")[0] == 0, timeout=5)
+    with root() as r, r.cursor() as cur:
+        cur.execute("ALTER USER 'pa_new'@'%' IDENTIFIED BY 'two'")
+    assert wait_for(lambda: cli_error(proxy.port, "pa_new", "two")[0] == 0, timeout=5)
+    assert "1045" in cli_error(proxy.port, "pa_new", "one")[1]
+    with root() as r, r.cursor() as cur:
+        cur.execute("DROP USER 'pa_new'@'%'")
+    cli_error(proxy.port, "pa_new", "wrong")  # a failed login: the accounts are read again
+    assert wait_for(lambda: "1045" in cli_error(proxy.port, "pa_new", "two")[1], timeout=5)
+
+
+def test_one_server_connection_serves_client_after_client(start_proxy):
+    proxy = start(start_proxy, pool=1)
+    before = status("Connections")
+    ids = set()
+    for _ in range(300):
+        c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw")
+        with c.cursor() as cur:
+            cur.execute("SELECT CONNECTION_ID()")
+            ids.add(cur.fetchone()[0])
+        c.close()
+    grown = status("Connections") - before
+    assert grown <= 1 + 1 + 1, grown  # the pool's one, the status query, a refresh at most
+    assert len(ids) == 1, ids
+
+
+def session_view(cur):
+    cur.execute("SELECT @@sql_mode, @@time_zone, @@character_set_client, @@character_set_results, @@collation_connection, "
+                "@leak, @@in_transaction, LAST_INSERT_ID(), DATABASE(), IS_USED_LOCK('moon_leak') IS NULL, "
+                "ABS(UNIX_TIMESTAMP() - UNIX_TIMESTAMP(SYSDATE())) < 5, @@autocommit, @@session.wait_timeout")
+    return cur.fetchone()
+
+
+def test_nothing_of_a_session_reaches_the_next(start_proxy):
+    """The leak suite: a pool of one connection shared by client A, then B."""
+    proxy = start(start_proxy, pool=1)
+
+    def connect():
+        return mysql.connector.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw", database="moon",
+                                       autocommit=True)
+
+    # what a fresh session looks like, directly
+    d = mysql.connector.connect(host="127.0.0.1", port=MARIADB_PORT, user="pa", password="pa pw", database="moon", autocommit=True)
+    fresh = session_view(d.cursor())
+    d.close()
+    prepared_before = status("Prepared_stmt_count")
+
+    a = connect()
+    cur = a.cursor()
+    cur.execute("SELECT CONNECTION_ID()")
+    server_id = cur.fetchone()[0]
+    for stmt in ["SET sql_mode = 'ANSI'", "SET time_zone = '+05:00'", "SET NAMES latin1", "SET TIMESTAMP = 1000000000",
+                 "SET @leak = 42", "SET SESSION wait_timeout = 12345", "CREATE TEMPORARY TABLE pa_tmp (a INT)",
+                 "PREPARE pa_stmt FROM 'SELECT 1'", "INSERT INTO pa_auto (v) VALUES (1)", "SELECT GET_LOCK('moon_leak', 0)"]:
+        cur.execute(stmt)
+        cur.fetchall() if cur.with_rows else None
+    binary = a.cursor(prepared=True)
+    binary.execute("SELECT ?", (1,))
+    binary.fetchall()
+    cur.execute("SELECT 1/0")  # a warning
+    cur.fetchall()
+    cur.execute("SET autocommit = 0")
+    cur.execute("INSERT INTO pa_auto (v) VALUES (99)")  # in an open transaction
+    assert status("Prepared_stmt_count") > prepared_before
+    a.close()
+
+    b = connect()
+    cur = b.cursor()
+    cur.execute("SELECT CONNECTION_ID()")
+    assert cur.fetchone()[0] == server_id  # the same server connection
+    assert session_view(cur) == fresh
+    cur.execute("SHOW WARNINGS")
+    assert cur.fetchall() == []
+    with pytest.raises(mysql.connector.errors.ProgrammingError):
+        cur.execute("SELECT * FROM pa_tmp")
+    with pytest.raises(mysql.connector.errors.DatabaseError):
+        cur.execute("EXECUTE pa_stmt")
+    cur.execute("SELECT COUNT(*) FROM pa_auto WHERE v = 99")
+    assert cur.fetchone()[0] == 0  # A's open transaction was rolled back
+    assert status("Prepared_stmt_count") == prepared_before
+    b.close()
+
+    # LOCK TABLES: B (on the same server connection) and everyone else can write
+    a = connect()
+    cur = a.cursor()
+    cur.execute("LOCK TABLES pa_auto READ")
+    a.close()
+    b = connect()
+    cur = b.cursor()
+    cur.execute("INSERT INTO pa_auto (v) VALUES (2)")
+    with root() as r, r.cursor() as rc:
+        rc.execute("INSERT INTO moon.pa_auto (v) VALUES (3)")
+    b.close()
+
+
+def test_start_and_stop_leave_aborted_connects_alone(start_proxy):
+    before = status("Aborted_connects")
+    for _ in range(3):
+        proxy = start(start_proxy)
+        c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw")
+        c.close()
+        proxy.stop()
+    assert status("Aborted_connects") == before
+
+
+def test_metrics_and_admin_show_logins_and_the_pool(start_proxy):
+    metrics_port, admin_port = free_port(), free_port()
+    proxy = start(start_proxy, f"--metrics-address=127.0.0.1:{metrics_port}", *admin_args(admin_port), pool=2)
+    wait_for_port(admin_port)
+    for _ in range(3):
+        pymysql.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw").close()
+    cli_error(proxy.port, "pa", "wrong")
+    text = scrape(metrics_port)
+    promtool_check(text)
+    s = samples(text)
+    assert s['moonproxy_logins_total{plugin="mysql_native_password",result="verified"}'] == 3
+    assert s['moonproxy_logins_total{plugin="mysql_native_password",result="refused"}'] == 1
+    backend = f"127.0.0.1:{MARIADB_PORT}"
+    assert s[f'moonproxy_core_pool_connections{{backend="{backend}"}}'] == 1
+    assert s[f'moonproxy_core_pool_events_total{{backend="{backend}",event="checkout_hit"}}'] == 2
+    result = subprocess.run(["mariadb", "-h127.0.0.1", f"-P{admin_port}", "-uboss", "-ps3cret pass", "--batch", "--skip-ssl",
+                             "-e", "SELECT * FROM pool"], capture_output=True, text=True, timeout=30)
+    rows, header = table(result)
+    assert header == ["backend_ndx", "user", "db", "idle", "resetting"]
+    assert ["1", "pa", "", "1", "0"] in rows
