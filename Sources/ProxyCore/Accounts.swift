@@ -12,12 +12,28 @@
 /// IPv4 network as `address/netmask`; empty is the same as `%`.
 public struct HostPattern: Equatable, Hashable, Sendable {
     public let text: String
+    /// The text's bytes, as the matching reads them (made once, not at every login).
+    let bytes: [UInt8]
     /// `192.168.0.0/255.255.255.0`: compared as numbers with an IPv4 client address.
     let network: (address: UInt32, mask: UInt32)?
 
     public init(_ text: String) {
         self.text = text.isEmpty ? "%" : text
+        bytes = Array(self.text.utf8)
         network = Self.network(self.text)
+    }
+
+    /// A client as the patterns see it, converted once per lookup.
+    public struct Client {
+        let hostname: [UInt8]?
+        let ip: [UInt8]?
+        let ipv4: UInt32?
+
+        public init(hostname: String?, ip: String?) {
+            self.hostname = hostname.map { Array($0.utf8) }
+            self.ip = ip.map { Array($0.utf8) }
+            ipv4 = ip.flatMap { HostPattern.ipv4(Substring($0)) }
+        }
     }
 
     public static func == (a: HostPattern, b: HostPattern) -> Bool { a.text == b.text }
@@ -27,11 +43,15 @@ public struct HostPattern: Equatable, Hashable, Sendable {
     /// name when one is known (`localhost` for a local socket). MariaDB compares a name without
     /// regard to case and an address exactly.
     public func matches(hostname: String?, ip: String?) -> Bool {
-        if let network, let ip, let address = Self.ipv4(Substring(ip)) {
+        matches(Client(hostname: hostname, ip: ip))
+    }
+
+    public func matches(_ client: Client) -> Bool {
+        if let network, let address = client.ipv4 {
             return address & network.mask == network.address
         }
-        if let hostname, Self.wildcardMatch(Array(hostname.utf8), Array(text.utf8), ignoringCase: true) { return true }
-        if let ip, Self.wildcardMatch(Array(ip.utf8), Array(text.utf8), ignoringCase: false) { return true }
+        if let hostname = client.hostname, Self.wildcardMatch(hostname, bytes, ignoringCase: true) { return true }
+        if let ip = client.ip, Self.wildcardMatch(ip, bytes, ignoringCase: false) { return true }
         return false
     }
 
@@ -108,14 +128,27 @@ public struct HostPattern: Equatable, Hashable, Sendable {
 
     /// `a.b.c.d`, each part 0...255 in decimal.
     static func ipv4(_ text: Substring) -> UInt32? {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4 else { return nil }
         var value: UInt32 = 0
-        for part in parts {
-            guard !part.isEmpty, part.count <= 3, part.allSatisfy(\.isASCII), let byte = UInt8(part) else { return nil }
-            value = value << 8 | UInt32(byte)
+        var part: UInt32 = 0
+        var digits = 0
+        var parts = 0
+        for c in text.utf8 {
+            if c == UInt8(ascii: ".") {
+                guard digits > 0, parts < 3 else { return nil }
+                value = value << 8 | part
+                parts += 1
+                part = 0
+                digits = 0
+            } else if c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9") {
+                digits += 1
+                part = part * 10 + UInt32(c - UInt8(ascii: "0"))
+                guard digits <= 3, part <= 255 else { return nil }
+            } else {
+                return nil
+            }
         }
-        return value
+        guard digits > 0, parts == 3 else { return nil }
+        return value << 8 | part
     }
 
     /// `address/netmask`; a mask of 0.0.0.0 is no network (the text is then a plain pattern).
@@ -182,16 +215,17 @@ public struct AccountTable: Sendable {
     /// the first of that name whose host matches, unless an anonymous account that matches comes
     /// strictly before it.
     public func account(user: String, hostname: String?, ip: String?) -> Account? {
+        let client = HostPattern.Client(hostname: hostname, ip: ip)
         var found: Int?
         for (i, account) in accounts.enumerated() where account.user == user && !user.isEmpty {
-            if account.host.matches(hostname: hostname, ip: ip) {
+            if account.host.matches(client) {
                 found = i
                 break
             }
         }
         for (i, account) in accounts.enumerated() where account.user.isEmpty {
             if let found, !keys[i].lexicographicallyPrecedes(keys[found]) { break }
-            if account.host.matches(hostname: hostname, ip: ip) { return account }
+            if account.host.matches(client) { return account }
         }
         return found.map { accounts[$0] }
     }

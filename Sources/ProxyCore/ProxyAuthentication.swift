@@ -90,12 +90,23 @@ public enum ProxyAuthenticator {
     /// Whether any account's host pattern matches the client: MariaDB answers a client from a host
     /// no account names with 1130 instead of its greeting.
     public static func hostKnown(_ table: AccountTable, hostname: String?, ip: String?) -> Bool {
-        table.accounts.contains { $0.host.matches(hostname: hostname, ip: ip) }
+        let client = HostPattern.Client(hostname: hostname, ip: ip)
+        return table.accounts.contains { $0.host.matches(client) }
     }
 
-    /// A challenge as MariaDB makes one: 20 printable bytes (33...126), from `random`.
-    public static func challenge(using random: inout some RandomNumberGenerator) -> [UInt8] {
-        (0..<20).map { _ in UInt8.random(in: 33...126, using: &random) }
+    /// A challenge as MariaDB makes one: 20 printable bytes (33...126), from 24 random bytes (three
+    /// words of the system's generator: three system calls, not one per byte).
+    public static func challenge(from words: (UInt64, UInt64, UInt64)) -> [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(20)
+        for word in [words.0, words.1, words.2] {
+            var w = word
+            for _ in 0..<8 where out.count < 20 {
+                out.append(33 + UInt8(truncatingIfNeeded: w & 0xFF) % 94)
+                w >>= 8
+            }
+        }
+        return out
     }
 }
 

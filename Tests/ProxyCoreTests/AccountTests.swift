@@ -1,4 +1,4 @@
-import ProxyCore
+@testable import ProxyCore
 import Testing
 
 /// Which account a login is for. The expected orders were captured from MariaDB 10.11.19
@@ -66,5 +66,14 @@ struct AccountTests {
         #expect(table.account(user: "hp", hostname: nil, ip: "127.0.0.1") == nil)
         #expect(table.account(user: "other", hostname: nil, ip: "10.0.0.1") == nil)
         #expect(table.account(user: "", hostname: nil, ip: "10.0.0.1") == nil)
+    }
+
+    @Test func addressesAreReadAsMariaDBReadsThem() {
+        #expect(HostPattern.ipv4("127.0.0.1") == 0x7F00_0001)
+        #expect(HostPattern.ipv4("255.255.255.255") == .max)
+        #expect(HostPattern.ipv4("010.0.0.1") == 0x0A00_0001)
+        for bad in ["256.1.1.1", "1.2.3", "1.2.3.4.5", "1..2.3", "a.b.c.d", "", "1.2.3.4 ", "0001.2.3.4", ".1.2.3", "1.2.3.", "::1"] {
+            #expect(HostPattern.ipv4(Substring(bad)) == nil, "\(bad)")
+        }
     }
 }

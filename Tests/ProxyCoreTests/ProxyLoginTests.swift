@@ -71,8 +71,13 @@ import Testing
 
     @Test func challengesArePrintableAsMariaDBs() {
         var random = SystemRandomNumberGenerator()
-        let c = ProxyAuthenticator.challenge(using: &random)
+        let c = ProxyAuthenticator.challenge(from: (random.next(), random.next(), random.next()))
         #expect(c.count == 20 && c.allSatisfy { (33...126).contains($0) })
+        let fixed: [UInt8] = ProxyAuthenticator.challenge(from: (0, .max, 0x0102030405060708))
+        let high: UInt8 = 33 + 255 % 94
+        #expect(Array(fixed.prefix(10)) == [33, 33, 33, 33, 33, 33, 33, 33, high, high])
+        let tail: [UInt8] = [41, 40, 39, 38]  // 33 + 8, 7, 6, 5: the third word's low bytes first
+        #expect(Array(fixed.suffix(4)) == tail)
     }
 
     // MARK: the machine

@@ -113,11 +113,11 @@ def baseline_of(name):
     return "haproxy" + (f"@{threads}" if at else "")
 
 
-def start_moonproxy(binary, backend_port, threads, name="moonproxy", extra=()):
+def start_moonproxy(binary, backend_port, threads, name="moonproxy", extra=(), env=None):
     port = free_port()
     proc = subprocess.Popen([binary, f"--proxy-address=127.0.0.1:{port}", f"--proxy-backend-addresses=127.0.0.1:{backend_port}",
                              f"--event-threads={threads}", "--log-level=warning", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wait_for(port)
     stop_scraping = threading.Event()
     metrics = [arg.split("=", 1)[1] for arg in extra if arg.startswith("--metrics-address=")]
@@ -187,6 +187,8 @@ WORKLOADS = {
     "point_select_ps": ("queries/s", lambda port, a: sysbench(["oltp_point_select", "--db-ps-mode=auto"], port, a.seconds, a.threads)),
     "read_only": ("queries/s", lambda port, a: sysbench(["oltp_read_only", "--db-ps-mode=disable"], port, a.seconds, a.threads)),
     "connect_storm": ("connects/s", lambda port, a: sysbench(["connect_storm"], port, a.seconds, a.threads, script=str(HERE / "connect_storm.lua"))),
+    # the same storm, where the moon+pool target (--proxy-auth=proxy with a core pool) takes part
+    "connect_storm_pool": ("connects/s", lambda port, a: sysbench(["connect_storm"], port, a.seconds, a.threads, script=str(HERE / "connect_storm.lua"))),
     "stream_256mb": ("MiB/s", lambda port, a: stream(port, 256)),
     # TLS from the client to the proxy and from the proxy to the server (HAProxy forwards the
     # client's own TLS to the server; direct is TLS to MariaDB)
@@ -242,6 +244,16 @@ def main():
     for spec in a.extra_moonproxy:
         name, _, args = spec.partition("=")
         targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, first, name=name, extra=tls_args + args.split()))
+    if "connect_storm_pool" in workloads:
+        # the proxy authenticates clients itself and keeps server connections for the next one
+        subprocess.run(["mariadb", "-h127.0.0.1", f"-P{a.mariadb_port}", "-uroot", "-e",
+                        "CREATE OR REPLACE USER 'moon_bench_svc'@'127.0.0.1' IDENTIFIED BY 'bench svc'; "
+                        "GRANT SELECT ON mysql.global_priv TO 'moon_bench_svc'@'127.0.0.1'"], check=True)
+        targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, first, name="moon+pool",
+                                       extra=tls_args + ["--proxy-auth=proxy", "--proxy-users-user=moon_bench_svc",
+                                                         f"--proxy-pool-max={2 * a.threads}"],
+                                       env=dict(os.environ, MOONPROXY_USERS_PASSWORD="bench svc")))
+        time.sleep(1)  # the accounts are read
 
     results = {w: {t.name: [] for t in targets} for w in workloads}
     try:

@@ -65,6 +65,9 @@ def target_command(name, port, a, workdir):
            "--event-threads=1", "--log-level=warning", "--skip-ssl"]
     if name in ("moon+empty", "before+empty"):
         cmd.append(f"--proxy-lua-script={HERE / 'bench_empty.lua'}")
+    if name == "moon+pool":
+        # the proxy authenticates clients itself and keeps their server connections (core pool)
+        cmd += ["--proxy-auth=proxy", "--proxy-users-user=moon_bench_svc", "--proxy-pool-max=4"]
     if name == "moon+metrics":
         cmd.append(f"--metrics-address=127.0.0.1:{free_port()}")
     return cmd
@@ -74,9 +77,12 @@ def run_once(tool, target, workload, events, a, workdir):
     port = free_port()
     out = workdir / f"{tool}-{target}-{workload}-{events}.out"
     proc = subprocess.Popen(tool_prefix(tool, out) + target_command(target, port, a, workdir),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, MOONPROXY_USERS_PASSWORD="bench svc"))
     try:
         wait_for(port, timeout=120)
+        if target == "moon+pool":
+            time.sleep(3)  # the accounts are read (under valgrind, slowly)
         args = WORKLOADS[workload]
         cmd = ["sysbench", args[0], "--mysql-host=127.0.0.1", f"--mysql-port={port}", "--mysql-user=root",
                "--mysql-db=sbtest", "--tables=1", "--table-size=10000", "--threads=1", "--time=0",
@@ -124,6 +130,9 @@ def main():
     subprocess.run(["mariadb", "-h127.0.0.1", f"-P{a.mariadb_port}", "-uroot", "-e", "CREATE DATABASE IF NOT EXISTS sbtest"], check=True)
     subprocess.run(["sysbench", "oltp_point_select", "--mysql-host=127.0.0.1", f"--mysql-port={a.mariadb_port}", "--mysql-user=root",
                     "--mysql-db=sbtest", "--tables=1", "--table-size=10000", "prepare"], check=False, capture_output=True)  # made by an earlier run
+    subprocess.run(["mariadb", "-h127.0.0.1", f"-P{a.mariadb_port}", "-uroot", "-e",
+                    "CREATE OR REPLACE USER 'moon_bench_svc'@'127.0.0.1' IDENTIFIED BY 'bench svc'; "
+                    "GRANT SELECT ON mysql.global_priv TO 'moon_bench_svc'@'127.0.0.1'"], check=True)
     targets = [t for t in a.targets.split(",") if t]
     workloads = [w for w in a.workloads.split(",") if w]
     tools = [t for t in a.tools.split(",") if t]

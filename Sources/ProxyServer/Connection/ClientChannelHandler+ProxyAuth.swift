@@ -25,7 +25,7 @@ extension ClientChannelHandler {
         var greeting = serverGreeting
         var random = SystemRandomNumberGenerator()
         greeting.connectionID = UInt32(truncatingIfNeeded: described.id)
-        greeting.authPluginData = ProxyAuthenticator.challenge(using: &random)
+        greeting.authPluginData = ProxyAuthenticator.challenge(from: (random.next(), random.next(), random.next()))
         greeting.authPluginName = ProxyAuthenticator.nativePlugin
         greeting.status = .autocommit
         greeting.capabilities.formUnion([.protocol41, .secureConnection, .pluginAuth])
