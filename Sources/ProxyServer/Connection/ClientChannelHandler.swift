@@ -46,6 +46,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     var closing = false
     var closed = false
     var abortBackendOnClose = false
+    /// The close that waits for the client to close first (see `sendAndClose`).
+    var linger: Scheduled<Void>?
     /// The connection's script, when the proxy runs one, and the session's version it saw last.
     var scripted: ScriptedConnection?
     var preparedSessionVersion: UInt32 = .max
@@ -409,7 +411,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// proxy's last packet before the client reads it.
     func sendAndClose(_ buffer: ByteBuffer) {
         counters.add(.bytesToClients, buffer.readableBytes)
-        guard let context, context.channel.isActive else { return closeBoth() }
+        // nothing to send (a client that quit, a server that went away without a word): no
+        // packet of the proxy's can be destroyed by a reset, so no linger (whose timer, one per
+        // closing connection, is what a connect storm would otherwise pay for)
+        guard let context, context.channel.isActive, buffer.readableBytes > 0 else { return closeBoth() }
         callDisconnectHook(serverIdle: false)
         abandonGreetingWait()
         backend?.close(abrupt: abortBackendOnClose)
@@ -417,7 +422,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             guard case .success = result, let context = self.context else { return self.closeBoth() }
             context.close(mode: .output).assumeIsolated().whenComplete { [self] halfClosed in
                 guard case .success = halfClosed, let context = self.context else { return self.closeBoth() }
-                context.eventLoop.assumeIsolated().scheduleTask(in: Self.lingerTime) { [self] in self.closeBoth() }
+                self.linger = context.eventLoop.assumeIsolated().scheduleTask(in: Self.lingerTime) { [self] in self.closeBoth() }
             }
         }
     }
@@ -463,6 +468,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
         if machine.closeSource == .authFailed { shared.accounts?.loginFailed() }
         sweeper?.remove(self)
         sweeper = nil
+        linger?.cancel()  // a client that closed first: its timer leaves the loop's heap now
+        linger = nil
         abandonGreetingWait()
         backend?.close(abrupt: abortBackendOnClose)
         backend?.owner = nil
