@@ -41,6 +41,12 @@ final class AccountLoader: Sendable {
         var task: RepeatedTask?
         var refreshing = false
         var lastRefresh: NIODeadline?
+        /// When the last reading that ended had started.
+        var lastCompletedStart: NIODeadline?
+        /// A reading is scheduled (the last one started less than a second ago).
+        var scheduled = false
+        /// Logins waiting for a reading that starts after `since`.
+        var waiters: [(since: NIODeadline, done: @Sendable () -> Void)] = []
         var lastProblem: String?
         var refreshes = 0
     }
@@ -62,17 +68,36 @@ final class AccountLoader: Sendable {
         state.withLockedValue { s in s.table.flatMap { t in s.greeting.map { (t, $0) } } }
     }
 
-    /// A login failed: the accounts are read again, unless a reading ran less than a second ago
-    /// or is running (a storm of wrong passwords costs the server at most one query a second).
-    func loginFailed() {
+    /// A login the proxy would refuse (`since`: when it saw the attempt): the accounts are read
+    /// again, and `done` runs once a reading that started after `since` has ended (at once when
+    /// one has), so that an account created or changed just before counts, as on the server.
+    /// Readings start at most once a second: a storm of wrong passwords waits for the next one
+    /// and costs the server one query a second.
+    func refreshed(since: NIODeadline, _ done: @escaping @Sendable () -> Void) {
         let now = NIODeadline.now()
-        let go = state.withLockedValue { s -> Bool in
-            guard s.task != nil, !s.refreshing, s.lastRefresh.map({ now - $0 >= .seconds(1) }) ?? true else { return false }
-            return true
+        enum Next { case now, wait, later(TimeAmount) }
+        let next = state.withLockedValue { s -> Next? in
+            guard s.task != nil else { return nil }
+            if let completed = s.lastCompletedStart, completed >= since { return nil }
+            s.waiters.append((since, done))
+            if s.refreshing || s.scheduled { return .wait }
+            if let last = s.lastRefresh, now - last < .seconds(1) {
+                s.scheduled = true
+                return .later(.seconds(1) - (now - last))
+            }
+            return .now
         }
-        guard go else { return }
+        guard let next else { return done() }
         let loop = group.next()
-        loop.execute { _ = self.refresh(on: loop) }
+        switch next {
+        case .now: loop.execute { _ = self.refresh(on: loop) }
+        case .later(let delay):
+            loop.scheduleTask(in: delay) {
+                self.state.withLockedValue { $0.scheduled = false }
+                _ = self.refresh(on: loop)
+            }
+        case .wait: break
+        }
     }
 
     func start() {
@@ -90,14 +115,29 @@ final class AccountLoader: Sendable {
     /// Reads the accounts from the first backend that is not down and answers; the table stays
     /// as it was when none does.
     private func refresh(on loop: EventLoop) -> EventLoopFuture<Void> {
+        let startedAt = NIODeadline.now()
         let started = state.withLockedValue { s -> Bool in
             guard !s.refreshing else { return false }
             s.refreshing = true
-            s.lastRefresh = .now()
+            s.lastRefresh = startedAt
             return true
         }
         guard started else { return loop.makeSucceededVoidFuture() }
-        return readAccounts(on: loop).always { _ in self.state.withLockedValue { $0.refreshing = false } }
+        return readAccounts(on: loop).always { _ in
+            // the logins waiting for a reading that started after they failed are answered; those
+            // that failed since wait for the next one
+            let (answered, more) = self.state.withLockedValue { s -> ([@Sendable () -> Void], Bool) in
+                s.refreshing = false
+                s.lastCompletedStart = startedAt
+                let due = s.waiters.filter { $0.since <= startedAt }.map(\.done)
+                s.waiters.removeAll { $0.since <= startedAt }
+                return (due, !s.waiters.isEmpty)
+            }
+            answered.forEach { $0() }
+            if more, let first = self.state.withLockedValue({ $0.waiters.isEmpty ? nil : $0.waiters.removeFirst() }) {
+                self.refreshed(since: first.since, first.done)
+            }
+        }
     }
 
     private func readAccounts(on loop: EventLoop) -> EventLoopFuture<Void> {

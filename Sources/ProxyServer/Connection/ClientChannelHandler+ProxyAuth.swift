@@ -16,6 +16,10 @@ extension ClientChannelHandler {
             return run(machine.clientConnected())
         }
         let (hostname, ip) = clientHost
+        if !ProxyAuthenticator.hostKnown(table, hostname: hostname, ip: ip) && !waitedForAccounts {
+            // an account made for this host a moment ago counts: the accounts are read again first
+            return afterAccountsRead { $0.startSession() }
+        }
         guard ProxyAuthenticator.hostKnown(table, hostname: hostname, ip: ip) else {
             shared.metrics?.loginDecided(plugin: "", result: "host_not_allowed")
             return run(machine.refuseConnection(.hostNotAllowed(hostname ?? ip ?? "unknown"), source: .authFailed,
@@ -40,18 +44,53 @@ extension ClientChannelHandler {
         return (nil, client.ipAddress)
     }
 
-    /// The proxy's verdict on a login (`.verifyLogin`).
-    func verify(_ attempt: LoginAttempt) -> LoginVerdict {
+    /// Runs `body` once the accounts were read again after now (see `AccountLoader.refreshed`),
+    /// on this connection's loop, unless the connection closed meanwhile.
+    private func afterAccountsRead(_ body: @escaping (ClientChannelHandler) -> Void) {
+        guard let accounts = shared.accounts, let loop = context?.eventLoop else { return }
+        waitedForAccounts = true
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        let work = NIOLoopBound(body, eventLoop: loop)
+        accounts.refreshed(since: .now()) {
+            loop.execute {
+                guard !bound.value.closed else { return }
+                work.value(bound.value)
+            }
+        }
+    }
+
+    /// The verdict on a login (`.verifyLogin`), or nil when a refusal waits for the accounts to
+    /// be read again first (the verdict then comes with `loginVerified` later): an account
+    /// created, unlocked or given a new password just before counts, as on the server.
+    func verifyOrWait(_ attempt: LoginAttempt) -> LoginVerdict? {
+        let verdict = verify(attempt, counting: false)
+        guard case .refused = verdict, !waitedForAccounts, shared.accounts != nil else {
+            count(verdict, attempt)
+            return verdict
+        }
+        afterAccountsRead { handler in
+            // (the machine takes a verdict only while it waits for one)
+            handler.run(handler.machine.loginVerified(handler.verify(attempt, counting: true)))
+        }
+        return nil
+    }
+
+    /// The proxy's verdict on a login, from the accounts as last read.
+    func verify(_ attempt: LoginAttempt, counting: Bool) -> LoginVerdict {
         guard let table = shared.accounts?.table else { return .relay(plugin: "unknown") }
         let (hostname, ip) = clientHost
         let verdict = ProxyAuthenticator.verify(attempt, table: table, hostname: hostname, ip: ip)
+        if counting { count(verdict, attempt) }
+        return verdict
+    }
+
+    private func count(_ verdict: LoginVerdict, _ attempt: LoginAttempt) {
         switch verdict {
         case .accepted: shared.metrics?.loginDecided(plugin: ProxyAuthenticator.nativePlugin, result: "verified")
         case .relay(let plugin): shared.metrics?.loginDecided(plugin: plugin, result: "relayed")
         case .refused: shared.metrics?.loginDecided(plugin: attempt.plugin ?? ProxyAuthenticator.nativePlugin, result: "refused")
         case .switchPlugin: break
         }
-        return verdict
     }
 
     /// Takes a server connection for the waiting login from the core pool: at once when one is

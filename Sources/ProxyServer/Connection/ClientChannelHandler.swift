@@ -46,6 +46,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     var closing = false
     var closed = false
     var abortBackendOnClose = false
+    /// A refusal of `--proxy-auth=proxy` waited for the accounts to be read again (once).
+    var waitedForAccounts = false
     /// The close that waits for the client to close first (see `sendAndClose`).
     var linger: Scheduled<Void>?
     /// The connection's script, when the proxy runs one, and the session's version it saw last.
@@ -311,8 +313,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
                 action = machine.hookReturned(runHook(call))
                 continue
             }
-            if case .verifyLogin(let attempt) = action {
-                action = machine.loginVerified(verify(attempt))
+            if case .verifyLogin(let attempt) = action, let verdict = verifyOrWait(attempt) {
+                action = machine.loginVerified(verdict)
                 continue
             }
             perform(action)
@@ -465,7 +467,6 @@ final class ClientChannelHandler: ChannelInboundHandler {
         if let failedLogins = shared.failedLogins, let ip = described.client?.ipAddress {
             if machine.closeSource == .authFailed { failedLogins.failed(ip) } else if described.loggedIn { failedLogins.succeeded(ip) }
         }
-        if machine.closeSource == .authFailed { shared.accounts?.loginFailed() }
         sweeper?.remove(self)
         sweeper = nil
         linger?.cancel()  // a client that closed first: its timer leaves the loop's heap now
