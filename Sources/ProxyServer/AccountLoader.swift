@@ -24,7 +24,8 @@ final class AccountLoader: Sendable {
     static let query = """
         SELECT User, Host, IFNULL(JSON_VALUE(Priv, '$.plugin'), 'mysql_native_password'), \
         IFNULL(JSON_VALUE(Priv, '$.authentication_string'), ''), IFNULL(JSON_VALUE(Priv, '$.account_locked'), '0'), \
-        IFNULL(JSON_VALUE(Priv, '$.password_last_changed'), '1'), IFNULL(JSON_VALUE(Priv, '$.ssl_type'), '0') \
+        IFNULL(JSON_VALUE(Priv, '$.password_last_changed'), '1'), IFNULL(JSON_VALUE(Priv, '$.ssl_type'), '0'), \
+        @@skip_name_resolve \
         FROM mysql.global_priv WHERE IFNULL(JSON_VALUE(Priv, '$.is_role'), '0') <> '1'
         """
 
@@ -38,6 +39,7 @@ final class AccountLoader: Sendable {
     private struct State {
         var table: AccountTable?
         var greeting: HandshakeV10?
+        var resolvesNames = false
         var task: RepeatedTask?
         var refreshing = false
         var lastRefresh: NIODeadline?
@@ -67,6 +69,10 @@ final class AccountLoader: Sendable {
     var snapshot: (table: AccountTable, greeting: HandshakeV10)? {
         state.withLockedValue { s in s.table.flatMap { t in s.greeting.map { (t, $0) } } }
     }
+
+    /// The server resolves client addresses to names (`skip_name_resolve` off): it then knows a
+    /// client on a loopback address as `localhost`, without asking DNS.
+    var resolvesNames: Bool { state.withLockedValue { $0.resolvesNames } }
 
     /// A login the proxy would refuse (`since`: when it saw the attempt): the accounts are read
     /// again, and `done` runs once a reading that started after `since` has ended (at once when
@@ -154,7 +160,8 @@ final class AccountLoader: Sendable {
                 .flatMap { outcome in
                     switch outcome {
                     case .rows(let rows, let greeting):
-                        self.loaded(AccountTable(rows.compactMap(Self.account)), greeting: greeting, from: backend)
+                        let resolves = rows.first.map { $0.count == 8 && $0[7] == "0" } ?? false
+                        self.loaded(AccountTable(rows.compactMap(Self.account)), greeting: greeting, resolvesNames: resolves, from: backend)
                         return loop.makeSucceededVoidFuture()
                     case .failed(let reason):
                         return attempt(index + 1, problems + ["\(backend.address): \(reason)"])
@@ -165,7 +172,7 @@ final class AccountLoader: Sendable {
     }
 
     static func account(_ row: [String?]) -> Account? {
-        guard row.count == 7, let user = row[0], let host = row[1] else { return nil }
+        guard row.count == 8, let user = row[0], let host = row[1] else { return nil }
         let tls: Account.TLSRequirement
         switch row[6] {
         case "1": tls = .any
@@ -177,10 +184,16 @@ final class AccountLoader: Sendable {
                        locked: row[4] == "1", passwordExpired: row[5] == "0", tls: tls)
     }
 
-    private func loaded(_ table: AccountTable, greeting: HandshakeV10?, from backend: BackendInfo) {
+    private func loaded(_ table: AccountTable, greeting: HandshakeV10?, resolvesNames: Bool, from backend: BackendInfo) {
         metrics?.accountsRefreshed(count: table.accounts.count)
         let (first, recovered) = state.withLockedValue { state -> (Bool, Bool) in
-            defer { state.table = table; state.greeting = greeting ?? state.greeting; state.lastProblem = nil; state.refreshes += 1 }
+            defer {
+                state.table = table
+                state.greeting = greeting ?? state.greeting
+                state.resolvesNames = resolvesNames
+                state.lastProblem = nil
+                state.refreshes += 1
+            }
             return (state.table == nil, state.lastProblem != nil)
         }
         if first || recovered {

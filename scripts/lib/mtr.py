@@ -383,6 +383,8 @@ def main():
     ap.add_argument("--modes", default="text,ps,cursor")
     ap.add_argument("--binary", default=str(ROOT / ".build/debug/moonproxy"))
     ap.add_argument("--proxy-option", action="append", default=[], help="an extra moonproxy option (repeatable)")
+    ap.add_argument("--proxy-auth", action="store_true",
+                    help="the proxy authenticates clients itself (--proxy-auth=proxy, with a core pool)")
     ap.add_argument("--work", help="work directory (default: a new temporary one, removed afterwards)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--direct-only", action="store_true", help="run directly only (no proxy)")
@@ -435,6 +437,12 @@ exit $rc
     try:
         log(f"starting a throwaway MariaDB on 127.0.0.1:{server.port}")
         server.start()
+        if args.proxy_auth:
+            # the service account the proxy reads the accounts with, part of the state restored
+            server.sql("CREATE OR REPLACE USER 'moon_mtr_svc'@'localhost' IDENTIFIED BY 'mtr svc'; "
+                       "GRANT SELECT ON mysql.global_priv TO 'moon_mtr_svc'@'localhost'")
+            args.proxy_option += ["--proxy-auth=proxy", "--proxy-users-user=moon_mtr_svc", "--proxy-pool-max=8"]
+            os.environ["MOONPROXY_USERS_PASSWORD"] = "mtr svc"
         server.snapshot()
         if not args.direct_only and not args.make_list:
             # the proxy shows clients the server's certificate, which the tests verify against std_data's CA

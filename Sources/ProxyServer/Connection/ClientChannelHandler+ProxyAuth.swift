@@ -36,12 +36,17 @@ extension ClientChannelHandler {
         run(machine.clientConnected(ownGreeting: greeting))
     }
 
-    /// How the server would know the client: by address (as with `skip_name_resolve`), or as
-    /// `localhost` through a unix socket.
+    /// How the server would know the client: as `localhost` through a unix socket, or on a
+    /// loopback address when the server resolves names (as MariaDB does without DNS); else by
+    /// its address (other names would need DNS, which the proxy does not ask).
     var clientHost: (hostname: String?, ip: String?) {
         guard let client = described.client else { return ("localhost", nil) }
         if case .unixDomainSocket = client { return ("localhost", nil) }
-        return (nil, client.ipAddress)
+        let ip = client.ipAddress
+        if let ip, shared.accounts?.resolvesNames == true, ip.hasPrefix("127.") || ip == "::1" || ip == "::ffff:127.0.0.1" {
+            return ("localhost", ip)
+        }
+        return (nil, ip)
     }
 
     /// Runs `body` once the accounts were read again after now (see `AccountLoader.refreshed`),
