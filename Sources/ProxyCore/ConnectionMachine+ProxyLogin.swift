@@ -59,6 +59,8 @@ extension ConnectionMachine {
         public var attributes: ByteBuffer
         /// The client's link is TLS (the server link's TLS follows from it and the policy).
         public var clientTLS: Bool
+        /// The server link's compression.
+        public var compression: ProtocolCompression?
     }
 
     /// A client connected and the proxy authenticates it with `greeting` (nil: the server does,
@@ -171,9 +173,16 @@ extension ConnectionMachine {
             .subtracting(ProtocolCompression.capabilities).subtracting(.ssl)
         capabilities.formUnion(greeting.capabilities.intersection([.protocol41, .secureConnection, .pluginAuth]))
         if wantsTLS { capabilities.insert(.ssl) }
+        // the server link's compression as in the relay (--proxy-backend-compression: mirror the
+        // client's by default)
+        let compression = configuration.compression.backendCompression(client: plan.clientCompression, offered: greeting.capabilities)
+        response.zstdCompressionLevel = nil
+        if let compression {
+            capabilities.formUnion(compression.capability)
+            if case .zstd(let level) = compression { response.zstdCompressionLevel = UInt8(clamping: level) }
+        }
         response.capabilities = capabilities
         response.authPluginName = ProxyAuthenticator.nativePlugin
-        response.zstdCompressionLevel = nil
         let challenge = Array(greeting.authPluginData.prefix(20))
         if let credential = ownLogin.credential, !credential.isEmpty {
             response.authResponse = NativePassword.scramble(challenge: challenge, hashedPassword: credential)
@@ -184,11 +193,11 @@ extension ConnectionMachine {
         response.write(to: &payload)
         plan.payload = payload
         plan.serverSequence = wantsTLS ? 2 : 1
-        plan.backendCompression = nil
+        plan.backendCompression = compression
         session.backendTLS = wantsTLS
         var updated = ownLogin
         updated.serverChallenge = challenge
-        updated.login = ownLogin.credential.map { serverLogin(plan.response, credential: $0, serverCapabilities: capabilities) }
+        updated.login = ownLogin.credential.map { serverLogin(plan.response, credential: $0, serverCapabilities: capabilities, compression: compression) }
         updated.plan = nil
         own = updated
         sendLogin(plan)
@@ -200,7 +209,7 @@ extension ConnectionMachine {
     public mutating func pooledServerAttached(backendTLS: Bool, localSocket: Bool) -> Action {
         guard case .connecting = state, var ownLogin = own, let plan = ownLogin.plan, let credential = ownLogin.credential else { return .none }
         ownLogin.plan = nil
-        ownLogin.login = serverLogin(plan.response, credential: credential, serverCapabilities: [])
+        ownLogin.login = serverLogin(plan.response, credential: credential, serverCapabilities: [], compression: expectedCompression(plan))
         own = ownLogin
         session.backendTLS = backendTLS
         session.backendIsLocal = localSocket
@@ -226,10 +235,18 @@ extension ConnectionMachine {
         return nextAction()
     }
 
-    func serverLogin(_ response: HandshakeResponse41, credential: [UInt8], serverCapabilities: CapabilityFlags) -> ServerLogin {
+    func serverLogin(_ response: HandshakeResponse41, credential: [UInt8], serverCapabilities: CapabilityFlags,
+                     compression: ProtocolCompression?) -> ServerLogin {
         ServerLogin(user: response.username, database: response.database ?? "", characterSet: response.characterSet,
                     capabilities: serverCapabilities, sessionCapabilities: session.capabilities.intersection(.sessionAffecting),
-                    credential: credential, attributes: response.attributesBlock, clientTLS: session.clientTLS)
+                    credential: credential, attributes: response.attributesBlock, clientTLS: session.clientTLS,
+                    compression: compression)
+    }
+
+    /// The server link's compression a login would get from a server that offers both algorithms
+    /// (what a pooled connection for it must have).
+    func expectedCompression(_ plan: LoginPlan) -> ProtocolCompression? {
+        configuration.compression.backendCompression(client: plan.clientCompression, offered: ProtocolCompression.capabilities)
     }
 
     /// Who the session's server connection is logged in as, when the proxy logged it in with a
@@ -243,7 +260,7 @@ extension ConnectionMachine {
     public var pendingServerLogin: ServerLogin? {
         guard case .connecting = state, configuration.hooks.isDisjoint(with: [.readAuthResult]),
               let ownLogin = own, let plan = ownLogin.plan, let credential = ownLogin.credential else { return nil }
-        return serverLogin(plan.response, credential: credential, serverCapabilities: [])
+        return serverLogin(plan.response, credential: credential, serverCapabilities: [], compression: expectedCompression(plan))
     }
 
     /// Whether the session's server connection may go back to the pool when the client quits:

@@ -26,7 +26,7 @@ extension ConnectionMachine {
             return greetingBytesReceived(chunk)
         case .awaitingHandshakeResponse:
             // Nothing is expected here; a server that times out the handshake may still say why.
-            guard case .awaitingHandshakeResponse(let handshake) = state, handshake.hasServer else { return .none }
+            guard case .awaitingHandshakeResponse(let handshake) = state, handshake.hasServer, own == nil else { return .none }
             return .forwardToClient(chunk)
         default:
             return .none

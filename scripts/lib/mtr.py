@@ -384,7 +384,10 @@ def main():
     ap.add_argument("--binary", default=str(ROOT / ".build/debug/moonproxy"))
     ap.add_argument("--proxy-option", action="append", default=[], help="an extra moonproxy option (repeatable)")
     ap.add_argument("--proxy-auth", action="store_true",
-                    help="the proxy authenticates clients itself (--proxy-auth=proxy, with a core pool)")
+                    help="the proxy authenticates clients itself (--proxy-auth=proxy)")
+    ap.add_argument("--proxy-pool", type=int, default=0, metavar="N",
+                    help="with --proxy-auth, a core pool of N connections (tests that count the server's sessions "
+                         "then see the pool's idle ones)")
     ap.add_argument("--work", help="work directory (default: a new temporary one, removed afterwards)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--direct-only", action="store_true", help="run directly only (no proxy)")
@@ -441,7 +444,7 @@ exit $rc
             # the service account the proxy reads the accounts with, part of the state restored
             server.sql("CREATE OR REPLACE USER 'moon_mtr_svc'@'localhost' IDENTIFIED BY 'mtr svc'; "
                        "GRANT SELECT ON mysql.global_priv TO 'moon_mtr_svc'@'localhost'")
-            args.proxy_option += ["--proxy-auth=proxy", "--proxy-users-user=moon_mtr_svc", "--proxy-pool-max=8"]
+            args.proxy_option += ["--proxy-auth=proxy", "--proxy-users-user=moon_mtr_svc", f"--proxy-pool-max={args.proxy_pool}"]
             os.environ["MOONPROXY_USERS_PASSWORD"] = "mtr svc"
         server.snapshot()
         if not args.direct_only and not args.make_list:

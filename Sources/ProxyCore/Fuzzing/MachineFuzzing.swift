@@ -65,6 +65,9 @@ struct FuzzDriver {
     var machine: ConnectionMachine
     let scripted: Bool
     let setup: (tls: UInt8, compressing: UInt8)
+    /// `--proxy-auth=proxy`: the proxy greets and verifies (verdicts from the input), and the
+    /// handler may give the session a pooled server connection.
+    let ownLogin: Bool
 
     init(_ input: UnsafeRawBufferPointer) {
         reader = FuzzReader(input)
@@ -87,15 +90,22 @@ struct FuzzDriver {
         configuration.recording = [ConnectionMachine.Recording.off, .durations, .text(limit: 16)][Int(tls >> 5) % 3]
         configuration.maximumPacketLength = 1 << 16
         configuration.resultsetBufferLimit = 1 << 12
+        let own = reader.byte()
+        ownLogin = own & 1 != 0
+        configuration.poolsServers = own & 2 != 0
         machine = ConnectionMachine(configuration: configuration)
     }
 
     mutating func play() {
         let (tls, compressing) = setup
-        handle(machine.clientConnected())
         var offered = MachineFuzzing.greeting
         if tls & 0x40 != 0 { offered[MachineFuzzing.greetingLowerCapabilities + 1] |= 0x08 }  // CLIENT_SSL
-        handle(machine.backendDataReceived(MachineFuzzing.frame(offered, sequenceID: 0)))
+        if ownLogin, let greeting = try? HandshakeV10(parsing: ByteBuffer(bytes: offered)) {
+            handle(machine.clientConnected(ownGreeting: greeting))
+        } else {
+            handle(machine.clientConnected())
+            handle(machine.backendDataReceived(MachineFuzzing.frame(offered, sequenceID: 0)))
+        }
         var response = reader.byte() & 1 == 0 ? MachineFuzzing.handshakeResponse : MachineFuzzing.handshakeResponseDeprecateEOF
         if tls & 0x08 != 0 { response[0] |= 0x20 }  // CLIENT_COMPRESS
         if compressing & 0x80 != 0 {
@@ -108,6 +118,9 @@ struct FuzzDriver {
             sequence = 2
         }
         handle(machine.clientDataReceived(MachineFuzzing.frame(response, sequenceID: sequence)))
+        if ownLogin && machine.isAwaitingGreeting {
+            handle(machine.backendDataReceived(MachineFuzzing.frame(offered, sequenceID: 0)))
+        }
         if tls & 0x10 == 0 {
             let ok: [UInt8] = [0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00]
             handle(machine.backendDataReceived(MachineFuzzing.frame(ok, sequenceID: machine.session.backendTLS ? 3 : 2)))
@@ -155,7 +168,23 @@ struct FuzzDriver {
                 action = machine.hookReturned(decide(call))
                 continue
             case .connectToBackend:
-                action = machine.backendConnected(localSocket: reader.byte() & 1 != 0)
+                let how = reader.byte()
+                if machine.pendingServerLogin != nil && how & 2 != 0 {
+                    action = machine.pooledServerAttached(backendTLS: how & 4 != 0, localSocket: how & 1 != 0)
+                } else {
+                    action = machine.backendConnected(localSocket: how & 1 != 0)
+                }
+                continue
+            case .verifyLogin:
+                let verdict: LoginVerdict
+                switch reader.byte() % 5 {
+                case 0: verdict = .refused(.accessDenied(user: "u", host: "h", usingPassword: true), reason: "fuzz")
+                case 1: verdict = .switchPlugin(ProxyAuthenticator.nativePlugin)
+                case 2: verdict = .relay(plugin: "ed25519")
+                case 3: verdict = .accepted(credential: [])
+                default: verdict = .accepted(credential: Array(repeating: reader.byte(), count: 20))
+                }
+                action = machine.loginVerified(verdict)
                 continue
             case .close:
                 closed = true

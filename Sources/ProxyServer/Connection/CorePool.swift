@@ -22,6 +22,7 @@ final class CorePool {
         var sessionCapabilities: CapabilityFlags
         var credential: [UInt8]
         var clientTLS: Bool
+        var compression: ProtocolCompression?
 
         init(backend: Int, login: ConnectionMachine.ServerLogin) {
             self.backend = backend
@@ -31,6 +32,7 @@ final class CorePool {
             sessionCapabilities = login.sessionCapabilities
             credential = login.credential
             clientTLS = login.clientTLS
+            compression = login.compression
         }
     }
 
