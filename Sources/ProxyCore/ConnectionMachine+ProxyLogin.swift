@@ -192,6 +192,7 @@ extension ConnectionMachine {
         var payload = ByteBuffer()
         response.write(to: &payload)
         plan.payload = payload
+        plan.response = response  // what the server gets (the password guard reads its plugin)
         plan.serverSequence = wantsTLS ? 2 : 1
         plan.backendCompression = compression
         session.backendTLS = wantsTLS

@@ -47,6 +47,7 @@ public enum LoginVerdict: Equatable, Sendable {
 
 public enum ProxyAuthenticator {
     public static let nativePlugin = "mysql_native_password"
+    public static let clearPlugin = "mysql_clear_password"
 
     /// Decides a login as MariaDB 10.11 would: the account (`AccountTable`'s order), then the
     /// password, then a locked account (4151) and the TLS requirement (1045), in the server's
@@ -62,6 +63,17 @@ public enum ProxyAuthenticator {
         guard let method = account.methods.first else { return .refused(denied, reason: "login refused: \(account.name) has no authentication method") }
         guard method.plugin == nativePlugin else { return .relay(plugin: method.plugin) }
         let plugin = attempt.plugin ?? nativePlugin
+        if plugin == clearPlugin && attempt.clientTLS && !method.authenticationString.isEmpty {
+            // the password itself, over TLS: SHA1(SHA1(password)) is compared with the stored hash
+            var password = attempt.response
+            if password.last == 0 { password.removeLast() }
+            let credential = NativePassword.hash(password)
+            guard let stored = NativePassword.storedHash(method.authenticationString),
+                  zip(NativePassword.hash(credential), stored).reduce(0, { $0 | ($1.0 ^ $1.1) }) == 0 else {
+                return .refused(denied, reason: "login refused: wrong password for \(account.name)")
+            }
+            return finish(account, credential: credential, clientTLS: attempt.clientTLS, denied: denied)
+        }
         if plugin != nativePlugin {
             if attempt.switched { return .refused(denied, reason: "login refused: the client answered \(plugin) after a switch to \(nativePlugin)") }
             return .switchPlugin(nativePlugin)
@@ -77,11 +89,17 @@ public enum ProxyAuthenticator {
             else { return .refused(denied, reason: "login refused: wrong password for \(account.name)") }
             credential = recovered
         }
+        return finish(account, credential: credential, clientTLS: attempt.clientTLS, denied: denied)
+    }
+
+    /// What follows a right password, in the server's order: a locked account, then the TLS
+    /// requirement.
+    static func finish(_ account: Account, credential: [UInt8], clientTLS: Bool, denied: ERRPacket) -> LoginVerdict {
         if account.locked {
             return .refused(ERRPacket(code: 4151, sqlState: "HY000", message: "Access denied, this account is locked"),
                             reason: "login refused: \(account.name) is locked")
         }
-        if account.tls != .none && !attempt.clientTLS {
+        if account.tls != .none && !clientTLS {
             return .refused(denied, reason: "login refused: \(account.name) requires TLS and the client's link is plaintext")
         }
         return .accepted(credential: credential)

@@ -61,6 +61,20 @@ import Testing
         #expect(verdict(Self.attempt(user: "nopw")) != .accepted(credential: []))
     }
 
+    @Test func aClearPasswordOverTLSIsVerifiedAsIs() {
+        let table = Self.table([Self.nat])
+        func verdict(_ a: LoginAttempt) -> LoginVerdict { ProxyAuthenticator.verify(a, table: table, hostname: nil, ip: "10.0.0.1") }
+        let password = Array("mypass".utf8)
+        #expect(verdict(Self.attempt(password + [0], plugin: "mysql_clear_password", tls: true)) == .accepted(credential: N.sha1OfPassword))
+        if case .refused(let err, _) = verdict(Self.attempt(Array("nope".utf8) + [0], plugin: "mysql_clear_password", tls: true)) {
+            #expect(err.code == 1045)
+        } else {
+            Issue.record("a wrong clear password was not refused")
+        }
+        // over plaintext the proxy asks for a scramble instead
+        #expect(verdict(Self.attempt(password + [0], plugin: "mysql_clear_password")) == .switchPlugin("mysql_native_password"))
+    }
+
     @Test func aHostNoAccountNamesIsKnownBeforeTheGreeting() {
         let table = Self.table([Account(user: "a", host: "192.168.%", methods: []), Account(user: "b", host: "localhost", methods: [])])
         #expect(ProxyAuthenticator.hostKnown(table, hostname: nil, ip: "192.168.1.5"))

@@ -103,6 +103,16 @@ def test_clients_log_in(start_proxy):
     cur.execute("SELECT CURRENT_USER()")
     assert cur.fetchone() == ("pa@%",)
     c.close()
+    # a client that answers first with another plugin is switched to mysql_native_password once;
+    # a clear password over TLS is verified as it is
+    c = mysql.connector.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw", auth_plugin="caching_sha2_password")
+    c.close()
+    c = mysql.connector.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw", auth_plugin="mysql_clear_password",
+                                ssl_disabled=False)
+    c.close()
+    r = subprocess.run(["mariadb", "-h127.0.0.1", f"-P{proxy.port}", "-upa", "-ppa pw", "--ssl", "--default-auth=mysql_clear_password",
+                        "-e", "SELECT CURRENT_USER()"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "pa@%" in r.stdout, r.stderr
     # TLS, and an account the proxy cannot log in with (ed25519): relayed to the server
     assert cli_error(proxy.port, "pa", "pa pw", ssl=True) == (0, "")
     assert cli_error(proxy.port, "pa_ed", "ed pw") == (0, "")
