@@ -47,6 +47,8 @@ final class AccountLoader: Sendable {
         var lastCompletedStart: NIODeadline?
         /// A reading is scheduled (the last one started less than a second ago).
         var scheduled = false
+        /// The service account's connection, kept between readings.
+        fileprivate var session: KeptSession?
         /// Logins waiting for a reading that starts after `since`.
         var waiters: [(since: NIODeadline, done: @Sendable () -> Void)] = []
         var lastProblem: String?
@@ -115,7 +117,13 @@ final class AccountLoader: Sendable {
     }
 
     func stop() {
-        state.withLockedValue { $0.task?.cancel(); $0.task = nil }
+        let kept = state.withLockedValue { s -> KeptSession? in
+            s.task?.cancel()
+            s.task = nil
+            defer { s.session = nil }
+            return s.session
+        }
+        kept.map(Self.close)
     }
 
     /// Reads the accounts from the first backend that is not down and answers; the table stays
@@ -154,8 +162,7 @@ final class AccountLoader: Sendable {
                 return loop.makeSucceededVoidFuture()
             }
             let backend = candidates[index]
-            return BackendQuery.run(Self.query, on: backend.address, user: settings.user, password: settings.password,
-                                    tls: BackendQuery.tlsPlan(for: backend.address, tls: tls), timeout: settings.timeout, group: group)
+            return query(on: backend.address)
                 .hop(to: loop)
                 .flatMap { outcome in
                     switch outcome {
@@ -169,6 +176,58 @@ final class AccountLoader: Sendable {
                 }
         }
         return attempt(0, [])
+    }
+
+    /// The accounts query on `address`: on the service account's connection kept from the last
+    /// reading when it is to that server and still open (a reading then costs the server one
+    /// query, not a login: its `Connections` stays put), else on a new one, kept in its place.
+    private func query(on address: ProxyAddress) -> EventLoopFuture<BackendQuery.Outcome> {
+        let kept = state.withLockedValue { s -> KeptSession? in
+            defer { s.session = nil }
+            return s.session
+        }
+        func fresh() -> EventLoopFuture<BackendQuery.Outcome> {
+            let opened = BackendQuery.open(Self.query, on: address, user: settings.user, password: settings.password,
+                                           tls: BackendQuery.tlsPlan(for: address, tls: tls), timeout: settings.timeout, group: group,
+                                           keepOpen: true)
+            return opened.outcome.map { outcome in
+                if case .rows = outcome { self.keep(KeptSession(handler: opened.handler, address: address, loop: opened.outcome.eventLoop)) }
+                return outcome
+            }
+        }
+        guard let kept, kept.address == address else {
+            kept.map(Self.close)
+            return fresh()
+        }
+        return kept.loop.flatSubmit { () -> EventLoopFuture<BackendQuery.Outcome> in
+            guard kept.handler.isIdle else { return kept.loop.makeSucceededFuture(.failed("closed")) }
+            return kept.handler.query(Self.query)
+        }.flatMap { outcome in
+            if case .rows = outcome {
+                self.keep(kept)
+                return kept.loop.makeSucceededFuture(outcome)
+            }
+            Self.close(kept)
+            return fresh()  // the kept connection went away (the server's wait_timeout, a restart)
+        }
+    }
+
+    private struct KeptSession: @unchecked Sendable {  // the handler is only touched on `loop`
+        var handler: BackendQueryHandler
+        var address: ProxyAddress
+        var loop: EventLoop
+    }
+
+    private func keep(_ session: KeptSession) {
+        let replaced = state.withLockedValue { s -> KeptSession? in
+            defer { s.session = s.task == nil ? nil : session }
+            return s.task == nil ? session : s.session
+        }
+        replaced.map(Self.close)
+    }
+
+    private static func close(_ session: KeptSession) {
+        session.loop.execute { session.handler.close() }
     }
 
     static func account(_ row: [String?]) -> Account? {

@@ -71,13 +71,14 @@ def test_refusals_are_the_servers(start_proxy):
     proxy = start(start_proxy)
     cases = [("pa", "wrong"), ("pa", ""), ("nobody", "x"), ("pa_locked", "pw"), ("pa_locked", "wrong"), ("pa_ssl", "pw"),
              ("pa_far", "pw"), ("pa_nopw", "x")]
-    before = status("Access_denied_errors")
+    denied, connections = status("Access_denied_errors"), status("Connections")
     for user, password in cases:
         through = cli_error(proxy.port, user, password)
         assert through[0] == 1 and through[1].startswith("ERROR"), (user, through)
-    # no login of theirs reached the server (the proxy read the accounts again before refusing:
-    # the service account's queries are all the server saw)
-    assert status("Access_denied_errors") == before
+    # no login of theirs reached the server, and no connection either: before refusing, the proxy
+    # read the accounts again on the service account's connection kept from the last reading
+    assert status("Access_denied_errors") == denied
+    assert status("Connections") - connections == 2  # the two status queries' own
     for user, password in cases:
         assert cli_error(proxy.port, user, password) == cli_error(MARIADB_PORT, user, password), (user, password)
     # and what the server lets in, the proxy lets in

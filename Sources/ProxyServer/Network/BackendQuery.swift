@@ -32,9 +32,18 @@ enum BackendQuery {
 
     static func run(_ query: String, on address: ProxyAddress, user: String, password: String, tls: TLSPlan?,
                     timeout: TimeAmount, group: EventLoopGroup) -> EventLoopFuture<Outcome> {
+        open(query, on: address, user: user, password: password, tls: tls, timeout: timeout, group: group, keepOpen: false).outcome
+    }
+
+    /// As `run`, and with `keepOpen` the connection stays logged in after the rows for more
+    /// queries (`BackendQueryHandler.query`), until `close()` or the server closes it.
+    static func open(_ query: String, on address: ProxyAddress, user: String, password: String, tls: TLSPlan?,
+                     timeout: TimeAmount, group: EventLoopGroup, keepOpen: Bool) -> (outcome: EventLoopFuture<Outcome>, handler: BackendQueryHandler) {
         let loop = group.next()
         let promise = loop.makePromise(of: Outcome.self)
         let handler = BackendQueryHandler(query: query, user: user, password: password, promise: promise, tls: tls)
+        handler.keepOpen = keepOpen
+        handler.timeout = timeout
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(timeout)
             .channelInitializer { channel in
@@ -59,7 +68,7 @@ enum BackendQuery {
                 promise.futureResult.whenComplete { _ in timer.cancel() }
             }
         }
-        return promise.futureResult
+        return (promise.futureResult, handler)
     }
 
     /// How a connection of the proxy's own to `address` may turn to TLS: nil when it stays in
@@ -87,11 +96,15 @@ final class BackendQueryHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private enum Step { case greeting, login, columns, columnDefinitions, rows, done }
+    private enum Step { case greeting, login, columns, columnDefinitions, rows, idle, done }
     private let query: String
     private let user: String
     private let password: String
-    private let promise: EventLoopPromise<BackendQuery.Outcome>
+    private var promise: EventLoopPromise<BackendQuery.Outcome>
+    /// Stay logged in after the rows (`query` runs the next one).
+    var keepOpen = false
+    var timeout = TimeAmount.seconds(5)
+    private var context: ChannelHandlerContext?
     private var step = Step.greeting
     private var collector = PacketCollector()
     private var sequence: UInt8 = 0
@@ -112,10 +125,46 @@ final class BackendQueryHandler: ChannelInboundHandler, @unchecked Sendable {
         collector.maximumPacketLength = 1 << 20
     }
 
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// Whether `query` may run: logged in, nothing running, the connection open.
+    var isIdle: Bool { step == .idle && context != nil }
+
+    /// Runs another query on the kept connection (on its event loop); failed when it is not idle.
+    func query(_ sql: String) -> EventLoopFuture<BackendQuery.Outcome> {
+        guard let context, step == .idle else {
+            return (context?.eventLoop ?? promise.futureResult.eventLoop).makeSucceededFuture(.failed("the connection is not idle"))
+        }
+        promise = context.eventLoop.makePromise(of: BackendQuery.Outcome.self)
+        rows = []
+        rowBytes = 0
+        sequence = 0
+        step = .columns
+        send(ByteBuffer(bytes: [CommandCode.query.rawValue] + Array(sql.utf8)), context: context)
+        let timer = context.eventLoop.scheduleTask(in: timeout) { [self] in
+            self.conclude(.failed("no answer within \(self.timeout.nanoseconds / 1_000_000) ms"))
+            context.close(promise: nil)
+        }
+        promise.futureResult.whenComplete { _ in timer.cancel() }
+        return promise.futureResult
+    }
+
+    /// Ends a kept connection: COM_QUIT, then the close.
+    func close() {
+        guard let context else { return }
+        if step == .idle {
+            sequence = 0
+            send(ByteBuffer(bytes: [CommandCode.quit.rawValue]), context: context)
+        }
+        step = .done
+        context.close(promise: nil)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         collector.append(unwrapInboundIn(data))
         do {
-            while step != .done, let c = try collector.next() {
+            while step != .done && step != .idle, let c = try collector.next() {
                 sequence = c.packet.sequenceID &+ 1
                 try handle(c.packet.payload, context: context)
             }
@@ -131,7 +180,7 @@ final class BackendQueryHandler: ChannelInboundHandler, @unchecked Sendable {
 
     /// The outcome, once (the first of the answer, a close, a failed connect, the timeout).
     func conclude(_ outcome: BackendQuery.Outcome) {
-        guard step != .done else { return }
+        guard step != .done && step != .idle else { return }
         step = .done
         promise.succeed(outcome)
     }
@@ -217,7 +266,7 @@ final class BackendQueryHandler: ChannelInboundHandler, @unchecked Sendable {
                 }
             }
             rows.append(row)
-        case .done:
+        case .done, .idle:
             break
         }
     }
@@ -235,7 +284,13 @@ final class BackendQueryHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func finish(_ outcome: BackendQuery.Outcome, context: ChannelHandlerContext, quit: Bool) {
-        guard step != .done else { return }
+        guard step != .done && step != .idle else { return }
+        if keepOpen, quit, case .rows = outcome {
+            // logged in and answered: kept for the next query
+            step = .idle
+            promise.succeed(outcome)
+            return
+        }
         conclude(outcome)
         if quit {
             sequence = 0
