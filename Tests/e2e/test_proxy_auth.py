@@ -255,3 +255,35 @@ def test_metrics_and_admin_show_logins_and_the_pool(start_proxy):
     rows, header = table(result)
     assert header == ["backend_ndx", "user", "db", "idle", "resetting"]
     assert ["1", "pa", "", "1", "0"] in rows
+
+
+def pooled_ids(user="pa"):
+    with root() as r, r.cursor() as cur:
+        cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s AND COMMAND = 'Sleep'", (user,))
+        return sorted(row[0] for row in cur.fetchall())
+
+
+def test_pooled_connections_age_out_and_survive_being_killed(start_proxy):
+    """Time passing: the idle timeout closes pooled connections (the server sees them quit); a
+    pooled connection the server killed while idle is dropped, and the next client is served."""
+    proxy = start(start_proxy, "--proxy-pool-idle-timeout=1", pool=2)
+    def once():
+        c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw")
+        with c.cursor() as cur:
+            cur.execute("SELECT CONNECTION_ID()")
+            (server_id,) = cur.fetchone()
+        c.close()
+        return server_id
+    first = once()
+    assert wait_for(lambda: pooled_ids() == [first], timeout=2)
+    # killed by the server while idle in the pool
+    with root() as r, r.cursor() as cur:
+        cur.execute(f"KILL {first}")
+    time.sleep(0.3)
+    second = once()
+    assert second != first
+    # past the idle timeout the pool lets its connection go, with COM_QUIT (not an abort)
+    aborted = status("Aborted_clients")
+    assert wait_for(lambda: pooled_ids() == [], timeout=5)
+    assert status("Aborted_clients") == aborted
+    assert once() not in (first, second)

@@ -209,6 +209,16 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         context.flush()
     }
 
+    /// Ends a logged-in, idle server connection as a client would: COM_QUIT, then the close (the
+    /// server counts no aborted client).
+    func quit() {
+        guard let context else { return }
+        var packet = ByteBuffer()
+        var seq: UInt8 = 0
+        packet.writeMySQLPacket(ByteBuffer(bytes: [CommandCode.quit.rawValue]), sequenceID: &seq)
+        context.writeAndFlush(NIOAny(packet)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+    }
+
     /// Closes the server connection. `abrupt` skips TLS's close_notify: a server running a query
     /// sees a connection that still has bytes to read (the alert) as alive, and goes on until the
     /// query ends, where a client that vanished directly is noticed at once.

@@ -157,7 +157,7 @@ extension ClientChannelHandler {
         var local = false
         if case .unix = address { local = true }
         if !pool.keep(handler, backend: index, login: login, challenge: challenge, address: address, backendTLS: backendTLS, localSocket: local) {
-            handler.close()
+            handler.quit()  // the pool is full: as the client would have, had it talked to the server
         }
     }
 }

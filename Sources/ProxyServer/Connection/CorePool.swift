@@ -260,7 +260,7 @@ final class CorePool {
         guard byHandler[ObjectIdentifier(entry.handler)] === entry else { return }
         remove(entry)
         shared.count(event, backend: entry.key.backend)
-        entry.handler.close()
+        if entry.ready && event != "closed_by_server" { entry.handler.quit() } else { entry.handler.close() }
         if let waiter = entry.waiter {
             entry.waiter = nil
             waiter(nil)
