@@ -114,6 +114,14 @@ def test_clients_log_in(start_proxy):
     r = subprocess.run(["mariadb", "-h127.0.0.1", f"-P{proxy.port}", "-upa", "-ppa pw", "--ssl", "--default-auth=mysql_clear_password",
                         "-e", "SELECT CURRENT_USER()"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "pa@%" in r.stdout, r.stderr
+    # PHP's mysqlnd (mysqli), its own implementation of the protocol
+    php = ("mysqli_report(MYSQLI_REPORT_OFF); $m = @new mysqli('127.0.0.1', $argv[2], $argv[3], '', (int)$argv[1]);"
+           "if ($m->connect_errno) { echo 'ERR ', $m->connect_errno, ' ', $m->connect_error; exit(1); }"
+           "echo $m->query('SELECT CURRENT_USER()')->fetch_row()[0];")
+    def mysqlnd(port, password):
+        return subprocess.run(["php", "-r", php, "--", str(port), "pa", password], capture_output=True, text=True, timeout=30).stdout
+    assert mysqlnd(proxy.port, "pa pw") == "pa@%"
+    assert mysqlnd(proxy.port, "wrong") == mysqlnd(MARIADB_PORT, "wrong")
     # TLS, and an account the proxy cannot log in with (ed25519): relayed to the server
     assert cli_error(proxy.port, "pa", "pa pw", ssl=True) == (0, "")
     assert cli_error(proxy.port, "pa_ed", "ed pw") == (0, "")
