@@ -243,6 +243,11 @@ extension ConnectionMachine {
             noteClose(.scriptClosed)
             closing = closing ?? "the script set proxy.connection.connection_close"
         }
+        if !verdict.ok && own != nil {
+            // a refused login the proxy verified (the proxy's verdict, or the server's on the
+            // proxy's login): whatever the script answered, the connection ends
+            closing = closing ?? "login refused"
+        }
         loginDone(auth, verdict: bytes, sequenceID: verdict.sequenceID, ok: verdict.ok, before: Output(), closing: closing)
     }
 

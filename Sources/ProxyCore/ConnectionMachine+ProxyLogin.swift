@@ -106,7 +106,24 @@ extension ConnectionMachine {
         switch verdict {
         case .refused(let err, let reason):
             noteClose(.authFailed)
-            emit(refuse(err, sequenceID: plan.reply, reason: reason, level: .info))
+            guard configuration.hooks.contains(.readAuthResult) else {
+                emit(refuse(err, sequenceID: plan.reply, reason: reason, level: .info))
+                break
+            }
+            // `read_auth_result` sees the proxy's verdict as it would the server's (it may word
+            // the refusal otherwise; it cannot turn it into a login: see readAuthResultReturned)
+            counts.errorsSentByProxy += 1
+            emit(.log(.info, reason))
+            var payload = ByteBuffer()
+            err.write(to: &payload)
+            let max = configuration.maximumPacketLength
+            let auth = Authentication(shift: 0, secretGuard: nil, compression: nil, interceptsVerdict: true, afterLogin: .relay,
+                                      clientCollector: PacketCollector(maximumPacketLength: max),
+                                      serverCollector: PacketCollector(maximumPacketLength: max))
+            state = .readAuthResultHook(auth, Verdict(bytes: Self.framed(err, sequenceID: plan.reply, protocol41: true),
+                                                      packet: MySQLFrame(sequenceID: plan.reply, payload: payload), ok: false,
+                                                      sequenceID: plan.reply))
+            emit(.runHook(hookCall(.readAuthResult(packet: payload), loggedIn: false, serverIdle: false, status: .autocommit)))
         case .switchPlugin(let plugin):
             var payload = ByteBuffer()
             AuthSwitchRequest(pluginName: plugin, pluginData: Array(ownLogin.greeting.authPluginData.prefix(20)) + [0]).write(to: &payload)

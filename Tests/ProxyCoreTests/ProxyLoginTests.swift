@@ -165,6 +165,25 @@ import Testing
         #expect(d.machine.closeSource == .authFailed)
     }
 
+    @Test func readAuthResultSeesTheProxysRefusalAndCannotUndoIt() throws {
+        let script = FakeScript(hooks: [.readAuthResult])
+        script.onReadAuthResult = { _ in .returned(.sendResult(.ok(affectedRows: 0, insertID: 0, serverStatus: nil, warnings: 0, message: nil))) }
+        var d = Driver(script: script)
+        d.verifier = { ProxyAuthenticator.verify($0, table: Self.table([Self.nat]), hostname: nil, ip: "10.0.0.1") }
+        d.run(d.machine.clientConnected(ownGreeting: Self.ownGreeting()))
+        var wrong = N.answer
+        wrong[0] ^= 1
+        let refused = d.client(Self.response(answer: wrong))
+        guard case .readAuthResult(let packet)? = refused.hooks.first?.hook else {
+            Issue.record("read_auth_result did not run: \(refused.hooks)"); return
+        }
+        #expect(try ERRPacket(parsing: packet).code == 1045)
+        // the script answered OK; the client gets it, and the connection ends all the same
+        #expect(refused.close != nil && d.machine.isClosed)
+        #expect(!refused.actions.contains { if case .connectToBackend = $0 { return true } else { return false } })
+        #expect(d.machine.closeSource == .authFailed)
+    }
+
     @Test func aClientAnsweringWithAnotherPluginIsSwitched() throws {
         var d = Self.verifying()
         d.run(d.machine.clientConnected(ownGreeting: Self.ownGreeting()))

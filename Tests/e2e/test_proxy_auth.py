@@ -153,8 +153,11 @@ def test_one_server_connection_serves_client_after_client(start_proxy):
     proxy = start(start_proxy, pool=1)
     before = status("Connections")
     ids = set()
-    for _ in range(300):
+    for i in range(300):
         c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw")
+        if i % 3 == 0:
+            c.close()  # quits before its first command (the pooled session's reset still on its way)
+            continue
         with c.cursor() as cur:
             cur.execute("SELECT CONNECTION_ID()")
             ids.add(cur.fetchone()[0])
@@ -295,3 +298,27 @@ def test_pooled_connections_age_out_and_survive_being_killed(start_proxy):
     assert wait_for(lambda: pooled_ids() == [], timeout=5)
     assert status("Aborted_clients") == aborted
     assert once() not in (first, second)
+
+
+def test_scripts_keep_their_login_hooks(start_proxy):
+    """MoonProxy's audit example (read_auth, read_auth_result, read_query_result) in proxy mode:
+    the logins the proxy accepted and refused reach the script as the server's verdicts would."""
+    from pathlib import Path
+    audit = WORKDIR / f"moon-audit-pa-{time.time_ns()}.log"
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    proxy = start_proxy("--proxy-auth=proxy", "--proxy-pool-max=2", f"--proxy-users-user={SERVICE[0]}", "--log-level=info",
+                        f"--proxy-lua-script={examples / 'audit.lua'}",
+                        env=dict(os.environ, MOONPROXY_USERS_PASSWORD=SERVICE[1], MOON_AUDIT_FILE=str(audit)))
+    assert wait_for(lambda: "accounts from backend" in proxy.log()), proxy.log()
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw", database="moon", autocommit=True)
+    with c.cursor() as cur:
+        cur.execute("DELETE FROM pa_auto WHERE v = 7")
+        cur.execute("INSERT INTO pa_auto (v) VALUES (7)")
+    c.close()
+    with pytest.raises(pymysql.err.OperationalError) as refused:
+        pymysql.connect(host="127.0.0.1", port=proxy.port, user="pa", password="wrong")
+    assert refused.value.args[0] == 1045
+    assert wait_for(lambda: "refused" in audit.read_text(), timeout=5)
+    events = [line.split("\t") for line in audit.read_text().splitlines()]
+    assert [e[3:5] for e in events if e[3] == "LOGIN"] == [["LOGIN", "ok"], ["LOGIN", "refused 1045 Access denied for user 'pa'@'127.0.0.1' (using password: YES)"]]
+    assert any(e[3] == "OK 1" and e[4] == "INSERT INTO pa_auto (v) VALUES (7)" for e in events)

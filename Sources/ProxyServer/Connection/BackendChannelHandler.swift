@@ -123,15 +123,26 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     /// Bytes of the answer to COM_RESET_CONNECTION, while it is awaited.
     private var resetAnswer: ByteBuffer?
 
+    /// The part of a COM_RESET_CONNECTION's answer read so far, when the answer is still to
+    /// come: the caller takes it over (the core pool, when the client quit before it came).
+    func takeOverResetAnswer() -> ByteBuffer? {
+        defer { resetAnswer = nil }
+        return resetAnswer
+    }
+
     /// Clears the server-side session of this (pooled) connection before another client session
     /// uses it. The one-packet answer is taken here, before anything reaches the owner; what the
     /// owner writes next follows the reset on the wire.
-    func resetSession() {
+    /// `flushNow` false: the reset waits to go out with what the owner writes next (one system
+    /// call for both; the owner's next write flushes it).
+    func resetSession(flushNow: Bool = true) {
         var packet = ByteBuffer()
         var seq: UInt8 = 0
         packet.writeMySQLPacket(ByteBuffer(bytes: [CommandCode.resetConnection.rawValue]), sequenceID: &seq)
         resetAnswer = ByteBuffer()
-        writeAndFlush(packet)
+        guard !flushNow, let context else { return writeAndFlush(packet) }
+        context.write(NIOAny(packet), promise: nil)
+        flushPending = true
     }
 
     /// Takes the reset's answer off the front of `data`: false while it is incomplete or when it

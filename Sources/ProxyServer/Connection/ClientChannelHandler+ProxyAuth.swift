@@ -139,7 +139,7 @@ extension ClientChannelHandler {
         // The session was reset when its last client quit; COM_RESET_CONNECTION, in front of this
         // client's first command on the wire, gives it the server's global settings as they are
         // now, as a fresh login would (a SET GLOBAL since the connection came back counts).
-        handler.resetSession()
+        handler.resetSession(flushNow: false)
         publish()
         log(.debug, "took a pooled server connection to backend \(index + 1)")
         run(machine.pooledServerAttached(backendTLS: entry.backendTLS, localSocket: entry.localSocket))

@@ -48,6 +48,9 @@ final class CorePool {
         /// The reset is done: a session may take it.
         var ready = false
         var collector = PacketCollector(maximumPacketLength: 1 << 16)
+        /// The OK of a COM_RESET_CONNECTION sent when the connection was last taken comes first
+        /// (its client quit before it came).
+        var resetOKsToSkip = 0
         /// A session waiting for the reset (nil: the reset failed).
         var waiter: ((Entry?) -> Void)?
         let resetStarted = NIODeadline.now()
@@ -177,6 +180,10 @@ final class CorePool {
         let reset = ServerLoginReset(login: login, challenge: challenge)
         let entry = Entry(handler: handler, key: Key(backend: backend, login: login), reset: reset, address: address,
                           backendTLS: backendTLS, localSocket: localSocket)
+        if let partial = handler.takeOverResetAnswer() {
+            entry.resetOKsToSkip = 1
+            entry.collector.append(partial)
+        }
         entries[entry.key, default: []].append(entry)
         byHandler[ObjectIdentifier(handler)] = entry
         shared.adjust(entry.key, resetting: 1)
@@ -199,6 +206,12 @@ final class CorePool {
         entry.collector.append(data)
         do {
             while let packet = try entry.collector.next() {
+                if entry.resetOKsToSkip > 0 {
+                    entry.resetOKsToSkip -= 1
+                    let first = packet.packet.payload.getInteger(at: packet.packet.payload.readerIndex, as: UInt8.self)
+                    guard first == 0x00 else { return drop(entry, "the server refused COM_RESET_CONNECTION", event: "reset_failed") }
+                    continue
+                }
                 switch entry.reset.received(packet.packet) {
                 case .send(let bytes):
                     handler.writeAndFlush(bytes)
