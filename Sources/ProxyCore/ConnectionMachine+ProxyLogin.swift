@@ -24,6 +24,8 @@ extension ConnectionMachine {
         var plan: LoginPlan?
         /// SHA1(password) (empty: no password); nil for a relayed login.
         var credential: [UInt8]?
+        /// The host pattern of the account the proxy matched.
+        var account = ""
         /// The server's challenge and the capabilities of the proxy's login on that server.
         var serverChallenge: [UInt8] = []
         /// Who the server connection is logged in as, once it is (not for a relayed login).
@@ -61,6 +63,8 @@ extension ConnectionMachine {
         public var clientTLS: Bool
         /// The server link's compression.
         public var compression: ProtocolCompression?
+        /// The host pattern of the account the proxy matched the client to.
+        public var account: String = ""
     }
 
     /// A client connected and the proxy authenticates it with `greeting` (nil: the server does,
@@ -134,7 +138,10 @@ extension ConnectionMachine {
             state = .awaitingSwitchAnswer(plan, ByteBuffer())
             emit(.write(toClient: out, toBackend: nil))
         case .relay, .accepted:
-            if case .accepted(let credential) = verdict { ownLogin.credential = credential }
+            if case .accepted(let credential, let account) = verdict {
+                ownLogin.credential = credential
+                ownLogin.account = account
+            }
             ownLogin.plan = plan
             let preferred = ownLogin.preferred
             own = ownLogin
@@ -258,7 +265,7 @@ extension ConnectionMachine {
         ServerLogin(user: response.username, database: response.database ?? "", characterSet: response.characterSet,
                     capabilities: serverCapabilities, sessionCapabilities: session.capabilities.intersection(.sessionAffecting),
                     credential: credential, attributes: response.attributesBlock, clientTLS: session.clientTLS,
-                    compression: compression)
+                    compression: compression, account: own?.account ?? "")
     }
 
     /// The server link's compression a login would get from a server that offers both algorithms

@@ -33,8 +33,10 @@ public struct LoginAttempt: Equatable, Sendable {
 
 /// What the proxy decided about a login.
 public enum LoginVerdict: Equatable, Sendable {
-    /// The password is right: `credential` is SHA1(password) (empty for an account without one).
-    case accepted(credential: [UInt8])
+    /// The password is right: `credential` is SHA1(password) (empty for an account without one);
+    /// `account` the host pattern of the account it is for (a pooled connection serves only
+    /// logins of the same account).
+    case accepted(credential: [UInt8], account: String = "")
     /// The client answered with another plugin: it is asked for mysql_native_password on the
     /// same challenge.
     case switchPlugin(String)
@@ -102,7 +104,7 @@ public enum ProxyAuthenticator {
         if account.tls != .none && !clientTLS {
             return .refused(denied, reason: "login refused: \(account.name) requires TLS and the client's link is plaintext")
         }
-        return .accepted(credential: credential)
+        return .accepted(credential: credential, account: account.host.text)
     }
 
     /// Whether any account's host pattern matches the client: MariaDB answers a client from a host

@@ -21,7 +21,7 @@ import Testing
 
     @Test func aRightAnswerRevealsTheCredential() {
         let verdict = ProxyAuthenticator.verify(Self.attempt(), table: Self.table([Self.nat]), hostname: nil, ip: "10.0.0.1")
-        #expect(verdict == .accepted(credential: N.sha1OfPassword))
+        #expect(verdict == .accepted(credential: N.sha1OfPassword, account: "%"))
     }
 
     @Test func refusalsHaveTheServersCodesAndWords() {
@@ -43,7 +43,7 @@ import Testing
         // REQUIRE SSL: 1045 over plaintext, in over TLS
         #expect(refusal(Self.attempt(user: "tls"))?.code == 1045)
         #expect(ProxyAuthenticator.verify(Self.attempt(user: "tls", tls: true), table: table, hostname: nil, ip: "10.0.0.1")
-                == .accepted(credential: N.sha1OfPassword))
+                == .accepted(credential: N.sha1OfPassword, account: "%"))
     }
 
     @Test func anotherPluginIsSwitchedOnceAndOtherAccountsAreRelayed() {
@@ -57,15 +57,15 @@ import Testing
             Issue.record("a second switch was not refused")
         }
         #expect(verdict(Self.attempt(user: "ed")) == .relay(plugin: "ed25519"))
-        #expect(verdict(Self.attempt([], user: "nopw")) == .accepted(credential: []))
-        #expect(verdict(Self.attempt(user: "nopw")) != .accepted(credential: []))
+        #expect(verdict(Self.attempt([], user: "nopw")) == .accepted(credential: [], account: "%"))
+        #expect(verdict(Self.attempt(user: "nopw")) != .accepted(credential: [], account: "%"))
     }
 
     @Test func aClearPasswordOverTLSIsVerifiedAsIs() {
         let table = Self.table([Self.nat])
         func verdict(_ a: LoginAttempt) -> LoginVerdict { ProxyAuthenticator.verify(a, table: table, hostname: nil, ip: "10.0.0.1") }
         let password = Array("mypass".utf8)
-        #expect(verdict(Self.attempt(password + [0], plugin: "mysql_clear_password", tls: true)) == .accepted(credential: N.sha1OfPassword))
+        #expect(verdict(Self.attempt(password + [0], plugin: "mysql_clear_password", tls: true)) == .accepted(credential: N.sha1OfPassword, account: "%"))
         if case .refused(let err, _) = verdict(Self.attempt(Array("nope".utf8) + [0], plugin: "mysql_clear_password", tls: true)) {
             #expect(err.code == 1045)
         } else {

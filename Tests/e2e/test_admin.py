@@ -28,7 +28,8 @@ def test_builtin_tables(start_proxy):
     rows, header = table(r)
     assert header == ["command", "description"]
     assert [row[0] for row in rows] == ["SELECT * FROM help", "SELECT * FROM backends", "SELECT * FROM stats",
-                                        "SELECT * FROM connections", "SELECT * FROM config", "SELECT * FROM accounts"]
+                                        "SELECT * FROM connections", "SELECT * FROM config", "SELECT * FROM accounts",
+                                        "SELECT * FROM pool"]
 
     # traffic through the proxy shows in the admin's tables
     c = proxy.connect()
@@ -59,7 +60,7 @@ def test_builtin_tables(start_proxy):
     a = pymysql.connect(host="127.0.0.1", port=admin_port, user="boss", password="s3cret pass")
     with a.cursor() as cur:
         cur.execute("select * from HELP;")
-        assert len(cur.fetchall()) == 6
+        assert len(cur.fetchall()) == 7
         with pytest.raises(pymysql.err.OperationalError) as e:
             cur.execute("SELECT 1")
         assert e.value.args[0] == 1105 and "SELECT * FROM help" in e.value.args[1]

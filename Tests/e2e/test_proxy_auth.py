@@ -322,3 +322,47 @@ def test_scripts_keep_their_login_hooks(start_proxy):
     events = [line.split("\t") for line in audit.read_text().splitlines()]
     assert [e[3:5] for e in events if e[3] == "LOGIN"] == [["LOGIN", "ok"], ["LOGIN", "refused 1045 Access denied for user 'pa'@'127.0.0.1' (using password: YES)"]]
     assert any(e[3] == "OK 1" and e[4] == "INSERT INTO pa_auto (v) VALUES (7)" for e in events)
+
+
+def test_host_patterns_match_the_proxy_protocol_client(start_proxy):
+    """Behind a load balancer that sends PROXY protocol headers, an account's host pattern is
+    matched against the client the header names, and with --proxy-backend-proxy-protocol the
+    server (proxy_protocol_networks) knows the session by that client too: host patterns work as
+    directly, with no account for the proxy's own address. A pooled connection serves only clients
+    the proxy matched to the same account."""
+    from conftest import ExtraMariaDB
+    from test_proxy_protocol import connect_with_header, v2_tcp4
+    server = ExtraMariaDB("mariadb-pa-proxy-protocol", "proxy_protocol_networks=127.0.0.0/8,localhost\nskip-name-resolve")
+    try:
+        server.sql("CREATE OR REPLACE USER 'moon_pa_svc'@'127.0.0.1' IDENTIFIED BY 'svc pw';"
+                   "GRANT SELECT ON mysql.global_priv TO 'moon_pa_svc'@'127.0.0.1'; DROP USER IF EXISTS 'lan'@'10.1.9.%';"
+                   "CREATE OR REPLACE USER 'lan'@'10.1.2.%' IDENTIFIED BY 'lan pw'; CREATE OR REPLACE USER 'lan'@'10.1.3.%' IDENTIFIED BY 'lan pw'")
+        proxy = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{server.port}", "--proxy-backend-proxy-protocol",
+                            "--proxy-protocol-networks=127.0.0.1", "--proxy-auth=proxy", "--proxy-pool-max=2",
+                            f"--proxy-users-user={SERVICE[0]}", "--log-level=info", backend=False,
+                            env=dict(os.environ, MOONPROXY_USERS_PASSWORD=SERVICE[1]))
+        assert wait_for(lambda: "accounts from backend" in proxy.log()), proxy.log()
+
+        def login(address):
+            c = connect_with_header(proxy.port, v2_tcp4(address, 40000, "127.0.0.1", proxy.port), user="lan", password="lan pw")
+            with c.cursor() as cur:
+                cur.execute("SELECT CURRENT_USER(), CONNECTION_ID()")
+                row = cur.fetchone()
+            c.close()
+            return row
+        first = login("10.1.2.3")
+        assert first[0] == "lan@10.1.2.%"
+        again = login("10.1.2.4")
+        assert again == first  # the same account: the pooled connection
+        other = login("10.1.3.7")
+        assert other[0] == "lan@10.1.3.%" and other[1] != first[1]  # another account: not that connection
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            connect_with_header(proxy.port, v2_tcp4("10.1.9.9", 40000, "127.0.0.1", proxy.port), user="lan", password="lan pw")
+        # no account names that host: 1130 in place of the greeting, as from the server
+        assert refused.value.args == (1130, "Host '10.1.9.9' is not allowed to connect to this MariaDB server")
+        server.sql("CREATE USER 'lan'@'10.1.9.%' IDENTIFIED BY 'other pw'")
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            connect_with_header(proxy.port, v2_tcp4("10.1.9.9", 40000, "127.0.0.1", proxy.port), user="lan", password="lan pw")
+        assert refused.value.args == (1045, "Access denied for user 'lan'@'10.1.9.9' (using password: YES)")
+    finally:
+        server.stop()

@@ -23,6 +23,10 @@ final class CorePool {
         var credential: [UInt8]
         var clientTLS: Bool
         var compression: ProtocolCompression?
+        /// The account (host pattern) the proxy matched: with --proxy-backend-proxy-protocol the
+        /// server knows the session by the address of the client it was opened for, so only a
+        /// client of the same account may take it over.
+        var account: String
 
         init(backend: Int, login: ConnectionMachine.ServerLogin) {
             self.backend = backend
@@ -33,6 +37,7 @@ final class CorePool {
             credential = login.credential
             clientTLS = login.clientTLS
             compression = login.compression
+            account = login.account
         }
     }
 
