@@ -108,8 +108,10 @@ extension ClientChannelHandler {
             return true
         case .resetting(let entry):
             connectingToBackend = true
+            let started = NIODeadline.now()
             entry.waiter = { [self] ready in
                 self.connectingToBackend = false
+                self.shared.metrics?.poolWaited(backend: address, duration: .nanoseconds((NIODeadline.now() - started).nanoseconds))
                 guard !self.closed, self.machine.isConnecting else {
                     ready?.handler.close()
                     return

@@ -82,6 +82,13 @@ final class MetricsExporter: Sendable {
             .increment()
     }
 
+    /// A login waited `duration` for a pooled connection's reset (`backend`: its address).
+    func poolWaited(backend: ProxyAddress, duration: Duration) {
+        registry.makeDurationHistogram(descriptor: Self.named("moonproxy_core_pool_wait_seconds", "Time a login waited for a pooled server connection's reset"),
+                                       labels: [("backend", "\(backend)")], buckets: Self.connectBuckets)
+            .record(duration)
+    }
+
     /// The core pool, whose counts a scrape reads (set once the proxy made it).
     let corePool = NIOLockedValueBox<CorePool.Shared?>(nil)
 
