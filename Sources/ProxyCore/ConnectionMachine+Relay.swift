@@ -217,12 +217,13 @@ extension ConnectionMachine {
     mutating func clientQuit(_ chunk: ByteBuffer, at offset: Int, commands: Int, queries: Int) -> Action {
         counts.commands &+= UInt32(truncatingIfNeeded: commands + 1)
         counts.queries &+= UInt32(truncatingIfNeeded: queries)
-        if offset > 0, let before = chunk.getSlice(at: chunk.readerIndex, length: offset) { emit(.forwardToBackend(before)) }
         noteClose(.none)
         if releasesServer(quitting: true) {
+            if offset > 0, let before = chunk.getSlice(at: chunk.readerIndex, length: offset) { emit(.write(toClient: nil, toBackend: before)) }
             emit(.releaseBackend)
-        } else if let quit = chunk.getSlice(at: chunk.readerIndex + offset, length: chunk.readableBytes - offset) {
-            emit(.forwardToBackend(quit))
+        } else {
+            // written and flushed before the close: the server sees the client quit, not vanish
+            emit(.write(toClient: nil, toBackend: chunk))
         }
         emit(close(reason: nil, level: .info))
         return nextAction()

@@ -70,6 +70,9 @@ final class CorePool {
         }
     }
 
+    /// How long a reset may take before the connection is given up.
+    static let resetTimeout = TimeAmount.seconds(5)
+
     struct Settings: Sendable {
         /// Connections kept per backend, over all event loops (0: no pool).
         var maximum: Int
@@ -247,6 +250,11 @@ final class CorePool {
 
     /// Closes connections idle past the idle timeout or older than the maximum lifetime.
     func sweep(now: NIODeadline = .now()) {
+        // a reset the server does not answer (hung, or half gone) gives its place up, and whoever
+        // waits for it opens a connection of its own
+        for entry in byHandler.values where !entry.ready && now - entry.resetStarted >= Self.resetTimeout {
+            drop(entry, "no answer to the reset", event: "reset_failed")
+        }
         for entry in byHandler.values where entry.ready {
             let old = entry.handler.createdAt.map { now - $0 >= shared.settings.maximumLifetime } ?? true
             if old || now - entry.idleSince >= shared.settings.idleTimeout {
