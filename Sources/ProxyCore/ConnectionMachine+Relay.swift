@@ -168,13 +168,17 @@ extension ConnectionMachine {
         if recordingOn { recordRestOfText(chunk) }
         let carried = fromClient.carriedBytes
         var quitAt: Int?
+        var changedUser = false
         let pools = configuration.poolsServers
         fromClient.scanPacketStarts(chunk) { packet, offset in
             do throws(WireError) {
                 if case .command(let code, let shape) = try tracker.clientPacketStarted(packet) {
-                    if code == .quit && pools {
-                        quitAt = offset
-                        return false
+                    if pools {
+                        if code == .quit {
+                            quitAt = offset
+                            return false
+                        }
+                        if code == .changeUser { changedUser = true }
                     }
                     commands += 1
                     if code == .query { queries += 1 }
@@ -194,6 +198,7 @@ extension ConnectionMachine {
                 return false
             }
         }
+        if changedUser { sessionChangedUser = true }
         if let quitAt { return clientQuit(chunk, at: quitAt, commands: commands, queries: queries) }
         tracker.clientFramesSeen(upTo: fromClient.lastSequenceID)
         if commands > 0 {

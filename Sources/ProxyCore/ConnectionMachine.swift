@@ -137,6 +137,9 @@ public struct ConnectionMachine {
     var state: State = .initialized
     /// A login the proxy verifies itself (+ProxyLogin).
     var ownBox: OwnLoginBox?
+    /// The client sent COM_CHANGE_USER (noted where server connections are pooled: its server
+    /// session may belong to another user now).
+    public internal(set) var sessionChangedUser = false
 
     /// Which state the machine is in, without its data: what an entry point switches on before
     /// it changes the state. A `switch state` keeps a copy of the payload alive through its

@@ -1,11 +1,17 @@
 import MySQLWire
 import NIOCore
 
-/// Logs a pooled server connection in again as the login it was made for (COM_CHANGE_USER),
-/// which leaves the session as a fresh login would: no transaction, temporary table, variable,
-/// prepared statement, lock, warning or `LAST_INSERT_ID` of the client session before it, and the
-/// login's database and character set. MariaDB answers a COM_CHANGE_USER with an auth switch to a
-/// new challenge, which this answers from the credential; MySQL may take the first answer.
+/// Brings a pooled server connection back to the state a fresh login for it would have: no
+/// transaction, temporary table, variable, prepared statement, lock, warning or `LAST_INSERT_ID`
+/// of the client session before it, and the login's user, database and character set.
+///
+/// Two ways, both ending in the server's own session reset (`THD::change_user`):
+/// - `resetConnection` (the login named a database and the session changed no user):
+///   COM_RESET_CONNECTION and COM_INIT_DB of the login's database, written together, no
+///   authentication: two OKs.
+/// - `changeUser` (otherwise: a login without a database cannot get back to none any other way):
+///   COM_CHANGE_USER as the login, which MariaDB answers with an auth switch to a new challenge,
+///   answered from the credential; MySQL may take the first answer.
 ///
 /// A value: the pool feeds it the server's packets and writes what it returns.
 public struct ServerLoginReset: Equatable, Sendable {
@@ -18,18 +24,37 @@ public struct ServerLoginReset: Equatable, Sendable {
         case failed(String)
     }
 
+    public enum Way: Equatable, Sendable {
+        case changeUser
+        case resetConnection
+    }
+
     public let login: ConnectionMachine.ServerLogin
+    public let way: Way
     /// The challenge the server sent last (the greeting's, then each switch's).
     public private(set) var challenge: [UInt8]
     private var switched = false
+    /// OKs still to come (`resetConnection`).
+    private var oksLeft = 2
 
-    public init(login: ConnectionMachine.ServerLogin, challenge: [UInt8]) {
+    /// `sessionChangedUser`: the client session sent COM_CHANGE_USER (its server session may be
+    /// another user's now).
+    public init(login: ConnectionMachine.ServerLogin, challenge: [UInt8], sessionChangedUser: Bool = true) {
         self.login = login
         self.challenge = challenge
+        way = login.database.isEmpty || sessionChangedUser ? .changeUser : .resetConnection
     }
 
-    /// The COM_CHANGE_USER packet that starts the reset.
+    /// The packets that start the reset.
     public func request() -> ByteBuffer {
+        guard way == .changeUser else {
+            var out = ByteBuffer()
+            var seq: UInt8 = 0
+            out.writeMySQLPacket(ByteBuffer(bytes: [CommandCode.resetConnection.rawValue]), sequenceID: &seq)
+            seq = 0
+            out.writeMySQLPacket(ByteBuffer(bytes: [CommandCode.initDB.rawValue] + Array(login.database.utf8)), sequenceID: &seq)
+            return out
+        }
         let request = ChangeUserRequest(username: login.user, authResponse: answer(challenge), database: login.database,
                                         characterSet: login.characterSet, authPluginName: ProxyAuthenticator.nativePlugin,
                                         attributesBlock: login.attributes)
@@ -49,9 +74,12 @@ public struct ServerLoginReset: Equatable, Sendable {
     public mutating func received(_ packet: MySQLFrame) -> Step {
         let payload = packet.payload
         switch payload.getInteger(at: payload.readerIndex, as: UInt8.self) {
+        case 0x00? where way == .resetConnection:
+            oksLeft -= 1
+            return oksLeft == 0 ? .done : .send(ByteBuffer())
         case 0x00?:
             return .done
-        case 0xFE? where !switched:
+        case 0xFE? where !switched && way == .changeUser:
             guard let request = try? AuthSwitchRequest(parsing: payload) else { return .failed("a malformed auth switch request") }
             guard request.pluginName == ProxyAuthenticator.nativePlugin else {
                 return .failed("the server asked for \(request.pluginName) (the account changed since the connection was pooled)")
@@ -66,7 +94,7 @@ public struct ServerLoginReset: Equatable, Sendable {
             let err = try? ERRPacket(parsing: payload)
             return .failed(err.map { "\($0.code) \($0.message)" } ?? "a malformed ERR")
         default:
-            return .failed("an unexpected answer to COM_CHANGE_USER")
+            return .failed("an unexpected answer to \(way == .changeUser ? "COM_CHANGE_USER" : "COM_RESET_CONNECTION")")
         }
     }
 }

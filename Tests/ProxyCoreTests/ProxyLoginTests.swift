@@ -250,6 +250,31 @@ import Testing
         #expect(reset.received(MySQLFrame(sequenceID: 3, payload: ByteBuffer(hex: Wire.okHex))) == .done)
     }
 
+    @Test func aLoginWithADatabaseIsResetWithoutAuthentication() throws {
+        let login = ConnectionMachine.ServerLogin(user: "nat", database: "app", characterSet: 33, capabilities: [.protocol41, .secureConnection],
+                                                  sessionCapabilities: [], credential: N.sha1OfPassword, attributes: ByteBuffer(), clientTLS: false)
+        var reset = ServerLoginReset(login: login, challenge: Self.challenge, sessionChangedUser: false)
+        #expect(reset.way == .resetConnection)
+        let frames = reset.request().frames()
+        #expect(frames.map(\.sequenceID) == [0, 0])
+        #expect(Array(frames[0].payload.readableBytesView) == [0x1F])
+        #expect(Array(frames[1].payload.readableBytesView) == [0x02] + Array("app".utf8))
+        let ok = MySQLFrame(sequenceID: 1, payload: ByteBuffer(hex: Wire.okHex))
+        #expect(reset.received(ok) == .send(ByteBuffer()))
+        #expect(reset.received(ok) == .done)
+        // the database is gone: the connection is
+        var again = ServerLoginReset(login: login, challenge: Self.challenge, sessionChangedUser: false)
+        var err = ByteBuffer()
+        ERRPacket(code: 1049, sqlState: "42000", message: "Unknown database 'app'").write(to: &err)
+        #expect(again.received(ok) == .send(ByteBuffer()))
+        #expect(again.received(MySQLFrame(sequenceID: 1, payload: err)) == .failed("1049 Unknown database 'app'"))
+        // a session that changed user, or a login without a database, logs in again
+        #expect(ServerLoginReset(login: login, challenge: Self.challenge, sessionChangedUser: true).way == .changeUser)
+        var none = login
+        none.database = ""
+        #expect(ServerLoginReset(login: none, challenge: Self.challenge, sessionChangedUser: false).way == .changeUser)
+    }
+
     @Test func aRefusedResetFails() {
         let login = ConnectionMachine.ServerLogin(user: "nat", database: "", characterSet: 33, capabilities: [.protocol41, .secureConnection],
                                                   sessionCapabilities: [], credential: [], attributes: ByteBuffer(), clientTLS: false)

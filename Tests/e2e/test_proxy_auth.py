@@ -223,6 +223,20 @@ def test_nothing_of_a_session_reaches_the_next(start_proxy):
     assert status("Prepared_stmt_count") == prepared_before
     b.close()
 
+    # a session that changed user leaves a connection logged in as that user: it is logged in
+    # again as the pool's login before B gets it
+    a = connect()
+    a.cmd_change_user(username="nat", password="natpass", database="moon")
+    cur = a.cursor()
+    cur.execute("SELECT CURRENT_USER(), CONNECTION_ID()")
+    assert cur.fetchone() == ("nat@%", server_id)
+    a.close()
+    b = connect()
+    cur = b.cursor()
+    cur.execute("SELECT CURRENT_USER(), CONNECTION_ID(), DATABASE()")
+    assert cur.fetchone() == ("pa@%", server_id, "moon")
+    b.close()
+
     # LOCK TABLES: B (on the same server connection) and everyone else can write
     a = connect()
     cur = a.cursor()

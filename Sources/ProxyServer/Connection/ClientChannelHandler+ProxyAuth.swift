@@ -158,7 +158,8 @@ extension ClientChannelHandler {
         handler.serverLogin = login
         var local = false
         if case .unix = address { local = true }
-        if !pool.keep(handler, backend: index, login: login, challenge: challenge, address: address, backendTLS: backendTLS, localSocket: local) {
+        if !pool.keep(handler, backend: index, login: login, challenge: challenge, address: address, backendTLS: backendTLS,
+                      localSocket: local, sessionChangedUser: machine.sessionChangedUser) {
             handler.quit()  // the pool is full: as the client would have, had it talked to the server
         }
     }

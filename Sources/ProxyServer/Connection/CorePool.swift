@@ -182,10 +182,10 @@ final class CorePool {
     /// Keeps a server connection whose client quit, and starts its reset; false when the pool is
     /// full (the caller closes it).
     func keep(_ handler: BackendChannelHandler, backend: Int, login: ConnectionMachine.ServerLogin, challenge: [UInt8],
-              address: ProxyAddress, backendTLS: Bool, localSocket: Bool) -> Bool {
+              address: ProxyAddress, backendTLS: Bool, localSocket: Bool, sessionChangedUser: Bool) -> Bool {
         guard let created = handler.createdAt, NIODeadline.now() - created < shared.settings.maximumLifetime,
               shared.reserve(backend) else { return false }
-        let reset = ServerLoginReset(login: login, challenge: challenge)
+        let reset = ServerLoginReset(login: login, challenge: challenge, sessionChangedUser: sessionChangedUser)
         let entry = Entry(handler: handler, key: Key(backend: backend, login: login), reset: reset, address: address,
                           backendTLS: backendTLS, localSocket: localSocket)
         if let partial = handler.takeOverResetAnswer() {
@@ -222,7 +222,7 @@ final class CorePool {
                 }
                 switch entry.reset.received(packet.packet) {
                 case .send(let bytes):
-                    handler.writeAndFlush(bytes)
+                    if bytes.readableBytes > 0 { handler.writeAndFlush(bytes) }
                 case .done:
                     entry.ready = true
                     entry.idleSince = .now()
