@@ -86,6 +86,7 @@ extension ConnectionMachine {
         session.clientOffered = greeting.capabilities
         session.greeting = greeting
         var payload = ByteBuffer()
+        payload.reserveCapacity(64 + greeting.serverVersion.utf8.count)  // one allocation, not a growth per field
         greeting.write(to: &payload)
         let forward = Greeting(payload: payload, sequenceID: 0, rest: ByteBuffer(), offersTLS: offer)
         if configuration.hooks.contains(.readHandshake) {
@@ -214,6 +215,7 @@ extension ConnectionMachine {
             response.authResponse = []  // no password, or relayed: the server asks the client
         }
         var payload = ByteBuffer()
+        payload.reserveCapacity(128 + response.username.utf8.count + (response.database?.utf8.count ?? 0) + response.attributesBlock.readableBytes)
         response.write(to: &payload)
         plan.payload = payload
         plan.response = response  // what the server gets (the password guard reads its plugin)
@@ -241,6 +243,7 @@ extension ConnectionMachine {
         tracker = .commandPhase(capabilities: session.capabilities)
         fromServer = FrameScanner()
         var ok = ByteBuffer()
+        ok.reserveCapacity(16)
         var seq = plan.reply
         ResponseEncoding.ok(OKPacket(status: .autocommit), capabilities: session.capabilities, sequenceID: &seq, into: &ok)
         if !configuration.hooks.isDisjoint(with: Self.commandHooks) {

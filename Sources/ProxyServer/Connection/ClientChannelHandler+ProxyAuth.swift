@@ -42,7 +42,7 @@ extension ClientChannelHandler {
     var clientHost: (hostname: String?, ip: String?) {
         guard let client = described.client else { return ("localhost", nil) }
         if case .unixDomainSocket = client { return ("localhost", nil) }
-        let ip = client.ipAddress
+        let ip = clientIP
         if let ip, shared.accounts?.resolvesNames == true, ip.hasPrefix("127.") || ip == "::1" || ip == "::ffff:127.0.0.1" {
             return ("localhost", ip)
         }

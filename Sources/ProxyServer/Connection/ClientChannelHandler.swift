@@ -48,6 +48,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     var abortBackendOnClose = false
     /// A refusal of `--proxy-auth=proxy` waited for the accounts to be read again (once).
     var waitedForAccounts = false
+    /// The client's address as text (the PROXY protocol's source when there is one).
+    var clientIP: String?
     /// The close that waits for the client to close first (see `sendAndClose`).
     var linger: Scheduled<Void>?
     /// The connection's script, when the proxy runs one, and the session's version it saw last.
@@ -111,8 +113,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
         described.id = shared.nextConnectionID()
         described.client = context.channel.remoteAddress
         if case .proxied(let source, _) = proxyProtocolEndpoints { described.client = source }
+        clientIP = described.client?.ipAddress  // (formatted once: inet_ntop and a String each time)
         defer { context.fireChannelActive() }
-        switch shared.admit(active: active, address: described.client?.ipAddress) {
+        switch shared.admit(active: active, address: clientIP) {
         case .success(let admitted):
             admission = admitted
         case .failure(let refusal):
@@ -126,7 +129,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         sweeper = shared.sweeper(for: context.eventLoop)
         sweeper?.add(self)
         if let engine = shared.scriptEngine, !startScript(engine, context: context) { return }
-        if let failedLogins = shared.failedLogins, let ip = described.client?.ipAddress,
+        if let failedLogins = shared.failedLogins, let ip = clientIP,
            case let wait = failedLogins.delay(for: ip), wait > .zero {
             // an address that keeps failing to log in waits for its greeting
             log(.info, "delaying the greeting by \(wait.nanoseconds / 1_000_000) ms after failed logins from \(ip)")
@@ -464,7 +467,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         scripted?.close()
         scripted = nil
         closed = true
-        if let failedLogins = shared.failedLogins, let ip = described.client?.ipAddress {
+        if let failedLogins = shared.failedLogins, let ip = clientIP {
             if machine.closeSource == .authFailed { failedLogins.failed(ip) } else if described.loggedIn { failedLogins.succeeded(ip) }
         }
         sweeper?.remove(self)

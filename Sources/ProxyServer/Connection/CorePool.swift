@@ -28,6 +28,17 @@ final class CorePool {
         /// client of the same account may take it over.
         var account: String
 
+        /// The key's hash, computed once: the pool looks a key up several times per connection.
+        private var hash = 0
+
+        static func == (a: Key, b: Key) -> Bool {
+            a.hash == b.hash && a.backend == b.backend && a.user == b.user && a.database == b.database && a.characterSet == b.characterSet
+                && a.sessionCapabilities == b.sessionCapabilities && a.credential == b.credential && a.clientTLS == b.clientTLS
+                && a.compression == b.compression && a.account == b.account
+        }
+
+        func hash(into hasher: inout Hasher) { hasher.combine(hash) }
+
         init(backend: Int, login: ConnectionMachine.ServerLogin) {
             self.backend = backend
             user = login.user
@@ -38,6 +49,17 @@ final class CorePool {
             clientTLS = login.clientTLS
             compression = login.compression
             account = login.account
+            var hasher = Hasher()
+            hasher.combine(backend)
+            hasher.combine(user)
+            hasher.combine(database)
+            hasher.combine(characterSet)
+            hasher.combine(sessionCapabilities)
+            hasher.combine(credential)
+            hasher.combine(clientTLS)
+            hasher.combine(compression)
+            hasher.combine(account)
+            hash = hasher.finalize()
         }
     }
 
@@ -87,9 +109,14 @@ final class CorePool {
         private let counts = NIOLockedValueBox<Counts>(Counts())
         struct Counts {
             var pooled: [Int: Int] = [:]
-            var events: [String: Int] = [:]
+            var events: [EventKey: Int] = [:]
             /// Per backend, user and database: connections ready and being reset.
             var logins: [Login: (ready: Int, resetting: Int)] = [:]
+        }
+        struct EventKey: Hashable {
+            var backend: Int
+            /// A literal (`checkout_hit`, ...): hashed as its text, built by nobody per event.
+            var event: String
         }
         struct Login: Hashable {
             var backend: Int
@@ -114,7 +141,7 @@ final class CorePool {
 
         /// Counts an event (`checkout_hit`, `checkout_waited`, `checkout_miss`, `reset_ok`, ...).
         func count(_ event: String, backend: Int) {
-            counts.withLockedValue { c in c.events["\(backend)\t\(event)", default: 0] += 1 }
+            counts.withLockedValue { c in c.events[EventKey(backend: backend, event: event), default: 0] += 1 }
         }
 
         var snapshot: Counts { counts.withLockedValue { $0 } }

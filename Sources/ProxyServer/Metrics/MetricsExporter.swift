@@ -148,10 +148,9 @@ final class MetricsExporter: Sendable {
         }
         text += "# HELP moonproxy_core_pool_events_total Core pool events per backend: checkouts (hit, waited for a reset, miss), resets, closes\n"
         text += "# TYPE moonproxy_core_pool_events_total counter\n"
-        for (key, n) in counts.events.sorted(by: { $0.key < $1.key }) {
-            let parts = key.split(separator: "\t", maxSplits: 1)
-            guard parts.count == 2, let index = Int(parts[0]), let name = names[index] else { continue }
-            text += "moonproxy_core_pool_events_total{backend=\"\(name)\",event=\"\(parts[1])\"} \(n)\n"
+        for (key, n) in counts.events.sorted(by: { ($0.key.backend, $0.key.event) < ($1.key.backend, $1.key.event) }) {
+            guard let name = names[key.backend] else { continue }
+            text += "moonproxy_core_pool_events_total{backend=\"\(name)\",event=\"\(key.event)\"} \(n)\n"
         }
         out.append(contentsOf: Array(text.utf8))
     }
