@@ -48,7 +48,12 @@ extension ConnectionMachine {
         case .connecting where own?.plan != nil, .awaitingGreeting where own?.plan != nil:
             // a client that sends commands behind its login without waiting for the OK: they
             // follow the proxy's login to the server
+            // (reads stop meanwhile: only what was read already arrives, bounded all the same)
             var ownLogin = own!
+            guard ownLogin.plan!.rest.readableBytes + chunk.readableBytes <= configuration.maximumPacketLength else {
+                clientBrokeProtocol()
+                return close(.abort, reason: "the client sent more than a packet's worth of commands before its login was answered")
+            }
             ownLogin.plan!.rest.writeImmutableBuffer(chunk)
             own = ownLogin
             return .none

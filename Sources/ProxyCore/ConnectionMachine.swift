@@ -270,6 +270,10 @@ public struct ConnectionMachine {
         case .exchanging(let box):
             return box.read { !$0.draining && $0.queue.count < Exchange.maximumQueuedCommands && !$0.step.isHook }
         case .connectServerHook, .readHandshakeHook, .readAuthHook, .readAuthResultHook, .verifyingLogin: return false
+        case .connecting, .awaitingGreeting:
+            // a login the proxy verified waits for its server: what the client sends meanwhile
+            // waits in the socket, not in the machine
+            return ownBox == nil
         default: return true
         }
     }

@@ -131,7 +131,10 @@ import Testing
         // verified before any server connection: a wrong password would end here
         let answered = d.client(Self.response())
         #expect(d.attempts == [Self.attempt()])
-        #expect(answered.actions == [.connectToBackend(preferred: nil)])
+        // no client reads while the login waits for its server (what the client pipelines waits in
+        // the socket)
+        #expect(answered.actions == [.connectToBackend(preferred: nil), .readFromClient(false)])
+        #expect(!d.machine.wantsClientReads)
         #expect(d.machine.pendingServerLogin?.credential == N.sha1OfPassword)
         d.connected()
         // the server's greeting: the proxy answers its challenge from SHA1(password)
@@ -142,6 +145,7 @@ import Testing
         #expect(response.authResponse == NativePassword.scramble(challenge: serverChallenge, hashedPassword: N.sha1OfPassword))
         #expect(response.username == "nat" && response.authPluginName == "mysql_native_password" && sent.sequenceID == 1)
         #expect(login.toClient == nil)
+        #expect(login.actions.contains(.readFromClient(true)))  // the login went to the server: reads go on
         let ok = d.server(Wire.ok(seq: 2))
         #expect(ok.actions == [.forwardToClient(Wire.ok(seq: 2)), .loginSucceeded])
         #expect(d.machine.serverLogin?.user == "nat" && d.machine.serverChallenge == serverChallenge)
@@ -150,6 +154,20 @@ import Testing
         #expect(quit.actions.contains(.releaseBackend))
         #expect(quit.toBackend == nil && quit.close != nil)
         #expect(d.machine.closeSource == CloseSource.none)
+    }
+
+    @Test func whatAClientSendsWhileItsLoginWaitsIsBounded() {
+        var c = ConnectionMachine.Configuration()
+        c.maximumPacketLength = 1 << 10
+        var d = Driver(c)
+        d.verifier = { ProxyAuthenticator.verify($0, table: Self.table([Self.nat]), hostname: nil, ip: "10.0.0.1") }
+        d.run(d.machine.clientConnected(ownGreeting: Self.ownGreeting()))
+        d.client(Self.response())
+        #expect(d.machine.isConnecting && !d.machine.wantsClientReads)
+        // a command pipelined behind the login waits for it; a flood ends the connection
+        #expect(d.client(Wire.query("SELECT 1")).isEmpty)
+        let flood = d.client(ByteBuffer(repeating: 0x41, count: 2 << 10))
+        #expect(flood.close?.mode == .abort && d.machine.isClosed)
     }
 
     @Test func aWrongPasswordIsRefusedWithoutAServer() throws {
@@ -193,7 +211,7 @@ import Testing
         let request = try AuthSwitchRequest(parsing: switchFrame.payload)
         #expect(request.pluginName == "mysql_native_password" && Array(request.pluginData.prefix(20)) == Self.challenge)
         // the answer (sequence id 3) is verified; the server's OK (2) reaches the client as 4
-        #expect(d.client([(N.answer.map { String(format: "%02x", $0) }.joined(), 3)]).actions == [.connectToBackend(preferred: nil)])
+        #expect(d.client([(N.answer.map { String(format: "%02x", $0) }.joined(), 3)]).actions == [.connectToBackend(preferred: nil), .readFromClient(false)])
         #expect(d.attempts.last?.switched == true)
         d.connected()
         d.server([(Wire.greeting, 0)])

@@ -52,7 +52,10 @@ extension ClientChannelHandler {
     /// Runs `body` once the accounts were read again after now (see `AccountLoader.refreshed`),
     /// on this connection's loop, unless the connection closed meanwhile.
     private func afterAccountsRead(_ body: @escaping (ClientChannelHandler) -> Void) {
-        guard let accounts = shared.accounts, let loop = context?.eventLoop else { return }
+        guard let accounts = shared.accounts, let loop = context?.eventLoop else {
+            waitedForAccounts = true
+            return body(self)  // nothing to wait for: decide on the accounts as they are
+        }
         waitedForAccounts = true
         let bound = NIOLoopBound(self, eventLoop: loop)
         let work = NIOLoopBound(body, eventLoop: loop)
@@ -113,7 +116,7 @@ extension ClientChannelHandler {
                 self.connectingToBackend = false
                 self.shared.metrics?.poolWaited(backend: address, duration: .nanoseconds((NIODeadline.now() - started).nanoseconds))
                 guard !self.closed, self.machine.isConnecting else {
-                    ready?.handler.close()
+                    ready?.handler.quit()  // logged in and reset: it ends as a client would
                     return
                 }
                 if let ready {
