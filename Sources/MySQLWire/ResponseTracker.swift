@@ -132,6 +132,10 @@ public struct ResponseTracker: Sendable {
     /// by statement id; a handful at most.
     private var fileStatements: [UInt32] = []
     static let maximumFileStatements = 16
+    /// The status of the last OK-format packet (an OK, or CLIENT_DEPRECATE_EOF's 0xFE OK) that
+    /// ended a result, for a caller that reads such packets' session state: it clears this
+    /// itself (the tracker only ever sets it).
+    public var lastOKStatus: ServerStatus?
     private var current = ResponseEnd(command: nil, kind: .other, status: nil, warnings: 0, affectedRows: 0, lastInsertID: 0, rows: 0, results: 0)
 
     public init(capabilities: CapabilityFlags = [.protocol41]) {
@@ -337,6 +341,7 @@ public struct ResponseTracker: Sendable {
             switch first {
             case 0x00:
                 let ok = try OKPacket.peekStatus(packet.prefix)
+                lastOKStatus = ok.status
                 return resultEnded(kind: .ok, status: ok.status, warnings: ok.warnings, affected: ok.affectedRows, insertID: ok.lastInsertID, item)
             case 0xFB:
                 // LOAD DATA LOCAL INFILE, also through COM_STMT_EXECUTE (MariaDB prepares it).
@@ -447,6 +452,7 @@ public struct ResponseTracker: Sendable {
             switch first {
             case 0x00:
                 let ok = try OKPacket.peekStatus(packet.prefix)
+                lastOKStatus = ok.status
                 current.affectedRows = ok.affectedRows
                 current.lastInsertID = ok.lastInsertID
                 return finish(kind: .ok, status: ok.status, warnings: ok.warnings, item)
@@ -463,6 +469,7 @@ public struct ResponseTracker: Sendable {
             switch first {
             case 0x00:
                 let ok = try OKPacket.peekStatus(packet.prefix)
+                lastOKStatus = ok.status
                 if clientPhase == .authentication { clientPhase = .command }
                 return finish(kind: .ok, status: ok.status, warnings: ok.warnings, item)
             case 0xFF:
@@ -506,9 +513,10 @@ public struct ResponseTracker: Sendable {
     }
 
     /// Reads an EOF's, or a DEPRECATE_EOF OK's, status.
-    private func terminatorStatus(_ packet: FrameScanner.PacketStart) throws(WireError) -> (status: ServerStatus, warnings: UInt16, affected: UInt64, insertID: UInt64) {
+    private mutating func terminatorStatus(_ packet: FrameScanner.PacketStart) throws(WireError) -> (status: ServerStatus, warnings: UInt16, affected: UInt64, insertID: UInt64) {
         if capabilities.contains(.deprecateEOF) && packet.header.payloadLength >= 7 {
             let ok = try OKPacket.peekStatus(packet.prefix)
+            lastOKStatus = ok.status
             return (ok.status, ok.warnings, ok.affectedRows, ok.lastInsertID)
         }
         // EOF: 0xFE, warnings (2), status (2). A pre-4.1 EOF is the single byte.

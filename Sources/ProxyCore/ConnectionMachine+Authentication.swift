@@ -256,7 +256,14 @@ extension ConnectionMachine {
     mutating func loginDone(_ auth: Authentication, verdict: ByteBuffer, sequenceID: UInt8, ok: Bool, before: Output, closing: String?) {
         var auth = auth
         var out = before
-        out.client(verdict)
+        if ok, tracking != nil {
+            // the proxy's login asked for session tracking: the client gets the OK written for its trackers
+            let edit = Self.trackedPacket(verdict, from: 0, to: verdict.readableBytes, dropped: false, &tracking!)
+            out.client(edit.replacement ?? verdict)
+            tracking!.responsesEnded &+= 1
+        } else {
+            out.client(verdict)
+        }
         nextSequenceToClient = sequenceID &+ 1
         let compression = ok ? auth.compression : nil
         // What followed the verdict in the same read (a partial packet too) is read as usual.
@@ -278,6 +285,7 @@ extension ConnectionMachine {
         switch auth.afterLogin {
         case .relay:
             state = .relaying(draining: false)
+            if ok, let trackers = enableTrackers() { emit(.write(toClient: nil, toBackend: trackers)) }
             if serverRest.readableBytes > 0 { emit(relayFromServer(serverRest)) }
         case .exchange(var exchange):
             // the commands that waited for the verdict go to the script now

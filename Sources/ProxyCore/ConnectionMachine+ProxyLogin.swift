@@ -198,6 +198,11 @@ extension ConnectionMachine {
             .subtracting(ProtocolCompression.capabilities).subtracting(.ssl)
         capabilities.formUnion(greeting.capabilities.intersection([.protocol41, .secureConnection, .pluginAuth]))
         if wantsTLS { capabilities.insert(.ssl) }
+        if configuration.tracksSessions, ownLogin.credential != nil, greeting.capabilities.contains(.sessionTrack) {
+            // the proxy reads the session's state from the server's OK packets (+Tracking)
+            capabilities.insert(.sessionTrack)
+            beginTracking()
+        }
         // the server link's compression as in the relay (--proxy-backend-compression: mirror the
         // client's by default)
         let compression = configuration.compression.backendCompression(client: plan.clientCompression, offered: greeting.capabilities)
@@ -242,10 +247,20 @@ extension ConnectionMachine {
         session.backendIsLocal = localSocket
         tracker = .commandPhase(capabilities: session.capabilities)
         fromServer = FrameScanner()
+        beginTracking()
         var ok = ByteBuffer()
         ok.reserveCapacity(16)
         var seq = plan.reply
-        ResponseEncoding.ok(OKPacket(status: .autocommit), capabilities: session.capabilities, sequenceID: &seq, into: &ok)
+        var verdict = OKPacket(status: .autocommit)
+        if session.capabilities.contains(.sessionTrack), let database = plan.response.database, !database.isEmpty,
+           tracking?.state.clientTrackers.schema ?? SessionTrackSettings.mariaDBDefaults.schema {
+            // as the server's OK after a login with a database: the schema tracker names it
+            var block = ByteBuffer()
+            SessionTrackItem.write([.string(.schema, database)], to: &block)
+            verdict.status.insert(.sessionStateChanged)
+            verdict.sessionStateChanges = block
+        }
+        ResponseEncoding.ok(verdict, capabilities: session.capabilities, sequenceID: &seq, into: &ok)
         if !configuration.hooks.isDisjoint(with: Self.commandHooks) {
             var exchange = Exchange(hasServer: true, maximumPacketLength: configuration.maximumPacketLength)
             exchange.commandsStarted = true
@@ -257,7 +272,8 @@ extension ConnectionMachine {
             }
             state = .relaying(draining: false)
         }
-        emit(.write(toClient: ok, toBackend: nil))
+        // the pool's reset turned the trackers off: they go on again ahead of the first command
+        emit(.write(toClient: ok, toBackend: enableTrackers()))
         if let compression = plan.clientCompression { emit(.startCompression(client: compression, backend: nil, early: nil)) }
         if plan.rest.readableBytes > 0 { feedClient(plan.rest) }
         return nextAction()

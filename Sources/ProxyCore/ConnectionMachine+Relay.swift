@@ -87,6 +87,7 @@ extension ConnectionMachine {
     /// connection: the server's bytes go to the client as they are, the tracker is desynchronised
     /// and picks up again at the client's next command, and the warning names what it could not follow.
     mutating func relayFromServer(_ chunk: ByteBuffer) -> Action {
+        if tracking != nil { return relayTrackedFromServer(chunk) }
         var warning: String?  // (a String, not the error itself: cheaper to carry when nothing failed)
         var refusedAt: (FrameScanner.PacketStart, offset: Int)?
         let recordingOn = configuration.recording != .off

@@ -71,6 +71,9 @@ public struct ConnectionMachine {
         /// A server connection the proxy logged in goes back to the handler's pool when its
         /// client quits (`.releaseBackend`), instead of being closed.
         public var poolsServers = false
+        /// The proxy turns the session trackers on on the server connections it logs in itself,
+        /// and follows each session's state (+Tracking).
+        public var tracksSessions = false
 
         public init() {}
     }
@@ -137,6 +140,8 @@ public struct ConnectionMachine {
     var state: State = .initialized
     /// A login the proxy verifies itself (+ProxyLogin).
     var ownBox: OwnLoginBox?
+    /// The session's state, where the proxy tracks it (+Tracking).
+    var tracking: Tracking?
     /// The client sent COM_CHANGE_USER (noted where server connections are pooled: its server
     /// session may belong to another user now).
     public internal(set) var sessionChangedUser = false

@@ -110,6 +110,9 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("proxy-pool-max-lifetime"), help: ArgumentHelp("seconds after which a server connection is no longer pooled (MoonProxy; default: 3600)", valueName: "seconds"))
     var proxyPoolMaxLifetime: Double?
 
+    @Flag(name: .customLong("proxy-multiplex"), help: ArgumentHelp("with --proxy-auth=proxy and a pool: the proxy turns the session trackers on on its server connections and follows each session's state from the server's OK packets (the ground for sessions sharing server connections) (MoonProxy)"))
+    var proxyMultiplex = false
+
     @Option(name: .customLong("proxy-auto-config-dir"), help: ArgumentHelp("directory in which scripts' PROXY SAVE CONFIG / LOAD CONFIG (proxy.auto-config) may write and read, by file name only; without it both are refused (MoonProxy)", valueName: "dir"))
     var proxyAutoConfigDir: String?
 
@@ -298,6 +301,7 @@ struct Options: ParsableArguments {
         if let n = self.proxyPoolMax, n < 0 || n > 100_000 { throw ValidationError("--proxy-pool-max must be a number from 0 to 100000") }
         if self.proxyPoolMax ?? 0 > 0 && self.proxyAuth != "proxy" { throw ValidationError("--proxy-pool-max needs --proxy-auth=proxy (the pool logs connections in with the credentials the proxy verified)") }
         if let t = self.proxyPoolIdleTimeout, !(t >= 0.01 && t <= 86400) { throw ValidationError("--proxy-pool-idle-timeout must be a number of seconds from 0.01 to 86400") }
+        if self.proxyMultiplex && (self.proxyAuth != "proxy" || (self.proxyPoolMax ?? 0) == 0) { throw ValidationError("--proxy-multiplex needs --proxy-auth=proxy and --proxy-pool-max") }
         if let t = self.proxyPoolMaxLifetime, !(t >= 1 && t <= 31_536_000) { throw ValidationError("--proxy-pool-max-lifetime must be a number of seconds from 1 to 31536000") }
         if let n = self.maxConnectionsPerAddress, n < 0 { throw ValidationError("--max-connections-per-address must not be negative") }
         if let n = self.maxUnauthenticatedConnectionsPerAddress, n < 0 { throw ValidationError("--max-unauthenticated-connections-per-address must not be negative") }

@@ -159,6 +159,7 @@ final class ProxyContext: Sendable {
         c.recording = recording
         c.hooks = hooks
         c.poolsServers = corePool != nil
+        c.tracksSessions = corePool != nil && configuration.multiplex
         guard let tls else { return c }
         c.tls.offer = tls.forClients == nil ? .never : (offersTLSAlways ? .always : tls.client.offer)
         c.tls.requireSecureTransport = tls.client.requireSecureTransport

@@ -1,0 +1,248 @@
+import MySQLWire
+import NIOCore
+
+/// Session tracking on the proxy's own server connections (`Configuration.tracksSessions`): the
+/// proxy turns every session tracker on, reads what each OK packet reports into the session's
+/// `SessionState`, and gives the client each OK as the server would have written it for the
+/// client's own trackers (or, for a client without CLIENT_SESSION_TRACK, without any).
+///
+/// The relay stays a relay: chunks pass whole unless they hold such an OK, which is cut out and
+/// written again. An OK whose end has not arrived is held, with what follows it, until it has;
+/// so is a packet header split across reads, so that no packet the proxy must read whole has
+/// begun to leave. Statements of the proxy's own (turning the trackers on, later restoring a
+/// session) go to the server between the client's commands, and their answers never reach the
+/// client: the response tracker counts them in order, and the relay drops their packets.
+extension ConnectionMachine {
+    struct Tracking {
+        var state: SessionState
+        /// The client negotiated CLIENT_SESSION_TRACK.
+        var clientTracks: Bool
+        /// Bytes from the server not forwarded yet: the start of a packet the relay must read
+        /// whole (`holding`), or a header split across reads.
+        var held = ByteBuffer()
+        var holding = false
+        /// What to do with the held packet once it is whole.
+        var heldDropped = false
+        /// Responses that ended on this connection (the login's included): the ordinal of the
+        /// response under way.
+        var responsesEnded: UInt64 = 0
+        /// The ordinals of responses to the proxy's own statements, oldest first.
+        var proxyResponses: [UInt64] = []
+        /// The trackers were turned on on the current server connection.
+        var enabled = false
+    }
+
+    /// The most of an OK packet the relay holds to read it whole.
+    static let largestTrackedOK = 1 << 20
+
+    /// What the proxy turns on (and turns on again after every COM_RESET_CONNECTION).
+    static let enableTrackersStatement =
+        "SET SESSION session_track_system_variables = '*', session_track_schema = ON, session_track_state_change = ON, session_track_transaction_info = 'CHARACTERISTICS'"
+
+    /// The session's state as the server reported it, where the proxy tracks it.
+    public var sessionState: SessionState? { tracking?.state }
+
+    /// Starts tracking for a login the proxy makes itself (with the credential it holds).
+    mutating func beginTracking() {
+        guard configuration.tracksSessions, configuration.hooks.isDisjoint(with: Self.commandHooks) else { return }
+        tracking = Tracking(state: SessionState(), clientTracks: session.capabilities.contains(.sessionTrack))
+    }
+
+    /// The login (or the hand-over of a pooled connection) is through: the trackers go on, in
+    /// front of whatever the client sends next.
+    mutating func enableTrackers() -> ByteBuffer? {
+        guard tracking != nil, !tracking!.enabled else { return nil }
+        guard let bytes = proxyStatement(Self.enableTrackersStatement) else {
+            tracking!.state.pins.insert(.untracked)
+            return nil
+        }
+        tracking!.enabled = true
+        return bytes
+    }
+
+    /// A statement of the proxy's, framed as a command, registered with the response tracker so
+    /// that its answer is recognised and dropped. Nil when the client is in the middle of a packet
+    /// (nothing can go in between).
+    mutating func proxyStatement(_ sql: String) -> ByteBuffer? {
+        guard tracking != nil, fromClient.isAtPacketBoundary, tracker.clientPhase == .command else { return nil }
+        var payload = ByteBuffer()
+        payload.reserveCapacity(sql.utf8.count + 1)
+        payload.writeInteger(CommandCode.query.rawValue)
+        payload.writeString(sql)
+        let start = payload.withUnsafeReadableBytes {
+            FrameScanner.PacketStart(header: PacketHeader(payloadLength: $0.count, sequenceID: 0), prefix: PacketPrefix($0))
+        }
+        guard (try? tracker.clientPacketStarted(start)) != nil else { return nil }
+        tracking!.proxyResponses.append(tracking!.responsesEnded + UInt64(tracker.pendingCount) - 1)
+        var framed = ByteBuffer()
+        var seq: UInt8 = 0
+        framed.writeMySQLPacket(payload, sequenceID: &seq)
+        return framed
+    }
+
+    /// One packet start from the server, through the response tracker (the part both relays
+    /// share). Nil when the tracker cannot place it (`warning` says why; the tracker is
+    /// desynchronised) or is desynchronised already.
+    mutating func serverPacketSeen(_ packet: FrameScanner.PacketStart, recordingOn: Bool, proxys: Bool,
+                                   warning: inout String?) -> ResponseTracker.ServerPacket? {
+        guard !tracker.isDesynchronized else { return nil }
+        do throws(WireError) {
+            let kind = try tracker.serverPacketStarted(packet)
+            if case .endOfResponse(let end) = kind {
+                if end.command == nil {
+                    if end.kind == .error && closeSource == nil { closeSource = .authFailed }
+                } else if recordingOn && !proxys {
+                    Self.recordEnd(end, now: now, open: &openRecords, finished: &finishedRecords)
+                }
+            }
+            return kind
+        } catch {
+            let command = tracker.currentCommand.map { "\($0)" } ?? "the login"
+            warning = "cannot follow the server's response to \(command) (\(error)) at a packet of \(packet.header.payloadLength) bytes starting \(packet.prefix.description.prefix(32)); relaying it unchanged and following again from the client's next command"
+            tracker.desynchronize()
+            if recordingOn { openRecords.removeAll() }
+            return nil
+        }
+    }
+
+    /// The relay from the server where the session is tracked (see the type's notes).
+    mutating func relayTrackedFromServer(_ chunk: ByteBuffer) -> Action {
+        var t = tracking!
+        tracking = nil  // (taken out while changed: its arrays are not copied)
+        defer { tracking = t }
+        var warning: String?
+        var refusedAt: (FrameScanner.PacketStart, offset: Int)?
+        let recordingOn = configuration.recording != .off
+        if recordingOn { recordResponseBytes(chunk.readableBytes) }
+        let heldCount = t.held.readableBytes
+        var combined = chunk
+        if heldCount > 0 {
+            combined = t.held
+            combined.writeImmutableBuffer(chunk)
+        }
+        t.held = ByteBuffer()
+        var edits: [(start: Int, end: Int, replacement: ByteBuffer?)] = []
+        // a packet whose end is to come: where it starts in `combined`, and whether it is dropped
+        var pending: (start: Int, dropped: Bool)? = t.holding ? (0, t.heldDropped) : nil
+        var pendingFromBefore = t.holding
+        t.holding = false
+        var enableAfter = false
+
+        // the scanner is taken out while it walks the chunk, so that the walk may call into the machine
+        var scanner = FrameScanner()
+        swap(&scanner, &fromServer)
+        defer { swap(&scanner, &fromServer) }
+        scanner.scan(chunk) { event in
+            switch event {
+            case .packetEnd(let offset):
+                if pendingFromBefore, let p = pending {
+                    edits.append(Self.trackedPacket(combined, from: p.start, to: heldCount + offset, dropped: p.dropped, &t))
+                    pending = nil
+                    pendingFromBefore = false
+                }
+                return true
+            case .packetStart(let packet, let offset):
+                let start = packet.isSplit ? 0 : heldCount + offset
+                let ordinal = t.responsesEnded
+                let proxys = t.proxyResponses.first == ordinal
+                tracker.lastOKStatus = nil
+                guard let kind = serverPacketSeen(packet, recordingOn: recordingOn, proxys: proxys, warning: &warning) else {
+                    if proxys {
+                        // a statement of the proxy's whose answer cannot be followed: the state is unknown
+                        t.state.pins.insert(.untracked)
+                    }
+                    return true
+                }
+                if kind == .localInfileRequestRefused {
+                    refusedAt = (packet, offset)
+                    return false
+                }
+                if case .endOfResponse(let end) = kind {
+                    t.responsesEnded &+= 1
+                    if proxys {
+                        t.proxyResponses.removeFirst()
+                        if end.kind != .ok { t.state.pins.insert(.untracked) }
+                    } else if end.command == nil, end.kind == .ok {
+                        enableAfter = true  // the login went through
+                    }
+                    if let status = end.status { t.state.updateTransaction(status) }
+                }
+                let status = tracker.lastOKStatus
+                guard proxys || status?.contains(.sessionStateChanged) == true else { return true }
+                let length = PacketHeader.size + packet.header.payloadLength
+                guard !packet.isMultiFrame, length <= Self.largestTrackedOK else {
+                    t.state.pins.insert(.untracked)
+                    return true
+                }
+                if start + length <= combined.readableBytes {
+                    edits.append(Self.trackedPacket(combined, from: start, to: start + length, dropped: proxys, &t))
+                } else {
+                    pending = (start, proxys)
+                }
+                return true
+            }
+        }
+        if let (packet, offset) = refusedAt { return localInfileRefused(chunk, at: offset, packet) }
+        var holdFrom: Int?
+        if let pending {
+            holdFrom = pending.start
+            t.holding = true
+            t.heldDropped = pending.dropped
+        } else if scanner.carriedBytes > 0 {
+            holdFrom = combined.readableBytes - scanner.carriedBytes
+        }
+        var out: ByteBuffer
+        if edits.isEmpty && holdFrom == nil && heldCount == 0 {
+            out = chunk
+        } else {
+            let end = holdFrom ?? combined.readableBytes
+            out = ByteBuffer()
+            out.reserveCapacity(end)
+            var cursor = 0
+            for edit in edits where edit.start >= cursor && edit.end <= end {
+                if edit.start > cursor { out.writeImmutableBuffer(combined.getSlice(at: combined.readerIndex + cursor, length: edit.start - cursor)!) }
+                if let replacement = edit.replacement { out.writeImmutableBuffer(replacement) }
+                cursor = edit.end
+            }
+            if end > cursor { out.writeImmutableBuffer(combined.getSlice(at: combined.readerIndex + cursor, length: end - cursor)!) }
+            if let holdFrom { t.held = combined.getSlice(at: combined.readerIndex + holdFrom, length: combined.readableBytes - holdFrom)! }
+        }
+        if enableAfter {
+            tracking = t
+            if let bytes = enableTrackers() { emit(.write(toClient: nil, toBackend: bytes)) }
+            t = tracking!
+        }
+        if let warning {
+            counts.backendProtocolErrors += 1
+            return .forwardToClientUnderstoodNot(out, warning: warning)
+        }
+        guard out.readableBytes > 0 else { return .none }
+        return isSettledRelay ? .relayToClient(out, takeCounts()) : .forwardToClient(out)
+    }
+
+    /// A whole packet the tracked relay reads: the proxy's answer is dropped; an OK's session
+    /// state goes into the model, and the client gets the OK written for its own trackers.
+    static func trackedPacket(_ combined: ByteBuffer, from start: Int, to end: Int, dropped: Bool,
+                              _ t: inout Tracking) -> (start: Int, end: Int, replacement: ByteBuffer?) {
+        guard !dropped else { return (start, end, nil) }
+        let unchanged = (start, end, Optional(combined.getSlice(at: combined.readerIndex + start, length: end - start)!))
+        guard end - start > PacketHeader.size,
+              let sequenceID = combined.getInteger(at: combined.readerIndex + start + 3, as: UInt8.self),
+              let payload = combined.getSlice(at: combined.readerIndex + start + PacketHeader.size, length: end - start - PacketHeader.size)
+        else { return unchanged }
+        let tail: OKPacketTail
+        do {
+            tail = try OKPacketTail(parsing: payload)
+        } catch {
+            t.state.pins.insert(.untracked)
+            return unchanged
+        }
+        t.state.apply(tail.items, status: tail.status)
+        let kept = t.clientTracks ? tail.items.filter { t.state.clientTrackers.wants($0) } : []
+        if t.clientTracks && kept.count == tail.items.count { return unchanged }
+        var framed = ByteBuffer()
+        var seq = sequenceID
+        framed.writeMySQLPacket(tail.payload(keeping: kept, clientTracks: t.clientTracks), sequenceID: &seq)
+        return (start, end, framed)
+    }
+}
