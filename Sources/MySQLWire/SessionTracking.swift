@@ -35,10 +35,12 @@ public struct SessionTrackItem: Hashable, Sendable {
         return (name, value)
     }
 
-    /// The data's one length-encoded string: the schema's name, "1" for a state change, the
-    /// transaction's characteristics (replayable SQL) or state (8 characters).
+    /// The data's one length-encoded string: the schema's name, the transaction's
+    /// characteristics (replayable SQL) or state (8 characters); for a state change, its data as
+    /// is ("1": MariaDB writes the flag without a length of its own).
     public func string() throws(WireError) -> String {
         var buffer = data
+        if kind == .stateChange { return buffer.readString(length: buffer.readableBytes) ?? "" }
         return try buffer.readMySQLLengthEncodedString("tracked value")
     }
 

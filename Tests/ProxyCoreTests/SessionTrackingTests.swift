@@ -1,0 +1,172 @@
+import MySQLWire
+import NIOCore
+import ProxyCore
+import Testing
+
+/// Session tracking on the proxy's own server connections, on OK packets captured from MariaDB
+/// 10.11 with `session_track_system_variables = '*'` and the other trackers on.
+struct SessionTrackingTests {
+    /// `SET NAMES latin1` (sql_mode ANSI_QUOTES, autocommit off): three variables.
+    static let setNames = "00000000c00000005f001c146368617261637465725f7365745f636c69656e74066c6174696e31001d156368617261637465725f7365745f726573756c7473066c6174696e310020186368617261637465725f7365745f636f6e6e656374696f6e066c6174696e31"
+    /// `USE mysql`: the schema and a state change.
+    static let useMysql = "00000000400000000b0106056d7973716c020131"
+    /// `START TRANSACTION READ ONLY` after `SET TRANSACTION ISOLATION LEVEL SERIALIZABLE`.
+    static let startReadOnly = "00000001e000000058050908545f5f5f5f5f5f5f044b4a534554205452414e53414354494f4e2049534f4c4154494f4e204c4556454c2053455249414c495a41424c453b205354415254205452414e53414354494f4e2052454144204f4e4c593b"
+    /// `INSERT ... VALUES (1),(2)`: an info text and the last GTID.
+    static let insert = "00020002400000265265636f7264733a203220204475706c6963617465733a203020205761726e696e67733a2030150013096c6173745f6774696408302d312d36303132"
+    /// `SET character_set_results = NULL`, `SET timestamp = 1000`.
+    static let resultsNull = "00000002400000001c0017156368617261637465725f7365745f726573756c747300020131"
+    static let timestamp = "00000002400000001b00160974696d657374616d700b313030302e303030303030020131"
+
+    @Test func itemsAreReadAsTheServerWroteThem() throws {
+        let tail = try OKPacketTail(parsing: ByteBuffer(hex: Self.setNames))
+        #expect(tail.status.contains(.sessionStateChanged) && tail.info?.readableBytes == 0)
+        let variables = try tail.items.map { try $0.systemVariable() }
+        #expect(variables.map(\.name) == ["character_set_client", "character_set_results", "character_set_connection"])
+        #expect(variables.allSatisfy { $0.value == "latin1" })
+        let use = try OKPacketTail(parsing: ByteBuffer(hex: Self.useMysql))
+        #expect(use.items.map(\.kind) == [.schema, .stateChange])
+        #expect(try use.items[0].string() == "mysql" && use.items[1].string() == "1")
+        let start = try OKPacketTail(parsing: ByteBuffer(hex: Self.startReadOnly))
+        #expect(try start.items.map { try $0.string() } == ["T_______", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; START TRANSACTION READ ONLY;"])
+        #expect(throws: WireError.self) { try OKPacketTail(parsing: ByteBuffer(hex: Self.useMysql + "00")) }
+        #expect(throws: WireError.self) { try OKPacketTail(parsing: ByteBuffer(hex: "00000000400000000b0106056d79")) }
+    }
+
+    @Test func aClientGetsTheOKItsOwnTrackersWouldHaveMade() throws {
+        // without CLIENT_SESSION_TRACK: what MariaDB writes for such a client (captured)
+        let setNames = try OKPacketTail(parsing: ByteBuffer(hex: Self.setNames))
+        #expect(setNames.payload(keeping: [], clientTracks: false).hex == "00000000800000")
+        let insert = try OKPacketTail(parsing: ByteBuffer(hex: Self.insert))
+        #expect(insert.payload(keeping: [], clientTracks: false).hex
+                == "00020002000000265265636f7264733a203220204475706c6963617465733a203020205761726e696e67733a2030")
+        // with MariaDB's default trackers: the charset variables stay, the GTID and state change go
+        let defaults = SessionTrackSettings.mariaDBDefaults
+        #expect(setNames.items.allSatisfy { defaults.wants($0) })
+        let use = try OKPacketTail(parsing: ByteBuffer(hex: Self.useMysql))
+        let useForDefaults = use.payload(keeping: use.items.filter { defaults.wants($0) }, clientTracks: true)
+        #expect(useForDefaults.hex == "0000000040000000080106056d7973716c")
+        let insertForDefaults = insert.payload(keeping: insert.items.filter { defaults.wants($0) }, clientTracks: true)
+        #expect(insertForDefaults.hex == "00020002000000265265636f7264733a203220204475706c6963617465733a203020205761726e696e67733a2030")
+        var mine = defaults
+        let applied = mine.apply(variable: "session_track_system_variables", value: "sql_mode, TIME_ZONE")
+        #expect(applied)
+        #expect(mine.systemVariables == ["sql_mode", "time_zone"] && !mine.wants(setNames.items[0]))
+        let other = mine.apply(variable: "sql_mode", value: "")
+        #expect(!other)
+    }
+
+    @Test func theModelKeepsWhatTheServerReported() throws {
+        var state = SessionState()
+        for hex in [Self.useMysql, Self.setNames, Self.insert, Self.resultsNull] {
+            let tail = try OKPacketTail(parsing: ByteBuffer(hex: hex))
+            state.apply(tail.items, status: tail.status)
+        }
+        #expect(state.schema == "mysql" && state.pins.isEmpty)
+        #expect(state.value(of: "character_set_results") == "" && state.value(of: "last_gtid") == nil)
+        #expect(state.restoreStatements() == [
+            "USE `mysql`",
+            "SET @@session.character_set_client = 'latin1', @@session.character_set_results = NULL, @@session.character_set_connection = 'latin1'",
+        ])
+        let start = try OKPacketTail(parsing: ByteBuffer(hex: Self.startReadOnly))
+        state.apply(start.items, status: start.status)
+        #expect(state.pins == .transaction)
+        state.updateTransaction(.autocommit)
+        let timestamp = try OKPacketTail(parsing: ByteBuffer(hex: Self.timestamp))
+        state.apply(timestamp.items, status: timestamp.status)
+        #expect(state.pins == .timestamp && state.pins.description == "timestamp")
+        // values that need no quoting stay readable; anything else goes in hex, whatever the sql_mode
+        #expect(SessionState.quotedString("STRICT_TRANS_TABLES,ANSI_QUOTES") == "'STRICT_TRANS_TABLES,ANSI_QUOTES'")
+        #expect(SessionState.quotedString("a'b\\") == "X'6127625C'")
+        #expect(SessionState.quotedIdentifier("we`ird") == "`we``ird`")
+    }
+
+    // MARK: the machine
+
+    static func tracking(clientTracks: Bool) -> Driver {
+        var c = ConnectionMachine.Configuration()
+        c.poolsServers = true
+        c.tracksSessions = true
+        var d = Driver(c)
+        d.verifier = { ProxyAuthenticator.verify($0, table: ProxyLoginTests.table([ProxyLoginTests.nat]), hostname: nil, ip: "10.0.0.1") }
+        var greeting = ProxyLoginTests.ownGreeting()
+        greeting.capabilities.insert(.sessionTrack)
+        d.run(d.machine.clientConnected(ownGreeting: greeting))
+        var r = HandshakeResponse41(capabilities: [.protocol41, .secureConnection, .pluginAuth, .longPassword, .transactions, .deprecateEOF],
+                                    username: "nat", authResponse: NativePasswordTests.answer, authPluginName: "mysql_native_password")
+        if clientTracks { r.capabilities.insert(.sessionTrack) }
+        var payload = ByteBuffer()
+        r.write(to: &payload)
+        var framed = ByteBuffer()
+        var seq: UInt8 = 1
+        framed.writeMySQLPacket(payload, sequenceID: &seq)
+        d.client(framed)
+        d.connected()
+        d.server([(Wire.greeting, 0)])
+        return d
+    }
+
+    @Test func theTrackersGoOnAfterTheLoginAndTheirAnswerIsTheProxys() throws {
+        var d = Self.tracking(clientTracks: false)
+        let ok = d.server(Wire.ok(seq: 2))
+        #expect(ok.toClient == Wire.ok(seq: 2))
+        let enable = try #require(ok.toBackend)
+        #expect(enable == Wire.query("SET SESSION session_track_system_variables = '*', session_track_schema = ON, session_track_state_change = ON, session_track_transaction_info = 'CHARACTERISTICS'"))
+        // the client's first command goes behind it; the answers come in order, the proxy's is dropped
+        #expect(d.client(Wire.query("SET NAMES latin1")).toBackend == Wire.query("SET NAMES latin1"))
+        var both = Wire.packets([("00000002400000000300020131", 1)])
+        both.writeImmutableBuffer(Wire.packets([(Self.setNames, 1)]))
+        let answers = d.server(both)
+        #expect(answers.toClient == Wire.packets([("00000000800000", 1)]))
+        #expect(d.machine.sessionState?.value(of: "character_set_client") == "latin1")
+        #expect(d.machine.sessionState?.clientTrackers == .mariaDBDefaults)
+    }
+
+    @Test func anOKCutAnywhereAcrossReadsIsHeldUntilWhole() throws {
+        let answer = Wire.packets([(Self.useMysql, 1)])
+        var result = Wire.resultSet(["1"], capabilities: [.protocol41, .deprecateEOF])
+        let both = { () -> ByteBuffer in var b = answer; b.writeBuffer(&result); return b }()
+        for clientTracks in [false, true] {
+            let expected = clientTracks ? "0000000040000000080106056d7973716c" : "00000000000000"
+            var whole = Wire.packets([(expected, 1)])
+            var tail = Wire.resultSet(["1"], capabilities: [.protocol41, .deprecateEOF])
+            whole.writeBuffer(&tail)
+            for cut in 1..<both.readableBytes {
+                var d = Self.tracking(clientTracks: clientTracks)
+                d.server(Wire.ok(seq: 2))
+                d.server([("00000002400000000300020131", 1)])  // the trackers' OK, dropped
+                d.client(Wire.query("USE mysql"))
+                d.client(Wire.query("SELECT 1"))
+                var got = ByteBuffer()
+                var first = d.server(both.getSlice(at: 0, length: cut)!).toClient ?? ByteBuffer()
+                var second = d.server(both.getSlice(at: cut, length: both.readableBytes - cut)!).toClient ?? ByteBuffer()
+                got.writeBuffer(&first)
+                got.writeBuffer(&second)
+                #expect(got == whole, "cut at \(cut), client tracks: \(clientTracks)")
+                #expect(d.machine.sessionState?.schema == "mysql")
+                #expect(!d.machine.isAwaitingResponse)
+            }
+        }
+    }
+
+    @Test func aPooledLoginsOKNamesItsSchemaAsTheServersDoes() throws {
+        var c = ConnectionMachine.Configuration()
+        c.poolsServers = true
+        var d = Driver(c)
+        d.verifier = { ProxyAuthenticator.verify($0, table: ProxyLoginTests.table([ProxyLoginTests.nat]), hostname: nil, ip: "10.0.0.1") }
+        var greeting = ProxyLoginTests.ownGreeting()
+        greeting.capabilities.formUnion([.sessionTrack, .connectWithDB])
+        d.run(d.machine.clientConnected(ownGreeting: greeting))
+        let r = HandshakeResponse41(capabilities: [.protocol41, .secureConnection, .pluginAuth, .transactions, .sessionTrack, .connectWithDB],
+                                    username: "nat", authResponse: NativePasswordTests.answer, database: "mxdb", authPluginName: "mysql_native_password")
+        var payload = ByteBuffer()
+        r.write(to: &payload)
+        var framed = ByteBuffer()
+        var seq: UInt8 = 1
+        framed.writeMySQLPacket(payload, sequenceID: &seq)
+        d.client(framed)
+        let attached = d.run(d.machine.pooledServerAttached(backendTLS: false, localSocket: false))
+        // captured: MariaDB's OK to a login with database mxdb
+        #expect(attached.toClient == Wire.packets([("0000000240000000070105046d786462", 2)]))
+    }
+}
