@@ -58,6 +58,12 @@ extension ConnectionMachine {
         /// The client quit and its server connection, logged in by the proxy and idle, goes to
         /// the pool (the close follows): the handler lets go of it without closing it.
         case releaseBackend
+        /// Multiplexing: the session gives its idle server connection up (another session
+        /// needs one); the handler lets go of it without closing it, and keeps the client.
+        case parkBackend
+        /// Multiplexing: a command waits for a server connection; the handler answers with
+        /// `multiplexedServerAttached(previous:own:)` or `multiplexedServerUnavailable(_:reason:)`.
+        case takeBackend
         /// Run a hook of the script; the handler answers with `hookReturned(_:)`.
         case runHook(HookCall)
         /// A line for the connection's log.
@@ -167,12 +173,16 @@ extension ConnectionMachine {
         public var clientProtocolErrors: UInt32 = 0
         public var backendProtocolErrors: UInt32 = 0
         public var backendsLost: UInt32 = 0
+        /// Multiplexing: server connections given up between commands, and connections brought
+        /// to a session's state before its command.
+        public var parks: UInt32 = 0
+        public var restores: UInt32 = 0
 
         public init() {}
 
         public var isEmpty: Bool {
             commands == 0 && queries == 0 && errorsSentByProxy == 0 && clientProtocolErrors == 0
-                && backendProtocolErrors == 0 && backendsLost == 0
+                && backendProtocolErrors == 0 && backendsLost == 0 && parks == 0 && restores == 0
         }
 
         public mutating func add(_ other: Counts) {
@@ -182,6 +192,8 @@ extension ConnectionMachine {
             clientProtocolErrors &+= other.clientProtocolErrors
             backendProtocolErrors &+= other.backendProtocolErrors
             backendsLost &+= other.backendsLost
+            parks &+= other.parks
+            restores &+= other.restores
         }
     }
 }

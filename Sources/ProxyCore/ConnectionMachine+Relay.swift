@@ -166,6 +166,7 @@ extension ConnectionMachine {
 
     /// Scans a chunk from the client, registering each command with the tracker; forwards it whole.
     mutating func relayFromClient(_ chunk: ByteBuffer) -> Action {
+        if let t = tracking, t.attachment != .attached { return clientBytesWhileParked(chunk) }
         var failure: (isSplit: Bool, sequenceID: UInt8, error: String)?
         var commands = 0
         var queries = 0

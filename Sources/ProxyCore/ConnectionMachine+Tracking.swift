@@ -30,6 +30,12 @@ extension ConnectionMachine {
         var proxyResponses: [UInt64] = []
         /// The trackers were turned on on the current server connection.
         var enabled = false
+        /// Multiplexing: whether the session has a server connection (+Multiplex).
+        var attachment = Attachment.attached
+        /// Client bytes that wait for a server connection.
+        var waiting = ByteBuffer()
+        /// Statements restoring the session's state are under way: a refusal ends the session.
+        var restoring = false
     }
 
     /// The most of an OK packet the relay holds to read it whole.
@@ -64,11 +70,18 @@ extension ConnectionMachine {
     /// that its answer is recognised and dropped. Nil when the client is in the middle of a packet
     /// (nothing can go in between).
     mutating func proxyStatement(_ sql: String) -> ByteBuffer? {
-        guard tracking != nil, fromClient.isAtPacketBoundary, tracker.clientPhase == .command else { return nil }
         var payload = ByteBuffer()
         payload.reserveCapacity(sql.utf8.count + 1)
         payload.writeInteger(CommandCode.query.rawValue)
         payload.writeString(sql)
+        return proxyCommand(payload)
+    }
+
+    /// A command of the proxy's (see `proxyStatement`).
+    mutating func proxyCommand(_ bytes: [UInt8]) -> ByteBuffer? { proxyCommand(ByteBuffer(bytes: bytes)) }
+
+    mutating func proxyCommand(_ payload: ByteBuffer) -> ByteBuffer? {
+        guard tracking != nil, fromClient.isAtPacketBoundary, tracker.clientPhase == .command else { return nil }
         let start = payload.withUnsafeReadableBytes {
             FrameScanner.PacketStart(header: PacketHeader(payloadLength: $0.count, sequenceID: 0), prefix: PacketPrefix($0))
         }
@@ -127,6 +140,7 @@ extension ConnectionMachine {
         var pendingFromBefore = t.holding
         t.holding = false
         var enableAfter = false
+        var restoreRefused = false
 
         // the scanner is taken out while it walks the chunk, so that the walk may call into the machine
         var scanner = FrameScanner()
@@ -161,7 +175,11 @@ extension ConnectionMachine {
                     t.responsesEnded &+= 1
                     if proxys {
                         t.proxyResponses.removeFirst()
-                        if end.kind != .ok { t.state.pins.insert(.untracked) }
+                        if end.kind != .ok {
+                            t.state.pins.insert(.untracked)
+                            if t.restoring { restoreRefused = true }
+                        }
+                        if t.proxyResponses.isEmpty { t.restoring = false }
                     } else if end.command == nil, end.kind == .ok {
                         enableAfter = true  // the login went through
                     }
@@ -206,6 +224,12 @@ extension ConnectionMachine {
             }
             if end > cursor { out.writeImmutableBuffer(combined.getSlice(at: combined.readerIndex + cursor, length: end - cursor)!) }
             if let holdFrom { t.held = combined.getSlice(at: combined.readerIndex + holdFrom, length: combined.readableBytes - holdFrom)! }
+        }
+        if restoreRefused {
+            tracking = t
+            let action = restoreFailed(before: out)
+            t = tracking!
+            return action
         }
         if enableAfter {
             tracking = t

@@ -74,6 +74,9 @@ public struct ConnectionMachine {
         /// The proxy turns the session trackers on on the server connections it logs in itself,
         /// and follows each session's state (+Tracking).
         public var tracksSessions = false
+        /// Sessions give their idle server connection up when another session needs one
+        /// (+Multiplex; with `tracksSessions`).
+        public var multiplexes = false
 
         public init() {}
     }

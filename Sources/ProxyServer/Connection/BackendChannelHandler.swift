@@ -19,6 +19,9 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     weak var parkedIn: ServerConnectionPool?
     /// The core pool holding it (`--proxy-auth=proxy`), and who the proxy logged it in as.
     weak var corePool: CorePool?
+    /// Multiplexing: the pool that counts this connection against its login's cap.
+    weak var countingPool: CorePool?
+    var countedKey: CorePool.Key?
     var serverLogin: ConnectionMachine.ServerLogin?
     var serverChallenge: [UInt8] = []
     /// When the connection was opened (its lifetime in the pool counts from it).
@@ -62,6 +65,10 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
         owner?.backendClosed()
         parkedIn?.parkedConnectionEnded(self)
         corePool?.ended(self)
+        if let countedKey {
+            countingPool?.connectionEnded(countedKey)
+            self.countedKey = nil
+        }
         context.fireChannelInactive()
     }
 

@@ -21,6 +21,13 @@ extension ClientChannelHandler {
         openConnection(index, address, resolved)
     }
 
+    /// A connection counted against its login's cap did not open.
+    func uncountPending() {
+        guard let key = pendingCountedKey else { return }
+        pendingCountedKey = nil
+        sweeper?.corePool?.connectionEnded(key)
+    }
+
     /// Opens a new server connection to backend `index`.
     func openConnection(_ index: Int, _ address: ProxyAddress, _ resolved: SocketAddress?) {
         guard let context, !closed else { return }
@@ -35,8 +42,15 @@ extension ClientChannelHandler {
             .assumeIsolated()
             .whenComplete { [self] result in
                 self.connectingToBackend = false
+                if case .failure = result { self.uncountPending() }
                 switch result {
                 case .success(let channel):
+                    if let key = self.pendingCountedKey {
+                        // (multiplexing) the connection counts against its login's cap until it closes
+                        self.pendingCountedKey = nil
+                        handler.countingPool = self.sweeper?.corePool
+                        handler.countedKey = key
+                    }
                     guard !self.closed else {
                         self.shared.backends.probeAbandoned(index)
                         channel.close(promise: nil)

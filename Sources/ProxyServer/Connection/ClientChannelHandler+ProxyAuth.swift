@@ -105,6 +105,7 @@ extension ClientChannelHandler {
     /// ready, or once the reset of one that came back runs out. False: none; open one.
     func takeFromCorePool(_ index: Int, _ address: ProxyAddress, _ resolved: SocketAddress?) -> Bool {
         guard let pool = sweeper?.corePool, let login = machine.pendingServerLogin else { return false }
+        if machine.configuration.multiplexes { return acquireForLogin(pool, CorePool.Key(backend: index, login: login), index) }
         switch pool.take(CorePool.Key(backend: index, login: login)) {
         case .ready(let entry):
             attachCorePooled(entry, index)
@@ -131,7 +132,7 @@ extension ClientChannelHandler {
         }
     }
 
-    private func attachCorePooled(_ entry: CorePool.Entry, _ index: Int) {
+    func attachCorePooled(_ entry: CorePool.Entry, _ index: Int) {
         shared.backends.probeAbandoned(index)
         let handler = entry.handler
         handler.owner = self

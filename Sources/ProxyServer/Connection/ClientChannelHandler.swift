@@ -65,6 +65,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
     var timers = ConnectionTimers()
     /// A server connection is being opened (the login timeout then blames the server).
     var connectingToBackend = false
+    /// Multiplexing: the login whose connections this session shares, and the login whose
+    /// connection count a connection being opened joins.
+    var multiplexKey: CorePool.Key?
+    var pendingCountedKey: CorePool.Key?
 
     init(shared: ProxyContext, channel: Channel) {
         self.shared = shared
@@ -252,6 +256,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         let delivering = backend
         if stampsTime { machine.now = NIODeadline.now().uptimeNanoseconds }
         run(machine.backendDataReceived(buffer))
+        if multiplexKey != nil { yieldIfWanted() }
         if flushPending && backend !== delivering, let context {
             // The script gave this server connection to the pool (or took another) during the hook:
             // its read cycle's end will not reach this handler, so what was written goes out now.
@@ -333,6 +338,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
             break
         case .releaseBackend:
             releaseToPool()
+        case .parkBackend:
+            parkServerConnection()
+        case .takeBackend:
+            takeMultiplexed()
         case .forwardToBackend(let buffer), .relayToBackend(let buffer, _):
             if case .relayToBackend(_, let counts) = action { counters.add(counts) }
             counters.add(.bytesToBackends, buffer.readableBytes)
@@ -407,6 +416,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         described.loggedIn = true
         publish()
         shared.loggedIn(&admission)
+        joinMultiplexing()
     }
 
     /// Writes the client's last bytes, then closes both sides: the server's at once, the client's
@@ -458,6 +468,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// Releases what this connection holds, once.
     private func finish() {
         guard !closed else { return }
+        leaveMultiplexing()
         guard activated else {
             // closed before it was ever counted (a PROXY protocol header that never came right)
             closed = true

@@ -81,6 +81,13 @@ final class CorePool {
         /// A session waiting for the reset (nil: the reset failed).
         var waiter: ((Entry?) -> Void)?
         let resetStarted = NIODeadline.now()
+        /// Multiplexing: the state the session that gave the connection up left it in (nil: it
+        /// was reset, its trackers are off), and that session.
+        var parkedState: SessionState?
+        var parkedBy: ObjectIdentifier?
+        /// It holds one of the backend's places in the pool (`Shared.reserve`); a connection a
+        /// session gave up between commands counts against its login's cap instead.
+        var reserved = true
 
         init(handler: BackendChannelHandler, key: Key, reset: ServerLoginReset, address: ProxyAddress, backendTLS: Bool, localSocket: Bool) {
             self.handler = handler
@@ -167,10 +174,17 @@ final class CorePool {
     }
 
     let shared: Shared
-    private var entries: [Key: [Entry]] = [:]
-    private var byHandler: [ObjectIdentifier: Entry] = [:]
+    var entries: [Key: [Entry]] = [:]
+    var byHandler: [ObjectIdentifier: Entry] = [:]
 
-    private let eventLoop: EventLoop
+    // Multiplexing (+Multiplex): this loop's connections per login, the sessions waiting for
+    // one, and the sessions that may give theirs up.
+    var connectionCounts: [Key: Int] = [:]
+    var waiters: [Key: [Waiter]] = [:]
+    var waitingCount = 0
+    var members: [Key: [ObjectIdentifier: Member]] = [:]
+
+    let eventLoop: EventLoop
     /// Runs the idle sweep while the pool holds connections.
     private var sweepTask: RepeatedTask?
 
@@ -226,12 +240,15 @@ final class CorePool {
         handler.corePool = self
         handler.setReadsPaused(false)
         handler.writeAndFlush(reset.request())
-        if sweepTask == nil {
-            let every = TimeAmount.nanoseconds(max(min(shared.settings.idleTimeout.nanoseconds / 4, 1_000_000_000), 10_000_000))
-            let bound = NIOLoopBound(self, eventLoop: eventLoop)
-            sweepTask = eventLoop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in bound.value.sweep() }
-        }
+        startSweeping()
         return true
+    }
+
+    func startSweeping() {
+        guard sweepTask == nil else { return }
+        let every = TimeAmount.nanoseconds(max(min(shared.settings.idleTimeout.nanoseconds / 4, 1_000_000_000), 10_000_000))
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        sweepTask = eventLoop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in bound.value.sweep() }
     }
 
     /// Bytes from a pooled connection: the reset's answers, or a server that speaks out of turn.
@@ -258,6 +275,9 @@ final class CorePool {
                     if let waiter = entry.waiter {
                         remove(entry)
                         waiter(entry)
+                    } else if let waiter = takeWaiter(entry.key) {
+                        remove(entry)  // a session of the login waits for a connection
+                        waiter.body(entry)
                     }
                     return
                 case .failed(let reason):
@@ -282,13 +302,16 @@ final class CorePool {
         for entry in byHandler.values where !entry.ready && now - entry.resetStarted >= Self.resetTimeout {
             drop(entry, "no answer to the reset", event: "reset_failed")
         }
+        sweepWaiters(now: now)
         for entry in byHandler.values where entry.ready {
+            // a connection a living session gave up stays while its login has no more than sessions
+            if entry.parkedState != nil, connectionCounts[entry.key, default: 0] <= members[entry.key]?.count ?? 0 { continue }
             let old = entry.handler.createdAt.map { now - $0 >= shared.settings.maximumLifetime } ?? true
             if old || now - entry.idleSince >= shared.settings.idleTimeout {
                 drop(entry, "idle", event: old ? "closed_lifetime" : "closed_idle")
             }
         }
-        if byHandler.isEmpty {
+        if byHandler.isEmpty && waitingCount == 0 {
             sweepTask?.cancel()
             sweepTask = nil
         }
@@ -298,18 +321,18 @@ final class CorePool {
         for entry in Array(byHandler.values) { drop(entry, "shutdown", event: "closed_shutdown") }
     }
 
-    private func remove(_ entry: Entry) {
+    func remove(_ entry: Entry) {
         byHandler[ObjectIdentifier(entry.handler)] = nil
         if var list = entries[entry.key] {
             list.removeAll { $0 === entry }
             entries[entry.key] = list.isEmpty ? nil : list
         }
         entry.handler.corePool = nil
-        shared.unreserve(entry.key.backend)
+        if entry.reserved { shared.unreserve(entry.key.backend) }
         shared.adjust(entry.key, ready: entry.ready ? -1 : 0, resetting: entry.ready ? 0 : -1)
     }
 
-    private func drop(_ entry: Entry, _ reason: String, event: String) {
+    func drop(_ entry: Entry, _ reason: String, event: String) {
         guard byHandler[ObjectIdentifier(entry.handler)] === entry else { return }
         remove(entry)
         shared.count(event, backend: entry.key.backend)

@@ -160,6 +160,7 @@ final class ProxyContext: Sendable {
         c.hooks = hooks
         c.poolsServers = corePool != nil
         c.tracksSessions = corePool != nil && configuration.multiplex
+        c.multiplexes = c.tracksSessions
         guard let tls else { return c }
         c.tls.offer = tls.forClients == nil ? .never : (offersTLSAlways ? .always : tls.client.offer)
         c.tls.requireSecureTransport = tls.client.requireSecureTransport

@@ -1,0 +1,132 @@
+import MySQLWire
+import NIOCore
+
+/// Multiplexing (`Configuration.multiplexes`, on top of session tracking): between commands a
+/// session with nothing pinned may give its server connection up when another session of the
+/// same login needs one (`parkRequested()` → `.parkBackend`). Its next command asks for a
+/// connection again (`.takeBackend`, the command held meanwhile); the connection it gets
+/// (`multiplexedServerAttached(previous:)`) is brought to the session's state first: nothing to
+/// do when it is the session's own or in the same state, else COM_RESET_CONNECTION, the
+/// trackers and the statements that restore the state, all written in front of the command, their
+/// answers dropped. A restore the server refuses ends the session with an ERR naming it.
+extension ConnectionMachine {
+    enum Attachment: Equatable {
+        case attached
+        /// The server connection was given up; the session's state lives in the tracking.
+        case parked
+        /// A command waits (in `waiting`) for a server connection.
+        case awaitingServer
+    }
+
+    /// Whether the session can leave its server connection now: tracked, nothing pinned,
+    /// nothing on its way in either direction, no statement of the proxy's unanswered.
+    public var mayPark: Bool {
+        guard configuration.multiplexes, let t = tracking, t.attachment == .attached, t.enabled, t.state.pins.isEmpty,
+              t.proxyResponses.isEmpty, t.held.readableBytes == 0, t.state.transactionCharacteristics.isEmpty,
+              case .relaying(draining: false) = state, !closeQueued, outbox.isEmpty else { return false }
+        return tracker.clientPhase == .command && !tracker.isAwaitingResponse && fromServer.isAtPacketBoundary
+            && fromClient.isAtPacketBoundary && !tracker.isDesynchronized
+    }
+
+    /// Whether the session has given its server connection up (or waits for one).
+    public var isParked: Bool { (tracking?.attachment ?? .attached) != .attached }
+
+    /// Another session needs a server connection: this one gives its connection up if it may
+    /// (`.parkBackend`: the handler hands the connection over), else `.none`.
+    public mutating func parkRequested() -> Action {
+        guard mayPark else { return .none }
+        tracking!.attachment = .parked
+        counts.parks &+= 1
+        return .parkBackend
+    }
+
+    /// Client bytes while the session has no server connection: held (at most a packet's
+    /// worth) until one is attached; the first asks for one, and reads stop meanwhile.
+    mutating func clientBytesWhileParked(_ chunk: ByteBuffer) -> Action {
+        tracking!.waiting.writeImmutableBuffer(chunk)
+        let waiting = tracking!.waiting
+        guard waiting.readableBytes <= configuration.maximumPacketLength + PacketHeader.size else {
+            clientBrokeProtocol()
+            return close(.abort, reason: "the client sent more than a packet's worth of commands while its session waited for a server connection")
+        }
+        // COM_QUIT alone: the session ends without a server
+        if waiting.readableBytes == 5, waiting.getBytes(at: waiting.readerIndex, length: 5) == [1, 0, 0, 0, CommandCode.quit.rawValue] {
+            counts.commands &+= 1
+            noteClose(.none)
+            return close(reason: nil, level: .info)
+        }
+        if tracking!.attachment == .parked {
+            tracking!.attachment = .awaitingServer
+            emit(.takeBackend)
+            clientReadsReported = false
+            emit(.readFromClient(false))
+        }
+        return nextAction()
+    }
+
+    /// The handler gave the waiting session a server connection logged in as its login.
+    /// `previous`: the state the connection's last session left it in (nil: it was reset, or
+    /// is new, and its trackers are off); `own`: it is the connection this session gave up.
+    public mutating func multiplexedServerAttached(previous: SessionState?, own: Bool = false) -> Action {
+        guard tracking?.attachment == .awaitingServer, case .relaying = state else { return .none }
+        tracker = .commandPhase(capabilities: session.capabilities)
+        fromServer = FrameScanner()
+        tracking!.responsesEnded = 0
+        tracking!.proxyResponses = []
+        tracking!.held = ByteBuffer()
+        tracking!.holding = false
+        tracking!.attachment = .attached
+        var prefix = ByteBuffer()
+        if let previous, own || previous.sameServerState(as: tracking!.state) {
+            tracking!.enabled = true  // as the session left it, or as good
+        } else {
+            if previous != nil, let reset = proxyCommand([CommandCode.resetConnection.rawValue]) {
+                // another session's state: cleared as at a fresh login, trackers off
+                prefix.writeImmutableBuffer(reset)
+            }
+            tracking!.enabled = false
+            if let trackers = enableTrackers() { prefix.writeImmutableBuffer(trackers) }
+            for sql in tracking!.state.restoreStatements() {
+                guard let statement = proxyStatement(sql) else { break }
+                prefix.writeImmutableBuffer(statement)
+            }
+            tracking!.restoring = true
+            counts.restores &+= 1
+        }
+        let waiting = tracking!.waiting
+        tracking!.waiting = ByteBuffer()
+        clientReadsReported = true
+        emit(.readFromClient(true))
+        if prefix.readableBytes > 0 { emit(.write(toClient: nil, toBackend: prefix)) }
+        if waiting.readableBytes > 0 { emit(relayFromClient(waiting)) }
+        return nextAction()
+    }
+
+    /// No server connection could be had for the waiting session (none came in time, or its
+    /// backend is gone): its command gets `err`, and the session ends.
+    public mutating func multiplexedServerUnavailable(_ err: ERRPacket, reason: String) -> Action {
+        guard tracking?.attachment == .awaitingServer, !isClosed else { return .none }
+        noteClose(.noBackend)
+        return refuse(err, sequenceID: 1, reason: reason)
+    }
+
+    /// A statement of the proxy's that restores the session's state failed: the session cannot
+    /// go on as the client knows it.
+    mutating func restoreFailed(before: ByteBuffer) -> Action {
+        backendBrokeProtocol()
+        return refuse(ERRPacket(code: 1105, sqlState: "HY000", message: "MoonProxy could not bring another server connection to this session's state; the session ends"),
+                      sequenceID: 1, before: before.readableBytes > 0 ? before : nil,
+                      reason: "the server refused a statement restoring the session's state on another connection")
+    }
+}
+
+extension SessionState {
+    /// Whether a server connection left in `other`'s state serves this session as it is: the
+    /// same schema, variables and transaction characteristics (nothing pinned on either).
+    public func sameServerState(as other: SessionState) -> Bool {
+        guard schema == other.schema, transactionCharacteristics == other.transactionCharacteristics,
+              variables.count == other.variables.count, pins.isEmpty, other.pins.isEmpty else { return false }
+        for v in variables where other.value(of: v.name) != v.value { return false }
+        return true
+    }
+}

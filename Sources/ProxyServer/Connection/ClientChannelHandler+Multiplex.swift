@@ -1,0 +1,117 @@
+import MySQLWire
+import NIOCore
+import ProxyCore
+
+// MARK: - `--proxy-multiplex`: sessions of a login share its server connections (see CorePool+Multiplex)
+
+extension ClientChannelHandler {
+    /// The server connections a login may have on this loop.
+    var multiplexCap: Int { max(1, shared.configuration.poolMaximum / max(1, shared.configuration.eventThreads)) }
+
+    /// How long a command waits for a server connection of its login before it gets an error.
+    var multiplexWait: TimeAmount { .seconds(10) }
+
+    /// A login under multiplexing takes an idle connection of its login, opens one while the
+    /// login has fewer than its cap, or waits for a session to give one up. False: open one.
+    func acquireForLogin(_ pool: CorePool, _ key: CorePool.Key, _ index: Int) -> Bool {
+        let acquisition = pool.acquire(key, session: self, state: nil, cap: multiplexCap, deadline: .now() + multiplexWait) { [weak self] entry in
+            guard let self, !self.closed, self.machine.isConnecting else {
+                entry?.handler.quit()  // logged in and idle: it ends as a client would
+                return
+            }
+            self.connectingToBackend = false
+            guard let entry else {
+                return self.run(self.machine.noBackendAvailable("no server connection of this login came free within \(self.multiplexWait.nanoseconds / 1_000_000_000) s (--proxy-pool-max \(self.shared.configuration.poolMaximum))"))
+            }
+            self.attachCorePooled(entry, index)
+        }
+        switch acquisition {
+        case .ready(let entry):
+            attachCorePooled(entry, index)
+            return true
+        case .open:
+            pendingCountedKey = key
+            return false
+        case .waiting:
+            if machine.isConnecting { connectingToBackend = true }
+            return true
+        }
+    }
+
+    /// The session logged in: it may give its connection up to other sessions of its login.
+    func joinMultiplexing() {
+        guard machine.configuration.multiplexes, multiplexKey == nil, let pool = sweeper?.corePool,
+              let index = backendIndex, let login = machine.serverLogin, machine.sessionState != nil else { return }
+        let key = CorePool.Key(backend: index, login: login)
+        multiplexKey = key
+        pool.join(key, self)
+    }
+
+    func leaveMultiplexing() {
+        guard let key = multiplexKey, let pool = sweeper?.corePool else { return }
+        pool.leave(key, self)
+    }
+
+    /// After the server's bytes: a session of the login waits for a connection, and this one
+    /// may be between commands.
+    func yieldIfWanted() {
+        guard let key = multiplexKey, let pool = sweeper?.corePool, pool.waitingCount > 0, pool.hasWaiters(key) else { return }
+        _ = yieldServerConnection()
+    }
+
+    /// Gives the server connection up if the session may (between commands, nothing pinned).
+    func yieldServerConnection() -> Bool {
+        guard !closed, !closing else { return false }
+        let action = machine.parkRequested()
+        guard case .parkBackend = action else { return false }
+        run(action)
+        return true
+    }
+
+    /// `.parkBackend`: the idle connection goes to the session waiting for it, or to the pool.
+    func parkServerConnection() {
+        guard let handler = backend, let index = backendIndex, let address = described.backend, let pool = sweeper?.corePool,
+              let login = machine.serverLogin, let state = machine.sessionState else { return }
+        let challenge = handler.serverLogin != nil ? handler.serverChallenge : machine.serverChallenge
+        let backendTLS = described.backendTLS != nil || machine.session.backendTLS
+        detachBackend(closing: false)
+        var local = false
+        if case .unix = address { local = true }
+        log(.debug, "gave the server connection up between commands")
+        pool.park(handler, backend: index, login: login, challenge: challenge, state: state, by: ObjectIdentifier(self),
+                  address: address, backendTLS: backendTLS, localSocket: local)
+    }
+
+    /// `.takeBackend`: the session's next command needs a server connection of its login.
+    func takeMultiplexed() {
+        guard let key = multiplexKey, let pool = sweeper?.corePool else {
+            return run(machine.multiplexedServerUnavailable(.noBackend("the session's server connection is gone (MoonProxy)"), reason: "no pool for a parked session"))
+        }
+        let acquisition = pool.acquire(key, session: self, state: machine.sessionState, cap: 0, deadline: .now() + multiplexWait) { [weak self] entry in
+            guard let self, !self.closed else {
+                entry?.handler.quit()
+                return
+            }
+            guard let entry else {
+                return self.run(self.machine.multiplexedServerUnavailable(
+                    .noBackend("no server connection of this login came free within \(self.multiplexWait.nanoseconds / 1_000_000_000) s (MoonProxy)"),
+                    reason: "no server connection of the login came free in time"))
+            }
+            self.attachMultiplexed(entry)
+        }
+        if case .ready(let entry) = acquisition { attachMultiplexed(entry) }
+    }
+
+    private func attachMultiplexed(_ entry: CorePool.Entry) {
+        let handler = entry.handler
+        handler.owner = self
+        handler.serverChallenge = entry.reset.challenge
+        backend = handler
+        backendIndex = entry.key.backend
+        described.backend = entry.address
+        shared.backends.clientAttached(entry.key.backend)
+        if let context { handler.setReadsPaused(!context.channel.isWritable) }
+        publish()
+        run(machine.multiplexedServerAttached(previous: entry.parkedState, own: entry.parkedBy == ObjectIdentifier(self)))
+    }
+}

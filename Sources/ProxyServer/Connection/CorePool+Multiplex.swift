@@ -1,0 +1,154 @@
+import MySQLWire
+import NIOCore
+import ProxyCore
+
+/// Multiplexing (`--proxy-multiplex`): a login's sessions share at most `cap` server connections
+/// on this loop. A session keeps its connection while it works; when another session of the
+/// same login needs one and none is idle, a session that is between commands with nothing
+/// pinned gives its connection up (`park`), with the state it leaves on it, and takes one again
+/// (`acquire`) at its next command: its own if still idle, one in the same state, or any.
+extension CorePool {
+    /// A session waiting for a connection of a login.
+    struct Waiter {
+        var session: ObjectIdentifier
+        var deadline: NIODeadline
+        var body: (Entry?) -> Void
+    }
+
+    /// A session of a login that may give its connection up when asked.
+    struct Member {
+        weak var session: ClientChannelHandler?
+    }
+
+    enum Acquisition {
+        /// An idle connection, taken out of the pool.
+        case ready(Entry)
+        /// The login may open a connection of its own (counted already).
+        case open
+        /// `body` runs once a connection comes (nil: none came in time); it may have run already.
+        case waiting
+    }
+
+    /// A connection of `key` for `session`: its own if idle, else one left in `state`, else any
+    /// idle one; else a new one while the login has fewer than `cap` (0: a session between
+    /// commands never opens one); else `body` runs when a session gives one up.
+    func acquire(_ key: Key, session: ClientChannelHandler, state: SessionState?, cap: Int, deadline: NIODeadline,
+                 _ body: @escaping (Entry?) -> Void) -> Acquisition {
+        let id = ObjectIdentifier(session)
+        if let list = entries[key] {
+            let idle = list.lazy.filter { $0.ready }
+            let pick = idle.first { $0.parkedBy == id }
+                ?? state.flatMap { s in idle.first { $0.parkedState?.sameServerState(as: s) == true } }
+                ?? idle.first
+            if let pick {
+                remove(pick)
+                shared.count(pick.parkedBy == id ? "multiplex_own" : "checkout_hit", backend: key.backend)
+                return .ready(pick)
+            }
+            if cap > 0, let resetting = list.first(where: { !$0.ready && $0.waiter == nil }) {
+                // a connection whose client quit comes back from its reset shortly
+                shared.count("checkout_waited", backend: key.backend)
+                resetting.waiter = body
+                return .waiting
+            }
+        }
+        if connectionCounts[key, default: 0] < cap {
+            connectionCounts[key, default: 0] += 1
+            shared.count("checkout_miss", backend: key.backend)
+            return .open
+        }
+        waiters[key, default: []].append(Waiter(session: id, deadline: deadline, body: body))
+        waitingCount += 1
+        shared.count("multiplex_waited", backend: key.backend)
+        startSweeping()
+        askToPark(key, except: id)
+        return .waiting
+    }
+
+    /// Whether a session waits for a connection of `key`.
+    func hasWaiters(_ key: Key) -> Bool { waitingCount > 0 && waiters[key]?.isEmpty == false }
+
+    /// Asks the login's sessions, one after another, to give their connection up, until one does
+    /// (its `park` serves the first waiter).
+    func askToPark(_ key: Key, except: ObjectIdentifier?) {
+        guard let sessions = members[key] else { return }
+        for (id, member) in sessions where id != except {
+            guard hasWaiters(key) else { return }
+            if member.session?.yieldServerConnection() == true { return }
+        }
+    }
+
+    /// A session gave its idle connection up: to the first session waiting for one, else idle in
+    /// the pool with the state it was left in.
+    func park(_ handler: BackendChannelHandler, backend: Int, login: ConnectionMachine.ServerLogin, challenge: [UInt8],
+              state: SessionState, by session: ObjectIdentifier, address: ProxyAddress, backendTLS: Bool, localSocket: Bool) {
+        let key = Key(backend: backend, login: login)
+        let entry = Entry(handler: handler, key: key, reset: ServerLoginReset(login: login, challenge: challenge, sessionChangedUser: false),
+                          address: address, backendTLS: backendTLS, localSocket: localSocket)
+        entry.ready = true
+        entry.reserved = false
+        entry.parkedState = state
+        entry.parkedBy = session
+        handler.owner = nil
+        handler.serverLogin = login
+        shared.count("multiplex_park", backend: backend)
+        if let waiter = takeWaiter(key) { return waiter.body(entry) }
+        entries[key, default: []].append(entry)
+        byHandler[ObjectIdentifier(handler)] = entry
+        shared.adjust(key, ready: 1)
+        handler.corePool = self
+        handler.setReadsPaused(false)  // a server that closes it is noticed
+        startSweeping()
+    }
+
+    func takeWaiter(_ key: Key) -> Waiter? {
+        guard var list = waiters[key], !list.isEmpty else { return nil }
+        let first = list.removeFirst()
+        waiters[key] = list.isEmpty ? nil : list
+        waitingCount -= 1
+        return first
+    }
+
+    /// A session that waited left.
+    func cancelWaiting(_ session: ObjectIdentifier) {
+        for (key, list) in waiters {
+            let kept = list.filter { $0.session != session }
+            guard kept.count != list.count else { continue }
+            waitingCount -= list.count - kept.count
+            waiters[key] = kept.isEmpty ? nil : kept
+        }
+    }
+
+    /// Waiters past their deadline hear that no connection came.
+    func sweepWaiters(now: NIODeadline) {
+        guard waitingCount > 0 else { return }
+        for (key, list) in waiters {
+            let late = list.filter { $0.deadline <= now }
+            guard !late.isEmpty else { continue }
+            let kept = list.filter { $0.deadline > now }
+            waiters[key] = kept.isEmpty ? nil : kept
+            waitingCount -= late.count
+            for waiter in late {
+                shared.count("multiplex_timeout", backend: key.backend)
+                waiter.body(nil)
+            }
+        }
+    }
+
+    func join(_ key: Key, _ session: ClientChannelHandler) {
+        members[key, default: [:]][ObjectIdentifier(session)] = Member(session: session)
+    }
+
+    func leave(_ key: Key, _ session: ClientChannelHandler) {
+        let id = ObjectIdentifier(session)
+        members[key]?[id] = nil
+        if members[key]?.isEmpty == true { members[key] = nil }
+        cancelWaiting(id)
+    }
+
+    /// A connection the login opened ended (closed by either side).
+    func connectionEnded(_ key: Key) {
+        let n = connectionCounts[key, default: 0] - 1
+        connectionCounts[key] = n > 0 ? n : nil
+    }
+}
