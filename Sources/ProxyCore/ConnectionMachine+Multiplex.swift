@@ -86,7 +86,7 @@ extension ConnectionMachine {
             }
             tracking!.enabled = false
             if let trackers = enableTrackers() { prefix.writeImmutableBuffer(trackers) }
-            for sql in tracking!.state.restoreStatements() {
+            for sql in tracking!.state.restoreStatements(loginDatabase: tracking!.loginDatabase) {
                 guard let statement = proxyStatement(sql) else { break }
                 prefix.writeImmutableBuffer(statement)
             }
@@ -125,8 +125,10 @@ extension SessionState {
     /// same schema, variables and transaction characteristics (nothing pinned on either).
     public func sameServerState(as other: SessionState) -> Bool {
         guard schema == other.schema, transactionCharacteristics == other.transactionCharacteristics,
-              variables.count == other.variables.count, pins.isEmpty, other.pins.isEmpty else { return false }
+              variables.count == other.variables.count, userVariables.count == other.userVariables.count,
+              pins.isEmpty, other.pins.isEmpty else { return false }
         for v in variables where other.value(of: v.name) != v.value { return false }
+        for u in userVariables where !other.userVariables.contains(where: { $0 == u }) { return false }
         return true
     }
 }

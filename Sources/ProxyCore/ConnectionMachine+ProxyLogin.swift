@@ -201,7 +201,7 @@ extension ConnectionMachine {
         if configuration.tracksSessions, ownLogin.credential != nil, greeting.capabilities.contains(.sessionTrack) {
             // the proxy reads the session's state from the server's OK packets (+Tracking)
             capabilities.insert(.sessionTrack)
-            beginTracking()
+            beginTracking(loginDatabase: plan.response.database ?? "")
         }
         // the server link's compression as in the relay (--proxy-backend-compression: mirror the
         // client's by default)
@@ -247,7 +247,7 @@ extension ConnectionMachine {
         session.backendIsLocal = localSocket
         tracker = .commandPhase(capabilities: session.capabilities)
         fromServer = FrameScanner()
-        beginTracking()
+        beginTracking(loginDatabase: plan.response.database ?? "")
         var ok = ByteBuffer()
         ok.reserveCapacity(16)
         var seq = plan.reply

@@ -166,7 +166,7 @@ extension ConnectionMachine {
 
     /// Scans a chunk from the client, registering each command with the tracker; forwards it whole.
     mutating func relayFromClient(_ chunk: ByteBuffer) -> Action {
-        if let t = tracking, t.attachment != .attached { return clientBytesWhileParked(chunk) }
+        if tracking != nil && tracking!.attachment != .attached { return clientBytesWhileParked(chunk) }
         var failure: (isSplit: Bool, sequenceID: UInt8, error: String)?
         var commands = 0
         var queries = 0
@@ -177,9 +177,13 @@ extension ConnectionMachine {
         var quitAt: Int?
         var changedUser = false
         let pools = configuration.poolsServers
+        let tracks = tracking != nil
+        var tracked: [(CommandCode, FrameScanner.PacketStart, Int)] = []
+        if tracks { continueStatement(chunk) }
         fromClient.scanPacketStarts(chunk) { packet, offset in
             do throws(WireError) {
                 if case .command(let code, let shape) = try tracker.clientPacketStarted(packet) {
+                    if tracks { tracked.append((code, packet, offset)) }
                     if pools {
                         if code == .quit {
                             quitAt = offset
@@ -208,10 +212,7 @@ extension ConnectionMachine {
         if changedUser { sessionChangedUser = true }
         if let quitAt { return clientQuit(chunk, at: quitAt, commands: commands, queries: queries) }
         tracker.clientFramesSeen(upTo: fromClient.lastSequenceID)
-        if commands > 0 {
-            counts.commands &+= UInt32(truncatingIfNeeded: commands)
-            counts.queries &+= UInt32(truncatingIfNeeded: queries)
-        }
+        countCommands(commands, queries)
         if let failure {
             clientBrokeProtocol()
             let reason = "malformed packet from the client: \(failure.error)"
@@ -220,7 +221,26 @@ extension ConnectionMachine {
             }
             return refuse(.unknownCommand(), sequenceID: failure.sequenceID &+ 1, reason: reason)
         }
+        if tracks && !tracked.isEmpty {
+            trackClientCommands(chunk, tracked, carried: carried)
+            if tracking!.resetsPending > 0 {
+                // the session's COM_RESET_CONNECTION turned the trackers off: on again, right behind it
+                tracking!.resetsPending = 0
+                if let trackers = enableTrackers() {
+                    var both = chunk
+                    both.writeImmutableBuffer(trackers)
+                    return .forwardToBackend(both)
+                }
+            }
+        }
         return isSettledRelay ? .relayToBackend(chunk, takeCounts()) : .forwardToBackend(chunk)
+    }
+
+    @inline(__always) mutating func countCommands(_ commands: Int, _ queries: Int) {
+        if commands > 0 {
+            counts.commands &+= UInt32(truncatingIfNeeded: commands)
+            counts.queries &+= UInt32(truncatingIfNeeded: queries)
+        }
     }
 
     /// COM_QUIT, where server connections may be pooled: the server connection goes back to the

@@ -36,6 +36,70 @@ extension ConnectionMachine {
         var waiting = ByteBuffer()
         /// Statements restoring the session's state are under way: a refusal ends the session.
         var restoring = false
+        /// A statement whose text is still arriving: what came of it, and how much is to come.
+        var statement: (text: ByteBuffer, remaining: Int)?
+        /// Binary prepared statements the session prepared and has not closed (at most).
+        var preparedStatements = 0
+        /// The database the login named ("": none).
+        var loginDatabase = ""
+        /// The session's own COM_RESET_CONNECTIONs sent: the trackers go on again behind them.
+        var resetsPending = 0
+    }
+
+    /// The longest statement whose text the tracking reads (a longer one pins its session).
+    static let longestReadStatement = 1 << 20
+
+    /// The rest of a statement whose text began in an earlier read: the first bytes of `chunk`.
+    mutating func continueStatement(_ chunk: ByteBuffer) {
+        guard var pending = tracking?.statement else { return }
+        let n = min(pending.remaining, chunk.readableBytes)
+        if let part = chunk.getSlice(at: chunk.readerIndex, length: n) { pending.text.writeImmutableBuffer(part) }
+        pending.remaining -= n
+        if pending.remaining > 0 {
+            tracking!.statement = pending
+        } else {
+            tracking!.statement = nil
+            tracking!.state.apply(StatementBackstop(pending.text.readableBytesView.dropFirst()))
+        }
+    }
+
+    /// What the client's commands in a chunk mean for the session's state, read as they go to
+    /// the server (`carried`: bytes of a split header held from earlier reads).
+    mutating func trackClientCommands(_ chunk: ByteBuffer, _ commands: [(CommandCode, FrameScanner.PacketStart, Int)], carried: Int) {
+        for (code, packet, offset) in commands {
+            switch code {
+            case .query:
+                let length = packet.header.payloadLength
+                guard !packet.isMultiFrame, length <= Self.longestReadStatement else {
+                    tracking!.state.pins.insert(.untracked)
+                    continue
+                }
+                let visible = Self.payloadStart(of: packet, at: offset, in: chunk, carried: carried, upTo: length) ?? ByteBuffer()
+                if visible.readableBytes >= length {
+                    tracking!.state.apply(StatementBackstop(visible.readableBytesView.dropFirst()))
+                } else {
+                    tracking!.statement = (visible, length - visible.readableBytes)
+                }
+            case .stmtPrepare:
+                tracking!.preparedStatements += 1
+                tracking!.state.pins.insert(.preparedStatement)
+            case .stmtClose:
+                tracking!.preparedStatements = max(0, tracking!.preparedStatements - 1)
+                if tracking!.preparedStatements == 0 { tracking!.state.pins.remove(.preparedStatement) }
+            case .changeUser:
+                tracking!.state.pins.insert(.changedUser)
+            case .resetConnection:
+                // the session's reset clears what it set, and the proxy's trackers: they go on again behind it
+                tracking!.state.reset()
+                tracking!.preparedStatements = 0
+                tracking!.enabled = false
+                tracking!.resetsPending += 1
+            case .stmtFetch, .stmtSendLongData:
+                break  // pinned already by the prepared statement
+            default:
+                break
+            }
+        }
     }
 
     /// The most of an OK packet the relay holds to read it whole.
@@ -49,9 +113,10 @@ extension ConnectionMachine {
     public var sessionState: SessionState? { tracking?.state }
 
     /// Starts tracking for a login the proxy makes itself (with the credential it holds).
-    mutating func beginTracking() {
+    mutating func beginTracking(loginDatabase: String) {
         guard configuration.tracksSessions, configuration.hooks.isDisjoint(with: Self.commandHooks) else { return }
         tracking = Tracking(state: SessionState(), clientTracks: session.capabilities.contains(.sessionTrack))
+        tracking!.loginDatabase = loginDatabase
     }
 
     /// The login (or the hand-over of a pooled connection) is through: the trackers go on, in
@@ -262,6 +327,7 @@ extension ConnectionMachine {
             return unchanged
         }
         t.state.apply(tail.items, status: tail.status)
+        if t.loginDatabase.isEmpty, t.state.schema?.isEmpty == false { t.state.pins.insert(.schemaWithoutLoginDatabase) }
         let kept = t.clientTracks ? tail.items.filter { t.state.clientTrackers.wants($0) } : []
         if t.clientTracks && kept.count == tail.items.count { return unchanged }
         var framed = ByteBuffer()

@@ -45,6 +45,9 @@ public struct SessionState: Hashable, Sendable {
         public static let lastStatement = Pins(rawValue: 1 << 14)
         /// User variables are set (carried only where the proxy copies them).
         public static let userVariables = Pins(rawValue: 1 << 15)
+        /// The session changed its schema, and its login named none: no statement gives another
+        /// connection "no schema" back.
+        public static let schemaWithoutLoginDatabase = Pins(rawValue: 1 << 16)
 
         public static let names: [(Pins, String)] = [
             (.transaction, "transaction"), (.temporaryTable, "temporary_table"), (.namedLock, "get_lock"),
@@ -52,6 +55,7 @@ public struct SessionState: Hashable, Sendable {
             (.trackers, "session_track"), (.untracked, "untracked"), (.preparedStatement, "prepared_statement"),
             (.cursor, "cursor"), (.xa, "xa"), (.script, "script"), (.changedUser, "change_user"),
             (.lastStatement, "last_statement"), (.userVariables, "user_variables"),
+            (.schemaWithoutLoginDatabase, "schema_without_login_database"),
         ]
 
         /// The reasons' names, comma-separated ("" for none).
@@ -67,9 +71,14 @@ public struct SessionState: Hashable, Sendable {
     /// SQL that gives the next transaction the characteristics the session set (`SET TRANSACTION
     /// ...` / `START TRANSACTION ...`), "" for none.
     public private(set) var transactionCharacteristics = ""
+    /// User variables the session set to literals with SET (no tracker reports them), latest
+    /// value, in the order first set; lowercased names.
+    public private(set) var userVariables: [(name: String, literal: String)] = []
     /// The trackers the client itself would have on (what it is shown of each OK).
     public var clientTrackers: SessionTrackSettings
     public var pins: Pins = []
+    /// The collation of the `SET NAMES ... COLLATE` on its way (applied with its character sets).
+    var pendingCollation: String?
 
     public init(clientTrackers: SessionTrackSettings = .mariaDBDefaults) {
         self.clientTrackers = clientTrackers
@@ -77,6 +86,7 @@ public struct SessionState: Hashable, Sendable {
 
     public static func == (a: SessionState, b: SessionState) -> Bool {
         a.schema == b.schema && a.variables.elementsEqual(b.variables, by: { $0 == $1 })
+            && a.userVariables.elementsEqual(b.userVariables, by: { $0 == $1 })
             && a.transactionCharacteristics == b.transactionCharacteristics && a.clientTrackers == b.clientTrackers && a.pins == b.pins
     }
 
@@ -85,6 +95,14 @@ public struct SessionState: Hashable, Sendable {
         for v in variables { hasher.combine(v.name); hasher.combine(v.value) }
         hasher.combine(transactionCharacteristics)
         hasher.combine(pins)
+    }
+
+    private mutating func set(_ name: String, _ value: String) {
+        if let i = variables.firstIndex(where: { $0.name == name }) {
+            variables[i].value = value
+        } else {
+            variables.append((name, value))
+        }
     }
 
     /// The value the session set for `name`, if it set one.
@@ -112,13 +130,16 @@ public struct SessionState: Hashable, Sendable {
                     }
                     if Self.notRestored.contains(name) { continue }
                     if name == "timestamp" { pins.insert(.timestamp) }
-                    if let i = variables.firstIndex(where: { $0.name == name }) {
-                        variables[i].value = value
-                    } else {
-                        variables.append((name, value))
+                    set(name, value)
+                    if name == "character_set_connection" {
+                        // the character set brings its default collation, unless SET NAMES named one
+                        variables.removeAll { $0.name == "collation_connection" }
+                        if let collation = pendingCollation { variables.append(("collation_connection", collation)) }
                     }
                 case .schema:
                     schema = try item.string()
+                    // no statement leaves a schema for none (the login named one, or the schema was dropped)
+                    if schema == "" { pins.insert(.untracked) }
                 case .transactionCharacteristics:
                     transactionCharacteristics = try item.string()
                 case .stateChange, .gtids, .transactionState, nil:
@@ -130,6 +151,31 @@ public struct SessionState: Hashable, Sendable {
         }
     }
 
+    /// Applies what a statement's text says (see `StatementBackstop`), as the statement goes to
+    /// the server.
+    public mutating func apply(_ statement: StatementBackstop) {
+        pendingCollation = statement.namesCollation
+        pins.formUnion(statement.pins)
+        pins.subtract(statement.clears.subtracting(statement.pins))
+        for (name, literal) in statement.userVariables {
+            if let i = userVariables.firstIndex(where: { $0.name == name }) {
+                userVariables[i].literal = literal
+            } else {
+                userVariables.append((name, literal))
+            }
+        }
+    }
+
+    /// The session's COM_RESET_CONNECTION: what it set is gone (its schema stays).
+    public mutating func reset() {
+        variables = []
+        userVariables = []
+        transactionCharacteristics = ""
+        clientTrackers = .mariaDBDefaults
+        pins.subtract([.temporaryTable, .namedLock, .tableLock, .handler, .textPrepare, .timestamp, .trackers,
+                       .preparedStatement, .cursor, .lastStatement, .userVariables, .transaction])
+    }
+
     /// Keeps the transaction pin in step with the status flags of the latest OK or EOF.
     public mutating func updateTransaction(_ status: ServerStatus) {
         if status.contains(.inTransaction) { pins.insert(.transaction) } else { pins.remove(.transaction) }
@@ -138,15 +184,19 @@ public struct SessionState: Hashable, Sendable {
     /// The statements that bring a server connection freshly logged in as this session's user
     /// (same login database, character set and capabilities) to this state, in order; each
     /// answers with one OK.
-    public func restoreStatements() -> [String] {
+    /// `loginDatabase`: the database the login named ("": none), the schema of a session that
+    /// never changed it (COM_RESET_CONNECTION keeps the connection's schema as it was).
+    public func restoreStatements(loginDatabase: String = "") -> [String] {
         var out: [String] = []
-        if let schema {
-            out.append(schema.isEmpty ? "" : "USE \(Self.quotedIdentifier(schema))")
-            if schema.isEmpty { out.removeLast() }  // no way to leave a schema but DROP; the login had none
+        if let schema = schema ?? (loginDatabase.isEmpty ? nil : loginDatabase), !schema.isEmpty {
+            out.append("USE \(Self.quotedIdentifier(schema))")
         }
         if !variables.isEmpty {
             let assignments = variables.map { "@@session.\($0.name) = \(Self.literal(name: $0.name, value: $0.value))" }
             out.append("SET " + assignments.joined(separator: ", "))
+        }
+        if !userVariables.isEmpty {
+            out.append("SET " + userVariables.map { "@\(Self.quotedIdentifier($0.name)) = \($0.literal)" }.joined(separator: ", "))
         }
         if !transactionCharacteristics.isEmpty, !transactionCharacteristics.uppercased().contains("START TRANSACTION") {
             // "SET TRANSACTION ...;" possibly several; each is one statement

@@ -170,3 +170,43 @@ struct SessionTrackingTests {
         #expect(attached.toClient == Wire.packets([("0000000240000000070105046d786462", 2)]))
     }
 }
+
+/// The statement backstop: what no tracker reports, from the text.
+struct StatementBackstopTests {
+    func read(_ sql: String) -> StatementBackstop { StatementBackstop(Array(sql.utf8)) }
+
+    @Test func userVariablesSetToLiteralsAreCarriedAndOthersPin() {
+        let orm = read("SET @x = 1, @@session.sql_mode = 'ANSI', @`Y` := 'it''s', @z = -2.5, @n = NULL")
+        #expect(orm.pins.isEmpty)
+        #expect(orm.userVariables.map(\.name) == ["x", "y", "z", "n"])
+        #expect(orm.userVariables.map(\.literal) == ["1", "'it''s'", "-2.5", "NULL"])
+        #expect(read("SET @x = @x + 1").pins == .userVariables)
+        #expect(read("SET @x = (SELECT 1)").pins == .userVariables)
+        #expect(read("SELECT @x := 1").pins == .userVariables)
+        #expect(read("SELECT 1 INTO @x").pins == .userVariables)
+        #expect(read("SELECT @x, @@sql_mode").pins.isEmpty)
+        #expect(read("SELECT '@x := 1', `@y` /* SET @z := 1 */ -- @w := 2\n").pins.isEmpty)
+        #expect(read("SELECT 1; SET @a = 2").userVariables.map(\.name) == ["a"])
+        #expect(read("/*!40101 SET @OLD := @@sql_mode */").pins == .userVariables)
+    }
+
+    @Test func stateNoTrackerReportsPinsTheSession() {
+        #expect(read("SELECT GET_LOCK('a', 1)").pins == .namedLock)
+        #expect(read("lock tables t1 read").pins == .tableLock)
+        #expect(read("FLUSH TABLES WITH READ LOCK").pins == .tableLock)
+        #expect(read("UNLOCK TABLES").clears == .tableLock)
+        #expect(read("CREATE TEMPORARY TABLE t (a int)").pins == .temporaryTable)
+        #expect(read("HANDLER t OPEN").pins == .handler)
+        #expect(read("XA START 'x'").pins == .xa && read("XA COMMIT 'x'").clears == .xa)
+        #expect(read("PREPARE s FROM 'SELECT 1'").pins == .textPrepare)
+        #expect(read("SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1").pins == .lastStatement)
+        #expect(read("SELECT 'GET_LOCK(1)', `temporary` FROM t").pins.isEmpty)
+        var state = SessionState()
+        state.apply(read("LOCK TABLES t WRITE"))
+        state.apply(read("SET @a = 1"))
+        #expect(state.pins == .tableLock)
+        state.apply(read("UNLOCK TABLES"))
+        #expect(state.pins.isEmpty)
+        #expect(state.restoreStatements() == ["SET @`a` = 1"])
+    }
+}

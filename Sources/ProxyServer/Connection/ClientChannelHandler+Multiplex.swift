@@ -45,11 +45,25 @@ extension ClientChannelHandler {
         let key = CorePool.Key(backend: index, login: login)
         multiplexKey = key
         pool.join(key, self)
+        notePins()
+        publish()
     }
 
     func leaveMultiplexing() {
         guard let key = multiplexKey, let pool = sweeper?.corePool else { return }
         pool.leave(key, self)
+        pool.shared.pinsChanged(from: publishedPins, to: [])
+        publishedPins = []
+    }
+
+    /// Counts the session's pins when they changed (`moonproxy_sessions_pinned`, the admin
+    /// interface's `pinned`).
+    func notePins() {
+        let pins = machine.sessionState?.pins ?? []
+        guard pins != publishedPins, let pool = sweeper?.corePool else { return }
+        pool.shared.pinsChanged(from: publishedPins, to: pins)
+        publishedPins = pins
+        publish()
     }
 
     /// After the server's bytes: a session of the login waits for a connection, and this one
@@ -78,6 +92,7 @@ extension ClientChannelHandler {
         var local = false
         if case .unix = address { local = true }
         log(.debug, "gave the server connection up between commands")
+        defer { publish() }
         pool.park(handler, backend: index, login: login, challenge: challenge, state: state, by: ObjectIdentifier(self),
                   address: address, backendTLS: backendTLS, localSocket: local)
     }
@@ -111,7 +126,7 @@ extension ClientChannelHandler {
         described.backend = entry.address
         shared.backends.clientAttached(entry.key.backend)
         if let context { handler.setReadsPaused(!context.channel.isWritable) }
-        publish()
         run(machine.multiplexedServerAttached(previous: entry.parkedState, own: entry.parkedBy == ObjectIdentifier(self)))
+        publish()
     }
 }

@@ -69,6 +69,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// connection count a connection being opened joins.
     var multiplexKey: CorePool.Key?
     var pendingCountedKey: CorePool.Key?
+    /// The session's pins as last counted (metrics, admin interface).
+    var publishedPins: SessionState.Pins = []
 
     init(shared: ProxyContext, channel: Channel) {
         self.shared = shared
@@ -96,6 +98,14 @@ final class ClientChannelHandler: ChannelInboundHandler {
     func publish() {
         guard let registry = shared.registry, described.id != 0, !closed else { return }
         described.publish(to: registry, user: machine.session.username, database: machine.session.database)
+        if multiplexKey != nil {
+            let parked = machine.isParked
+            let pins = publishedPins.isEmpty ? "none" : publishedPins.description
+            registry.update(described.id) { entry in
+                entry.multiplexed = parked ? "given up" : "held"
+                entry.pinned = pins
+            }
+        }
     }
 
     // MARK: client channel events
@@ -256,7 +266,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
         let delivering = backend
         if stampsTime { machine.now = NIODeadline.now().uptimeNanoseconds }
         run(machine.backendDataReceived(buffer))
-        if multiplexKey != nil { yieldIfWanted() }
+        if multiplexKey != nil {
+            notePins()
+            yieldIfWanted()
+        }
         if flushPending && backend !== delivering, let context {
             // The script gave this server connection to the pool (or took another) during the hook:
             // its read cycle's end will not reach this handler, so what was written goes out now.

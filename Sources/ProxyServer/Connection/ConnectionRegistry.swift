@@ -20,6 +20,9 @@ final class ConnectionRegistry: Sendable {
         var clientCompression: String?
         var backendCompression: String?
         var loggedIn = false
+        /// Multiplexing: whether the session holds a server connection, and what pins it there.
+        var multiplexed: String?
+        var pinned: String?
         var since: NIODeadline
     }
 
@@ -46,7 +49,7 @@ final class ConnectionRegistry: Sendable {
                                            ("seconds", "\((now - e.since).nanoseconds / 1_000_000_000)")]
             for (name, value) in [("backend", e.backend?.description), ("user", e.user), ("db", e.database), ("client_tls", e.clientTLS),
                                   ("backend_tls", e.backendTLS), ("client_compression", e.clientCompression),
-                                  ("backend_compression", e.backendCompression)] {
+                                  ("backend_compression", e.backendCompression), ("server_connection", e.multiplexed), ("pinned", e.pinned)] {
                 if let value { row.append((name, value)) }
             }
             return row

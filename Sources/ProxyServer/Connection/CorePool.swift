@@ -119,6 +119,19 @@ final class CorePool {
             var events: [EventKey: Int] = [:]
             /// Per backend, user and database: connections ready and being reset.
             var logins: [Login: (ready: Int, resetting: Int)] = [:]
+            /// Multiplexing: sessions pinned to their server connection now, per reason.
+            var pins: [String: Int] = [:]
+        }
+
+        /// A session's pins changed (multiplexing).
+        func pinsChanged(from old: SessionState.Pins, to new: SessionState.Pins) {
+            guard old != new else { return }
+            counts.withLockedValue { c in
+                for (pin, name) in SessionState.Pins.names {
+                    if old.contains(pin) && !new.contains(pin) { c.pins[name, default: 0] -= 1 }
+                    if new.contains(pin) && !old.contains(pin) { c.pins[name, default: 0] += 1 }
+                }
+            }
         }
         struct EventKey: Hashable {
             var backend: Int

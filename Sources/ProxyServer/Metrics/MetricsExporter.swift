@@ -152,6 +152,13 @@ final class MetricsExporter: Sendable {
             guard let name = names[key.backend] else { continue }
             text += "moonproxy_core_pool_events_total{backend=\"\(name)\",event=\"\(key.event)\"} \(n)\n"
         }
+        if !counts.pins.isEmpty {
+            text += "# HELP moonproxy_sessions_pinned Sessions held to their server connection (--proxy-multiplex), per reason\n"
+            text += "# TYPE moonproxy_sessions_pinned gauge\n"
+            for (reason, n) in counts.pins.sorted(by: { $0.key < $1.key }) {
+                text += "moonproxy_sessions_pinned{reason=\"\(reason)\"} \(n)\n"
+            }
+        }
         out.append(contentsOf: Array(text.utf8))
     }
 

@@ -1,0 +1,220 @@
+/// What a statement's text says about session state that no tracker reports: user variables
+/// (carried when only set to literals by SET, else the session is pinned), named locks, table
+/// locks, HANDLER, XA, temporary tables, SQL-level PREPARE, SQL_CALC_FOUND_ROWS. A lexer, not a
+/// parser: it skips strings, quoted identifiers and comments (but reads `/*! ... */`, which the
+/// server runs), and errs on the side of pinning.
+public struct StatementBackstop: Equatable, Sendable {
+    /// Pins the statement sets.
+    public var pins: SessionState.Pins = []
+    /// Pins the statement clears (UNLOCK TABLES, XA COMMIT / ROLLBACK).
+    public var clears: SessionState.Pins = []
+    /// User variables set to literals by SET: name (lowercased) and the literal's SQL.
+    public var userVariables: [(name: String, literal: String)] = []
+    /// `SET NAMES charset COLLATE collation`: the collation (the tracker reports only the
+    /// character sets).
+    public var namesCollation: String?
+
+    public static func == (a: StatementBackstop, b: StatementBackstop) -> Bool {
+        a.pins == b.pins && a.clears == b.clears && a.userVariables.elementsEqual(b.userVariables, by: { $0 == $1 })
+            && a.namesCollation == b.namesCollation
+    }
+
+    enum Token: Equatable {
+        case word(String)  // uppercased
+        case userVariable(String)  // lowercased, without '@'
+        case systemVariable
+        case literal(String)  // a number, a string, as written
+        case symbol(String)
+    }
+
+    public init() {}
+
+    /// Reads one COM_QUERY's text.
+    public init<Bytes: Collection>(_ text: Bytes) where Bytes.Element == UInt8 {
+        let tokens = Self.tokens(Array(text))
+        classify(tokens)
+    }
+
+    private mutating func classify(_ tokens: [Token]) {
+        // statements of a multi-statement query, one by one
+        var start = 0
+        for (i, t) in tokens.enumerated() where t == .symbol(";") {
+            statement(tokens[start..<i])
+            start = i + 1
+        }
+        statement(tokens[start...])
+    }
+
+    private mutating func statement(_ t: ArraySlice<Token>) {
+        guard let first = t.first else { return }
+        let words = t.compactMap { if case .word(let w) = $0 { w } else { nil } }
+        let has = { (w: String) in words.contains(w) }
+        if has("GET_LOCK") || has("GET_LOCK_BY_NAME") { pins.insert(.namedLock) }
+        if first == .word("LOCK") || (first == .word("FLUSH") && has("LOCK")) { pins.insert(.tableLock) }
+        if first == .word("UNLOCK") { clears.insert(.tableLock) }
+        if first == .word("HANDLER") { pins.insert(.handler) }
+        if first == .word("XA") {
+            if has("START") || has("BEGIN") { pins.insert(.xa) }
+            if has("COMMIT") || has("ROLLBACK") { clears.insert(.xa) }
+        }
+        if has("TEMPORARY") { pins.insert(.temporaryTable) }
+        if first == .word("PREPARE") || first == .word("EXECUTE") || first == .word("DEALLOCATE") { pins.insert(.textPrepare) }
+        if has("SQL_CALC_FOUND_ROWS") { pins.insert(.lastStatement) }
+        if first == .word("SET"), t.dropFirst().first == .word("NAMES"), let c = t.firstIndex(of: .word("COLLATE")), c + 1 < t.endIndex {
+            switch t[c + 1] {
+            case .word(let name): namesCollation = name.lowercased()
+            case .literal(let quoted): namesCollation = String(quoted.dropFirst().dropLast()).lowercased()
+            default: break
+            }
+        }
+        guard t.contains(where: { if case .userVariable = $0 { true } else { false } }) else { return }
+        if first == .word("SET") {
+            setStatement(t.dropFirst())
+        } else if t.contains(.symbol(":=")) || has("INTO") {
+            pins.insert(.userVariables)  // assigned somewhere in a statement: what to, only the server knows
+        }
+    }
+
+    /// `SET @a = literal, @@x = ..., y = ...`: assignments to literals are carried; any other
+    /// assignment of a user variable pins.
+    private mutating func setStatement(_ t: ArraySlice<Token>) {
+        var items: [ArraySlice<Token>] = []
+        var depth = 0
+        var start = t.startIndex
+        for i in t.indices {
+            switch t[i] {
+            case .symbol("("): depth += 1
+            case .symbol(")"): depth -= 1
+            case .symbol(",") where depth == 0:
+                items.append(t[start..<i])
+                start = i + 1
+            default: break
+            }
+        }
+        items.append(t[start...])
+        for item in items {
+            guard case .userVariable(let name)? = item.first else {
+                // a system variable; a user variable on the right only reads it
+                continue
+            }
+            let rest = Array(item.dropFirst())
+            if rest.count == 2, rest[0] == .symbol("=") || rest[0] == .symbol(":="), case .literal(let value) = rest[1] {
+                userVariables.append((name, value))
+            } else if rest.count == 3, rest[0] == .symbol("=") || rest[0] == .symbol(":="), rest[1] == .symbol("-"),
+                      case .literal(let value) = rest[2], value.first?.isNumber == true {
+                userVariables.append((name, "-" + value))
+            } else if rest.count == 2, rest[0] == .symbol("="), rest[1] == .word("NULL") {
+                userVariables.append((name, "NULL"))
+            } else {
+                pins.insert(.userVariables)
+            }
+        }
+    }
+
+    // MARK: lexing
+
+    static func tokens(_ s: [UInt8]) -> [Token] {
+        var out: [Token] = []
+        var i = 0
+        let n = s.count
+        func isWordByte(_ c: UInt8) -> Bool {
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x24 || c >= 0x80
+        }
+        while i < n {
+            let c = s[i]
+            switch c {
+            case 0x20, 0x09, 0x0A, 0x0D, 0x0C:
+                i += 1
+            case UInt8(ascii: "#"):
+                while i < n && s[i] != 0x0A { i += 1 }
+            case UInt8(ascii: "-") where i + 1 < n && s[i + 1] == UInt8(ascii: "-") && (i + 2 >= n || s[i + 2] <= 0x20):
+                while i < n && s[i] != 0x0A { i += 1 }
+            case UInt8(ascii: "/") where i + 1 < n && s[i + 1] == UInt8(ascii: "*"):
+                if i + 2 < n && (s[i + 2] == UInt8(ascii: "!") || s[i + 2] == UInt8(ascii: "M")) {
+                    // an executable comment: its text runs (after an optional version number)
+                    i += 3
+                    while i < n && s[i] >= 0x30 && s[i] <= 0x39 { i += 1 }
+                    continue
+                }
+                i += 2
+                while i + 1 < n && !(s[i] == UInt8(ascii: "*") && s[i + 1] == UInt8(ascii: "/")) { i += 1 }
+                i += 2
+            case UInt8(ascii: "*") where i + 1 < n && s[i + 1] == UInt8(ascii: "/"):
+                i += 2  // the end of an executable comment
+            case UInt8(ascii: "'"), UInt8(ascii: "\""):
+                let start = i
+                i = skipQuoted(s, i, quote: c)
+                out.append(.literal(String(decoding: s[start..<min(i, n)], as: UTF8.self)))
+            case UInt8(ascii: "`"):
+                i = skipQuoted(s, i, quote: c)
+                out.append(.word("`"))
+            case UInt8(ascii: "@"):
+                if i + 1 < n && s[i + 1] == UInt8(ascii: "@") {
+                    i += 2
+                    while i < n && (isWordByte(s[i]) || s[i] == UInt8(ascii: ".")) { i += 1 }
+                    out.append(.systemVariable)
+                } else {
+                    i += 1
+                    var start = i
+                    var end: Int
+                    if i < n && (s[i] == UInt8(ascii: "'") || s[i] == UInt8(ascii: "\"") || s[i] == UInt8(ascii: "`")) {
+                        let quote = s[i]
+                        i = skipQuoted(s, i, quote: quote)
+                        start += 1
+                        end = max(start, min(i, n) - 1)
+                        let inner = Array(s[start..<end])
+                        var name: [UInt8] = []
+                        var k = 0
+                        while k < inner.count {  // a doubled quote stands for one
+                            name.append(inner[k])
+                            k += inner[k] == quote && k + 1 < inner.count && inner[k + 1] == quote ? 2 : 1
+                        }
+                        out.append(.userVariable(String(decoding: name, as: UTF8.self).lowercased()))
+                        continue
+                    }
+                    while i < n && (isWordByte(s[i]) || s[i] == UInt8(ascii: ".")) { i += 1 }
+                    end = i
+                    out.append(.userVariable(String(decoding: s[start..<end], as: UTF8.self).lowercased()))
+                }
+            case UInt8(ascii: ":") where i + 1 < n && s[i + 1] == UInt8(ascii: "="):
+                out.append(.symbol(":="))
+                i += 2
+            case 0x30...0x39, UInt8(ascii: "."):
+                let start = i
+                while i < n && (isWordByte(s[i]) || s[i] == UInt8(ascii: ".")) { i += 1 }
+                if i == start { i += 1 }
+                out.append(.literal(String(decoding: s[start..<i], as: UTF8.self)))
+            default:
+                if isWordByte(c) {
+                    let start = i
+                    while i < n && isWordByte(s[i]) { i += 1 }
+                    // X'..', B'..', N'..', _charset'..': one literal
+                    if i < n && s[i] == UInt8(ascii: "'") {
+                        i = skipQuoted(s, i, quote: s[i])
+                        out.append(.literal(String(decoding: s[start..<min(i, n)], as: UTF8.self)))
+                    } else {
+                        out.append(.word(String(decoding: s[start..<i], as: UTF8.self).uppercased()))
+                    }
+                } else {
+                    out.append(.symbol(String(UnicodeScalar(c))))
+                    i += 1
+                }
+            }
+        }
+        return out
+    }
+
+    /// The index after a quoted run starting at `i` (doubled quotes and backslash escapes inside).
+    private static func skipQuoted(_ s: [UInt8], _ i: Int, quote: UInt8) -> Int {
+        var j = i + 1
+        while j < s.count {
+            if s[j] == UInt8(ascii: "\\") && quote != UInt8(ascii: "`") { j += 2; continue }
+            if s[j] == quote {
+                if j + 1 < s.count && s[j + 1] == quote { j += 2; continue }
+                return j + 1
+            }
+            j += 1
+        }
+        return s.count
+    }
+}

@@ -1,0 +1,197 @@
+"""--proxy-multiplex against the real server: a login's sessions share a few server
+connections; each session's state (as the server reported it in its OK packets, plus the user
+variables it set) is brought to whichever connection serves its next command, and what cannot be
+moved pins the session to its connection. The server is the judge: every state is read back
+from it, through the proxy, next to what the same statements give directly."""
+import os
+import threading
+import time
+
+import mariadb
+import mysql.connector
+import pymysql
+import pytest
+
+import subprocess
+
+from conftest import MARIADB_PORT, MARIADB_SOCKET, free_port, wait_for_port
+from test_admin import admin_args, table
+from test_health_checks import wait_for
+from test_metrics import promtool_check, samples, scrape
+
+SERVICE = ("moon_mx_svc", "svc pw")
+
+
+def root():
+    return pymysql.connect(unix_socket=MARIADB_SOCKET, user="root", autocommit=True)
+
+
+def server_connections(user="mx"):
+    with root() as r, r.cursor() as cur:
+        cur.execute("SELECT ID, HOST, DB, COMMAND, TIME FROM information_schema.PROCESSLIST WHERE USER = %s", (user,))
+        rows = cur.fetchall()
+        print("server connections:", rows)
+        return len(rows)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def accounts():
+    with root() as r, r.cursor() as cur:
+        for stmt in [
+            "CREATE OR REPLACE USER 'moon_mx_svc'@'127.0.0.1' IDENTIFIED BY 'svc pw'",
+            "GRANT SELECT ON mysql.global_priv TO 'moon_mx_svc'@'127.0.0.1'",
+            "CREATE OR REPLACE USER 'mx'@'%' IDENTIFIED BY 'mx pw'",
+            "CREATE DATABASE IF NOT EXISTS moon",
+            "CREATE DATABASE IF NOT EXISTS moon_mx2",
+            "GRANT ALL ON moon.* TO 'mx'@'%'",
+            "GRANT ALL ON moon_mx2.* TO 'mx'@'%'",
+            "CREATE TABLE IF NOT EXISTS moon.mx_t (id INT AUTO_INCREMENT PRIMARY KEY, v INT)",
+            "CREATE OR REPLACE PROCEDURE moon.mx_set_zone() SET SESSION time_zone = '+03:00'",
+        ]:
+            cur.execute(stmt)
+    yield
+
+
+def start(start_proxy, pool, *extra):
+    proxy = start_proxy("--proxy-auth=proxy", f"--proxy-pool-max={pool}", "--proxy-multiplex", f"--proxy-users-user={SERVICE[0]}",
+                        "--log-level=info", *extra, env=dict(os.environ, MOONPROXY_USERS_PASSWORD=SERVICE[1]))
+    assert wait_for(lambda: "accounts from backend" in proxy.log()), proxy.log()
+    return proxy
+
+
+def view(cur):
+    cur.execute("SELECT @@sql_mode, @@time_zone, @@character_set_client, @@collation_connection, @@autocommit, "
+                "@@session.wait_timeout, DATABASE(), @x, @y, @@tx_isolation")
+    return cur.fetchone()
+
+
+def test_sessions_share_connections_and_keep_their_own_state(start_proxy):
+    proxy = start(start_proxy, 2)
+    sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+                for _ in range(12)]
+    direct = pymysql.connect(host="127.0.0.1", port=MARIADB_PORT, user="mx", password="mx pw", database="moon", autocommit=True)
+    expected = []
+    for i, c in enumerate(sessions):
+        stmts = [f"SET sql_mode = '{['ANSI', 'TRADITIONAL', ''][i % 3]}'", f"SET time_zone = '+0{i % 10}:00'",
+                 "SET NAMES latin1" if i % 2 else "SET NAMES utf8mb4 COLLATE utf8mb4_bin", f"SET @x = {i}, @y = 'it''s {i}'",
+                 f"SET SESSION wait_timeout = {1000 + i}", "USE moon_mx2" if i % 4 == 0 else "DO 1",
+                 "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED" if i % 5 == 0 else "DO 2"]
+        if i % 3 == 1:
+            stmts.append("SET autocommit = 0")
+        with c.cursor() as cur:
+            for stmt in stmts:
+                cur.execute(stmt)
+        fresh = pymysql.connect(host="127.0.0.1", port=MARIADB_PORT, user="mx", password="mx pw", database="moon", autocommit=True)
+        with fresh.cursor() as cur:
+            for stmt in stmts:
+                cur.execute(stmt)
+            expected.append(view(cur))
+        fresh.close()
+    direct.close()
+    ids = [set() for _ in sessions]
+    for _ in range(3):
+        for i, c in enumerate(sessions):
+            with c.cursor() as cur:
+                assert view(cur) == expected[i], i
+                cur.execute("SELECT CONNECTION_ID()")
+                ids[i].add(cur.fetchone()[0])
+                if i % 3 == 1:
+                    cur.execute("COMMIT")  # (autocommit off: each read opened a transaction, which pins until it ends)
+    assert wait_for(lambda: server_connections() <= 2)  # (the direct ones above take a moment to go)
+    assert len(set().union(*ids)) <= 2  # twelve sessions, two server connections
+    for c in sessions:
+        c.close()
+
+
+def test_nothing_leaks_between_interleaved_sessions(start_proxy):
+    """The leak suite with one server connection shared by interleaved sessions."""
+    proxy = start(start_proxy, 1)
+
+    def connect(**kw):
+        return mysql.connector.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon",
+                                       autocommit=True, **kw)
+
+    d = mysql.connector.connect(host="127.0.0.1", port=MARIADB_PORT, user="mx", password="mx pw", database="moon", autocommit=True)
+    fresh = view(d.cursor())
+    d.close()
+    a, b = connect(), connect()
+    ca, cb = a.cursor(), b.cursor()
+    # movable state: set by A, B (on the same server connection) sees none of it, A keeps all of it
+    d = mysql.connector.connect(host="127.0.0.1", port=MARIADB_PORT, user="mx", password="mx pw", database="moon", autocommit=True)
+    cd = d.cursor()
+    statements = ["SET sql_mode = 'ANSI'", "SET NAMES latin1", "SET @x = 42", "SET SESSION wait_timeout = 12345",
+                  "CALL moon.mx_set_zone()",  # a SET inside a procedure
+                  "SET sql_mode = CONCAT(@@sql_mode, ',STRICT_TRANS_TABLES')"]  # a connector-style SET
+    for stmt in statements:
+        ca.execute(stmt)
+        cd.execute(stmt)
+        assert view(cb) == fresh, stmt
+    for c in (a, d):
+        ps = c.cursor(prepared=True)
+        ps.execute("SET time_zone = '+07:00'")  # a SET sent as a prepared statement
+        ps.close()
+    assert view(cb) == fresh
+    mine = view(ca)
+    assert mine == view(cd) and mine[1] == "+07:00" and mine[7] == 42 and "STRICT_TRANS_TABLES" in mine[0]
+    d.close()
+    assert view(cb) == fresh and view(ca) == mine
+    # state that cannot move pins A: B's command waits until A lets go
+    for pin, clear in [("SET autocommit = 0", "COMMIT"), ("LOCK TABLES moon.mx_t READ", "UNLOCK TABLES"),
+                       ("BEGIN", "ROLLBACK")]:
+        ca.execute(pin)
+        if pin == "SET autocommit = 0":
+            ca.execute("INSERT INTO moon.mx_t (v) VALUES (7)")
+        got = []
+        t = threading.Thread(target=lambda: got.append(view(b.cursor())))
+        t.start()
+        time.sleep(0.5)
+        assert not got, pin  # waiting for the one connection
+        ca.execute(clear)
+        if pin == "SET autocommit = 0":
+            ca.execute("SET autocommit = 1")
+        t.join(10)
+        assert got == [fresh], pin
+    # pinned for the session: a temporary table, GET_LOCK, PREPARE, a binary prepared statement
+    c = connect()
+    cc = c.cursor()
+    cc.execute("CREATE TEMPORARY TABLE mx_tmp (a INT)")
+    got = []
+    t = threading.Thread(target=lambda: got.append(view(b.cursor())))
+    t.start()
+    time.sleep(0.5)
+    assert not got
+    c.close()  # the session's end releases its connection (reset: the table is gone)
+    t.join(10)
+    assert got == [fresh]
+    with pytest.raises(mysql.connector.errors.ProgrammingError):
+        cb.execute("SELECT * FROM mx_tmp")
+    for c in (a, b):
+        c.close()
+
+
+def connections(admin_port):
+    result = subprocess.run(["mariadb", "-h127.0.0.1", f"-P{admin_port}", "-uboss", "-ps3cret pass", "--batch", "--skip-ssl",
+                             "-e", "SELECT * FROM connections"], capture_output=True, text=True, timeout=30)
+    rows, header = table(result)
+    return [dict(zip(header, row)) for row in rows]
+
+
+def test_an_orm_opening_sequence_does_not_pin(start_proxy):
+    admin_port = free_port()
+    proxy = start(start_proxy, 2, *admin_args(admin_port))
+    wait_for_port(admin_port)
+    c = mariadb.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=False)
+    cur = c.cursor()
+    for stmt in ["SET NAMES utf8mb4", "SET sql_mode = CONCAT(@@sql_mode, ',STRICT_TRANS_TABLES')", "SET autocommit = 1",
+                 "SELECT @@tx_isolation, @@version", "SET @x = 1"]:
+        cur.execute(stmt)
+        if cur.description:
+            cur.fetchall()
+    mine = [r for r in connections(admin_port) if r.get("user") == "mx"]
+    assert mine and mine[0]["pinned"] == "none", mine
+    cur.execute("CREATE TEMPORARY TABLE mx_t2 (a INT)")
+    cur.execute("SELECT GET_LOCK('mx', 0)")
+    cur.fetchall()
+    assert wait_for(lambda: [r for r in connections(admin_port) if r.get("user") == "mx"][0]["pinned"]
+                    == "temporary_table,get_lock")
+    c.close()
