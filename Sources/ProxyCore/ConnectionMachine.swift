@@ -274,7 +274,7 @@ public struct ConnectionMachine {
     /// which takes no new command, nor while scripted commands pile up, nor while a hook runs.
     public var wantsClientReads: Bool {
         switch state {
-        case .relaying(let draining): return !draining
+        case .relaying(let draining): return !draining && tracking?.attachment != .awaitingServer
         case .exchanging(let box):
             return box.read { !$0.draining && $0.queue.count < Exchange.maximumQueuedCommands && !$0.step.isHook }
         case .connectServerHook, .readHandshakeHook, .readAuthHook, .readAuthResultHook, .verifyingLogin: return false

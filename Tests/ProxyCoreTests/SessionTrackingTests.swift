@@ -83,10 +83,11 @@ struct SessionTrackingTests {
 
     // MARK: the machine
 
-    static func tracking(clientTracks: Bool) -> Driver {
+    static func tracking(clientTracks: Bool, multiplexes: Bool = false) -> Driver {
         var c = ConnectionMachine.Configuration()
         c.poolsServers = true
         c.tracksSessions = true
+        c.multiplexes = multiplexes
         var d = Driver(c)
         d.verifier = { ProxyAuthenticator.verify($0, table: ProxyLoginTests.table([ProxyLoginTests.nat]), hostname: nil, ip: "10.0.0.1") }
         var greeting = ProxyLoginTests.ownGreeting()
@@ -114,7 +115,7 @@ struct SessionTrackingTests {
         #expect(enable == Wire.query("SET SESSION session_track_system_variables = '*', session_track_schema = ON, session_track_state_change = ON, session_track_transaction_info = 'CHARACTERISTICS'"))
         // the client's first command goes behind it; the answers come in order, the proxy's is dropped
         #expect(d.client(Wire.query("SET NAMES latin1")).toBackend == Wire.query("SET NAMES latin1"))
-        var both = Wire.packets([("00000002400000000300020131", 1)])
+        var both = Wire.packets([("000000024000000003020131", 1)])
         both.writeImmutableBuffer(Wire.packets([(Self.setNames, 1)]))
         let answers = d.server(both)
         #expect(answers.toClient == Wire.packets([("00000000800000", 1)]))
@@ -134,7 +135,7 @@ struct SessionTrackingTests {
             for cut in 1..<both.readableBytes {
                 var d = Self.tracking(clientTracks: clientTracks)
                 d.server(Wire.ok(seq: 2))
-                d.server([("00000002400000000300020131", 1)])  // the trackers' OK, dropped
+                d.server([("000000024000000003020131", 1)])  // the trackers' OK, dropped
                 d.client(Wire.query("USE mysql"))
                 d.client(Wire.query("SELECT 1"))
                 var got = ByteBuffer()
