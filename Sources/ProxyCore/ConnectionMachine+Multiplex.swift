@@ -125,7 +125,7 @@ extension SessionState {
     /// same schema, variables and transaction characteristics (nothing pinned on either).
     public func sameServerState(as other: SessionState) -> Bool {
         guard schema == other.schema, transactionCharacteristics == other.transactionCharacteristics,
-              variables.count == other.variables.count, userVariables.count == other.userVariables.count,
+              variables.count == other.variables.count, userVariables.count == other.userVariables.count, lastInsertID == other.lastInsertID,
               pins.isEmpty, other.pins.isEmpty else { return false }
         for v in variables where other.value(of: v.name) != v.value { return false }
         for u in userVariables where !other.userVariables.contains(where: { $0 == u }) { return false }

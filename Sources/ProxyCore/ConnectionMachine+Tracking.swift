@@ -40,6 +40,8 @@ extension ConnectionMachine {
         var statement: (text: ByteBuffer, remaining: Int)?
         /// Binary prepared statements the session prepared and has not closed (at most).
         var preparedStatements = 0
+        /// The `last_statement` pin was set by the statement under way (it lasts one statement more).
+        var lastStatementFresh = false
         /// The database the login named ("": none).
         var loginDatabase = ""
         /// The session's own COM_RESET_CONNECTIONs sent: the trackers go on again behind them.
@@ -76,7 +78,9 @@ extension ConnectionMachine {
                 }
                 let visible = Self.payloadStart(of: packet, at: offset, in: chunk, carried: carried, upTo: length) ?? ByteBuffer()
                 if visible.readableBytes >= length {
-                    tracking!.state.apply(StatementBackstop(visible.readableBytesView.dropFirst()))
+                    let statement = StatementBackstop(visible.readableBytesView.dropFirst())
+                    if statement.pins.contains(.lastStatement) { tracking!.lastStatementFresh = true }
+                    tracking!.state.apply(statement)
                 } else {
                     tracking!.statement = (visible, length - visible.readableBytes)
                 }
@@ -247,6 +251,8 @@ extension ConnectionMachine {
                         if t.proxyResponses.isEmpty { t.restoring = false }
                     } else if end.command == nil, end.kind == .ok {
                         enableAfter = true  // the login went through
+                    } else if end.command != nil {
+                        Self.statementEnded(end, &t)
                     }
                     if let status = end.status { t.state.updateTransaction(status) }
                 }
@@ -307,6 +313,21 @@ extension ConnectionMachine {
         }
         guard out.readableBytes > 0 else { return .none }
         return isSettledRelay ? .relayToClient(out, takeCounts()) : .forwardToClient(out)
+    }
+
+    /// A client's command was answered: what its answer says beyond the trackers.
+    static func statementEnded(_ end: ResponseTracker.ResponseEnd, _ t: inout Tracking) {
+        if end.lastInsertID != 0 { t.state.lastInsertID = end.lastInsertID }
+        // SHOW WARNINGS, FOUND_ROWS() after SQL_CALC_FOUND_ROWS: the next statement reads this one's
+        if end.warnings > 0 {
+            t.state.pins.insert(.lastStatement)
+            t.lastStatementFresh = true
+        }
+        if t.lastStatementFresh {
+            t.lastStatementFresh = false
+        } else {
+            t.state.pins.remove(.lastStatement)
+        }
     }
 
     /// A whole packet the tracked relay reads: the proxy's answer is dropped; an OK's session

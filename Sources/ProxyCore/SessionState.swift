@@ -74,6 +74,9 @@ public struct SessionState: Hashable, Sendable {
     /// User variables the session set to literals with SET (no tracker reports them), latest
     /// value, in the order first set; lowercased names.
     public private(set) var userVariables: [(name: String, literal: String)] = []
+    /// The last id an insert generated (or `LAST_INSERT_ID(n)` set), as OK packets report it:
+    /// `LAST_INSERT_ID()` on another connection must say the same.
+    public var lastInsertID: UInt64 = 0
     /// The trackers the client itself would have on (what it is shown of each OK).
     public var clientTrackers: SessionTrackSettings
     public var pins: Pins = []
@@ -86,7 +89,7 @@ public struct SessionState: Hashable, Sendable {
 
     public static func == (a: SessionState, b: SessionState) -> Bool {
         a.schema == b.schema && a.variables.elementsEqual(b.variables, by: { $0 == $1 })
-            && a.userVariables.elementsEqual(b.userVariables, by: { $0 == $1 })
+            && a.userVariables.elementsEqual(b.userVariables, by: { $0 == $1 }) && a.lastInsertID == b.lastInsertID
             && a.transactionCharacteristics == b.transactionCharacteristics && a.clientTrackers == b.clientTrackers && a.pins == b.pins
     }
 
@@ -170,6 +173,7 @@ public struct SessionState: Hashable, Sendable {
     public mutating func reset() {
         variables = []
         userVariables = []
+        lastInsertID = 0
         transactionCharacteristics = ""
         clientTrackers = .mariaDBDefaults
         pins.subtract([.temporaryTable, .namedLock, .tableLock, .handler, .textPrepare, .timestamp, .trackers,
@@ -197,6 +201,9 @@ public struct SessionState: Hashable, Sendable {
         }
         if !userVariables.isEmpty {
             out.append("SET " + userVariables.map { "@\(Self.quotedIdentifier($0.name)) = \($0.literal)" }.joined(separator: ", "))
+        }
+        if lastInsertID != 0 {
+            out.append("DO LAST_INSERT_ID(\(lastInsertID))")
         }
         if !transactionCharacteristics.isEmpty, !transactionCharacteristics.uppercased().contains("START TRANSACTION") {
             // "SET TRANSACTION ...;" possibly several; each is one statement

@@ -135,6 +135,25 @@ def test_nothing_leaks_between_interleaved_sessions(start_proxy):
     assert mine == view(cd) and mine[1] == "+07:00" and mine[7] == 42 and "STRICT_TRANS_TABLES" in mine[0]
     d.close()
     assert view(cb) == fresh and view(ca) == mine
+    # LAST_INSERT_ID() is the session's own, wherever it runs
+    ca.execute("INSERT INTO moon.mx_t (v) VALUES (1)")
+    inserted = ca.lastrowid
+    cb.execute("SELECT LAST_INSERT_ID()")
+    assert cb.fetchone() == (0,)
+    ca.execute("SELECT LAST_INSERT_ID()")
+    assert ca.fetchone() == (inserted,)
+    # a statement's warnings are for the next statement to read: B waits for A's SHOW WARNINGS
+    ca.execute("SELECT CAST('x' AS SIGNED)")
+    ca.fetchall()
+    got = []
+    t = threading.Thread(target=lambda: got.append(view(b.cursor())))
+    t.start()
+    time.sleep(0.5)
+    assert not got
+    ca.execute("SHOW WARNINGS")
+    assert [row[1] for row in ca.fetchall()] == [1292]
+    t.join(10)
+    assert got == [fresh]
     # state that cannot move pins A: B's command waits until A lets go
     for pin, clear in [("SET autocommit = 0", "COMMIT"), ("LOCK TABLES moon.mx_t READ", "UNLOCK TABLES"),
                        ("BEGIN", "ROLLBACK")]:

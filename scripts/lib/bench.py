@@ -182,6 +182,29 @@ def stream(port, mib, tls=False):
     return {"count": rows, "rate": mib / elapsed, "p95": elapsed * 1000, "errors": 0}
 
 
+def idle_clients(port, a):
+    """1000 connections, about 20 active at a time (each thinks 50 ms between point selects); the
+    server's connections are sampled meanwhile (Threads_connected, less the sampler's own)."""
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.5):
+            r = subprocess.run(["mariadb", "-h127.0.0.1", f"-P{a.mariadb_port}", "-uroot", "--batch", "--skip-column-names", "-e",
+                                "SHOW GLOBAL STATUS LIKE 'Threads_connected'"], capture_output=True, text=True)
+            try:
+                peak[0] = max(peak[0], int(r.stdout.split()[1]) - 1)
+            except (IndexError, ValueError):
+                pass
+    threading.Thread(target=sample, daemon=True).start()
+    try:
+        res = sysbench(["idle_clients", "--think-ms=50"], port, a.seconds, a.idle_clients, script=str(HERE / "idle_clients.lua"))
+    finally:
+        done.set()
+    res["server_connections"] = peak[0]
+    return res
+
+
 WORKLOADS = {
     "point_select_text": ("queries/s", lambda port, a: sysbench(["oltp_point_select", "--db-ps-mode=disable"], port, a.seconds, a.threads)),
     "point_select_ps": ("queries/s", lambda port, a: sysbench(["oltp_point_select", "--db-ps-mode=auto"], port, a.seconds, a.threads)),
@@ -190,6 +213,8 @@ WORKLOADS = {
     # the same storm, where the moon+pool target (--proxy-auth=proxy with a core pool) takes part
     "connect_storm_pool": ("connects/s", lambda port, a: sysbench(["connect_storm"], port, a.seconds, a.threads, script=str(HERE / "connect_storm.lua"))),
     "stream_256mb": ("MiB/s", lambda port, a: stream(port, 256)),
+    # 1000 mostly idle clients, where the moon+mx target (--proxy-multiplex) takes part
+    "idle_clients_multiplex": ("queries/s", idle_clients),
     # TLS from the client to the proxy and from the proxy to the server (HAProxy forwards the
     # client's own TLS to the server; direct is TLS to MariaDB)
     "point_select_tls": ("queries/s", lambda port, a: sysbench(["oltp_point_select", "--db-ps-mode=disable", "--mysql-ssl=on"], port, a.seconds, a.threads)),
@@ -209,7 +234,9 @@ def main():
     ap.add_argument("--proxy-threads", default="1",
                     help="event threads of MoonProxy and HAProxy's nbthread; a list (1,2) runs a MoonProxy and an "
                          "HAProxy per count side by side (the script and metrics targets use the first count)")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--workloads", default=",".join(w for w in WORKLOADS if w != "idle_clients_multiplex"))
+    ap.add_argument("--idle-clients", type=int, default=1000, help="client connections of idle_clients_multiplex")
+    ap.add_argument("--multiplex-pool", type=int, default=25, help="server connections of the moon+mx target")
     ap.add_argument("--extra-moonproxy", action="append", default=[],
                     help="NAME=ARGS: another MoonProxy target started with these extra arguments")
     ap.add_argument("--metrics", action="store_true",
@@ -254,6 +281,17 @@ def main():
                                                          f"--proxy-pool-max={2 * a.threads}"],
                                        env=dict(os.environ, MOONPROXY_USERS_PASSWORD="bench svc")))
         time.sleep(1)  # the accounts are read
+    if "idle_clients_multiplex" in workloads:
+        # the server takes the direct target's thousand connections; the moon+mx target shares a few
+        subprocess.run(["mariadb", "-h127.0.0.1", f"-P{a.mariadb_port}", "-uroot", "-e",
+                        f"SET GLOBAL max_connections = {a.idle_clients + 200}; "
+                        "CREATE OR REPLACE USER 'moon_bench_svc'@'127.0.0.1' IDENTIFIED BY 'bench svc'; "
+                        "GRANT SELECT ON mysql.global_priv TO 'moon_bench_svc'@'127.0.0.1'"], check=True)
+        targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, first, name="moon+mx",
+                                       extra=tls_args + ["--proxy-auth=proxy", "--proxy-users-user=moon_bench_svc",
+                                                         f"--proxy-pool-max={a.multiplex_pool}", "--proxy-multiplex"],
+                                       env=dict(os.environ, MOONPROXY_USERS_PASSWORD="bench svc")))
+        time.sleep(1)
 
     results = {w: {t.name: [] for t in targets} for w in workloads}
     try:
@@ -280,6 +318,8 @@ def main():
                         res["peak_rss_mib"] = peak_rss_kib(t.pid) / 1024
                     results[w][t.name].append(res)
                     cpu = f" cpu/10k {res['cpu_per_10k']:.3f}" if t.pid else ""
+                    if "server_connections" in res:
+                        cpu += f" server connections {res['server_connections']}"
                     print(f"round {r + 1} {w:18} {t.name:12} {res['rate']:10.1f}{cpu}", file=sys.stderr)
     finally:
         for t in targets:
@@ -307,7 +347,9 @@ def main():
             summary[t.name] = (rate, cpu)
             print(f"{w:20} {t.name:14} {rate:12.1f} {unit:10} {p95:9.2f} "
                   f"{(f'{cpu:.3f}' if cpu is not None else '-'):>10} {split:>13} {(f'{rss:.1f}M' if rss is not None else '-'):>9}"
-                  + (f"  ({errors} errors)" if errors else ""))
+                  + (f"  ({errors} errors)" if errors else "")
+                  + (f"  clients/server connections {a.idle_clients}/{max(x['server_connections'] for x in runs)}"
+                     if runs and "server_connections" in runs[0] else ""))
         direct_rate = summary["direct"][0]
         plain_cpu = summary["moonproxy"][1]
         for t in targets:

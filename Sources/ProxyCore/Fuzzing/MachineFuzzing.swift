@@ -93,6 +93,9 @@ struct FuzzDriver {
         let own = reader.byte()
         ownLogin = own & 1 != 0
         configuration.poolsServers = own & 2 != 0
+        // session tracking and multiplexing on the proxy's own logins
+        configuration.tracksSessions = own & 4 != 0
+        configuration.multiplexes = own & 12 == 12
         machine = ConnectionMachine(configuration: configuration)
     }
 
@@ -128,13 +131,14 @@ struct FuzzDriver {
         while !reader.isAtEnd {
             let op = reader.byte()
             let data = reader.bytes(Int(reader.byte()) * 4)
-            switch op % 11 {
+            switch op % 12 {
             case 0, 1, 2: handle(machine.clientDataReceived(data))
             case 3, 4, 5: handle(machine.backendDataReceived(data))
             case 6: handle(machine.backendClosed())
             case 7: handle(machine.readTimedOut(client: op & 0x10 != 0))
             case 8: handle(machine.shutdownRequested())
             case 9: handle(machine.abandon(.timeout, reason: "fuzz"))
+            case 10: handle(machine.parkRequested())
             default: handle(machine.clientClosed())
             }
             precondition(machine.counts.isEmpty && machine.finishedRecords.isEmpty, "counts or records left unreported")
@@ -173,6 +177,18 @@ struct FuzzDriver {
                     action = machine.pooledServerAttached(backendTLS: how & 4 != 0, localSocket: how & 1 != 0)
                 } else {
                     action = machine.backendConnected(localSocket: how & 1 != 0)
+                }
+                continue
+            case .takeBackend:
+                // another session's connection, one reset, this session's own, or none in time
+                switch reader.byte() % 4 {
+                case 0:
+                    var other = SessionState()
+                    other.apply([.systemVariable("sql_mode", "ANSI"), .string(.schema, "x")], status: .autocommit)
+                    action = machine.multiplexedServerAttached(previous: other)
+                case 1: action = machine.multiplexedServerAttached(previous: nil)
+                case 2: action = machine.multiplexedServerAttached(previous: machine.sessionState, own: true)
+                default: action = machine.multiplexedServerUnavailable(.noBackend("fuzz"), reason: "fuzz")
                 }
                 continue
             case .verifyLogin:
