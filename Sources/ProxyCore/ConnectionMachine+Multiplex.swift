@@ -57,9 +57,10 @@ extension ConnectionMachine {
         }
         if tracking!.attachment == .parked {
             tracking!.attachment = .awaitingServer
-            emit(.takeBackend)
+            // reads stop first: the handler may attach a connection (or refuse) within `.takeBackend`
             clientReadsReported = false
             emit(.readFromClient(false))
+            emit(.takeBackend)
         }
         return nextAction()
     }

@@ -14,6 +14,24 @@ import Testing
             bytes.withUnsafeBytes { MachineFuzzing.run($0) }
         }
     }
+
+    /// Inputs that once made the driver trap.
+    @Test func inputsThatOnceTrappedDoNot() {
+        let found = [
+            // a parked session's command, refused for want of a connection: the stop of reads was
+            // queued behind the request, and came after the close
+            "44005d5d21030b2e02660300000016800000030b0b00002b00000000007b080b00002b00000000619f007b0893b31401007b7894f24bc90021030b00020300000016800000030b0b00002b00000000007b080b00002b00000000007b0893b31401007b7894f24bc9000000000000007d93b31401007b7894f24bc90000000000000000000b000000000000609301007b7894f24bc90000000000000000000b",
+        ]
+        for hex in found {
+            var bytes: [UInt8] = []
+            var chars = Array(hex)
+            while chars.count >= 2 {
+                bytes.append(UInt8(String(chars[0...1]), radix: 16)!)
+                chars.removeFirst(2)
+            }
+            bytes.withUnsafeBytes { MachineFuzzing.run($0) }
+        }
+    }
 }
 
 /// A fixed-seed generator: the same inputs on every run.

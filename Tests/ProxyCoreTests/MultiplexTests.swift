@@ -29,7 +29,7 @@ struct MultiplexTests {
         #expect(d.machine.isParked)
         // the next command waits for a connection; reads stop meanwhile
         let asked = d.client(Wire.query("SELECT 1"))
-        #expect(asked.actions == [.takeBackend, .readFromClient(false)])
+        #expect(asked.actions == [.readFromClient(false), .takeBackend])
         // another session's connection: reset, trackers, the session's state, then the command
         var other = SessionState()
         other.apply([.systemVariable("sql_mode", "ANSI")], status: .autocommit)
