@@ -214,3 +214,36 @@ def test_an_orm_opening_sequence_does_not_pin(start_proxy):
     assert wait_for(lambda: [r for r in connections(admin_port) if r.get("user") == "mx"][0]["pinned"]
                     == "temporary_table,get_lock")
     c.close()
+
+
+def test_parked_sessions_outlive_their_server_connection(start_proxy):
+    """The server kills the login's only connection: the sessions that had given it up get a new
+    one, which the proxy logs in itself and brings to each session's state; the one that held it
+    loses its connection, as a direct client would."""
+    proxy = start(start_proxy, 1)
+    sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+                for _ in range(3)]
+    expected = []
+    for i, c in enumerate(sessions):
+        with c.cursor() as cur:
+            cur.execute(f"SET time_zone = '+0{i + 1}:00'")
+            cur.execute(f"SET @x = {i}")
+            expected.append(view(cur))
+    # the last one holds the connection; the others gave it up
+    with root() as r, r.cursor() as cur:
+        cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'mx'")
+        ids = [row[0] for row in cur.fetchall()]
+        assert len(ids) == 1
+        cur.execute(f"KILL {ids[0]}")
+    time.sleep(0.3)
+    for i, c in enumerate(sessions[:2]):
+        with c.cursor() as cur:
+            assert view(cur) == expected[i], i
+    with pytest.raises(pymysql.err.OperationalError):
+        with sessions[2].cursor() as cur:
+            view(cur)
+    with root() as r, r.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'mx'")
+        assert cur.fetchone()[0] == 1
+    for c in sessions[:2]:
+        c.close()

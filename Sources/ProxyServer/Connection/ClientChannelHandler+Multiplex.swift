@@ -1,5 +1,6 @@
 import MySQLWire
 import NIOCore
+import NIOSSL
 import ProxyCore
 
 // MARK: - `--proxy-multiplex`: sessions of a login share its server connections (see CorePool+Multiplex)
@@ -84,8 +85,10 @@ extension ClientChannelHandler {
 
     /// `.parkBackend`: the idle connection goes to the session waiting for it, or to the pool.
     func parkServerConnection() {
+        // (the handler's login, when the connection came from the pool, knows the capabilities it was made with)
         guard let handler = backend, let index = backendIndex, let address = described.backend, let pool = sweeper?.corePool,
-              let login = machine.serverLogin, let state = machine.sessionState else { return }
+              let login = handler.serverLogin ?? machine.serverLogin, let state = machine.sessionState else { return }
+        lastServerLogin = login
         let challenge = handler.serverLogin != nil ? handler.serverChallenge : machine.serverChallenge
         let backendTLS = described.backendTLS != nil || machine.session.backendTLS
         detachBackend(closing: false)
@@ -102,7 +105,7 @@ extension ClientChannelHandler {
         guard let key = multiplexKey, let pool = sweeper?.corePool else {
             return run(machine.multiplexedServerUnavailable(.noBackend("the session's server connection is gone (MoonProxy)"), reason: "no pool for a parked session"))
         }
-        let acquisition = pool.acquire(key, session: self, state: machine.sessionState, cap: 0, deadline: .now() + multiplexWait) { [weak self] entry in
+        let body: (CorePool.Entry?) -> Void = { [weak self] entry in
             guard let self, !self.closed else {
                 entry?.handler.quit()
                 return
@@ -114,7 +117,52 @@ extension ClientChannelHandler {
             }
             self.attachMultiplexed(entry)
         }
-        if case .ready(let entry) = acquisition { attachMultiplexed(entry) }
+        switch pool.acquire(key, session: self, state: machine.sessionState, cap: multiplexCap, deadline: .now() + multiplexWait, body) {
+        case .ready(let entry): attachMultiplexed(entry)
+        case .open: openForMultiplexing(pool, key, body)
+        case .waiting: break
+        }
+    }
+
+    /// A new server connection for the session's login (counted already), which the proxy logs
+    /// in itself with the credential the session's login proved.
+    func openForMultiplexing(_ pool: CorePool, _ key: CorePool.Key, _ body: @escaping (CorePool.Entry?) -> Void) {
+        guard let context, let login = backend?.serverLogin ?? lastServerLogin ?? machine.serverLogin,
+              let (index, address, resolved) = shared.backends.candidate(key.backend) else {
+            pool.connectionEnded(key)
+            return body(nil)
+        }
+        let tls = machine.session.backendTLS
+        var tlsContext: NIOSSLContext?
+        var hostname: String?
+        if tls {
+            tlsContext = try? shared.tls?.forBackend(clientVersion: clientTLSHandler?.tlsVersion)
+            if case .tcp(let host, _) = address, (try? SocketAddress(ipAddress: host, port: 0)) == nil { hostname = host }
+        }
+        let handler = BackendChannelHandler(owner: self)
+        handler.createdAt = .now()
+        handler.countingPool = pool
+        handler.countedKey = key
+        var local = false
+        if case .unix = address { local = true }
+        let driver = ServerLoginDriver(login: login, tls: tls, tracks: true)
+        pool.loggingIn(handler, key, driver, address: address, localSocket: local, tlsContext: tlsContext, serverHostname: hostname, body)
+        log(.debug, "opening a server connection to backend \(index + 1) for the session's login")
+        let eventLoop = context.eventLoop
+        let header = shared.configuration.backendProxyProtocol
+            ? ProxyProtocol.v2Header(source: described.client, destination: proxyProtocolEndpoints?.destination ?? context.channel.localAddress) : nil
+        shared.connector.connect(to: address, resolved: resolved, on: eventLoop, timeout: shared.configuration.connectTimeout,
+                                 handler: NIOLoopBound(handler, eventLoop: eventLoop))
+            .hop(to: eventLoop)
+            .assumeIsolated()
+            .whenComplete { result in
+                switch result {
+                case .success:
+                    if let header { handler.writeAndFlush(header) }  // before the greeting, as for any connection
+                case .failure(let error):
+                    pool.loginConnectFailed(handler, error)
+                }
+            }
     }
 
     private func attachMultiplexed(_ entry: CorePool.Entry) {

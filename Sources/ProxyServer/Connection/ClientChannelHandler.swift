@@ -69,6 +69,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// connection count a connection being opened joins.
     var multiplexKey: CorePool.Key?
     var pendingCountedKey: CorePool.Key?
+    /// The login of the server connection the session gave up last (with the capabilities it
+    /// was made with), for a connection the proxy opens for it.
+    var lastServerLogin: ConnectionMachine.ServerLogin?
     /// The session's pins as last counted (metrics, admin interface).
     var publishedPins: SessionState.Pins = []
 

@@ -1,5 +1,6 @@
 import MySQLWire
 import NIOCore
+import NIOSSL
 import ProxyCore
 
 /// Multiplexing (`--proxy-multiplex`): a login's sessions share at most `cap` server connections
@@ -150,5 +151,85 @@ extension CorePool {
     func connectionEnded(_ key: Key) {
         let n = connectionCounts[key, default: 0] - 1
         connectionCounts[key] = n > 0 ? n : nil
+    }
+
+    // MARK: the proxy's own logins
+
+    /// A connection being opened for `key` (counted already), which the proxy logs in itself;
+    /// `body` gets it once logged in (nil: it failed).
+    func loggingIn(_ handler: BackendChannelHandler, _ key: Key, _ driver: ServerLoginDriver, address: ProxyAddress, localSocket: Bool,
+                   tlsContext: NIOSSLContext?, serverHostname: String?, _ body: @escaping (Entry?) -> Void) {
+        let entry = Entry(handler: handler, key: key, reset: ServerLoginReset(login: driver.login, challenge: []),
+                          address: address, backendTLS: driver.tls, localSocket: localSocket)
+        entry.reserved = false
+        entry.loggingIn = driver
+        entry.tlsContext = tlsContext
+        entry.serverHostname = serverHostname
+        entry.waiter = body
+        entries[key, default: []].append(entry)
+        byHandler[ObjectIdentifier(handler)] = entry
+        shared.adjust(key, resetting: 1)
+        handler.owner = nil
+        handler.corePool = self
+        startSweeping()
+    }
+
+    /// The connect for a login failed.
+    func loginConnectFailed(_ handler: BackendChannelHandler, _ error: Error) {
+        guard let entry = byHandler[ObjectIdentifier(handler)] else { return }
+        if let key = handler.countedKey {
+            handler.countedKey = nil
+            connectionEnded(key)
+        }
+        drop(entry, "cannot connect: \(error)", event: "login_failed")
+    }
+
+    /// Bytes from a server the proxy logs into.
+    func loginProgressed(_ entry: Entry, _ data: ByteBuffer) {
+        guard var driver = entry.loggingIn else { return }
+        let step = driver.received(data)
+        entry.loggingIn = driver
+        let handler = entry.handler
+        switch step {
+        case .wait:
+            return
+        case .send(let bytes):
+            handler.writeAndFlush(bytes)
+        case .startTLS(let request, let then):
+            guard let context = entry.tlsContext else { return drop(entry, "no TLS context for the backend", event: "login_failed") }
+            do {
+                try handler.startTLS(request: request, context: context, serverHostname: entry.serverHostname)
+            } catch {
+                return drop(entry, "cannot start TLS: \(error)", event: "login_failed")
+            }
+            handler.writeAndFlush(then)
+        case .done(let challenge, let compression):
+            if let compression {
+                do { try handler.startCompression(compression, early: nil) } catch {
+                    return drop(entry, "cannot start compression: \(error)", event: "login_failed")
+                }
+            }
+            var login = driver.login
+            login.capabilities = driver.capabilities
+            entry.loggingIn = nil
+            entry.tlsContext = nil
+            entry.reset = ServerLoginReset(login: login, challenge: challenge)
+            handler.serverLogin = login
+            handler.serverChallenge = challenge
+            entry.ready = true
+            entry.idleSince = .now()
+            shared.adjust(entry.key, ready: 1, resetting: -1)
+            shared.count("login_ok", backend: entry.key.backend)
+            if let waiter = entry.waiter {
+                entry.waiter = nil
+                remove(entry)
+                waiter(entry)
+            } else if let waiter = takeWaiter(entry.key) {
+                remove(entry)
+                waiter.body(entry)
+            }
+        case .failed(let reason):
+            drop(entry, reason, event: "login_failed")
+        }
     }
 }

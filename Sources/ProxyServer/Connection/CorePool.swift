@@ -1,6 +1,7 @@
 import MySQLWire
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOSSL
 import ProxyCore
 
 /// Server connections the proxy logged in itself (`--proxy-auth=proxy`), kept when their client
@@ -88,6 +89,11 @@ final class CorePool {
         /// It holds one of the backend's places in the pool (`Shared.reserve`); a connection a
         /// session gave up between commands counts against its login's cap instead.
         var reserved = true
+        /// Multiplexing: the proxy logs this new connection in itself (+Multiplex), over TLS
+        /// with this context when the login had TLS.
+        var loggingIn: ServerLoginDriver?
+        var tlsContext: NIOSSLContext?
+        var serverHostname: String?
 
         init(handler: BackendChannelHandler, key: Key, reset: ServerLoginReset, address: ProxyAddress, backendTLS: Bool, localSocket: Bool) {
             self.handler = handler
@@ -268,6 +274,7 @@ final class CorePool {
     func received(_ handler: BackendChannelHandler, _ data: ByteBuffer) {
         guard let entry = byHandler[ObjectIdentifier(handler)] else { return handler.close() }
         guard !entry.ready else { return drop(entry, "the server spoke while the connection was idle", event: "closed_by_server") }
+        if entry.loggingIn != nil { return loginProgressed(entry, data) }
         entry.collector.append(data)
         do {
             while let packet = try entry.collector.next() {
