@@ -1,6 +1,6 @@
 import MySQLWire
 import NIOCore
-import ProxyCore
+@testable import ProxyCore
 import Testing
 
 /// Multiplexing in the machine: a session gives its connection up between commands, asks for one
@@ -101,5 +101,63 @@ struct MultiplexTests {
         e.client(Wire.query("SELECT 1"))
         let unavailable = e.run(e.machine.multiplexedServerUnavailable(.noBackend("none came"), reason: "test"))
         #expect(unavailable.close != nil)
+    }
+}
+
+/// The proxy's own login on a new server connection (multiplexing).
+struct ServerLoginDriverTests {
+    static let login = ConnectionMachine.ServerLogin(
+        user: "nat", database: "moon", characterSet: 45, capabilities: [], sessionCapabilities: [.protocol41, .transactions, .deprecateEOF],
+        credential: NativePasswordTests.sha1OfPassword, attributes: ByteBuffer(), clientTLS: false, compression: nil)
+
+    @Test func itAnswersTheGreetingAndMariaDBsSwitch() throws {
+        var d = ServerLoginDriver(login: Self.login, tls: false, tracks: true)
+        var greeting = Wire.packets([(Wire.greeting, 0)])
+        let half = greeting.readSlice(length: 10)!
+        #expect(d.received(half) == .wait)
+        guard case .send(let response) = d.received(greeting) else { Issue.record("no response"); return }
+        let frame = try firstFrame(response)
+        let sent = try HandshakeResponse41(parsing: frame.payload)
+        let challenge = Array(Wire.greetingValue().authPluginData.prefix(20))
+        #expect(frame.sequenceID == 1 && sent.username == "nat" && sent.database == "moon" && sent.characterSet == 45)
+        #expect(sent.authResponse == NativePassword.scramble(challenge: challenge, hashedPassword: NativePasswordTests.sha1OfPassword))
+        let wanted: CapabilityFlags = [.protocol41, .transactions, .deprecateEOF, .sessionTrack, .connectWithDB]
+        #expect(sent.capabilities.isSuperset(of: wanted))
+        // the server switches to mysql_native_password with a new challenge: answered once
+        let fresh = Array(repeating: UInt8(7), count: 20)
+        let switchRequest = "fe" + Array("mysql_native_password".utf8).map { String(format: "%02x", $0) }.joined() + "00"
+            + fresh.map { String(format: "%02x", $0) }.joined() + "00"
+        guard case .send(let answer) = d.received(Wire.packets([(switchRequest, 2)])) else { Issue.record("no answer"); return }
+        let answered = try firstFrame(answer)
+        #expect(answered.sequenceID == 3)
+        #expect(Array(answered.payload.readableBytesView) == NativePassword.scramble(challenge: fresh, hashedPassword: NativePasswordTests.sha1OfPassword))
+        #expect(d.received(Wire.ok(seq: 4)) == .done(challenge: fresh, compression: nil))
+    }
+
+    @Test func overTLSTheRequestComesFirstAndARefusalFails() throws {
+        var d = ServerLoginDriver(login: Self.login, tls: true, tracks: false)
+        // a greeting without CLIENT_SSL cannot serve a login that had TLS
+        var plain = Wire.greetingValue()
+        plain.capabilities.remove(.ssl)
+        var payload = ByteBuffer()
+        plain.write(to: &payload)
+        var framed = ByteBuffer()
+        var seq: UInt8 = 0
+        framed.writeMySQLPacket(payload, sequenceID: &seq)
+        guard case .failed = d.received(framed) else { Issue.record("a plaintext server accepted"); return }
+        var e = ServerLoginDriver(login: Self.login, tls: true, tracks: false)
+        var offered = Wire.greetingValue()
+        offered.capabilities.insert(.ssl)
+        var p2 = ByteBuffer()
+        offered.write(to: &p2)
+        var f2 = ByteBuffer()
+        var s2: UInt8 = 0
+        f2.writeMySQLPacket(p2, sequenceID: &s2)
+        guard case .startTLS(let request, let then) = e.received(f2) else { Issue.record("no TLS"); return }
+        #expect(try firstFrame(request).sequenceID == 1 && firstFrame(then).sequenceID == 2)
+        guard case .failed(let reason) = e.received(Wire.packets([("ff15042332383030304163636573732064656e696564", 3)])) else {
+            Issue.record("a refusal went through"); return
+        }
+        #expect(reason.contains("1045"))
     }
 }
