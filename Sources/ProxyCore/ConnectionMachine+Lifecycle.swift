@@ -68,6 +68,7 @@ extension ConnectionMachine {
         default:
             break
         }
+        if survivesServerLoss { return serverLostBetweenCommands() }
         let pending = !inSession || isAwaitingResponse
         // after the client's COM_QUIT the close is the server's answer, not a loss
         if tracker.clientPhase != .quit {

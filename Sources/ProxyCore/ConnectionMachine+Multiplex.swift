@@ -28,6 +28,27 @@ extension ConnectionMachine {
             && fromClient.isAtPacketBoundary && !tracker.isDesynchronized
     }
 
+    /// Whether the session would carry on if its server connection ended now: between commands,
+    /// with nothing pinned, its next command goes to another connection.
+    var survivesServerLoss: Bool {
+        guard configuration.multiplexes, let t = tracking, t.attachment == .attached, t.enabled, t.state.pins.isEmpty,
+              t.proxyResponses.isEmpty, t.state.transactionCharacteristics.isEmpty,
+              case .relaying(draining: false) = state, !closeQueued else { return false }
+        return tracker.clientPhase == .command && !tracker.isAwaitingResponse && fromClient.isAtPacketBoundary
+    }
+
+    /// The server connection ended between commands (killed, its server restarted or gone): the
+    /// session keeps its client, and its next command takes another connection.
+    mutating func serverLostBetweenCommands() -> Action {
+        tracking!.attachment = .parked
+        tracking!.held = ByteBuffer()
+        tracking!.holding = false
+        counts.backendsLost &+= 1
+        emit(.dropBackend)
+        emit(.log(.warning, "the server connection closed between commands; the session's next command goes to another one"))
+        return nextAction()
+    }
+
     /// Whether the session has given its server connection up (or waits for one).
     public var isParked: Bool { (tracking?.attachment ?? .attached) != .attached }
 

@@ -256,17 +256,20 @@ extension ConnectionMachine {
                     }
                     if let status = end.status { t.state.updateTransaction(status) }
                 }
+                // a server's last words between commands (KILL's ERR) are not for a session that
+                // carries on on another connection when this one ends
+                let lastWords = kind == .unsolicited && configuration.multiplexes && t.state.pins.isEmpty
                 let status = tracker.lastOKStatus
-                guard proxys || status?.contains(.sessionStateChanged) == true else { return true }
+                guard proxys || lastWords || status?.contains(.sessionStateChanged) == true else { return true }
                 let length = PacketHeader.size + packet.header.payloadLength
                 guard !packet.isMultiFrame, length <= Self.largestTrackedOK else {
                     t.state.pins.insert(.untracked)
                     return true
                 }
                 if start + length <= combined.readableBytes {
-                    edits.append(Self.trackedPacket(combined, from: start, to: start + length, dropped: proxys, &t))
+                    edits.append(Self.trackedPacket(combined, from: start, to: start + length, dropped: proxys || lastWords, &t))
                 } else {
-                    pending = (start, proxys)
+                    pending = (start, proxys || lastWords)
                 }
                 return true
             }

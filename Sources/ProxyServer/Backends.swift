@@ -136,6 +136,11 @@ public final class BackendPool: Sendable {
         }
     }
 
+    /// Whether backend `index` is marked down (or does not exist).
+    func isDown(_ index: Int) -> Bool {
+        entries.withLockedValue { value in !value.backends.indices.contains(index) || value.backends[index].state == .down }
+    }
+
     public func markDown(_ index: Int, now: NIODeadline = .now()) {
         entries.withLockedValue { value in
             guard value.backends.indices.contains(index) else { return }

@@ -217,9 +217,9 @@ def test_an_orm_opening_sequence_does_not_pin(start_proxy):
 
 
 def test_parked_sessions_outlive_their_server_connection(start_proxy):
-    """The server kills the login's only connection: the sessions that had given it up get a new
-    one, which the proxy logs in itself and brings to each session's state; the one that held it
-    loses its connection, as a direct client would."""
+    """The server kills the login's only connection between commands: every session, the one that
+    held it too, gets a new one at its next command, which the proxy logs in itself and brings to
+    the session's state; a session pinned to its connection loses it, as a direct client would."""
     proxy = start(start_proxy, 1)
     sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
                 for _ in range(3)]
@@ -236,14 +236,62 @@ def test_parked_sessions_outlive_their_server_connection(start_proxy):
         assert len(ids) == 1
         cur.execute(f"KILL {ids[0]}")
     time.sleep(0.3)
-    for i, c in enumerate(sessions[:2]):
+    for i, c in enumerate(sessions):
         with c.cursor() as cur:
             assert view(cur) == expected[i], i
-    with pytest.raises(pymysql.err.OperationalError):
-        with sessions[2].cursor() as cur:
-            view(cur)
     with root() as r, r.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'mx'")
         assert cur.fetchone()[0] == 1
-    for c in sessions[:2]:
+    # pinned (a temporary table): its session goes with its connection
+    with sessions[0].cursor() as cur:
+        cur.execute("CREATE TEMPORARY TABLE mx_tmp3 (a INT)")
+    with root() as r, r.cursor() as cur:
+        cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'mx'")
+        cur.execute(f"KILL {cur.fetchone()[0]}")
+    time.sleep(0.3)
+    with pytest.raises(pymysql.err.OperationalError):
+        with sessions[0].cursor() as cur:
+            view(cur)
+    for i, c in enumerate(sessions[1:], 1):
+        with c.cursor() as cur:
+            assert view(cur) == expected[i], i
         c.close()
+
+
+def test_sessions_move_off_a_backend_that_goes_away(start_proxy):
+    """A second server stops: its sessions, between commands, carry on on the first one, each in
+    its own state; no client sees an error."""
+    from conftest import ExtraMariaDB
+    second = ExtraMariaDB("mariadb-mx-second")
+    try:
+        second.sql("CREATE OR REPLACE USER 'moon_mx_svc'@'127.0.0.1' IDENTIFIED BY 'svc pw';"
+                   "GRANT SELECT ON mysql.global_priv TO 'moon_mx_svc'@'127.0.0.1';"
+                   "CREATE OR REPLACE USER 'mx'@'%' IDENTIFIED BY 'mx pw'; CREATE DATABASE IF NOT EXISTS moon;"
+                   "GRANT ALL ON moon.* TO 'mx'@'%'")
+        proxy = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{second.port},127.0.0.1:{MARIADB_PORT}", "--proxy-auth=proxy",
+                            "--proxy-pool-max=4", "--proxy-multiplex", f"--proxy-users-user={SERVICE[0]}", "--log-level=info",
+                            backend=False, env=dict(os.environ, MOONPROXY_USERS_PASSWORD=SERVICE[1]))
+        assert wait_for(lambda: "accounts from backend" in proxy.log()), proxy.log()
+        sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+                    for _ in range(6)]
+        expected, ports = [], []
+        for i, c in enumerate(sessions):
+            with c.cursor() as cur:
+                cur.execute(f"SET time_zone = '+0{i + 1}:00'")
+                cur.execute(f"SET @x = {i}, @y = 'moved {i}'")
+                cur.execute("SET sql_mode = 'ANSI'" if i % 2 else "SET NAMES latin1")
+                expected.append(view(cur))
+                cur.execute("SELECT @@port")
+                ports.append(cur.fetchone()[0])
+        assert second.port in ports and MARIADB_PORT in ports, ports  # spread over both
+        second.stop()
+        for i, c in enumerate(sessions):
+            with c.cursor() as cur:
+                assert view(cur) == expected[i], i
+                cur.execute("SELECT @@port")
+                assert cur.fetchone()[0] == MARIADB_PORT
+        assert "moves from backend 1 to backend 2" in proxy.log()
+        for c in sessions:
+            c.close()
+    finally:
+        second.stop()

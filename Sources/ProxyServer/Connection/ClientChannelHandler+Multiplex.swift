@@ -101,9 +101,19 @@ extension ClientChannelHandler {
     }
 
     /// `.takeBackend`: the session's next command needs a server connection of its login.
-    func takeMultiplexed() {
-        guard let key = multiplexKey, let pool = sweeper?.corePool else {
+    func takeMultiplexed(tried: BackendSet = BackendSet()) {
+        guard var key = multiplexKey, let pool = sweeper?.corePool else {
             return run(machine.multiplexedServerUnavailable(.noBackend("the session's server connection is gone (MoonProxy)"), reason: "no pool for a parked session"))
+        }
+        if shared.backends.isDown(key.backend) {
+            // its backend is down: the session moves to another one, its state restored there
+            var excluded = tried
+            excluded.insert(key.backend)
+            guard let (index, _, _) = shared.backends.pickForNewClient(excluding: excluded), let moved = moveSession(to: index) else {
+                return run(machine.multiplexedServerUnavailable(.noBackend("the session's backend is down and no other can take it (MoonProxy)"),
+                                                                reason: "no backend for a session whose backend is down"))
+            }
+            key = moved
         }
         let body: (CorePool.Entry?) -> Void = { [weak self] entry in
             guard let self, !self.closed else {
@@ -111,6 +121,11 @@ extension ClientChannelHandler {
                 return
             }
             guard let entry else {
+                if self.shared.backends.isDown(key.backend), !tried.contains(key.backend) {
+                    var next = tried
+                    next.insert(key.backend)
+                    return self.takeMultiplexed(tried: next)  // the backend failed meanwhile: another one
+                }
                 return self.run(self.machine.multiplexedServerUnavailable(
                     .noBackend("no server connection of this login came free within \(self.multiplexWait.nanoseconds / 1_000_000_000) s (MoonProxy)"),
                     reason: "no server connection of the login came free in time"))
@@ -155,14 +170,28 @@ extension ClientChannelHandler {
                                  handler: NIOLoopBound(handler, eventLoop: eventLoop))
             .hop(to: eventLoop)
             .assumeIsolated()
-            .whenComplete { result in
+            .whenComplete { [weak self] result in
                 switch result {
                 case .success:
                     if let header { handler.writeAndFlush(header) }  // before the greeting, as for any connection
                 case .failure(let error):
+                    self?.shared.backends.markDown(index)
+                    self?.counters.add(.backendConnectFailures)
+                    self?.logStorm(.backendConnectFailed, "cannot connect to backend \(address), marking it down: \(error)")
                     pool.loginConnectFailed(handler, error)
                 }
             }
+    }
+
+    /// The session's login on another backend: its connections are counted and shared there.
+    func moveSession(to index: Int) -> CorePool.Key? {
+        guard let pool = sweeper?.corePool, let old = multiplexKey, let login = lastServerLogin ?? machine.serverLogin else { return nil }
+        let key = CorePool.Key(backend: index, login: login)
+        pool.leave(old, self)
+        pool.join(key, self)
+        multiplexKey = key
+        log(.info, "the session moves from backend \(old.backend + 1) to backend \(index + 1)")
+        return key
     }
 
     private func attachMultiplexed(_ entry: CorePool.Entry) {
