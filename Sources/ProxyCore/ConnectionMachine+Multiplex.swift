@@ -49,6 +49,17 @@ extension ConnectionMachine {
         return nextAction()
     }
 
+    /// Its backend was drained and the session could not leave it in time: between commands the
+    /// client gets the ERR a killed connection gets; in the middle of one, the connection ends.
+    public mutating func backendDrained() -> Action {
+        guard !isClosed else { return .none }
+        noteClose(.noBackend)
+        let reason = "the session's backend was drained and the session could not move off it in time"
+        guard inSession, !isAwaitingResponse, fromClient.isAtPacketBoundary else { return close(.abort, reason: reason) }
+        return refuse(ERRPacket(code: 1927, sqlState: "70100", message: "Connection was killed: its backend was drained (MoonProxy)"),
+                      sequenceID: 0, reason: reason)
+    }
+
     /// Whether the session has given its server connection up (or waits for one).
     public var isParked: Bool { (tracking?.attachment ?? .attached) != .attached }
 

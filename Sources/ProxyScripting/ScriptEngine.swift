@@ -45,6 +45,9 @@ public final class ScriptEngine: @unchecked Sendable {
         public var accounts: (@Sendable () -> [[(String, String)]])?
         /// What `chassis.get_pool()` lists: the core pool's connections by login.
         public var pool: (@Sendable () -> [[(String, String)]])?
+        /// What `chassis.drain_backend(ndx, seconds)` and `chassis.undrain_backend(ndx)` do
+        /// (backend index from 0, seconds, true to drain); false for no such backend.
+        public var drainBackend: (@Sendable (Int, Double, Bool) -> Bool)?
         /// What `chassis.set_shutdown()` does; without it the call is logged and ignored.
         public var shutdownRequest: (@Sendable () -> Void)?
         /// Lua code run in each connection's environment before the script (the admin interface

@@ -87,6 +87,8 @@ enum AdminInterface {
         { "SELECT * FROM config", "the effective options" },
         { "SELECT * FROM accounts", "the servers' accounts as read with --proxy-users-user, in the order the servers search them (no hashes)" },
         { "SELECT * FROM pool", "the core pool (--proxy-pool-max): server connections by backend and login, idle or being reset" },
+        { "DRAIN BACKEND n [WITHIN seconds]", "new sessions avoid backend n; multiplexed sessions move off it between commands; those left after the deadline (60 s) are closed" },
+        { "UNDRAIN BACKEND n", "backend n takes sessions again" },
       })
     end
     tables.backends = function()
@@ -161,6 +163,26 @@ enum AdminInterface {
       local query = packet:sub(2):gsub("^%s+", ""):gsub("[%s;]+$", ""):lower():gsub("%s+", " ")
       local name = query:match("^select %* from ([%w_]+)$")
       if name and tables[name] then return tables[name]() end
+      local ndx, within = query:match("^drain backend (%d+) within (%d+)$")
+      if not ndx then ndx = query:match("^drain backend (%d+)$") end
+      if ndx then
+        local seconds = tonumber(within) or 60
+        if not chassis.drain_backend(tonumber(ndx), seconds) then
+          proxy.response = { type = proxy.MYSQLD_PACKET_ERR, errcode = 1105, sqlstate = "HY000", errmsg = "no backend " .. ndx }
+        else
+          proxy.response = { type = proxy.MYSQLD_PACKET_OK, message = ("backend %s drains within %d s"):format(ndx, seconds) }
+        end
+        return proxy.PROXY_SEND_RESULT
+      end
+      ndx = query:match("^undrain backend (%d+)$")
+      if ndx then
+        if chassis.undrain_backend(tonumber(ndx)) then
+          proxy.response = { type = proxy.MYSQLD_PACKET_OK }
+        else
+          proxy.response = { type = proxy.MYSQLD_PACKET_ERR, errcode = 1105, sqlstate = "HY000", errmsg = "no backend " .. ndx }
+        end
+        return proxy.PROXY_SEND_RESULT
+      end
       if query:match("^select @@version_comment") then
         return resultset({ "@@version_comment" }, { { "MoonProxy admin" } })
       end

@@ -44,6 +44,9 @@ public final class BackendPool: Sendable {
         /// Limits of the idle connection pool (`pool.min_idle_connections`, `max_idle_connections`).
         var minIdle = 0
         var maxIdle = 20
+        /// `DRAIN BACKEND`: no new session comes here; multiplexed sessions move off between
+        /// commands; those still here at the deadline are closed.
+        var drainDeadline: NIODeadline?
     }
 
     /// Idle pooled server connections, by event loop, backend and user.
@@ -111,7 +114,7 @@ public final class BackendPool: Sendable {
             for offset in 0..<n {
                 let i = (offset + value.rotation) % n
                 let e = value.backends[i]
-                guard e.configuration.type == .readWrite, !excluding.contains(i) else { continue }
+                guard e.configuration.type == .readWrite, !excluding.contains(i), e.drainDeadline == nil else { continue }
                 if e.state == .down, !retryable(e, now: now) { continue }
                 if let b = best, value.backends[b].connectedClients <= e.connectedClients { continue }
                 best = i
@@ -136,10 +139,38 @@ public final class BackendPool: Sendable {
         }
     }
 
-    /// Whether backend `index` is marked down (or does not exist).
-    func isDown(_ index: Int) -> Bool {
-        entries.withLockedValue { value in !value.backends.indices.contains(index) || value.backends[index].state == .down }
+    /// Whether backend `index` is marked down or draining (or does not exist): sessions move off it.
+    func isUnavailable(_ index: Int) -> Bool {
+        entries.withLockedValue { value in
+            !value.backends.indices.contains(index) || value.backends[index].state == .down || value.backends[index].drainDeadline != nil
+        }
     }
+
+    /// `DRAIN BACKEND n`: sessions leave backend `index` within `within`; false for no such backend.
+    public func drain(_ index: Int, within: TimeAmount, now: NIODeadline = .now()) -> Bool {
+        entries.withLockedValue { value in
+            guard value.backends.indices.contains(index) else { return false }
+            value.backends[index].drainDeadline = now + within
+            return true
+        }
+    }
+
+    /// `UNDRAIN BACKEND n`: it takes sessions again.
+    public func undrain(_ index: Int) -> Bool {
+        entries.withLockedValue { value in
+            guard value.backends.indices.contains(index) else { return false }
+            value.backends[index].drainDeadline = nil
+            return true
+        }
+    }
+
+    /// When backend `index` must be empty, while it drains.
+    func drainDeadline(_ index: Int) -> NIODeadline? {
+        entries.withLockedValue { value in value.backends.indices.contains(index) ? value.backends[index].drainDeadline : nil }
+    }
+
+    /// Whether any backend drains (a cheap look before the sweep's walk).
+    var anyDraining: Bool { entries.withLockedValue { value in value.backends.contains { $0.drainDeadline != nil } } }
 
     public func markDown(_ index: Int, now: NIODeadline = .now()) {
         entries.withLockedValue { value in

@@ -141,6 +141,9 @@ public final class MoonProxy: Sendable {
             script.connections = { registry?.rows() ?? [] }
             script.accounts = { accounts?.rows() ?? [] }
             script.pool = { corePool?.rows() ?? [] }
+            script.drainBackend = { index, seconds, drain in
+                drain ? backends.drain(index, within: .nanoseconds(Int64(seconds * 1e9))) : backends.undrain(index)
+            }
             var adminLogger = logger
             adminLogger[metadataKey: "module"] = "admin"
             let adminEngine = ScriptEngine(configuration: script, backends: backends, logger: adminLogger)

@@ -29,7 +29,7 @@ def test_builtin_tables(start_proxy):
     assert header == ["command", "description"]
     assert [row[0] for row in rows] == ["SELECT * FROM help", "SELECT * FROM backends", "SELECT * FROM stats",
                                         "SELECT * FROM connections", "SELECT * FROM config", "SELECT * FROM accounts",
-                                        "SELECT * FROM pool"]
+                                        "SELECT * FROM pool", "DRAIN BACKEND n [WITHIN seconds]", "UNDRAIN BACKEND n"]
 
     # traffic through the proxy shows in the admin's tables
     c = proxy.connect()
@@ -60,7 +60,7 @@ def test_builtin_tables(start_proxy):
     a = pymysql.connect(host="127.0.0.1", port=admin_port, user="boss", password="s3cret pass")
     with a.cursor() as cur:
         cur.execute("select * from HELP;")
-        assert len(cur.fetchall()) == 7
+        assert len(cur.fetchall()) == 9
         with pytest.raises(pymysql.err.OperationalError) as e:
             cur.execute("SELECT 1")
         assert e.value.args[0] == 1105 and "SELECT * FROM help" in e.value.args[1]
@@ -140,7 +140,7 @@ def test_the_connections_table_shows_each_links_tls_and_compression(start_proxy)
             break
         time.sleep(0.2)
     assert header == ["id", "client", "backend", "user", "db", "state", "seconds", "client_tls", "backend_tls",
-                      "client_compression", "backend_compression"]
+                      "client_compression", "backend_compression", "server_connection", "pinned"]
     assert len(got) == 2
     first, second = got
     assert first["user"] == "root" and first["client_tls"] == "NULL" and first["client_compression"] == "NULL"

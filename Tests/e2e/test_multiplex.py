@@ -295,3 +295,71 @@ def test_sessions_move_off_a_backend_that_goes_away(start_proxy):
             c.close()
     finally:
         second.stop()
+
+
+def admin(admin_port, statement):
+    return subprocess.run(["mariadb", "-h127.0.0.1", f"-P{admin_port}", "-uboss", "-ps3cret pass", "--batch", "--skip-ssl",
+                           "-e", statement], capture_output=True, text=True, timeout=30)
+
+
+def test_draining_a_backend_moves_its_sessions_between_commands(start_proxy):
+    """DRAIN BACKEND: sessions move off between commands in their state; a session pinned past
+    the deadline is closed with a named error; new logins avoid the backend."""
+    from conftest import ExtraMariaDB
+    second = ExtraMariaDB("mariadb-mx-drain")
+    try:
+        second.sql("CREATE OR REPLACE USER 'moon_mx_svc'@'127.0.0.1' IDENTIFIED BY 'svc pw';"
+                   "GRANT SELECT ON mysql.global_priv TO 'moon_mx_svc'@'127.0.0.1';"
+                   "CREATE OR REPLACE USER 'mx'@'%' IDENTIFIED BY 'mx pw'; CREATE DATABASE IF NOT EXISTS moon;"
+                   "GRANT ALL ON moon.* TO 'mx'@'%'")
+        admin_port = free_port()
+        proxy = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{second.port},127.0.0.1:{MARIADB_PORT}", "--proxy-auth=proxy",
+                            "--proxy-pool-max=4", "--proxy-multiplex", f"--proxy-users-user={SERVICE[0]}", "--log-level=info",
+                            *admin_args(admin_port), backend=False, env=dict(os.environ, MOONPROXY_USERS_PASSWORD=SERVICE[1]))
+        assert wait_for(lambda: "accounts from backend" in proxy.log()), proxy.log()
+        wait_for_port(admin_port)
+        sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+                    for _ in range(8)]
+        expected, ports = [], []
+        for i, c in enumerate(sessions):
+            with c.cursor() as cur:
+                cur.execute(f"SET time_zone = '+0{i + 1}:00'")
+                cur.execute(f"SET @x = {i}")
+                expected.append(view(cur))
+                cur.execute("SELECT @@port")
+                ports.append(cur.fetchone()[0])
+        on_second = [i for i, p in enumerate(ports) if p == second.port]
+        assert on_second, ports
+        pinned = on_second[0]
+        with sessions[pinned].cursor() as cur:
+            cur.execute("CREATE TEMPORARY TABLE mx_pin (a INT)")  # cannot move
+        r = admin(admin_port, "DRAIN BACKEND 1 WITHIN 2")
+        assert r.returncode == 0, r.stderr
+        time.sleep(1.5)  # the pool's sweep asks the idle sessions to let go
+        for i, c in enumerate(sessions):
+            if i == pinned:
+                continue
+            with c.cursor() as cur:
+                assert view(cur) == expected[i], i
+                cur.execute("SELECT @@port")
+                assert cur.fetchone()[0] == MARIADB_PORT, i
+        # new logins avoid the draining backend
+        fresh = pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon")
+        with fresh.cursor() as cur:
+            cur.execute("SELECT @@port")
+            assert cur.fetchone()[0] == MARIADB_PORT
+        fresh.close()
+        # the pinned one is closed at the deadline, with the error a killed connection gets
+        time.sleep(2)
+        with pytest.raises(pymysql.err.OperationalError) as closed:
+            with sessions[pinned].cursor() as cur:
+                cur.execute("SELECT 1")
+        assert closed.value.args[0] in (1927, 2013), closed.value.args
+        assert "could not move off it in time" in proxy.log()
+        assert second.sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'mx'") == "0"
+        assert admin(admin_port, "UNDRAIN BACKEND 1").returncode == 0
+        for i, c in enumerate(sessions):
+            if i != pinned:
+                c.close()
+    finally:
+        second.stop()

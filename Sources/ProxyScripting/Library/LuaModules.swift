@@ -114,6 +114,12 @@ enum LuaModules {
         lua.push(object: reference, metatable: engineMetatable)
         lua.push(function: chassisSetShutdown, upvalues: 1)
         lua.rawSet(-2, "set_shutdown")
+        lua.push(object: reference, metatable: engineMetatable)
+        lua.push(function: chassisDrainBackend, upvalues: 1)
+        lua.rawSet(-2, "drain_backend")
+        lua.push(object: reference, metatable: engineMetatable)
+        lua.push(function: chassisUndrainBackend, upvalues: 1)
+        lua.rawSet(-2, "undrain_backend")
         lua.rawSet(-2, "chassis")
 
         lua.newTable()                                  // Lua modules, compiled
@@ -343,6 +349,27 @@ private func pushRows(_ lua: Lua, _ rows: [[(String, String)]]?) -> Int32 {
         }
         lua.rawSet(-2, i + 1)
     }
+    return 1
+}
+
+/// `chassis.drain_backend(ndx, seconds)`: new sessions avoid backend `ndx` (from 1), multiplexed
+/// ones move off it between commands, and those still there after `seconds` are closed; true
+/// when there is such a backend.
+private let chassisDrainBackend: LuaFunction = { L in
+    let lua = Lua(L!)
+    let index = lua.toInteger(at: 1) ?? 0
+    let seconds = lua.toNumber(at: 2) ?? 60
+    let done = seconds.isFinite && seconds >= 0 && seconds <= 86_400
+        && (LuaModules.engine(lua)?.configuration.drainBackend?(index - 1, seconds, true) ?? false)
+    lua.push(done)
+    return 1
+}
+
+/// `chassis.undrain_backend(ndx)`: backend `ndx` takes sessions again.
+private let chassisUndrainBackend: LuaFunction = { L in
+    let lua = Lua(L!)
+    let index = lua.toInteger(at: 1) ?? 0
+    lua.push(LuaModules.engine(lua)?.configuration.drainBackend?(index - 1, 0, false) ?? false)
     return 1
 }
 

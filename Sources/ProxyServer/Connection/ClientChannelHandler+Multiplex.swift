@@ -105,7 +105,7 @@ extension ClientChannelHandler {
         guard var key = multiplexKey, let pool = sweeper?.corePool else {
             return run(machine.multiplexedServerUnavailable(.noBackend("the session's server connection is gone (MoonProxy)"), reason: "no pool for a parked session"))
         }
-        if shared.backends.isDown(key.backend) {
+        if shared.backends.isUnavailable(key.backend) {
             // its backend is down: the session moves to another one, its state restored there
             var excluded = tried
             excluded.insert(key.backend)
@@ -121,7 +121,7 @@ extension ClientChannelHandler {
                 return
             }
             guard let entry else {
-                if self.shared.backends.isDown(key.backend), !tried.contains(key.backend) {
+                if self.shared.backends.isUnavailable(key.backend), !tried.contains(key.backend) {
                     var next = tried
                     next.insert(key.backend)
                     return self.takeMultiplexed(tried: next)  // the backend failed meanwhile: another one
@@ -205,5 +205,11 @@ extension ClientChannelHandler {
         if let context { handler.setReadsPaused(!context.channel.isWritable) }
         run(machine.multiplexedServerAttached(previous: entry.parkedState, own: entry.parkedBy == ObjectIdentifier(self)))
         publish()
+    }
+
+    /// Its backend drains past the deadline and the session is still there (pinned, or busy).
+    func drainDeadlinePassed() {
+        guard !closed, !closing else { return }
+        run(machine.backendDrained())
     }
 }

@@ -93,6 +93,9 @@ extension CorePool {
         handler.owner = nil
         handler.serverLogin = login
         shared.count("multiplex_park", backend: backend)
+        if backends?.drainDeadline(backend) != nil {
+            return handler.quit()  // its backend drains: nobody takes it
+        }
         if let waiter = takeWaiter(key) { return waiter.body(entry) }
         entries[key, default: []].append(entry)
         byHandler[ObjectIdentifier(handler)] = entry
@@ -138,6 +141,24 @@ extension CorePool {
 
     func join(_ key: Key, _ session: ClientChannelHandler) {
         members[key, default: [:]][ObjectIdentifier(session)] = Member(session: session)
+        startSweeping()  // (a drain looks at the members)
+    }
+
+    /// `DRAIN BACKEND`: idle connections to a draining backend close, its sessions between
+    /// commands give theirs up (their next command goes elsewhere), and those still there at the
+    /// deadline are closed.
+    func sweepDraining(now: NIODeadline) {
+        guard let backends, backends.anyDraining else { return }
+        for entry in Array(byHandler.values) where entry.ready && backends.drainDeadline(entry.key.backend) != nil {
+            drop(entry, "its backend drains", event: "closed_drain")
+        }
+        for (key, sessions) in members {
+            guard let deadline = backends.drainDeadline(key.backend) else { continue }
+            for member in sessions.values {
+                guard let session = member.session, session.backendIndex == key.backend else { continue }
+                if !session.yieldServerConnection() && now >= deadline { session.drainDeadlinePassed() }
+            }
+        }
     }
 
     func leave(_ key: Key, _ session: ClientChannelHandler) {

@@ -207,9 +207,13 @@ final class CorePool {
     /// Runs the idle sweep while the pool holds connections.
     private var sweepTask: RepeatedTask?
 
-    init(shared: Shared, eventLoop: EventLoop) {
+    /// The backends (multiplexing: which drain).
+    let backends: BackendPool?
+
+    init(shared: Shared, eventLoop: EventLoop, backends: BackendPool? = nil) {
         self.shared = shared
         self.eventLoop = eventLoop
+        self.backends = backends
     }
 
     enum Taken {
@@ -323,6 +327,7 @@ final class CorePool {
             drop(entry, "no answer to the reset", event: "reset_failed")
         }
         sweepWaiters(now: now)
+        sweepDraining(now: now)
         for entry in byHandler.values where entry.ready {
             // a connection a living session gave up stays while its login has no more than sessions
             if entry.parkedState != nil, connectionCounts[entry.key, default: 0] <= members[entry.key]?.count ?? 0 { continue }
@@ -331,7 +336,7 @@ final class CorePool {
                 drop(entry, "idle", event: old ? "closed_lifetime" : "closed_idle")
             }
         }
-        if byHandler.isEmpty && waitingCount == 0 {
+        if byHandler.isEmpty && waitingCount == 0 && members.isEmpty {
             sweepTask?.cancel()
             sweepTask = nil
         }

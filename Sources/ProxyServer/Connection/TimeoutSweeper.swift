@@ -27,7 +27,7 @@ final class TimeoutSweeper {
          greetingTimeout: TimeAmount? = nil, backends: BackendPool, corePool: CorePool.Shared? = nil) {
         self.eventLoop = eventLoop
         self.serverPool = ServerConnectionPool(eventLoop: eventLoop, backends: backends)
-        self.corePool = corePool.map { CorePool(shared: $0, eventLoop: eventLoop) }
+        self.corePool = corePool.map { CorePool(shared: $0, eventLoop: eventLoop, backends: backends) }
         var shortest = min(readTimeout, writeTimeout)
         if let loginTimeout { shortest = min(shortest, loginTimeout) }
         if let greetingTimeout { shortest = min(shortest, greetingTimeout) }
