@@ -116,7 +116,7 @@ extension ClientChannelHandler {
     }
 
     /// Lets go of the server connection: closed, or handed to the pool by the caller.
-    func detachBackend(closing: Bool) {
+    func detachBackend(closing: Bool, publishing: Bool = true) {
         guard let handler = backend else { return }
         handler.owner = nil
         if closing { handler.close(abrupt: true) }
@@ -125,7 +125,8 @@ extension ClientChannelHandler {
         backendIndex = nil
         described.backend = nil
         scripted?.attached = nil
-        publish()
+        if let key = multiplexKey { sweeper?.corePool?.released(key, self) }
+        if publishing { publish() }
     }
 
     /// Closes the server connection: the script answered the login itself.

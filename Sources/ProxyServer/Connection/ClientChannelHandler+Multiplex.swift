@@ -46,6 +46,7 @@ extension ClientChannelHandler {
         let key = CorePool.Key(backend: index, login: login)
         multiplexKey = key
         pool.join(key, self)
+        if backend != nil { pool.holding(key, self) }
         notePins()
         publish()
     }
@@ -91,11 +92,10 @@ extension ClientChannelHandler {
         lastServerLogin = login
         let challenge = handler.serverLogin != nil ? handler.serverChallenge : machine.serverChallenge
         let backendTLS = described.backendTLS != nil || machine.session.backendTLS
-        detachBackend(closing: false)
+        detachBackend(closing: false, publishing: false)
+        publishAttachment(held: false)
         var local = false
         if case .unix = address { local = true }
-        log(.debug, "gave the server connection up between commands")
-        defer { publish() }
         pool.park(handler, backend: index, login: login, challenge: challenge, state: state, by: ObjectIdentifier(self),
                   address: address, backendTLS: backendTLS, localSocket: local)
     }
@@ -203,13 +203,21 @@ extension ClientChannelHandler {
         described.backend = entry.address
         shared.backends.clientAttached(entry.key.backend)
         if let context { handler.setReadsPaused(!context.channel.isWritable) }
+        if let key = multiplexKey { sweeper?.corePool?.holding(key, self) }
         run(machine.multiplexedServerAttached(previous: entry.parkedState, own: entry.parkedBy == ObjectIdentifier(self)))
-        publish()
+        publishAttachment(held: true)
     }
 
     /// Its backend drains past the deadline and the session is still there (pinned, or busy).
     func drainDeadlinePassed() {
         guard !closed, !closing else { return }
         run(machine.backendDrained())
+    }
+
+    /// The admin interface's `server_connection` for this session (cheaper than `publish()`:
+    /// it changes at every hand-over).
+    func publishAttachment(held: Bool) {
+        guard let registry = shared.registry, described.id != 0, !closed else { return }
+        registry.update(described.id) { $0.multiplexed = held ? "held" : "given up" }
     }
 }

@@ -72,7 +72,7 @@ extension CorePool {
     /// Asks the login's sessions, one after another, to give their connection up, until one does
     /// (its `park` serves the first waiter).
     func askToPark(_ key: Key, except: ObjectIdentifier?) {
-        guard let sessions = members[key] else { return }
+        guard let sessions = holders[key] else { return }
         for (id, member) in sessions where id != except {
             guard hasWaiters(key) else { return }
             if member.session?.yieldServerConnection() == true { return }
@@ -152,7 +152,7 @@ extension CorePool {
         for entry in Array(byHandler.values) where entry.ready && backends.drainDeadline(entry.key.backend) != nil {
             drop(entry, "its backend drains", event: "closed_drain")
         }
-        for (key, sessions) in members {
+        for (key, sessions) in holders {
             guard let deadline = backends.drainDeadline(key.backend) else { continue }
             for member in sessions.values {
                 guard let session = member.session, session.backendIndex == key.backend else { continue }
@@ -165,7 +165,21 @@ extension CorePool {
         let id = ObjectIdentifier(session)
         members[key]?[id] = nil
         if members[key]?.isEmpty == true { members[key] = nil }
+        released(key, session)
         cancelWaiting(id)
+    }
+
+    /// A member took a connection of `key` (it may be asked to give it up).
+    func holding(_ key: Key, _ session: ClientChannelHandler) {
+        holders[key, default: [:]][ObjectIdentifier(session)] = Member(session: session)
+    }
+
+    /// A member let its connection go (gave it up, lost it, or ended).
+    func released(_ key: Key, _ session: ClientChannelHandler) {
+        let id = ObjectIdentifier(session)
+        guard holders[key]?[id] != nil else { return }
+        holders[key]?[id] = nil
+        if holders[key]?.isEmpty == true { holders[key] = nil }
     }
 
     /// A connection the login opened ended (closed by either side).

@@ -202,6 +202,8 @@ final class CorePool {
     var waiters: [Key: [Waiter]] = [:]
     var waitingCount = 0
     var members: [Key: [ObjectIdentifier: Member]] = [:]
+    /// The members that hold a connection now (at most the cap): the ones asked to give it up.
+    var holders: [Key: [ObjectIdentifier: Member]] = [:]
 
     let eventLoop: EventLoop
     /// Runs the idle sweep while the pool holds connections.
