@@ -198,7 +198,8 @@ extension ConnectionMachine {
             .subtracting(ProtocolCompression.capabilities).subtracting(.ssl)
         capabilities.formUnion(greeting.capabilities.intersection([.protocol41, .secureConnection, .pluginAuth]))
         if wantsTLS { capabilities.insert(.ssl) }
-        if configuration.tracksSessions, ownLogin.credential != nil, greeting.capabilities.contains(.sessionTrack) {
+        if configuration.tracksSessions, ownLogin.credential != nil, greeting.capabilities.contains(.sessionTrack),
+           configuration.hooks.isDisjoint(with: Self.commandHooks) {
             // the proxy reads the session's state from the server's OK packets (+Tracking)
             capabilities.insert(.sessionTrack)
             beginTracking(loginDatabase: plan.response.database ?? "")
