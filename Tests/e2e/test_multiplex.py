@@ -363,3 +363,27 @@ def test_draining_a_backend_moves_its_sessions_between_commands(start_proxy):
                 c.close()
     finally:
         second.stop()
+
+
+def test_a_command_that_waits_past_the_limit_gets_an_error(start_proxy):
+    """Time passing: one connection, held by a session in a transaction; another session's command
+    waits 10 s for it, then gets the proxy's error and its session ends; the holder is untouched."""
+    proxy = start(start_proxy, 1)
+    holder = pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+    other = pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+    with holder.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("SELECT 1")
+    started = time.time()
+    with pytest.raises(pymysql.err.OperationalError) as refused:
+        with other.cursor() as cur:
+            cur.execute("SELECT 1")
+    waited = time.time() - started
+    assert 9 <= waited <= 15, waited
+    assert refused.value.args[0] == 1105 and "came free within 10 s" in refused.value.args[1]
+    with holder.cursor() as cur:
+        cur.execute("COMMIT")
+        cur.execute("SELECT CONNECTION_ID()")
+        assert cur.fetchone()
+    assert "no server connection of the login came free in time" in proxy.log()
+    holder.close()
