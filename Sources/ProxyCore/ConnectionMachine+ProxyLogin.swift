@@ -198,15 +198,16 @@ extension ConnectionMachine {
             .subtracting(ProtocolCompression.capabilities).subtracting(.ssl)
         capabilities.formUnion(greeting.capabilities.intersection([.protocol41, .secureConnection, .pluginAuth]))
         if wantsTLS { capabilities.insert(.ssl) }
-        if configuration.tracksSessions, ownLogin.credential != nil, greeting.capabilities.contains(.sessionTrack),
-           configuration.hooks.isDisjoint(with: Self.commandHooks) {
-            // the proxy reads the session's state from the server's OK packets (+Tracking)
-            capabilities.insert(.sessionTrack)
-            beginTracking(loginDatabase: plan.response.database ?? "")
-        }
         // the server link's compression as in the relay (--proxy-backend-compression: mirror the
         // client's by default)
         let compression = configuration.compression.backendCompression(client: plan.clientCompression, offered: greeting.capabilities)
+        if configuration.tracksSessions, ownLogin.credential != nil, greeting.capabilities.contains(.sessionTrack),
+           configuration.hooks.isDisjoint(with: Self.commandHooks), compression == nil {
+            // the proxy reads the session's state from the server's OK packets (+Tracking); not
+            // over a compressed server link (not multiplexed yet)
+            capabilities.insert(.sessionTrack)
+            beginTracking(loginDatabase: plan.response.database ?? "")
+        }
         response.zstdCompressionLevel = nil
         if let compression {
             capabilities.formUnion(compression.capability)
@@ -248,7 +249,7 @@ extension ConnectionMachine {
         session.backendIsLocal = localSocket
         tracker = .commandPhase(capabilities: session.capabilities)
         fromServer = FrameScanner()
-        beginTracking(loginDatabase: plan.response.database ?? "")
+        if expectedCompression(plan) == nil { beginTracking(loginDatabase: plan.response.database ?? "") }
         var ok = ByteBuffer()
         ok.reserveCapacity(16)
         var seq = plan.reply
@@ -306,6 +307,14 @@ extension ConnectionMachine {
         guard case .connecting = state, configuration.hooks.isDisjoint(with: [.readAuthResult]),
               let ownLogin = own, let plan = ownLogin.plan, let credential = ownLogin.credential else { return nil }
         return serverLogin(plan.response, credential: credential, serverCapabilities: [], compression: expectedCompression(plan))
+    }
+
+    /// Whether the login waiting for a server connection will be tracked, and so multiplexed
+    /// (no read_query script, no compression towards the server).
+    public var pendingLoginIsTracked: Bool {
+        guard configuration.tracksSessions, configuration.hooks.isDisjoint(with: Self.commandHooks),
+              case .connecting = state, let plan = own?.plan, own?.credential != nil else { return false }
+        return expectedCompression(plan) == nil
     }
 
     /// Whether the session's server connection may go back to the pool when the client quits:

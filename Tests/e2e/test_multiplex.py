@@ -387,3 +387,24 @@ def test_a_command_that_waits_past_the_limit_gets_an_error(start_proxy):
         assert cur.fetchone()
     assert "no server connection of the login came free in time" in proxy.log()
     holder.close()
+
+
+def test_compressed_server_links_are_not_multiplexed(start_proxy):
+    """With compression towards the server the sessions keep a connection each (not multiplexed
+    yet), and work as with the pool alone."""
+    proxy = start(start_proxy, 1, "--proxy-backend-compression=zlib")
+    sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+                for _ in range(3)]
+    ids = set()
+    for i, c in enumerate(sessions):
+        with c.cursor() as cur:
+            cur.execute(f"SET time_zone = '+0{i}:00'")
+    for i, c in enumerate(sessions):
+        with c.cursor() as cur:
+            cur.execute("SELECT @@time_zone, CONNECTION_ID(), LENGTH(REPEAT('x', 3000))")
+            zone, connection, length = cur.fetchone()
+            assert (zone, length) == (f"+0{i}:00", 3000)
+            ids.add(connection)
+    assert len(ids) == 3
+    for c in sessions:
+        c.close()

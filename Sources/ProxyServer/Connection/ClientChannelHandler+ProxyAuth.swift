@@ -105,7 +105,9 @@ extension ClientChannelHandler {
     /// ready, or once the reset of one that came back runs out. False: none; open one.
     func takeFromCorePool(_ index: Int, _ address: ProxyAddress, _ resolved: SocketAddress?) -> Bool {
         guard let pool = sweeper?.corePool, let login = machine.pendingServerLogin else { return false }
-        if machine.configuration.multiplexes { return acquireForLogin(pool, CorePool.Key(backend: index, login: login), index) }
+        if machine.configuration.multiplexes && machine.pendingLoginIsTracked {
+            return acquireForLogin(pool, CorePool.Key(backend: index, login: login), index)
+        }
         switch pool.take(CorePool.Key(backend: index, login: login)) {
         case .ready(let entry):
             attachCorePooled(entry, index)
