@@ -206,6 +206,8 @@ public struct ProxyConfiguration: Sendable {
     /// `--proxy-pool-max`: server connections the proxy logged in kept per backend for the next
     /// client of the same login (`proxy` authentication only; 0: none).
     public var poolMaximum = 0
+    /// `--proxy-pool-min-idle`: idle connections kept ready per login once a client proved it.
+    public var poolMinimumIdle = 0
     /// `--proxy-multiplex`: sessions' state is tracked on the proxy's server connections.
     public var multiplex = false
     /// `--proxy-pool-idle-timeout`, `--proxy-pool-max-lifetime`.

@@ -57,6 +57,7 @@ extension Options {
             }
             configuration.authentication = options.proxyAuth.flatMap(AuthenticationMode.init(rawValue:)) ?? .relay
             configuration.poolMaximum = options.proxyPoolMax ?? 0
+            configuration.poolMinimumIdle = options.proxyPoolMinIdle ?? 0
             configuration.multiplex = options.proxyMultiplex
             if let seconds = options.proxyPoolIdleTimeout { configuration.poolIdleTimeout = .nanoseconds(Int64(seconds * 1e9)) }
             if let seconds = options.proxyPoolMaxLifetime { configuration.poolMaximumLifetime = .nanoseconds(Int64(seconds * 1e9)) }

@@ -104,6 +104,9 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("proxy-pool-max"), help: ArgumentHelp("with --proxy-auth=proxy: server connections kept per backend when their clients quit, for the next client of the same login (MoonProxy; default: 0, none)", valueName: "n"))
     var proxyPoolMax: Int?
 
+    @Option(name: .customLong("proxy-pool-min-idle"), help: ArgumentHelp("with a pool: idle server connections kept ready per login once a client proved it (the proxy logs new ones in itself when a client takes one) (MoonProxy; default: 0)", valueName: "n"))
+    var proxyPoolMinIdle: Int?
+
     @Option(name: .customLong("proxy-pool-idle-timeout"), help: ArgumentHelp("seconds a pooled server connection may stay unused before it is closed (MoonProxy; default: 300)", valueName: "seconds"))
     var proxyPoolIdleTimeout: Double?
 
@@ -302,6 +305,7 @@ struct Options: ParsableArguments {
         if self.proxyPoolMax ?? 0 > 0 && self.proxyAuth != "proxy" { throw ValidationError("--proxy-pool-max needs --proxy-auth=proxy (the pool logs connections in with the credentials the proxy verified)") }
         if let t = self.proxyPoolIdleTimeout, !(t >= 0.01 && t <= 86400) { throw ValidationError("--proxy-pool-idle-timeout must be a number of seconds from 0.01 to 86400") }
         if self.proxyMultiplex && (self.proxyAuth != "proxy" || (self.proxyPoolMax ?? 0) == 0) { throw ValidationError("--proxy-multiplex needs --proxy-auth=proxy and --proxy-pool-max") }
+        if let n = self.proxyPoolMinIdle, n < 0 || n > (self.proxyPoolMax ?? 0) { throw ValidationError("--proxy-pool-min-idle must be a number from 0 to --proxy-pool-max") }
         if let t = self.proxyPoolMaxLifetime, !(t >= 1 && t <= 31_536_000) { throw ValidationError("--proxy-pool-max-lifetime must be a number of seconds from 1 to 31536000") }
         if let n = self.maxConnectionsPerAddress, n < 0 { throw ValidationError("--max-connections-per-address must not be negative") }
         if let n = self.maxUnauthenticatedConnectionsPerAddress, n < 0 { throw ValidationError("--max-unauthenticated-connections-per-address must not be negative") }

@@ -383,3 +383,28 @@ def test_host_patterns_match_the_proxy_protocol_client(start_proxy):
         assert refused.value.args == (1045, "Access denied for user 'lan'@'10.1.9.9' (using password: YES)")
     finally:
         server.stop()
+
+
+def test_the_pool_keeps_idle_connections_ready(start_proxy):
+    """--proxy-pool-min-idle: once a client proved a login, taking one of its idle connections
+    makes the proxy log another one in, in the background, before the next client comes."""
+    proxy = start(start_proxy, "--proxy-pool-min-idle=2", pool=4)
+
+    def sleeping():
+        with root() as r, r.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'pa' AND COMMAND = 'Sleep'")
+            return cur.fetchone()[0]
+    pymysql.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw", database="moon").close()
+    assert wait_for(lambda: sleeping() == 1)  # the first client's, back in the pool
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw", database="moon")
+    # it took the idle one; two more are made ready for the next clients
+    assert wait_for(lambda: sleeping() == 3), sleeping()
+    ready = set(pooled_ids())
+    others = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw", database="moon") for _ in range(2)]
+    for o in others:
+        with o.cursor() as cur:
+            cur.execute("SELECT CURRENT_USER(), DATABASE(), CONNECTION_ID()")
+            user, db, connection = cur.fetchone()
+            assert (user, db) == ("pa@%", "moon") and connection in ready  # served by a connection made ready before
+    for o in others + [c]:
+        o.close()

@@ -141,11 +141,13 @@ extension ClientChannelHandler {
 
     /// A new server connection for the session's login (counted already), which the proxy logs
     /// in itself with the credential the session's login proved.
-    func openForMultiplexing(_ pool: CorePool, _ key: CorePool.Key, _ body: @escaping (CorePool.Entry?) -> Void) {
-        guard let context, let login = backend?.serverLogin ?? lastServerLogin ?? machine.serverLogin,
+    func openForMultiplexing(_ pool: CorePool, _ key: CorePool.Key, login given: ConnectionMachine.ServerLogin? = nil, reserved: Bool = false,
+                             _ body: ((CorePool.Entry?) -> Void)?) {
+        guard let context, let login = given ?? backend?.serverLogin ?? lastServerLogin ?? machine.serverLogin,
               let (index, address, resolved) = shared.backends.candidate(key.backend) else {
-            pool.connectionEnded(key)
-            return body(nil)
+            if reserved { pool.shared.unreserve(key.backend) } else { pool.connectionEnded(key) }
+            body?(nil)
+            return
         }
         let tls = machine.session.backendTLS
         var tlsContext: NIOSSLContext?
@@ -156,12 +158,15 @@ extension ClientChannelHandler {
         }
         let handler = BackendChannelHandler(owner: self)
         handler.createdAt = .now()
-        handler.countingPool = pool
-        handler.countedKey = key
+        if !reserved {
+            handler.countingPool = pool
+            handler.countedKey = key
+        }
         var local = false
         if case .unix = address { local = true }
-        let driver = ServerLoginDriver(login: login, tls: tls, tracks: true)
-        pool.loggingIn(handler, key, driver, address: address, localSocket: local, tlsContext: tlsContext, serverHostname: hostname, body)
+        let driver = ServerLoginDriver(login: login, tls: tls, tracks: machine.sessionState != nil || machine.pendingLoginIsTracked)
+        pool.loggingIn(handler, key, driver, address: address, localSocket: local, tlsContext: tlsContext, serverHostname: hostname,
+                       reserved: reserved, body)
         log(.debug, "opening a server connection to backend \(index + 1) for the session's login")
         let eventLoop = context.eventLoop
         let header = shared.configuration.backendProxyProtocol
@@ -219,5 +224,17 @@ extension ClientChannelHandler {
     func publishAttachment(held: Bool) {
         guard let registry = shared.registry, described.id != 0, !closed else { return }
         registry.update(described.id) { $0.multiplexed = held ? "held" : "given up" }
+    }
+
+    /// `--proxy-pool-min-idle`: the session took an idle connection of its login; the pool makes
+    /// another one ready in the background, logged in by the proxy (not through the PROXY
+    /// protocol: such connections carry one client's address).
+    func replenishPool(_ key: CorePool.Key, _ login: ConnectionMachine.ServerLogin) {
+        let minimum = shared.configuration.poolMinimumIdle
+        guard minimum > 0, !shared.configuration.backendProxyProtocol, let pool = sweeper?.corePool else { return }
+        for _ in 0..<minimum where pool.idleOrComing(key) < minimum && pool.shared.reserve(key.backend) {
+            pool.shared.count("replenish", backend: key.backend)
+            openForMultiplexing(pool, key, login: login, reserved: true, nil)
+        }
     }
 }

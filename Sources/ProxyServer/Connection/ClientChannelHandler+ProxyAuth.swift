@@ -148,6 +148,7 @@ extension ClientChannelHandler {
         // client's first command on the wire, gives it the server's global settings as they are
         // now, as a fresh login would (a SET GLOBAL since the connection came back counts).
         handler.resetSession(flushNow: false)
+        if let login = handler.serverLogin { replenishPool(entry.key, login) }
         publish()
         log(.debug, "took a pooled server connection to backend \(index + 1)")
         run(machine.pooledServerAttached(backendTLS: entry.backendTLS, localSocket: entry.localSocket))

@@ -193,10 +193,10 @@ extension CorePool {
     /// A connection being opened for `key` (counted already), which the proxy logs in itself;
     /// `body` gets it once logged in (nil: it failed).
     func loggingIn(_ handler: BackendChannelHandler, _ key: Key, _ driver: ServerLoginDriver, address: ProxyAddress, localSocket: Bool,
-                   tlsContext: NIOSSLContext?, serverHostname: String?, _ body: @escaping (Entry?) -> Void) {
+                   tlsContext: NIOSSLContext?, serverHostname: String?, reserved: Bool = false, _ body: ((Entry?) -> Void)?) {
         let entry = Entry(handler: handler, key: key, reset: ServerLoginReset(login: driver.login, challenge: []),
                           address: address, backendTLS: driver.tls, localSocket: localSocket)
-        entry.reserved = false
+        entry.reserved = reserved
         entry.loggingIn = driver
         entry.tlsContext = tlsContext
         entry.serverHostname = serverHostname
@@ -266,5 +266,10 @@ extension CorePool {
         case .failed(let reason):
             drop(entry, reason, event: "login_failed")
         }
+    }
+
+    /// Idle connections of `key` that are ready or being made (`--proxy-pool-min-idle`).
+    func idleOrComing(_ key: Key) -> Int {
+        entries[key]?.count { $0.ready || $0.loggingIn != nil } ?? 0
     }
 }
