@@ -17,7 +17,7 @@ import subprocess
 from conftest import MARIADB_PORT, MARIADB_SOCKET, free_port, wait_for_port
 from test_admin import admin_args, table
 from test_health_checks import wait_for
-from test_metrics import promtool_check, samples, scrape
+from test_metrics import promtool_check, samples, scrape  # noqa: F401
 
 SERVICE = ("moon_mx_svc", "svc pw")
 
@@ -408,3 +408,29 @@ def test_compressed_server_links_are_not_multiplexed(start_proxy):
     assert len(ids) == 3
     for c in sessions:
         c.close()
+
+
+def test_pins_and_hand_overs_are_in_the_metrics(start_proxy):
+    """moonproxy_sessions_pinned counts the sessions held by each reason now; the pool's events
+    count the hand-overs; Prometheus' own linter accepts the page."""
+    metrics_port = free_port()
+    proxy = start(start_proxy, 1, f"--metrics-address=127.0.0.1:{metrics_port}")
+    a = pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+    b = pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+    for _ in range(3):
+        for c in (a, b):
+            with c.cursor() as cur:
+                cur.execute("SELECT 1")
+    with a.cursor() as cur:
+        cur.execute("CREATE TEMPORARY TABLE mx_metrics (a INT)")
+        cur.execute("SELECT GET_LOCK('mx_metrics', 0)")
+    text = scrape(metrics_port)
+    promtool_check(text)
+    s = samples(text)
+    assert s['moonproxy_sessions_pinned{reason="temporary_table"}'] == 1
+    assert s['moonproxy_sessions_pinned{reason="get_lock"}'] == 1
+    backend = f"127.0.0.1:{MARIADB_PORT}"
+    assert s[f'moonproxy_core_pool_events_total{{backend="{backend}",event="multiplex_park"}}'] >= 5
+    a.close()
+    assert wait_for(lambda: samples(scrape(metrics_port)).get('moonproxy_sessions_pinned{reason="temporary_table"}') == 0)
+    b.close()
