@@ -173,16 +173,12 @@ extension ConnectionMachine {
         public var clientProtocolErrors: UInt32 = 0
         public var backendProtocolErrors: UInt32 = 0
         public var backendsLost: UInt32 = 0
-        /// Multiplexing: server connections given up between commands, and connections brought
-        /// to a session's state before its command.
-        public var parks: UInt32 = 0
-        public var restores: UInt32 = 0
 
         public init() {}
 
         public var isEmpty: Bool {
             commands == 0 && queries == 0 && errorsSentByProxy == 0 && clientProtocolErrors == 0
-                && backendProtocolErrors == 0 && backendsLost == 0 && parks == 0 && restores == 0
+                && backendProtocolErrors == 0 && backendsLost == 0
         }
 
         public mutating func add(_ other: Counts) {
@@ -192,8 +188,6 @@ extension ConnectionMachine {
             clientProtocolErrors &+= other.clientProtocolErrors
             backendProtocolErrors &+= other.backendProtocolErrors
             backendsLost &+= other.backendsLost
-            parks &+= other.parks
-            restores &+= other.restores
         }
     }
 }

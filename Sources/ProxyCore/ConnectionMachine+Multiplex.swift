@@ -21,11 +21,8 @@ extension ConnectionMachine {
     /// Whether the session can leave its server connection now: tracked, nothing pinned,
     /// nothing on its way in either direction, no statement of the proxy's unanswered.
     public var mayPark: Bool {
-        guard configuration.multiplexes, let t = tracking, t.attachment == .attached, t.enabled, t.state.pins.isEmpty,
-              t.proxyResponses.isEmpty, t.held.readableBytes == 0, t.state.transactionCharacteristics.isEmpty,
-              case .relaying(draining: false) = state, !closeQueued, outbox.isEmpty else { return false }
-        return tracker.clientPhase == .command && !tracker.isAwaitingResponse && fromServer.isAtPacketBoundary
-            && fromClient.isAtPacketBoundary && !tracker.isDesynchronized
+        survivesServerLoss && outbox.isEmpty && tracking!.held.readableBytes == 0 && fromServer.isAtPacketBoundary
+            && !tracker.isDesynchronized
     }
 
     /// Whether the session would carry on if its server connection ended now: between commands,
@@ -68,7 +65,6 @@ extension ConnectionMachine {
     public mutating func parkRequested() -> Action {
         guard mayPark else { return .none }
         tracking!.attachment = .parked
-        counts.parks &+= 1
         return .parkBackend
     }
 
@@ -124,7 +120,6 @@ extension ConnectionMachine {
                 prefix.writeImmutableBuffer(statement)
             }
             tracking!.restoring = true
-            counts.restores &+= 1
         }
         let waiting = tracking!.waiting
         tracking!.waiting = ByteBuffer()

@@ -115,6 +115,8 @@ extension ConnectionMachine {
 
     /// The session's state as the server reported it, where the proxy tracks it.
     public var sessionState: SessionState? { tracking?.state }
+    /// What pins the session (read after every server read: no copy of the state).
+    public var sessionPins: SessionState.Pins { tracking?.state.pins ?? [] }
 
     /// Starts tracking for a login the proxy makes itself (with the credential it holds).
     mutating func beginTracking(loginDatabase: String) {

@@ -80,7 +80,7 @@ public struct ServerLoginDriver: Sendable {
             compression = wanted
         }
         var response = HandshakeResponse41(capabilities: capabilities, characterSet: login.characterSet, username: login.user,
-                                           authResponse: answer(challenge), database: login.database.isEmpty ? nil : login.database,
+                                           authResponse: ServerLoginReset.answer(challenge, credential: login.credential), database: login.database.isEmpty ? nil : login.database,
                                            authPluginName: ProxyAuthenticator.nativePlugin, zstdCompressionLevel: zstdLevel)
         response.attributesBlock = login.attributes
         self.capabilities = capabilities
@@ -103,15 +103,14 @@ public struct ServerLoginDriver: Sendable {
         case 0x00?:
             return .done(challenge: challenge, compression: compression)
         case 0xFE? where !switched:
-            guard let request = try? AuthSwitchRequest(parsing: payload), request.pluginName == ProxyAuthenticator.nativePlugin else {
-                return .failed("the server asked for another authentication plugin (the account changed)")
+            switch ServerLoginReset.answerSwitch(frame, credential: login.credential) {
+            case .answer(let out, let fresh):
+                switched = true
+                challenge = fresh
+                return .send(out)
+            case .refused(let reason):
+                return .failed("\(reason) (the account changed)")
             }
-            switched = true
-            challenge = Array(request.pluginData.prefix(20))
-            var out = ByteBuffer()
-            var seq = frame.sequenceID &+ 1
-            out.writeMySQLPacket(ByteBuffer(bytes: answer(challenge)), sequenceID: &seq)
-            return .send(out)
         case 0xFF?:
             let err = try? ERRPacket(parsing: payload)
             return .failed(err.map { "the server refused the login: \($0.code) \($0.message)" } ?? "a malformed ERR")
@@ -120,9 +119,6 @@ public struct ServerLoginDriver: Sendable {
         }
     }
 
-    private func answer(_ challenge: [UInt8]) -> [UInt8] {
-        login.credential.isEmpty ? [] : NativePassword.scramble(challenge: challenge, hashedPassword: login.credential)
-    }
 
     /// What a login asks for beside the session's own flags when the capabilities it was made
     /// with are not known.

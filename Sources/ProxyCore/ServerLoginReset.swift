@@ -67,7 +67,30 @@ public struct ServerLoginReset: Equatable, Sendable {
     }
 
     private func answer(_ challenge: [UInt8]) -> [UInt8] {
-        login.credential.isEmpty ? [] : NativePassword.scramble(challenge: Array(challenge.prefix(20)), hashedPassword: login.credential)
+        Self.answer(challenge, credential: login.credential)
+    }
+
+    /// The native answer to `challenge` from SHA1(password) (none without a password).
+    static func answer(_ challenge: [UInt8], credential: [UInt8]) -> [UInt8] {
+        credential.isEmpty ? [] : NativePassword.scramble(challenge: Array(challenge.prefix(20)), hashedPassword: credential)
+    }
+
+    enum SwitchAnswer {
+        /// Send this; the server's new challenge.
+        case answer(ByteBuffer, challenge: [UInt8])
+        case refused(String)
+    }
+
+    /// MariaDB's auth switch to `mysql_native_password` with a fresh challenge (its answer to a
+    /// login or COM_CHANGE_USER the proxy makes), answered from SHA1(password).
+    static func answerSwitch(_ packet: MySQLFrame, credential: [UInt8]) -> SwitchAnswer {
+        guard let request = try? AuthSwitchRequest(parsing: packet.payload) else { return .refused("a malformed auth switch request") }
+        guard request.pluginName == ProxyAuthenticator.nativePlugin else { return .refused("the server asked for \(request.pluginName)") }
+        let challenge = Array(request.pluginData.prefix(20))
+        var out = ByteBuffer()
+        var seq = packet.sequenceID &+ 1
+        out.writeMySQLPacket(ByteBuffer(bytes: answer(challenge, credential: credential)), sequenceID: &seq)
+        return .answer(out, challenge: challenge)
     }
 
     /// The server's next packet.
@@ -80,16 +103,14 @@ public struct ServerLoginReset: Equatable, Sendable {
         case 0x00?:
             return .done
         case 0xFE? where !switched && way == .changeUser:
-            guard let request = try? AuthSwitchRequest(parsing: payload) else { return .failed("a malformed auth switch request") }
-            guard request.pluginName == ProxyAuthenticator.nativePlugin else {
-                return .failed("the server asked for \(request.pluginName) (the account changed since the connection was pooled)")
+            switch Self.answerSwitch(packet, credential: login.credential) {
+            case .answer(let out, let fresh):
+                switched = true
+                challenge = fresh
+                return .send(out)
+            case .refused(let reason):
+                return .failed("\(reason) (the account changed since the connection was pooled)")
             }
-            switched = true
-            challenge = Array(request.pluginData.prefix(20))
-            var out = ByteBuffer()
-            var seq = packet.sequenceID &+ 1
-            out.writeMySQLPacket(ByteBuffer(bytes: answer(challenge)), sequenceID: &seq)
-            return .send(out)
         case 0xFF?:
             let err = try? ERRPacket(parsing: payload)
             return .failed(err.map { "\($0.code) \($0.message)" } ?? "a malformed ERR")

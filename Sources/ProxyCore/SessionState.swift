@@ -31,14 +31,11 @@ public struct SessionState: Hashable, Sendable {
         public static let trackers = Pins(rawValue: 1 << 7)
         /// The server reported a change the proxy could not read, or that no statement explains.
         public static let untracked = Pins(rawValue: 1 << 8)
-        /// A binary prepared statement is open (ids are the server's).
+        /// A binary prepared statement is open (ids are the server's; its cursors and long data
+        /// with it).
         public static let preparedStatement = Pins(rawValue: 1 << 9)
-        /// A cursor is open, or long data is pending for a statement.
-        public static let cursor = Pins(rawValue: 1 << 10)
         /// XA START: until XA COMMIT / ROLLBACK.
         public static let xa = Pins(rawValue: 1 << 11)
-        /// A script runs hooks on the session's commands.
-        public static let script = Pins(rawValue: 1 << 12)
         /// The session changed user (COM_CHANGE_USER).
         public static let changedUser = Pins(rawValue: 1 << 13)
         /// The next statement may ask for FOUND_ROWS(), ROW_COUNT() or the warnings of this one.
@@ -53,7 +50,7 @@ public struct SessionState: Hashable, Sendable {
             (.transaction, "transaction"), (.temporaryTable, "temporary_table"), (.namedLock, "get_lock"),
             (.tableLock, "lock_tables"), (.handler, "handler"), (.textPrepare, "prepare"), (.timestamp, "timestamp"),
             (.trackers, "session_track"), (.untracked, "untracked"), (.preparedStatement, "prepared_statement"),
-            (.cursor, "cursor"), (.xa, "xa"), (.script, "script"), (.changedUser, "change_user"),
+            (.xa, "xa"), (.changedUser, "change_user"),
             (.lastStatement, "last_statement"), (.userVariables, "user_variables"),
             (.schemaWithoutLoginDatabase, "schema_without_login_database"),
         ]
@@ -113,6 +110,10 @@ public struct SessionState: Hashable, Sendable {
         variables.last { $0.name == name }?.value
     }
 
+    /// The most user variables carried for a session (each SET looks its names up, and a move
+    /// sets them all).
+    static let mostUserVariables = 64
+
     /// Variables the server reports but a session cannot set (or that are not state).
     static let notRestored: Set<String> = ["last_gtid", "in_transaction", "warning_count", "error_count", "external_user", "proxy_user"]
 
@@ -163,8 +164,10 @@ public struct SessionState: Hashable, Sendable {
         for (name, literal) in statement.userVariables {
             if let i = userVariables.firstIndex(where: { $0.name == name }) {
                 userVariables[i].literal = literal
-            } else {
+            } else if userVariables.count < Self.mostUserVariables {
                 userVariables.append((name, literal))
+            } else {
+                pins.insert(.userVariables)  // more than the proxy carries: the session stays where they are
             }
         }
     }
@@ -177,7 +180,7 @@ public struct SessionState: Hashable, Sendable {
         transactionCharacteristics = ""
         clientTrackers = .mariaDBDefaults
         pins.subtract([.temporaryTable, .namedLock, .tableLock, .handler, .textPrepare, .timestamp, .trackers,
-                       .preparedStatement, .cursor, .lastStatement, .userVariables, .transaction])
+                       .preparedStatement, .lastStatement, .userVariables, .transaction])
     }
 
     /// Keeps the transaction pin in step with the status flags of the latest OK or EOF.

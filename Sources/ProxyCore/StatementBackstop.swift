@@ -29,10 +29,36 @@ public struct StatementBackstop: Equatable, Sendable {
 
     public init() {}
 
-    /// Reads one COM_QUERY's text.
+    /// Reads one COM_QUERY's text (lexed only when it names a user variable or one of the words
+    /// the backstop looks for: most statements cost one pass over their bytes and no tokens).
     public init<Bytes: Collection>(_ text: Bytes) where Bytes.Element == UInt8 {
+        guard Self.worthReading(text) else { return }
         let tokens = Self.tokens(Array(text))
         classify(tokens)
+    }
+
+    /// The words (upper case) a statement must contain, as a word, for anything above to apply.
+    static let words: [[UInt8]] = ["LOCK", "UNLOCK", "GET_LOCK", "GET_LOCK_BY_NAME", "HANDLER", "XA", "TEMPORARY", "PREPARE",
+                                   "EXECUTE", "DEALLOCATE", "SQL_CALC_FOUND_ROWS", "NAMES"].map { Array($0.utf8) }
+
+    /// Whether `text` has an `@` or one of `words` (anywhere, strings and comments too).
+    static func worthReading<Bytes: Collection>(_ text: Bytes) -> Bool where Bytes.Element == UInt8 {
+        var word: [UInt8] = []
+        word.reserveCapacity(20)
+        var tooLong = false  // a word longer than any of `words`
+        func matches() -> Bool { !tooLong && !word.isEmpty && words.contains(word) }
+        for c in text {
+            if c == UInt8(ascii: "@") { return true }
+            let upper = c >= 0x61 && c <= 0x7A ? c - 0x20 : c
+            if (upper >= 0x41 && upper <= 0x5A) || upper == 0x5F {
+                if word.count < 20 { word.append(upper) } else { tooLong = true }
+            } else {
+                if matches() { return true }
+                word.removeAll(keepingCapacity: true)
+                tooLong = false
+            }
+        }
+        return matches()
     }
 
     private mutating func classify(_ tokens: [Token]) {

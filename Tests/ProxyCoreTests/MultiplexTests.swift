@@ -134,26 +134,24 @@ struct ServerLoginDriverTests {
         #expect(d.received(Wire.ok(seq: 4)) == .done(challenge: fresh, compression: nil))
     }
 
-    @Test func overTLSTheRequestComesFirstAndARefusalFails() throws {
-        var d = ServerLoginDriver(login: Self.login, tls: true, tracks: false)
-        // a greeting without CLIENT_SSL cannot serve a login that had TLS
-        var plain = Wire.greetingValue()
-        plain.capabilities.remove(.ssl)
+    /// The captured greeting, framed, with CLIENT_SSL offered or not.
+    static func greeting(ssl: Bool) -> ByteBuffer {
+        var greeting = Wire.greetingValue()
+        if ssl { greeting.capabilities.insert(.ssl) } else { greeting.capabilities.remove(.ssl) }
         var payload = ByteBuffer()
-        plain.write(to: &payload)
+        greeting.write(to: &payload)
         var framed = ByteBuffer()
         var seq: UInt8 = 0
         framed.writeMySQLPacket(payload, sequenceID: &seq)
-        guard case .failed = d.received(framed) else { Issue.record("a plaintext server accepted"); return }
+        return framed
+    }
+
+    @Test func overTLSTheRequestComesFirstAndARefusalFails() throws {
+        var d = ServerLoginDriver(login: Self.login, tls: true, tracks: false)
+        // a greeting without CLIENT_SSL cannot serve a login that had TLS
+        guard case .failed = d.received(Self.greeting(ssl: false)) else { Issue.record("a plaintext server accepted"); return }
         var e = ServerLoginDriver(login: Self.login, tls: true, tracks: false)
-        var offered = Wire.greetingValue()
-        offered.capabilities.insert(.ssl)
-        var p2 = ByteBuffer()
-        offered.write(to: &p2)
-        var f2 = ByteBuffer()
-        var s2: UInt8 = 0
-        f2.writeMySQLPacket(p2, sequenceID: &s2)
-        guard case .startTLS(let request, let then) = e.received(f2) else { Issue.record("no TLS"); return }
+        guard case .startTLS(let request, let then) = e.received(Self.greeting(ssl: true)) else { Issue.record("no TLS"); return }
         #expect(try firstFrame(request).sequenceID == 1 && firstFrame(then).sequenceID == 2)
         guard case .failed(let reason) = e.received(Wire.packets([("ff15042332383030304163636573732064656e696564", 3)])) else {
             Issue.record("a refusal went through"); return

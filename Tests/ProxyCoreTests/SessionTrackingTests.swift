@@ -1,6 +1,6 @@
 import MySQLWire
 import NIOCore
-import ProxyCore
+@testable import ProxyCore
 import Testing
 
 /// Session tracking on the proxy's own server connections, on OK packets captured from MariaDB
@@ -83,25 +83,34 @@ struct SessionTrackingTests {
 
     // MARK: the machine
 
-    static func tracking(clientTracks: Bool, multiplexes: Bool = false) -> Driver {
-        var c = ConnectionMachine.Configuration()
-        c.poolsServers = true
-        c.tracksSessions = true
-        c.multiplexes = multiplexes
-        var d = Driver(c)
+    /// A client greeted by the proxy (offering `offered` beside its usual flags) that answered with
+    /// `capabilities` and `database`, nat's right password.
+    static func loggingIn(_ configuration: ConnectionMachine.Configuration, offered: CapabilityFlags, capabilities: CapabilityFlags,
+                          database: String? = nil) -> Driver {
+        var d = Driver(configuration)
         d.verifier = { ProxyAuthenticator.verify($0, table: ProxyLoginTests.table([ProxyLoginTests.nat]), hostname: nil, ip: "10.0.0.1") }
         var greeting = ProxyLoginTests.ownGreeting()
-        greeting.capabilities.insert(.sessionTrack)
+        greeting.capabilities.formUnion(offered)
         d.run(d.machine.clientConnected(ownGreeting: greeting))
-        var r = HandshakeResponse41(capabilities: [.protocol41, .secureConnection, .pluginAuth, .longPassword, .transactions, .deprecateEOF],
-                                    username: "nat", authResponse: NativePasswordTests.answer, authPluginName: "mysql_native_password")
-        if clientTracks { r.capabilities.insert(.sessionTrack) }
+        let r = HandshakeResponse41(capabilities: capabilities, username: "nat", authResponse: NativePasswordTests.answer,
+                                    database: database, authPluginName: "mysql_native_password")
         var payload = ByteBuffer()
         r.write(to: &payload)
         var framed = ByteBuffer()
         var seq: UInt8 = 1
         framed.writeMySQLPacket(payload, sequenceID: &seq)
         d.client(framed)
+        return d
+    }
+
+    static func tracking(clientTracks: Bool, multiplexes: Bool = false) -> Driver {
+        var c = ConnectionMachine.Configuration()
+        c.poolsServers = true
+        c.tracksSessions = true
+        c.multiplexes = multiplexes
+        var capabilities: CapabilityFlags = [.protocol41, .secureConnection, .pluginAuth, .longPassword, .transactions, .deprecateEOF]
+        if clientTracks { capabilities.insert(.sessionTrack) }
+        var d = loggingIn(c, offered: .sessionTrack, capabilities: capabilities)
         d.connected()
         d.server([(Wire.greeting, 0)])
         return d
@@ -153,19 +162,9 @@ struct SessionTrackingTests {
     @Test func aPooledLoginsOKNamesItsSchemaAsTheServersDoes() throws {
         var c = ConnectionMachine.Configuration()
         c.poolsServers = true
-        var d = Driver(c)
-        d.verifier = { ProxyAuthenticator.verify($0, table: ProxyLoginTests.table([ProxyLoginTests.nat]), hostname: nil, ip: "10.0.0.1") }
-        var greeting = ProxyLoginTests.ownGreeting()
-        greeting.capabilities.formUnion([.sessionTrack, .connectWithDB])
-        d.run(d.machine.clientConnected(ownGreeting: greeting))
-        let r = HandshakeResponse41(capabilities: [.protocol41, .secureConnection, .pluginAuth, .transactions, .sessionTrack, .connectWithDB],
-                                    username: "nat", authResponse: NativePasswordTests.answer, database: "mxdb", authPluginName: "mysql_native_password")
-        var payload = ByteBuffer()
-        r.write(to: &payload)
-        var framed = ByteBuffer()
-        var seq: UInt8 = 1
-        framed.writeMySQLPacket(payload, sequenceID: &seq)
-        d.client(framed)
+        var d = Self.loggingIn(c, offered: [.sessionTrack, .connectWithDB],
+                               capabilities: [.protocol41, .secureConnection, .pluginAuth, .transactions, .sessionTrack, .connectWithDB],
+                               database: "mxdb")
         let attached = d.run(d.machine.pooledServerAttached(backendTLS: false, localSocket: false))
         // captured: MariaDB's OK to a login with database mxdb
         #expect(attached.toClient == Wire.packets([("0000000240000000070105046d786462", 2)]))
@@ -202,6 +201,10 @@ struct StatementBackstopTests {
         #expect(read("PREPARE s FROM 'SELECT 1'").pins == .textPrepare)
         #expect(read("SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1").pins == .lastStatement)
         #expect(read("SELECT 'GET_LOCK(1)', `temporary` FROM t").pins.isEmpty)
+        // what names none of the words is not lexed at all
+        #expect(!StatementBackstop.worthReading(Array("SELECT c FROM sbtest1 WHERE id = 42 /* locked */".utf8)))
+        #expect(StatementBackstop.worthReading(Array("select x from t lock in share mode".utf8)))
+        #expect(!StatementBackstop.worthReading(Array(("SELECT " + String(repeating: "A", count: 100) + "LOCK").utf8)))
         var state = SessionState()
         state.apply(read("LOCK TABLES t WRITE"))
         state.apply(read("SET @a = 1"))
@@ -209,5 +212,8 @@ struct StatementBackstopTests {
         state.apply(read("UNLOCK TABLES"))
         #expect(state.pins.isEmpty)
         #expect(state.restoreStatements() == ["SET @`a` = 1"])
+        // a session that sets more user variables than the proxy carries stays on its connection
+        state.apply(read("SET " + (0..<100).map { "@v\($0) = \($0)" }.joined(separator: ", ")))
+        #expect(state.pins == .userVariables && state.userVariables.count == 64)
     }
 }

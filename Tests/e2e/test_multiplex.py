@@ -258,20 +258,32 @@ def test_parked_sessions_outlive_their_server_connection(start_proxy):
         c.close()
 
 
+def second_server(name):
+    """Another MariaDB with the service account and user mx, to be the proxy's first backend."""
+    from conftest import ExtraMariaDB
+    second = ExtraMariaDB(name)
+    second.sql("CREATE OR REPLACE USER 'moon_mx_svc'@'127.0.0.1' IDENTIFIED BY 'svc pw';"
+               "GRANT SELECT ON mysql.global_priv TO 'moon_mx_svc'@'127.0.0.1';"
+               "CREATE OR REPLACE USER 'mx'@'%' IDENTIFIED BY 'mx pw'; CREATE DATABASE IF NOT EXISTS moon;"
+               "GRANT ALL ON moon.* TO 'mx'@'%'")
+    return second
+
+
+def start_two(start_proxy, second, *extra):
+    """Multiplexing over `second` (backend 1) and the usual server (backend 2), four connections each."""
+    proxy = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{second.port},127.0.0.1:{MARIADB_PORT}", "--proxy-auth=proxy",
+                        "--proxy-pool-max=4", "--proxy-multiplex", f"--proxy-users-user={SERVICE[0]}", "--log-level=info",
+                        *extra, backend=False, env=dict(os.environ, MOONPROXY_USERS_PASSWORD=SERVICE[1]))
+    assert wait_for(lambda: "accounts from backend" in proxy.log()), proxy.log()
+    return proxy
+
+
 def test_sessions_move_off_a_backend_that_goes_away(start_proxy):
     """A second server stops: its sessions, between commands, carry on on the first one, each in
     its own state; no client sees an error."""
-    from conftest import ExtraMariaDB
-    second = ExtraMariaDB("mariadb-mx-second")
+    second = second_server("mariadb-mx-second")
     try:
-        second.sql("CREATE OR REPLACE USER 'moon_mx_svc'@'127.0.0.1' IDENTIFIED BY 'svc pw';"
-                   "GRANT SELECT ON mysql.global_priv TO 'moon_mx_svc'@'127.0.0.1';"
-                   "CREATE OR REPLACE USER 'mx'@'%' IDENTIFIED BY 'mx pw'; CREATE DATABASE IF NOT EXISTS moon;"
-                   "GRANT ALL ON moon.* TO 'mx'@'%'")
-        proxy = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{second.port},127.0.0.1:{MARIADB_PORT}", "--proxy-auth=proxy",
-                            "--proxy-pool-max=4", "--proxy-multiplex", f"--proxy-users-user={SERVICE[0]}", "--log-level=info",
-                            backend=False, env=dict(os.environ, MOONPROXY_USERS_PASSWORD=SERVICE[1]))
-        assert wait_for(lambda: "accounts from backend" in proxy.log()), proxy.log()
+        proxy = start_two(start_proxy, second)
         sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
                     for _ in range(6)]
         expected, ports = [], []
@@ -305,18 +317,10 @@ def admin(admin_port, statement):
 def test_draining_a_backend_moves_its_sessions_between_commands(start_proxy):
     """DRAIN BACKEND: sessions move off between commands in their state; a session pinned past
     the deadline is closed with a named error; new logins avoid the backend."""
-    from conftest import ExtraMariaDB
-    second = ExtraMariaDB("mariadb-mx-drain")
+    second = second_server("mariadb-mx-drain")
     try:
-        second.sql("CREATE OR REPLACE USER 'moon_mx_svc'@'127.0.0.1' IDENTIFIED BY 'svc pw';"
-                   "GRANT SELECT ON mysql.global_priv TO 'moon_mx_svc'@'127.0.0.1';"
-                   "CREATE OR REPLACE USER 'mx'@'%' IDENTIFIED BY 'mx pw'; CREATE DATABASE IF NOT EXISTS moon;"
-                   "GRANT ALL ON moon.* TO 'mx'@'%'")
         admin_port = free_port()
-        proxy = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{second.port},127.0.0.1:{MARIADB_PORT}", "--proxy-auth=proxy",
-                            "--proxy-pool-max=4", "--proxy-multiplex", f"--proxy-users-user={SERVICE[0]}", "--log-level=info",
-                            *admin_args(admin_port), backend=False, env=dict(os.environ, MOONPROXY_USERS_PASSWORD=SERVICE[1]))
-        assert wait_for(lambda: "accounts from backend" in proxy.log()), proxy.log()
+        proxy = start_two(start_proxy, second, *admin_args(admin_port))
         wait_for_port(admin_port)
         sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
                     for _ in range(8)]

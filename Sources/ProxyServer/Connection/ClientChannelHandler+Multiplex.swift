@@ -61,7 +61,7 @@ extension ClientChannelHandler {
     /// Counts the session's pins when they changed (`moonproxy_sessions_pinned`, the admin
     /// interface's `pinned`).
     func notePins() {
-        let pins = machine.sessionState?.pins ?? []
+        let pins = machine.sessionPins
         guard pins != publishedPins, let pool = sweeper?.corePool else { return }
         pool.shared.pinsChanged(from: publishedPins, to: pins)
         publishedPins = pins
