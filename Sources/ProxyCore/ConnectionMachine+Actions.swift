@@ -173,12 +173,14 @@ extension ConnectionMachine {
         public var clientProtocolErrors: UInt32 = 0
         public var backendProtocolErrors: UInt32 = 0
         public var backendsLost: UInt32 = 0
+        /// Binary prepared statements prepared again on another server connection (+Statements).
+        public var statementsPreparedAgain: UInt32 = 0
 
         public init() {}
 
         public var isEmpty: Bool {
             commands == 0 && queries == 0 && errorsSentByProxy == 0 && clientProtocolErrors == 0
-                && backendProtocolErrors == 0 && backendsLost == 0
+                && backendProtocolErrors == 0 && backendsLost == 0 && statementsPreparedAgain == 0
         }
 
         public mutating func add(_ other: Counts) {
@@ -188,6 +190,7 @@ extension ConnectionMachine {
             clientProtocolErrors &+= other.clientProtocolErrors
             backendProtocolErrors &+= other.backendProtocolErrors
             backendsLost &+= other.backendsLost
+            statementsPreparedAgain &+= other.statementsPreparedAgain
         }
     }
 }

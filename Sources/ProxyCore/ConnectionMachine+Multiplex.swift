@@ -106,6 +106,11 @@ extension ConnectionMachine {
         tracking!.holding = false
         tracking!.attachment = .attached
         var prefix = ByteBuffer()
+        if previous == nil || !own {
+            // the session's binary prepared statements are not on this connection
+            tracking!.statements.connectionChanged()
+            tracking!.state.statementsOnServer = false
+        }
         if let previous, own || previous.sameServerState(as: tracking!.state) {
             tracking!.enabled = true  // as the session left it, or as good
         } else {
@@ -149,12 +154,13 @@ extension ConnectionMachine {
 }
 
 extension SessionState {
-    /// Whether a server connection left in `other`'s state serves this session as it is: the
-    /// same schema, variables and transaction characteristics (nothing pinned on either).
+    /// Whether a server connection left in this state serves a session in `other` as it is: the
+    /// same schema, variables and transaction characteristics, nothing pinned on either, and no
+    /// prepared statements of this one's left on it.
     public func sameServerState(as other: SessionState) -> Bool {
         guard schema == other.schema, transactionCharacteristics == other.transactionCharacteristics,
               variables.count == other.variables.count, userVariables.count == other.userVariables.count, lastInsertID == other.lastInsertID,
-              pins.isEmpty, other.pins.isEmpty else { return false }
+              pins.isEmpty, other.pins.isEmpty, !statementsOnServer else { return false }
         for v in variables where other.value(of: v.name) != v.value { return false }
         for u in userVariables where !other.userVariables.contains(where: { $0 == u }) { return false }
         return true

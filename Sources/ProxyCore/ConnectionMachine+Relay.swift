@@ -164,7 +164,8 @@ extension ConnectionMachine {
         return payload
     }
 
-    /// Scans a chunk from the client, registering each command with the tracker; forwards it whole.
+    /// Scans a chunk from the client, registering each command with the tracker; forwards it
+    /// whole (where statement ids are the session's, with them rewritten: +Statements).
     mutating func relayFromClient(_ chunk: ByteBuffer) -> Action {
         if tracking != nil && tracking!.attachment != .attached { return clientBytesWhileParked(chunk) }
         var failure: (isSplit: Bool, sequenceID: UInt8, error: String)?
@@ -180,13 +181,43 @@ extension ConnectionMachine {
         let tracks = tracking != nil
         var tracked: [(CommandCode, FrameScanner.PacketStart, Int)] = []
         if tracks { continueStatement(chunk) }
+        // where statement ids are rewritten, a header split across reads is held until whole
+        let remaps = remapsStatements
+        var combined = chunk
+        var heldCount = 0
+        var edits: [ClientEdit] = []
+        var taken: Tracking?
+        let capabilities = session.capabilities
+        if remaps {
+            heldCount = tracking!.statements.held.readableBytes
+            if heldCount > 0 {
+                combined = tracking!.statements.held
+                combined.writeImmutableBuffer(chunk)
+                tracking!.statements.held = ByteBuffer()
+            }
+            swap(&taken, &tracking)  // (taken out while the scan changes it)
+        }
         fromClient.scanPacketStarts(chunk) { packet, offset in
+            let start = packet.isSplit ? 0 : heldCount + offset
+            if remaps, tracker.clientPhase == .command, let byte = packet.firstByte {
+                switch CommandCode(byte) {
+                case .stmtExecute, .stmtBulkExecute, .stmtSendLongData, .stmtReset, .stmtFetch, .stmtClose:
+                    Self.statementCommandArriving(CommandCode(byte), packet, at: start, in: combined, &taken!, &tracker, &edits,
+                                                  preparedAgain: &counts.statementsPreparedAgain)
+                default:
+                    break
+                }
+            }
             do throws(WireError) {
                 if case .command(let code, let shape) = try tracker.clientPacketStarted(packet) {
-                    if tracks { tracked.append((code, packet, offset)) }
+                    if tracks { tracked.append((code, packet, start)) }
+                    if remaps, code == .stmtPrepare {
+                        Self.clientPrepareSent(packet, at: start, in: combined, ordinal: taken!.responsesEnded + UInt64(tracker.pendingCount) - 1,
+                                               capabilities: capabilities, &taken!)
+                    }
                     if pools {
                         if code == .quit {
-                            quitAt = offset
+                            quitAt = start
                             return false
                         }
                         if code == .changeUser { changedUser = true }
@@ -209,8 +240,15 @@ extension ConnectionMachine {
                 return false
             }
         }
+        if remaps { swap(&taken, &tracking) }
         if changedUser { sessionChangedUser = true }
-        if let quitAt { return clientQuit(chunk, at: quitAt, commands: commands, queries: queries) }
+        if let quitAt {
+            guard remaps, !edits.isEmpty else { return clientQuit(combined, at: quitAt, commands: commands, queries: queries) }
+            var edited = Self.edited(combined, edits, upTo: quitAt)
+            let before = edited.readableBytes
+            edited.writeImmutableBuffer(combined.getSlice(at: combined.readerIndex + quitAt, length: combined.readableBytes - quitAt)!)
+            return clientQuit(edited, at: before, commands: commands, queries: queries)
+        }
         tracker.clientFramesSeen(upTo: fromClient.lastSequenceID)
         countCommands(commands, queries)
         if let failure {
@@ -221,19 +259,41 @@ extension ConnectionMachine {
             }
             return refuse(.unknownCommand(), sequenceID: failure.sequenceID &+ 1, reason: reason)
         }
+        var out = chunk
+        if remaps {
+            let holdFrom = combined.readableBytes - fromClient.carriedBytes
+            if !edits.isEmpty || heldCount > 0 || holdFrom < combined.readableBytes {
+                out = Self.edited(combined, edits, upTo: holdFrom)
+                tracking!.statements.held = combined.getSlice(at: combined.readerIndex + holdFrom, length: combined.readableBytes - holdFrom)!
+            }
+        }
         if tracks && !tracked.isEmpty {
-            trackClientCommands(chunk, tracked, carried: carried)
+            trackClientCommands(combined, tracked, carried: carried - heldCount)
             if tracking!.resetsPending > 0 {
                 // the session's COM_RESET_CONNECTION turned the trackers off: on again, right behind it
                 tracking!.resetsPending = 0
                 if let trackers = enableTrackers() {
-                    var both = chunk
-                    both.writeImmutableBuffer(trackers)
-                    return .forwardToBackend(both)
+                    out.writeImmutableBuffer(trackers)
+                    return .forwardToBackend(out)
                 }
             }
         }
-        return isSettledRelay ? .relayToBackend(chunk, takeCounts()) : .forwardToBackend(chunk)
+        guard out.readableBytes > 0 else { return nextAction() }
+        return isSettledRelay ? .relayToBackend(out, takeCounts()) : .forwardToBackend(out)
+    }
+
+    /// `combined` up to `end` with `edits` (in order, not overlapping) made.
+    static func edited(_ combined: ByteBuffer, _ edits: [ClientEdit], upTo end: Int) -> ByteBuffer {
+        var out = ByteBuffer()
+        out.reserveCapacity(end + edits.reduce(0) { $0 + $1.insert.readableBytes })
+        var cursor = 0
+        for edit in edits where edit.at >= cursor && edit.at + edit.remove <= end {
+            if edit.at > cursor { out.writeImmutableBuffer(combined.getSlice(at: combined.readerIndex + cursor, length: edit.at - cursor)!) }
+            out.writeImmutableBuffer(edit.insert)
+            cursor = edit.at + edit.remove
+        }
+        if end > cursor { out.writeImmutableBuffer(combined.getSlice(at: combined.readerIndex + cursor, length: end - cursor)!) }
+        return out
     }
 
     @inline(__always) mutating func countCommands(_ commands: Int, _ queries: Int) {

@@ -38,8 +38,11 @@ extension ConnectionMachine {
         var restoring = false
         /// A statement whose text is still arriving: what came of it, and how much is to come.
         var statement: (text: ByteBuffer, remaining: Int)?
-        /// Binary prepared statements the session prepared and has not closed (at most).
+        /// Binary prepared statements the session prepared and has not closed (at most), where
+        /// ids are the server's (no multiplexing).
         var preparedStatements = 0
+        /// The session's binary prepared statements, where ids are the session's (+Statements).
+        var statements = Statements()
         /// The `last_statement` pin was set by the statement under way (it lasts one statement more).
         var lastStatementFresh = false
         /// The database the login named ("": none).
@@ -68,6 +71,8 @@ extension ConnectionMachine {
     /// What the client's commands in a chunk mean for the session's state, read as they go to
     /// the server (`carried`: bytes of a split header held from earlier reads).
     mutating func trackClientCommands(_ chunk: ByteBuffer, _ commands: [(CommandCode, FrameScanner.PacketStart, Int)], carried: Int) {
+        let remaps = remapsStatements
+        defer { if remaps { Self.updateStatementPins(&tracking!) } }
         for (code, packet, offset) in commands {
             switch code {
             case .query:
@@ -84,18 +89,20 @@ extension ConnectionMachine {
                 } else {
                     tracking!.statement = (visible, length - visible.readableBytes)
                 }
-            case .stmtPrepare:
+            case .stmtPrepare where !remaps:
                 tracking!.preparedStatements += 1
                 tracking!.state.pins.insert(.preparedStatement)
-            case .stmtClose:
+            case .stmtClose where !remaps:
                 tracking!.preparedStatements = max(0, tracking!.preparedStatements - 1)
                 if tracking!.preparedStatements == 0 { tracking!.state.pins.remove(.preparedStatement) }
             case .changeUser:
                 tracking!.state.pins.insert(.changedUser)
+                tracking!.statements.removeAll()
             case .resetConnection:
                 // the session's reset clears what it set, and the proxy's trackers: they go on again behind it
                 tracking!.state.reset()
                 tracking!.preparedStatements = 0
+                tracking!.statements.removeAll()
                 tracking!.enabled = false
                 tracking!.resetsPending += 1
             case .stmtFetch, .stmtSendLongData:
@@ -153,15 +160,8 @@ extension ConnectionMachine {
 
     mutating func proxyCommand(_ payload: ByteBuffer) -> ByteBuffer? {
         guard tracking != nil, fromClient.isAtPacketBoundary, tracker.clientPhase == .command else { return nil }
-        let start = payload.withUnsafeReadableBytes {
-            FrameScanner.PacketStart(header: PacketHeader(payloadLength: $0.count, sequenceID: 0), prefix: PacketPrefix($0))
-        }
-        guard (try? tracker.clientPacketStarted(start)) != nil else { return nil }
-        tracking!.proxyResponses.append(tracking!.responsesEnded + UInt64(tracker.pendingCount) - 1)
-        var framed = ByteBuffer()
-        var seq: UInt8 = 0
-        framed.writeMySQLPacket(payload, sequenceID: &seq)
-        return framed
+        let ended = tracking!.responsesEnded
+        return Self.registerProxyCommand(payload, &tracker, &tracking!.proxyResponses, responsesEnded: ended)
     }
 
     /// One packet start from the server, through the response tracker (the part both relays
@@ -242,11 +242,18 @@ extension ConnectionMachine {
                     refusedAt = (packet, offset)
                     return false
                 }
+                if let head = t.statements.answers.first, head.ordinal == ordinal {
+                    // the first packet of a prepare's answer
+                    t.statements.answers.removeFirst()
+                    if let edit = Self.prepareAnswered(head.answer, packet, at: start, &t) { edits.append(edit) }
+                }
                 if case .endOfResponse(let end) = kind {
                     t.responsesEnded &+= 1
                     if proxys {
                         t.proxyResponses.removeFirst()
-                        if end.kind != .ok {
+                        if end.command == .stmtPrepare {
+                            // a statement prepared again: where the server refuses, so does the command behind it
+                        } else if end.kind != .ok {
                             t.state.pins.insert(.untracked)
                             if t.restoring { restoreRefused = true }
                         }
@@ -277,6 +284,7 @@ extension ConnectionMachine {
             }
         }
         if let (packet, offset) = refusedAt { return localInfileRefused(chunk, at: offset, packet) }
+        if configuration.multiplexes { Self.updateStatementPins(&t) }
         var holdFrom: Int?
         if let pending {
             holdFrom = pending.start

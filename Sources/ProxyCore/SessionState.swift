@@ -31,9 +31,13 @@ public struct SessionState: Hashable, Sendable {
         public static let trackers = Pins(rawValue: 1 << 7)
         /// The server reported a change the proxy could not read, or that no statement explains.
         public static let untracked = Pins(rawValue: 1 << 8)
-        /// A binary prepared statement is open (ids are the server's; its cursors and long data
-        /// with it).
+        /// A binary prepared statement is open that the proxy cannot prepare again elsewhere (see
+        /// ConnectionMachine+Statements; without multiplexing, any).
         public static let preparedStatement = Pins(rawValue: 1 << 9)
+        /// A cursor is open (COM_STMT_EXECUTE asking for one): until its statement is reset or closed.
+        public static let cursor = Pins(rawValue: 1 << 10)
+        /// COM_STMT_SEND_LONG_DATA sent parameter data: until its statement is executed, reset or closed.
+        public static let longData = Pins(rawValue: 1 << 12)
         /// XA START: until XA COMMIT / ROLLBACK.
         public static let xa = Pins(rawValue: 1 << 11)
         /// The session changed user (COM_CHANGE_USER).
@@ -50,7 +54,7 @@ public struct SessionState: Hashable, Sendable {
             (.transaction, "transaction"), (.temporaryTable, "temporary_table"), (.namedLock, "get_lock"),
             (.tableLock, "lock_tables"), (.handler, "handler"), (.textPrepare, "prepare"), (.timestamp, "timestamp"),
             (.trackers, "session_track"), (.untracked, "untracked"), (.preparedStatement, "prepared_statement"),
-            (.xa, "xa"), (.changedUser, "change_user"),
+            (.xa, "xa"), (.changedUser, "change_user"), (.cursor, "cursor"), (.longData, "long_data"),
             (.lastStatement, "last_statement"), (.userVariables, "user_variables"),
             (.schemaWithoutLoginDatabase, "schema_without_login_database"),
         ]
@@ -77,6 +81,9 @@ public struct SessionState: Hashable, Sendable {
     /// The trackers the client itself would have on (what it is shown of each OK).
     public var clientTrackers: SessionTrackSettings
     public var pins: Pins = []
+    /// The server connection holds binary prepared statements of this session's: another session
+    /// does not take it as it is.
+    public var statementsOnServer = false
     /// The collation of the `SET NAMES ... COLLATE` on its way (applied with its character sets).
     var pendingCollation: String?
 
@@ -180,7 +187,8 @@ public struct SessionState: Hashable, Sendable {
         transactionCharacteristics = ""
         clientTrackers = .mariaDBDefaults
         pins.subtract([.temporaryTable, .namedLock, .tableLock, .handler, .textPrepare, .timestamp, .trackers,
-                       .preparedStatement, .lastStatement, .userVariables, .transaction])
+                       .preparedStatement, .lastStatement, .userVariables, .transaction, .cursor, .longData])
+        statementsOnServer = false
     }
 
     /// Keeps the transaction pin in step with the status flags of the latest OK or EOF.

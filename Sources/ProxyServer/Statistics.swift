@@ -30,6 +30,8 @@ public final class ProxyStatistics: @unchecked Sendable {
         case queryLogDropped
         /// Accepts that failed for want of descriptors (or memory): EMFILE, ENFILE, ENOBUFS, ENOMEM.
         case acceptFailures
+        /// Binary prepared statements prepared again on another server connection (multiplexing).
+        case statementsPreparedAgain
     }
 
     private let active = ManagedAtomic<Int>(0)
@@ -173,6 +175,7 @@ public final class LoopStatistics: @unchecked Sendable {
         if counts.clientProtocolErrors != 0 { add(.clientProtocolErrors, Int(counts.clientProtocolErrors)) }
         if counts.backendProtocolErrors != 0 { add(.backendProtocolErrors, Int(counts.backendProtocolErrors)) }
         if counts.backendsLost != 0 { add(.backendsLost, Int(counts.backendsLost)) }
+        if counts.statementsPreparedAgain != 0 { add(.statementsPreparedAgain, Int(counts.statementsPreparedAgain)) }
     }
 
     public func value(_ counter: ProxyStatistics.Counter) -> Int {

@@ -45,6 +45,8 @@ final class MetricsExporter: Sendable {
             (.bytesToClients, counter("moonproxy_sent_bytes_total", [("peer", "client")], "Bytes sent")),
             (.bytesToBackends, counter("moonproxy_sent_bytes_total", [("peer", "backend")], "Bytes sent")),
             (.queryLogDropped, counter("moonproxy_query_log_dropped_total", [], "Query log entries dropped because the writer fell behind")),
+            (.statementsPreparedAgain, counter("moonproxy_statements_prepared_again_total", [],
+                                               "Binary prepared statements the proxy prepared again on another server connection for a multiplexed session")),
             (.acceptFailures, counter("moonproxy_accept_failures_total", [], "Accepts that failed for want of descriptors or memory")),
         ]
     }

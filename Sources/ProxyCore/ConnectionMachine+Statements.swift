@@ -1,0 +1,346 @@
+import MySQLWire
+import NIOCore
+
+/// Binary prepared statements of a multiplexed session. A statement lives on the server
+/// connection that prepared it, and a multiplexed session changes connections; so the proxy keeps
+/// each statement's text and last bound parameter types, and gives the client statement ids of
+/// the session's own (the server's id where it is free). Each command naming a statement
+/// (EXECUTE, SEND_LONG_DATA, RESET, FETCH, CLOSE) has its id rewritten to the one on the current
+/// connection; where the statement is not there yet, a COM_STMT_PREPARE of the proxy's goes in
+/// front of the command, in the same flush, and the command names MariaDB's "statement prepared
+/// last" (0xFFFFFFFF; a prepare that fails makes it fail too, with 1243), carrying the
+/// parameter types if the client no longer sends them. The proxy's prepare answer is read for the
+/// new id and dropped.
+///
+/// What cannot be moved pins the session: a statement the proxy could not keep (text over 64 KiB
+/// or split across reads, more than 168 parameters, LOAD DATA, MySQL's query attributes, beyond
+/// `mostStatements`), one prepared in another schema than the session's current one, types the
+/// proxy did not see, an open cursor, long data on its way. An id the session never got, or
+/// closed, reaches the server as 0 (unknown: the server's own error), never as another session's
+/// statement.
+extension ConnectionMachine {
+    struct Statements {
+        struct Statement {
+            /// The COM_STMT_PREPARE payload (command byte and text); nil: it cannot be prepared again.
+            var prepare: ByteBuffer?
+            /// The schema it was prepared in (table names resolve there).
+            var schema: String
+            var parameters: Int
+            /// The parameter types last bound (two bytes each); nil where none were seen.
+            var types: [UInt8]?
+            /// An EXECUTE without types came while the proxy knew none: it cannot bind them elsewhere.
+            var typesUnknown = false
+            /// The statement's id on the current server connection (nil: not there, or its prepare is on its way).
+            var serverID: UInt32?
+            /// The server connection (`Statements.generation`) `serverID` belongs to.
+            var generation: UInt32
+            /// The server's statement has types bound (an EXECUTE with types went to it).
+            var typesBound: Bool
+        }
+
+        /// A prepare whose answer is to come: the client's own (its payload, nil if not kept; the
+        /// start of an EXECUTE of it sent before the answer came), or the proxy's, preparing `clientID` again on connection `generation`.
+        enum Answer {
+            case client(prepare: ByteBuffer?, execute: ByteBuffer?)
+            case proxy(clientID: UInt32, generation: UInt32)
+        }
+
+        enum LastPrepare: Equatable {
+            case none
+            case client
+            case proxy(UInt32)
+        }
+
+        var byClient: [UInt32: Statement] = [:]
+        /// Counts the session's server connections: a statement is there when its generation is this.
+        var generation: UInt32 = 0
+        /// Prepares on their way, by the ordinal of their response.
+        var answers: [(ordinal: UInt64, answer: Answer)] = []
+        /// Which statement the server's "prepared last" (0xFFFFFFFF) names on this connection.
+        var lastPrepare = LastPrepare.none
+        /// The client id the client's last prepare got.
+        var lastClientID: UInt32?
+        var cursors: [UInt32] = []
+        var longData: [UInt32] = []
+        /// Where the proxy's own ids go on from (for server ids the session uses already).
+        var nextID: UInt32 = 0x4000_0000
+        /// Client bytes of a packet header (and prefix) that straddle reads: kept until whole, so
+        /// that a statement id in them can be rewritten.
+        var held = ByteBuffer()
+        /// `pins(schema:)`'s answer for `cachedSchema` (nil: the statements changed since).
+        var cachedPins: SessionState.Pins?
+        var cachedSchema = ""
+
+        mutating func freeID() -> UInt32 {
+            while byClient[nextID] != nil || nextID == 0 || nextID == 0xFFFF_FFFF { nextID &+= 1 }
+            defer { nextID &+= 1 }
+            return nextID
+        }
+
+        /// What the statements pin, the session being in `schema`.
+        mutating func pins(schema: String) -> SessionState.Pins {
+            if let cachedPins, cachedSchema == schema { return cachedPins }
+            var pins: SessionState.Pins = []
+            if !cursors.isEmpty { pins.insert(.cursor) }
+            if !longData.isEmpty { pins.insert(.longData) }
+            for s in byClient.values where s.prepare == nil || s.typesUnknown || s.schema != schema {
+                pins.insert(.preparedStatement)
+                break
+            }
+            cachedPins = pins
+            cachedSchema = schema
+            return pins
+        }
+
+        /// The session's COM_RESET_CONNECTION (or COM_CHANGE_USER): the server dropped them all.
+        mutating func removeAll() {
+            byClient = [:]
+            cursors = []
+            longData = []
+            lastPrepare = .none
+            lastClientID = nil
+            cachedPins = nil
+        }
+
+        /// The session goes on on another server connection: none of its statements are there.
+        mutating func connectionChanged() {
+            generation &+= 1
+            lastPrepare = .none
+            answers = []
+            cachedPins = nil
+        }
+    }
+
+    /// The most statements kept for a session (more pin it while they exist).
+    static let mostStatements = 256
+    /// The longest statement text kept.
+    static let longestKeptPrepare = 1 << 16
+    /// The most parameters of a statement the proxy moves (its types flag must lie within the
+    /// 32 bytes of a packet's start that the relay sees whole).
+    static let mostMovedParameters = 168
+
+    /// Whether statement ids are the session's own (multiplexing).
+    var remapsStatements: Bool { configuration.multiplexes && tracking != nil }
+
+    /// Keeps the statement pins in step (after the client's commands and the server's answers).
+    static func updateStatementPins(_ t: inout Tracking) {
+        let schema = t.state.schema ?? t.loginDatabase
+        let pins = t.statements.pins(schema: schema)
+        t.state.pins.subtract([.preparedStatement, .cursor, .longData])
+        t.state.pins.formUnion(pins)
+    }
+
+    /// A bytes edit of the client's stream: `remove` bytes at `at` (in the chunk with held bytes
+    /// in front) give way to `insert`.
+    struct ClientEdit {
+        var at: Int
+        var remove: Int
+        var insert: ByteBuffer
+    }
+
+    /// A client command naming a statement, before the response tracker registers it (so that a
+    /// prepare of the proxy's goes first): the edits that make it name the statement on this
+    /// connection. `start`: the packet's header in `combined`.
+    static func statementCommandArriving(_ code: CommandCode, _ packet: FrameScanner.PacketStart, at start: Int, in combined: ByteBuffer,
+                                         _ t: inout Tracking, _ tracker: inout ResponseTracker, _ edits: inout [ClientEdit],
+                                         preparedAgain: inout UInt32) {
+        guard var id = packet.prefix.uint32(at: 1), start + PacketHeader.size + 5 <= combined.readableBytes else { return }
+        let sent = id
+        t.statements.cachedPins = nil
+        if id == 0xFFFF_FFFF {
+            // MariaDB's "prepared last": the client's last prepare, wherever it was made
+            if t.statements.lastPrepare == .client {
+                if code == .stmtExecute { noteExecuteForPendingPrepare(at: start, in: combined, &t.statements) }
+                return
+            }
+            id = t.statements.lastClientID ?? 0
+        }
+        guard var statement = t.statements.byClient[id] else {
+            if sent != 0 { edits.append(idEdit(start, 0)) }
+            return
+        }
+        let here = statement.generation == t.statements.generation
+        let preparingHere = here && statement.serverID == nil && t.statements.lastPrepare == .proxy(id)
+        var target: UInt32
+        var prefix = ByteBuffer()
+        if code == .stmtClose {
+            t.statements.byClient[id] = nil
+            t.statements.cursors.removeAll { $0 == id }
+            t.statements.longData.removeAll { $0 == id }
+            if t.statements.lastClientID == id { t.statements.lastClientID = nil }
+            target = preparingHere ? 0xFFFF_FFFF : here ? statement.serverID ?? 0 : 0
+            if t.statements.lastPrepare == .proxy(id) { t.statements.lastPrepare = .none }
+            if target != sent { edits.append(idEdit(start, target)) }
+            return
+        }
+        if here, let serverID = statement.serverID {
+            target = serverID
+        } else if preparingHere {
+            target = 0xFFFF_FFFF  // its prepare is on its way, and the last one
+        } else if let prepare = statement.prepare,
+                  let bytes = registerProxyCommand(prepare, &tracker, &t.proxyResponses, responsesEnded: t.responsesEnded) {
+            // prepared again here, in front of the command
+            prefix = bytes
+            preparedAgain &+= 1
+            t.statements.answers.append((t.proxyResponses.last!, .proxy(clientID: id, generation: t.statements.generation)))
+            t.statements.lastPrepare = .proxy(id)
+            statement.generation = t.statements.generation
+            statement.serverID = nil
+            statement.typesBound = false
+            target = 0xFFFF_FFFF
+        } else {
+            edits.append(idEdit(start, 0))
+            return
+        }
+        defer { t.statements.byClient[id] = statement }
+        switch code {
+        case .stmtExecute:
+            t.statements.longData.removeAll { $0 == id }
+            if (packet.prefix[5] ?? 0) & 0x07 != 0, !t.statements.cursors.contains(id) { t.statements.cursors.append(id) }
+            guard statement.parameters > 0 else { break }
+            let flagAt = start + PacketHeader.size + 10 + (statement.parameters + 7) / 8
+            guard let flag = combined.getInteger(at: combined.readerIndex + flagAt, as: UInt8.self) else {
+                statement.typesUnknown = true
+                break
+            }
+            if flag == 1 {
+                statement.types = combined.getBytes(at: combined.readerIndex + flagAt + 1, length: 2 * statement.parameters)
+                statement.typesUnknown = statement.types == nil
+                statement.typesBound = true
+            } else if !statement.typesBound {
+                // the server's statement has no types yet: the ones the client bound last go with it
+                guard let types = statement.types,
+                      let head = typesInserted(packet, at: start, flagAt: flagAt, types: types, in: combined, target: target) else {
+                    statement.typesUnknown = true
+                    if prefix.readableBytes > 0 { edits.append(ClientEdit(at: start, remove: 0, insert: prefix)) }
+                    edits.append(idEdit(start, 0))
+                    return
+                }
+                statement.typesBound = true
+                prefix.writeImmutableBuffer(head)
+                edits.append(ClientEdit(at: start, remove: flagAt + 1 - start, insert: prefix))
+                return
+            }
+        case .stmtBulkExecute:
+            t.statements.longData.removeAll { $0 == id }
+            statement.prepare = nil  // (its own layout of types: not moved)
+        case .stmtSendLongData:
+            if !t.statements.longData.contains(id) { t.statements.longData.append(id) }
+        case .stmtReset:
+            t.statements.cursors.removeAll { $0 == id }
+            t.statements.longData.removeAll { $0 == id }
+        default:
+            break
+        }
+        if prefix.readableBytes > 0 { edits.append(ClientEdit(at: start, remove: 0, insert: prefix)) }
+        if target != sent { edits.append(idEdit(start, target)) }
+    }
+
+    /// The client's EXECUTE of "prepared last" before its prepare was answered: the start of it
+    /// is kept, to read the types it binds once the parameters are known.
+    static func noteExecuteForPendingPrepare(at start: Int, in combined: ByteBuffer, _ s: inout Statements) {
+        guard let i = s.answers.lastIndex(where: { if case .client = $0.answer { true } else { false } }),
+              case .client(let prepare, _) = s.answers[i].answer else { return }
+        let available = min(combined.readableBytes - start - PacketHeader.size, 11 + (mostMovedParameters + 7) / 8 + 2 * mostMovedParameters)
+        let execute = combined.getSlice(at: combined.readerIndex + start + PacketHeader.size, length: max(0, available))
+        s.answers[i].answer = .client(prepare: prepare, execute: execute)
+    }
+
+    /// The types an EXECUTE payload binds for `parameters` parameters (nil: none, or not all there).
+    static func boundTypes(_ execute: ByteBuffer, parameters: Int) -> [UInt8]? {
+        let flagAt = 10 + (parameters + 7) / 8
+        guard parameters > 0, execute.getInteger(at: execute.readerIndex + flagAt, as: UInt8.self) == 1 else { return nil }
+        return execute.getBytes(at: execute.readerIndex + flagAt + 1, length: 2 * parameters)
+    }
+
+    /// The 4-byte id of the command starting at `start`, written as `id`.
+    static func idEdit(_ start: Int, _ id: UInt32) -> ClientEdit {
+        var bytes = ByteBuffer()
+        bytes.writeInteger(id, endianness: .little)
+        return ClientEdit(at: start + PacketHeader.size + 1, remove: 4, insert: bytes)
+    }
+
+    /// An EXECUTE that binds no types, for a statement prepared again: its start up to the types
+    /// flag written again with the flag set and the types, the packet's length grown to match.
+    static func typesInserted(_ packet: FrameScanner.PacketStart, at start: Int, flagAt: Int, types: [UInt8], in combined: ByteBuffer,
+                              target: UInt32) -> ByteBuffer? {
+        let length = packet.header.payloadLength + types.count
+        guard !packet.isMultiFrame, length < PacketHeader.maxPayloadLength,
+              let head = combined.getSlice(at: combined.readerIndex + start + PacketHeader.size, length: flagAt - start - PacketHeader.size)
+        else { return nil }
+        var out = ByteBuffer()
+        out.reserveCapacity(PacketHeader.size + head.readableBytes + 1 + types.count)
+        out.writeInteger(UInt8(truncatingIfNeeded: length))
+        out.writeInteger(UInt16(truncatingIfNeeded: length >> 8), endianness: .little)
+        out.writeInteger(packet.header.sequenceID)
+        var rest = head
+        out.writeInteger(CommandCode.stmtExecute.rawValue)
+        rest.moveReaderIndex(forwardBy: 5)
+        out.writeInteger(target, endianness: .little)
+        out.writeImmutableBuffer(rest)
+        out.writeInteger(UInt8(1))
+        out.writeBytes(types)
+        return out
+    }
+
+    /// The client's COM_STMT_PREPARE (registered with the tracker as `ordinal`): its payload is
+    /// kept, where the proxy can prepare it again.
+    static func clientPrepareSent(_ packet: FrameScanner.PacketStart, at start: Int, in combined: ByteBuffer, ordinal: UInt64,
+                                  capabilities: CapabilityFlags, _ t: inout Tracking) {
+        let length = packet.header.payloadLength
+        var prepare: ByteBuffer?
+        if !packet.isMultiFrame, length <= longestKeptPrepare, !capabilities.contains(.queryAttributes),
+           !LocalInfile.mayAskForFile(packet.prefix, payloadLength: length) {
+            prepare = combined.getSlice(at: combined.readerIndex + start + PacketHeader.size, length: length)
+        }
+        t.statements.answers.append((ordinal, .client(prepare: prepare, execute: nil)))
+        t.statements.lastPrepare = .client
+    }
+
+    /// The first packet of a prepare's answer (`start` in `combined`): the statement is the
+    /// session's (the client's prepare; the edit gives it the session's id) or is there again
+    /// (the proxy's).
+    static func prepareAnswered(_ answer: Statements.Answer, _ packet: FrameScanner.PacketStart, at start: Int,
+                                _ t: inout Tracking) -> (start: Int, end: Int, replacement: ByteBuffer?)? {
+        guard packet.firstByte == 0x00, let serverID = packet.prefix.uint32(at: 1), let parameters = packet.prefix.uint16(at: 7) else {
+            return nil  // refused: nothing to keep
+        }
+        t.state.statementsOnServer = true
+        t.statements.cachedPins = nil
+        switch answer {
+        case .client(var prepare, let execute):
+            let types = execute.flatMap { boundTypes($0, parameters: Int(parameters)) }
+            var id = serverID
+            if t.statements.byClient[id] != nil || id == 0 || id == 0xFFFF_FFFF { id = t.statements.freeID() }
+            if Int(parameters) > mostMovedParameters || t.statements.byClient.count >= mostStatements { prepare = nil }
+            t.statements.byClient[id] = Statements.Statement(
+                prepare: prepare, schema: t.state.schema ?? t.loginDatabase, parameters: Int(parameters), types: types,
+                serverID: serverID, generation: t.statements.generation, typesBound: types != nil)
+            t.statements.lastClientID = id
+            guard id != serverID else { return nil }
+            var bytes = ByteBuffer()
+            bytes.writeInteger(id, endianness: .little)
+            return (start + PacketHeader.size + 1, start + PacketHeader.size + 5, bytes)
+        case .proxy(let clientID, let generation):
+            if generation == t.statements.generation, var s = t.statements.byClient[clientID], s.generation == generation, s.serverID == nil {
+                s.serverID = serverID
+                t.statements.byClient[clientID] = s
+            }
+            return nil
+        }
+    }
+
+    /// Registers a command of the proxy's with the response tracker (its answer dropped) and frames it.
+    static func registerProxyCommand(_ payload: ByteBuffer, _ tracker: inout ResponseTracker, _ proxyResponses: inout [UInt64],
+                                     responsesEnded: UInt64) -> ByteBuffer? {
+        let start = payload.withUnsafeReadableBytes {
+            FrameScanner.PacketStart(header: PacketHeader(payloadLength: $0.count, sequenceID: 0), prefix: PacketPrefix($0))
+        }
+        guard (try? tracker.clientPacketStarted(start)) != nil else { return nil }
+        proxyResponses.append(responsesEnded + UInt64(tracker.pendingCount) - 1)
+        var framed = ByteBuffer()
+        var seq: UInt8 = 0
+        framed.writeMySQLPacket(payload, sequenceID: &seq)
+        return framed
+    }
+}
