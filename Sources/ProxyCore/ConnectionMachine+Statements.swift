@@ -153,7 +153,10 @@ extension ConnectionMachine {
                 if code == .stmtExecute { noteExecuteForPendingPrepare(at: start, in: combined, &t.statements) }
                 return
             }
-            id = t.statements.lastClientID ?? 0
+            // a prepare of the proxy's came since: the client's last one is the one still unanswered (not
+            // reachable: the server's error), else the last it was given
+            let unanswered = t.statements.answers.contains { if case .client = $0.answer { true } else { false } }
+            id = unanswered ? 0 : t.statements.lastClientID ?? 0
         }
         guard var statement = t.statements.byClient[id] else {
             if sent != 0 { edits.append(idEdit(start, 0)) }
@@ -242,8 +245,17 @@ extension ConnectionMachine {
         guard let i = s.answers.lastIndex(where: { if case .client = $0.answer { true } else { false } }),
               case .client(let prepare, _) = s.answers[i].answer else { return }
         let available = min(combined.readableBytes - start - PacketHeader.size, 11 + (mostMovedParameters + 7) / 8 + 2 * mostMovedParameters)
-        let execute = combined.getSlice(at: combined.readerIndex + start + PacketHeader.size, length: max(0, available))
+        let execute = copied(combined.getSlice(at: combined.readerIndex + start + PacketHeader.size, length: max(0, available)))
         s.answers[i].answer = .client(prepare: prepare, execute: execute)
+    }
+
+    /// Bytes of their own (a slice would keep the whole read buffer it came in alive).
+    static func copied(_ slice: ByteBuffer?) -> ByteBuffer? {
+        guard let slice else { return nil }
+        var copy = ByteBuffer()
+        copy.reserveCapacity(slice.readableBytes)
+        copy.writeImmutableBuffer(slice)
+        return copy
     }
 
     /// The types an EXECUTE payload binds for `parameters` parameters (nil: none, or not all there).
@@ -291,7 +303,7 @@ extension ConnectionMachine {
         var prepare: ByteBuffer?
         if !packet.isMultiFrame, length <= longestKeptPrepare, !capabilities.contains(.queryAttributes),
            !LocalInfile.mayAskForFile(packet.prefix, payloadLength: length) {
-            prepare = combined.getSlice(at: combined.readerIndex + start + PacketHeader.size, length: length)
+            prepare = copied(combined.getSlice(at: combined.readerIndex + start + PacketHeader.size, length: length))
         }
         t.statements.answers.append((ordinal, .client(prepare: prepare, execute: nil)))
         t.statements.lastPrepare = .client
@@ -303,7 +315,9 @@ extension ConnectionMachine {
     static func prepareAnswered(_ answer: Statements.Answer, _ packet: FrameScanner.PacketStart, at start: Int,
                                 _ t: inout Tracking) -> (start: Int, end: Int, replacement: ByteBuffer?)? {
         guard packet.firstByte == 0x00, let serverID = packet.prefix.uint32(at: 1), let parameters = packet.prefix.uint16(at: 7) else {
-            return nil  // refused: nothing to keep
+            // refused: nothing to keep; a statement the proxy prepared again is prepared again at its next command
+            if case .proxy(let clientID, _) = answer, t.statements.lastPrepare == .proxy(clientID) { t.statements.lastPrepare = .none }
+            return nil
         }
         t.state.statementsOnServer = true
         t.statements.cachedPins = nil

@@ -132,8 +132,10 @@ struct FuzzDriver {
             let op = reader.byte()
             let data = reader.bytes(Int(reader.byte()) * 4)
             switch op % 12 {
-            case 0, 1, 2: handle(machine.clientDataReceived(data))
-            case 3, 4, 5: handle(machine.backendDataReceived(data))
+            case 0, 1: handle(machine.clientDataReceived(data))
+            case 2: handle(machine.clientDataReceived(statementCommand(data)))
+            case 3, 4: handle(machine.backendDataReceived(data))
+            case 5: handle(machine.backendDataReceived(prepareAnswer(data)))
             case 6: handle(machine.backendClosed())
             case 7: handle(machine.readTimedOut(client: op & 0x10 != 0))
             case 8: handle(machine.shutdownRequested())
@@ -143,6 +145,37 @@ struct FuzzDriver {
             }
             precondition(machine.counts.isEmpty && machine.finishedRecords.isEmpty, "counts or records left unreported")
         }
+    }
+
+    /// A binary-protocol command naming a statement (or preparing one), from the input's bytes:
+    /// kind, id, flags, then the rest as it comes.
+    func statementCommand(_ data: ByteBuffer) -> ByteBuffer {
+        var d = data
+        let kind = d.readInteger(as: UInt8.self) ?? 0
+        let id = d.readInteger(as: UInt8.self) ?? 0
+        var payload: [UInt8] = [[0x16, 0x17, 0x18, 0x19, 0x1A, 0x1C, 0xFA][Int(kind % 7)]]
+        if kind % 7 == 0 {
+            payload += Array("DO ?".utf8)
+        } else {
+            payload += id == 0xFF ? [0xFF, 0xFF, 0xFF, 0xFF] : [id % 8, 0, 0, id >> 3 == 1 ? 0x40 : 0]
+        }
+        payload += Array(d.readableBytesView)
+        var out = MachineFuzzing.frame(payload, sequenceID: 0)
+        if kind & 0x80 != 0, out.readableBytes > 2 { out = out.getSlice(at: 0, length: out.readableBytes / 2)! }  // (the rest never comes)
+        return out
+    }
+
+    /// A prepare's answer: id, parameters (their definitions behind), from the input.
+    func prepareAnswer(_ data: ByteBuffer) -> ByteBuffer {
+        var d = data
+        let id = d.readInteger(as: UInt8.self) ?? 1
+        let parameters = (d.readInteger(as: UInt8.self) ?? 0) % 3
+        var out = MachineFuzzing.frame([0x00, id % 8, 0, 0, 0, 0, 0, parameters, 0, 0, 0, 0], sequenceID: 1)
+        for i in 0..<parameters {
+            out.writeImmutableBuffer(MachineFuzzing.frame(MachineFuzzing.hex("0364656600000001" + "3f000c3f0000000000fd80000000") + [0], sequenceID: 2 + i))
+        }
+        out.writeImmutableBuffer(d)
+        return out
     }
 
     /// Carries out `first` and what follows it, as the handler's run loop does.
