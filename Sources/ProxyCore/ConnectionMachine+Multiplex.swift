@@ -40,6 +40,7 @@ extension ConnectionMachine {
         tracking!.attachment = .parked
         tracking!.held = ByteBuffer()
         tracking!.holding = false
+        fromServer = FrameScanner()  // (what the server began of a packet ends with it)
         counts.backendsLost &+= 1
         emit(.dropBackend)
         emit(.log(.warning, "the server connection closed between commands; the session's next command goes to another one"))

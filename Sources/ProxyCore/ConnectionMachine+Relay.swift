@@ -261,7 +261,7 @@ extension ConnectionMachine {
         }
         var out = chunk
         if remaps {
-            let holdFrom = combined.readableBytes - fromClient.carriedBytes
+            let holdFrom = max(0, combined.readableBytes - fromClient.carriedBytes)
             if !edits.isEmpty || heldCount > 0 || holdFrom < combined.readableBytes {
                 out = Self.edited(combined, edits, upTo: holdFrom)
                 tracking!.statements.held = combined.getSlice(at: combined.readerIndex + holdFrom, length: combined.readableBytes - holdFrom)!

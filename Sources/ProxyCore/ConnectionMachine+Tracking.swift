@@ -191,6 +191,8 @@ extension ConnectionMachine {
 
     /// The relay from the server where the session is tracked (see the type's notes).
     mutating func relayTrackedFromServer(_ chunk: ByteBuffer) -> Action {
+        // (bytes of a server connection the session no longer has: nobody's)
+        guard tracking!.attachment == .attached else { return .none }
         var t = tracking!
         tracking = nil  // (taken out while changed: its arrays are not copied)
         defer { tracking = t }
@@ -291,7 +293,7 @@ extension ConnectionMachine {
             t.holding = true
             t.heldDropped = pending.dropped
         } else if scanner.carriedBytes > 0 {
-            holdFrom = combined.readableBytes - scanner.carriedBytes
+            holdFrom = max(0, combined.readableBytes - scanner.carriedBytes)
         }
         var out: ByteBuffer
         if edits.isEmpty && holdFrom == nil && heldCount == 0 {

@@ -21,6 +21,9 @@ import Testing
             // a parked session's command, refused for want of a connection: the stop of reads was
             // queued behind the request, and came after the close
             "44005d5d21030b2e02660300000016800000030b0b00002b00000000007b080b00002b00000000619f007b0893b31401007b7894f24bc90021030b00020300000016800000030b0b00002b00000000007b080b00002b00000000007b0893b31401007b7894f24bc9000000000000007d93b31401007b7894f24bc90000000000000000000b000000000000609301007b7894f24bc90000000000000000000b",
+            // the server connection ended with half a header read, and the fuzzer sent more
+            // bytes from it: the tracking held none of them, while the scanner still carried them
+            "0100000d21030b0000030303030300030303140303033b030303030000696177002bbe00020300000012030000571602030000001603000300000a0000000000000000000000000000000000",
         ]
         for hex in found {
             var bytes: [UInt8] = []
