@@ -60,6 +60,8 @@ extension ConnectionMachine {
 
     /// Whether the session has given its server connection up (or waits for one).
     public var isParked: Bool { (tracking?.attachment ?? .attached) != .attached }
+    /// Whether a command of the session waits for a server connection.
+    public var isAwaitingServer: Bool { tracking?.attachment == .awaitingServer }
 
     /// Another session needs a server connection: this one gives its connection up if it may
     /// (`.parkBackend`: the handler hands the connection over), else `.none`.

@@ -139,6 +139,16 @@ public final class BackendPool: Sendable {
         }
     }
 
+    /// The backends a session may move to: read-write, not down, not draining.
+    func takingSessions() -> [Int] {
+        entries.withLockedValue { value in
+            value.backends.indices.filter {
+                let e = value.backends[$0]
+                return e.configuration.type == .readWrite && e.state != .down && e.drainDeadline == nil
+            }
+        }
+    }
+
     /// Whether backend `index` is marked down or draining (or does not exist): sessions move off it.
     func isUnavailable(_ index: Int) -> Bool {
         entries.withLockedValue { value in

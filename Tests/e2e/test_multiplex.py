@@ -438,3 +438,73 @@ def test_pins_and_hand_overs_are_in_the_metrics(start_proxy):
     a.close()
     assert wait_for(lambda: samples(scrape(metrics_port)).get('moonproxy_sessions_pinned{reason="temporary_table"}') == 0)
     b.close()
+
+
+def test_sessions_spread_again_over_a_backend_that_comes_back(start_proxy):
+    """UNDRAIN BACKEND: the sessions that all went to the other backend spread over both again
+    (the pool's sweep moves idle ones, between commands, in their state), without an error."""
+    second = second_server("mariadb-mx-rebalance")
+    try:
+        admin_port = free_port()
+        proxy = start_two(start_proxy, second, *admin_args(admin_port))
+        wait_for_port(admin_port)
+        assert admin(admin_port, "DRAIN BACKEND 1 WITHIN 30").returncode == 0
+        sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+                    for _ in range(8)]
+        expected = []
+        for i, c in enumerate(sessions):
+            with c.cursor() as cur:
+                cur.execute(f"SET time_zone = '+0{i + 1}:00'")
+                cur.execute(f"SET @x = {i}")
+                expected.append(view(cur))
+                cur.execute("SELECT @@port")
+                assert cur.fetchone()[0] == MARIADB_PORT
+        assert admin(admin_port, "UNDRAIN BACKEND 1").returncode == 0
+        time.sleep(2.5)  # two sweeps
+        ports = []
+        for i, c in enumerate(sessions):
+            with c.cursor() as cur:
+                assert view(cur) == expected[i], i
+                cur.execute("SELECT @@port")
+                ports.append(cur.fetchone()[0])
+        assert 3 <= ports.count(second.port) <= 5, ports
+        assert "rebalances the login's sessions" in proxy.log()
+        for c in sessions:
+            c.close()
+    finally:
+        second.stop()
+
+
+def test_a_drain_deadline_closes_sessions_that_cannot_move(start_proxy):
+    """Without multiplexing nothing moves: a session still on the drained backend at the deadline
+    gets the named error at its next command; a session on the other backend goes on."""
+    second = second_server("mariadb-mx-drain-relay")
+    try:
+        admin_port = free_port()
+        proxy = start_proxy(f"--proxy-backend-addresses=127.0.0.1:{second.port},127.0.0.1:{MARIADB_PORT}", "--log-level=info",
+                            *admin_args(admin_port), backend=False)
+        wait_for_port(admin_port)
+        sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+                    for _ in range(4)]
+        ports = []
+        for c in sessions:
+            with c.cursor() as cur:
+                cur.execute("SELECT @@port")
+                ports.append(cur.fetchone()[0])
+        assert second.port in ports and MARIADB_PORT in ports, ports
+        assert admin(admin_port, "DRAIN BACKEND 1 WITHIN 1").returncode == 0
+        time.sleep(3)
+        for c, port in zip(sessions, ports):
+            if port == second.port:
+                with pytest.raises(pymysql.err.OperationalError) as closed:
+                    with c.cursor() as cur:
+                        cur.execute("SELECT 1")
+                assert closed.value.args[0] in (1927, 2013), closed.value.args
+            else:
+                with c.cursor() as cur:
+                    cur.execute("SELECT @@port")
+                    assert cur.fetchone()[0] == MARIADB_PORT
+                c.close()
+        assert "could not move off it in time" in proxy.log()
+    finally:
+        second.stop()

@@ -182,7 +182,7 @@ def stream(port, mib, tls=False):
     return {"count": rows, "rate": mib / elapsed, "p95": elapsed * 1000, "errors": 0}
 
 
-def idle_clients(port, a):
+def idle_clients(port, a, ps=False):
     """1000 connections, about 20 active at a time (each thinks 50 ms between point selects); the
     server's connections are sampled meanwhile (Threads_connected, less the sampler's own)."""
     peak = [0]
@@ -198,7 +198,8 @@ def idle_clients(port, a):
                 pass
     threading.Thread(target=sample, daemon=True).start()
     try:
-        res = sysbench(["idle_clients", "--think-ms=50"], port, a.seconds, a.idle_clients, script=str(HERE / "idle_clients.lua"))
+        res = sysbench(["idle_clients", "--think-ms=50", *(["--ps=on"] if ps else [])], port, a.seconds, a.idle_clients,
+                       script=str(HERE / "idle_clients.lua"))
     finally:
         done.set()
     res["server_connections"] = peak[0]
@@ -215,6 +216,8 @@ WORKLOADS = {
     "stream_256mb": ("MiB/s", lambda port, a: stream(port, 256)),
     # 1000 mostly idle clients, where the moon+mx target (--proxy-multiplex) takes part
     "idle_clients_multiplex": ("queries/s", idle_clients),
+    # the same with binary prepared statements, which move with their sessions
+    "idle_clients_multiplex_ps": ("queries/s", lambda port, a: idle_clients(port, a, ps=True)),
     # TLS from the client to the proxy and from the proxy to the server (HAProxy forwards the
     # client's own TLS to the server; direct is TLS to MariaDB)
     "point_select_tls": ("queries/s", lambda port, a: sysbench(["oltp_point_select", "--db-ps-mode=disable", "--mysql-ssl=on"], port, a.seconds, a.threads)),
@@ -234,7 +237,7 @@ def main():
     ap.add_argument("--proxy-threads", default="1",
                     help="event threads of MoonProxy and HAProxy's nbthread; a list (1,2) runs a MoonProxy and an "
                          "HAProxy per count side by side (the script and metrics targets use the first count)")
-    ap.add_argument("--workloads", default=",".join(w for w in WORKLOADS if w != "idle_clients_multiplex"))
+    ap.add_argument("--workloads", default=",".join(w for w in WORKLOADS if not w.startswith("idle_clients_multiplex")))
     ap.add_argument("--idle-clients", type=int, default=1000, help="client connections of idle_clients_multiplex")
     ap.add_argument("--multiplex-pool", type=int, default=25, help="server connections of the moon+mx target")
     ap.add_argument("--extra-moonproxy", action="append", default=[],
@@ -281,7 +284,7 @@ def main():
                                                          f"--proxy-pool-max={2 * a.threads}"],
                                        env=dict(os.environ, MOONPROXY_USERS_PASSWORD="bench svc")))
         time.sleep(1)  # the accounts are read
-    if "idle_clients_multiplex" in workloads:
+    if any(w.startswith("idle_clients_multiplex") for w in workloads):
         # the server takes the direct target's thousand connections; the moon+mx target shares a few
         subprocess.run(["mariadb", "-h127.0.0.1", f"-P{a.mariadb_port}", "-uroot", "-e",
                         f"SET GLOBAL max_connections = {a.idle_clients + 200}; "

@@ -199,6 +199,16 @@ extension ClientChannelHandler {
         return key
     }
 
+    /// The pool's rebalancing: the session moves to backend `index` if it is between commands
+    /// (giving its connection up first); its next command runs there, in its state.
+    func moveForBalance(to index: Int) -> Bool {
+        guard !closed, !closing, let old = multiplexKey?.backend, old != index, !machine.isAwaitingServer else { return false }
+        if backend != nil, !yieldServerConnection() { return false }
+        guard machine.isParked, moveSession(to: index) != nil else { return false }
+        log(.info, "the pool rebalances the login's sessions over the backends: this one moves from backend \(old + 1) to backend \(index + 1)")
+        return true
+    }
+
     private func attachMultiplexed(_ entry: CorePool.Entry) {
         let handler = entry.handler
         handler.owner = self

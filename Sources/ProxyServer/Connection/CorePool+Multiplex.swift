@@ -161,6 +161,31 @@ extension CorePool {
         }
     }
 
+    /// A login's sessions spread over the backends that take sessions: where one has at least two
+    /// more of them than another (a backend back from a drain or an outage, one added), idle ones
+    /// move to the one with fewest, at most half the difference per sweep, between commands and in
+    /// their state (a session holding a connection gives it up first; one busy or pinned stays).
+    func sweepRebalancing() {
+        guard let backends, !members.isEmpty, backends.count > 1 else { return }
+        var byLogin: [Key: [Int: Int]] = [:]  // (keys on backend 0)
+        for (key, sessions) in members { byLogin[key.on(backend: 0), default: [:]][key.backend] = sessions.count }
+        guard byLogin.values.contains(where: { $0.values.reduce(0, +) >= 2 }) else { return }
+        let usable = backends.takingSessions()
+        guard usable.count > 1 else { return }
+        for (login, counts) in byLogin {
+            let here = usable.map { ($0, counts[$0] ?? 0) }
+            guard let most = here.max(by: { $0.1 < $1.1 }), let least = here.min(by: { $0.1 < $1.1 }), most.1 - least.1 >= 2 else { continue }
+            var moving = (most.1 - least.1) / 2
+            for member in (members[login.on(backend: most.0)] ?? [:]).values {
+                guard moving > 0 else { break }
+                if member.session?.moveForBalance(to: least.0) == true {
+                    moving -= 1
+                    shared.count("rebalance", backend: least.0)
+                }
+            }
+        }
+    }
+
     func leave(_ key: Key, _ session: ClientChannelHandler) {
         let id = ObjectIdentifier(session)
         members[key]?[id] = nil

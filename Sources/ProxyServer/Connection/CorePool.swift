@@ -50,6 +50,18 @@ final class CorePool {
             clientTLS = login.clientTLS
             compression = login.compression
             account = login.account
+            rehash()
+        }
+
+        /// The same login's key on backend `index`.
+        func on(backend index: Int) -> Key {
+            var key = self
+            key.backend = index
+            key.rehash()
+            return key
+        }
+
+        private mutating func rehash() {
             var hasher = Hasher()
             hasher.combine(backend)
             hasher.combine(user)
@@ -330,6 +342,7 @@ final class CorePool {
         }
         sweepWaiters(now: now)
         sweepDraining(now: now)
+        sweepRebalancing()
         for entry in byHandler.values where entry.ready {
             // a connection a living session gave up stays while its login has no more than sessions
             if entry.parkedState != nil, connectionCounts[entry.key, default: 0] <= members[entry.key]?.count ?? 0 { continue }

@@ -20,12 +20,14 @@ final class TimeoutSweeper {
     let serverPool: ServerConnectionPool
     /// The loop's core pool (`--proxy-auth=proxy` with `--proxy-pool-max`).
     let corePool: CorePool?
+    let backends: BackendPool
 
     static let ticksPerTimeout = 4
 
     init(eventLoop: EventLoop, readTimeout: TimeAmount, writeTimeout: TimeAmount, loginTimeout: TimeAmount? = nil,
          greetingTimeout: TimeAmount? = nil, backends: BackendPool, corePool: CorePool.Shared? = nil) {
         self.eventLoop = eventLoop
+        self.backends = backends
         self.serverPool = ServerConnectionPool(eventLoop: eventLoop, backends: backends)
         self.corePool = corePool.map { CorePool(shared: $0, eventLoop: eventLoop, backends: backends) }
         var shortest = min(readTimeout, writeTimeout)
@@ -102,6 +104,16 @@ final class TimeoutSweeper {
         }
         for handler in Array(connections.values) {
             handler.timerFired(limits)
+        }
+        if backends.anyDraining { sweepDrained() }
+    }
+
+    /// `DRAIN BACKEND ... WITHIN`: sessions that cannot move (not multiplexed: the pool sees to
+    /// those) and still use the backend at its deadline are closed with a named error.
+    private func sweepDrained(now: NIODeadline = .now()) {
+        for handler in Array(connections.values) where handler.multiplexKey == nil {
+            guard let index = handler.backendIndex, let deadline = backends.drainDeadline(index), now >= deadline else { continue }
+            handler.drainDeadlinePassed()
         }
     }
 }
