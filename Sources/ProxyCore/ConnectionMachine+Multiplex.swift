@@ -68,8 +68,14 @@ extension ConnectionMachine {
     public mutating func parkRequested() -> Action {
         guard mayPark else { return .none }
         tracking!.attachment = .parked
-        return .parkBackend
+        if let closes = Self.statementsLeaving(&tracking!.statements) { emit(.write(toClient: nil, toBackend: closes)) }
+        emit(.parkBackend)
+        return nextAction()
     }
+
+    /// The prepared statements the connection keeps for the sessions after this one (see
+    /// `ServerStatements`), taken by the handler when the session gives the connection up.
+    public var serverStatements: ServerStatements { tracking?.statements.server ?? ServerStatements() }
 
     /// Client bytes while the session has no server connection: held (at most a packet's
     /// worth) until one is attached; the first asks for one, and reads stop meanwhile.
@@ -99,7 +105,8 @@ extension ConnectionMachine {
     /// The handler gave the waiting session a server connection logged in as its login.
     /// `previous`: the state the connection's last session left it in (nil: it was reset, or
     /// is new, and its trackers are off); `own`: it is the connection this session gave up.
-    public mutating func multiplexedServerAttached(previous: SessionState?, own: Bool = false) -> Action {
+    public mutating func multiplexedServerAttached(previous: SessionState?, own: Bool = false,
+                                                   statements: ServerStatements = ServerStatements()) -> Action {
         guard tracking?.attachment == .awaitingServer, case .relaying = state else { return .none }
         tracker = .commandPhase(capabilities: session.capabilities)
         fromServer = FrameScanner()
@@ -110,13 +117,13 @@ extension ConnectionMachine {
         tracking!.attachment = .attached
         var prefix = ByteBuffer()
         if previous == nil || !own {
-            // the session's binary prepared statements are not on this connection
-            tracking!.statements.connectionChanged()
-            tracking!.state.statementsOnServer = false
+            // the session's binary prepared statements are not on this connection (unless shared)
+            tracking!.statements.connectionChanged(statements)
         }
         if let previous, own || previous.sameServerState(as: tracking!.state) {
             tracking!.enabled = true  // as the session left it, or as good
         } else {
+            tracking!.statements.server = ServerStatements()  // (reset, or new)
             if previous != nil, let reset = proxyCommand([CommandCode.resetConnection.rawValue]) {
                 // another session's state: cleared as at a fresh login, trackers off
                 prefix.writeImmutableBuffer(reset)
@@ -158,12 +165,12 @@ extension ConnectionMachine {
 
 extension SessionState {
     /// Whether a server connection left in this state serves a session in `other` as it is: the
-    /// same schema, variables and transaction characteristics, nothing pinned on either, and no
-    /// prepared statements of this one's left on it.
+    /// same schema, variables and transaction characteristics (nothing pinned on either). The
+    /// prepared statements left on it are shared (`ServerStatements`).
     public func sameServerState(as other: SessionState) -> Bool {
         guard schema == other.schema, transactionCharacteristics == other.transactionCharacteristics,
               variables.count == other.variables.count, userVariables.count == other.userVariables.count, lastInsertID == other.lastInsertID,
-              pins.isEmpty, other.pins.isEmpty, !statementsOnServer else { return false }
+              pins.isEmpty, other.pins.isEmpty else { return false }
         for v in variables where other.value(of: v.name) != v.value { return false }
         for u in userVariables where !other.userVariables.contains(where: { $0 == u }) { return false }
         return true

@@ -18,6 +18,29 @@ import NIOCore
 /// proxy did not see, an open cursor, long data on its way. An id the session never got, or
 /// closed, reaches the server as 0 (unknown: the server's own error), never as another session's
 /// statement.
+/// The binary prepared statements a server connection holds for the sessions that share it: one
+/// per statement text and schema, by the server's id. It goes with the connection (the pool keeps
+/// it while the connection is idle), so that a session taking the connection finds a statement it
+/// prepared elsewhere already there and prepares nothing. A session reaches only the statements
+/// it prepared itself (ids are the session's), and binds its own parameter types at its first
+/// execution on the connection. A reset empties it.
+public struct ServerStatements: Equatable, Sendable {
+    struct Key: Hashable, Sendable {
+        var schema: String
+        /// The COM_STMT_PREPARE payload.
+        var prepare: ByteBuffer
+    }
+
+    var byKey: [Key: UInt32] = [:]
+
+    public init() {}
+
+    public var count: Int { byKey.count }
+
+    /// The most kept per connection (beyond, a session's statements are closed when it leaves).
+    static let most = 1024
+}
+
 extension ConnectionMachine {
     struct Statements {
         struct Statement {
@@ -52,6 +75,8 @@ extension ConnectionMachine {
         }
 
         var byClient: [UInt32: Statement] = [:]
+        /// The statements on the current server connection, shared with the sessions that had it before.
+        var server = ServerStatements()
         /// Counts the session's server connections: a statement is there when its generation is this.
         var generation: UInt32 = 0
         /// Prepares on their way, by the ordinal of their response.
@@ -70,6 +95,17 @@ extension ConnectionMachine {
         /// `pins(schema:)`'s answer for `cachedSchema` (nil: the statements changed since).
         var cachedPins: SessionState.Pins?
         var cachedSchema = ""
+
+        /// Makes `statement` (on this connection) the connection's for its text, if it has none
+        /// and has room; whether it is the connection's now.
+        @discardableResult
+        mutating func share(_ statement: Statement) -> Bool {
+            guard let serverID = statement.serverID, let key = Statements.key(statement) else { return false }
+            if let existing = server.byKey[key] { return existing == serverID }
+            guard server.count < ServerStatements.most else { return false }
+            server.byKey[key] = serverID
+            return true
+        }
 
         mutating func freeID() -> UInt32 {
             while byClient[nextID] != nil || nextID == 0 || nextID == 0xFFFF_FFFF { nextID &+= 1 }
@@ -95,6 +131,7 @@ extension ConnectionMachine {
         /// The session's COM_RESET_CONNECTION (or COM_CHANGE_USER): the server dropped them all.
         mutating func removeAll() {
             byClient = [:]
+            server = ServerStatements()
             cursors = []
             longData = []
             lastPrepare = .none
@@ -102,13 +139,46 @@ extension ConnectionMachine {
             cachedPins = nil
         }
 
-        /// The session goes on on another server connection: none of its statements are there.
-        mutating func connectionChanged() {
+        /// The session goes on on another server connection, which holds `shared`: none of the
+        /// session's statements are there but those found in it.
+        mutating func connectionChanged(_ shared: ServerStatements) {
             generation &+= 1
             lastPrepare = .none
             answers = []
             cachedPins = nil
+            server = shared
         }
+
+        /// The key of `statement` among a connection's statements.
+        static func key(_ statement: Statement) -> ServerStatements.Key? {
+            statement.prepare.map { ServerStatements.Key(schema: statement.schema, prepare: $0) }
+        }
+
+        /// Whether another statement of the session's than `id` uses server statement `serverID` here.
+        func shares(_ serverID: UInt32, besides id: UInt32) -> Bool {
+            byClient.contains { $0.key != id && $0.value.generation == generation && $0.value.serverID == serverID }
+        }
+    }
+
+    /// The session's statements that stay on the connection it leaves: each is the connection's
+    /// for its text unless the connection has one already (then it is closed: COM_STMT_CLOSE,
+    /// which the server does not answer, in front of the hand-over).
+    static func statementsLeaving(_ s: inout Statements) -> ByteBuffer? {
+        var closes: ByteBuffer?
+        var closed: [UInt32] = []
+        for (id, statement) in s.byClient where statement.generation == s.generation {
+            guard let serverID = statement.serverID, !s.share(statement) else { continue }
+            s.byClient[id]!.serverID = nil  // (closed: prepared again, should the session come back)
+            guard !closed.contains(serverID) else { continue }
+            closed.append(serverID)
+            var payload = ByteBuffer()
+            payload.writeInteger(CommandCode.stmtClose.rawValue)
+            payload.writeInteger(serverID, endianness: .little)
+            var seq: UInt8 = 0
+            if closes == nil { closes = ByteBuffer() }
+            closes!.writeMySQLPacket(payload, sequenceID: &seq)
+        }
+        return closes
     }
 
     /// The most statements kept for a session (more pin it while they exist).
@@ -173,11 +243,24 @@ extension ConnectionMachine {
             if t.statements.lastClientID == id { t.statements.lastClientID = nil }
             target = preparingHere ? 0xFFFF_FFFF : here ? statement.serverID ?? 0 : 0
             if t.statements.lastPrepare == .proxy(id) { t.statements.lastPrepare = .none }
+            if target != 0, target != 0xFFFF_FFFF {
+                if t.statements.shares(target, besides: id) {
+                    target = 0  // another statement of the session's is the same one on the server
+                } else if let key = Statements.key(statement), t.statements.server.byKey[key] == target {
+                    t.statements.server.byKey[key] = nil
+                }
+            }
             if target != sent { edits.append(idEdit(start, target)) }
             return
         }
         if here, let serverID = statement.serverID {
             target = serverID
+        } else if !here, let key = Statements.key(statement), let shared = t.statements.server.byKey[key] {
+            // on this connection already, prepared by a session before: the session's types go with its first execution
+            statement.generation = t.statements.generation
+            statement.serverID = shared
+            statement.typesBound = false
+            target = shared
         } else if preparingHere {
             target = 0xFFFF_FFFF  // its prepare is on its way, and the last one
         } else if let prepare = statement.prepare,
@@ -319,7 +402,6 @@ extension ConnectionMachine {
             if case .proxy(let clientID, _) = answer, t.statements.lastPrepare == .proxy(clientID) { t.statements.lastPrepare = .none }
             return nil
         }
-        t.state.statementsOnServer = true
         t.statements.cachedPins = nil
         switch answer {
         case .client(var prepare, let execute):
@@ -327,10 +409,12 @@ extension ConnectionMachine {
             var id = serverID
             if t.statements.byClient[id] != nil || id == 0 || id == 0xFFFF_FFFF { id = t.statements.freeID() }
             if Int(parameters) > mostMovedParameters || t.statements.byClient.count >= mostStatements { prepare = nil }
-            t.statements.byClient[id] = Statements.Statement(
+            let statement = Statements.Statement(
                 prepare: prepare, schema: t.state.schema ?? t.loginDatabase, parameters: Int(parameters), types: types,
                 serverID: serverID, generation: t.statements.generation, typesBound: types != nil)
+            t.statements.byClient[id] = statement
             t.statements.lastClientID = id
+            t.statements.share(statement)
             guard id != serverID else { return nil }
             var bytes = ByteBuffer()
             bytes.writeInteger(id, endianness: .little)
@@ -339,6 +423,7 @@ extension ConnectionMachine {
             if generation == t.statements.generation, var s = t.statements.byClient[clientID], s.generation == generation, s.serverID == nil {
                 s.serverID = serverID
                 t.statements.byClient[clientID] = s
+                t.statements.share(s)
             }
             return nil
         }

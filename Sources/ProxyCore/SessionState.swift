@@ -81,9 +81,6 @@ public struct SessionState: Hashable, Sendable {
     /// The trackers the client itself would have on (what it is shown of each OK).
     public var clientTrackers: SessionTrackSettings
     public var pins: Pins = []
-    /// The server connection holds binary prepared statements of this session's: another session
-    /// does not take it as it is.
-    public var statementsOnServer = false
     /// The collation of the `SET NAMES ... COLLATE` on its way (applied with its character sets).
     var pendingCollation: String?
 
@@ -188,7 +185,6 @@ public struct SessionState: Hashable, Sendable {
         clientTrackers = .mariaDBDefaults
         pins.subtract([.temporaryTable, .namedLock, .tableLock, .handler, .textPrepare, .timestamp, .trackers,
                        .preparedStatement, .lastStatement, .userVariables, .transaction, .cursor, .longData])
-        statementsOnServer = false
     }
 
     /// Keeps the transaction pin in step with the status flags of the latest OK or EOF.

@@ -158,4 +158,47 @@ struct MultiplexStatementsTests {
         d.client([("19" + Self.le(1), 0)])
         #expect(d.machine.sessionPins.isEmpty)
     }
+
+    @Test func aConnectionsStatementsServeTheNextSessionWithoutAPrepare() throws {
+        var d = Self.withStatement()
+        // the connection kept its statement for the sessions after this one
+        let key = try #require(d.machine.serverStatements.byKey.first { $0.value == 1 }?.key)
+        #expect(d.run(d.machine.parkRequested()).actions == [.parkBackend])
+        d.client([(Self.execute(1, types: false, 8), 0)])
+        // another connection in the same state, where another session prepared the same statement as 7
+        var shared = ServerStatements()
+        shared.byKey[key] = 7
+        let state = try #require(d.machine.sessionState)
+        let attached = d.run(d.machine.multiplexedServerAttached(previous: state, statements: shared))
+        // nothing prepared: the shared statement, with this session's types
+        #expect(attached.toBackend == Wire.packets([(Self.execute(7, types: true, 8), 0)]))
+        #expect(d.counts.statementsPreparedAgain == 0)
+        d.server([(Self.executed, 1)])
+        #expect(d.client([(Self.execute(1, types: false, 9), 0)]).toBackend == Wire.packets([(Self.execute(7, types: false, 9), 0)]))
+    }
+
+    @Test func aSecondCopyOfAStatementIsClosedWhenTheSessionLeaves() {
+        var d = Self.withStatement()
+        d.client([(Self.prepare("DO ?"), 0)])
+        d.server(Self.prepared(2))
+        // leaving: statement 2 is the same text as the connection's 1, so it is closed in front of the hand-over
+        let park = d.run(d.machine.parkRequested())
+        #expect(park.toBackend == Wire.packets([("19" + Self.le(2), 0)]))
+        #expect(park.actions.last == .parkBackend)
+        #expect(d.machine.serverStatements.count == 1)
+        // elsewhere both are the connection's one statement for that text: closing one keeps it for the other
+        d.client([(Self.execute(2, types: true, 1), 0)])
+        var shared = ServerStatements()
+        shared.byKey = d.machine.serverStatements.byKey.mapValues { _ in 7 }
+        let attached = d.run(d.machine.multiplexedServerAttached(previous: d.machine.sessionState, statements: shared))
+        #expect(attached.toBackend == Wire.packets([(Self.execute(7, types: true, 1), 0)]))
+        d.server([(Self.executed, 1)])
+        #expect(d.client([(Self.execute(1, types: false, 4), 0)]).toBackend == Wire.packets([(Self.execute(7, types: true, 4), 0)]))
+        d.server([(Self.executed, 1)])
+        #expect(d.client([("19" + Self.le(2), 0)]).toBackend == Wire.packets([("19" + Self.le(0), 0)]))
+        #expect(d.client([(Self.execute(1, types: true, 5), 0)]).toBackend == Wire.packets([(Self.execute(7, types: true, 5), 0)]))
+        d.server([(Self.executed, 1)])
+        #expect(d.client([("19" + Self.le(1), 0)]).toBackend == Wire.packets([("19" + Self.le(7), 0)]))
+        #expect(d.machine.serverStatements.count == 0)
+    }
 }

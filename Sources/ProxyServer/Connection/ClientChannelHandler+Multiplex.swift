@@ -79,8 +79,8 @@ extension ClientChannelHandler {
     func yieldServerConnection() -> Bool {
         guard !closed, !closing else { return false }
         let action = machine.parkRequested()
-        guard case .parkBackend = action else { return false }
-        run(action)
+        guard machine.isParked else { return false }
+        run(action)  // (statements closed in front of the hand-over, then .parkBackend)
         return true
     }
 
@@ -96,8 +96,8 @@ extension ClientChannelHandler {
         publishAttachment(held: false)
         var local = false
         if case .unix = address { local = true }
-        pool.park(handler, backend: index, login: login, challenge: challenge, state: state, by: ObjectIdentifier(self),
-                  address: address, backendTLS: backendTLS, localSocket: local)
+        pool.park(handler, backend: index, login: login, challenge: challenge, state: state, statements: machine.serverStatements,
+                  by: ObjectIdentifier(self), address: address, backendTLS: backendTLS, localSocket: local)
     }
 
     /// `.takeBackend`: the session's next command needs a server connection of its login.
@@ -219,7 +219,8 @@ extension ClientChannelHandler {
         shared.backends.clientAttached(entry.key.backend)
         if let context { handler.setReadsPaused(!context.channel.isWritable) }
         if let key = multiplexKey { sweeper?.corePool?.holding(key, self) }
-        run(machine.multiplexedServerAttached(previous: entry.parkedState, own: entry.parkedBy == ObjectIdentifier(self)))
+        run(machine.multiplexedServerAttached(previous: entry.parkedState, own: entry.parkedBy == ObjectIdentifier(self),
+                                              statements: entry.statements))
         publishAttachment(held: true)
     }
 

@@ -82,13 +82,15 @@ extension CorePool {
     /// A session gave its idle connection up: to the first session waiting for one, else idle in
     /// the pool with the state it was left in.
     func park(_ handler: BackendChannelHandler, backend: Int, login: ConnectionMachine.ServerLogin, challenge: [UInt8],
-              state: SessionState, by session: ObjectIdentifier, address: ProxyAddress, backendTLS: Bool, localSocket: Bool) {
+              state: SessionState, statements: ServerStatements, by session: ObjectIdentifier, address: ProxyAddress, backendTLS: Bool,
+              localSocket: Bool) {
         let key = Key(backend: backend, login: login)
         let entry = Entry(handler: handler, key: key, reset: ServerLoginReset(login: login, challenge: challenge, sessionChangedUser: false),
                           address: address, backendTLS: backendTLS, localSocket: localSocket)
         entry.ready = true
         entry.reserved = false
         entry.parkedState = state
+        entry.statements = statements
         entry.parkedBy = session
         handler.owner = nil
         handler.serverLogin = login

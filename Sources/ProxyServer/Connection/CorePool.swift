@@ -97,6 +97,8 @@ final class CorePool {
         /// Multiplexing: the state the session that gave the connection up left it in (nil: it
         /// was reset, its trackers are off), and that session.
         var parkedState: SessionState?
+        /// The binary prepared statements it holds for the sessions of its login (multiplexing).
+        var statements = ServerStatements()
         var parkedBy: ObjectIdentifier?
         /// It holds one of the backend's places in the pool (`Shared.reserve`); a connection a
         /// session gave up between commands counts against its login's cap instead.
