@@ -240,3 +240,33 @@ def test_what_cannot_move_pins(start_proxy):
     assert packet(c)[0] == 0
     assert wait_for(lambda: pinned() == "none")
     c.close()
+
+
+def global_status(name):
+    with root() as r, r.cursor() as cur:
+        cur.execute(f"SHOW GLOBAL STATUS LIKE '{name}'")
+        return int(cur.fetchone()[1])
+
+
+def test_sessions_share_a_connections_statements(start_proxy):
+    """Sessions in the same state hand one connection round without a reset, and find the
+    statements they prepared (the same texts) on it: nothing is prepared again, and the server
+    holds one statement per text however many sessions prepared it."""
+    metrics_port = free_port()
+    proxy = start(start_proxy, 1, f"--metrics-address=127.0.0.1:{metrics_port}")
+    sessions = []
+    for i in range(6):
+        c = mariadb.connect(host="127.0.0.1", port=proxy.port, **USER)
+        sessions.append((c, c.cursor(prepared=True)))
+    prepares = global_status("Com_stmt_prepare")
+    for rnd in range(5):
+        for i, (c, ps) in enumerate(sessions):
+            ps.execute("SELECT ? * 3, ?", (i + rnd, f"s{i}"))
+            assert ps.fetchone() == ((i + rnd) * 3, f"s{i}")
+    # each session's own prepare, nothing more (the proxy's trackers use text statements)
+    assert global_status("Com_stmt_prepare") - prepares <= 6
+    assert samples(scrape(metrics_port))["moonproxy_statements_prepared_again_total"] == 0
+    assert global_status("Prepared_stmt_count") <= 2  # one per text on the login's connection (and slack)
+    for c, ps in sessions:
+        ps.close()
+        c.close()
