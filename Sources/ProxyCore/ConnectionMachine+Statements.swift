@@ -81,6 +81,9 @@ extension ConnectionMachine {
         var generation: UInt32 = 0
         /// Prepares on their way, by the ordinal of their response.
         var answers: [(ordinal: UInt64, answer: Answer)] = []
+        /// ERR payloads of the proxy's prepares the server refused, by the ordinal of the response
+        /// they replace (the command's behind them).
+        var refusals: [(ordinal: UInt64, err: ByteBuffer)] = []
         /// Which statement the server's "prepared last" (0xFFFFFFFF) names on this connection.
         var lastPrepare = LastPrepare.none
         /// The client id the client's last prepare got.
@@ -145,6 +148,7 @@ extension ConnectionMachine {
             generation &+= 1
             lastPrepare = .none
             answers = []
+            refusals = []
             cachedPins = nil
             server = shared
         }
@@ -395,11 +399,20 @@ extension ConnectionMachine {
     /// The first packet of a prepare's answer (`start` in `combined`): the statement is the
     /// session's (the client's prepare; the edit gives it the session's id) or is there again
     /// (the proxy's).
-    static func prepareAnswered(_ answer: Statements.Answer, _ packet: FrameScanner.PacketStart, at start: Int,
-                                _ t: inout Tracking) -> (start: Int, end: Int, replacement: ByteBuffer?)? {
+    static func prepareAnswered(_ answer: Statements.Answer, _ packet: FrameScanner.PacketStart, at start: Int, ordinal: UInt64,
+                                in combined: ByteBuffer, _ t: inout Tracking) -> (start: Int, end: Int, replacement: ByteBuffer?)? {
         guard packet.firstByte == 0x00, let serverID = packet.prefix.uint32(at: 1), let parameters = packet.prefix.uint16(at: 7) else {
             // refused: nothing to keep; a statement the proxy prepared again is prepared again at its next command
-            if case .proxy(let clientID, _) = answer, t.statements.lastPrepare == .proxy(clientID) { t.statements.lastPrepare = .none }
+            if case .proxy(let clientID, _) = answer {
+                if t.statements.lastPrepare == .proxy(clientID) { t.statements.lastPrepare = .none }
+                // the command behind it fails for want of the statement ("unknown handler"): the client
+                // gets the reason instead, as a direct connection would (the table is gone, ...)
+                let length = PacketHeader.size + packet.header.payloadLength
+                if packet.firstByte == 0xFF, !packet.isMultiFrame, length <= 4096, start + length <= combined.readableBytes,
+                   let err = combined.getSlice(at: combined.readerIndex + start + PacketHeader.size, length: packet.header.payloadLength) {
+                    t.statements.refusals.append((ordinal + 1, copied(err)!))
+                }
+            }
             return nil
         }
         t.statements.cachedPins = nil

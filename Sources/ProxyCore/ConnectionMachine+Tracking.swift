@@ -193,8 +193,7 @@ extension ConnectionMachine {
     mutating func relayTrackedFromServer(_ chunk: ByteBuffer) -> Action {
         // (bytes of a server connection the session no longer has: nobody's)
         guard tracking!.attachment == .attached else { return .none }
-        var t = tracking!
-        tracking = nil  // (taken out while changed: its arrays are not copied)
+        var t = tracking.take()!  // (moved out while changed: nothing retained or copied)
         defer { tracking = t }
         var warning: String?
         var refusedAt: (FrameScanner.PacketStart, offset: Int)?
@@ -247,7 +246,7 @@ extension ConnectionMachine {
                 if let head = t.statements.answers.first, head.ordinal == ordinal {
                     // the first packet of a prepare's answer
                     t.statements.answers.removeFirst()
-                    if let edit = Self.prepareAnswered(head.answer, packet, at: start, &t) { edits.append(edit) }
+                    if let edit = Self.prepareAnswered(head.answer, packet, at: start, ordinal: ordinal, in: combined, &t) { edits.append(edit) }
                 }
                 if case .endOfResponse(let end) = kind {
                     t.responsesEnded &+= 1
@@ -266,6 +265,23 @@ extension ConnectionMachine {
                         Self.statementEnded(end, &t)
                     }
                     if let status = end.status { t.state.updateTransaction(status) }
+                }
+                if let refusal = t.statements.refusals.first, refusal.ordinal <= ordinal {
+                    t.statements.refusals.removeFirst()
+                    if refusal.ordinal == ordinal, packet.firstByte == 0xFF, !packet.isMultiFrame {
+                        // the prepare's reason in place of the command's "unknown statement"
+                        var framed = ByteBuffer()
+                        var seq = packet.header.sequenceID
+                        framed.writeMySQLPacket(refusal.err, sequenceID: &seq)
+                        edits.append((start, start, framed))
+                        let length = PacketHeader.size + packet.header.payloadLength
+                        if start + length <= combined.readableBytes {
+                            edits.append((start, start + length, nil))
+                        } else {
+                            pending = (start, true)
+                        }
+                        return true
+                    }
                 }
                 // a server's last words between commands (KILL's ERR) are not for a session that
                 // carries on on another connection when this one ends

@@ -201,4 +201,19 @@ struct MultiplexStatementsTests {
         #expect(d.client([("19" + Self.le(1), 0)]).toBackend == Wire.packets([("19" + Self.le(7), 0)]))
         #expect(d.machine.serverStatements.count == 0)
     }
+
+    @Test func aPrepareTheServerRefusesGivesTheClientItsReason() {
+        var d = Self.withStatement()
+        _ = Self.moved(&d, Self.execute(1, types: false, 8))
+        let reason = "ff" + "7a04" + "23" + Self.hex("42S02") + Self.hex("Table 'moon.t' doesn't exist")
+        var answers = Self.restoreAnswers
+        answers.writeImmutableBuffer(Wire.packets([(reason, 1)]))
+        answers.writeImmutableBuffer(Wire.packets([("ff" + "db04" + "23" + Self.hex("HY000") + Self.hex("Unknown prepared statement handler (4294967295) given to mysqld_stmt_execute"), 1)]))
+        #expect(d.server(answers).toClient == Wire.packets([(reason, 1)]))
+        #expect(d.machine.mayPark)
+        // the next command prepares it again
+        var expected = Wire.packets([(Self.prepare("DO ?"), 0)])
+        expected.writeImmutableBuffer(Wire.packets([(Self.execute(0xFFFF_FFFF, types: true, 9), 0)]))
+        #expect(d.client([(Self.execute(1, types: false, 9), 0)]).toBackend == expected)
+    }
 }

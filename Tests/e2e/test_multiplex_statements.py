@@ -173,6 +173,20 @@ def test_prepared_statements_outlive_a_killed_connection(start_proxy):
     ps.execute("SELECT ? * 2, CONNECTION_ID()", (50,))
     again = ps.fetchone()
     assert again[0] == 100 and again[1] != first[1]
+    # a statement whose table goes while the session moves: the server's reason, as directly
+    c.cursor().execute("CREATE OR REPLACE TABLE moon.mx_gone (a INT)")
+    gone = c.cursor(prepared=True)
+    gone.execute("SELECT COUNT(*) FROM moon.mx_gone WHERE a > ?", (0,))
+    assert gone.fetchone() == (0,)
+    with root() as r, r.cursor() as cur:
+        cur.execute(f"KILL {again[1]}")
+        cur.execute("DROP TABLE moon.mx_gone")
+    time.sleep(0.3)
+    with pytest.raises(mysql.connector.errors.ProgrammingError) as failed:
+        gone.execute("SELECT COUNT(*) FROM moon.mx_gone WHERE a > ?", (0,))
+    assert failed.value.errno == 1146 and "mx_gone" in failed.value.msg, failed.value
+    ps.execute("SELECT ? * 2, CONNECTION_ID()", (7,))
+    assert ps.fetchone()[0] == 14
     ps.close()
     c.close()
 
