@@ -508,3 +508,22 @@ def test_a_drain_deadline_closes_sessions_that_cannot_move(start_proxy):
         assert "could not move off it in time" in proxy.log()
     finally:
         second.stop()
+
+
+def test_a_login_on_a_connection_another_session_gave_up_starts_fresh(start_proxy):
+    """A new login takes the connection a session gave up, in that session's state: the reset
+    clears it, and gives back the login's own database (COM_RESET_CONNECTION keeps the schema)."""
+    proxy = start(start_proxy, 1)
+    a = pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+    with a.cursor() as cur:
+        cur.execute("USE moon_mx2")
+        cur.execute("SET @x = 5, sql_mode = 'ANSI'")
+    b = pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+    with b.cursor() as cur:
+        cur.execute("SELECT DATABASE(), @x, @@sql_mode = @@global.sql_mode")
+        assert cur.fetchone() == ("moon", None, 1)
+    with a.cursor() as cur:
+        cur.execute("SELECT DATABASE(), @x, @@sql_mode")
+        assert cur.fetchone() == ("moon_mx2", 5, "REAL_AS_FLOAT,PIPES_AS_CONCAT,ANSI_QUOTES,IGNORE_SPACE,ANSI")
+    a.close()
+    b.close()

@@ -4,6 +4,7 @@ their ids keep working, and no session reaches another's. Real connectors drive 
 protocol (mysql-connector-python's and MariaDB Connector/Python's prepared cursors); the raw
 tests speak it byte by byte through PyMySQL's socket."""
 import struct
+import threading
 import subprocess
 import time
 
@@ -284,3 +285,73 @@ def test_sessions_share_a_connections_statements(start_proxy):
     for c, ps in sessions:
         ps.close()
         c.close()
+
+
+def test_draining_a_backend_with_a_hundred_sessions(start_proxy):
+    """The issue's drain: a backend holds 100 sessions with every movable state item set (and
+    prepared statements); DRAIN BACKEND moves them all between commands, every state query
+    answers as before, statement ids keep working, no client sees an error; a streaming SELECT
+    under way finishes on its original server."""
+    second = second_server("mariadb-mx-drain-100")
+    try:
+        admin_port = free_port()
+        proxy = start_two(start_proxy, second, *admin_args(admin_port))
+        wait_for_port(admin_port)
+        # every new login goes to backend 1 (the other one drains meanwhile)
+        assert admin(admin_port, "DRAIN BACKEND 2 WITHIN 600").returncode == 0
+        second.sql("CREATE DATABASE IF NOT EXISTS moon_mx2; GRANT ALL ON moon_mx2.* TO 'mx'@'%';"
+                   "CREATE TABLE IF NOT EXISTS moon.mx_t (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+        with root() as r, r.cursor() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS moon.mx_t (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+        sessions, expected = [], []
+        for i in range(100):
+            c = mysql.connector.connect(host="127.0.0.1", port=proxy.port, ssl_disabled=True, **USER)
+            cur = c.cursor()
+            for stmt in [f"SET sql_mode = '{['ANSI', 'TRADITIONAL', 'NO_ZERO_DATE'][i % 3]}'", f"SET time_zone = '+0{i % 10}:00'",
+                         "SET NAMES latin1" if i % 2 else "SET NAMES utf8mb4 COLLATE utf8mb4_bin", f"SET @x = {i}, @y = 'it''s {i}'",
+                         f"SET SESSION wait_timeout = {1000 + i}", "USE moon_mx2" if i % 4 == 0 else "DO 1",
+                         "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED" if i % 5 == 0 else "DO 2",
+                         f"INSERT INTO moon.mx_t (v) VALUES ({i})"]:
+                cur.execute(stmt)
+            ps = c.cursor(prepared=True)
+            ps.execute("SELECT ? + 1, @@port", (i,))
+            row = ps.fetchone()
+            assert row[0] == i + 1 and row[1] == second.port
+            cur.execute("SELECT @@sql_mode, @@time_zone, @@character_set_client, @@collation_connection, @@session.wait_timeout, "
+                        "DATABASE(), @x, @y, @@tx_isolation, LAST_INSERT_ID()")
+            expected.append(cur.fetchone())
+            sessions.append((c, cur, ps))
+        streamer = pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon",
+                                   autocommit=True, cursorclass=pymysql.cursors.SSCursor)
+        rows = []
+
+        def stream():
+            with streamer.cursor() as cur:
+                cur.execute("SELECT seq, @@port, SLEEP(0.01) FROM seq_1_to_300")
+                rows.extend(cur.fetchall_unbuffered())
+
+        t = threading.Thread(target=stream)
+        t.start()
+        time.sleep(0.5)
+        assert admin(admin_port, "UNDRAIN BACKEND 2").returncode == 0
+        assert admin(admin_port, "DRAIN BACKEND 1 WITHIN 20").returncode == 0
+        time.sleep(1.5)
+        for i, (c, cur, ps) in enumerate(sessions):
+            cur.execute("SELECT @@sql_mode, @@time_zone, @@character_set_client, @@collation_connection, @@session.wait_timeout, "
+                        "DATABASE(), @x, @y, @@tx_isolation, LAST_INSERT_ID()")
+            assert cur.fetchone() == expected[i], i
+            ps.execute("SELECT ? + 1, @@port", (i + 1,))
+            assert ps.fetchone() == (i + 2, MARIADB_PORT), i
+        t.join(30)
+        assert len(rows) == 300 and {r[1] for r in rows} == {second.port}  # finished where it began
+        time.sleep(1.5)  # the next sweep asks it to let go
+        with streamer.cursor() as cur:
+            cur.execute("SELECT @@port")
+            assert cur.fetchone()[0] == MARIADB_PORT  # and moved behind it
+        assert second.sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'mx'") == "0"
+        streamer.close()
+        for c, cur, ps in sessions:
+            ps.close()
+            c.close()
+    finally:
+        second.stop()

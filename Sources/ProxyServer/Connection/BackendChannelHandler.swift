@@ -127,14 +127,16 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
 
     // MARK: session reset
 
-    /// Bytes of the answer to COM_RESET_CONNECTION, while it is awaited.
+    /// Bytes of the answer to COM_RESET_CONNECTION (and COM_INIT_DB), while it is awaited.
     private var resetAnswer: ByteBuffer?
+    /// The OKs still to come of it.
+    private var resetAnswersLeft = 0
 
-    /// The part of a COM_RESET_CONNECTION's answer read so far, when the answer is still to
-    /// come: the caller takes it over (the core pool, when the client quit before it came).
-    func takeOverResetAnswer() -> ByteBuffer? {
+    /// The part of the reset's answer read so far, when the answer is still to come, and how many
+    /// OKs it still has: the caller takes it over (the core pool, when the client quit before it came).
+    func takeOverResetAnswer() -> (ByteBuffer, oks: Int)? {
         defer { resetAnswer = nil }
-        return resetAnswer
+        return resetAnswer.map { ($0, resetAnswersLeft) }
     }
 
     /// Clears the server-side session of this (pooled) connection before another client session
@@ -142,10 +144,18 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     /// owner writes next follows the reset on the wire.
     /// `flushNow` false: the reset waits to go out with what the owner writes next (one system
     /// call for both; the owner's next write flushes it).
-    func resetSession(flushNow: Bool = true) {
+    /// `database`: the reset keeps the connection's schema; a session that changed it is followed
+    /// by COM_INIT_DB of the login's (two OKs then).
+    func resetSession(flushNow: Bool = true, database: String? = nil) {
         var packet = ByteBuffer()
         var seq: UInt8 = 0
         packet.writeMySQLPacket(ByteBuffer(bytes: [CommandCode.resetConnection.rawValue]), sequenceID: &seq)
+        resetAnswersLeft = 1
+        if let database {
+            seq = 0
+            packet.writeMySQLPacket(ByteBuffer(bytes: [CommandCode.initDB.rawValue] + Array(database.utf8)), sequenceID: &seq)
+            resetAnswersLeft = 2
+        }
         resetAnswer = ByteBuffer()
         guard !flushNow, let context else { return writeAndFlush(packet) }
         context.write(NIOAny(packet), promise: nil)
@@ -157,23 +167,28 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     private func takeResetAnswer(_ data: inout ByteBuffer, owner: ClientChannelHandler) -> Bool {
         guard var pending = resetAnswer else { return true }
         pending.writeBuffer(&data)
-        guard let header = PacketHeader.peek(pending, at: pending.readerIndex),
-              pending.readableBytes >= PacketHeader.size + header.payloadLength else {
-            resetAnswer = pending
-            return false
-        }
-        let first = pending.getInteger(at: pending.readerIndex + PacketHeader.size, as: UInt8.self)
-        let answer = pending.readSlice(length: PacketHeader.size + header.payloadLength)
-        resetAnswer = nil
-        guard first == 0x00 else {
-            var text = "no OK"
-            if let payload = answer?.getSlice(at: PacketHeader.size, length: header.payloadLength),
-               let err = try? ERRPacket(parsing: payload) {
-                text = "\(err.code) \(err.message)"
+        while resetAnswersLeft > 0 {
+            guard let header = PacketHeader.peek(pending, at: pending.readerIndex),
+                  pending.readableBytes >= PacketHeader.size + header.payloadLength else {
+                resetAnswer = pending
+                return false
             }
-            owner.backendResetFailed(text)
-            return false
+            let first = pending.getInteger(at: pending.readerIndex + PacketHeader.size, as: UInt8.self)
+            let answer = pending.readSlice(length: PacketHeader.size + header.payloadLength)
+            resetAnswersLeft -= 1
+            guard first == 0x00 else {
+                resetAnswer = nil
+                resetAnswersLeft = 0
+                var text = "no OK"
+                if let payload = answer?.getSlice(at: PacketHeader.size, length: header.payloadLength),
+                   let err = try? ERRPacket(parsing: payload) {
+                    text = "\(err.code) \(err.message)"
+                }
+                owner.backendResetFailed(text)
+                return false
+            }
         }
+        resetAnswer = nil
         data = pending
         return data.readableBytes > 0
     }

@@ -147,7 +147,11 @@ extension ClientChannelHandler {
         // The session was reset when its last client quit; COM_RESET_CONNECTION, in front of this
         // client's first command on the wire, gives it the server's global settings as they are
         // now, as a fresh login would (a SET GLOBAL since the connection came back counts).
-        handler.resetSession(flushNow: false)
+        // (a connection a multiplexed session gave up keeps the schema that session chose)
+        let schema = entry.parkedState?.schema
+        let login = handler.serverLogin
+        let database = schema != nil && schema != login?.database && login?.database.isEmpty == false ? login?.database : nil
+        handler.resetSession(flushNow: false, database: database)
         if let login = handler.serverLogin { replenishPool(entry.key, login) }
         publish()
         log(.debug, "took a pooled server connection to backend \(index + 1)")

@@ -268,8 +268,8 @@ final class CorePool {
         let reset = ServerLoginReset(login: login, challenge: challenge, sessionChangedUser: sessionChangedUser)
         let entry = Entry(handler: handler, key: Key(backend: backend, login: login), reset: reset, address: address,
                           backendTLS: backendTLS, localSocket: localSocket)
-        if let partial = handler.takeOverResetAnswer() {
-            entry.resetOKsToSkip = 1
+        if let (partial, oks) = handler.takeOverResetAnswer() {
+            entry.resetOKsToSkip = oks
             entry.collector.append(partial)
         }
         entries[entry.key, default: []].append(entry)
