@@ -48,6 +48,9 @@ public final class ScriptEngine: @unchecked Sendable {
         /// What `chassis.drain_backend(ndx, seconds)` and `chassis.undrain_backend(ndx)` do
         /// (backend index from 0, seconds, true to drain); false for no such backend.
         public var drainBackend: (@Sendable (Int, Double, Bool) -> Bool)?
+        /// What `chassis.migrate_connection(id, ndx)` does (backend index from 0): nil when the
+        /// session moves, else why not.
+        public var migrateConnection: (@Sendable (UInt64, Int) -> String?)?
         /// What `chassis.set_shutdown()` does; without it the call is logged and ignored.
         public var shutdownRequest: (@Sendable () -> Void)?
         /// Lua code run in each connection's environment before the script (the admin interface

@@ -89,6 +89,7 @@ enum AdminInterface {
         { "SELECT * FROM pool", "the core pool (--proxy-pool-max): server connections by backend and login, idle or being reset" },
         { "DRAIN BACKEND n [WITHIN seconds]", "new sessions avoid backend n; multiplexed sessions move off it between commands; those left after the deadline (60 s) are closed" },
         { "UNDRAIN BACKEND n", "backend n takes sessions again" },
+        { "MIGRATE CONNECTION id TO BACKEND n", "a multiplexed session moves to backend n between commands, in its state, and stays there" },
       })
     end
     tables.backends = function()
@@ -180,6 +181,17 @@ enum AdminInterface {
           proxy.response = { type = proxy.MYSQLD_PACKET_OK }
         else
           proxy.response = { type = proxy.MYSQLD_PACKET_ERR, errcode = 1105, sqlstate = "HY000", errmsg = "no backend " .. ndx }
+        end
+        return proxy.PROXY_SEND_RESULT
+      end
+      local id
+      id, ndx = query:match("^migrate connection (%d+) to backend (%d+)$")
+      if id then
+        local done, why = chassis.migrate_connection(tonumber(id), tonumber(ndx))
+        if done then
+          proxy.response = { type = proxy.MYSQLD_PACKET_OK, message = ("connection %s moves to backend %s"):format(id, ndx) }
+        else
+          proxy.response = { type = proxy.MYSQLD_PACKET_ERR, errcode = 1105, sqlstate = "HY000", errmsg = why }
         end
         return proxy.PROXY_SEND_RESULT
       end

@@ -141,6 +141,12 @@ public final class MoonProxy: Sendable {
             script.connections = { registry?.rows() ?? [] }
             script.accounts = { accounts?.rows() ?? [] }
             script.pool = { corePool?.rows() ?? [] }
+            script.migrateConnection = { id, index in
+                guard backends.takingSessions().contains(index) else {
+                    return "backend \(index + 1) takes no sessions (no such backend, down, draining or read-only)"
+                }
+                return registry?.migrate(id, to: index) == true ? nil : "no multiplexed session has id \(id)"
+            }
             script.drainBackend = { index, seconds, drain in
                 drain ? backends.drain(index, within: .nanoseconds(Int64(seconds * 1e9))) : backends.undrain(index)
             }

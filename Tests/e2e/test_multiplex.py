@@ -527,3 +527,44 @@ def test_a_login_on_a_connection_another_session_gave_up_starts_fresh(start_prox
         assert cur.fetchone() == ("moon_mx2", 5, "REAL_AS_FLOAT,PIPES_AS_CONCAT,ANSI_QUOTES,IGNORE_SPACE,ANSI")
     a.close()
     b.close()
+
+
+def test_migrate_moves_one_session_and_it_stays(start_proxy):
+    """MIGRATE CONNECTION id TO BACKEND n: the session's next command runs on backend n, in its
+    state, and the pool's rebalancing leaves it there; a backend that takes no sessions, or an
+    id that is no multiplexed session, is refused."""
+    second = second_server("mariadb-mx-migrate")
+    try:
+        admin_port = free_port()
+        proxy = start_two(start_proxy, second, *admin_args(admin_port))
+        wait_for_port(admin_port)
+        assert admin(admin_port, "DRAIN BACKEND 1 WITHIN 60").returncode == 0
+        sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+                    for _ in range(3)]
+        assert admin(admin_port, "UNDRAIN BACKEND 1").returncode == 0
+        c = sessions[0]
+        with c.cursor() as cur:
+            cur.execute("SET time_zone = '+05:00'")
+            cur.execute("SET @x = 'moving'")
+            before = view(cur)
+            cur.execute("SELECT @@port")
+            assert cur.fetchone()[0] == MARIADB_PORT
+        port = c._sock.getsockname()[1]
+        row = [r for r in connections(admin_port) if r["client"].endswith(f":{port}")][0]
+        r = admin(admin_port, f"MIGRATE CONNECTION {row['id']} TO BACKEND 1")
+        assert r.returncode == 0, r.stderr
+        for _ in range(3):
+            with c.cursor() as cur:
+                assert view(cur) == before
+                cur.execute("SELECT @@port")
+                assert cur.fetchone()[0] == second.port
+            time.sleep(1.2)  # sweeps: the rebalancing would have moved one of the three by now
+        assert "the admin interface migrates it" in proxy.log()
+        refused = admin(admin_port, f"MIGRATE CONNECTION {row['id']} TO BACKEND 7")
+        assert refused.returncode != 0 and "takes no sessions" in refused.stderr
+        refused = admin(admin_port, "MIGRATE CONNECTION 999999 TO BACKEND 1")
+        assert refused.returncode != 0 and "no multiplexed session" in refused.stderr
+        for s in sessions:
+            s.close()
+    finally:
+        second.stop()

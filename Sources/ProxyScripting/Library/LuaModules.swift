@@ -120,6 +120,9 @@ enum LuaModules {
         lua.push(object: reference, metatable: engineMetatable)
         lua.push(function: chassisUndrainBackend, upvalues: 1)
         lua.rawSet(-2, "undrain_backend")
+        lua.push(object: reference, metatable: engineMetatable)
+        lua.push(function: chassisMigrateConnection, upvalues: 1)
+        lua.rawSet(-2, "migrate_connection")
         lua.rawSet(-2, "chassis")
 
         lua.newTable()                                  // Lua modules, compiled
@@ -370,6 +373,27 @@ private let chassisUndrainBackend: LuaFunction = { L in
     let lua = Lua(L!)
     let index = lua.toInteger(at: 1) ?? 0
     lua.push(LuaModules.engine(lua)?.configuration.drainBackend?(index - 1, 0, false) ?? false)
+    return 1
+}
+
+/// `chassis.migrate_connection(id, ndx)`: the multiplexed session `id` (the admin interface's
+/// connection id) moves to backend `ndx` (from 1) between commands and stays there; true, or
+/// false and why not.
+private let chassisMigrateConnection: LuaFunction = { L in
+    let lua = Lua(L!)
+    let id = lua.toInteger(at: 1) ?? 0
+    let index = lua.toInteger(at: 2) ?? 0
+    guard id > 0, let migrate = LuaModules.engine(lua)?.configuration.migrateConnection else {
+        lua.push(false)
+        lua.push("no such connection")
+        return 2
+    }
+    if let refusal = migrate(UInt64(id), index - 1) {
+        lua.push(false)
+        lua.push(refusal)
+        return 2
+    }
+    lua.push(true)
     return 1
 }
 

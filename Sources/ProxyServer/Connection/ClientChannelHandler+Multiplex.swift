@@ -49,6 +49,32 @@ extension ClientChannelHandler {
         if backend != nil { pool.holding(key, self) }
         notePins()
         publish()
+        if let registry = shared.registry, described.id != 0, let loop = context?.eventLoop {
+            let bound = NIOLoopBound(WeakSession(self), eventLoop: loop)
+            registry.update(described.id) { entry in
+                entry.migrate = { index in loop.execute { bound.value.session?.migrationRequested(to: index) } }
+            }
+        }
+    }
+
+    /// The admin interface's MIGRATE CONNECTION: the session moves to backend `index` between
+    /// commands (now, or at a pool sweep once it can) and stays there.
+    func migrationRequested(to index: Int) {
+        guard !closed, !closing, multiplexKey != nil else { return }
+        requestedBackend = index
+        placedByOperator = true
+        if !tryRequestedMove() { sweeper?.corePool?.migrationPending(self) }
+    }
+
+    /// Moves the session where MIGRATE asked, if it can now; true once it is there.
+    func tryRequestedMove() -> Bool {
+        guard let index = requestedBackend else { return true }
+        guard !closed, !closing, let old = multiplexKey?.backend else { return true }
+        if old == index || moveForBalance(to: index, why: "the admin interface migrates it") {
+            requestedBackend = nil
+            return true
+        }
+        return false
     }
 
     func leaveMultiplexing() {
@@ -201,11 +227,12 @@ extension ClientChannelHandler {
 
     /// The pool's rebalancing: the session moves to backend `index` if it is between commands
     /// (giving its connection up first); its next command runs there, in its state.
-    func moveForBalance(to index: Int) -> Bool {
+    func moveForBalance(to index: Int, why: String = "the pool rebalances the login's sessions over the backends") -> Bool {
         guard !closed, !closing, let old = multiplexKey?.backend, old != index, !machine.isAwaitingServer else { return false }
+        if requestedBackend == nil && placedByOperator { return false }  // (put there by MIGRATE: it stays)
         if backend != nil, !yieldServerConnection() { return false }
         guard machine.isParked, moveSession(to: index) != nil else { return false }
-        log(.info, "the pool rebalances the login's sessions over the backends: this one moves from backend \(old + 1) to backend \(index + 1)")
+        log(.info, "\(why): this session moves from backend \(old + 1) to backend \(index + 1)")
         return true
     }
 
@@ -248,4 +275,10 @@ extension ClientChannelHandler {
             openForMultiplexing(pool, key, login: login, reserved: true, nil)
         }
     }
+}
+
+/// A session, not kept alive by what refers to it (the registry's MIGRATE closure).
+final class WeakSession {
+    weak var session: ClientChannelHandler?
+    init(_ session: ClientChannelHandler) { self.session = session }
 }

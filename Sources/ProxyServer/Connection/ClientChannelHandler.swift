@@ -74,6 +74,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
     var lastServerLogin: ConnectionMachine.ServerLogin?
     /// The session's pins as last counted (metrics, admin interface).
     var publishedPins: SessionState.Pins = []
+    /// The admin interface's MIGRATE: the backend the session is to move to (until it could),
+    /// and whether it was put where it is (the pool's rebalancing leaves it there).
+    var requestedBackend: Int?
+    var placedByOperator = false
 
     init(shared: ProxyContext, channel: Channel) {
         self.shared = shared

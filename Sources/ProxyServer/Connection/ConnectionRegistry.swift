@@ -24,6 +24,8 @@ final class ConnectionRegistry: Sendable {
         var multiplexed: String?
         var pinned: String?
         var since: NIODeadline
+        /// Moves the (multiplexed) session to a backend, on its own event loop.
+        var migrate: (@Sendable (Int) -> Void)?
     }
 
     private let entries = NIOLockedValueBox<[UInt64: Entry]>([:])
@@ -34,6 +36,13 @@ final class ConnectionRegistry: Sendable {
             change(&entry)
             all[id] = entry
         }
+    }
+
+    /// The admin interface's MIGRATE: false when there is no such multiplexed session.
+    func migrate(_ id: UInt64, to index: Int) -> Bool {
+        guard let migrate = entries.withLockedValue({ $0[id]?.migrate }) else { return false }
+        migrate(index)
+        return true
     }
 
     func remove(_ id: UInt64) {

@@ -168,6 +168,9 @@ extension CorePool {
     /// move to the one with fewest, at most half the difference per sweep, between commands and in
     /// their state (a session holding a connection gives it up first; one busy or pinned stays).
     func sweepRebalancing() {
+        if !migrating.isEmpty {
+            for (id, member) in migrating where member.session?.tryRequestedMove() != false { migrating[id] = nil }
+        }
         guard let backends, !members.isEmpty, backends.count > 1 else { return }
         var byLogin: [Key: [Int: Int]] = [:]  // (keys on backend 0)
         for (key, sessions) in members { byLogin[key.on(backend: 0), default: [:]][key.backend] = sessions.count }
@@ -188,9 +191,16 @@ extension CorePool {
         }
     }
 
+    /// A MIGRATE the session could not carry out at once (busy, pinned): tried again at each sweep.
+    func migrationPending(_ session: ClientChannelHandler) {
+        migrating[ObjectIdentifier(session)] = Member(session: session)
+        startSweeping()
+    }
+
     func leave(_ key: Key, _ session: ClientChannelHandler) {
         let id = ObjectIdentifier(session)
         members[key]?[id] = nil
+        migrating[id] = nil
         if members[key]?.isEmpty == true { members[key] = nil }
         released(key, session)
         cancelWaiting(id)

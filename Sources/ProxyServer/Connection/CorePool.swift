@@ -218,6 +218,8 @@ final class CorePool {
     var members: [Key: [ObjectIdentifier: Member]] = [:]
     /// The members that hold a connection now (at most the cap): the ones asked to give it up.
     var holders: [Key: [ObjectIdentifier: Member]] = [:]
+    /// Sessions MIGRATE asked to move that could not yet.
+    var migrating: [ObjectIdentifier: Member] = [:]
 
     let eventLoop: EventLoop
     /// Runs the idle sweep while the pool holds connections.
