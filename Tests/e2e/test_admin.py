@@ -29,7 +29,8 @@ def test_builtin_tables(start_proxy):
     assert header == ["command", "description"]
     assert [row[0] for row in rows] == ["SELECT * FROM help", "SELECT * FROM backends", "SELECT * FROM stats",
                                         "SELECT * FROM connections", "SELECT * FROM config", "SELECT * FROM accounts",
-                                        "SELECT * FROM pool", "DRAIN BACKEND n [WITHIN seconds]", "UNDRAIN BACKEND n"]
+                                        "SELECT * FROM pool", "DRAIN BACKEND n [WITHIN seconds]", "UNDRAIN BACKEND n",
+                                        "MIGRATE CONNECTION id TO BACKEND n"]
 
     # traffic through the proxy shows in the admin's tables
     c = proxy.connect()
