@@ -61,7 +61,7 @@ def test_builtin_tables(start_proxy):
     a = pymysql.connect(host="127.0.0.1", port=admin_port, user="boss", password="s3cret pass")
     with a.cursor() as cur:
         cur.execute("select * from HELP;")
-        assert len(cur.fetchall()) == 9
+        assert len(cur.fetchall()) == 10
         with pytest.raises(pymysql.err.OperationalError) as e:
             cur.execute("SELECT 1")
         assert e.value.args[0] == 1105 and "SELECT * FROM help" in e.value.args[1]
