@@ -244,6 +244,9 @@ def main():
                     help="NAME=ARGS: another MoonProxy target started with these extra arguments")
     ap.add_argument("--metrics", action="store_true",
                     help="add a MoonProxy target with --metrics-address, scraped every second (the metrics' cost)")
+    ap.add_argument("--compare-moonproxy", metavar="PATH",
+                    help="another MoonProxy build (an older commit's) run side by side: its relay as moonproxy-cmp and, "
+                         "with the multiplexing workloads, its moon+mx as moon+mx-cmp")
     ap.add_argument("--no-script-targets", action="store_true",
                     help="leave out the MoonProxy targets running an empty read_query and an appending one")
     a = ap.parse_args()
@@ -266,6 +269,8 @@ def main():
     for n in thread_counts:
         targets.append(start_haproxy(workdir, a.mariadb_port, n, name="haproxy" + thread_suffix(n, first)))
         targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, n, name="moonproxy" + thread_suffix(n, first), extra=tls_args))
+    if a.compare_moonproxy:
+        targets.append(start_moonproxy(a.compare_moonproxy, a.mariadb_port, first, name="moonproxy-cmp", extra=tls_args))
     if not a.no_script_targets:
         a.extra_moonproxy = [f"moon+empty=--proxy-lua-script={HERE / 'bench_empty.lua'}",
                              f"moon+append=--proxy-lua-script={HERE / 'bench_append.lua'}"] + a.extra_moonproxy
@@ -290,10 +295,11 @@ def main():
                         f"SET GLOBAL max_connections = {a.idle_clients + 200}; "
                         "CREATE OR REPLACE USER 'moon_bench_svc'@'127.0.0.1' IDENTIFIED BY 'bench svc'; "
                         "GRANT SELECT ON mysql.global_priv TO 'moon_bench_svc'@'127.0.0.1'"], check=True)
-        targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, first, name="moon+mx",
-                                       extra=tls_args + ["--proxy-auth=proxy", "--proxy-users-user=moon_bench_svc",
-                                                         f"--proxy-pool-max={a.multiplex_pool}", "--proxy-multiplex"],
-                                       env=dict(os.environ, MOONPROXY_USERS_PASSWORD="bench svc")))
+        for binary, name in [(a.moonproxy, "moon+mx")] + ([(a.compare_moonproxy, "moon+mx-cmp")] if a.compare_moonproxy else []):
+            targets.append(start_moonproxy(binary, a.mariadb_port, first, name=name,
+                                           extra=tls_args + ["--proxy-auth=proxy", "--proxy-users-user=moon_bench_svc",
+                                                             f"--proxy-pool-max={a.multiplex_pool}", "--proxy-multiplex"],
+                                           env=dict(os.environ, MOONPROXY_USERS_PASSWORD="bench svc")))
         time.sleep(1)
 
     results = {w: {t.name: [] for t in targets} for w in workloads}
@@ -370,6 +376,11 @@ def main():
                 versus_tls = f"  CPU TLS/plaintext {cpu / cpu_by_workload[plain_w][t.name]:5.2f}"
             print(f"{'':20} {t.name + ' ratios':14} rate/{baseline_of(t.name)} {rate / base_rate:5.2f}  rate/direct {rate / direct_rate:5.2f}  "
                   f"CPU/{baseline_of(t.name)} {cpu / base_cpu if base_cpu else float('nan'):5.2f}{versus_plain}{versus_tls}")
+        for t in targets:
+            if t.name.endswith("-cmp") and t.name[:-4] in summary:
+                (new_rate, new_cpu), (old_rate, old_cpu) = summary[t.name[:-4]], summary[t.name]
+                print(f"{'':20} {t.name[:-4] + ' vs the compared build':14} rate {new_rate / old_rate:5.2f}  "
+                      f"CPU {new_cpu / old_cpu if old_cpu else float('nan'):5.2f}")
         for n in thread_counts[1:]:
             for proxy in ("haproxy", "moonproxy"):
                 one, more = summary[proxy][0], summary[proxy + thread_suffix(n, first)][0]
