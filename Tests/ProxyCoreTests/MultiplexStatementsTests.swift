@@ -216,4 +216,44 @@ struct MultiplexStatementsTests {
         expected.writeImmutableBuffer(Wire.packets([(Self.execute(0xFFFF_FFFF, types: true, 9), 0)]))
         #expect(d.client([(Self.execute(1, types: false, 9), 0)]).toBackend == expected)
     }
+
+    @Test func preparedLastIsTheClientsLastStatementWhereverItWasPrepared() {
+        // after a move and back, "prepared last" names the client's last statement (its id here);
+        // right behind the client's own prepare it passes as it is
+        var d = Self.withStatement()
+        _ = Self.moved(&d, Self.execute(1, types: true, 8))
+        var answers = Self.restoreAnswers
+        answers.writeImmutableBuffer(Wire.packets(Self.prepared(9)))
+        answers.writeImmutableBuffer(Wire.packets([(Self.executed, 1)]))
+        d.server(answers)
+        d.run(d.machine.parkRequested())
+        d.client([(Self.execute(0xFFFF_FFFF, types: true, 1), 0)])
+        // own connection back: nothing to restore; "prepared last" is the client's last statement, id 1 (here 9)
+        let own = d.run(d.machine.multiplexedServerAttached(previous: d.machine.sessionState, own: true,
+                                                            statements: d.machine.serverStatements))
+        #expect(own.toBackend == Wire.packets([(Self.execute(9, types: true, 1), 0)]))
+        d.server([(Self.executed, 1)])
+        var pipelined = Wire.packets([(Self.prepare("DO ? + 2"), 0)])
+        pipelined.writeImmutableBuffer(Wire.packets([(Self.execute(0xFFFF_FFFF, types: true, 2), 0)]))
+        // the client's own "prepared last" right behind its prepare passes as it is
+        #expect(d.client(pipelined).toBackend == pipelined)
+    }
+
+    @Test func preparedLastBehindAPrepareOfTheProxysGetsTheServersError() {
+        var d = Self.withStatement()
+        #expect(d.run(d.machine.parkRequested()).actions == [.parkBackend])
+        // one write: a new prepare, the old statement (not on the next connection), "prepared last"
+        var three = Wire.packets([(Self.prepare("DO ? + 2"), 0)])
+        three.writeImmutableBuffer(Wire.packets([(Self.execute(1, types: true, 1), 0)]))
+        three.writeImmutableBuffer(Wire.packets([(Self.execute(0xFFFF_FFFF, types: true, 2), 0)]))
+        #expect(d.client(three).actions.contains(.takeBackend))
+        let attached = d.run(d.machine.multiplexedServerAttached(previous: SessionState()))
+        var expected = Self.restore
+        expected.writeImmutableBuffer(Wire.packets([(Self.prepare("DO ? + 2"), 0)]))
+        expected.writeImmutableBuffer(Wire.packets([(Self.prepare("DO ?"), 0)]))
+        expected.writeImmutableBuffer(Wire.packets([(Self.execute(0xFFFF_FFFF, types: true, 1), 0)]))
+        // the server's "prepared last" is the proxy's now: the client's cannot be reached
+        expected.writeImmutableBuffer(Wire.packets([(Self.execute(0, types: true, 2), 0)]))
+        #expect(attached.toBackend == expected)
+    }
 }
