@@ -193,6 +193,9 @@ extension ConnectionMachine {
     /// 32 bytes of a packet's start that the relay sees whole).
     static let mostMovedParameters = 168
 
+    /// The binary prepared statements the session holds (multiplexing; the admin interface).
+    public var preparedStatementCount: Int { tracking?.statements.byClient.count ?? 0 }
+
     /// Whether statement ids are the session's own (multiplexing).
     var remapsStatements: Bool { configuration.multiplexes && tracking != nil }
 

@@ -111,7 +111,7 @@ enum AdminInterface {
     end
     tables.connections = function()
       local columns = { "id", "client", "backend", "user", "db", "state", "seconds", "client_tls", "backend_tls",
-                        "client_compression", "backend_compression", "server_connection", "pinned" }
+                        "client_compression", "backend_compression", "server_connection", "pinned", "statements" }
       local rows = {}
       for _, c in ipairs(chassis.get_connections() or {}) do
         local row = {}

@@ -141,7 +141,7 @@ def test_the_connections_table_shows_each_links_tls_and_compression(start_proxy)
             break
         time.sleep(0.2)
     assert header == ["id", "client", "backend", "user", "db", "state", "seconds", "client_tls", "backend_tls",
-                      "client_compression", "backend_compression", "server_connection", "pinned"]
+                      "client_compression", "backend_compression", "server_connection", "pinned", "statements"]
     assert len(got) == 2
     first, second = got
     assert first["user"] == "root" and first["client_tls"] == "NULL" and first["client_compression"] == "NULL"

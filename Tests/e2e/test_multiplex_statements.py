@@ -241,6 +241,7 @@ def test_what_cannot_move_pins(start_proxy):
     s = prepare(c, "SELECT COUNT(*) FROM mx_ps")
     assert execute(c, s)
     assert wait_for(lambda: pinned() == "none")
+    assert [r for r in connections(admin_port) if r.get("user") == "mx"][0]["statements"] == "1"  # held, not pinning
     c.select_db("moon_mx2")
     assert wait_for(lambda: pinned() == "prepared_statement")
     c.select_db("moon")

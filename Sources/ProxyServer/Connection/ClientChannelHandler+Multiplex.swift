@@ -88,9 +88,11 @@ extension ClientChannelHandler {
     /// interface's `pinned`).
     func notePins() {
         let pins = machine.sessionPins
-        guard pins != publishedPins, let pool = sweeper?.corePool else { return }
+        let statements = machine.preparedStatementCount
+        guard pins != publishedPins || statements != publishedStatements, let pool = sweeper?.corePool else { return }
         pool.shared.pinsChanged(from: publishedPins, to: pins)
         publishedPins = pins
+        publishedStatements = statements
         publish()
     }
 

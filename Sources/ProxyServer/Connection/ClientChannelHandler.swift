@@ -74,6 +74,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     var lastServerLogin: ConnectionMachine.ServerLogin?
     /// The session's pins as last counted (metrics, admin interface).
     var publishedPins: SessionState.Pins = []
+    /// The session's prepared statements as last listed (admin interface).
+    var publishedStatements = 0
     /// The admin interface's MIGRATE: the backend the session is to move to (until it could),
     /// and whether it was put where it is (the pool's rebalancing leaves it there).
     var requestedBackend: Int?
@@ -108,9 +110,11 @@ final class ClientChannelHandler: ChannelInboundHandler {
         if multiplexKey != nil {
             let parked = machine.isParked
             let pins = publishedPins.isEmpty ? "none" : publishedPins.description
+            let statements = publishedStatements
             registry.update(described.id) { entry in
                 entry.multiplexed = parked ? "given up" : "held"
                 entry.pinned = pins
+                entry.statements = statements
             }
         }
     }

@@ -23,6 +23,8 @@ final class ConnectionRegistry: Sendable {
         /// Multiplexing: whether the session holds a server connection, and what pins it there.
         var multiplexed: String?
         var pinned: String?
+        /// Multiplexing: the binary prepared statements the session holds.
+        var statements: Int?
         var since: NIODeadline
         /// Moves the (multiplexed) session to a backend, on its own event loop.
         var migrate: (@Sendable (Int) -> Void)?
@@ -58,7 +60,8 @@ final class ConnectionRegistry: Sendable {
                                            ("seconds", "\((now - e.since).nanoseconds / 1_000_000_000)")]
             for (name, value) in [("backend", e.backend?.description), ("user", e.user), ("db", e.database), ("client_tls", e.clientTLS),
                                   ("backend_tls", e.backendTLS), ("client_compression", e.clientCompression),
-                                  ("backend_compression", e.backendCompression), ("server_connection", e.multiplexed), ("pinned", e.pinned)] {
+                                  ("backend_compression", e.backendCompression), ("server_connection", e.multiplexed), ("pinned", e.pinned),
+                                  ("statements", e.statements.map { "\($0)" })] {
                 if let value { row.append((name, value)) }
             }
             return row
