@@ -42,6 +42,15 @@ struct MultiplexStatementsTests {
         return d.run(d.machine.multiplexedServerAttached(previous: SessionState()))
     }
 
+    /// Moved with `command` (an EXECUTE of statement 1), which ran: the statement is 9 on the new connection.
+    static func movedAndPreparedAgain(_ d: inout Driver, _ command: String) {
+        _ = moved(&d, command)
+        var answers = restoreAnswers
+        answers.writeImmutableBuffer(Wire.packets(prepared(9)))
+        answers.writeImmutableBuffer(Wire.packets([(executed, 1)]))
+        d.server(answers)
+    }
+
     /// What goes in front of a moved session's command: reset, trackers, its time_zone.
     static var restore: ByteBuffer {
         var out = Wire.packets([("1f", 0)])
@@ -76,11 +85,7 @@ struct MultiplexStatementsTests {
 
     @Test func idsStayTheSessionsWhenServersHandOutTheSameOnes() {
         var d = Self.withStatement()
-        _ = Self.moved(&d, Self.execute(1, types: false, 8))
-        var answers = Self.restoreAnswers
-        answers.writeImmutableBuffer(Wire.packets(Self.prepared(9)))
-        answers.writeImmutableBuffer(Wire.packets([(Self.executed, 1)]))
-        d.server(answers)
+        Self.movedAndPreparedAgain(&d, Self.execute(1, types: false, 8))
         // a new statement gets server id 1 here, which the session's first statement has: the client gets another
         d.client([(Self.prepare("DO ? + 1"), 0)])
         let answer = d.server(Self.prepared(1))
@@ -105,11 +110,7 @@ struct MultiplexStatementsTests {
         let whole = Wire.packets([(Self.execute(1, types: false, 3), 0)]).readableBytes
         for cut in 1..<whole {
             var d = Self.withStatement()
-            _ = Self.moved(&d, Self.execute(1, types: false, 8))
-            var answers = Self.restoreAnswers
-            answers.writeImmutableBuffer(Wire.packets(Self.prepared(9)))
-            answers.writeImmutableBuffer(Wire.packets([(Self.executed, 1)]))
-            d.server(answers)
+            Self.movedAndPreparedAgain(&d, Self.execute(1, types: false, 8))
             var bytes = Wire.packets([(Self.execute(1, types: false, 3), 0)])
             let first = bytes.readSlice(length: cut)!
             var sent = d.client(first).toBackend ?? ByteBuffer()
@@ -221,11 +222,7 @@ struct MultiplexStatementsTests {
         // after a move and back, "prepared last" names the client's last statement (its id here);
         // right behind the client's own prepare it passes as it is
         var d = Self.withStatement()
-        _ = Self.moved(&d, Self.execute(1, types: true, 8))
-        var answers = Self.restoreAnswers
-        answers.writeImmutableBuffer(Wire.packets(Self.prepared(9)))
-        answers.writeImmutableBuffer(Wire.packets([(Self.executed, 1)]))
-        d.server(answers)
+        Self.movedAndPreparedAgain(&d, Self.execute(1, types: true, 8))
         d.run(d.machine.parkRequested())
         d.client([(Self.execute(0xFFFF_FFFF, types: true, 1), 0)])
         // own connection back: nothing to restore; "prepared last" is the client's last statement, id 1 (here 9)

@@ -216,6 +216,17 @@ def test_an_orm_opening_sequence_does_not_pin(start_proxy):
     c.close()
 
 
+def states_set(sessions):
+    """Gives each session its own time_zone and @x; what each then reads back."""
+    expected = []
+    for i, c in enumerate(sessions):
+        with c.cursor() as cur:
+            cur.execute(f"SET time_zone = '+0{i + 1}:00'")
+            cur.execute(f"SET @x = {i}")
+            expected.append(view(cur))
+    return expected
+
+
 def test_parked_sessions_outlive_their_server_connection(start_proxy):
     """The server kills the login's only connection between commands: every session, the one that
     held it too, gets a new one at its next command, which the proxy logs in itself and brings to
@@ -223,12 +234,7 @@ def test_parked_sessions_outlive_their_server_connection(start_proxy):
     proxy = start(start_proxy, 1)
     sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
                 for _ in range(3)]
-    expected = []
-    for i, c in enumerate(sessions):
-        with c.cursor() as cur:
-            cur.execute(f"SET time_zone = '+0{i + 1}:00'")
-            cur.execute(f"SET @x = {i}")
-            expected.append(view(cur))
+    expected = states_set(sessions)
     # the last one holds the connection; the others gave it up
     with root() as r, r.cursor() as cur:
         cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'mx'")
@@ -440,23 +446,26 @@ def test_pins_and_hand_overs_are_in_the_metrics(start_proxy):
     b.close()
 
 
+def sessions_on_backend_2(start_proxy, second, admin_port, n):
+    """Multiplexing over `second` and the usual server, with `n` sessions all logged in to the
+    usual one (backend 1 drains meanwhile, and still does: the caller undrains it)."""
+    proxy = start_two(start_proxy, second, *admin_args(admin_port))
+    wait_for_port(admin_port)
+    assert admin(admin_port, "DRAIN BACKEND 1 WITHIN 60").returncode == 0
+    return proxy, [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
+                   for _ in range(n)]
+
+
 def test_sessions_spread_again_over_a_backend_that_comes_back(start_proxy):
     """UNDRAIN BACKEND: the sessions that all went to the other backend spread over both again
     (the pool's sweep moves idle ones, between commands, in their state), without an error."""
     second = second_server("mariadb-mx-rebalance")
     try:
         admin_port = free_port()
-        proxy = start_two(start_proxy, second, *admin_args(admin_port))
-        wait_for_port(admin_port)
-        assert admin(admin_port, "DRAIN BACKEND 1 WITHIN 30").returncode == 0
-        sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
-                    for _ in range(8)]
-        expected = []
-        for i, c in enumerate(sessions):
+        proxy, sessions = sessions_on_backend_2(start_proxy, second, admin_port, 8)
+        expected = states_set(sessions)
+        for c in sessions:
             with c.cursor() as cur:
-                cur.execute(f"SET time_zone = '+0{i + 1}:00'")
-                cur.execute(f"SET @x = {i}")
-                expected.append(view(cur))
                 cur.execute("SELECT @@port")
                 assert cur.fetchone()[0] == MARIADB_PORT
         assert admin(admin_port, "UNDRAIN BACKEND 1").returncode == 0
@@ -536,11 +545,7 @@ def test_migrate_moves_one_session_and_it_stays(start_proxy):
     second = second_server("mariadb-mx-migrate")
     try:
         admin_port = free_port()
-        proxy = start_two(start_proxy, second, *admin_args(admin_port))
-        wait_for_port(admin_port)
-        assert admin(admin_port, "DRAIN BACKEND 1 WITHIN 60").returncode == 0
-        sessions = [pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", database="moon", autocommit=True)
-                    for _ in range(3)]
+        proxy, sessions = sessions_on_backend_2(start_proxy, second, admin_port, 3)
         assert admin(admin_port, "UNDRAIN BACKEND 1").returncode == 0
         c = sessions[0]
         with c.cursor() as cur:
