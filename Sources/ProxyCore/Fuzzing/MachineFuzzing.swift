@@ -214,13 +214,16 @@ struct FuzzDriver {
                 continue
             case .takeBackend:
                 // another session's connection, one reset, this session's own, or none in time
-                switch reader.byte() % 4 {
+                switch reader.byte() % 5 {
                 case 0:
                     var other = SessionState()
                     other.apply([.systemVariable("sql_mode", "ANSI"), .string(.schema, "x")], status: .autocommit)
                     action = machine.multiplexedServerAttached(previous: other)
                 case 1: action = machine.multiplexedServerAttached(previous: nil)
-                case 2: action = machine.multiplexedServerAttached(previous: machine.sessionState, own: true)
+                case 2: action = machine.multiplexedServerAttached(previous: machine.sessionState, own: true, statements: machine.serverStatements)
+                case 3:
+                    // another session's connection in the same state, holding the statements this one left (shared)
+                    action = machine.multiplexedServerAttached(previous: machine.sessionState, statements: machine.serverStatements)
                 default: action = machine.multiplexedServerUnavailable(.noBackend("fuzz"), reason: "fuzz")
                 }
                 continue
