@@ -89,6 +89,9 @@ extension ConnectionMachine {
         /// The client id the client's last prepare got.
         var lastClientID: UInt32?
         var cursors: [UInt32] = []
+        /// EXECUTEs asking for a cursor and FETCHes, by the ordinal of their response: its end says
+        /// whether the cursor is open (SERVER_STATUS_CURSOR_EXISTS) or done (LAST_ROW_SENT).
+        var cursorAnswers: [(ordinal: UInt64, id: UInt32)] = []
         var longData: [UInt32] = []
         /// Where the proxy's own ids go on from (for server ids the session uses already).
         var nextID: UInt32 = 0x4000_0000
@@ -136,6 +139,7 @@ extension ConnectionMachine {
             byClient = [:]
             server = ServerStatements()
             cursors = []
+            cursorAnswers = []
             longData = []
             lastPrepare = .none
             lastClientID = nil
@@ -149,6 +153,7 @@ extension ConnectionMachine {
             lastPrepare = .none
             answers = []
             refusals = []
+            cursorAnswers = []
             cachedPins = nil
             server = shared
         }
@@ -289,7 +294,12 @@ extension ConnectionMachine {
         switch code {
         case .stmtExecute:
             t.statements.longData.removeAll { $0 == id }
-            if (packet.prefix[5] ?? 0) & 0x07 != 0, !t.statements.cursors.contains(id) { t.statements.cursors.append(id) }
+            // executing a statement closes its cursor; one asked for is open until its answer says otherwise
+            t.statements.cursors.removeAll { $0 == id }
+            if (packet.prefix[5] ?? 0) & 0x07 != 0 {
+                t.statements.cursors.append(id)
+                t.statements.cursorAnswers.append((t.responsesEnded + UInt64(tracker.pendingCount), id))
+            }
             guard statement.parameters > 0 else { break }
             let flagAt = start + PacketHeader.size + 10 + (statement.parameters + 7) / 8
             guard let flag = combined.getInteger(at: combined.readerIndex + flagAt, as: UInt8.self) else {
@@ -322,6 +332,8 @@ extension ConnectionMachine {
         case .stmtReset:
             t.statements.cursors.removeAll { $0 == id }
             t.statements.longData.removeAll { $0 == id }
+        case .stmtFetch:
+            t.statements.cursorAnswers.append((t.responsesEnded + UInt64(tracker.pendingCount), id))
         default:
             break
         }
@@ -353,6 +365,19 @@ extension ConnectionMachine {
         let flagAt = 10 + (parameters + 7) / 8
         guard parameters > 0, execute.getInteger(at: execute.readerIndex + flagAt, as: UInt8.self) == 1 else { return nil }
         return execute.getBytes(at: execute.readerIndex + flagAt + 1, length: 2 * parameters)
+    }
+
+    /// The end of a response (`ordinal`): an EXECUTE's or FETCH's says whether its cursor is open.
+    static func responseEnded(_ ordinal: UInt64, _ end: ResponseTracker.ResponseEnd, _ s: inout Statements) {
+        while let first = s.cursorAnswers.first, first.ordinal <= ordinal {
+            s.cursorAnswers.removeFirst()
+            guard first.ordinal == ordinal else { continue }
+            let status = end.status ?? []
+            if end.kind == .error || !status.contains(.cursorExists) || status.contains(.lastRowSent) {
+                s.cursors.removeAll { $0 == first.id }
+                s.cachedPins = nil
+            }
+        }
     }
 
     /// The 4-byte id of the command starting at `start`, written as `id`.

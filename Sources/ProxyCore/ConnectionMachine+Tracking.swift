@@ -263,6 +263,7 @@ extension ConnectionMachine {
                         enableAfter = true  // the login went through
                     } else if end.command != nil {
                         Self.statementEnded(end, &t)
+                        if !t.statements.cursorAnswers.isEmpty { Self.responseEnded(ordinal, end, &t.statements) }
                     }
                     if let status = end.status { t.state.updateTransaction(status) }
                 }

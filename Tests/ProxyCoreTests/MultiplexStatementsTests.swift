@@ -136,12 +136,33 @@ struct MultiplexStatementsTests {
         #expect(attached.toBackend == expected)
     }
 
+    /// A binary result that opens a cursor (CLIENT_DEPRECATE_EOF: the OK-style terminator says
+    /// SERVER_STATUS_CURSOR_EXISTS), or ends a FETCH with `status`.
+    static let column = "03646566" + "00" + "00" + "00" + "0176" + "00" + "0c" + "3f00" + "00000000" + "fd" + "0000" + "00" + "0000"
+    static let cursorOpened: [(String, UInt8)] = [("01", 1), (column, 2), ("fe000042000000", 3)]
+    static func fetched(status: String) -> [(String, UInt8)] { [("0000" + "0161", 1), ("fe0000" + status + "0000", 2)] }
+
     @Test func aCursorAndLongDataPinUntilTheyClear() {
         var d = Self.withStatement()
+        // a cursor asked for but not opened (the statement gave no result set): nothing pinned
         d.client([(Self.execute(1, types: false, 1, flags: 1), 0)])
         d.server([(Self.executed, 1)])
+        #expect(d.machine.sessionPins.isEmpty)
+        // opened: pinned while rows remain; the FETCH that sends the last row closes it
+        d.client([(Self.execute(1, types: false, 1, flags: 1), 0)])
+        d.server(Self.cursorOpened)
         #expect(d.machine.sessionPins == .cursor && !d.machine.mayPark)
-        d.client([("1a" + Self.le(1), 0)])  // COM_STMT_RESET
+        d.client([("1c" + Self.le(1) + "01000000", 0)])
+        d.server(Self.fetched(status: "4200"))
+        #expect(d.machine.sessionPins == .cursor)
+        d.client([("1c" + Self.le(1) + "01000000", 0)])
+        d.server(Self.fetched(status: "c200"))
+        #expect(d.machine.sessionPins.isEmpty)
+        // or COM_STMT_RESET closes it
+        d.client([(Self.execute(1, types: false, 1, flags: 1), 0)])
+        d.server(Self.cursorOpened)
+        #expect(d.machine.sessionPins == .cursor)
+        d.client([("1a" + Self.le(1), 0)])
         d.server([(Self.executed, 1)])
         #expect(d.machine.sessionPins.isEmpty)
         d.client([("18" + Self.le(1) + "0000" + "6162", 0)])  // COM_STMT_SEND_LONG_DATA, no answer
