@@ -1,6 +1,44 @@
 import MySQLWire
 import NIOCore
 
+/// The binary prepared statements a server connection holds for the sessions that share it: one
+/// per statement text and schema, by the server's id. It goes with the connection (the pool keeps
+/// it while the connection is idle), so that a session taking the connection finds a statement it
+/// prepared elsewhere already there and prepares nothing. A session reaches only the statements
+/// it prepared itself (ids are the session's), and binds its own parameter types at its first
+/// execution on the connection. A reset empties it.
+public struct ServerStatements: Equatable, Sendable {
+    struct Key: Hashable, Sendable {
+        var schema: String
+        /// The COM_STMT_PREPARE payload.
+        var prepare: ByteBuffer
+    }
+
+    var byKey: [Key: UInt32] = [:]
+    /// The bytes of statement text the keys hold.
+    var bytes = 0
+
+    public init() {}
+
+    public var count: Int { byKey.count }
+
+    /// The most kept per connection, in statements and in bytes of their text (beyond, a
+    /// session's statements are closed when it leaves).
+    static let most = 1024
+    static let mostBytes = 1 << 20
+
+    mutating func insert(_ key: Key, _ id: UInt32) -> Bool {
+        guard byKey.count < Self.most, bytes + key.prepare.readableBytes <= Self.mostBytes else { return false }
+        byKey[key] = id
+        bytes += key.prepare.readableBytes
+        return true
+    }
+
+    mutating func remove(_ key: Key) {
+        if byKey.removeValue(forKey: key) != nil { bytes -= key.prepare.readableBytes }
+    }
+}
+
 /// Binary prepared statements of a multiplexed session. A statement lives on the server
 /// connection that prepared it, and a multiplexed session changes connections; so the proxy keeps
 /// each statement's text and last bound parameter types, and gives the client statement ids of
@@ -18,29 +56,6 @@ import NIOCore
 /// proxy did not see, an open cursor, long data on its way. An id the session never got, or
 /// closed, reaches the server as 0 (unknown: the server's own error), never as another session's
 /// statement.
-/// The binary prepared statements a server connection holds for the sessions that share it: one
-/// per statement text and schema, by the server's id. It goes with the connection (the pool keeps
-/// it while the connection is idle), so that a session taking the connection finds a statement it
-/// prepared elsewhere already there and prepares nothing. A session reaches only the statements
-/// it prepared itself (ids are the session's), and binds its own parameter types at its first
-/// execution on the connection. A reset empties it.
-public struct ServerStatements: Equatable, Sendable {
-    struct Key: Hashable, Sendable {
-        var schema: String
-        /// The COM_STMT_PREPARE payload.
-        var prepare: ByteBuffer
-    }
-
-    var byKey: [Key: UInt32] = [:]
-
-    public init() {}
-
-    public var count: Int { byKey.count }
-
-    /// The most kept per connection (beyond, a session's statements are closed when it leaves).
-    static let most = 1024
-}
-
 extension ConnectionMachine {
     struct Statements {
         struct Statement {
@@ -59,6 +74,9 @@ extension ConnectionMachine {
             var generation: UInt32
             /// The server's statement has types bound (an EXECUTE with types went to it).
             var typesBound: Bool
+            /// `serverID` is the connection's statement for its text (`ServerStatements`): it stays
+            /// there when the session leaves.
+            var shared = false
         }
 
         /// A prepare whose answer is to come: the client's own (its payload, nil if not kept; the
@@ -93,24 +111,24 @@ extension ConnectionMachine {
         /// whether the cursor is open (SERVER_STATUS_CURSOR_EXISTS) or done (LAST_ROW_SENT).
         var cursorAnswers: [(ordinal: UInt64, id: UInt32)] = []
         var longData: [UInt32] = []
+        /// The bytes of statement text kept for the session (at most `mostKeptBytes`).
+        var keptBytes = 0
         /// Where the proxy's own ids go on from (for server ids the session uses already).
         var nextID: UInt32 = 0x4000_0000
         /// Client bytes of a packet header (and prefix) that straddle reads: kept until whole, so
         /// that a statement id in them can be rewritten.
         var held = ByteBuffer()
-        /// `pins(schema:)`'s answer for `cachedSchema` (nil: the statements changed since).
-        var cachedPins: SessionState.Pins?
-        var cachedSchema = ""
+        /// Whether a statement cannot move, the session being in `unmovableSchema` (nil: a
+        /// statement came, went or changed since it was worked out).
+        var unmovable: Bool?
+        var unmovableSchema = ""
 
         /// Makes `statement` (on this connection) the connection's for its text, if it has none
         /// and has room; whether it is the connection's now.
-        @discardableResult
         mutating func share(_ statement: Statement) -> Bool {
             guard let serverID = statement.serverID, let key = Statements.key(statement) else { return false }
             if let existing = server.byKey[key] { return existing == serverID }
-            guard server.count < ServerStatements.most else { return false }
-            server.byKey[key] = serverID
-            return true
+            return server.insert(key, serverID)
         }
 
         mutating func freeID() -> UInt32 {
@@ -121,29 +139,28 @@ extension ConnectionMachine {
 
         /// What the statements pin, the session being in `schema`.
         mutating func pins(schema: String) -> SessionState.Pins {
-            if let cachedPins, cachedSchema == schema { return cachedPins }
             var pins: SessionState.Pins = []
             if !cursors.isEmpty { pins.insert(.cursor) }
             if !longData.isEmpty { pins.insert(.longData) }
-            for s in byClient.values where s.prepare == nil || s.typesUnknown || s.schema != schema {
-                pins.insert(.preparedStatement)
-                break
+            if unmovable == nil || unmovableSchema != schema {
+                unmovable = byClient.values.contains { $0.prepare == nil || $0.typesUnknown || $0.schema != schema }
+                unmovableSchema = schema
             }
-            cachedPins = pins
-            cachedSchema = schema
+            if unmovable == true { pins.insert(.preparedStatement) }
             return pins
         }
 
         /// The session's COM_RESET_CONNECTION (or COM_CHANGE_USER): the server dropped them all.
         mutating func removeAll() {
             byClient = [:]
+            keptBytes = 0
             server = ServerStatements()
             cursors = []
             cursorAnswers = []
             longData = []
             lastPrepare = .none
             lastClientID = nil
-            cachedPins = nil
+            unmovable = nil
         }
 
         /// The session goes on on another server connection, which holds `shared`: none of the
@@ -154,7 +171,7 @@ extension ConnectionMachine {
             answers = []
             refusals = []
             cursorAnswers = []
-            cachedPins = nil
+            unmovable = nil
             server = shared
         }
 
@@ -176,7 +193,7 @@ extension ConnectionMachine {
         var closes: ByteBuffer?
         var closed: [UInt32] = []
         for (id, statement) in s.byClient where statement.generation == s.generation {
-            guard let serverID = statement.serverID, !s.share(statement) else { continue }
+            guard let serverID = statement.serverID, !statement.shared, !s.share(statement) else { continue }
             s.byClient[id]!.serverID = nil  // (closed: prepared again, should the session come back)
             guard !closed.contains(serverID) else { continue }
             closed.append(serverID)
@@ -192,8 +209,9 @@ extension ConnectionMachine {
 
     /// The most statements kept for a session (more pin it while they exist).
     static let mostStatements = 256
-    /// The longest statement text kept.
+    /// The longest statement text kept, and the most kept for a session in all.
     static let longestKeptPrepare = 1 << 16
+    static let mostKeptBytes = 1 << 20
     /// The most parameters of a statement the proxy moves (its types flag must lie within the
     /// 32 bytes of a packet's start that the relay sees whole).
     static let mostMovedParameters = 168
@@ -228,7 +246,6 @@ extension ConnectionMachine {
                                          preparedAgain: inout UInt32) {
         guard var id = packet.prefix.uint32(at: 1), start + PacketHeader.size + 5 <= combined.readableBytes else { return }
         let sent = id
-        t.statements.cachedPins = nil
         if id == 0xFFFF_FFFF {
             // MariaDB's "prepared last": the client's last prepare, wherever it was made
             if t.statements.lastPrepare == .client {
@@ -250,6 +267,8 @@ extension ConnectionMachine {
         var prefix = ByteBuffer()
         if code == .stmtClose {
             t.statements.byClient[id] = nil
+            t.statements.keptBytes -= statement.prepare?.readableBytes ?? 0
+            t.statements.unmovable = nil
             t.statements.cursors.removeAll { $0 == id }
             t.statements.longData.removeAll { $0 == id }
             if t.statements.lastClientID == id { t.statements.lastClientID = nil }
@@ -259,7 +278,7 @@ extension ConnectionMachine {
                 if t.statements.shares(target, besides: id) {
                     target = 0  // another statement of the session's is the same one on the server
                 } else if let key = Statements.key(statement), t.statements.server.byKey[key] == target {
-                    t.statements.server.byKey[key] = nil
+                    t.statements.server.remove(key)
                 }
             }
             if target != sent { edits.append(idEdit(start, target)) }
@@ -272,6 +291,7 @@ extension ConnectionMachine {
             statement.generation = t.statements.generation
             statement.serverID = shared
             statement.typesBound = false
+            statement.shared = true
             target = shared
         } else if preparingHere {
             target = 0xFFFF_FFFF  // its prepare is on its way, and the last one
@@ -285,12 +305,17 @@ extension ConnectionMachine {
             statement.generation = t.statements.generation
             statement.serverID = nil
             statement.typesBound = false
+            statement.shared = false
             target = 0xFFFF_FFFF
         } else {
             edits.append(idEdit(start, 0))
             return
         }
-        defer { t.statements.byClient[id] = statement }
+        let movable = (statement.prepare != nil, statement.typesUnknown)
+        defer {
+            if movable != (statement.prepare != nil, statement.typesUnknown) { t.statements.unmovable = nil }
+            t.statements.byClient[id] = statement
+        }
         switch code {
         case .stmtExecute:
             t.statements.longData.removeAll { $0 == id }
@@ -375,7 +400,6 @@ extension ConnectionMachine {
             let status = end.status ?? []
             if end.kind == .error || !status.contains(.cursorExists) || status.contains(.lastRowSent) {
                 s.cursors.removeAll { $0 == first.id }
-                s.cachedPins = nil
             }
         }
     }
@@ -443,19 +467,21 @@ extension ConnectionMachine {
             }
             return nil
         }
-        t.statements.cachedPins = nil
+        t.statements.unmovable = nil
         switch answer {
         case .client(var prepare, let execute):
             let types = execute.flatMap { boundTypes($0, parameters: Int(parameters)) }
             var id = serverID
             if t.statements.byClient[id] != nil || id == 0 || id == 0xFFFF_FFFF { id = t.statements.freeID() }
-            if Int(parameters) > mostMovedParameters || t.statements.byClient.count >= mostStatements { prepare = nil }
-            let statement = Statements.Statement(
+            if Int(parameters) > mostMovedParameters || t.statements.byClient.count >= mostStatements
+                || t.statements.keptBytes + (prepare?.readableBytes ?? 0) > mostKeptBytes { prepare = nil }
+            t.statements.keptBytes += prepare?.readableBytes ?? 0
+            var statement = Statements.Statement(
                 prepare: prepare, schema: t.state.schema ?? t.loginDatabase, parameters: Int(parameters), types: types,
                 serverID: serverID, generation: t.statements.generation, typesBound: types != nil)
+            statement.shared = t.statements.share(statement)
             t.statements.byClient[id] = statement
             t.statements.lastClientID = id
-            t.statements.share(statement)
             guard id != serverID else { return nil }
             var bytes = ByteBuffer()
             bytes.writeInteger(id, endianness: .little)
@@ -463,8 +489,8 @@ extension ConnectionMachine {
         case .proxy(let clientID, let generation):
             if generation == t.statements.generation, var s = t.statements.byClient[clientID], s.generation == generation, s.serverID == nil {
                 s.serverID = serverID
+                s.shared = t.statements.share(s)
                 t.statements.byClient[clientID] = s
-                t.statements.share(s)
             }
             return nil
         }

@@ -274,4 +274,18 @@ struct MultiplexStatementsTests {
         expected.writeImmutableBuffer(Wire.packets([(Self.execute(0, types: true, 2), 0)]))
         #expect(attached.toBackend == expected)
     }
+
+    @Test func theTextKeptForASessionIsBounded() {
+        // 16 statements of 64,000 bytes fit the 1 MiB kept for a session; the 17th is not kept, and pins
+        var d = MultiplexTests.session()
+        for i in 0..<17 {
+            let sql = "DO ?" + String(repeating: " ", count: 64_000 - 5) + String(i % 10)
+            d.client([(Self.prepare(sql), 0)])
+            d.server(Self.prepared(UInt32(i + 1)))
+            #expect(d.machine.sessionPins == (i < 16 ? [] : .preparedStatement), "statement \(i + 1)")
+        }
+        // closing it lets the session go again
+        d.client([("19" + Self.le(17), 0)])
+        #expect(d.machine.sessionPins.isEmpty)
+    }
 }
