@@ -58,6 +58,9 @@ extension ConnectionMachine {
         /// The client quit and its server connection, logged in by the proxy and idle, goes to
         /// the pool (the close follows): the handler lets go of it without closing it.
         case releaseBackend
+        /// The server connection's session is reset (COM_RESET_CONNECTION, whose answer the
+        /// handler reads): a COM_CHANGE_USER the proxy refused leaves the session so.
+        case resetBackendSession
         /// Multiplexing: the session gives its idle server connection up (another session
         /// needs one); the handler lets go of it without closing it, and keeps the client.
         case parkBackend

@@ -118,6 +118,10 @@ extension ConnectionMachine {
     public mutating func noBackendAvailable(_ detail: String) -> Action {
         guard !isClosed else { return .none }
         noteClose(.noBackend)
+        if own?.changeUser != nil, let plan = own?.plan {
+            // a COM_CHANGE_USER's new login: the client waits for the command's answer
+            return refuse(.noBackend(detail), sequenceID: plan.reply, reason: "no backend available for a COM_CHANGE_USER: \(detail)")
+        }
         return refuse(.noBackend(detail), sequenceID: 0, protocol41: false, reason: "no backend available: \(detail)")
     }
 

@@ -108,6 +108,8 @@ extension ConnectionMachine {
     public mutating func multiplexedServerAttached(previous: SessionState?, own: Bool = false,
                                                    statements: ServerStatements = ServerStatements()) -> Action {
         guard tracking?.attachment == .awaitingServer, case .relaying = state else { return .none }
+        let own = own && !tracking!.forgetsOwnConnection
+        tracking!.forgetsOwnConnection = false
         tracker = .commandPhase(capabilities: session.capabilities)
         fromServer = FrameScanner()
         tracking!.responsesEnded = 0

@@ -30,6 +30,10 @@ extension ConnectionMachine {
         var serverChallenge: [UInt8] = []
         /// Who the server connection is logged in as, once it is (not for a relayed login).
         var login: ServerLogin?
+        /// A COM_CHANGE_USER of the client's is under way (+ChangeUser).
+        var changeUser: ChangeUserStage?
+        /// The next COM_CHANGE_USER goes to the server (an account the proxy cannot log in with).
+        var serverVerifiesChangeUser = false
     }
 
     /// Kept out of line: most connections never have one, and it is read only during the login.
@@ -108,6 +112,12 @@ extension ConnectionMachine {
     /// The handler's verdict on the login the machine asked it to verify.
     public mutating func loginVerified(_ verdict: LoginVerdict) -> Action {
         guard case .verifyingLogin(var plan) = state, var ownLogin = own else { return nextAction() }
+        if case .verifying(let original)? = ownLogin.changeUser {
+            if case .switchPlugin = verdict {} else {
+                changeUserVerified(verdict, plan, original: original)
+                return nextAction()
+            }
+        }
         switch verdict {
         case .refused(let err, let reason):
             noteClose(.authFailed)
@@ -233,6 +243,7 @@ extension ConnectionMachine {
         updated.serverChallenge = challenge
         updated.login = ownLogin.credential.map { serverLogin(plan.response, credential: $0, serverCapabilities: capabilities, compression: compression) }
         updated.plan = nil
+        updated.changeUser = nil
         own = updated
         sendLogin(plan)
         return .none
@@ -243,6 +254,7 @@ extension ConnectionMachine {
     public mutating func pooledServerAttached(backendTLS: Bool, localSocket: Bool) -> Action {
         guard case .connecting = state, var ownLogin = own, let plan = ownLogin.plan, let credential = ownLogin.credential else { return .none }
         ownLogin.plan = nil
+        ownLogin.changeUser = nil
         ownLogin.login = serverLogin(plan.response, credential: credential, serverCapabilities: [], compression: expectedCompression(plan))
         own = ownLogin
         session.backendTLS = backendTLS

@@ -24,6 +24,10 @@ extension ConnectionMachine {
             return nextAction()
         case .awaitingGreeting:
             return greetingBytesReceived(chunk)
+        case .verifyingLogin, .awaitingSwitchAnswer:
+            // a COM_CHANGE_USER is verified: the answers to the proxy's statements still come
+            guard own?.changeUser != nil, tracking?.attachment == .attached else { return .none }
+            return relayTrackedFromServer(chunk)
         case .awaitingHandshakeResponse:
             // Nothing is expected here; a server that times out the handshake may still say why.
             guard case .awaitingHandshakeResponse(let handshake) = state, handshake.hasServer, own == nil else { return .none }
@@ -167,6 +171,9 @@ extension ConnectionMachine {
     /// Scans a chunk from the client, registering each command with the tracker; forwards it
     /// whole (where statement ids are the session's, with them rewritten: +Statements).
     mutating func relayFromClient(_ chunk: ByteBuffer) -> Action {
+        if ownBox != nil,
+           heldChangeUser != nil || chunk.getInteger(at: chunk.readerIndex + PacketHeader.size, as: UInt8.self) == CommandCode.changeUser.rawValue,
+           let taken = changeUserArrived(chunk) { return taken }
         if tracking != nil && tracking!.attachment != .attached { return clientBytesWhileParked(chunk) }
         var failure: (isSplit: Bool, sequenceID: UInt8, error: String)?
         var commands = 0

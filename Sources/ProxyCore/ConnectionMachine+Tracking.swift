@@ -49,6 +49,9 @@ extension ConnectionMachine {
         var loginDatabase = ""
         /// The session's own COM_RESET_CONNECTIONs sent: the trackers go on again behind them.
         var resetsPending = 0
+        /// The connection the session gave up no longer holds its state (a refused
+        /// COM_CHANGE_USER reset the session meanwhile): it is not its own to take back as it is.
+        var forgetsOwnConnection = false
     }
 
     /// The longest statement whose text the tracking reads (a longer one pins its session).

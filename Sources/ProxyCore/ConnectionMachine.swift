@@ -145,6 +145,8 @@ public struct ConnectionMachine {
     var ownBox: OwnLoginBox?
     /// The session's state, where the proxy tracks it (+Tracking).
     var tracking: Tracking?
+    /// The start of a COM_CHANGE_USER the proxy verifies, until it is whole (+ChangeUser).
+    var heldChangeUser: ByteBuffer?
     /// The client sent COM_CHANGE_USER (noted where server connections are pooled: its server
     /// session may belong to another user now).
     public internal(set) var sessionChangedUser = false

@@ -223,13 +223,16 @@ def test_nothing_of_a_session_reaches_the_next(start_proxy):
     assert status("Prepared_stmt_count") == prepared_before
     b.close()
 
-    # a session that changed user leaves a connection logged in as that user: it is logged in
-    # again as the pool's login before B gets it
+    # a session that changes user (verified by the proxy) becomes a login of that user on a
+    # connection of its own; the one it leaves is reset for the pool's login before B gets it
+    # (a change the server verifies: test_change_user)
     a = connect()
+    cur = a.cursor()
+    cur.execute("SET @leak = 1")
     a.cmd_change_user(username="nat", password="natpass", database="moon")
     cur = a.cursor()
-    cur.execute("SELECT CURRENT_USER(), CONNECTION_ID()")
-    assert cur.fetchone() == ("nat@%", server_id)
+    cur.execute("SELECT CURRENT_USER(), CONNECTION_ID() <> %s, @leak", (server_id,))
+    assert cur.fetchone() == ("nat@%", 1, None)
     a.close()
     b = connect()
     cur = b.cursor()

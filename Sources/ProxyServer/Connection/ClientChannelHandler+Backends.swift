@@ -10,6 +10,13 @@ extension ClientChannelHandler {
     /// when it may be used), or tells the machine there is none.
     func connectToBackend(preferred: Int?) {
         guard let context, !closed else { return }
+        if multiplexKey != nil {
+            // a COM_CHANGE_USER the proxy accepted: the session is a login of another user now
+            leaveMultiplexing()
+            multiplexKey = nil
+            requestedBackend = nil
+            placedByOperator = false
+        }
         let index: Int, address: ProxyAddress, resolved: SocketAddress?
         switch choice.next(preferred: preferred, from: shared.backends) {
         case .refuse(let detail):

@@ -345,6 +345,12 @@ final class ClientChannelHandler: ChannelInboundHandler {
                 action = machine.hookReturned(runHook(call))
                 continue
             }
+            if case .verifyLogin(let attempt) = action, machine.isChangingUser, !attempt.switched {
+                // a COM_CHANGE_USER: an account made a moment ago counts, as at a login, and its
+                // new login may go to any backend
+                waitedForAccounts = false
+                choice = BackendChoice()
+            }
             if case .verifyLogin(let attempt) = action, let verdict = verifyOrWait(attempt) {
                 action = machine.loginVerified(verdict)
                 continue
@@ -364,6 +370,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
             releaseToPool()
         case .parkBackend:
             parkServerConnection()
+        case .resetBackendSession:
+            backend?.resetSession()
         case .takeBackend:
             takeMultiplexed()
         case .forwardToBackend(let buffer), .relayToBackend(let buffer, _):
