@@ -4,6 +4,7 @@ wrong password reaches the server), an accepted one makes the session a login of
 session as MariaDB leaves it: the same user, its session reset. The server is the judge of
 every state; each refusal is compared with what the server itself answers."""
 import os
+import subprocess
 
 import mariadb
 import mysql.connector
@@ -203,3 +204,17 @@ def test_a_multiplexed_session_that_changed_user_is_not_pinned(start_proxy):
     assert status("Access_denied_errors") == denied
     a.close()
     b.close()
+
+
+def test_php_mysqlnd_changes_user_through_the_proxy(start_proxy):
+    """PHP's mysqli::change_user (mysqlnd writes its own COM_CHANGE_USER)."""
+    proxy = start(start_proxy)
+    php = ("mysqli_report(MYSQLI_REPORT_OFF); $m = new mysqli('127.0.0.1', 'cu_a', 'a pw', 'moon', (int)$argv[1]);"
+           "$m->query('SET @x = 1');"
+           "echo $m->change_user('cu_b', $argv[2], 'moon') ? 'ok' : 'refused ' . $m->errno . ' ' . $m->sqlstate, \"\\n\";"
+           "$r = $m->query('SELECT CURRENT_USER(), IFNULL(@x, \"null\")'); echo implode(' ', $r->fetch_row()), \"\\n\";")
+    denied = status("Access_denied_errors")
+    for password, expected in [("b pw", ["ok", "cu_b@% null"]), ("wrong", ["refused 1045 28000", "cu_a@% null"])]:
+        out = subprocess.run(["php", "-r", php, "--", str(proxy.port), password], capture_output=True, text=True, timeout=30)
+        assert out.stdout.split("\n")[:2] == expected, out
+    assert status("Access_denied_errors") == denied
