@@ -131,7 +131,7 @@ struct FuzzDriver {
         while !reader.isAtEnd {
             let op = reader.byte()
             let data = reader.bytes(Int(reader.byte()) * 4)
-            switch op % 12 {
+            switch op % 13 {
             case 0, 1: handle(machine.clientDataReceived(data))
             case 2: handle(machine.clientDataReceived(statementCommand(data)))
             case 3, 4: handle(machine.backendDataReceived(data))
@@ -141,6 +141,7 @@ struct FuzzDriver {
             case 8: handle(machine.shutdownRequested())
             case 9: handle(machine.abandon(.timeout, reason: "fuzz"))
             case 10: handle(machine.parkRequested())
+            case 11: handle(machine.clientDataReceived(changeUserCommand(data)))
             default: handle(machine.clientClosed())
             }
             precondition(machine.counts.isEmpty && machine.finishedRecords.isEmpty, "counts or records left unreported")
@@ -162,6 +163,24 @@ struct FuzzDriver {
         payload += Array(d.readableBytesView)
         var out = MachineFuzzing.frame(payload, sequenceID: 0)
         if kind & 0x80 != 0, out.readableBytes > 2 { out = out.getSlice(at: 0, length: out.readableBytes / 2)! }  // (the rest never comes)
+        return out
+    }
+
+    /// A COM_CHANGE_USER from the input: the user, an answer of 20 bytes (or what the input
+    /// gives), database, character set and attributes; cut short when the input says so.
+    func changeUserCommand(_ data: ByteBuffer) -> ByteBuffer {
+        var d = data
+        let flags = d.readInteger(as: UInt8.self) ?? 0
+        let answer = d.readBytes(length: min(d.readableBytes, flags & 1 == 0 ? 20 : Int(flags >> 4))) ?? []
+        var attributes = ByteBuffer()
+        if flags & 2 != 0 { attributes.writeImmutableBuffer(d) }
+        let request = ChangeUserRequest(username: flags & 4 == 0 ? "u" : "", authResponse: answer, database: flags & 8 == 0 ? "" : "db",
+                                        characterSet: flags, authPluginName: flags & 0x40 == 0 ? "mysql_native_password" : "x",
+                                        attributesBlock: attributes)
+        var payload = ByteBuffer()
+        request.write(to: &payload, capabilities: machine.session.capabilities)
+        var out = MachineFuzzing.frame(Array(payload.readableBytesView), sequenceID: 0)
+        if flags & 0x80 != 0, out.readableBytes > 2 { out = out.getSlice(at: 0, length: out.readableBytes / 2)! }  // (the rest in a later read)
         return out
     }
 
@@ -210,6 +229,15 @@ struct FuzzDriver {
                     action = machine.pooledServerAttached(backendTLS: how & 4 != 0, localSocket: how & 1 != 0)
                 } else {
                     action = machine.backendConnected(localSocket: how & 1 != 0)
+                    if machine.isChangingUser && how & 8 != 0 {
+                        // a changed user's new login: the server greets (and may say OK at once)
+                        handle(action)
+                        action = machine.backendDataReceived(MachineFuzzing.frame(MachineFuzzing.greeting, sequenceID: 0))
+                        if how & 16 != 0 {
+                            handle(action)
+                            action = machine.backendDataReceived(MachineFuzzing.frame([0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00], sequenceID: 2))
+                        }
+                    }
                 }
                 continue
             case .takeBackend:
