@@ -55,14 +55,17 @@ extension ByteBuffer {
     /// On return `sequenceID` is the id the next packet should use.
     @inlinable
     public mutating func writeMySQLPacket(_ payload: ByteBuffer, sequenceID: inout UInt8) {
-        var rest = payload
+        // one growth at most, and each header in one write: what the proxy frames is mostly a
+        // small packet into a buffer made for it
+        let frames = payload.readableBytes / PacketHeader.maxPayloadLength + 1
+        self.reserveCapacity(minimumWritableBytes: payload.readableBytes + frames * PacketHeader.size)
+        var offset = payload.readerIndex
         while true {
-            let length = Swift.min(rest.readableBytes, PacketHeader.maxPayloadLength)
-            self.writeMySQLUInt24(UInt32(length))
-            self.writeInteger(sequenceID)
+            let length = Swift.min(payload.writerIndex - offset, PacketHeader.maxPayloadLength)
+            self.writeInteger(UInt32(length) | UInt32(sequenceID) << 24, endianness: .little)
             sequenceID &+= 1
-            var chunk = rest.readSlice(length: length)!
-            self.writeBuffer(&chunk)
+            self.writeImmutableBuffer(payload.getSlice(at: offset, length: length)!)
+            offset += length
             if length < PacketHeader.maxPayloadLength { break }
         }
     }

@@ -5,9 +5,21 @@ import NIOCore
 /// packets (CLIENT_DEPRECATE_EOF), as text rows or, for COM_STMT_EXECUTE, binary rows.
 public enum ResponseEncoding {
     public static func ok(_ ok: OKPacket, capabilities: CapabilityFlags, sequenceID: inout UInt8, into out: inout ByteBuffer) {
-        var payload = ByteBuffer()
-        ok.write(to: &payload, capabilities: capabilities)
-        out.writeMySQLPacket(payload, sequenceID: &sequenceID)
+        // written in place behind a header whose length is set once it is known (an OK is far
+        // below 16 MiB: one frame)
+        out.reserveCapacity(minimumWritableBytes: PacketHeader.size + 16 + ok.info.utf8.count + (ok.sessionStateChanges?.readableBytes ?? 0))
+        let start = out.writerIndex
+        out.writeInteger(UInt32(0))
+        ok.write(to: &out, capabilities: capabilities)
+        let length = out.writerIndex - start - PacketHeader.size
+        guard length < PacketHeader.maxPayloadLength else {
+            // (an info text of 16 MiB: framed the long way)
+            let payload = out.getSlice(at: start + PacketHeader.size, length: length)!
+            out.moveWriterIndex(to: start)
+            return out.writeMySQLPacket(payload, sequenceID: &sequenceID)
+        }
+        out.setInteger(UInt32(length) | UInt32(sequenceID) << 24, at: start, endianness: .little)
+        sequenceID &+= 1
     }
 
     public static func error(_ err: ERRPacket, sequenceID: inout UInt8, into out: inout ByteBuffer) {

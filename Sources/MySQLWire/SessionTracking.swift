@@ -53,6 +53,7 @@ public struct SessionTrackItem: Hashable, Sendable {
 
     public static func string(_ kind: Kind, _ value: String) -> SessionTrackItem {
         var data = ByteBuffer()
+        data.reserveCapacity(value.utf8.count + 9)
         data.writeMySQLLengthEncodedString(value)
         return SessionTrackItem(type: kind.rawValue, data: data)
     }

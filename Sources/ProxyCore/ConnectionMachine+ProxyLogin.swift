@@ -270,6 +270,7 @@ extension ConnectionMachine {
            tracking?.state.clientTrackers.schema ?? SessionTrackSettings.mariaDBDefaults.schema {
             // as the server's OK after a login with a database: the schema tracker names it
             var block = ByteBuffer()
+            block.reserveCapacity(database.utf8.count + 20)
             SessionTrackItem.write([.string(.schema, database)], to: &block)
             verdict.status.insert(.sessionStateChanged)
             verdict.sessionStateChanges = block

@@ -114,8 +114,8 @@ public enum ProxyAuthenticator {
         return table.accounts.contains { $0.host.matches(client) }
     }
 
-    /// A challenge as MariaDB makes one: 20 printable bytes (33...126), from 24 random bytes (three
-    /// words of the system's generator: three system calls, not one per byte).
+    /// A challenge as MariaDB makes one: 20 printable bytes (33...126), from 24 random bytes
+    /// (three words, which the handler reads from the kernel in one system call).
     public static func challenge(from words: (UInt64, UInt64, UInt64)) -> [UInt8] {
         var out = [UInt8]()
         out.reserveCapacity(20)

@@ -48,11 +48,17 @@ public struct ServerLoginReset: Equatable, Sendable {
     /// The packets that start the reset.
     public func request() -> ByteBuffer {
         guard way == .changeUser else {
+            // COM_RESET_CONNECTION and COM_INIT_DB, each a packet of sequence id 0, framed in place
             var out = ByteBuffer()
+            out.reserveCapacity(2 * PacketHeader.size + 2 + login.database.utf8.count)
+            out.writeInteger(UInt32(1), endianness: .little)
+            out.writeInteger(CommandCode.resetConnection.rawValue)
+            var initDB = ByteBuffer()
+            initDB.reserveCapacity(1 + login.database.utf8.count)
+            initDB.writeInteger(CommandCode.initDB.rawValue)
+            initDB.writeString(login.database)
             var seq: UInt8 = 0
-            out.writeMySQLPacket(ByteBuffer(bytes: [CommandCode.resetConnection.rawValue]), sequenceID: &seq)
-            seq = 0
-            out.writeMySQLPacket(ByteBuffer(bytes: [CommandCode.initDB.rawValue] + Array(login.database.utf8)), sequenceID: &seq)
+            out.writeMySQLPacket(initDB, sequenceID: &seq)
             return out
         }
         let request = ChangeUserRequest(username: login.user, authResponse: answer(challenge), database: login.database,

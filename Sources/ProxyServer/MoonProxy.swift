@@ -412,10 +412,12 @@ public final class MoonProxy: Sendable {
             bootstrap = bootstrap.serverChannelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
         }
         bootstrap = bootstrap
-            .childChannelOption(.recvAllocator, value: ReceiveBuffers.allocator)
             .childChannelInitializer { channel in
                 guard !context.isStopping else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
+                    // set here, not as a child channel option: the bootstrap applies those through a
+                    // chain of futures, a few thousand instructions per connection each
+                    try channel.syncOptions?.setOption(.recvAllocator, value: ReceiveBuffers.allocator)
                     let handler = ClientChannelHandler(shared: context, channel: channel)
                     if let networks = context.configuration.proxyProtocolNetworks, networks.contains(channel.remoteAddress) {
                         let decoder = ProxyProtocolDecoder(timeout: context.configuration.loginTimeout ?? .seconds(10), logger: context.logger) {

@@ -136,30 +136,42 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     /// OKs it still has: the caller takes it over (the core pool, when the client quit before it came).
     func takeOverResetAnswer() -> (ByteBuffer, oks: Int)? {
         defer { resetAnswer = nil }
+        if heldReset != nil {
+            // never sent: no answer comes (the pool's own reset follows)
+            heldReset = nil
+            resetAnswersLeft = 0
+            return nil
+        }
         return resetAnswer.map { ($0, resetAnswersLeft) }
     }
+
+    /// A reset written with the owner's next bytes (`resetSession(flushNow: false)`), not yet.
+    private var heldReset: ByteBuffer?
 
     /// Clears the server-side session of this (pooled) connection before another client session
     /// uses it. The one-packet answer is taken here, before anything reaches the owner; what the
     /// owner writes next follows the reset on the wire.
     /// `flushNow` false: the reset waits to go out with what the owner writes next (one system
-    /// call for both; the owner's next write flushes it).
+    /// call for both, and one turn of the server's: the client's first command, behind it);
+    /// a connection given back before that never sends it.
     /// `database`: the reset keeps the connection's schema; a session that changed it is followed
     /// by COM_INIT_DB of the login's (two OKs then).
     func resetSession(flushNow: Bool = true, database: String? = nil) {
+        // COM_RESET_CONNECTION (and COM_INIT_DB), each a packet of sequence id 0, framed in place
         var packet = ByteBuffer()
-        var seq: UInt8 = 0
-        packet.writeMySQLPacket(ByteBuffer(bytes: [CommandCode.resetConnection.rawValue]), sequenceID: &seq)
+        packet.reserveCapacity(2 * PacketHeader.size + 2 + (database?.utf8.count ?? 0))
+        packet.writeInteger(UInt32(1), endianness: .little)
+        packet.writeInteger(CommandCode.resetConnection.rawValue)
         resetAnswersLeft = 1
         if let database {
-            seq = 0
+            var seq: UInt8 = 0
             packet.writeMySQLPacket(ByteBuffer(bytes: [CommandCode.initDB.rawValue] + Array(database.utf8)), sequenceID: &seq)
             resetAnswersLeft = 2
         }
         resetAnswer = ByteBuffer()
-        guard !flushNow, let context else { return writeAndFlush(packet) }
-        context.write(NIOAny(packet), promise: nil)
-        flushPending = true
+        heldReset = nil  // (one reset at a time: this one replaces a held one)
+        guard !flushNow else { return writeAndFlush(packet) }
+        heldReset = packet
     }
 
     /// Takes the reset's answer off the front of `data`: false while it is incomplete or when it
@@ -222,6 +234,7 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     /// Sends bytes to the backend. See `ChannelHandlerContext.forward` for when they are flushed.
     func write(_ buffer: ByteBuffer) {
         guard let context else { return }
+        if let held = heldReset.take() { context.write(NIOAny(held), promise: nil) }
         context.forward(buffer, flushPending: &flushPending)
     }
 
@@ -229,6 +242,7 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     func writeAndFlush(_ buffer: ByteBuffer) {
         guard let context else { return }
         flushPending = false
+        if let held = heldReset.take() { context.write(NIOAny(held), promise: nil) }
         context.writeAndFlush(NIOAny(buffer), promise: nil)
     }
 

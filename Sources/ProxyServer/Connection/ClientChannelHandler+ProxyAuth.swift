@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import MySQLWire
 import NIOCore
 import ProxyCore
@@ -16,24 +19,38 @@ extension ClientChannelHandler {
             return run(machine.clientConnected())
         }
         let (hostname, ip) = clientHost
-        if !ProxyAuthenticator.hostKnown(table, hostname: hostname, ip: ip) && !waitedForAccounts {
+        let known = ProxyAuthenticator.hostKnown(table, hostname: hostname, ip: ip)
+        if !known && !waitedForAccounts {
             // an account made for this host a moment ago counts: the accounts are read again first
             return afterAccountsRead { $0.startSession() }
         }
-        guard ProxyAuthenticator.hostKnown(table, hostname: hostname, ip: ip) else {
+        guard known else {
             shared.metrics?.loginDecided(plugin: "", result: "host_not_allowed")
             return run(machine.refuseConnection(.hostNotAllowed(hostname ?? ip ?? "unknown"), source: .authFailed,
                                                 reason: "refusing a client: no account's host matches \(hostname ?? ip ?? "its address")",
                                                 level: .info, protocol41: false))
         }
         var greeting = serverGreeting
-        var random = SystemRandomNumberGenerator()
         greeting.connectionID = UInt32(truncatingIfNeeded: described.id)
-        greeting.authPluginData = ProxyAuthenticator.challenge(from: (random.next(), random.next(), random.next()))
+        greeting.authPluginData = ProxyAuthenticator.challenge(from: Self.randomWords())
         greeting.authPluginName = ProxyAuthenticator.nativePlugin
         greeting.status = .autocommit
         greeting.capabilities.formUnion([.protocol41, .secureConnection, .pluginAuth])
         run(machine.clientConnected(ownGreeting: greeting))
+    }
+
+    /// Three random words for a challenge, in one system call (the generator's `next()` makes
+    /// one per word).
+    static func randomWords() -> (UInt64, UInt64, UInt64) {
+        var words: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        #if canImport(Glibc)
+        // glibc's arc4random_buf: the kernel's generator (getrandom), once for all 24 bytes
+        withUnsafeMutableBytes(of: &words) { arc4random_buf($0.baseAddress!, $0.count) }
+        #else
+        var random = SystemRandomNumberGenerator()
+        words = (random.next(), random.next(), random.next())
+        #endif
+        return words
     }
 
     /// How the server would know the client: as `localhost` through a unix socket, or on a
