@@ -3,10 +3,13 @@
 
 MOON_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
-# How MoonProxy is built for real use (demo, benchmark, deployment): a plain release build, with
-# Swift's run-time exclusivity checks on, as in debug builds and the test suite.
+# How MoonProxy is built for real use (demo, benchmark, deployment): a release build with
+# Swift's run-time exclusivity checks on, as in debug builds and the test suite, and the Swift
+# runtime linked in (one binary that needs no Swift toolchain where it runs; the runtime's
+# thread-local lookups and calls are direct then: about 5 % fewer instructions per query and per
+# connection, see README "Measuring"). The link takes about two minutes.
 release_build() {
-    swift build -c release --product moonproxy "$@"
+    swift build -c release --product moonproxy --static-swift-stdlib "$@"
 }
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
