@@ -88,29 +88,34 @@ public struct HandshakeV10: Hashable, Sendable {
     }
 
     public func write(to buffer: inout ByteBuffer) {
+        // (every connection's first packet: one growth at most, few writes, no array copied)
+        let scramble = authPluginData
+        let first = Swift.min(scramble.count, 8)
+        let second = Swift.max(scramble.count - 8, 0)
+        buffer.reserveCapacity(minimumWritableBytes: 48 + serverVersion.utf8.count + second + (authPluginName?.utf8.count ?? 0))
         buffer.writeInteger(protocolVersion)
-        buffer.writeMySQLNullTerminatedString(serverVersion)
-        buffer.writeMySQLInteger(connectionID)
-        var scramble = authPluginData
-        while scramble.count < 8 { scramble.append(0) }
-        buffer.writeBytes(scramble[0..<8])
+        buffer.writeString(serverVersion)
         buffer.writeInteger(UInt8(0))
-        buffer.writeMySQLInteger(UInt16(truncatingIfNeeded: capabilities.lower32))
+        buffer.writeInteger(connectionID, endianness: .little)
+        // auth-plugin-data part 1: 8 bytes (zero-padded), then a filler
+        buffer.writeBytes(scramble[0..<first])
+        buffer.writeRepeatingByte(0, count: 8 - first + 1)
+        let lower = capabilities.lower32
+        buffer.writeInteger(UInt16(truncatingIfNeeded: lower), endianness: .little)
         buffer.writeInteger(characterSet)
-        buffer.writeMySQLInteger(status.rawValue)
-        buffer.writeMySQLInteger(UInt16(truncatingIfNeeded: capabilities.lower32 >> 16))
-        buffer.writeInteger(capabilities.contains(.pluginAuth) ? UInt8(truncatingIfNeeded: scramble.count + 1) : 0)
-        buffer.writeRepeatingByte(0, count: 6)
+        buffer.writeInteger(status.rawValue, endianness: .little)
+        buffer.writeInteger(UInt16(truncatingIfNeeded: lower >> 16), endianness: .little)
+        buffer.writeInteger(capabilities.contains(.pluginAuth) ? UInt8(truncatingIfNeeded: Swift.max(scramble.count, 8) + 1) : 0)
         if capabilities.contains(.longPassword) {
-            buffer.writeRepeatingByte(0, count: 4)
+            buffer.writeRepeatingByte(0, count: 10)
         } else {
-            buffer.writeMySQLInteger(capabilities.mariaDBExtended)
+            buffer.writeRepeatingByte(0, count: 6)
+            buffer.writeInteger(capabilities.mariaDBExtended, endianness: .little)
         }
         if capabilities.contains(.secureConnection) {
-            var part2 = Array(scramble.dropFirst(8))
-            while part2.count < 12 { part2.append(0) }
-            buffer.writeBytes(part2)
-            buffer.writeInteger(UInt8(0))
+            // part 2: the rest, at least 12 bytes (zero-padded), then a NUL
+            buffer.writeBytes(scramble[first..<(first + second)])
+            buffer.writeRepeatingByte(0, count: Swift.max(12 - second, 0) + 1)
         }
         if capabilities.contains(.pluginAuth) {
             buffer.writeMySQLNullTerminatedString(authPluginName ?? "")

@@ -63,6 +63,23 @@ enum Captured {
         #expect(try HandshakeV10(parsing: out) == g)
     }
 
+    @Test func aCapturedGreetingIsWrittenAgainByteForByte() throws {
+        let captured = ByteBuffer(hex: Captured.greeting)
+        var out = ByteBuffer()
+        try HandshakeV10(parsing: captured).write(to: &out)
+        #expect(out == captured)
+        // a short challenge is padded as a server pads it: 8 bytes, then 12 (its length byte says 9)
+        let short = HandshakeV10(serverVersion: "v", connectionID: 1, authPluginData: [1, 2, 3, 4],
+                                 capabilities: [.protocol41, .secureConnection, .pluginAuth, .longPassword])
+        var written = ByteBuffer()
+        short.write(to: &written)
+        let zeros: String = String(repeating: "00", count: 23)  // reserved (10), part 2 (12), its NUL
+        let plugin: String = Array("mysql_native_password".utf8).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        let head: String = "0a7600" + "01000000" + "0102030400000000" + "00"
+        let flags: String = "0182" + "21" + "0200" + "0800" + "09"
+        #expect(written == ByteBuffer(hex: head + flags + zeros + plugin + "00"))
+    }
+
     @Test func truncatedGreetingsThrowNeverTrap() {
         let full = ByteBuffer(hex: Captured.greeting)
         // Every prefix that cuts into a mandatory field must throw; none may crash.
