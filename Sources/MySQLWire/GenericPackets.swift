@@ -62,11 +62,29 @@ public struct OKPacket: Hashable, Sendable {
     }
 
     public func write(to buffer: inout ByteBuffer, capabilities: CapabilityFlags) {
-        buffer.writeInteger(header)
-        buffer.writeMySQLLengthEncodedInteger(affectedRows)
-        buffer.writeMySQLLengthEncodedInteger(lastInsertID)
-        buffer.writeMySQLInteger(status.rawValue)
-        buffer.writeMySQLInteger(warnings)
+        // the fixed part in one access to the buffer (each write is one, and an OK is written for
+        // most commands a script answers, and for every pooled login)
+        let (header, affectedRows, lastInsertID, flags, warnings) = (self.header, self.affectedRows, self.lastInsertID, self.status.rawValue, self.warnings)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 23) { out in
+            var n = 0
+            func byte(_ b: UInt8) { out[n] = b; n += 1 }
+            func lenenc(_ v: UInt64) {
+                switch v {
+                case 0..<0xFB: byte(UInt8(v))
+                case 0xFB...0xFFFF: byte(0xFC); for i in 0..<2 { byte(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) }
+                case 0x1_0000...0xFF_FFFF: byte(0xFD); for i in 0..<3 { byte(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) }
+                default: byte(0xFE); for i in 0..<8 { byte(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) }
+                }
+            }
+            byte(header)
+            lenenc(affectedRows)
+            lenenc(lastInsertID)
+            byte(UInt8(truncatingIfNeeded: flags))
+            byte(UInt8(truncatingIfNeeded: flags >> 8))
+            byte(UInt8(truncatingIfNeeded: warnings))
+            byte(UInt8(truncatingIfNeeded: warnings >> 8))
+            return n
+        }
         if capabilities.contains(.sessionTrack) {
             if !info.isEmpty || sessionStateChanges != nil {
                 buffer.writeMySQLLengthEncodedString(info)

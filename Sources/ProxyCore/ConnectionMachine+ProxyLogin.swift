@@ -106,7 +106,7 @@ extension ConnectionMachine {
         state = .verifyingLogin(plan)
         emit(.verifyLogin(LoginAttempt(user: plan.response.username, plugin: plan.response.authPluginName,
                                        response: plan.response.authResponse, challenge: Array(ownLogin.greeting.authPluginData.prefix(20)),
-                                       clientTLS: session.clientTLS, switched: switched)))
+                                       clientTLS: session.clientTLS, switched: switched, changingUser: ownLogin.changeUser != nil)))
     }
 
     /// The handler's verdict on the login the machine asked it to verify.
@@ -252,16 +252,16 @@ extension ConnectionMachine {
     /// The handler gave the session a pooled server connection logged in as this client: the
     /// client gets the OK the server would have sent, and the session starts.
     public mutating func pooledServerAttached(backendTLS: Bool, localSocket: Bool) -> Action {
-        guard case .connecting = state, var ownLogin = own, let plan = ownLogin.plan, let credential = ownLogin.credential else { return .none }
-        ownLogin.plan = nil
+        guard case .connecting = state, var ownLogin = own, let plan = ownLogin.plan.take(), let credential = ownLogin.credential else { return .none }
         ownLogin.changeUser = nil
-        ownLogin.login = serverLogin(plan.response, credential: credential, serverCapabilities: [], compression: expectedCompression(plan))
+        let compression = expectedCompression(plan)
+        ownLogin.login = serverLogin(plan.response, credential: credential, serverCapabilities: [], compression: compression, account: ownLogin.account)
         own = ownLogin
         session.backendTLS = backendTLS
         session.backendIsLocal = localSocket
         tracker = .commandPhase(capabilities: session.capabilities)
         fromServer = FrameScanner()
-        if expectedCompression(plan) == nil { beginTracking(loginDatabase: plan.response.database ?? "") }
+        if compression == nil { beginTracking(loginDatabase: plan.response.database ?? "") }
         var ok = ByteBuffer()
         ok.reserveCapacity(16)
         var seq = plan.reply
@@ -295,11 +295,11 @@ extension ConnectionMachine {
     }
 
     func serverLogin(_ response: HandshakeResponse41, credential: [UInt8], serverCapabilities: CapabilityFlags,
-                     compression: ProtocolCompression?) -> ServerLogin {
+                     compression: ProtocolCompression?, account: String? = nil) -> ServerLogin {
         ServerLogin(user: response.username, database: response.database ?? "", characterSet: response.characterSet,
                     capabilities: serverCapabilities, sessionCapabilities: session.capabilities.intersection(.sessionAffecting),
                     credential: credential, attributes: response.attributesBlock, clientTLS: session.clientTLS,
-                    compression: compression, account: own?.account ?? "")
+                    compression: compression, account: account ?? own?.account ?? "")
     }
 
     /// The server link's compression a login would get from a server that offers both algorithms
@@ -320,6 +320,13 @@ extension ConnectionMachine {
         guard case .connecting = state, configuration.hooks.isDisjoint(with: [.readAuthResult]),
               let ownLogin = own, let plan = ownLogin.plan, let credential = ownLogin.credential else { return nil }
         return serverLogin(plan.response, credential: credential, serverCapabilities: [], compression: expectedCompression(plan))
+    }
+
+    /// `pendingServerLogin` and `pendingLoginIsTracked` at once, for the handler: mutating only so
+    /// that the handler reaches them in place (a getter of its stored machine copies the machine).
+    public mutating func pendingPoolRequest() -> (login: ServerLogin, tracked: Bool)? {
+        guard let login = pendingServerLogin else { return nil }
+        return (login, pendingLoginIsTracked)
     }
 
     /// Whether the login waiting for a server connection will be tracked, and so multiplexed

@@ -20,14 +20,18 @@ public struct LoginAttempt: Equatable, Sendable {
     public var clientTLS: Bool
     /// The client was asked to switch plugins once already.
     public var switched: Bool
+    /// A COM_CHANGE_USER, not a login.
+    public var changingUser: Bool
 
-    public init(user: String, plugin: String?, response: [UInt8], challenge: [UInt8], clientTLS: Bool, switched: Bool = false) {
+    public init(user: String, plugin: String?, response: [UInt8], challenge: [UInt8], clientTLS: Bool, switched: Bool = false,
+                changingUser: Bool = false) {
         self.user = user
         self.plugin = plugin
         self.response = response
         self.challenge = challenge
         self.clientTLS = clientTLS
         self.switched = switched
+        self.changingUser = changingUser
     }
 }
 
@@ -58,7 +62,8 @@ public enum ProxyAuthenticator {
     /// whether the client can handle one.
     public static func verify(_ attempt: LoginAttempt, table: AccountTable, hostname: String?, ip: String?) -> LoginVerdict {
         let host = hostname ?? ip ?? "unknown"
-        let denied = ERRPacket.accessDenied(user: attempt.user, host: host, usingPassword: !attempt.response.isEmpty)
+        // (made only for a refusal: its words cost a string's building, every login otherwise)
+        var denied: ERRPacket { ERRPacket.accessDenied(user: attempt.user, host: host, usingPassword: !attempt.response.isEmpty) }
         guard let account = table.account(user: attempt.user, hostname: hostname, ip: ip) else {
             return .refused(denied, reason: "login refused: no account '\(attempt.user)' matches host \(host)")
         }
@@ -74,7 +79,7 @@ public enum ProxyAuthenticator {
                   zip(NativePassword.hash(credential), stored).reduce(0, { $0 | ($1.0 ^ $1.1) }) == 0 else {
                 return .refused(denied, reason: "login refused: wrong password for \(account.name)")
             }
-            return finish(account, credential: credential, clientTLS: attempt.clientTLS, denied: denied)
+            return finish(account, credential: credential, clientTLS: attempt.clientTLS, denied: { denied })
         }
         if plugin != nativePlugin {
             if attempt.switched { return .refused(denied, reason: "login refused: the client answered \(plugin) after a switch to \(nativePlugin)") }
@@ -91,18 +96,18 @@ public enum ProxyAuthenticator {
             else { return .refused(denied, reason: "login refused: wrong password for \(account.name)") }
             credential = recovered
         }
-        return finish(account, credential: credential, clientTLS: attempt.clientTLS, denied: denied)
+        return finish(account, credential: credential, clientTLS: attempt.clientTLS, denied: { denied })
     }
 
     /// What follows a right password, in the server's order: a locked account, then the TLS
     /// requirement.
-    static func finish(_ account: Account, credential: [UInt8], clientTLS: Bool, denied: ERRPacket) -> LoginVerdict {
+    static func finish(_ account: Account, credential: [UInt8], clientTLS: Bool, denied: () -> ERRPacket) -> LoginVerdict {
         if account.locked {
             return .refused(ERRPacket(code: 4151, sqlState: "HY000", message: "Access denied, this account is locked"),
                             reason: "login refused: \(account.name) is locked")
         }
         if account.tls != .none && !clientTLS {
-            return .refused(denied, reason: "login refused: \(account.name) requires TLS and the client's link is plaintext")
+            return .refused(denied(), reason: "login refused: \(account.name) requires TLS and the client's link is plaintext")
         }
         return .accepted(credential: credential, account: account.host.text)
     }

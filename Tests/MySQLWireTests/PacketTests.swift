@@ -80,6 +80,18 @@ enum Captured {
         #expect(written == ByteBuffer(hex: head + flags + zeros + plugin + "00"))
     }
 
+    @Test func okPacketsOfEveryIntegerWidthRoundTrip() throws {
+        for value: UInt64 in [0, 250, 251, 300, 0xFFFF, 0x1_0000, 70_000, 0xFF_FFFF, 0x100_0000, 1 << 40, .max] {
+            let ok = OKPacket(affectedRows: value, lastInsertID: value / 3, status: [.autocommit, .moreResultsExist], warnings: 513, info: "x")
+            var out = ByteBuffer()
+            ok.write(to: &out, capabilities: [.protocol41])
+            let back = try OKPacket(parsing: out, capabilities: [.protocol41])
+            #expect(back.affectedRows == value && back.lastInsertID == value / 3 && back.warnings == 513, "\(value)")
+            #expect(back.status == [.autocommit, .moreResultsExist] && back.info == "x")
+            #expect(out.readableBytes == 1 + mysqlLengthEncodedIntegerSize(value) + mysqlLengthEncodedIntegerSize(value / 3) + 4 + 1)
+        }
+    }
+
     @Test func truncatedGreetingsThrowNeverTrap() {
         let full = ByteBuffer(hex: Captured.greeting)
         // Every prefix that cuts into a mandatory field must throw; none may crash.

@@ -40,7 +40,8 @@ import Testing
         wrong[5] ^= 0x10
         let refused = d.client(Self.changeUser(answer: wrong))
         // verified on the proxy's greeting challenge; nothing of it reaches the server
-        #expect(d.attempts.last == LoginAttempt(user: "nat", plugin: "mysql_native_password", response: wrong, challenge: P.challenge, clientTLS: false))
+        #expect(d.attempts.last == LoginAttempt(user: "nat", plugin: "mysql_native_password", response: wrong, challenge: P.challenge, clientTLS: false,
+                                                changingUser: true))
         let err = try firstFrame(refused.toClient)
         #expect(err.sequenceID == 1)
         #expect(try ERRPacket(parsing: err.payload).code == 1045)

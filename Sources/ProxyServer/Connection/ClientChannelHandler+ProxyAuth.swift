@@ -121,8 +121,8 @@ extension ClientChannelHandler {
     /// Takes a server connection for the waiting login from the core pool: at once when one is
     /// ready, or once the reset of one that came back runs out. False: none; open one.
     func takeFromCorePool(_ index: Int, _ address: ProxyAddress, _ resolved: SocketAddress?) -> Bool {
-        guard let pool = sweeper?.corePool, let login = machine.pendingServerLogin else { return false }
-        if machine.configuration.multiplexes && machine.pendingLoginIsTracked {
+        guard let pool = sweeper?.corePool, let (login, tracked) = machine.pendingPoolRequest() else { return false }
+        if tracked && shared.configuration.multiplex {
             return acquireForLogin(pool, CorePool.Key(backend: index, login: login), index)
         }
         switch pool.take(CorePool.Key(backend: index, login: login)) {

@@ -345,7 +345,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
                 action = machine.hookReturned(runHook(call))
                 continue
             }
-            if case .verifyLogin(let attempt) = action, machine.isChangingUser, !attempt.switched {
+            if case .verifyLogin(let attempt) = action, attempt.changingUser, !attempt.switched {
                 // a COM_CHANGE_USER: an account made a moment ago counts, as at a login, and its
                 // new login may go to any backend
                 waitedForAccounts = false
