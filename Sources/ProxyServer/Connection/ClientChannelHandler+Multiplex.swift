@@ -41,7 +41,8 @@ extension ClientChannelHandler {
 
     /// The session logged in: it may give its connection up to other sessions of its login.
     func joinMultiplexing() {
-        guard machine.configuration.multiplexes, multiplexKey == nil, let pool = sweeper?.corePool,
+        // (the context's setting first: a getter of the stored machine copies the machine)
+        guard shared.configuration.multiplex, multiplexKey == nil, machine.configuration.multiplexes, let pool = sweeper?.corePool,
               let index = backendIndex, let login = machine.serverLogin, machine.sessionState != nil else { return }
         let key = CorePool.Key(backend: index, login: login)
         multiplexKey = key
