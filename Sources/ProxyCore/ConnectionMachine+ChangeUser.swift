@@ -46,7 +46,7 @@ extension ConnectionMachine {
             return relayFromClient(bytes)
         case .incomplete:
             heldChangeUser = bytes  // the rest of the packet comes in the next reads
-            return nextAction()
+            return Action.none  // (taken: nothing to do yet; not nil, which would relay it)
         case .request(let request, let original, let rest):
             return changeUserTaken(request, original: original, rest: rest)
         }
@@ -112,7 +112,7 @@ extension ConnectionMachine {
         ownLogin.changeUser = .verifying(original: original)
         own = ownLogin
         askVerification(plan, switched: false)
-        return nextAction()
+        return .none  // (queued: the relay's callers emit what it returns, behind what came before)
     }
 
     /// Whether a COM_CHANGE_USER of the client's is being verified or logged in.

@@ -99,7 +99,7 @@ extension ConnectionMachine {
             emit(.readFromClient(false))
             emit(.takeBackend)
         }
-        return nextAction()
+        return .none  // (queued: a caller that emits what this returns keeps the order)
     }
 
     /// The handler gave the waiting session a server connection logged in as its login.

@@ -285,7 +285,7 @@ extension ConnectionMachine {
                 }
             }
         }
-        guard out.readableBytes > 0 else { return nextAction() }
+        guard out.readableBytes > 0 else { return .none }  // (what was queued follows in order)
         return isSettledRelay ? .relayToBackend(out, takeCounts()) : .forwardToBackend(out)
     }
 
@@ -325,7 +325,7 @@ extension ConnectionMachine {
             emit(.write(toClient: nil, toBackend: chunk))
         }
         emit(close(reason: nil, level: .info))
-        return nextAction()
+        return .none  // (queued: a caller that emits what this returns keeps the order)
     }
 
     /// The plain relay with nothing else to say: no action queued, no record finished, the login

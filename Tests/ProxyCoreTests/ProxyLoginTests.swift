@@ -234,6 +234,29 @@ import Testing
         #expect(d.clientClosed().actions.contains(.releaseBackend))
     }
 
+    @Test func aQuitSentBehindTheLoginFollowsItsOK() throws {
+        // (the quit's actions were queued behind the OK, and the first of them queued again at
+        // the end: the OK went after the close, which drops it)
+        var d = Self.verifying(pools: true)
+        d.run(d.machine.clientConnected(ownGreeting: Self.ownGreeting()))
+        var both = Self.response()
+        both.writeImmutableBuffer(Wire.packets([("01", 0)]))
+        d.client(both)
+        let attached = d.run(d.machine.pooledServerAttached(backendTLS: false, localSocket: false))
+        let ok = try firstFrame(attached.toClient)
+        #expect(ok.sequenceID == 2 && ok.payload.getInteger(at: ok.payload.readerIndex, as: UInt8.self) == 0)
+        #expect(attached.actions.contains(.releaseBackend) && attached.close != nil)
+        let order = attached.actions.map { action -> String in
+            switch action {
+            case .write: return "write"
+            case .releaseBackend: return "release"
+            case .close: return "close"
+            default: return "other"
+            }
+        }.filter { $0 != "other" }
+        #expect(order == ["write", "release", "close"])
+    }
+
     @Test func aConnectionBusyWhenTheClientLeavesIsNotPooled() {
         var d = Self.verifying(pools: true)
         d.run(d.machine.clientConnected(ownGreeting: Self.ownGreeting()))

@@ -8,26 +8,16 @@ import subprocess
 
 import mariadb
 import mysql.connector
-import pymysql
 import pytest
 
-from conftest import MARIADB_PORT, MARIADB_SOCKET, free_port, wait_for_port
+from conftest import MARIADB_PORT, free_port, wait_for_port
 from test_health_checks import wait_for
 from test_metrics import samples, scrape
 from test_multiplex import connections
 from test_admin import admin_args
+from test_proxy_auth import root, status
 
 SERVICE = ("moon_cu_svc", "svc pw")
-
-
-def root():
-    return pymysql.connect(unix_socket=MARIADB_SOCKET, user="root", autocommit=True)
-
-
-def status(name):
-    with root() as r, r.cursor() as cur:
-        cur.execute("SHOW GLOBAL STATUS LIKE %s", (name,))
-        return int(cur.fetchone()[1])
 
 
 def counters():
