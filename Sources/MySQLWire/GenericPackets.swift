@@ -68,21 +68,19 @@ public struct OKPacket: Hashable, Sendable {
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 23) { out in
             var n = 0
             func byte(_ b: UInt8) { out[n] = b; n += 1 }
+            func little(_ v: UInt64, _ width: Int) { for i in 0..<width { byte(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
             func lenenc(_ v: UInt64) {
-                switch v {
-                case 0..<0xFB: byte(UInt8(v))
-                case 0xFB...0xFFFF: byte(0xFC); for i in 0..<2 { byte(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) }
-                case 0x1_0000...0xFF_FFFF: byte(0xFD); for i in 0..<3 { byte(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) }
-                default: byte(0xFE); for i in 0..<8 { byte(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) }
-                }
+                // (as writeMySQLLengthEncodedInteger: the marker, then the width mysqlLengthEncodedIntegerSize says)
+                let size = mysqlLengthEncodedIntegerSize(v)
+                guard size > 1 else { return byte(UInt8(v)) }
+                byte(size == 3 ? 0xFC : size == 4 ? 0xFD : 0xFE)
+                little(v, size - 1)
             }
             byte(header)
             lenenc(affectedRows)
             lenenc(lastInsertID)
-            byte(UInt8(truncatingIfNeeded: flags))
-            byte(UInt8(truncatingIfNeeded: flags >> 8))
-            byte(UInt8(truncatingIfNeeded: warnings))
-            byte(UInt8(truncatingIfNeeded: warnings >> 8))
+            little(UInt64(flags), 2)
+            little(UInt64(warnings), 2)
             return n
         }
         if capabilities.contains(.sessionTrack) {

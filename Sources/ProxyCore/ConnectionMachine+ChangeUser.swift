@@ -42,8 +42,7 @@ extension ConnectionMachine {
         switch changeUserTakeable(bytes) {
         case .relay:
             guard bytes.readableBytes > chunk.readableBytes else { return nil }
-            own!.serverVerifiesChangeUser = true  // (what was held goes to the server after all)
-            return relayFromClient(bytes)
+            return relayCommands(bytes)  // (what was held goes to the server after all)
         case .incomplete:
             heldChangeUser = bytes  // the rest of the packet comes in the next reads
             return Action.none  // (taken: nothing to do yet; not nil, which would relay it)
@@ -61,13 +60,7 @@ extension ConnectionMachine {
 
     /// Whether the proxy takes the COM_CHANGE_USER at the start of `bytes`.
     private mutating func changeUserTakeable(_ bytes: ByteBuffer) -> ChangeUserArrival {
-        guard var ownLogin = own else { return .relay }
-        if ownLogin.serverVerifiesChangeUser {
-            ownLogin.serverVerifiesChangeUser = false
-            own = ownLogin
-            return .relay
-        }
-        guard ownLogin.login != nil, ownLogin.changeUser == nil, configuration.poolsServers,
+        guard let ownLogin = own, ownLogin.login != nil, ownLogin.changeUser == nil, configuration.poolsServers,
               configuration.hooks.isDisjoint(with: Self.loginHooks), case .relaying(draining: false) = state, !closeQueued,
               fromClient.isAtPacketBoundary, tracker.clientPhase == .command else { return .relay }
         if let t = tracking {
@@ -128,16 +121,21 @@ extension ConnectionMachine {
             state = .relaying(draining: false)
             counts.errorsSentByProxy += 1
             emit(.log(.info, "COM_CHANGE_USER to '\(plan.response.username)': \(reason)"))
-            emit(.write(toClient: Self.framed(err, sequenceID: plan.reply, protocol41: true), toBackend: sessionResetAfterRefusal()))
+            let refusal = Self.framed(err, sequenceID: plan.reply, protocol41: true)
+            if tracking == nil {
+                emit(.write(toClient: refusal, toBackend: nil))
+                emit(.resetBackendSession)  // (the handler reads its answer)
+            } else {
+                emit(.write(toClient: refusal, toBackend: trackedSessionReset()))
+            }
             if plan.rest.readableBytes > 0 { emit(relayFromClient(plan.rest)) }
         case .relay:
             ownLogin.changeUser = nil
-            ownLogin.serverVerifiesChangeUser = true
             own = ownLogin
             state = .relaying(draining: false)
             var bytes = original
             bytes.writeImmutableBuffer(plan.rest)
-            emit(relayFromClient(bytes))
+            emit(relayCommands(bytes))
         case .accepted(let credential, let account):
             if (tracking?.attachment ?? .attached) == .attached {
                 // reset in the pool for the old login's next session; one still answering the
@@ -164,14 +162,10 @@ extension ConnectionMachine {
         }
     }
 
-    /// A refused COM_CHANGE_USER leaves the session reset, as MariaDB does: the proxy resets the
-    /// server connection (the bytes to write), or, with none attached, the state the next one is
-    /// brought to.
-    mutating func sessionResetAfterRefusal() -> ByteBuffer? {
-        guard tracking != nil else {
-            emit(.resetBackendSession)  // (not followed: the handler reads its answer)
-            return nil
-        }
+    /// A refused COM_CHANGE_USER leaves a tracked session reset, as MariaDB does: the proxy resets
+    /// the server connection (the bytes to write), or, with none attached, the state the next one
+    /// is brought to.
+    mutating func trackedSessionReset() -> ByteBuffer? {
         tracking!.state.reset()
         tracking!.preparedStatements = 0
         tracking!.statements.removeAll()

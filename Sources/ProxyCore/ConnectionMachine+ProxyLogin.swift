@@ -32,8 +32,6 @@ extension ConnectionMachine {
         var login: ServerLogin?
         /// A COM_CHANGE_USER of the client's is under way (+ChangeUser).
         var changeUser: ChangeUserStage?
-        /// The next COM_CHANGE_USER goes to the server (an account the proxy cannot log in with).
-        var serverVerifiesChangeUser = false
     }
 
     /// Kept out of line: most connections never have one, and it is read only during the login.

@@ -174,6 +174,11 @@ extension ConnectionMachine {
         if ownBox != nil,
            heldChangeUser != nil || chunk.getInteger(at: chunk.readerIndex + PacketHeader.size, as: UInt8.self) == CommandCode.changeUser.rawValue,
            let taken = changeUserArrived(chunk) { return taken }
+        return relayCommands(chunk)
+    }
+
+    /// `relayFromClient` past the proxy's own COM_CHANGE_USER (+ChangeUser): what it leaves to the server.
+    mutating func relayCommands(_ chunk: ByteBuffer) -> Action {
         if tracking != nil && tracking!.attachment != .attached { return clientBytesWhileParked(chunk) }
         var failure: (isSplit: Bool, sequenceID: UInt8, error: String)?
         var commands = 0
@@ -323,6 +328,12 @@ extension ConnectionMachine {
         } else {
             // written and flushed before the close: the server sees the client quit, not vanish
             emit(.write(toClient: nil, toBackend: chunk))
+            if tracker.isAwaitingResponse {
+                // what came before the quit (the login's verdict, a pipelined command) is still
+                // to be answered: the client gets the answer, as directly, and the server's close
+                // after it ends the session
+                return .none
+            }
         }
         emit(close(reason: nil, level: .info))
         return .none  // (queued: a caller that emits what this returns keeps the order)

@@ -45,22 +45,27 @@ public struct ServerLoginReset: Equatable, Sendable {
         way = login.database.isEmpty || sessionChangedUser ? .changeUser : .resetConnection
     }
 
-    /// The packets that start the reset.
-    public func request() -> ByteBuffer {
-        guard way == .changeUser else {
-            // COM_RESET_CONNECTION and COM_INIT_DB, each a packet of sequence id 0, framed in place
-            var out = ByteBuffer()
-            out.reserveCapacity(2 * PacketHeader.size + 2 + login.database.utf8.count)
-            out.writeInteger(UInt32(1), endianness: .little)
-            out.writeInteger(CommandCode.resetConnection.rawValue)
+    /// COM_RESET_CONNECTION, and COM_INIT_DB of `database` when one is given (the reset keeps the
+    /// connection's schema): each a packet of sequence id 0, each answered with an OK.
+    public static func resetPackets(database: String?) -> ByteBuffer {
+        var out = ByteBuffer()
+        out.reserveCapacity(2 * PacketHeader.size + 2 + (database?.utf8.count ?? 0))
+        out.writeInteger(UInt32(1), endianness: .little)
+        out.writeInteger(CommandCode.resetConnection.rawValue)
+        if let database {
             var initDB = ByteBuffer()
-            initDB.reserveCapacity(1 + login.database.utf8.count)
+            initDB.reserveCapacity(1 + database.utf8.count)
             initDB.writeInteger(CommandCode.initDB.rawValue)
-            initDB.writeString(login.database)
+            initDB.writeString(database)
             var seq: UInt8 = 0
             out.writeMySQLPacket(initDB, sequenceID: &seq)
-            return out
         }
+        return out
+    }
+
+    /// The packets that start the reset.
+    public func request() -> ByteBuffer {
+        guard way == .changeUser else { return Self.resetPackets(database: login.database) }
         let request = ChangeUserRequest(username: login.user, authResponse: answer(challenge), database: login.database,
                                         characterSet: login.characterSet, authPluginName: ProxyAuthenticator.nativePlugin,
                                         attributesBlock: login.attributes)

@@ -257,6 +257,23 @@ import Testing
         #expect(order == ["write", "release", "close"])
     }
 
+    @Test func aQuitBehindAPendingCommandLetsTheAnswerThrough() {
+        // (the quit went to the server and the client was closed at once: the answer it waited
+        // for was lost, as the login's OK was for a quit pipelined behind a fresh login)
+        var d = Self.verifying(pools: true)
+        d.run(d.machine.clientConnected(ownGreeting: Self.ownGreeting()))
+        d.client(Self.response())
+        d.run(d.machine.pooledServerAttached(backendTLS: false, localSocket: false))
+        var both = Wire.query("SELECT 1")
+        both.writeImmutableBuffer(Wire.packets([("01", 0)]))
+        let sent = d.client(both)
+        #expect(sent.toBackend == both && sent.close == nil && !sent.actions.contains(.releaseBackend))
+        let answer = Wire.resultSet(["1"], capabilities: d.capabilities)
+        #expect(d.server(answer).toClient == answer)
+        let closed = d.serverClosed()
+        #expect(closed.close != nil && d.machine.closeSource == CloseSource.none)
+    }
+
     @Test func aConnectionBusyWhenTheClientLeavesIsNotPooled() {
         var d = Self.verifying(pools: true)
         d.run(d.machine.clientConnected(ownGreeting: Self.ownGreeting()))

@@ -5,6 +5,7 @@ changes, hands one server connection from client to client, and nothing of one c
 reaches the next (the server itself is the judge: each state is read back from it)."""
 import os
 import signal
+import struct
 import subprocess
 import time
 
@@ -165,6 +166,36 @@ def test_one_server_connection_serves_client_after_client(start_proxy):
     grown = status("Connections") - before
     assert grown <= 1 + 1 + 1, grown  # the pool's one, the status query, a refresh at most
     assert len(ids) == 1, ids
+
+
+def test_a_quit_sent_behind_the_login_gets_the_logins_ok_first(start_proxy):
+    """A client that writes COM_QUIT in the same write as its handshake response gets the login's
+    OK, then the close; its server connection goes back to the pool."""
+    from rawclient import RawClient
+
+    class QuitBehindLogin(RawClient):
+        def write_packet(self, payload, seq=None):
+            if seq != 1:
+                return super().write_packet(payload, seq)
+            self.sock.sendall(struct.pack("<I", len(payload))[:3] + b"\x01" + payload + b"\x01\x00\x00\x00\x01")
+            self.seq = 2
+
+    proxy = start(start_proxy, pool=1)
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw")
+    with c.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        server_id = cur.fetchone()[0]
+    c.close()
+    for _ in range(3):
+        quitter = QuitBehindLogin("127.0.0.1", proxy.port, user="pa", password="pa pw")
+        assert quitter.auth_ok[0] == 0x00
+        assert quitter.sock.recv(64) == b""  # then the close
+        quitter.close()
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="pa", password="pa pw")
+    with c.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        assert cur.fetchone()[0] == server_id  # still the one pooled connection
+    c.close()
 
 
 def session_view(cur):

@@ -157,17 +157,8 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     /// `database`: the reset keeps the connection's schema; a session that changed it is followed
     /// by COM_INIT_DB of the login's (two OKs then).
     func resetSession(flushNow: Bool = true, database: String? = nil) {
-        // COM_RESET_CONNECTION (and COM_INIT_DB), each a packet of sequence id 0, framed in place
-        var packet = ByteBuffer()
-        packet.reserveCapacity(2 * PacketHeader.size + 2 + (database?.utf8.count ?? 0))
-        packet.writeInteger(UInt32(1), endianness: .little)
-        packet.writeInteger(CommandCode.resetConnection.rawValue)
-        resetAnswersLeft = 1
-        if let database {
-            var seq: UInt8 = 0
-            packet.writeMySQLPacket(ByteBuffer(bytes: [CommandCode.initDB.rawValue] + Array(database.utf8)), sequenceID: &seq)
-            resetAnswersLeft = 2
-        }
+        let packet = ServerLoginReset.resetPackets(database: database)
+        resetAnswersLeft = database == nil ? 1 : 2
         resetAnswer = ByteBuffer()
         heldReset = nil  // (one reset at a time: this one replaces a held one)
         guard !flushNow else { return writeAndFlush(packet) }
