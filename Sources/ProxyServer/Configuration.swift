@@ -1,3 +1,4 @@
+import Glibc
 import NIOCore
 import ProxyCore
 
@@ -71,6 +72,18 @@ public enum ConfigurationError: Error, Equatable, Sendable, CustomStringConverti
         case .invalidValue(let option, let value, let reason): return "invalid value '\(value)' for \(option): \(reason)"
         case .adminNeedsCredentials: return "the admin interface needs --admin-username and --admin-password; refusing to start it without them"
         }
+    }
+}
+
+/// A listener that could not be bound (an address taken, a host that does not resolve).
+public struct ListenError: Error, CustomStringConvertible {
+    public var listener: String
+    public var address: ProxyAddress
+    public var underlying: any Error
+
+    public var description: String {
+        let reason = (underlying as? IOError).map { String(cString: strerror($0.errnoCode)) } ?? "\(underlying)"
+        return "cannot listen on \(address) for \(listener): \(reason)"
     }
 }
 

@@ -263,17 +263,17 @@ public final class MoonProxy: Sendable {
             guard !admin.password.isEmpty, !admin.username.isEmpty else {
                 throw ConfigurationError.adminNeedsCredentials
             }
-            let channel = try await bind(admin.address, context: adminContext)
+            let channel = try await Self.listening("the admin interface", admin.address) { try await bind(admin.address, context: adminContext) }
             state.withLockedValue { $0.adminChannel = channel }
             logger.notice("admin interface listening on \(channel.localAddress.map(\.logDescription) ?? "\(admin.address)")")
         }
         if let address = configuration.metricsAddress, let exporter = metrics {
-            let channel = try await bindMetrics(address, exporter: exporter)
+            let channel = try await Self.listening("the metrics", address) { try await bindMetrics(address, exporter: exporter) }
             state.withLockedValue { $0.metricsChannel = channel }
             logger.notice("metrics at http://\(channel.localAddress.map(\.logDescription) ?? "\(address)")/metrics")
         }
         if configuration.proxyEnabled {
-            let channels = try await bindPerLoop(configuration.listenAddress, context: context)
+            let channels = try await Self.listening("the proxy", configuration.listenAddress) { try await bindPerLoop(configuration.listenAddress, context: context) }
             state.withLockedValue { $0.serverChannels = channels }
             let channel = channels[0]
             logger.notice("listening on \(channel.localAddress.map(\.logDescription) ?? "\(configuration.listenAddress)")",
@@ -282,6 +282,16 @@ public final class MoonProxy: Sendable {
             warnIfBackendsAreUnverified()
         }
         if accepting { await startAccepting() }
+    }
+
+    /// Runs `bind`, naming the listener and its address in what it throws: NIO's errors name only
+    /// the system call, and a proxy with three listeners left its operator guessing which port was taken.
+    private static func listening<T>(_ listener: String, _ address: ProxyAddress, _ bind: () async throws -> T) async throws -> T {
+        do {
+            return try await bind()
+        } catch {
+            throw ListenError(listener: listener, address: address, underlying: error)
+        }
     }
 
     /// Whether `start` lets the listeners accept as soon as they are bound.
@@ -360,7 +370,7 @@ public final class MoonProxy: Sendable {
             // SO_REUSEPORT would let this proxy join a listener that is already there (another
             // proxy left running by the same user) and split the connections with it; a plain
             // bind first fails as a single listener would.
-            throw IOError(errnoCode: problem, reason: "bind(\(resolved))")
+            throw IOError(errnoCode: problem, reason: "bind")
         }
         var channels: [Channel] = []
         do {

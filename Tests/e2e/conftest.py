@@ -24,19 +24,51 @@ if not MARIADB_PORT:
     pytest.exit("run the end-to-end tests through scripts/test (it starts MariaDB)", returncode=2)
 
 
+_handed_out = set()
+
+
 def free_port():
+    """A loopback port below the ephemeral range that nothing listens on now, and that no earlier
+    call handed out (two listeners of one proxy once drew the same port)."""
     for _ in range(500):
         port = random.randint(20000, 32000)
+        if port in _handed_out:
+            continue
         s = socket.socket()
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
-            return port
+            s.listen()
         except OSError:
             continue
         finally:
             s.close()
+        _handed_out.add(port)
+        return port
     raise RuntimeError("no free port")
+
+
+def listening_inodes(port):
+    """The inodes of the TCP sockets listening on `port` (state 0A in /proc/net/tcp*)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            for line in open(table).read().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(fields[9])
+    return inodes
+
+
+def owns_listener(pid, port):
+    """Whether process `pid` holds a socket listening on `port` (a connection to the port could
+    reach another process that took it first)."""
+    try:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return False
+    mine = {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
+    return bool(mine & listening_inodes(port))
 
 
 def wait_for_port(port, timeout=15, proc=None):
@@ -44,6 +76,11 @@ def wait_for_port(port, timeout=15, proc=None):
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"moonproxy exited with {proc.returncode}: {proc.stderr_text()}")
+        if proc is not None:
+            if owns_listener(proc.pid, port):
+                return
+            time.sleep(0.05)
+            continue
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return
@@ -56,14 +93,28 @@ class Proxy:
     """A moonproxy process; its log goes to a file the test can read."""
 
     def __init__(self, args, port=None, wait=True, env=None):
-        self.port = port or free_port()
+        # A port free when drawn can be taken before the proxy binds it (by a process outside the
+        # tests): a port the harness drew is drawn again, up to three times.
+        for attempt in range(3):
+            self._start(args, port or free_port(), env)
+            if not wait:
+                return
+            try:
+                wait_for_port(self.port, proc=self.proc)
+                return
+            except RuntimeError:
+                taken = f"cannot listen on 127.0.0.1:{self.port} for the proxy: Address already in use"
+                if port is not None or attempt == 2 or taken not in self.log():
+                    raise
+                self.log_file.close()
+
+    def _start(self, args, port, env):
+        self.port = port
         self.log_path = WORKDIR / f"moonproxy-{self.port}-{int(time.time() * 1000)}.log"
         self.log_file = open(self.log_path, "w")
         self.args = [BINARY, f"--proxy-address=127.0.0.1:{self.port}"] + list(args)
         self.proc = subprocess.Popen(self.args, stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
         self.proc.stderr_text = self.log
-        if wait:
-            wait_for_port(self.port, proc=self.proc)
 
     def log(self):
         self.log_file.flush()

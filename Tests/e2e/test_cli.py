@@ -239,7 +239,11 @@ def test_address_already_in_use_fails_cleanly():
     port = s.getsockname()[1]
     r = run(f"-P127.0.0.1:{port}")
     assert r.returncode == 1
-    assert "in use" in r.stderr.lower()
+    assert f"cannot listen on 127.0.0.1:{port} for the proxy: Address already in use" in r.stderr
+    # the error names which of the listeners it was
+    r = run("-P127.0.0.1:0", f"--metrics-address=127.0.0.1:{port}")
+    assert r.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port} for the metrics: Address already in use" in r.stderr
     s.close()
 
 
