@@ -126,9 +126,9 @@ POOL = """
     local in_trans = false
 
     function connect_server()
-      -- fill both pools: odd clients log in on backend 2, even ones on backend 1
-      proxy.global.n = (proxy.global.n or 0) + 1
-      proxy.connection.backend_ndx = (proxy.global.n % 2) + 1
+      -- fill both pools: each client logs in on the backend with the fewest idle connections
+      -- (the first of them on a tie)
+      proxy.connection.backend_ndx = require("proxy.balance").fewest_idle()
     end
 
     function read_auth_result(auth)
