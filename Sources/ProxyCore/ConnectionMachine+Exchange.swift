@@ -463,6 +463,14 @@ extension ConnectionMachine {
     mutating func forwardOriginal(_ exchange: inout Exchange, _ command: consuming Command, _ out: inout Output) -> Flow {
         var command = consume command
         guard exchange.hasServer else { return noServer(&exchange, command, &out) }
+        if command.code == .quit && exchangeReleasesServer(exchange) {
+            // as in the relay: the connection the proxy logged in serves the next client
+            command.sent = 1
+            noteClose(.none)
+            flush(&out)
+            emit(.releaseBackend)
+            return finishCommand(&exchange, command, &out, closing: ("the client quit", .debug))
+        }
         let start = PacketCollector.start(of: MySQLFrame(sequenceID: command.clientSequence &- UInt8(truncatingIfNeeded: command.packet.readableBytes / PacketHeader.maxPayloadLength),
                                                          payload: command.packet),
                                           firstFrameLength: min(command.packet.readableBytes, PacketHeader.maxPayloadLength))

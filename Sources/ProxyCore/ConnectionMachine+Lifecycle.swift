@@ -46,7 +46,7 @@ extension ConnectionMachine {
             noteClose(.none)
             // a client that left between commands without COM_QUIT leaves an idle server
             // connection the pool may keep
-            if phase == .relaying && releasesServer(quitting: false) { emit(.releaseBackend) }
+            if releasesServer(quitting: false) { emit(.releaseBackend) }
         } else {
             noteClose(loginEnded && inSession ? .clientNetwork : .clientHandshake)
         }

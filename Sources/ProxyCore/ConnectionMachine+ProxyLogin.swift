@@ -274,6 +274,9 @@ extension ConnectionMachine {
             verdict.sessionStateChanges = block
         }
         ResponseEncoding.ok(verdict, capabilities: session.capabilities, sequenceID: &seq, into: &ok)
+        if configuration.hooks.contains(.readAuthResult) && !configuration.hooks.isDisjoint(with: Self.commandHooks) {
+            return pooledLoginResult(ok, plan)
+        }
         if !configuration.hooks.isDisjoint(with: Self.commandHooks) {
             var exchange = Exchange(hasServer: true, maximumPacketLength: configuration.maximumPacketLength)
             exchange.commandsStarted = true
@@ -289,6 +292,25 @@ extension ConnectionMachine {
         emit(.write(toClient: ok, toBackend: enableTrackers()))
         if let compression = plan.clientCompression { emit(.startCompression(client: compression, backend: nil, early: nil)) }
         if plan.rest.readableBytes > 0 { feedClient(plan.rest) }
+        return nextAction()
+    }
+
+    /// A script's session with `read_auth_result` got a pooled connection: the hook sees the OK
+    /// the client is to get, as it sees the server's after a login (it may give the connection
+    /// to its pool, answer otherwise, or close), and the login ends as a server's would.
+    mutating func pooledLoginResult(_ ok: ByteBuffer, _ plan: LoginPlan) -> Action {
+        let max = configuration.maximumPacketLength
+        var exchange = Exchange(hasServer: true, maximumPacketLength: max)
+        exchange.commandsStarted = true
+        var auth = Authentication(shift: 0, secretGuard: nil, compression: CompressionStart(client: plan.clientCompression, backend: nil),
+                                  interceptsVerdict: true, afterLogin: .exchange(exchange),
+                                  clientCollector: PacketCollector(maximumPacketLength: max), serverCollector: PacketCollector(maximumPacketLength: max))
+        // what the client sent behind its handshake response waits for the verdict
+        if plan.rest.readableBytes > 0 { auth.clientCollector.append(plan.rest) }
+        let payload = ok.getSlice(at: ok.readerIndex + PacketHeader.size, length: ok.readableBytes - PacketHeader.size) ?? ByteBuffer()
+        session.serverDatabase = session.database
+        state = .readAuthResultHook(auth, Verdict(bytes: ok, packet: MySQLFrame(sequenceID: plan.reply, payload: payload), ok: true, sequenceID: plan.reply))
+        emit(.runHook(hookCall(.readAuthResult(packet: payload), loggedIn: true, serverIdle: true, status: tracker.status)))
         return nextAction()
     }
 
@@ -315,7 +337,8 @@ extension ConnectionMachine {
     /// The login a pooled connection could serve (what the handler looks one up by), while the
     /// machine waits for a server connection; nil when a pooled one will not do.
     public var pendingServerLogin: ServerLogin? {
-        guard case .connecting = state, configuration.hooks.isDisjoint(with: [.readAuthResult]),
+        // (read_auth_result sees a pooled login's OK only in a script's session: see pooledLoginResult)
+        guard case .connecting = state, configuration.hooks.isDisjoint(with: [.readAuthResult]) || !configuration.hooks.isDisjoint(with: Self.commandHooks),
               let ownLogin = own, let plan = ownLogin.plan, let credential = ownLogin.credential else { return nil }
         return serverLogin(plan.response, credential: credential, serverCapabilities: [], compression: expectedCompression(plan))
     }
@@ -339,8 +362,25 @@ extension ConnectionMachine {
     /// the proxy logged it in and nothing is on its way.
     /// (`quitting`: the client's COM_QUIT was taken, and nothing of it went to the server.)
     func releasesServer(quitting: Bool) -> Bool {
-        guard configuration.poolsServers, own?.login != nil, case .relaying = state else { return false }
-        return (tracker.clientPhase == .command || tracker.clientPhase == .quit) && !tracker.isAwaitingResponse
+        guard configuration.poolsServers, own?.login != nil else { return false }
+        let idle = (tracker.clientPhase == .command || tracker.clientPhase == .quit) && !tracker.isAwaitingResponse
             && fromServer.isAtPacketBoundary && (quitting || fromClient.isAtPacketBoundary)
+        switch state {
+        case .relaying:
+            return idle
+        case .exchanging(let box):
+            // a script's session: between commands, with a server connection the script kept
+            return idle && box.read { $0.hasServer && !$0.step.isActive && $0.queue.isEmpty && $0.serverCollector.isEmpty }
+        default:
+            return false
+        }
+    }
+
+    /// A script's session whose COM_QUIT the script let through: its server connection may go
+    /// back to the pool instead of ending (`exchange` is out of the state while it runs).
+    func exchangeReleasesServer(_ exchange: borrowing Exchange) -> Bool {
+        configuration.poolsServers && own?.login != nil && exchange.hasServer && exchange.injections.isEmpty
+            && exchange.serverCollector.isEmpty && tracker.clientPhase == .command && !tracker.isAwaitingResponse
+            && fromServer.isAtPacketBoundary
     }
 }

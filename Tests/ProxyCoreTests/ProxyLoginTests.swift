@@ -274,6 +274,73 @@ import Testing
         #expect(closed.close != nil && d.machine.closeSource == CloseSource.none)
     }
 
+    /// A script's session (read_query: the exchange) under proxy auth: the connection the proxy
+    /// logged in goes back to the pool when the client quits (a COM_QUIT the script let through,
+    /// or a client gone between commands), as a relayed session's does; a COM_QUIT the script
+    /// answered itself leaves the connection to the script.
+    @Test func aScriptsSessionGivesItsConnectionBackWhenTheClientQuits() throws {
+        func scripted(_ onQuit: HookOutcome = .returned(.noDecision)) -> Driver {
+            var c = ConnectionMachine.Configuration()
+            c.poolsServers = true
+            let script = FakeScript(hooks: [.readQuery])
+            script.onReadQuery = { _, packet in packet.getInteger(at: packet.readerIndex, as: UInt8.self) == 1 ? onQuit : .returned(.noDecision) }
+            var d = Driver(c, script: script)
+            d.verifier = { ProxyAuthenticator.verify($0, table: Self.table([Self.nat]), hostname: nil, ip: "10.0.0.1") }
+            d.run(d.machine.clientConnected(ownGreeting: Self.ownGreeting()))
+            d.client(Self.response())
+            d.run(d.machine.pooledServerAttached(backendTLS: false, localSocket: false))
+            let q = d.client(Wire.query("SELECT 1"))
+            #expect(q.toBackend == Wire.query("SELECT 1"))
+            d.server(Wire.resultSet(["1"], capabilities: d.capabilities))
+            return d
+        }
+        var d = scripted()
+        let quit = d.client([("01", 0)])
+        #expect(quit.actions.contains(.releaseBackend) && quit.toBackend == nil && quit.close != nil)
+        #expect(d.machine.closeSource == CloseSource.none)
+        d = scripted()
+        #expect(d.clientClosed().actions.contains(.releaseBackend))
+        // busy: the connection is not given back
+        d = scripted()
+        d.client(Wire.query("SELECT SLEEP(10)"))
+        #expect(!d.clientClosed().actions.contains(.releaseBackend))
+        d = scripted(.returned(.sendResult(.ok(affectedRows: 0, insertID: 0, serverStatus: nil, warnings: 0, message: nil))))
+        let kept = d.client([("01", 0)])
+        #expect(!kept.actions.contains(.releaseBackend) && kept.toBackend == nil && kept.close != nil)
+    }
+
+    /// A script's session with read_auth_result takes a pooled connection: the hook sees the OK
+    /// the client gets (MySQL Proxy's pooling scripts give the connection to their pool there),
+    /// and what the client sent behind its login waits for it.
+    @Test func readAuthResultSeesAPooledLoginsOK() throws {
+        var c = ConnectionMachine.Configuration()
+        c.poolsServers = true
+        let script = FakeScript(hooks: [.readAuthResult, .readQuery])
+        script.onReadAuthResult = { _ in
+            script.change = .released  // backend_ndx = 0
+            return .returned(.noDecision)
+        }
+        var d = Driver(c, script: script)
+        d.verifier = { ProxyAuthenticator.verify($0, table: Self.table([Self.nat]), hostname: nil, ip: "10.0.0.1") }
+        #expect(d.machine.pendingServerLogin == nil)
+        d.run(d.machine.clientConnected(ownGreeting: Self.ownGreeting()))
+        var both = Self.response()
+        both.writeImmutableBuffer(Wire.query("SELECT 1"))
+        d.client(both)
+        #expect(d.machine.pendingServerLogin != nil)
+        let attached = d.run(d.machine.pooledServerAttached(backendTLS: false, localSocket: false))
+        guard case .readAuthResult(let packet)? = attached.hooks.first?.hook else {
+            Issue.record("read_auth_result did not run: \(attached.hooks)"); return
+        }
+        #expect(packet.getInteger(at: packet.readerIndex, as: UInt8.self) == 0)
+        let ok = try firstFrame(attached.toClient)
+        #expect(ok.sequenceID == 2 && ok.payload == packet)
+        #expect(attached.actions.contains(.loginSucceeded))
+        // the query behind the login reached read_query, with no server connection to run on
+        #expect(script.readQueries.count == 1)
+        #expect(attached.toBackend == nil && attached.close == nil)
+    }
+
     @Test func aConnectionBusyWhenTheClientLeavesIsNotPooled() {
         var d = Self.verifying(pools: true)
         d.run(d.machine.clientConnected(ownGreeting: Self.ownGreeting()))

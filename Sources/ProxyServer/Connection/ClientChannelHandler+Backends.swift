@@ -74,6 +74,7 @@ extension ClientChannelHandler {
                     self.shared.backends.clientAttached(index)
                     self.backendIndex = index
                     self.backend = handler
+                    self.openedConnection = ObjectIdentifier(handler)
                     self.described.backend = address
                     self.scripted?.attached = nil  // described from its greeting at the next hook
                     self.publish()
@@ -148,6 +149,7 @@ extension ClientChannelHandler {
     /// Gives the server connection to this loop's pool, or closes it when it cannot be kept.
     func parkServer(_ connection: ScriptedConnection) {
         guard let handler = backend, let index = backendIndex, let address = described.backend else { return }
+        stampLogin(handler)
         let parked = ServerConnectionPool.Parked(
             handler: handler,
             key: ServerConnectionPool.Key(backend: index, user: connection.client.username, capabilities: connection.capabilities),

@@ -147,7 +147,7 @@ extension ClientChannelHandler {
             }
             return true
         case .none:
-            return false
+            return takeFromScriptPool(index, login)
         }
     }
 
@@ -178,9 +178,13 @@ extension ClientChannelHandler {
     /// The client quit: its server connection, which the proxy logged in, goes to the core pool
     /// (closed when the pool is full).
     func releaseToPool() {
-        guard let handler = backend, let index = backendIndex, let address = described.backend, let pool = sweeper?.corePool,
-              let login = handler.serverLogin ?? machine.serverLogin else { return }
-        let challenge = handler.serverLogin != nil ? handler.serverChallenge : machine.serverChallenge
+        guard let handler = backend else { return }
+        stampLogin(handler)
+        // (a connection of another session a script took from its pool, which no login of the
+        // proxy's made, cannot be reset to a login: it ends with this session)
+        guard let index = backendIndex, let address = described.backend, let pool = sweeper?.corePool,
+              let login = handler.serverLogin else { return }
+        let challenge = handler.serverChallenge
         let backendTLS = described.backendTLS != nil || machine.session.backendTLS
         detachBackend(closing: false)
         handler.serverLogin = login
@@ -190,5 +194,14 @@ extension ClientChannelHandler {
                       localSocket: local, sessionChangedUser: machine.sessionChangedUser) {
             handler.quit()  // the pool is full: as the client would have, had it talked to the server
         }
+    }
+
+    /// Records on the server connection this session opened the login the proxy made on it and
+    /// its greeting's challenge, as it leaves the session (to a pool): whoever takes it next
+    /// resets it to that login, with that challenge (a COM_CHANGE_USER answers the greeting's).
+    func stampLogin(_ handler: BackendChannelHandler) {
+        guard handler.serverLogin == nil, ObjectIdentifier(handler) == openedConnection, let login = machine.serverLogin else { return }
+        handler.serverLogin = login
+        handler.serverChallenge = machine.serverChallenge
     }
 }

@@ -65,6 +65,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
     var timers = ConnectionTimers()
     /// A server connection is being opened (the login timeout then blames the server).
     var connectingToBackend = false
+    /// The server connection this session opened (and the proxy logged in, under proxy auth):
+    /// the one the machine's login and challenge describe.
+    var openedConnection: ObjectIdentifier?
     /// Multiplexing: the login whose connections this session shares, and the login whose
     /// connection count a connection being opened joins.
     var multiplexKey: CorePool.Key?
@@ -175,6 +178,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
         connection.client.src = described.client.map(ScriptAddress.init)
         connection.client.dst = (proxyProtocolEndpoints?.destination ?? context.channel.localAddress).map(ScriptAddress.init)
         connection.counters = counters
+        if sweeper?.corePool != nil {
+            connection.corePooled = { [weak self] in self?.corePooledForScript($0) }
+        }
         connection.timesHooks = shared.recording != .off
         switch engine.startConnection(host: connection) {
         case .success(let script):

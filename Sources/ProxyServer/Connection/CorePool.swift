@@ -261,6 +261,15 @@ final class CorePool {
         return .none
     }
 
+    /// A connection for `key` whose reset is done, if any (a script's `backend_ndx`, which does
+    /// not wait).
+    func takeReady(_ key: Key) -> Entry? {
+        guard let entry = entries[key]?.first(where: { $0.ready }) else { return nil }
+        remove(entry)
+        shared.count("checkout_hit", backend: key.backend)
+        return entry
+    }
+
     /// Keeps a server connection whose client quit, and starts its reset; false when the pool is
     /// full (the caller closes it).
     func keep(_ handler: BackendChannelHandler, backend: Int, login: ConnectionMachine.ServerLogin, challenge: [UInt8],

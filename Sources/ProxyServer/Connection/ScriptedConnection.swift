@@ -59,6 +59,9 @@ final class ScriptedConnection: ScriptConnectionHost {
     private(set) var swap: Swap?
     /// Lines for the connection's log, made while the hook ran.
     private(set) var notes: [(Logger.Level, String)] = []
+    /// Under proxy auth: a ready connection of this session's login to a backend from the core
+    /// pool, for a `backend_ndx` the script's pool cannot serve.
+    var corePooled: ((Int) -> ServerConnectionPool.Parked?)?
 
     init(connectionID: UInt64, pool: ServerConnectionPool?, backends: BackendPool, resetPooledConnections: Bool, resultsetBufferLimit: Int) {
         self.connectionID = connectionID
@@ -192,7 +195,7 @@ final class ScriptedConnection: ScriptConnectionHost {
             return
         }
         let key = ServerConnectionPool.Key(backend: target, user: client.username, capabilities: capabilities)
-        guard let pool, let parked = pool.take(key) else {
+        guard let parked = pool?.take(key) ?? corePooled?(target) else {
             notes.append((.info, "proxy.connection.backend_ndx = \(index): no idle connection of user '\(client.username)' to that backend in the pool; staying \(current.map { "on backend \($0 + 1)" } ?? "without a server")"))
             return
         }

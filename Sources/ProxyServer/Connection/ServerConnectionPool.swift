@@ -64,8 +64,13 @@ final class ServerConnectionPool {
     /// The connection parked longest ago for `key`, if any (as MySQL Proxy's pool hands them
     /// out: connections take turns, so none idles into the server's wait_timeout).
     func take(_ key: Key) -> Parked? {
-        guard var list = idle[key], !list.isEmpty else { return nil }
-        let connection = list.removeFirst()
+        take(key, where: { _ in true })
+    }
+
+    /// The connection parked longest ago for `key` that `matches`, if any.
+    func take(_ key: Key, where matches: (Parked) -> Bool) -> Parked? {
+        guard var list = idle[key], let index = list.firstIndex(where: matches) else { return nil }
+        let connection = list.remove(at: index)
         idle[key] = list.isEmpty ? nil : list
         connection.handler.parkedIn = nil
         backends.idleChanged(loop: loopID, backend: key.backend, user: key.user, by: -1)

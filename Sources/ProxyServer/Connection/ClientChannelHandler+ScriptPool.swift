@@ -1,0 +1,76 @@
+import NIOCore
+import ProxyCore
+import ProxyScripting
+
+// MARK: - the scripts' pool (backend_ndx) and the core pool, under --proxy-auth=proxy
+
+// A script that pools (MySQL Proxy's rw-splitting and ro-pooling: `backend_ndx = 0` after the
+// login and after each statement) keeps the server connections the proxy logged in in its own
+// pool, keyed by user. Both pools serve the same logins: a login whose core pool is empty takes
+// a connection of the same login from the script's pool, and a script that finds its pool empty
+// for a backend takes a ready connection of its login from the core pool. Either way the
+// connection is reset before the session uses it, and no login reaches the server.
+
+extension ClientChannelHandler {
+    /// A login the core pool could not serve: a connection made for the same login (user,
+    /// password, database, character set, capabilities, TLS, compression, account) that a script
+    /// gave its pool serves it, reset first. False when there is none.
+    func takeFromScriptPool(_ index: Int, _ login: ConnectionMachine.ServerLogin) -> Bool {
+        guard let pool = sweeper?.serverPool, pool.count > 0 else { return false }
+        let wanted = CorePool.Key(backend: index, login: login)
+        let key = ServerConnectionPool.Key(backend: index, user: login.user, capabilities: machine.session.capabilities.intersection(.sessionAffecting))
+        guard let parked = pool.take(key, where: { parked in
+            parked.handler.serverLogin.map { CorePool.Key(backend: index, login: $0) == wanted } == true
+                && ServerConnectionPool.serverResetsSessions(parked.server.versionString)
+        }) else { return false }
+        shared.backends.probeAbandoned(index)
+        let handler = parked.handler
+        handler.owner = self
+        backend = handler
+        backendIndex = index
+        described.backend = parked.address
+        described.backendTLS = parked.server.ssl
+        shared.backends.clientAttached(index)
+        if let context { handler.setReadsPaused(!context.channel.isWritable) }
+        // the session that used it last may have left anything: COM_RESET_CONNECTION in front of
+        // this client's first command, as for a connection from the core pool
+        handler.resetSession(flushNow: false)
+        publish()
+        log(.debug, "took a connection of the same login from the script's pool (backend \(index + 1))")
+        var local = false
+        if case .unix = parked.address { local = true }
+        run(machine.pooledServerAttached(backendTLS: parked.server.ssl != nil, localSocket: local))
+        return true
+    }
+
+    /// `backend_ndx = index` found no idle connection of this user in the script's pool: a ready
+    /// connection of this session's login in the core pool, described for the script.
+    func corePooledForScript(_ index: Int) -> ServerConnectionPool.Parked? {
+        guard let pool = sweeper?.corePool, let login = machine.serverLogin,
+              let entry = pool.takeReady(CorePool.Key(backend: index, login: login)) else { return nil }
+        let handler = entry.handler
+        handler.serverChallenge = entry.reset.challenge
+        let server = serverInfo(handler)
+        // session 0: not this one, so it is reset when attached
+        return ServerConnectionPool.Parked(handler: handler,
+                                           key: ServerConnectionPool.Key(backend: index, user: login.user, capabilities: machine.session.capabilities.intersection(.sessionAffecting)),
+                                           status: .autocommit, server: server, address: entry.address, session: 0)
+    }
+
+    /// What a script sees of a server connection (`proxy.connection.server`): the session's
+    /// greeting, and the connection's addresses.
+    func serverInfo(_ handler: BackendChannelHandler) -> ScriptServerInfo {
+        var info = ScriptServerInfo()
+        if let greeting = machine.session.greeting {
+            info.threadID = greeting.connectionID
+            info.versionString = greeting.serverVersion
+            info.mysqldVersion = ScriptServerInfo.versionNumber(greeting.serverVersion)
+            info.scrambleBuffer = greeting.authPluginData
+        }
+        info.src = handler.localAddress.map(ScriptAddress.init)
+        info.dst = handler.remoteAddress.map(ScriptAddress.init)
+        info.ssl = described.backendTLS
+        info.compression = described.backendCompression
+        return info
+    }
+}
