@@ -288,6 +288,13 @@ def main():
                                        extra=tls_args + ["--proxy-auth=proxy", "--proxy-users-user=moon_bench_svc",
                                                          f"--proxy-pool-max={2 * a.threads}"],
                                        env=dict(os.environ, MOONPROXY_USERS_PASSWORD="bench svc")))
+        if not a.no_script_targets:
+            # a script on every command (the empty read_query of moon+empty) with the same pool:
+            # its sessions give their connections back too
+            targets.append(start_moonproxy(a.moonproxy, a.mariadb_port, first, name="moon+pool+lua",
+                                           extra=tls_args + ["--proxy-auth=proxy", "--proxy-users-user=moon_bench_svc",
+                                                             f"--proxy-pool-max={2 * a.threads}", f"--proxy-lua-script={HERE / 'bench_empty.lua'}"],
+                                           env=dict(os.environ, MOONPROXY_USERS_PASSWORD="bench svc")))
         time.sleep(1)  # the accounts are read
     if any(w.startswith("idle_clients_multiplex") for w in workloads):
         # the server takes the direct target's thousand connections; the moon+mx target shares a few
