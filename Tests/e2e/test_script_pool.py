@@ -121,3 +121,31 @@ end
     assert one(s1, "SELECT @s2") is None
     s1.close()
     assert status("Connections") - before <= 1 + 1 + 1
+
+
+def test_pools_of_both_kinds_across_pauses_past_their_timers(start_proxy):
+    """Time passing: rw-splitting's sessions and fresh logins, pausing past the core pool's idle
+    timeout and a pooled connection's lifetime, with the server killing the idle connections of
+    both pools in one pause: every statement is answered, and the proxy lives on."""
+    from test_time_passing import TIMERS, PAUSE
+    proxy = start(start_proxy, EXAMPLES / "rw-splitting.lua", *TIMERS, "--proxy-pool-idle-timeout=1",
+                  "--proxy-pool-max-lifetime=2", f"--proxy-backend-addresses=127.0.0.1:{MARIADB_PORT}",
+                  f"--proxy-read-only-backend-addresses={MARIADB_SOCKET}", backend=False)
+    clients = [pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN) for _ in range(3)]
+    for round in range(4):
+        # a fresh login first: after the kill it is what fills the script's pool again (a script's
+        # backend_ndx takes idle connections only, as MySQL Proxy's does)
+        fresh = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+        assert one(fresh, "SELECT @none") is None
+        fresh.close()
+        for i, c in enumerate(clients):
+            assert one(c, f"SELECT {round * 10 + i}") == round * 10 + i
+        if round == 1:
+            with root() as r, r.cursor() as cur:
+                cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'sp' AND COMMAND = 'Sleep'")
+                for (victim,) in cur.fetchall():
+                    cur.execute(f"KILL {victim}")
+        time.sleep(PAUSE)
+    assert proxy.proc.poll() is None, proxy.log()
+    for c in clients:
+        c.close()

@@ -68,6 +68,10 @@ def target_command(name, port, a, workdir):
     if name == "moon+pool":
         # the proxy authenticates clients itself and keeps their server connections (core pool)
         cmd += ["--proxy-auth=proxy", "--proxy-users-user=moon_bench_svc", "--proxy-pool-max=4"]
+    if name == "moon+mx":
+        # multiplexed sessions on one server connection: with --client-threads 2 or more, the
+        # connection changes hands at (nearly) every command, as with many mostly idle clients
+        cmd += ["--proxy-auth=proxy", "--proxy-users-user=moon_bench_svc", "--proxy-pool-max=1", "--proxy-multiplex"]
     if name == "moon+metrics":
         cmd.append(f"--metrics-address=127.0.0.1:{free_port()}")
     return cmd
@@ -81,11 +85,11 @@ def run_once(tool, target, workload, events, a, workdir):
                             env=dict(os.environ, MOONPROXY_USERS_PASSWORD="bench svc"))
     try:
         wait_for(port, timeout=120)
-        if target == "moon+pool":
+        if target in ("moon+pool", "moon+mx"):
             time.sleep(3)  # the accounts are read (under valgrind, slowly)
         args = WORKLOADS[workload]
         cmd = ["sysbench", args[0], "--mysql-host=127.0.0.1", f"--mysql-port={port}", "--mysql-user=root",
-               "--mysql-db=sbtest", "--tables=1", "--table-size=10000", "--threads=1", "--time=0",
+               "--mysql-db=sbtest", "--tables=1", "--table-size=10000", f"--threads={a.client_threads}", "--time=0",
                f"--events={events}", *args[1:], "run"]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         if r.returncode != 0:
@@ -114,6 +118,7 @@ def main():
     ap.add_argument("--targets", default="moonproxy,moon+empty,haproxy")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--tools", default="instructions,allocations,syscalls")
+    ap.add_argument("--client-threads", type=int, default=1, help="sysbench threads (moon+mx hands its connection over with 2)")
     ap.add_argument("--baseline", help="another moonproxy binary, measured as the targets 'before' and 'before+empty'")
     a = ap.parse_args()
     workdir = Path(a.workdir)
@@ -148,7 +153,7 @@ def main():
                 print(f"{workload:18} {target:12} {tool:12} {per:12.1f} per {UNITS[workload]}  ({time.time() - started:.0f} s)",
                       file=sys.stderr, flush=True)
 
-    print(f"\nMoonProxy cost per event: (X(2N) - X(N)) / N with N = {a.events}, one sysbench thread, one event thread")
+    print(f"\nMoonProxy cost per event: (X(2N) - X(N)) / N with N = {a.events}, {a.client_threads} sysbench thread(s), one event thread")
     print(f"{'workload':18} {'target':12} " + " ".join(f"{t:>14}" for t in tools) + "   " +
           " ".join(f"{t + '/haproxy':>22}" for t in tools if "haproxy" in targets))
     for workload in workloads:
