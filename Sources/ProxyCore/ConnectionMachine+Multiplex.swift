@@ -122,7 +122,7 @@ extension ConnectionMachine {
             // the session's binary prepared statements are not on this connection (unless shared)
             tracking!.statements.connectionChanged(statements)
         }
-        if let previous, own || previous.sameServerState(as: tracking!.state) {
+        if let previous, own || previous.sameServerState(as: tracking!.state, loginDatabase: tracking!.loginDatabase) {
             tracking!.enabled = true  // as the session left it, or as good
         } else {
             tracking!.statements.server = ServerStatements()  // (reset, or new)
@@ -168,9 +168,11 @@ extension ConnectionMachine {
 extension SessionState {
     /// Whether a server connection left in this state serves a session in `other` as it is: the
     /// same schema, variables and transaction characteristics (nothing pinned on either). The
-    /// prepared statements left on it are shared (`ServerStatements`).
-    public func sameServerState(as other: SessionState) -> Bool {
-        guard schema == other.schema, transactionCharacteristics == other.transactionCharacteristics,
+    /// prepared statements left on it are shared (`ServerStatements`). A schema nobody chose
+    /// (nil) is the login's `loginDatabase`: a session that took a pooled connection knows none,
+    /// one whose connection was brought to its state learned it from the server (the same one).
+    public func sameServerState(as other: SessionState, loginDatabase: String) -> Bool {
+        guard (schema ?? loginDatabase) == (other.schema ?? loginDatabase), transactionCharacteristics == other.transactionCharacteristics,
               variables.count == other.variables.count, userVariables.count == other.userVariables.count, lastInsertID == other.lastInsertID,
               pins.isEmpty, other.pins.isEmpty else { return false }
         for v in variables where other.value(of: v.name) != v.value { return false }

@@ -60,6 +60,25 @@ struct MultiplexTests {
         #expect(d.run(d.machine.multiplexedServerAttached(previous: SessionState(), own: true)).toBackend == Wire.query("SELECT 2"))
     }
 
+    /// A session that took a pooled connection knows no schema (nil: its login's); one whose
+    /// connection was brought to its state learned the same schema from the server. Taken for
+    /// different states, every hand-over between two such sessions sent the trackers and a USE
+    /// in front of the command (sysbench's sessions, all logged into one database).
+    @Test func aSchemaNobodyChoseIsTheLoginDatabase() {
+        var learned = SessionState()
+        learned.apply([.string(.schema, "sbtest")], status: .autocommit)
+        #expect(learned.schema == "sbtest")
+        let fresh = SessionState()
+        #expect(learned.sameServerState(as: fresh, loginDatabase: "sbtest"))
+        #expect(fresh.sameServerState(as: learned, loginDatabase: "sbtest"))
+        #expect(!learned.sameServerState(as: fresh, loginDatabase: "other"))
+        #expect(!learned.sameServerState(as: fresh, loginDatabase: ""))
+        var elsewhere = SessionState()
+        elsewhere.apply([.string(.schema, "other")], status: .autocommit)
+        #expect(!elsewhere.sameServerState(as: learned, loginDatabase: "sbtest"))
+        #expect(!elsewhere.sameServerState(as: fresh, loginDatabase: "sbtest"))
+    }
+
     @Test func aRestoreTheServerRefusesEndsTheSessionWithANamedError() throws {
         var d = Self.session()
         d.run(d.machine.parkRequested())

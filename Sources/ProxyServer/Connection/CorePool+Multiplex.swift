@@ -39,7 +39,7 @@ extension CorePool {
         if let list = entries[key] {
             let idle = list.lazy.filter { $0.ready }
             let pick = idle.first { $0.parkedBy == id }
-                ?? state.flatMap { s in idle.first { $0.parkedState?.sameServerState(as: s) == true } }
+                ?? state.flatMap { s in idle.first { $0.parkedState?.sameServerState(as: s, loginDatabase: key.database) == true } }
                 ?? idle.first
             if let pick {
                 remove(pick)
