@@ -573,3 +573,43 @@ def test_migrate_moves_one_session_and_it_stays(start_proxy):
             s.close()
     finally:
         second.stop()
+
+
+def test_what_a_waiting_session_sends_waits_its_turn_in_order(start_proxy):
+    """A session waiting for the one server connection (another holds it in a transaction) gets
+    commands pipelined behind its first one and more sent while it waits: all are answered, in
+    order, once the connection comes (the proxy stops reading such a client only when bytes come
+    while it waits, and holds them)."""
+    import struct
+    from rawclient import RawClient
+    proxy = start(start_proxy, 1)
+    b = RawClient("127.0.0.1", proxy.port, user="mx", password="mx pw")
+    assert [r[0] for r in b.query_rows("SELECT 'warm'")] == [b"warm"]
+    a = pymysql.connect(host="127.0.0.1", port=proxy.port, user="mx", password="mx pw", autocommit=True)
+    with a.cursor() as cur:
+        cur.execute("BEGIN")  # a holds the one connection now
+        cur.execute("SELECT 0")
+
+    def query(sql):
+        body = b"\x03" + sql.encode()
+        return struct.pack("<I", len(body))[:3] + b"\x00" + body
+    b.sock.sendall(query("SELECT 1") + query("SELECT 2"))
+    time.sleep(0.4)
+    b.sock.sendall(query("SELECT 3"))
+    time.sleep(0.4)
+    b.sock.sendall(query("SELECT 4") + query("SELECT 5"))
+    time.sleep(0.2)
+    with a.cursor() as cur:
+        cur.execute("COMMIT")  # the connection goes to b
+    values = []
+    for _ in range(5):
+        count = b.read_packet()
+        assert count == b"\x01", count
+        b.read_packet()  # the column
+        assert b.read_packet()[0] == 0xFE  # EOF
+        values.append(b.read_packet()[1:].decode())
+        assert b.read_packet()[0] == 0xFE  # EOF
+    assert values == ["1", "2", "3", "4", "5"]
+    assert [r[0] for r in b.query_rows("SELECT 6")] == [b"6"]
+    b.close()
+    a.close()

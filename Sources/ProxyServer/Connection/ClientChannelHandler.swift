@@ -40,6 +40,12 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// Reads from the client are on; the machine wants them (`.readFromClient`).
     private var readingFromClient = true
     private var clientReadsWanted = true
+    /// The channel's autoRead: a multiplexed session's pauses leave it on until bytes come
+    /// while paused (`heldFromClient`).
+    private var socketReads = true
+    /// Client bytes that came while a multiplexed session's reads were paused: the machine
+    /// gets them when reads resume, ahead of anything read after them.
+    private var heldFromClient: ByteBuffer?
     var flushPending = false
     /// The machine closed the connection (its last bytes may still be on their way); the
     /// channels are gone.
@@ -199,8 +205,18 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         timers.clientSpoke = true
-        let chunk = unwrapInboundIn(data)
+        var chunk = unwrapInboundIn(data)
         counters.add(.bytesFromClients, chunk.readableBytes)
+        if !readingFromClient && socketReads || heldFromClient != nil {
+            // paused lazily (or held bytes wait for their turn): these wait too, and the socket
+            // stops being read now
+            if heldFromClient == nil { heldFromClient = chunk } else { heldFromClient!.writeBuffer(&chunk) }
+            if socketReads && !readingFromClient {
+                socketReads = false
+                try? context.channel.syncOptions?.setOption(.autoRead, value: false)
+            }
+            return
+        }
         if stampsTime { machine.now = NIODeadline.now().uptimeNanoseconds }
         run(machine.clientDataReceived(chunk))
     }
@@ -214,6 +230,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         // directly, by the connection's end, not by a TLS close_notify it reads only later.
         // A client that leaves between commands leaves a server connection the script may pool.
         callDisconnectHook()
+        if let held = heldFromClient.take(), !closed { run(machine.clientDataReceived(held)) }
         run(machine.clientClosed())
         finish()
         context.fireChannelInactive()
@@ -267,12 +284,38 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     /// Reads from the client only when the machine wants them and the backend keeps up.
+    ///
+    /// A multiplexed session pauses at nearly every command while it waits for a server
+    /// connection, and its client seldom sends anything meanwhile: the pause leaves the socket
+    /// read until bytes come (channelRead holds them and stops it), since turning the channel's
+    /// autoRead off and on again costs about 10,000 instructions per command. Other sessions
+    /// pause the socket at once: bytes behind a TLS or compression start must stay in it.
     private func updateClientReading() {
         let wanted = clientReadsWanted && (backend?.isWritable ?? true)
         guard wanted != readingFromClient, let context, !closed else { return }
         readingFromClient = wanted
-        try? context.channel.syncOptions?.setOption(.autoRead, value: wanted)
-        if wanted { BackendChannelHandler.requestRead(context) }  // see BackendChannelHandler.setReadsPaused
+        if !wanted {
+            guard multiplexKey == nil else { return }
+            socketReads = false
+            try? context.channel.syncOptions?.setOption(.autoRead, value: false)
+            return
+        }
+        guard !socketReads || heldFromClient != nil else { return }  // (paused lazily, and nothing came)
+        if !socketReads {
+            socketReads = true
+            try? context.channel.syncOptions?.setOption(.autoRead, value: true)
+        }
+        // Made once this call stack is done, since what it delivers comes back here: the bytes
+        // held meanwhile first (what is read before that waits behind them), then a read request
+        // through the pipeline (see BackendChannelHandler.setReadsPaused).
+        context.eventLoop.assumeIsolated().execute { [self] in
+            guard !self.closed, let context = self.context, context.channel.isActive, self.readingFromClient else { return }
+            if let held = self.heldFromClient.take() {
+                if self.stampsTime { self.machine.now = NIODeadline.now().uptimeNanoseconds }
+                self.run(self.machine.clientDataReceived(held))
+            }
+            if self.readingFromClient && self.socketReads && self.heldFromClient == nil { context.read() }
+        }
     }
 
     // MARK: backend channel events (called by BackendChannelHandler)
