@@ -362,15 +362,13 @@ extension ConnectionMachine {
     /// the proxy logged it in and nothing is on its way.
     /// (`quitting`: the client's COM_QUIT was taken, and nothing of it went to the server.)
     func releasesServer(quitting: Bool) -> Bool {
-        guard configuration.poolsServers, own?.login != nil else { return false }
-        let idle = (tracker.clientPhase == .command || tracker.clientPhase == .quit) && !tracker.isAwaitingResponse
-            && fromServer.isAtPacketBoundary && (quitting || fromClient.isAtPacketBoundary)
         switch state {
         case .relaying:
-            return idle
+            return mayRelease(quitting: quitting)
         case .exchanging(let box):
             // a script's session: between commands, with a server connection the script kept
-            return idle && box.read { $0.hasServer && !$0.step.isActive && $0.queue.isEmpty && $0.serverCollector.isEmpty }
+            return mayRelease(quitting: quitting)
+                && box.read { $0.hasServer && !$0.step.isActive && $0.queue.isEmpty && $0.serverCollector.isEmpty }
         default:
             return false
         }
@@ -379,8 +377,13 @@ extension ConnectionMachine {
     /// A script's session whose COM_QUIT the script let through: its server connection may go
     /// back to the pool instead of ending (`exchange` is out of the state while it runs).
     func exchangeReleasesServer(_ exchange: borrowing Exchange) -> Bool {
-        configuration.poolsServers && own?.login != nil && exchange.hasServer && exchange.injections.isEmpty
-            && exchange.serverCollector.isEmpty && tracker.clientPhase == .command && !tracker.isAwaitingResponse
-            && fromServer.isAtPacketBoundary
+        mayRelease(quitting: true) && exchange.hasServer && exchange.injections.isEmpty && exchange.serverCollector.isEmpty
+    }
+
+    /// Pooling is on, the proxy logged the connection in, and no response is on its way.
+    private func mayRelease(quitting: Bool) -> Bool {
+        configuration.poolsServers && own?.login != nil
+            && (tracker.clientPhase == .command || tracker.clientPhase == .quit) && !tracker.isAwaitingResponse
+            && fromServer.isAtPacketBoundary && (quitting || fromClient.isAtPacketBoundary)
     }
 }

@@ -30,17 +30,8 @@ extension ClientChannelHandler {
         }
         scripted.client.username = session.username
         scripted.client.defaultDB = session.database ?? ""
-        if scripted.attached == nil, backend != nil, let greeting = session.greeting {
-            var info = ScriptServerInfo()
-            info.threadID = greeting.connectionID
-            info.versionString = greeting.serverVersion
-            info.mysqldVersion = ScriptServerInfo.versionNumber(greeting.serverVersion)
-            info.scrambleBuffer = greeting.authPluginData
-            info.src = backend?.localAddress.map(ScriptAddress.init)
-            info.dst = backend?.remoteAddress.map(ScriptAddress.init)
-            info.ssl = described.backendTLS
-            info.compression = described.backendCompression
-            scripted.attached = info
+        if scripted.attached == nil, let backend, session.greeting != nil {
+            scripted.attached = serverInfo(backend)
         }
         if backend != nil {
             scripted.attached?.username = session.username

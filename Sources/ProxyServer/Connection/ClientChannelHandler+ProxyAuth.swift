@@ -152,27 +152,35 @@ extension ClientChannelHandler {
     }
 
     func attachCorePooled(_ entry: CorePool.Entry, _ index: Int) {
-        shared.backends.probeAbandoned(index)
         let handler = entry.handler
-        handler.owner = self
         handler.serverChallenge = entry.reset.challenge
-        backend = handler
-        backendIndex = index
-        described.backend = entry.address
-        shared.backends.clientAttached(index)
-        if let context { handler.setReadsPaused(!context.channel.isWritable) }
-        // The session was reset when its last client quit; COM_RESET_CONNECTION, in front of this
-        // client's first command on the wire, gives it the server's global settings as they are
-        // now, as a fresh login would (a SET GLOBAL since the connection came back counts).
         // (a connection a multiplexed session gave up keeps the schema that session chose)
         let schema = entry.parkedState?.schema
         let login = handler.serverLogin
         let database = schema != nil && schema != login?.database && login?.database.isEmpty == false ? login?.database : nil
+        if let login { replenishPool(entry.key, login) }
+        attachLoggedIn(handler, index, address: entry.address, backendTLS: entry.backendTLS, localSocket: entry.localSocket,
+                       database: database, note: "took a pooled server connection to backend \(index + 1)")
+    }
+
+    /// Attaches a connection logged in as this session's login, which another session used: the
+    /// session was reset when its last client quit; COM_RESET_CONNECTION (+ COM_INIT_DB of
+    /// `database`), in front of this client's first command on the wire, gives it the server's
+    /// global settings as they are now, as a fresh login would (a SET GLOBAL since counts). The
+    /// machine answers the client's login.
+    func attachLoggedIn(_ handler: BackendChannelHandler, _ index: Int, address: ProxyAddress, backendTLS: Bool, localSocket: Bool,
+                        database: String? = nil, note: @autoclosure () -> String) {
+        shared.backends.probeAbandoned(index)
+        handler.owner = self
+        backend = handler
+        backendIndex = index
+        described.backend = address
+        shared.backends.clientAttached(index)
+        if let context { handler.setReadsPaused(!context.channel.isWritable) }
         handler.resetSession(flushNow: false, database: database)
-        if let login = handler.serverLogin { replenishPool(entry.key, login) }
         publish()
-        log(.debug, "took a pooled server connection to backend \(index + 1)")
-        run(machine.pooledServerAttached(backendTLS: entry.backendTLS, localSocket: entry.localSocket))
+        log(.debug, "\(note())")
+        run(machine.pooledServerAttached(backendTLS: backendTLS, localSocket: localSocket))
     }
 
     /// The client quit: its server connection, which the proxy logged in, goes to the core pool

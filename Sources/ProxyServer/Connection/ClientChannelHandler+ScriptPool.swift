@@ -18,28 +18,16 @@ extension ClientChannelHandler {
     func takeFromScriptPool(_ index: Int, _ login: ConnectionMachine.ServerLogin) -> Bool {
         guard let pool = sweeper?.serverPool, pool.count > 0 else { return false }
         let wanted = CorePool.Key(backend: index, login: login)
-        let key = ServerConnectionPool.Key(backend: index, user: login.user, capabilities: machine.session.capabilities.intersection(.sessionAffecting))
-        guard let parked = pool.take(key, where: { parked in
+        guard let parked = pool.take(scriptPoolKey(index, login), where: { parked in
             parked.handler.serverLogin.map { CorePool.Key(backend: index, login: $0) == wanted } == true
                 && ServerConnectionPool.serverResetsSessions(parked.server.versionString)
         }) else { return false }
-        shared.backends.probeAbandoned(index)
-        let handler = parked.handler
-        handler.owner = self
-        backend = handler
-        backendIndex = index
-        described.backend = parked.address
+        // the session that used it last may have left anything: reset as one from the core pool
         described.backendTLS = parked.server.ssl
-        shared.backends.clientAttached(index)
-        if let context { handler.setReadsPaused(!context.channel.isWritable) }
-        // the session that used it last may have left anything: COM_RESET_CONNECTION in front of
-        // this client's first command, as for a connection from the core pool
-        handler.resetSession(flushNow: false)
-        publish()
-        log(.debug, "took a connection of the same login from the script's pool (backend \(index + 1))")
         var local = false
         if case .unix = parked.address { local = true }
-        run(machine.pooledServerAttached(backendTLS: parked.server.ssl != nil, localSocket: local))
+        attachLoggedIn(parked.handler, index, address: parked.address, backendTLS: parked.server.ssl != nil, localSocket: local,
+                       note: "took a connection of the same login from the script's pool (backend \(index + 1))")
         return true
     }
 
@@ -53,8 +41,13 @@ extension ClientChannelHandler {
         let server = serverInfo(handler)
         // session 0: not this one, so it is reset when attached
         return ServerConnectionPool.Parked(handler: handler,
-                                           key: ServerConnectionPool.Key(backend: index, user: login.user, capabilities: machine.session.capabilities.intersection(.sessionAffecting)),
+                                           key: scriptPoolKey(index, login),
                                            status: .autocommit, server: server, address: entry.address, session: 0)
+    }
+
+    /// Where the script's pool keeps this session's connections to backend `index`.
+    func scriptPoolKey(_ index: Int, _ login: ConnectionMachine.ServerLogin) -> ServerConnectionPool.Key {
+        ServerConnectionPool.Key(backend: index, user: login.user, capabilities: machine.session.capabilities.intersection(.sessionAffecting))
     }
 
     /// What a script sees of a server connection (`proxy.connection.server`): the session's

@@ -244,16 +244,8 @@ final class CorePool {
     /// A connection for `key`: one that is ready, else one whose reset runs and nobody waits
     /// for, else none.
     func take(_ key: Key) -> Taken {
-        guard let list = entries[key] else {
-            shared.count("checkout_miss", backend: key.backend)
-            return .none
-        }
-        if let entry = list.first(where: { $0.ready }) {
-            remove(entry)
-            shared.count("checkout_hit", backend: key.backend)
-            return .ready(entry)
-        }
-        if let entry = list.first(where: { $0.waiter == nil }) {
+        if let entry = takeReady(key) { return .ready(entry) }
+        if let entry = entries[key]?.first(where: { $0.waiter == nil }) {
             shared.count("checkout_waited", backend: key.backend)
             return .resetting(entry)
         }
@@ -261,8 +253,8 @@ final class CorePool {
         return .none
     }
 
-    /// A connection for `key` whose reset is done, if any (a script's `backend_ndx`, which does
-    /// not wait).
+    /// A connection for `key` whose reset is done, if any (a script's `backend_ndx` takes only
+    /// these: it does not wait).
     func takeReady(_ key: Key) -> Entry? {
         guard let entry = entries[key]?.first(where: { $0.ready }) else { return nil }
         remove(entry)
