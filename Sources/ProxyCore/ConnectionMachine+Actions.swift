@@ -165,6 +165,10 @@ extension ConnectionMachine {
         case released
         /// Another connection of the pool, logged in already, is in use now.
         case replaced(status: ServerStatus)
+        /// `proxy.connection:migrate(n)`: a connection of the session's login on another backend
+        /// is in use now, to be brought to the session's state. `previous`: the state another
+        /// session left it in (nil: reset, or new).
+        case migrated(previous: SessionState?)
     }
 
     /// What the machine counted, for the handler to add to the loop's statistics (and reset).

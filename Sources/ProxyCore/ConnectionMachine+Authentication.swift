@@ -86,7 +86,9 @@ extension ConnectionMachine {
         let hooks = configuration.hooks
         let scripted = !hooks.isDisjoint(with: Self.commandHooks)
         let compressionPending = start.client == nil && start.backend == nil ? nil : start
-        if shift != 0 || secretGuard != nil || compressionPending != nil || hooks.contains(.readAuthResult) {
+        // (a tracked script's session takes the verdict whole too: written for the client's
+        // trackers, and the proxy's trackers on behind it, +ExchangeTracking)
+        if shift != 0 || secretGuard != nil || compressionPending != nil || hooks.contains(.readAuthResult) || (scripted && tracking != nil) {
             let max = configuration.maximumPacketLength
             state = .authenticating(Authentication(
                 shift: shift, secretGuard: secretGuard, compression: compressionPending, interceptsVerdict: hooks.contains(.readAuthResult),
@@ -228,14 +230,15 @@ extension ConnectionMachine {
                 noteClose(.authFailed)
             }
         }
+        var unused = Output()  // (a migration, which sends, is read_query's only)
         if let change = result.serverChange, case .exchange(var exchange) = auth.afterLogin {
             // The script gave the server connection to the pool (or took another) after the OK.
-            applyServerChange(change, to: &exchange)
+            applyServerChange(change, to: &exchange, &unused)
             auth.afterLogin = .exchange(exchange)
             auth.serverCollector.reset()
         } else if let change = result.serverChange {
             var exchange = Exchange(hasServer: true, maximumPacketLength: configuration.maximumPacketLength)
-            applyServerChange(change, to: &exchange)
+            applyServerChange(change, to: &exchange, &unused)
             auth.afterLogin = .exchange(exchange)
             auth.serverCollector.reset()
         }
@@ -288,7 +291,9 @@ extension ConnectionMachine {
             if ok, let trackers = enableTrackers() { emit(.write(toClient: nil, toBackend: trackers)) }
             if serverRest.readableBytes > 0 { emit(relayFromServer(serverRest)) }
         case .exchange(var exchange):
-            // the commands that waited for the verdict go to the script now
+            // the commands that waited for the verdict go to the script now (once the trackers
+            // are on, where the session is tracked)
+            if ok, exchange.hasServer, let trackers = enableTrackers() { emit(.write(toClient: nil, toBackend: trackers)) }
             if serverRest.readableBytes > 0, exchange.hasServer { exchange.serverCollector.append(serverRest) }
             resumeExchange(exchange)
         }

@@ -380,7 +380,7 @@ extension ConnectionMachine {
         if c.packet.payload.getInteger(at: c.packet.payload.readerIndex, as: UInt8.self) == CommandCode.query.rawValue {
             counts.queries += 1
         }
-        if exchange.step.isActive || !exchange.queue.isEmpty || pipelinedBehindLogin {
+        if exchange.step.isActive || !exchange.queue.isEmpty || pipelinedBehindLogin || awaitsOwnAnswers {
             // One command at a time, and none before the login (or COM_CHANGE_USER) has its
             // verdict: each goes through read_query in order, as the session it runs in.
             exchange.queue.append(c)
@@ -393,7 +393,8 @@ extension ConnectionMachine {
     /// Starts the commands that waited, as long as each is done at once (answered by the script),
     /// once no authentication awaits its verdict.
     mutating func drainQueue(_ exchange: inout Exchange, _ out: inout Output) -> Flow {
-        while !exchange.step.isActive, !isClosed, !(exchange.hasServer && tracker.clientPhase == .authentication), !exchange.queue.isEmpty {
+        while !exchange.step.isActive, !isClosed, !(exchange.hasServer && tracker.clientPhase == .authentication), !exchange.queue.isEmpty,
+              !awaitsOwnAnswers {
             let next = exchange.queue.removeFirst()
             guard startCommand(&exchange, next, &out) == .proceed else { return .halt }
         }
@@ -493,6 +494,11 @@ extension ConnectionMachine {
         exchange.responseFirstByte = nil
         command.collect = nil
         command.sent = 1
+        if tracking != nil {
+            exchangeCommandSent(command.packet)
+            command.collect = .shift  // taken packet by packet, its OKs read (+ExchangeTracking)
+            command.shift = 0
+        }
         if case .command(_, .none) = kind {
             return finishCommand(&exchange, command, &out)
         }

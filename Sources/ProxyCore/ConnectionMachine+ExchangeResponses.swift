@@ -9,6 +9,7 @@ extension ConnectionMachine {
     mutating func exchangeServerChunk(_ exchange: inout Exchange, _ chunk: ByteBuffer, _ out: inout Output) -> Flow {
         recordResponseBytes(chunk.readableBytes)
         guard exchange.hasServer else { return .proceed }  // a server swapped out while its bytes were on the way
+        if awaitsOwnAnswers { return exchangeOwnAnswers(&exchange, chunk, &out) }
         if exchange.step.collects {
             return collectResponse(&exchange, chunk, &out)
         }
@@ -68,10 +69,14 @@ extension ConnectionMachine {
     /// `chunk` nil: carry on with what the collector holds already.
     mutating func collectResponse(_ exchange: inout Exchange, _ chunk: ByteBuffer?, _ out: inout Output) -> Flow {
         if let chunk { exchange.serverCollector.append(chunk) }
+        if awaitsOwnAnswers { return exchangeOwnAnswers(&exchange, ByteBuffer(), &out) }
         do {
             while case .running(var command) = exchange.step, let collect = command.collect, let c = try exchange.serverCollector.next() {
-                let payload = c.packet.payload
+                tracker.lastOKStatus = nil
                 let kind = try tracker.serverPacketStarted(c.start)
+                var packet = c.packet
+                if tracking != nil, let written = exchangeServerPacket(packet.payload, kind) { packet.payload = written }
+                let payload = packet.payload
                 if exchange.responseFirstByte == nil && kind != .progress {
                     exchange.responseFirstByte = payload.getInteger(at: payload.readerIndex, as: UInt8.self) ?? 0
                     exchange.injected?.firstPacketAt = now / 1000
@@ -81,8 +86,8 @@ extension ConnectionMachine {
                 if case .progress = kind {
                     // MariaDB's progress report: the client may see it, a buffered result does not keep it
                     if collect == .shift {
-                        let seq = c.packet.sequenceID &+ command.shift
-                        out.client(Self.framed(c.packet, sequenceID: seq))
+                        let seq = packet.sequenceID &+ command.shift
+                        out.client(Self.framed(packet, sequenceID: seq))
                         nextSequenceToClient = seq &+ 1
                     }
                     continue
@@ -95,16 +100,15 @@ extension ConnectionMachine {
                     return halt(refuse(.localInfileRefused("the server asked for a local file in answer to a statement that loads none (MoonProxy)"),
                                        sequenceID: nextSequenceToClient, before: out.toClient.take(), reason: reason), &out)
                 }
-                if kind == .localInfileRequest || kind == .authenticationStep, let injection = exchange.injected,
-                   collect == .shift || (command.sent == 0 && injection.injection.packet == command.packet),
-                   kind == .authenticationStep ? injection.injection.command == .changeUser : (command.code == .query && !command.uploadRelayed) {
+                if kind == .localInfileRequest || kind == .authenticationStep,
+                   Self.clientAnswers(kind, command, collect: collect, exchange.injected) {
                     // The statement whose result the client gets, or the client's own one whose
                     // result the script looks at: the client has the file and uploads it, or has
                     // the password and answers the server's authentication step; the result
                     // comes after.
                     if kind == .localInfileRequest { command.uploadRelayed = true }
-                    let seq = c.packet.sequenceID &+ command.shift
-                    out.client(Self.framed(c.packet, sequenceID: seq))
+                    let seq = packet.sequenceID &+ command.shift
+                    out.client(Self.framed(packet, sequenceID: seq))
                     nextSequenceToClient = seq &+ 1
                     exchange.step = .running(command)
                     continue
@@ -113,7 +117,7 @@ extension ConnectionMachine {
                     // The client knows nothing of this query and has no file for it: send none.
                     flush(&out)
                     emit(.log(.warning, "injected query \(exchange.injected?.injection.id ?? 0) asks for a LOCAL INFILE upload; it gets an empty file"))
-                    var seq = c.packet.sequenceID &+ 1
+                    var seq = packet.sequenceID &+ 1
                     let start = FrameScanner.PacketStart(header: PacketHeader(payloadLength: 0, sequenceID: seq), prefix: PacketPrefix())
                     var empty = ByteBuffer()
                     empty.writeMySQLPacket(ByteBuffer(), sequenceID: &seq)
@@ -133,12 +137,16 @@ extension ConnectionMachine {
                         }
                     }
                 case .shift:
-                    let seq = c.packet.sequenceID &+ command.shift
-                    out.client(Self.framed(c.packet, sequenceID: seq))
+                    let seq = packet.sequenceID &+ command.shift
+                    out.client(Self.framed(packet, sequenceID: seq))
                     nextSequenceToClient = seq &+ UInt8(truncatingIfNeeded: payload.readableBytes / PacketHeader.maxPayloadLength + 1)
                 }
                 exchange.step = .running(command)
                 if case .endOfResponse(let end) = kind {
+                    if tracking != nil, end.kind == .ok, (exchange.injected?.injection.command ?? command.code) == .resetConnection,
+                       let trackers = enableTrackers() {
+                        out.backend(trackers)  // the reset turned them off: on again before anything else
+                    }
                     guard responseEnded(&exchange, &command, end, &out) == .proceed,
                           drainQueue(&exchange, &out) == .proceed else { return .halt }
                 }
@@ -160,6 +168,18 @@ extension ConnectionMachine {
             exchange.serverCollector.reset()
         }
         return .proceed
+    }
+
+    /// Whether a server's LOCAL INFILE request or authentication step in a collected response is
+    /// the client's to answer: its own command's (a tracked exchange collects those too), or an
+    /// injection standing for it.
+    static func clientAnswers(_ kind: ResponseTracker.ServerPacket, _ command: Command, collect: Command.Collect,
+                              _ injected: InjectionOutcome?) -> Bool {
+        guard let injection = injected else {
+            return kind == .authenticationStep ? command.code == .changeUser : (command.code == .query && !command.uploadRelayed)
+        }
+        guard collect == .shift || (command.sent == 0 && injection.injection.packet == command.packet) else { return false }
+        return kind == .authenticationStep ? injection.injection.command == .changeUser : (command.code == .query && !command.uploadRelayed)
     }
 
     /// One response ended: the client's own command is done; an injection's result goes to
@@ -288,7 +308,7 @@ extension ConnectionMachine {
     mutating func exchangeHookReturned(_ exchange: inout Exchange, _ result: HookResult) {
         var out = Output()
         if result.closeRequested { exchange.closeRequested = true }
-        if let change = result.serverChange { applyServerChange(change, to: &exchange) }
+        if let change = result.serverChange { applyServerChange(change, to: &exchange, &out) }
         exchange.injections = result.queries
         let flow: Flow
         switch exchange.takeStep() {
@@ -311,7 +331,7 @@ extension ConnectionMachine {
     }
 
     /// The script swapped the server connection during a hook: the server side starts afresh.
-    mutating func applyServerChange(_ change: ServerChange, to exchange: inout Exchange) {
+    mutating func applyServerChange(_ change: ServerChange, to exchange: inout Exchange, _ out: inout Output) {
         let capabilities = session.capabilities.isEmpty ? [.protocol41] : session.capabilities
         switch change {
         case .released:
@@ -320,7 +340,15 @@ extension ConnectionMachine {
         case .replaced(let status):
             exchange.hasServer = true
             tracker = .commandPhase(capabilities: capabilities, status: status)
+            // a connection in a state the model does not know (+ExchangeTracking)
+            tracking?.state.pins.insert(.untracked)
+        case .migrated(let previous):
+            exchange.hasServer = true
+            tracker = .commandPhase(capabilities: capabilities, status: tracker.status)
+            tracking?.proxyResponses = []
+            if let restore = migratedServerAttached(previous: previous) { out.backend(restore) }
         }
+        if case .migrated = change {} else { tracking?.proxyResponses = [] }
         fromServer = FrameScanner()
         exchange.serverCollector.reset()
     }

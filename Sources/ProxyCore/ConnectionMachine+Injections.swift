@@ -126,6 +126,7 @@ extension ConnectionMachine {
             var seq: UInt8 = 0
             bytes.writeMySQLPacket(payload, sequenceID: &seq)
             out.backend(bytes)
+            if tracking != nil { exchangeCommandSent(payload) }
             if case .command(_, .none) = kind {
                 // COM_STMT_CLOSE and the like: no response, nothing to report
                 exchange.injections.removeFirst()
@@ -146,7 +147,7 @@ extension ConnectionMachine {
             if buffer {
                 command.collect = .buffer
             } else {
-                command.collect = command.shift == 0 ? nil : .shift
+                command.collect = command.shift == 0 && tracking == nil ? nil : .shift
                 command.sent += 1
             }
             exchange.step = .running(command)

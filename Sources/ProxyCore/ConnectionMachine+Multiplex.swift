@@ -58,6 +58,12 @@ extension ConnectionMachine {
                       sequenceID: 0, reason: reason)
     }
 
+    /// Whether the session takes part in multiplexing: tracked, and relayed (a script's session
+    /// with command hooks is tracked too, but holds its connection: +ExchangeTracking).
+    public var isMultiplexable: Bool {
+        tracking != nil && configuration.multiplexes && configuration.hooks.isDisjoint(with: Self.commandHooks)
+    }
+
     /// Whether the session has given its server connection up (or waits for one).
     public var isParked: Bool { (tracking?.attachment ?? .attached) != .attached }
     /// Whether a command of the session waits for a server connection.

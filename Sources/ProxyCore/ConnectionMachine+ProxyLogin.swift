@@ -209,10 +209,9 @@ extension ConnectionMachine {
         // the server link's compression as in the relay (--proxy-backend-compression: mirror the
         // client's by default)
         let compression = configuration.compression.backendCompression(client: plan.clientCompression, offered: greeting.capabilities)
-        if configuration.tracksSessions, ownLogin.credential != nil, greeting.capabilities.contains(.sessionTrack),
-           configuration.hooks.isDisjoint(with: Self.commandHooks), compression == nil {
-            // the proxy reads the session's state from the server's OK packets (+Tracking); not
-            // over a compressed server link (not multiplexed yet)
+        if configuration.tracksSessions, ownLogin.credential != nil, greeting.capabilities.contains(.sessionTrack), compression == nil {
+            // the proxy reads the session's state from the server's OK packets (+Tracking, and
+            // +ExchangeTracking in a script's session); not over a compressed server link
             capabilities.insert(.sessionTrack)
             beginTracking(loginDatabase: plan.response.database ?? "")
         }

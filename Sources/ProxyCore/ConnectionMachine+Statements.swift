@@ -220,7 +220,7 @@ extension ConnectionMachine {
     public var preparedStatementCount: Int { tracking?.statements.byClient.count ?? 0 }
 
     /// Whether statement ids are the session's own (multiplexing).
-    var remapsStatements: Bool { configuration.multiplexes && tracking != nil }
+    var remapsStatements: Bool { configuration.multiplexes && tracking != nil && configuration.hooks.isDisjoint(with: Self.commandHooks) }
 
     /// Keeps the statement pins in step (after the client's commands and the server's answers).
     static func updateStatementPins(_ t: inout Tracking) {

@@ -130,7 +130,7 @@ extension ConnectionMachine {
 
     /// Starts tracking for a login the proxy makes itself (with the credential it holds).
     mutating func beginTracking(loginDatabase: String) {
-        guard configuration.tracksSessions, configuration.hooks.isDisjoint(with: Self.commandHooks) else { return }
+        guard configuration.tracksSessions else { return }
         tracking = Tracking(state: SessionState(), clientTracks: session.capabilities.contains(.sessionTrack))
         tracking!.loginDatabase = loginDatabase
     }
@@ -373,22 +373,30 @@ extension ConnectionMachine {
         let unchanged = (start, end, Optional(combined.getSlice(at: combined.readerIndex + start, length: end - start)!))
         guard end - start > PacketHeader.size,
               let sequenceID = combined.getInteger(at: combined.readerIndex + start + 3, as: UInt8.self),
-              let payload = combined.getSlice(at: combined.readerIndex + start + PacketHeader.size, length: end - start - PacketHeader.size)
+              let payload = combined.getSlice(at: combined.readerIndex + start + PacketHeader.size, length: end - start - PacketHeader.size),
+              let written = trackedOK(payload, &t)
         else { return unchanged }
+        var framed = ByteBuffer()
+        var seq = sequenceID
+        framed.writeMySQLPacket(written, sequenceID: &seq)
+        return (start, end, framed)
+    }
+
+    /// An OK packet's payload (or an EOF standing for one) that reports session state: the state
+    /// goes into the model, and the payload comes back written for the client's own trackers
+    /// (nil: the client gets it unchanged).
+    static func trackedOK(_ payload: ByteBuffer, _ t: inout Tracking) -> ByteBuffer? {
         let tail: OKPacketTail
         do {
             tail = try OKPacketTail(parsing: payload)
         } catch {
             t.state.pins.insert(.untracked)
-            return unchanged
+            return nil
         }
         t.state.apply(tail.items, status: tail.status)
         if t.loginDatabase.isEmpty, t.state.schema?.isEmpty == false { t.state.pins.insert(.schemaWithoutLoginDatabase) }
         let kept = t.clientTracks ? tail.items.filter { t.state.clientTrackers.wants($0) } : []
-        if t.clientTracks && kept.count == tail.items.count { return unchanged }
-        var framed = ByteBuffer()
-        var seq = sequenceID
-        framed.writeMySQLPacket(tail.payload(keeping: kept, clientTracks: t.clientTracks), sequenceID: &seq)
-        return (start, end, framed)
+        if t.clientTracks && kept.count == tail.items.count { return nil }
+        return tail.payload(keeping: kept, clientTracks: t.clientTracks)
     }
 }

@@ -38,6 +38,9 @@ public struct ServerLoginDriver: Sendable {
         self.tracks = tracks
     }
 
+    /// The server's id for the connection (its greeting's), once greeted.
+    public private(set) var connectionID: UInt32 = 0
+
     /// Bytes from the server.
     public mutating func received(_ data: ByteBuffer) -> Step {
         gathered.writeImmutableBuffer(data)
@@ -62,6 +65,7 @@ public struct ServerLoginDriver: Sendable {
         }
         if tls && !greeting.capabilities.contains(.ssl) { return .failed("the server does not offer TLS, which the login had") }
         challenge = Array(greeting.authPluginData.prefix(20))
+        connectionID = greeting.connectionID
         // what the session's login asked for, as far as this server offers it
         var capabilities = (login.capabilities.isEmpty ? login.sessionCapabilities.union(Self.usual) : login.capabilities)
             .intersection(greeting.capabilities).subtracting(ProtocolCompression.capabilities).subtracting(.ssl)

@@ -66,6 +66,29 @@ enum ConnectionBinding {
         }
     }
 
+    /// `proxy.connection.session_state`: what the server reported of the session (a copy).
+    static func pushSessionState(_ state: SessionState, _ lua: Lua) {
+        lua.newTable(recordCapacity: 8)
+        if let schema = state.schema { lua.setField("schema", schema) }
+        lua.setField("in_transaction", state.pins.contains(.transaction))
+        if !state.transactionCharacteristics.isEmpty { lua.setField("transaction_characteristics", state.transactionCharacteristics) }
+        lua.newTable(recordCapacity: Int32(clamping: state.variables.count))
+        for v in state.variables { lua.setField(v.name, v.value) }
+        lua.rawSet(-2, "variables")
+        lua.newTable(recordCapacity: Int32(clamping: state.userVariables.count))
+        for u in state.userVariables { lua.setField(u.name, u.literal) }
+        lua.rawSet(-2, "user_variables")
+        lua.setField("last_insert_id", state.lastInsertID)
+        let pins = SessionState.Pins.names.filter { state.pins.contains($0.0) }
+        lua.newTable(arrayCapacity: Int32(pins.count))
+        for (i, pin) in pins.enumerated() {
+            lua.push(pin.1)
+            lua.rawSet(-2, i + 1)
+        }
+        lua.rawSet(-2, "pins")
+        lua.setField("movable", state.pins.isEmpty && state.transactionCharacteristics.isEmpty)
+    }
+
     static func pushTLS(_ tls: ScriptTLSInfo?, _ lua: Lua) {
         guard let tls else { lua.pushNil(); return }
         lua.newTable(recordCapacity: 2)
@@ -98,6 +121,10 @@ private let connectionIndex: LuaFunction = { L in
         if let server = host.scriptServer { ConnectionBinding.pushServer(server, lua) } else { lua.pushNil() }
     case "backend_ndx":
         lua.push(host.scriptBackendIndex)
+    case "session_state":
+        if let state = host.scriptSessionState { ConnectionBinding.pushSessionState(state, lua) } else { lua.pushNil() }
+    case "migrate":
+        lua.push(function: connectionMigrate)
     case "default_db", "thread_id", "mysqld_version":
         let side = key == "default_db" ? "client.default_db or proxy.connection.server" : "server"
         return lua.raiseWithPosition("proxy.connection.\(key) is deprecated, use proxy.connection.\(side).\(key) instead")
@@ -105,6 +132,25 @@ private let connectionIndex: LuaFunction = { L in
         lua.pushNil()
     }
     return 1
+}
+
+/// `proxy.connection:migrate(n)`: true, or false and why the session cannot move now.
+private let connectionMigrate: LuaFunction = { L in
+    let lua = Lua(L!)
+    var misplaced: OutOfPlace?
+    guard let script = script(lua, ConnectionBinding.connectionMetatable, misplaced: &misplaced), let host = script.host else {
+        return lua.raiseWithPosition("proxy.connection:migrate() cannot be used here: \(misplaced ?? .closed)")
+    }
+    guard let index = lua.toInteger(at: 2) else {
+        return lua.raiseWithPosition("proxy.connection:migrate() needs a backend number, got \(lua.typeName(at: 2))")
+    }
+    guard let refusal = host.scriptMigrate(index) else {
+        lua.push(true)
+        return 1
+    }
+    lua.push(false)
+    lua.push(refusal)
+    return 2
 }
 
 private let connectionNewIndex: LuaFunction = { L in

@@ -1,5 +1,6 @@
 import MySQLWire
 import NIOCore
+import ProxyCore
 
 /// An endpoint as scripts see it (`src`, `dst`): MySQL Proxy's name, address, port and the
 /// socket family as `type` (2 IPv4, 10 IPv6, 1 unix). Made from a socket's address, it keeps
@@ -162,6 +163,12 @@ public protocol ScriptConnectionHost: AnyObject {
     /// moves to backend n (through its pool of idle connections).
     func scriptSetBackendIndex(_ index: Int)
     func scriptSetConnectionClose(_ close: Bool)
+    /// The session's state as the proxy follows it from the server (`--proxy-auth=proxy` with
+    /// `--proxy-multiplex`), as of the hook's start; nil where it is not followed.
+    var scriptSessionState: SessionState? { get }
+    /// `proxy.connection:migrate(n)`: the session moves to backend n (1-based) with its state
+    /// once the hook has returned. Nil when accepted, else why not.
+    func scriptMigrate(_ index: Int) -> String?
 }
 
 /// A backend as `proxy.global.backends[i]` shows it.

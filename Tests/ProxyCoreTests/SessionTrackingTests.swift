@@ -86,8 +86,8 @@ struct SessionTrackingTests {
     /// A client greeted by the proxy (offering `offered` beside its usual flags) that answered with
     /// `capabilities` and `database`, nat's right password.
     static func loggingIn(_ configuration: ConnectionMachine.Configuration, offered: CapabilityFlags, capabilities: CapabilityFlags,
-                          database: String? = nil) -> Driver {
-        var d = Driver(configuration)
+                          database: String? = nil, script: FakeScript? = nil) -> Driver {
+        var d = Driver(configuration, script: script)
         d.verifier = { ProxyAuthenticator.verify($0, table: ProxyLoginTests.table([ProxyLoginTests.nat]), hostname: nil, ip: "10.0.0.1") }
         var greeting = ProxyLoginTests.ownGreeting()
         greeting.capabilities.formUnion(offered)
@@ -103,14 +103,14 @@ struct SessionTrackingTests {
         return d
     }
 
-    static func tracking(clientTracks: Bool, multiplexes: Bool = false) -> Driver {
+    static func tracking(clientTracks: Bool, multiplexes: Bool = false, script: FakeScript? = nil) -> Driver {
         var c = ConnectionMachine.Configuration()
         c.poolsServers = true
         c.tracksSessions = true
         c.multiplexes = multiplexes
         var capabilities: CapabilityFlags = [.protocol41, .secureConnection, .pluginAuth, .longPassword, .transactions, .deprecateEOF]
         if clientTracks { capabilities.insert(.sessionTrack) }
-        var d = loggingIn(c, offered: .sessionTrack, capabilities: capabilities)
+        var d = loggingIn(c, offered: .sessionTrack, capabilities: capabilities, script: script)
         d.connected()
         d.server([(Wire.greeting, 0)])
         return d

@@ -27,6 +27,13 @@ final class FakeHost: ScriptConnectionHost {
         scriptBackendIndex = index
     }
     func scriptSetConnectionClose(_ close: Bool) { closeRequested = close }
+    var scriptSessionState: SessionState?
+    var migrations: [Int] = []
+    var migrateRefusal: String?
+    func scriptMigrate(_ index: Int) -> String? {
+        if migrateRefusal == nil { migrations.append(index) }
+        return migrateRefusal
+    }
 }
 
 final class FakeBackends: ScriptBackendsHost, @unchecked Sendable {

@@ -24,6 +24,8 @@ final class BackendChannelHandler: ChannelInboundHandler, RemovableChannelHandle
     var countedKey: CorePool.Key?
     var serverLogin: ConnectionMachine.ServerLogin?
     var serverChallenge: [UInt8] = []
+    /// The server's id for the connection, where the pool logged it in (else the session's greeting says).
+    var serverThreadID: UInt32?
     /// When the connection was opened (its lifetime in the pool counts from it).
     var createdAt: NIODeadline?
     private(set) var context: ChannelHandlerContext?

@@ -6,18 +6,23 @@ import ProxyScripting
 
 extension ClientChannelHandler {
     /// Runs the hook the machine asked for and applies what the script asked of the connection.
-    func runHook(_ call: ConnectionMachine.HookCall) -> ConnectionMachine.HookResult {
+    /// Nil: the result waits for a server connection the script's `migrate` asked for, and is
+    /// given to the machine once it is there (+Migration).
+    func runHook(_ call: ConnectionMachine.HookCall) -> ConnectionMachine.HookResult? {
         guard let scripted else { return .notDefined }
         prepareScript(scripted)
         let outcome = scripted.run(call)
         let change = applyScriptRequests(scripted)
-        return ConnectionMachine.HookResult(outcome: outcome, queries: scripted.queries, closeRequested: scripted.connectionCloseRequested,
-                                            serverChange: change, backendChoice: scripted.requestedBackend)
+        let result = ConnectionMachine.HookResult(outcome: outcome, queries: scripted.queries, closeRequested: scripted.connectionCloseRequested,
+                                                  serverChange: change, backendChoice: scripted.requestedBackend)
+        guard let target = scripted.takeMigration() else { return result }
+        return migrateScripted(to: target, result)
     }
 
     /// What the script sees of the connection, as of now: copied from the session when it
     /// changed, or the server connection did, since the last hook.
     func prepareScript(_ scripted: ScriptedConnection) {
+        if shared.configuration.multiplex { scripted.sessionState = machine.sessionState }
         let attachedBackend = backend != nil ? backendIndex : nil
         guard machine.sessionVersion != preparedSessionVersion || attachedBackend != scripted.currentBackend || (backend != nil && scripted.attached == nil)
         else { return }

@@ -43,7 +43,7 @@ extension ClientChannelHandler {
     func joinMultiplexing() {
         // (the context's setting first: a getter of the stored machine copies the machine)
         guard shared.configuration.multiplex, multiplexKey == nil, machine.configuration.multiplexes, let pool = sweeper?.corePool,
-              let index = backendIndex, let login = machine.serverLogin, machine.sessionState != nil else { return }
+              let index = backendIndex, let login = machine.serverLogin, machine.isMultiplexable else { return }
         let key = CorePool.Key(backend: index, login: login)
         multiplexKey = key
         pool.join(key, self)

@@ -55,7 +55,7 @@ extension ClientChannelHandler {
     func serverInfo(_ handler: BackendChannelHandler) -> ScriptServerInfo {
         var info = ScriptServerInfo()
         if let greeting = machine.session.greeting {
-            info.threadID = greeting.connectionID
+            info.threadID = handler.serverThreadID ?? greeting.connectionID
             info.versionString = greeting.serverVersion
             info.mysqldVersion = ScriptServerInfo.versionNumber(greeting.serverVersion)
             info.scrambleBuffer = greeting.authPluginData

@@ -391,7 +391,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
         var action = first
         while true {
             if case .runHook(let call) = action {
-                action = machine.hookReturned(runHook(call))
+                guard let result = runHook(call) else { return }  // (it comes back through `run`)
+                action = machine.hookReturned(result)
                 continue
             }
             if case .verifyLogin(let attempt) = action, attempt.changingUser, !attempt.switched {

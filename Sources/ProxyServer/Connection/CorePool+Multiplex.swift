@@ -288,6 +288,7 @@ extension CorePool {
             entry.reset = ServerLoginReset(login: login, challenge: challenge)
             handler.serverLogin = login
             handler.serverChallenge = challenge
+            handler.serverThreadID = driver.connectionID
             entry.ready = true
             entry.idleSince = .now()
             shared.adjust(entry.key, ready: 1, resetting: -1)

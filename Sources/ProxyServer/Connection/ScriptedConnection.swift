@@ -57,6 +57,13 @@ final class ScriptedConnection: ScriptConnectionHost {
         case take(ServerConnectionPool.Parked)
     }
     private(set) var swap: Swap?
+    /// `proxy.connection:migrate(n)` during the hook that ran: the backend (0-based) the
+    /// session moves to with its state.
+    private(set) var migration: Int?
+    /// The session's state as the proxy follows it, as of the hook's start (the handler's copy).
+    var sessionState: SessionState?
+    /// The hook that runs is `read_query` (the one place a session may migrate: between commands).
+    private var inReadQuery = false
     /// Lines for the connection's log, made while the hook ran.
     private(set) var notes: [(Logger.Level, String)] = []
     /// Under proxy auth: a ready connection of this session's login to a backend from the core
@@ -85,6 +92,7 @@ final class ScriptedConnection: ScriptConnectionHost {
         serverIdle = call.serverIdle
         serverStatus = call.status
         script?.queries = call.queries
+        inReadQuery = false
         switch call.hook {
         case .connectServer: return counted(.connectServer) { $0.connectServer() }
         case .readHandshake: return counted(.readHandshake) { $0.readHandshake() }
@@ -92,6 +100,8 @@ final class ScriptedConnection: ScriptConnectionHost {
         case .readAuthResult(let packet): return counted(.readAuthResult) { $0.readAuthResult(packet: packet) }
         case .readQuery(let packet):
             let hints = packet.getInteger(at: packet.readerIndex, as: UInt8.self) == CommandCode.query.rawValue ? ProxyHints.parse(packet) : []
+            inReadQuery = true
+            defer { inReadQuery = false }
             return counted(.readQuery) { $0.readQuery(packet: packet, hints: hints) }
         case .readQueryResult(let outcome):
             return counted(.readQueryResult) { $0.readQueryResult(InjectionResult(outcome)) }
@@ -128,7 +138,13 @@ final class ScriptedConnection: ScriptConnectionHost {
     }
 
     /// The last hook asked for a server swap or left notes.
-    var hasRequests: Bool { swap != nil || !notes.isEmpty }
+    var hasRequests: Bool { swap != nil || migration != nil || !notes.isEmpty }
+
+    /// What the hook asked of the session's state (`migrate`), once.
+    func takeMigration() -> Int? {
+        defer { migration = nil }
+        return migration
+    }
 
     /// What the hook asked of the server connection, once.
     func takeSwap() -> Swap? {
@@ -144,6 +160,7 @@ final class ScriptedConnection: ScriptConnectionHost {
     /// Releases the Lua side of the connection, and a pooled connection taken for a hook whose
     /// swap was never carried out.
     func close() {
+        migration = nil
         if case .take(let parked) = swap, pool?.park(parked) != true { parked.handler.close() }
         swap = nil
         script?.close()
@@ -154,9 +171,11 @@ final class ScriptedConnection: ScriptConnectionHost {
 
     var scriptClient: ScriptClientInfo { client }
     var scriptServer: ScriptServerInfo? { server }
+    var scriptSessionState: SessionState? { sessionState }
 
     /// The backend in use once the swap asked so far is done.
     private var effectiveBackend: Int? {
+        if let migration { return migration }
         switch swap {
         case .release?: return nil
         case .take(let parked)?: return parked.key.backend
@@ -204,7 +223,31 @@ final class ScriptedConnection: ScriptConnectionHost {
             parked.handler.close()
             return
         }
+        migration = nil
         replaceSwap(with: .take(parked))
+    }
+
+    /// `proxy.connection:migrate(index)` (see the protocol). The session must be followed, idle
+    /// on the server, and hold nothing that cannot move (`session_state.pins`).
+    func scriptMigrate(_ index: Int) -> String? {
+        let target = index - 1
+        let count = backends.count
+        guard (0..<count).contains(target) else { return "there are \(count) backends; \(index) is none of them" }
+        guard inReadQuery else { return "a session migrates between commands: call it in read_query()" }
+        guard let state = sessionState else {
+            return "the proxy does not follow this session's state (it needs --proxy-auth=proxy, --proxy-multiplex and an uncompressed server link)"
+        }
+        guard let current = effectiveBackend, currentBackend != nil else { return "the session has no server connection" }
+        guard serverIdle else { return "a response is still on its way from the server" }
+        guard state.pins.isEmpty, state.transactionCharacteristics.isEmpty else {
+            let why = state.pins.isEmpty ? "transaction_characteristics" : state.pins.description
+            return "the session holds state that cannot move (\(why))"
+        }
+        guard !backends.isUnavailable(target) else { return "backend \(index) is down" }
+        if current == target && swap == nil && migration == nil { return nil }  // there already
+        replaceSwap(with: nil)
+        migration = target == currentBackend ? nil : target
+        return nil
     }
 
     /// A later `backend_ndx` in the same hook replaces an earlier one; a connection taken for

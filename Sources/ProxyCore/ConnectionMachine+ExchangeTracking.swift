@@ -1,0 +1,136 @@
+import MySQLWire
+import NIOCore
+
+/// Session tracking in a script's exchange (`Configuration.tracksSessions`, a login the proxy made
+/// with a credential it holds): the same server-fed model as the tracked relay (+Tracking), kept
+/// where the exchange already holds each packet whole.
+///
+/// - Every command that reaches the server (the client's own, or one the script injected) goes
+///   through the statement backstop as it is sent (`exchangeCommandSent`).
+/// - Responses are collected packet by packet (`Command.Collect.shift` with no shift where the
+///   untracked exchange streams them), so that each OK (or EOF standing for one) that reports
+///   session state is read into the model and given on written for the client's own trackers;
+///   a script's `read_query_result` sees the result as the client would.
+/// - The proxy's own statements (turning the trackers on after the login or a
+///   COM_RESET_CONNECTION, restoring the state on the connection a session migrates to) go to
+///   the server between commands; their answers, which come first, are read and dropped, and no
+///   command of the client's starts before they are in: `read_query` always sees a settled state.
+///
+/// A session that moves with `backend_ndx` takes a connection whose state the model does not
+/// know: it is pinned `untracked` (`proxy.connection:migrate(n)` moves it with its state).
+extension ConnectionMachine {
+    /// The proxy's own statements are unanswered: commands wait.
+    var awaitsOwnAnswers: Bool {
+        guard let t = tracking else { return false }
+        return !t.proxyResponses.isEmpty
+    }
+
+    /// A command of the exchange goes to the server: what it means for the session's state.
+    mutating func exchangeCommandSent(_ payload: ByteBuffer) {
+        guard tracking != nil, let byte = payload.getInteger(at: payload.readerIndex, as: UInt8.self) else { return }
+        switch CommandCode(byte) {
+        case .query:
+            guard payload.readableBytes - 1 <= Self.longestReadStatement else {
+                tracking!.state.pins.insert(.untracked)
+                return
+            }
+            let statement = StatementBackstop(payload.readableBytesView.dropFirst())
+            if statement.pins.contains(.lastStatement) { tracking!.lastStatementFresh = true }
+            tracking!.state.apply(statement)
+        case .stmtPrepare:
+            // ids are the server's here: the statements stay on the connection
+            tracking!.preparedStatements += 1
+            tracking!.state.pins.insert(.preparedStatement)
+        case .stmtClose:
+            tracking!.preparedStatements = max(0, tracking!.preparedStatements - 1)
+            if tracking!.preparedStatements == 0 { tracking!.state.pins.remove(.preparedStatement) }
+        case .changeUser:
+            // the server resets the session, the proxy's trackers with it
+            tracking!.state.pins.insert(.changedUser)
+        case .resetConnection:
+            tracking!.state.reset()
+            tracking!.preparedStatements = 0
+            tracking!.enabled = false
+        default:
+            break
+        }
+    }
+
+    /// A packet of a response in a tracked exchange, just placed by the response tracker: an OK
+    /// that reports session state comes back written for the client (nil: unchanged).
+    mutating func exchangeServerPacket(_ payload: ByteBuffer, _ kind: ResponseTracker.ServerPacket) -> ByteBuffer? {
+        guard tracking != nil else { return nil }
+        var written: ByteBuffer?
+        if tracker.lastOKStatus?.contains(.sessionStateChanged) == true {
+            written = Self.trackedOK(payload, &tracking!)
+        }
+        if case .endOfResponse(let end) = kind, end.command != nil {
+            Self.statementEnded(end, &tracking!)
+            if let status = end.status { tracking!.state.updateTransaction(status) }
+        }
+        return written
+    }
+
+    /// Reads and drops the answers to the proxy's own statements at the head of what the
+    /// collector holds. False: a statement restoring the session's state was refused.
+    mutating func dropOwnAnswers(_ collector: inout PacketCollector) throws(WireError) -> Bool {
+        var refused = false
+        while awaitsOwnAnswers, let c = try collector.next() {
+            tracker.lastOKStatus = nil
+            // (what the proxy's own statements change is the proxy's business: not the session's state)
+            guard case .endOfResponse(let end) = try tracker.serverPacketStarted(c.start) else { continue }
+            tracking!.proxyResponses.removeFirst()
+            if let status = end.status { tracking!.state.updateTransaction(status) }
+            if end.kind != .ok {
+                tracking!.state.pins.insert(.untracked)
+                if tracking!.restoring { refused = true }
+            }
+            if tracking!.proxyResponses.isEmpty { tracking!.restoring = false }
+        }
+        return !refused
+    }
+
+    /// Server bytes while the proxy's own statements are unanswered: their answers are dropped,
+    /// and what follows them is the running command's (or waits for the hook that runs).
+    mutating func exchangeOwnAnswers(_ exchange: inout Exchange, _ chunk: ByteBuffer, _ out: inout Output) -> Flow {
+        exchange.serverCollector.append(chunk)
+        do {
+            guard try dropOwnAnswers(&exchange.serverCollector) else {
+                flush(&out)
+                return halt(restoreFailed(before: ByteBuffer()), &out)
+            }
+        } catch {
+            backendBrokeProtocol()
+            return halt(close(.abort, reason: "malformed answer to a statement of the proxy's in a scripted exchange: \(error)"), &out)
+        }
+        guard !awaitsOwnAnswers, !exchange.step.isHook else { return .proceed }
+        if exchange.step.collects { return collectResponse(&exchange, nil, &out) }
+        if !exchange.serverCollector.isEmpty {
+            if exchange.step.isRunning, let rest = exchange.serverCollector.takeUnread() { return streamResponse(&exchange, rest, &out) }
+            // a server that talks out of turn
+            flush(&out)
+            emit(.log(.debug, "dropping \(exchange.serverCollector.bufferedBytes) bytes the server sent after the proxy's statements"))
+            exchange.serverCollector.reset()
+        }
+        // the commands that waited for the answers
+        return carryOn(&exchange, &out)
+    }
+
+    /// `proxy.connection:migrate(n)`: the session's new server connection is brought to its
+    /// state: reset when another session left its own there, the trackers on, the statements
+    /// that restore the state; all in front of the command the script let through, their answers
+    /// dropped (a refusal ends the session with an ERR naming it).
+    mutating func migratedServerAttached(previous: SessionState?) -> ByteBuffer? {
+        guard tracking != nil else { return nil }
+        var prefix = ByteBuffer()
+        if previous != nil, let reset = proxyCommand([CommandCode.resetConnection.rawValue]) { prefix.writeImmutableBuffer(reset) }
+        tracking!.enabled = false
+        if let trackers = enableTrackers() { prefix.writeImmutableBuffer(trackers) }
+        for sql in tracking!.state.restoreStatements(loginDatabase: tracking!.loginDatabase) {
+            guard let statement = proxyStatement(sql) else { break }
+            prefix.writeImmutableBuffer(statement)
+        }
+        tracking!.restoring = true
+        return prefix.readableBytes > 0 ? prefix : nil
+    }
+}

@@ -1,0 +1,71 @@
+import NIOCore
+import ProxyCore
+
+// MARK: - a script moves its session: `proxy.connection:migrate(n)` (see ConnectionMachine+ExchangeTracking)
+
+extension ClientChannelHandler {
+    /// The script's `read_query` asked the session to move to backend `index` (checked there:
+    /// followed, idle, nothing pinned). A ready connection of the session's login there comes from
+    /// the core pool, or the proxy logs one in with the credential the login proved; the hook's
+    /// result goes to the machine with the change once the connection is attached (nil: later,
+    /// through `run`). The machine restores the session's state on it ahead of the command. The
+    /// connection left goes to the core pool, reset there for the login's next session. When no
+    /// connection can be had, the session stays where it is, and the log says why.
+    func migrateScripted(to index: Int, _ result: ConnectionMachine.HookResult) -> ConnectionMachine.HookResult? {
+        var result = result
+        let from = backendIndex.map { "backend \($0 + 1)" } ?? "no backend"
+        guard let pool = sweeper?.corePool, let login = machine.serverLogin, backend != nil else {
+            log(.warning, "proxy.connection:migrate(\(index + 1)): the session has no connection of the proxy's login to move from; it stays on \(from)")
+            return result
+        }
+        let key = CorePool.Key(backend: index, login: login)
+        if let entry = pool.takeReady(key) {
+            result.serverChange = attachMigrated(entry)
+            return result
+        }
+        guard pool.shared.reserve(index) else {
+            log(.warning, "proxy.connection:migrate(\(index + 1)): backend \(index + 1) has --proxy-pool-max connections already; the session stays on \(from)")
+            return result
+        }
+        // (the body runs at once when no connect can start: `synchronous` tells it apart)
+        var synchronous = true
+        var immediate: ConnectionMachine.HookResult?
+        openForMultiplexing(pool, key, login: login, reserved: true) { [weak self] entry in
+            guard let self, !self.closed, !self.closing else {
+                entry?.handler.quit()  // logged in and idle: it ends as a client would
+                return
+            }
+            var late = result
+            if let entry {
+                late.serverChange = self.attachMigrated(entry)
+            } else {
+                self.log(.warning, "proxy.connection:migrate(\(index + 1)): no server connection to backend \(index + 1) could be made; the session stays on \(from)")
+            }
+            if synchronous { immediate = late } else { self.run(self.machine.hookReturned(late)) }
+        }
+        synchronous = false
+        return immediate
+    }
+
+    /// Puts the connection the migration got in place of the session's (which goes to the core
+    /// pool), and tells the machine what state it is in.
+    private func attachMigrated(_ entry: CorePool.Entry) -> ConnectionMachine.ServerChange {
+        let from = backendIndex
+        releaseToPool()
+        if backend != nil { detachBackend(closing: true) }  // (one the core pool cannot take)
+        let handler = entry.handler
+        handler.owner = self
+        handler.serverChallenge = entry.reset.challenge
+        backend = handler
+        backendIndex = entry.key.backend
+        described.backend = entry.address
+        shared.backends.clientAttached(entry.key.backend)
+        if let context { handler.setReadsPaused(!context.channel.isWritable) }
+        scripted?.attached = serverInfo(handler)
+        scripted?.currentBackend = entry.key.backend
+        publish()
+        sweeper?.corePool?.shared.count("script_migrate", backend: entry.key.backend)
+        log(.info, "the script moves the session from backend \((from ?? -1) + 1) to backend \(entry.key.backend + 1), its state with it")
+        return .migrated(previous: entry.parkedState)
+    }
+}
