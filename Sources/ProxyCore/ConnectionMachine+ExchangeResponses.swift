@@ -176,7 +176,9 @@ extension ConnectionMachine {
     static func clientAnswers(_ kind: ResponseTracker.ServerPacket, _ command: Command, collect: Command.Collect,
                               _ injected: InjectionOutcome?) -> Bool {
         guard let injection = injected else {
-            return kind == .authenticationStep ? command.code == .changeUser : (command.code == .query && !command.uploadRelayed)
+            // (a LOCAL INFILE request the response tracker let through: the client's statement
+            // loads a file, as a text query or a prepared one)
+            return kind == .authenticationStep ? command.code == .changeUser : !command.uploadRelayed
         }
         guard collect == .shift || (command.sent == 0 && injection.injection.packet == command.packet) else { return false }
         return kind == .authenticationStep ? injection.injection.command == .changeUser : (command.code == .query && !command.uploadRelayed)

@@ -140,6 +140,44 @@ func start(_ engine: ScriptEngine, _ host: FakeHost) throws -> ConnectionScript 
         #expect(e.startConnection(host: FakeHost()) .failureValue == .loadFailed)
     }
 
+    @Test func sessionStateAndMigrate() throws {
+        let e = engine("""
+        function read_query(packet)
+          local s = proxy.connection.session_state
+          if not s then
+            proxy.response = { type = proxy.MYSQLD_PACKET_ERR, errmsg = "none" }
+            return proxy.PROXY_SEND_RESULT
+          end
+          local ok, why = proxy.connection:migrate(2)
+          local bad = pcall(function() return proxy.connection:migrate("x") end)
+          proxy.response = { type = proxy.MYSQLD_PACKET_ERR,
+            errmsg = table.concat({ s.schema, tostring(s.in_transaction), s.variables.time_zone, s.user_variables.x,
+                                    table.concat(s.pins, "+"), tostring(s.movable), s.last_insert_id,
+                                    tostring(ok), tostring(why), tostring(bad) }, ",") }
+          return proxy.PROXY_SEND_RESULT
+        end
+        """)
+        let host = FakeHost()
+        let script = try start(e, host)
+        let query = ByteBuffer(string: "\u{03}x")
+        #expect(script.readQuery(packet: query, hints: []) == .returned(.sendResult(.error(code: 1105, sqlState: "07000", message: "none"))))
+        var state = SessionState()
+        state.apply([.systemVariable("time_zone", "+03:00"), .string(.schema, "shop")], status: [.autocommit, .inTransaction])
+        state.apply(StatementBackstop(Array("SET @x = 5".utf8)))
+        state.lastInsertID = 7
+        host.scriptSessionState = state
+        host.migrateRefusal = "the session holds state that cannot move (transaction)"
+        #expect(script.readQuery(packet: query, hints: []) == .returned(.sendResult(.error(code: 1105, sqlState: "07000",
+            message: "shop,true,+03:00,5,transaction,false,7,false,the session holds state that cannot move (transaction),false"))))
+        #expect(host.migrations.isEmpty)
+        host.migrateRefusal = nil
+        state.updateTransaction(.autocommit)
+        host.scriptSessionState = state
+        #expect(script.readQuery(packet: query, hints: []) == .returned(.sendResult(.error(code: 1105, sqlState: "07000",
+            message: "shop,false,+03:00,5,,true,7,true,nil,false"))))
+        #expect(host.migrations == [2])
+    }
+
     @Test func connectionFields() throws {
         let e = engine("""
         function read_query(packet)

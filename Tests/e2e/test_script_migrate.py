@@ -1,0 +1,242 @@
+"""A script's view of its session's state and its own migrations (--proxy-auth=proxy with
+--proxy-multiplex): proxy.connection.session_state says what the server reported, and
+proxy.connection:migrate(n) moves the session to backend n between commands with its state, which
+the proxy restores on the new connection from its own model (the old server need not help). The
+judges are MariaDB's: CONNECTION_ID(), the processlist (TCP or unix socket), the session's own
+answers to its state queries, and the Connections counter."""
+import os
+import socket
+import time
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from conftest import MARIADB_PORT, MARIADB_SOCKET
+from test_health_checks import wait_for
+from test_proxy_auth import root, status
+
+SERVICE = ("moon_mg_svc", "svc pw")
+SCRIPT = Path(__file__).resolve().parent / "lua" / "migrate.lua"
+LOGIN = dict(user="mg", password="mg pw", database="moon", autocommit=True)
+TCP, UNIX = f"127.0.0.1:{MARIADB_PORT}", MARIADB_SOCKET
+
+
+@pytest.fixture(scope="module", autouse=True)
+def accounts():
+    with root() as r, r.cursor() as cur:
+        for stmt in [
+            "CREATE OR REPLACE USER 'moon_mg_svc'@'127.0.0.1' IDENTIFIED BY 'svc pw'",
+            "GRANT SELECT ON mysql.global_priv TO 'moon_mg_svc'@'127.0.0.1'",
+            "CREATE DATABASE IF NOT EXISTS moon",
+            "CREATE DATABASE IF NOT EXISTS moon_other",
+            "CREATE OR REPLACE USER 'mg'@'%' IDENTIFIED BY 'mg pw'",
+            "GRANT ALL ON moon.* TO 'mg'@'%'",
+            "GRANT ALL ON moon_other.* TO 'mg'@'%'",
+        ]:
+            cur.execute(stmt)
+    yield
+    with root() as r, r.cursor() as cur:
+        cur.execute("DROP USER IF EXISTS 'mg'@'%', 'moon_mg_svc'@'127.0.0.1'")
+
+
+def start(start_proxy, *backends, extra=()):
+    args = ["--proxy-auth=proxy", "--proxy-multiplex", "--proxy-pool-max=32", f"--proxy-users-user={SERVICE[0]}",
+            f"--proxy-lua-script={SCRIPT}", "--log-level=info"]
+    args += [f"--proxy-backend-addresses={b}" for b in backends]
+    proxy = start_proxy(*args, *extra, backend=False, env=dict(os.environ, MOONPROXY_USERS_PASSWORD=SERVICE[1]))
+    assert wait_for(lambda: "accounts from backend" in proxy.log()), proxy.log()
+    return proxy
+
+
+def rows(c, sql):
+    with c.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchall()
+
+
+def one(c, sql):
+    return rows(c, sql)[0]
+
+
+def state(c):
+    """The script's row of proxy.connection.session_state, as a dict."""
+    with c.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute("/*state*/ SELECT 1")
+        return cur.fetchone()
+
+
+def link(c):
+    """How the session's server connection reaches MariaDB: 'tcp' or 'unix'."""
+    host = one(c, "SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()")[0]
+    return "unix" if host == "localhost" else "tcp"
+
+
+SET_EVERYTHING = [
+    "SET NAMES latin1 COLLATE latin1_german1_ci",
+    "SET time_zone = '+03:00', sql_mode = 'ANSI_QUOTES,NO_ZERO_DATE', autocommit = 0",
+    "SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    "SET @x = 42, @s = 'it''s'",
+    "USE moon_other",
+    "CREATE OR REPLACE TABLE moon_other.ai (id INT AUTO_INCREMENT PRIMARY KEY)",
+    "INSERT INTO moon_other.ai VALUES (NULL), (NULL), (NULL)",
+    "COMMIT",
+]
+STATE_QUERY = ("SELECT @@character_set_client, @@collation_connection, @@time_zone, @@sql_mode, @@autocommit,"
+               " @@tx_isolation, @x, @s, DATABASE(), LAST_INSERT_ID()")
+
+
+def test_a_script_sees_what_the_server_reported(start_proxy):
+    proxy = start(start_proxy, TCP)
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+    s = state(c)
+    assert s["schema"] == "moon" and s["in_transaction"] == "false" and s["movable"] == "true", s
+    rows(c, "SET time_zone = '+02:00', @x = 1")
+    rows(c, "USE moon_other")
+    s = state(c)
+    assert s["schema"] == "moon_other" and "time_zone=+02:00" in s["variables"] and s["user_variables"] == "x=1", s
+    # what cannot move shows as a pin, and clears with what set it where the proxy can tell
+    rows(c, "BEGIN")
+    assert state(c)["in_transaction"] == "true" and state(c)["pins"] == "transaction"
+    rows(c, "ROLLBACK")
+    assert state(c)["movable"] == "true"
+    rows(c, "CREATE TEMPORARY TABLE moon_other.tmp (a INT)")
+    assert state(c)["pins"] == "temporary_table" and state(c)["movable"] == "false"
+    rows(c, "DROP TEMPORARY TABLE moon_other.tmp")
+    assert state(c)["pins"] == "temporary_table"  # (until the session ends or resets: README)
+    c.close()
+
+
+def test_migrate_moves_a_session_with_all_its_state(start_proxy):
+    """Every movable item set, then the session moves between two backends and back: each state
+    query answers as before, on another server connection each time."""
+    proxy = start(start_proxy, TCP, UNIX)
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+    one(c, "/*migrate 1*/ SELECT 1")  # (wherever it started)
+    for stmt in SET_EVERYTHING:
+        rows(c, stmt)
+    before = one(c, STATE_QUERY)
+    assert before[6:] == (42, "it's", "moon_other", 1), before  # (a multi-row INSERT: its first id)
+    first = one(c, "SELECT CONNECTION_ID()")[0]
+    assert link(c) == "tcp" and state(c)["movable"] == "true", state(c)
+    last = first
+    for target, expected in [(2, "unix"), (1, "tcp"), (2, "unix")]:
+        moved = one(c, f"/*migrate {target}*/ SELECT CONNECTION_ID()")[0]
+        assert moved != last, (target, moved)
+        last = moved
+        assert link(c) == expected
+        assert one(c, STATE_QUERY) == before
+        assert state(c)["backend"] == str(target)
+    # the session's work goes on where it is now
+    rows(c, "INSERT INTO moon_other.ai VALUES (NULL)")
+    rows(c, "COMMIT")
+    assert one(c, "SELECT COUNT(*), LAST_INSERT_ID() FROM moon_other.ai") == (4, 4)
+    assert "the script moves the session from backend 1 to backend 2" in proxy.log()
+    c.close()
+
+
+def test_what_cannot_move_keeps_the_session_where_it_is(start_proxy):
+    proxy = start(start_proxy, TCP, UNIX)
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+    one(c, "/*migrate 1*/ SELECT 1")
+    here = one(c, "SELECT CONNECTION_ID()")[0]
+    for setup, undo, pin in [
+        ("BEGIN", "ROLLBACK", "transaction"),
+        ("LOCK TABLES moon_other.ai READ", "UNLOCK TABLES", "lock_tables"),
+        ("CREATE TEMPORARY TABLE tmp (a INT)", None, "temporary_table"),
+        ("DO GET_LOCK('moon_mg', 1)", None, "get_lock"),
+        ("PREPARE s FROM 'SELECT 1'", None, "prepare"),
+    ]:
+        if undo is None:  # pins the session for good: a session of its own
+            c.close()
+            c = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+            one(c, "/*migrate 1*/ SELECT 1")
+            here = one(c, "SELECT CONNECTION_ID()")[0]
+        rows(c, setup)
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            one(c, "/*migrate 2*/ SELECT 1")
+        assert pin in str(refused.value), (pin, refused.value)
+        assert one(c, "SELECT CONNECTION_ID()")[0] == here  # the session and its connection carry on
+        if undo:
+            rows(c, undo)
+            assert one(c, "/*migrate 2*/ SELECT CONNECTION_ID()")[0] != here
+            one(c, "/*migrate 1*/ SELECT 1")
+            here = one(c, "SELECT CONNECTION_ID()")[0]
+    with pytest.raises(pymysql.err.OperationalError) as refused:
+        one(c, "/*migrate 7*/ SELECT 1")
+    assert "there are 2 backends" in str(refused.value)
+    c.close()
+
+
+def test_a_migration_logs_in_where_the_pool_has_nothing_and_many_sessions_move(start_proxy):
+    """Twenty sessions, each with its own state, move to a backend where the pool holds nothing:
+    the proxy logs connections in there with the credential each login proved (no error, the
+    client waits a round trip); then they move back, taking what the pool kept."""
+    proxy = start(start_proxy, TCP, UNIX)
+    clients = []
+    for i in range(20):
+        c = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+        one(c, "/*migrate 1*/ SELECT 1")
+        rows(c, f"SET @i = {i}, time_zone = '+0{i % 10}:00'")
+        clients.append(c)
+    for i, c in enumerate(clients):
+        assert one(c, "/*migrate 2*/ SELECT @i, @@time_zone") == (i, f"+0{i % 10}:00")
+        assert link(c) == "unix"
+    logins = status("Connections")
+    for i, c in enumerate(clients):
+        assert one(c, "/*migrate 1*/ SELECT @i, @@time_zone") == (i, f"+0{i % 10}:00")
+        assert link(c) == "tcp"
+    # back where they came from: the connections they left there served them again
+    assert status("Connections") - logins <= 2, status("Connections") - logins
+    for c in clients:
+        c.close()
+
+
+def test_a_backend_that_cannot_be_reached_leaves_the_session_where_it_is(start_proxy):
+    """migrate() to a backend nothing listens on: the connect fails, the backend is marked down,
+    and the statement runs where the session is; the next migrate() there is refused at once."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]  # bound, never listening: connects are refused
+    try:
+        proxy = start(start_proxy, TCP, f"127.0.0.1:{port}")
+        c = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+        assert state(c)["backend"] == "1"  # (the other is refused: marked down, the client went on)
+        rows(c, "SET @kept = 'yes'")
+        here = one(c, "SELECT CONNECTION_ID()")[0]
+        for _ in range(2):
+            # refused at once once the proxy knows the backend is down; else tried, and the
+            # statement runs where the session is
+            try:
+                assert one(c, "/*migrate 2*/ SELECT CONNECTION_ID(), @kept") == (here, "yes")
+                assert wait_for(lambda: "no server connection to backend 2 could be made; the session stays on backend 1" in proxy.log())
+            except pymysql.err.OperationalError as refused:
+                assert "backend 2 is down" in str(refused)
+        assert one(c, "SELECT CONNECTION_ID(), @kept") == (here, "yes")
+        c.close()
+    finally:
+        dead.close()
+
+
+def test_time_passing_past_the_pools_timers(start_proxy):
+    """The connection a migration left goes idle in the pool past its idle timeout and is closed;
+    a session idle past it too moves back all the same (a fresh login), and the server killing
+    the session's connection between commands ends only that session's connection."""
+    proxy = start(start_proxy, TCP, UNIX, extra=["--proxy-pool-idle-timeout=1"])
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+    one(c, "/*migrate 1*/ SELECT 1")
+    rows(c, "SET @t = 'kept', sql_mode = 'ANSI'")
+    first = one(c, "SELECT CONNECTION_ID()")[0]
+    assert one(c, "/*migrate 2*/ SELECT @t")[0] == "kept"
+    time.sleep(2.5)  # past the pool's idle timeout: the connection left on backend 1 is closed
+    assert wait_for(lambda: one(root(), f"SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {first}")[0] == 0)
+    assert one(c, "/*migrate 1*/ SELECT @t, @@sql_mode") == ("kept", "REAL_AS_FLOAT,PIPES_AS_CONCAT,ANSI_QUOTES,IGNORE_SPACE,ANSI")
+    # the server ends the session's connection: this client sees it, as it would directly
+    here = one(c, "SELECT CONNECTION_ID()")[0]
+    with root() as r, r.cursor() as cur:
+        cur.execute(f"KILL {here}")
+    with pytest.raises(pymysql.err.OperationalError):
+        one(c, "SELECT 1")
+    other = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+    assert one(other, "SELECT 1") == (1,)
+    other.close()
