@@ -302,6 +302,10 @@ struct FuzzDriver {
         // the handler swaps server connections only between commands, as the pool allows
         if call.loggedIn && call.serverIdle && flags & 0x30 != 0 {
             change = flags & 0x10 != 0 ? .released : .replaced(status: .autocommit)
+            if flags & 0x30 == 0x20, flags & 0x08 != 0, case .readQuery = call.hook {
+                // proxy.connection:migrate(n): another connection, brought to the session's state
+                change = .migrated(previous: flags & 0x04 != 0 ? SessionState() : nil)
+            }
         }
         let choice: Int? = call.hook == .connectServer && flags & 0x40 != 0 ? Int(flags & 3) : nil
         return ConnectionMachine.HookResult(outcome: outcome, queries: queries, closeRequested: flags & 0x87 == 0x80,
