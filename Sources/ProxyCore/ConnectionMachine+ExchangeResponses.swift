@@ -335,6 +335,10 @@ extension ConnectionMachine {
     /// The script swapped the server connection during a hook: the server side starts afresh.
     mutating func applyServerChange(_ change: ServerChange, to exchange: inout Exchange, _ out: inout Output) {
         let capabilities = session.capabilities.isEmpty ? [.protocol41] : session.capabilities
+        // (what the old connection had on its way, answers to the proxy's statements too, ends with it)
+        fromServer = FrameScanner()
+        exchange.serverCollector.reset()
+        tracking?.proxyResponses = []
         switch change {
         case .released:
             exchange.hasServer = false
@@ -347,11 +351,7 @@ extension ConnectionMachine {
         case .migrated(let previous):
             exchange.hasServer = true
             tracker = .commandPhase(capabilities: capabilities, status: tracker.status)
-            tracking?.proxyResponses = []
             if let restore = migratedServerAttached(previous: previous) { out.backend(restore) }
         }
-        if case .migrated = change {} else { tracking?.proxyResponses = [] }
-        fromServer = FrameScanner()
-        exchange.serverCollector.reset()
     }
 }

@@ -240,3 +240,25 @@ def test_time_passing_past_the_pools_timers(start_proxy):
     other = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
     assert one(other, "SELECT 1") == (1,)
     other.close()
+
+
+def test_mysql_proxys_rw_splitting_runs_as_before_with_the_sessions_followed(start_proxy):
+    """backend_ndx keeps MySQL Proxy's meaning under --proxy-multiplex: rw-splitting.lua pools its
+    connections by hand (backend_ndx = 0 after each statement), its sessions' OKs are still written
+    for each client, and nothing of one client reaches the next."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    args = ["--proxy-auth=proxy", "--proxy-multiplex", "--proxy-pool-max=4", f"--proxy-users-user={SERVICE[0]}",
+            f"--proxy-lua-script={examples / 'rw-splitting.lua'}", f"--proxy-backend-addresses={TCP}",
+            f"--proxy-read-only-backend-addresses={UNIX}", "--log-level=info"]
+    proxy = start_proxy(*args, backend=False, env=dict(os.environ, MOONPROXY_USERS_PASSWORD=SERVICE[1]))
+    assert wait_for(lambda: "accounts from backend" in proxy.log()), proxy.log()
+    with root() as r, r.cursor() as cur:
+        cur.execute("CREATE OR REPLACE TABLE moon.mg_rw (id INT PRIMARY KEY, v INT)")
+    for i in range(30):
+        c = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+        assert one(c, "SELECT @mine") == (None,)
+        rows(c, f"REPLACE INTO mg_rw VALUES (1, {i})")
+        assert one(c, "SELECT v FROM mg_rw WHERE id = 1") == (i,)
+        one(c, "SELECT @mine := 1")
+        c.close()
+    assert "Traceback" not in proxy.log() and " error " not in proxy.log(), proxy.log()[-3000:]

@@ -203,6 +203,7 @@ final class ScriptedConnection: ScriptConnectionHost {
             requestedBackend = target >= 0 ? target : nil
             return
         }
+        migration = nil  // (the last request of the hook counts)
         let current = effectiveBackend
         if current != nil && target == current { return }
         if currentBackend != nil && current == currentBackend && !serverIdle {
@@ -223,7 +224,6 @@ final class ScriptedConnection: ScriptConnectionHost {
             parked.handler.close()
             return
         }
-        migration = nil
         replaceSwap(with: .take(parked))
     }
 
