@@ -133,4 +133,27 @@ extension ConnectionMachine {
         tracking!.restoring = true
         return prefix.readableBytes > 0 ? prefix : nil
     }
+
+    /// Whether a script's followed session could move to another server connection now (its
+    /// backend drains): between commands, nothing pinned, nothing on its way either way.
+    public var mayMoveScriptSession: Bool {
+        guard let t = tracking, t.enabled, t.state.pins.isEmpty, t.state.transactionCharacteristics.isEmpty, t.proxyResponses.isEmpty,
+              !closeQueued, case .exchanging(let box) = state, tracker.clientPhase == .command, !tracker.isAwaitingResponse else { return false }
+        return box.read {
+            $0.hasServer && !$0.step.isActive && $0.queue.isEmpty && $0.clientCollector.isEmpty && $0.serverCollector.isEmpty
+                && $0.injections.isEmpty && !$0.scriptedUpload && !$0.closeRequested && !$0.draining
+        }
+    }
+
+    /// The handler moved a script's session (`mayMoveScriptSession`) to a connection of its login
+    /// on another backend, in the state `previous` (nil: reset, or new): the state is restored on
+    /// it ahead of the session's next command, as after `proxy.connection:migrate(n)`.
+    public mutating func scriptSessionMoved(previous: SessionState?) -> Action {
+        guard mayMoveScriptSession, case .exchanging(var box) = state else { return .none }
+        state = .modifying
+        var out = Output()
+        applyServerChange(.migrated(previous: previous), to: &box.buffer[0], &out)
+        store(consume box, consume out)
+        return nextAction()
+    }
 }

@@ -57,6 +57,13 @@ public final class BackendPool: Sendable {
     }
 
     private let entries: NIOLockedValueBox<(backends: [Entry], rotation: Int)>
+    /// Told when a drain begins (each event loop's sweeper, which then looks every second).
+    private let drainWatchers = NIOLockedValueBox<[@Sendable () -> Void]>([])
+
+    /// Calls `body` whenever a `DRAIN BACKEND` begins.
+    func watchDrains(_ body: @escaping @Sendable () -> Void) {
+        drainWatchers.withLockedValue { $0.append(body) }
+    }
     private let idle = NIOLockedValueBox<[IdleKey: Int]>([:])
     public let retryInterval: TimeAmount
     /// Health checks decide when a down backend is up again (not a client's connect after the
@@ -158,11 +165,13 @@ public final class BackendPool: Sendable {
 
     /// `DRAIN BACKEND n`: sessions leave backend `index` within `within`; false for no such backend.
     public func drain(_ index: Int, within: TimeAmount, now: NIODeadline = .now()) -> Bool {
-        entries.withLockedValue { value in
+        let known = entries.withLockedValue { value in
             guard value.backends.indices.contains(index) else { return false }
             value.backends[index].drainDeadline = now + within
             return true
         }
+        if known { for watcher in drainWatchers.withLockedValue({ $0 }) { watcher() } }
+        return known
     }
 
     /// `UNDRAIN BACKEND n`: it takes sessions again.

@@ -143,4 +143,31 @@ struct ExchangeTrackingTests {
         d.client(Wire.query("SELECT 1"))
         #expect(d.machine.sessionState?.pins == .untracked)
     }
+
+    @Test func aDrainMovesAnIdleSessionAndOnlyThen() throws {
+        let script = FakeScript(hooks: [.readQuery])
+        var d = Self.loggedIn(script)
+        d.client(Wire.query("SET NAMES latin1"))
+        #expect(!d.machine.mayMoveScriptSession)  // a response on its way
+        d.server([(SessionTrackingTests.setNames, 1)])
+        #expect(d.machine.mayMoveScriptSession)
+        let moved = d.run(d.machine.scriptSessionMoved(previous: nil))
+        var expected = Self.enable
+        var restore = Wire.query("SET @@session.character_set_client = 'latin1', @@session.character_set_results = 'latin1', @@session.character_set_connection = 'latin1'")
+        expected.writeBuffer(&restore)
+        #expect(moved.toBackend == expected)
+        #expect(!d.machine.mayMoveScriptSession)  // until the restore is answered
+        // the next command waits for the answers, then goes
+        #expect(d.client(Wire.query("SELECT 1")).toBackend == nil)
+        var answers = Wire.packets([(Self.enabledOK, 1)])
+        var restored = Wire.packets([(SessionTrackingTests.setNames, 1)])
+        answers.writeBuffer(&restored)
+        #expect(d.server(answers).toBackend == Wire.query("SELECT 1"))
+        // pinned: it stays
+        d.server(Wire.resultSet(["1"], capabilities: [.protocol41, .deprecateEOF]))
+        d.client(Wire.query("CREATE TEMPORARY TABLE t (a INT)"))
+        d.server(Wire.ok(seq: 1))
+        #expect(!d.machine.mayMoveScriptSession)
+        #expect(d.run(d.machine.scriptSessionMoved(previous: nil)).isEmpty)
+    }
 }

@@ -262,3 +262,41 @@ def test_mysql_proxys_rw_splitting_runs_as_before_with_the_sessions_followed(sta
         one(c, "SELECT @mine := 1")
         c.close()
     assert "Traceback" not in proxy.log() and " error " not in proxy.log(), proxy.log()[-3000:]
+
+
+def test_draining_a_backend_moves_a_scripts_sessions_between_commands(start_proxy):
+    """DRAIN BACKEND with a script's sessions on it (the default timeouts: the sweep that moves
+    them runs every second while a backend drains, whatever the timeouts' own tick): the idle
+    unpinned ones move to the other backend in their state without an error; a pinned one gets
+    1927 at the deadline; new logins avoid the drained backend."""
+    from conftest import free_port, wait_for_port
+    from test_admin import admin_args
+    from test_multiplex import admin
+    admin_port = free_port()
+    proxy = start(start_proxy, TCP, UNIX, extra=admin_args(admin_port))
+    wait_for_port(admin_port)
+    sessions = []
+    for i in range(6):
+        c = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+        one(c, "/*migrate 2*/ SELECT 1")
+        rows(c, f"SET @i = {i}, time_zone = '+0{i}:00'")
+        sessions.append(c)
+    pinned = sessions[0]
+    rows(pinned, "CREATE TEMPORARY TABLE tmp (a INT)")
+    r = admin(admin_port, "DRAIN BACKEND 2 WITHIN 4")
+    assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: proxy.log().count("its backend drains: the session moves from backend 2 to backend 1") == 5, timeout=8), proxy.log()[-2000:]
+    for i, c in enumerate(sessions[1:], start=1):
+        assert one(c, "SELECT @i, @@time_zone") == (i, f"+0{i}:00")
+        assert link(c) == "tcp" and state(c)["backend"] == "1"
+    fresh = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+    assert link(fresh) == "tcp"
+    fresh.close()
+    time.sleep(4)  # past the deadline
+    with pytest.raises(pymysql.err.OperationalError) as closed:
+        one(pinned, "SELECT 1")
+    assert closed.value.args[0] in (1927, 2013), closed.value.args
+    assert admin(admin_port, "UNDRAIN BACKEND 2").returncode == 0
+    for c in sessions[1:]:
+        assert one(c, "SELECT 1") == (1,)
+        c.close()

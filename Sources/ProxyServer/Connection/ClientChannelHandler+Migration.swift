@@ -47,9 +47,30 @@ extension ClientChannelHandler {
         return immediate
     }
 
+    /// `DRAIN BACKEND`: a script's followed session between commands with nothing pinned moves
+    /// off backend `index` to another that takes sessions, in its state, when a ready connection
+    /// of its login is there; else one is logged in there for it (in the pool), and the next
+    /// sweep tries again. True once it moved.
+    func moveScriptSessionOff(_ index: Int) -> Bool {
+        guard scripted != nil, !closed, !closing, machine.mayMoveScriptSession, let pool = sweeper?.corePool,
+              let login = machine.serverLogin else { return false }
+        var excluded = BackendSet()
+        excluded.insert(index)
+        guard let (target, _, _) = shared.backends.pickForNewClient(excluding: excluded) else { return false }
+        let key = CorePool.Key(backend: target, login: login)
+        guard let entry = pool.takeReady(key) else {
+            // (one per session that could move; a connection made for one serves whichever comes first)
+            if pool.shared.reserve(target) { openForMultiplexing(pool, key, login: login, reserved: true, nil) }
+            return false
+        }
+        guard case .migrated(let previous) = attachMigrated(entry, why: "its backend drains: the session moves") else { return false }
+        run(machine.scriptSessionMoved(previous: previous))
+        return true
+    }
+
     /// Puts the connection the migration got in place of the session's (which goes to the core
     /// pool), and tells the machine what state it is in.
-    private func attachMigrated(_ entry: CorePool.Entry) -> ConnectionMachine.ServerChange {
+    private func attachMigrated(_ entry: CorePool.Entry, why: String = "the script moves the session") -> ConnectionMachine.ServerChange {
         let from = backendIndex
         releaseToPool()
         if backend != nil { detachBackend(closing: true) }  // (one the core pool cannot take)
@@ -65,7 +86,7 @@ extension ClientChannelHandler {
         scripted?.currentBackend = entry.key.backend
         publish()
         sweeper?.corePool?.shared.count("script_migrate", backend: entry.key.backend)
-        log(.info, "the script moves the session from backend \((from ?? -1) + 1) to backend \(entry.key.backend + 1), its state with it")
+        log(.info, "\(why) from backend \((from ?? -1) + 1) to backend \(entry.key.backend + 1), its state with it")
         return .migrated(previous: entry.parkedState)
     }
 }

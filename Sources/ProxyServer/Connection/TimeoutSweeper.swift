@@ -16,6 +16,8 @@ final class TimeoutSweeper {
     /// The most connections this loop had since memory was last given back to the system.
     private var peakSinceTrim = 0
     private var task: RepeatedTask?
+    /// Every second while a backend drains: the timeouts' tick can be hours.
+    private var drainTask: RepeatedTask?
     /// The loop's pool of idle server connections (scripts' `backend_ndx = 0`).
     let serverPool: ServerConnectionPool
     /// The loop's core pool (`--proxy-auth=proxy` with `--proxy-pool-max`).
@@ -37,6 +39,23 @@ final class TimeoutSweeper {
         self.tick = tick
         func ticks(_ amount: TimeAmount) -> Int32 { Int32(clamping: max(1, amount.nanoseconds / tick.nanoseconds)) }
         self.limits = .init(read: ticks(readTimeout), write: ticks(writeTimeout), login: loginTimeout.map(ticks), greeting: greetingTimeout.map(ticks))
+        let bound = NIOLoopBound(WeakSweeper(self), eventLoop: eventLoop)
+        backends.watchDrains { [eventLoop] in eventLoop.execute { bound.value.sweeper?.drainBegan() } }
+    }
+
+    /// A backend drains: its sessions that are not multiplexed are looked at every second until
+    /// no backend drains.
+    private func drainBegan() {
+        guard drainTask == nil else { return }
+        let bound = NIOLoopBound(WeakSweeper(self), eventLoop: eventLoop)
+        drainTask = eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { task in
+            guard let sweeper = bound.value.sweeper, sweeper.backends.anyDraining else {
+                task.cancel()
+                bound.value.sweeper?.drainTask = nil
+                return
+            }
+            sweeper.sweepDrained()
+        }
     }
 
     func add(_ handler: ClientChannelHandler) {
@@ -105,15 +124,22 @@ final class TimeoutSweeper {
         for handler in Array(connections.values) {
             handler.timerFired(limits)
         }
-        if backends.anyDraining { sweepDrained() }
     }
 
-    /// `DRAIN BACKEND ... WITHIN`: sessions that cannot move (not multiplexed: the pool sees to
-    /// those) and still use the backend at its deadline are closed with a named error.
+    /// `DRAIN BACKEND ... WITHIN`: sessions that are not multiplexed (the pool sees to those)
+    /// move off if they can (a script's followed session between commands), and those still
+    /// using the backend at its deadline are closed with a named error.
     private func sweepDrained(now: NIODeadline = .now()) {
         for handler in Array(connections.values) where handler.multiplexKey == nil {
-            guard let index = handler.backendIndex, let deadline = backends.drainDeadline(index), now >= deadline else { continue }
-            handler.drainDeadlinePassed()
+            guard let index = handler.backendIndex, let deadline = backends.drainDeadline(index) else { continue }
+            if handler.moveScriptSessionOff(index) { continue }
+            if now >= deadline { handler.drainDeadlinePassed() }
         }
     }
+}
+
+/// The sweeper, not kept alive by the backends' drain watcher.
+private final class WeakSweeper {
+    weak var sweeper: TimeoutSweeper?
+    init(_ sweeper: TimeoutSweeper) { self.sweeper = sweeper }
 }
