@@ -122,15 +122,7 @@ extension ConnectionMachine {
     /// dropped (a refusal ends the session with an ERR naming it).
     mutating func migratedServerAttached(previous: SessionState?) -> ByteBuffer? {
         guard tracking != nil else { return nil }
-        var prefix = ByteBuffer()
-        if previous != nil, let reset = proxyCommand([CommandCode.resetConnection.rawValue]) { prefix.writeImmutableBuffer(reset) }
-        tracking!.enabled = false
-        if let trackers = enableTrackers() { prefix.writeImmutableBuffer(trackers) }
-        for sql in tracking!.state.restoreStatements(loginDatabase: tracking!.loginDatabase) {
-            guard let statement = proxyStatement(sql) else { break }
-            prefix.writeImmutableBuffer(statement)
-        }
-        tracking!.restoring = true
+        let prefix = restoringStatements(resetFirst: previous != nil)
         return prefix.readableBytes > 0 ? prefix : nil
     }
 

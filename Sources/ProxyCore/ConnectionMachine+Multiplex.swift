@@ -132,17 +132,7 @@ extension ConnectionMachine {
             tracking!.enabled = true  // as the session left it, or as good
         } else {
             tracking!.statements.server = ServerStatements()  // (reset, or new)
-            if previous != nil, let reset = proxyCommand([CommandCode.resetConnection.rawValue]) {
-                // another session's state: cleared as at a fresh login, trackers off
-                prefix.writeImmutableBuffer(reset)
-            }
-            tracking!.enabled = false
-            if let trackers = enableTrackers() { prefix.writeImmutableBuffer(trackers) }
-            for sql in tracking!.state.restoreStatements(loginDatabase: tracking!.loginDatabase) {
-                guard let statement = proxyStatement(sql) else { break }
-                prefix.writeImmutableBuffer(statement)
-            }
-            tracking!.restoring = true
+            prefix = restoringStatements(resetFirst: previous != nil)
         }
         let waiting = tracking!.waiting
         tracking!.waiting = ByteBuffer()
@@ -151,6 +141,22 @@ extension ConnectionMachine {
         if prefix.readableBytes > 0 { emit(.write(toClient: nil, toBackend: prefix)) }
         if waiting.readableBytes > 0 { emit(relayFromClient(waiting)) }
         return nextAction()
+    }
+
+    /// The proxy's statements that bring a connection to the session's state, registered in order:
+    /// COM_RESET_CONNECTION first where another session's state is on it (`resetFirst`: cleared as
+    /// at a fresh login, trackers off), the trackers, then what restores the state.
+    mutating func restoringStatements(resetFirst: Bool) -> ByteBuffer {
+        var prefix = ByteBuffer()
+        if resetFirst, let reset = proxyCommand([CommandCode.resetConnection.rawValue]) { prefix.writeImmutableBuffer(reset) }
+        tracking!.enabled = false
+        if let trackers = enableTrackers() { prefix.writeImmutableBuffer(trackers) }
+        for sql in tracking!.state.restoreStatements(loginDatabase: tracking!.loginDatabase) {
+            guard let statement = proxyStatement(sql) else { break }
+            prefix.writeImmutableBuffer(statement)
+        }
+        tracking!.restoring = true
+        return prefix
     }
 
     /// No server connection could be had for the waiting session (none came in time, or its

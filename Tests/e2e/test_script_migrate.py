@@ -59,6 +59,17 @@ def one(c, sql):
     return rows(c, sql)[0]
 
 
+def sessions_on(proxy, backend, count):
+    """`count` sessions moved to `backend`, session i with @i = i and its own time zone."""
+    sessions = []
+    for i in range(count):
+        c = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+        one(c, f"/*migrate {backend}*/ SELECT 1")
+        rows(c, f"SET @i = {i}, time_zone = '+0{i % 10}:00'")
+        sessions.append(c)
+    return sessions
+
+
 def state(c):
     """The script's row of proxy.connection.session_state, as a dict."""
     with c.cursor(pymysql.cursors.DictCursor) as cur:
@@ -173,12 +184,7 @@ def test_a_migration_logs_in_where_the_pool_has_nothing_and_many_sessions_move(s
     the proxy logs connections in there with the credential each login proved (no error, the
     client waits a round trip); then they move back, taking what the pool kept."""
     proxy = start(start_proxy, TCP, UNIX)
-    clients = []
-    for i in range(20):
-        c = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
-        one(c, "/*migrate 1*/ SELECT 1")
-        rows(c, f"SET @i = {i}, time_zone = '+0{i % 10}:00'")
-        clients.append(c)
+    clients = sessions_on(proxy, 1, 20)
     for i, c in enumerate(clients):
         assert one(c, "/*migrate 2*/ SELECT @i, @@time_zone") == (i, f"+0{i % 10}:00")
         assert link(c) == "unix"
@@ -275,12 +281,7 @@ def test_draining_a_backend_moves_a_scripts_sessions_between_commands(start_prox
     admin_port = free_port()
     proxy = start(start_proxy, TCP, UNIX, extra=admin_args(admin_port))
     wait_for_port(admin_port)
-    sessions = []
-    for i in range(6):
-        c = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
-        one(c, "/*migrate 2*/ SELECT 1")
-        rows(c, f"SET @i = {i}, time_zone = '+0{i}:00'")
-        sessions.append(c)
+    sessions = sessions_on(proxy, 2, 6)
     pinned = sessions[0]
     rows(pinned, "CREATE TEMPORARY TABLE tmp (a INT)")
     r = admin(admin_port, "DRAIN BACKEND 2 WITHIN 4")

@@ -140,6 +140,9 @@ struct FuzzDriver {
             case 7: handle(machine.readTimedOut(client: op & 0x10 != 0))
             case 8: handle(machine.shutdownRequested())
             case 9: handle(machine.abandon(.timeout, reason: "fuzz"))
+            case 10 where op & 0x20 != 0 && machine.mayMoveScriptSession:
+                // DRAIN BACKEND moves a script's session
+                handle(machine.scriptSessionMoved(previous: op & 0x40 != 0 ? SessionState() : nil))
             case 10: handle(machine.parkRequested())
             case 11: handle(machine.clientDataReceived(changeUserCommand(data)))
             default: handle(machine.clientClosed())

@@ -74,15 +74,8 @@ extension ClientChannelHandler {
         let from = backendIndex
         releaseToPool()
         if backend != nil { detachBackend(closing: true) }  // (one the core pool cannot take)
-        let handler = entry.handler
-        handler.owner = self
-        handler.serverChallenge = entry.reset.challenge
-        backend = handler
-        backendIndex = entry.key.backend
-        described.backend = entry.address
-        shared.backends.clientAttached(entry.key.backend)
-        if let context { handler.setReadsPaused(!context.channel.isWritable) }
-        scripted?.attached = serverInfo(handler)
+        holdPooled(entry)
+        scripted?.attached = serverInfo(entry.handler)
         scripted?.currentBackend = entry.key.backend
         publish()
         sweeper?.corePool?.shared.count("script_migrate", backend: entry.key.backend)

@@ -239,7 +239,8 @@ extension ClientChannelHandler {
         return true
     }
 
-    private func attachMultiplexed(_ entry: CorePool.Entry) {
+    /// Makes a connection the core pool gave out the session's server connection.
+    func holdPooled(_ entry: CorePool.Entry) {
         let handler = entry.handler
         handler.owner = self
         handler.serverChallenge = entry.reset.challenge
@@ -248,6 +249,10 @@ extension ClientChannelHandler {
         described.backend = entry.address
         shared.backends.clientAttached(entry.key.backend)
         if let context { handler.setReadsPaused(!context.channel.isWritable) }
+    }
+
+    private func attachMultiplexed(_ entry: CorePool.Entry) {
+        holdPooled(entry)
         if let key = multiplexKey { sweeper?.corePool?.holding(key, self) }
         run(machine.multiplexedServerAttached(previous: entry.parkedState, own: entry.parkedBy == ObjectIdentifier(self),
                                               statements: entry.statements))
