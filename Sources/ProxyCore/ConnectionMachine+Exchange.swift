@@ -49,6 +49,11 @@ extension ConnectionMachine {
         var responseFirstByte: UInt8?
         /// The script set `proxy.connection.connection_close`: the connection ends after the command.
         var closeRequested = false
+        /// The first packet the collector holds was placed by the response tracker already (a
+        /// streamed response handed over to the collector at an OK it must read whole).
+        var placedPacket: ResponseTracker.ServerPacket?
+        /// A tracked stream's last bytes, held back: a header (and prefix) split across reads.
+        var streamHeld = ByteBuffer()
 
         static let maximumQueuedCommands = 64
 
@@ -494,11 +499,7 @@ extension ConnectionMachine {
         exchange.responseFirstByte = nil
         command.collect = nil
         command.sent = 1
-        if tracking != nil {
-            exchangeCommandSent(command.packet)
-            command.collect = .shift  // taken packet by packet, its OKs read (+ExchangeTracking)
-            command.shift = 0
-        }
+        if tracking != nil { exchangeCommandSent(command.packet) }
         if case .command(_, .none) = kind {
             return finishCommand(&exchange, command, &out)
         }

@@ -26,11 +26,19 @@ extension ConnectionMachine {
         var refusedAt: (FrameScanner.PacketStart, offset: Int)?
         var ended: ResponseTracker.ResponseEnd?
         let running = exchange.step.isRunning
+        let tracks = tracking != nil && running
+        // (a tracked session: an OK that reports session state is read whole, +ExchangeTracking)
+        var stateAt: (offset: Int, split: Bool, kind: ResponseTracker.ServerPacket)?
         fromServer.scanPacketStarts(chunk) { packet, offset in
             do throws(WireError) {
+                if tracks { tracker.lastOKStatus = nil }
                 let kind = try tracker.serverPacketStarted(packet)
                 if kind == .localInfileRequestRefused {
                     refusedAt = (packet, offset)
+                    return false
+                }
+                if tracks, ended == nil, tracker.lastOKStatus?.contains(.sessionStateChanged) == true {
+                    stateAt = (offset, packet.isSplit, kind)
                     return false
                 }
                 if running && exchange.responseFirstByte == nil && kind != .progress { exchange.responseFirstByte = packet.firstByte ?? 0 }
@@ -48,17 +56,42 @@ extension ConnectionMachine {
             return halt(serverPacketMalformed(chunk, at: offset, packet, error), &out)
         }
         if let (packet, offset) = refusedAt { return halt(localInfileRefused(chunk, at: offset, packet), &out) }
+        // a tracked stream holds back a header (and prefix) split across reads, so that an OK it
+        // turns out to start can still be taken whole
+        var combined = chunk
+        let held = exchange.streamHeld.readableBytes
+        if held > 0 {
+            combined = exchange.streamHeld
+            combined.writeImmutableBuffer(chunk)
+            exchange.streamHeld = ByteBuffer()
+        }
+        if let (offset, split, kind) = stateAt { return collectFrom(&exchange, combined, split ? 0 : held + offset, placed: kind, &out) }
+        if tracks, let end = ended { exchangeResponseEnded(end) }
         nextSequenceToClient = fromServer.lastSequenceID &+ 1
         if exchange.injected?.firstPacketAt == 0 { exchange.injected?.firstPacketAt = now / 1000 }
-        out.client(chunk)
+        if tracks, case let carried = fromServer.carriedBytes, carried > 0, carried <= combined.readableBytes {
+            exchange.streamHeld = combined.getSlice(at: combined.readerIndex + combined.readableBytes - carried, length: carried)!
+            combined.moveWriterIndex(to: combined.writerIndex - carried)
+        }
+        if combined.readableBytes > 0 { out.client(combined) }
         // no command: the login's verdict (commands sent behind it start now), or a server that
         // talks out of turn
         guard running else { return drainQueue(&exchange, &out) }
         guard let end = ended else { return .proceed }
         // the response is complete: the command leaves its step while what follows is decided
         guard case .running(var command) = exchange.takeStep() else { return .proceed }
+        trackersAfterReset(exchange, command, end, &out)
         guard responseEnded(&exchange, &command, end, &out) == .proceed else { return .halt }
         return drainQueue(&exchange, &out)
+    }
+
+    /// A COM_RESET_CONNECTION (the client's, or injected) went through in a tracked session: it
+    /// turned the proxy's trackers off, and they go on again before anything else.
+    mutating func trackersAfterReset(_ exchange: borrowing Exchange, _ command: borrowing Command, _ end: ResponseTracker.ResponseEnd,
+                                     _ out: inout Output) {
+        guard tracking != nil, end.kind == .ok, (exchange.injected?.injection.command ?? command.code) == .resetConnection,
+              let trackers = enableTrackers() else { return }
+        out.backend(trackers)
     }
 
     /// What a row adds to an injected result's `bytes`: as MySQL Proxy counts it, the row
@@ -72,8 +105,13 @@ extension ConnectionMachine {
         if awaitsOwnAnswers { return exchangeOwnAnswers(&exchange, ByteBuffer(), &out) }
         do {
             while case .running(var command) = exchange.step, let collect = command.collect, let c = try exchange.serverCollector.next() {
-                tracker.lastOKStatus = nil
-                let kind = try tracker.serverPacketStarted(c.start)
+                let kind: ResponseTracker.ServerPacket
+                if let placed = exchange.placedPacket.take() {
+                    kind = placed  // (the stream placed it, and handed the rest of the response over)
+                } else {
+                    tracker.lastOKStatus = nil
+                    kind = try tracker.serverPacketStarted(c.start)
+                }
                 var packet = c.packet
                 if tracking != nil, let written = exchangeServerPacket(packet.payload, kind) { packet.payload = written }
                 let payload = packet.payload
@@ -143,10 +181,7 @@ extension ConnectionMachine {
                 }
                 exchange.step = .running(command)
                 if case .endOfResponse(let end) = kind {
-                    if tracking != nil, end.kind == .ok, (exchange.injected?.injection.command ?? command.code) == .resetConnection,
-                       let trackers = enableTrackers() {
-                        out.backend(trackers)  // the reset turned them off: on again before anything else
-                    }
+                    trackersAfterReset(exchange, command, end, &out)
                     guard responseEnded(&exchange, &command, end, &out) == .proceed,
                           drainQueue(&exchange, &out) == .proceed else { return .halt }
                 }
@@ -338,6 +373,8 @@ extension ConnectionMachine {
         // (what the old connection had on its way, answers to the proxy's statements too, ends with it)
         fromServer = FrameScanner()
         exchange.serverCollector.reset()
+        exchange.streamHeld = ByteBuffer()
+        exchange.placedPacket = nil
         tracking?.proxyResponses = []
         switch change {
         case .released:

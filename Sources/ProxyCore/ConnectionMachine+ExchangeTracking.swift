@@ -64,11 +64,34 @@ extension ConnectionMachine {
         if tracker.lastOKStatus?.contains(.sessionStateChanged) == true {
             written = Self.trackedOK(payload, &tracking!)
         }
-        if case .endOfResponse(let end) = kind, end.command != nil {
-            Self.statementEnded(end, &tracking!)
-            if let status = end.status { tracking!.state.updateTransaction(status) }
-        }
+        if case .endOfResponse(let end) = kind { exchangeResponseEnded(end) }
         return written
+    }
+
+    /// A response of the exchange's commands ended: what its end says beyond the trackers.
+    mutating func exchangeResponseEnded(_ end: ResponseTracker.ResponseEnd) {
+        guard end.command != nil else { return }
+        Self.statementEnded(end, &tracking!)
+        if let status = end.status { tracking!.state.updateTransaction(status) }
+    }
+
+    /// A streamed response reached an OK that reports session state (at `offset` in `chunk`,
+    /// placed as `kind`): what came before it goes on, and the rest of the response is collected
+    /// packet by packet (no shift), so that the OK is read and written whole. Responses stream
+    /// otherwise: most carry no state change, and pass as they came.
+    mutating func collectFrom(_ exchange: inout Exchange, _ chunk: ByteBuffer, _ offset: Int, placed kind: ResponseTracker.ServerPacket,
+                              _ out: inout Output) -> Flow {
+        if offset > 0, let before = chunk.getSlice(at: chunk.readerIndex, length: offset) { out.client(before) }
+        guard case .running(var command) = exchange.takeStep() else { return .proceed }
+        command.collect = .shift
+        command.shift = 0
+        exchange.step = .running(command)
+        exchange.placedPacket = kind
+        fromServer = FrameScanner()  // (the collector frames the rest: the scanner starts again at the next response)
+        if let rest = chunk.getSlice(at: chunk.readerIndex + offset, length: chunk.readableBytes - offset) {
+            exchange.serverCollector.append(rest)
+        }
+        return collectResponse(&exchange, nil, &out)
     }
 
     /// Reads and drops the answers to the proxy's own statements at the head of what the

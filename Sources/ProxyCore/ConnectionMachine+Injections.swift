@@ -147,7 +147,7 @@ extension ConnectionMachine {
             if buffer {
                 command.collect = .buffer
             } else {
-                command.collect = command.shift == 0 && tracking == nil ? nil : .shift
+                command.collect = command.shift == 0 ? nil : .shift
                 command.sent += 1
             }
             exchange.step = .running(command)

@@ -41,25 +41,39 @@ public struct StatementBackstop: Equatable, Sendable {
     static let words: [[UInt8]] = ["LOCK", "UNLOCK", "GET_LOCK", "GET_LOCK_BY_NAME", "HANDLER", "XA", "TEMPORARY", "PREPARE",
                                    "EXECUTE", "DEALLOCATE", "SQL_CALC_FOUND_ROWS", "NAMES"].map { Array($0.utf8) }
 
-    /// Whether `text` has an `@` or one of `words` (anywhere, strings and comments too).
+    /// Whether `text` has an `@` or one of `words` (anywhere, strings and comments too). Every
+    /// statement of a tracked session passes here: one pass, each word hashed as it is read and
+    /// compared with the words' hashes only where its length is one of theirs (a collision only
+    /// costs the lexing that follows, which decides).
     static func worthReading<Bytes: Collection>(_ text: Bytes) -> Bool where Bytes.Element == UInt8 {
-        var word: [UInt8] = []
-        word.reserveCapacity(20)
-        var tooLong = false  // a word longer than any of `words`
-        func matches() -> Bool { !tooLong && !word.isEmpty && words.contains(word) }
-        for c in text {
+        if let answer = text.withContiguousStorageIfAvailable({ worthReading(bytes: $0) }) { return answer }
+        return Array(text).withUnsafeBufferPointer { worthReading(bytes: $0) }
+    }
+
+    private static func worthReading(bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        var hash = hashSeed
+        var length = 0
+        for c in bytes {
             if c == UInt8(ascii: "@") { return true }
-            let upper = c >= 0x61 && c <= 0x7A ? c - 0x20 : c
+            let upper = c >= 0x61 && c <= 0x7A ? c &- 0x20 : c
             if (upper >= 0x41 && upper <= 0x5A) || upper == 0x5F {
-                if word.count < 20 { word.append(upper) } else { tooLong = true }
-            } else {
-                if matches() { return true }
-                word.removeAll(keepingCapacity: true)
-                tooLong = false
+                hash = (hash ^ UInt64(upper)) &* hashPrime
+                length &+= 1
+            } else if length > 0 {
+                if length < 64, wordLengths & (1 << UInt64(length)) != 0, wordHashes.contains(hash) { return true }
+                hash = hashSeed
+                length = 0
             }
         }
-        return matches()
+        return length > 0 && length < 64 && wordLengths & (1 << UInt64(length)) != 0 && wordHashes.contains(hash)
     }
+
+    // FNV-1a over a word's upper-case bytes
+    private static let hashSeed: UInt64 = 0xcbf2_9ce4_8422_2325
+    private static let hashPrime: UInt64 = 0x100_0000_01b3
+    private static let wordHashes: [UInt64] = words.map { $0.reduce(hashSeed) { ($0 ^ UInt64($1)) &* hashPrime } }
+    /// Bit n set: one of `words` has n letters.
+    private static let wordLengths: UInt64 = words.reduce(0) { $0 | 1 << UInt64($1.count) }
 
     private mutating func classify(_ tokens: [Token]) {
         // statements of a multi-statement query, one by one
