@@ -191,6 +191,13 @@ struct Driver {
     @discardableResult mutating func client(_ list: [(String, UInt8)]) -> Effects { client(Wire.packets(list)) }
     @discardableResult mutating func server(_ list: [(String, UInt8)]) -> Effects { server(Wire.packets(list)) }
     @discardableResult mutating func serverClosed() -> Effects { run(machine.backendClosed()) }
+    /// `bytes` from the server in two reads, cut at `cut`: what the client got of both.
+    mutating func server(_ bytes: ByteBuffer, cutAt cut: Int) -> ByteBuffer {
+        var got = server(bytes.getSlice(at: 0, length: cut)!).toClient ?? ByteBuffer()
+        var second = server(bytes.getSlice(at: cut, length: bytes.readableBytes - cut)!).toClient ?? ByteBuffer()
+        got.writeBuffer(&second)
+        return got
+    }
     @discardableResult mutating func clientClosed() -> Effects { run(machine.clientClosed()) }
 
     /// Connected to a server that greeted with `greeting`.
