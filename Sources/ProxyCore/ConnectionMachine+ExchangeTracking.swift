@@ -7,10 +7,11 @@ import NIOCore
 ///
 /// - Every command that reaches the server (the client's own, or one the script injected) goes
 ///   through the statement backstop as it is sent (`exchangeCommandSent`).
-/// - Responses are collected packet by packet (`Command.Collect.shift` with no shift where the
-///   untracked exchange streams them), so that each OK (or EOF standing for one) that reports
-///   session state is read into the model and given on written for the client's own trackers;
-///   a script's `read_query_result` sees the result as the client would.
+/// - Responses stream as in the untracked exchange (a header split across reads held back) until
+///   an OK (or EOF standing for one) that reports session state: from there the response is
+///   collected packet by packet (`collectFrom`), so that the OK is read into the model and given
+///   on written for the client's own trackers; a script's `read_query_result` sees the result as
+///   the client would.
 /// - The proxy's own statements (turning the trackers on after the login or a
 ///   COM_RESET_CONNECTION, restoring the state on the connection a session migrates to) go to
 ///   the server between commands; their answers, which come first, are read and dropped, and no

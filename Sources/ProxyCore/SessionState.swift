@@ -163,6 +163,7 @@ public struct SessionState: Hashable, Sendable {
     /// the server.
     public mutating func apply(_ statement: StatementBackstop) {
         pendingCollation = statement.namesCollation
+        for setting in statement.trackerSettings { _ = clientTrackers.apply(variable: setting.name, value: setting.value) }
         pins.formUnion(statement.pins)
         pins.subtract(statement.clears.subtracting(statement.pins))
         for (name, literal) in statement.userVariables {

@@ -13,16 +13,20 @@ public struct StatementBackstop: Equatable, Sendable {
     /// `SET NAMES charset COLLATE collation`: the collation (the tracker reports only the
     /// character sets).
     public var namesCollation: String?
+    /// The session's own `session_track_*` settings, set to values the text names: narrowing
+    /// `session_track_system_variables` from the proxy's `*` to a list is reported by no tracker,
+    /// yet decides what the client is to see of each OK from then on.
+    public var trackerSettings: [(name: String, value: String)] = []
 
     public static func == (a: StatementBackstop, b: StatementBackstop) -> Bool {
         a.pins == b.pins && a.clears == b.clears && a.userVariables.elementsEqual(b.userVariables, by: { $0 == $1 })
-            && a.namesCollation == b.namesCollation
+            && a.namesCollation == b.namesCollation && a.trackerSettings.elementsEqual(b.trackerSettings, by: { $0 == $1 })
     }
 
     enum Token: Equatable {
         case word(String)  // uppercased
         case userVariable(String)  // lowercased, without '@'
-        case systemVariable
+        case systemVariable(String)  // lowercased, without '@@' (and `session.`)
         case literal(String)  // a number, a string, as written
         case symbol(String)
     }
@@ -39,7 +43,9 @@ public struct StatementBackstop: Equatable, Sendable {
 
     /// The words (upper case) a statement must contain, as a word, for anything above to apply.
     static let words: [[UInt8]] = ["LOCK", "UNLOCK", "GET_LOCK", "GET_LOCK_BY_NAME", "HANDLER", "XA", "TEMPORARY", "PREPARE",
-                                   "EXECUTE", "DEALLOCATE", "SQL_CALC_FOUND_ROWS", "NAMES"].map { Array($0.utf8) }
+                                   "EXECUTE", "DEALLOCATE", "SQL_CALC_FOUND_ROWS", "NAMES", "SESSION_TRACK_SYSTEM_VARIABLES",
+                                   "SESSION_TRACK_SCHEMA", "SESSION_TRACK_STATE_CHANGE", "SESSION_TRACK_TRANSACTION_INFO",
+                                   "SESSION_TRACK_GTIDS"].map { Array($0.utf8) }
 
     /// Whether `text` has an `@` or one of `words` (anywhere, strings and comments too). Every
     /// statement of a tracked session passes here: one pass, each word hashed as it is read and
@@ -107,6 +113,10 @@ public struct StatementBackstop: Equatable, Sendable {
             default: break
             }
         }
+        if first == .word("SET"), words.contains(where: { $0.hasPrefix("SESSION_TRACK_") })
+            || t.contains(where: { if case .systemVariable(let name) = $0 { name.hasPrefix("session_track_") } else { false } }) {
+            trackerStatement(t.dropFirst())
+        }
         guard t.contains(where: { if case .userVariable = $0 { true } else { false } }) else { return }
         if first == .word("SET") {
             setStatement(t.dropFirst())
@@ -115,9 +125,41 @@ public struct StatementBackstop: Equatable, Sendable {
         }
     }
 
-    /// `SET @a = literal, @@x = ..., y = ...`: assignments to literals are carried; any other
-    /// assignment of a user variable pins.
-    private mutating func setStatement(_ t: ArraySlice<Token>) {
+    /// A `SET` of the session's own trackers (after the word) pins the session (`session_track`),
+    /// and records each value the text names, so that the client's view of each OK follows; any
+    /// other value (`DEFAULT`, an expression) leaves the client's view unknown (`untracked`).
+    private mutating func trackerStatement(_ t: ArraySlice<Token>) {
+        for item in Self.assignments(t) {
+            var target = item[...]
+            if case .word(let scope)? = target.first, scope == "SESSION" || scope == "LOCAL" { target = target.dropFirst() }
+            let name: String
+            switch target.first {
+            case .word(let word)?: name = word.lowercased()
+            case .systemVariable(let variable)?: name = variable
+            default: continue
+            }
+            guard name.hasPrefix("session_track_") else { continue }
+            pins.insert(.trackers)
+            let rest = Array(target.dropFirst())
+            guard rest.count == 2, rest[0] == .symbol("=") || rest[0] == .symbol(":=") else {
+                pins.insert(.untracked)
+                continue
+            }
+            switch rest[1] {
+            case .literal(let quoted) where quoted.first == "'" || quoted.first == "\"":
+                trackerSettings.append((name, String(quoted.dropFirst().dropLast())))
+            case .literal(let number):
+                trackerSettings.append((name, number))
+            case .word(let word) where word != "DEFAULT":
+                trackerSettings.append((name, word))
+            default:
+                pins.insert(.untracked)
+            }
+        }
+    }
+
+    /// The comma-separated assignments of a `SET` (after the word).
+    private static func assignments(_ t: ArraySlice<Token>) -> [ArraySlice<Token>] {
         var items: [ArraySlice<Token>] = []
         var depth = 0
         var start = t.startIndex
@@ -132,7 +174,13 @@ public struct StatementBackstop: Equatable, Sendable {
             }
         }
         items.append(t[start...])
-        for item in items {
+        return items
+    }
+
+    /// `SET @a = literal, @@x = ..., y = ...`: assignments to literals are carried; any other
+    /// assignment of a user variable pins.
+    private mutating func setStatement(_ t: ArraySlice<Token>) {
+        for item in Self.assignments(t) {
             guard case .userVariable(let name)? = item.first else {
                 // a system variable; a user variable on the right only reads it
                 continue
@@ -191,8 +239,11 @@ public struct StatementBackstop: Equatable, Sendable {
             case UInt8(ascii: "@"):
                 if i + 1 < n && s[i + 1] == UInt8(ascii: "@") {
                     i += 2
+                    let start = i
                     while i < n && (isWordByte(s[i]) || s[i] == UInt8(ascii: ".")) { i += 1 }
-                    out.append(.systemVariable)
+                    var name = String(decoding: s[start..<i], as: UTF8.self).lowercased()
+                    for scope in ["session.", "local."] where name.hasPrefix(scope) { name.removeFirst(scope.count) }
+                    out.append(.systemVariable(name))
                 } else {
                     i += 1
                     var start = i

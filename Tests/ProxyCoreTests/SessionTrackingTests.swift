@@ -185,6 +185,22 @@ struct StatementBackstopTests {
         #expect(read("/*!40101 SET @OLD := @@sql_mode */").pins == .userVariables)
     }
 
+    @Test func theSessionsOwnTrackersAreReadFromTheText() {
+        // narrowing session_track_system_variables from the proxy's '*' is reported by no tracker
+        let narrowed = read("SET SESSION session_track_system_variables = 'time_zone,sql_mode', @@session_track_schema = OFF")
+        #expect(narrowed.pins == .trackers)
+        #expect(narrowed.trackerSettings.map(\.name) == ["session_track_system_variables", "session_track_schema"])
+        #expect(narrowed.trackerSettings.map(\.value) == ["time_zone,sql_mode", "OFF"])
+        var state = SessionState()
+        state.apply(narrowed)
+        #expect(state.clientTrackers.systemVariables == ["time_zone", "sql_mode"] && !state.clientTrackers.schema)
+        #expect(read("SET @@local.session_track_state_change = 1").trackerSettings.map(\.value) == ["1"])
+        #expect(read("SET session_track_system_variables = DEFAULT").pins == [.trackers, .untracked])
+        // reading them is not changing them
+        #expect(read("SELECT @@session_track_system_variables").pins.isEmpty)
+        #expect(read("SET time_zone = '+01:00'").trackerSettings.isEmpty)
+    }
+
     @Test func stateNoTrackerReportsPinsTheSession() {
         #expect(read("SELECT GET_LOCK('a', 1)").pins == .namedLock)
         #expect(read("lock tables t1 read").pins == .tableLock)

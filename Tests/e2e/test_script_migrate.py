@@ -40,9 +40,9 @@ def accounts():
         cur.execute("DROP USER IF EXISTS 'mg'@'%', 'moon_mg_svc'@'127.0.0.1'")
 
 
-def start(start_proxy, *backends, extra=()):
-    args = ["--proxy-auth=proxy", "--proxy-multiplex", "--proxy-pool-max=32", f"--proxy-users-user={SERVICE[0]}",
-            f"--proxy-lua-script={SCRIPT}", "--log-level=info"]
+def start(start_proxy, *backends, extra=(), script=SCRIPT):
+    args = ["--proxy-auth=proxy", "--proxy-multiplex", "--proxy-pool-max=32", f"--proxy-users-user={SERVICE[0]}", "--log-level=info"]
+    args += [f"--proxy-lua-script={script}"] if script else []
     args += [f"--proxy-backend-addresses={b}" for b in backends]
     proxy = start_proxy(*args, *extra, backend=False, env=dict(os.environ, MOONPROXY_USERS_PASSWORD=SERVICE[1]))
     assert wait_for(lambda: "accounts from backend" in proxy.log()), proxy.log()
@@ -301,3 +301,54 @@ def test_draining_a_backend_moves_a_scripts_sessions_between_commands(start_prox
     for c in sessions[1:]:
         assert one(c, "SELECT 1") == (1,)
         c.close()
+
+
+@pytest.mark.parametrize("script", [SCRIPT, None], ids=["script", "relay"])
+def test_a_clients_own_trackers_see_what_they_would_see_directly(start_proxy, script):
+    """The OKs a followed session's client gets (a script's, and a multiplexed relay's) are those
+    MariaDB writes for the client's own trackers (with CLIENT_SESSION_TRACK and without; only the
+    order of the items within one OK may differ), though the proxy turned every tracker on on its
+    connection: also after the client narrowed its own, which no tracker reports."""
+    import rawclient as rc
+    proxy = start(start_proxy, TCP, script=script)
+    statements = ["SET NAMES latin1", "USE moon_other", "SET time_zone = '+01:00'", "SET @x = 1", "SELECT @@time_zone, @x",
+                  "SET SESSION session_track_system_variables = 'time_zone,sql_mode'", "SET sql_mode = 'ANSI', time_zone = '+02:00'",
+                  "BEGIN", "SELECT 1", "COMMIT"]
+    for track in (0, rc.CLIENT_SESSION_TRACK):
+        caps = rc.DEFAULT_CAPS | rc.CLIENT_DEPRECATE_EOF | track
+        seen = []
+        for port in (MARIADB_PORT, proxy.port):
+            c = rc.RawClient("127.0.0.1", port, user="mg", password="mg pw", database="moon", caps=caps)
+            answers = []
+            for sql in statements:
+                c.command(0x03, sql.encode())
+                answers.append(c.read_all(quiet=0.2))
+            c.close()
+            seen.append(answers)
+        for sql, direct, proxied in zip(statements, *seen):
+            assert [ok_items_sorted(p, track) for p in proxied] == [ok_items_sorted(p, track) for p in direct], (track, sql, direct, proxied)
+
+
+def ok_items_sorted(packet, track):
+    """An OK packet with its session-state items in a canonical order (the one thing that may
+    differ from the server's own: README), anything else as it is."""
+    import rawclient as rc
+    if not track or not packet or packet[0] not in (0x00, 0xFE) or len(packet) < 7:
+        return packet
+    pos = 1
+    for _ in range(2):  # affected rows, last insert id
+        _, pos = rc.read_lenenc(packet, pos)
+    status = int.from_bytes(packet[pos:pos + 2], "little")
+    pos += 4  # status, warnings
+    if pos >= len(packet) or not status & 0x4000:  # SERVER_SESSION_STATE_CHANGED
+        return packet
+    n, pos = rc.read_lenenc(packet, pos)  # info
+    head = packet[:pos + n]
+    total, pos = rc.read_lenenc(packet, pos + n)
+    items, end = [], pos + total
+    while pos < end:
+        start = pos
+        length, pos = rc.read_lenenc(packet, pos + 1)
+        pos += length
+        items.append(packet[start:pos])
+    return head, sorted(items), packet[end:]
