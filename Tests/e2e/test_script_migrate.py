@@ -352,3 +352,29 @@ def ok_items_sorted(packet, track):
         pos += length
         items.append(packet[start:pos])
     return head, sorted(items), packet[end:]
+
+
+def test_a_script_passing_the_smallest_integer_costs_nothing(start_proxy, tmp_path):
+    """backend_ndx and migrate() with math.mininteger (1 less than it does not fit): refused with
+    a reason, the session goes on, and so does the proxy."""
+    script = tmp_path / "edge.lua"
+    script.write_text("""
+function read_query(packet)
+  if packet:sub(2) == "SELECT 'edge'" then
+    proxy.connection.backend_ndx = math.mininteger
+    local ok, why = proxy.connection:migrate(math.mininteger)
+    proxy.response = { type = proxy.MYSQLD_PACKET_ERR, errmsg = tostring(ok) .. ": " .. tostring(why) }
+    return proxy.PROXY_SEND_RESULT
+  end
+end
+""")
+    proxy = start(start_proxy, TCP, UNIX, script=script)
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+    with pytest.raises(pymysql.err.OperationalError) as refused:
+        one(c, "SELECT 'edge'")
+    assert "false: there are 2 backends" in str(refused.value)
+    assert one(c, "SELECT 1") == (1,)
+    other = pymysql.connect(host="127.0.0.1", port=proxy.port, **LOGIN)
+    assert one(other, "SELECT 2") == (2,)
+    other.close()
+    c.close()

@@ -193,7 +193,7 @@ final class ScriptedConnection: ScriptConnectionHost {
     /// to; after it, 0 gives the server connection to the pool and a backend takes an idle
     /// connection of this user from its pool (staying put when there is none, as MySQL Proxy does).
     func scriptSetBackendIndex(_ index: Int) {
-        let target = index - 1
+        let target = index &- 1  // (a script may pass math.mininteger)
         let count = backends.count
         guard target == -1 || (0..<count).contains(target) else {
             notes.append((.warning, "proxy.connection.backend_ndx = \(index): there are only \(count) backends; ignored"))
@@ -230,7 +230,7 @@ final class ScriptedConnection: ScriptConnectionHost {
     /// `proxy.connection:migrate(index)` (see the protocol). The session must be followed, idle
     /// on the server, and hold nothing that cannot move (`session_state.pins`).
     func scriptMigrate(_ index: Int) -> String? {
-        let target = index - 1
+        let target = index &- 1  // (a script may pass math.mininteger)
         let count = backends.count
         guard (0..<count).contains(target) else { return "there are \(count) backends; \(index) is none of them" }
         guard inReadQuery else { return "a session migrates between commands: call it in read_query()" }
