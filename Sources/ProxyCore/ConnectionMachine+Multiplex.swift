@@ -83,6 +83,21 @@ extension ConnectionMachine {
     /// `ServerStatements`), taken by the handler when the session gives the connection up.
     public var serverStatements: ServerStatements { tracking?.statements.server ?? ServerStatements() }
 
+    /// What the handler passes on with the connection the session gives up (`.parkBackend`): who
+    /// it is logged in as, its server's challenge, the state it is left in and its statements.
+    /// One call, mutating only so that the handler reaches its stored machine in place (a getter
+    /// of it copies the whole machine, at every hand-over).
+    public mutating func connectionGivenUp() -> (login: ServerLogin?, challenge: [UInt8], state: SessionState?, statements: ServerStatements,
+                                                 backendTLS: Bool) {
+        (serverLogin, serverChallenge, tracking?.state, serverStatements, session.backendTLS)
+    }
+
+    /// After every server read of a multiplexed session: what pins it, how many statements it has
+    /// prepared, and whether it could give its connection up now. Mutating for the same reason.
+    public mutating func multiplexStatus() -> (pins: SessionState.Pins, statements: Int, mayPark: Bool) {
+        (sessionPins, preparedStatementCount, mayPark)
+    }
+
     /// Client bytes while the session has no server connection: held (at most a packet's
     /// worth) until one is attached; the first asks for one, and reads stop meanwhile.
     mutating func clientBytesWhileParked(_ chunk: ByteBuffer) -> Action {

@@ -44,9 +44,8 @@ extension ClientChannelHandler {
         // (the context's setting first: a getter of the stored machine copies the machine)
         guard shared.configuration.multiplex, multiplexKey == nil, machine.configuration.multiplexes, let pool = sweeper?.corePool,
               let index = backendIndex, let login = machine.serverLogin, machine.isMultiplexable else { return }
-        let key = CorePool.Key(backend: index, login: login)
+        let key = pool.join(CorePool.Key(backend: index, login: login), self)
         multiplexKey = key
-        pool.join(key, self)
         if backend != nil { pool.holding(key, self) }
         notePins()
         publish()
@@ -88,8 +87,8 @@ extension ClientChannelHandler {
     /// Counts the session's pins when they changed (`moonproxy_sessions_pinned`, the admin
     /// interface's `pinned`).
     func notePins() {
-        let pins = machine.sessionPins
-        let statements = machine.preparedStatementCount
+        let (pins, statements, mayPark) = machine.multiplexStatus()
+        mayGiveUp = mayPark
         guard pins != publishedPins || statements != publishedStatements, let pool = sweeper?.corePool else { return }
         pool.shared.pinsChanged(from: publishedPins, to: pins)
         publishedPins = pins
@@ -116,16 +115,19 @@ extension ClientChannelHandler {
     /// `.parkBackend`: the idle connection goes to the session waiting for it, or to the pool.
     func parkServerConnection() {
         // (the handler's login, when the connection came from the pool, knows the capabilities it was made with)
-        guard let handler = backend, let index = backendIndex, let address = described.backend, let pool = sweeper?.corePool,
-              let login = handler.serverLogin ?? machine.serverLogin, let state = machine.sessionState else { return }
+        guard let handler = backend, let index = backendIndex, let address = described.backend, let pool = sweeper?.corePool else { return }
+        let given = machine.connectionGivenUp()
+        guard let login = handler.serverLogin ?? given.login, let state = given.state else { return }
         lastServerLogin = login
-        let challenge = handler.serverLogin != nil ? handler.serverChallenge : machine.serverChallenge
-        let backendTLS = described.backendTLS != nil || machine.session.backendTLS
+        mayGiveUp = false
+        let challenge = handler.serverLogin != nil ? handler.serverChallenge : given.challenge
+        let backendTLS = described.backendTLS != nil || given.backendTLS
         detachBackend(closing: false, publishing: false)
         publishAttachment(held: false)
         var local = false
         if case .unix = address { local = true }
-        pool.park(handler, backend: index, login: login, challenge: challenge, state: state, statements: machine.serverStatements,
+        let key = multiplexKey.flatMap { $0.backend == index ? $0 : nil } ?? CorePool.Key(backend: index, login: login)
+        pool.park(handler, key: key, login: login, challenge: challenge, state: state, statements: given.statements,
                   by: ObjectIdentifier(self), address: address, backendTLS: backendTLS, localSocket: local)
     }
 
@@ -220,9 +222,8 @@ extension ClientChannelHandler {
     /// The session's login on another backend: its connections are counted and shared there.
     func moveSession(to index: Int) -> CorePool.Key? {
         guard let pool = sweeper?.corePool, let old = multiplexKey, let login = lastServerLogin ?? machine.serverLogin else { return nil }
-        let key = CorePool.Key(backend: index, login: login)
         pool.leave(old, self)
-        pool.join(key, self)
+        let key = pool.join(CorePool.Key(backend: index, login: login), self)
         multiplexKey = key
         log(.info, "the session moves from backend \(old.backend + 1) to backend \(index + 1)")
         return key

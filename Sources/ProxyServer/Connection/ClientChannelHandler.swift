@@ -85,6 +85,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
     var publishedPins: SessionState.Pins = []
     /// The session's prepared statements as last listed (admin interface).
     var publishedStatements = 0
+    /// Multiplexing: the last server read left the session between commands with nothing pinned
+    /// (it may give its connection up when asked; see CorePool.askToPark).
+    var mayGiveUp = false
     /// The admin interface's MIGRATE: the backend the session is to move to (until it could),
     /// and whether it was put where it is (the pool's rebalancing leaves it there).
     var requestedBackend: Int?

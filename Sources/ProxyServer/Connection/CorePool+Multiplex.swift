@@ -70,21 +70,31 @@ extension CorePool {
     func hasWaiters(_ key: Key) -> Bool { waitingCount > 0 && waiters[key]?.isEmpty == false }
 
     /// Asks the login's sessions, one after another, to give their connection up, until one does
-    /// (its `park` serves the first waiter).
-    func askToPark(_ key: Key, except: ObjectIdentifier?) {
-        guard let sessions = holders[key] else { return }
-        for (id, member) in sessions where id != except {
-            guard hasWaiters(key) else { return }
-            if member.session?.yieldServerConnection() == true { return }
+    /// (its `park` serves the first waiter). Only those whose last server read left them between
+    /// commands are asked (`mayGiveUp`): under load every connection is busy, and one that is
+    /// gives itself up when its response ends; `thorough` (the sweep, once a second) asks all.
+    func askToPark(_ key: Key, except: ObjectIdentifier?, thorough: Bool = false) {
+        var refused: Set<ObjectIdentifier> = []
+        while hasWaiters(key) {
+            // (picked before it is asked: a session giving up changes `holders`, which a loop over
+            // it would hold, and so copy)
+            let pick = holders[key]?.first { id, member in
+                id != except && !refused.contains(id) && (member.session?.mayGiveUp == true || (thorough && member.session != nil))
+            }
+            guard let (id, member) = pick, let session = member.session else { return }
+            if session.yieldServerConnection() { return }
+            refused.insert(id)
         }
     }
 
     /// A session gave its idle connection up: to the first session waiting for one, else idle in
     /// the pool with the state it was left in.
-    func park(_ handler: BackendChannelHandler, backend: Int, login: ConnectionMachine.ServerLogin, challenge: [UInt8],
+    /// `key`: the login's on the connection's backend (the session's own key where it is that one:
+    /// a key made anew costs its hash, and compares its strings byte by byte).
+    func park(_ handler: BackendChannelHandler, key: Key, login: ConnectionMachine.ServerLogin, challenge: [UInt8],
               state: SessionState, statements: ServerStatements, by session: ObjectIdentifier, address: ProxyAddress, backendTLS: Bool,
               localSocket: Bool) {
-        let key = Key(backend: backend, login: login)
+        let backend = key.backend
         let entry = Entry(handler: handler, key: key, reset: ServerLoginReset(login: login, challenge: challenge, sessionChangedUser: false),
                           address: address, backendTLS: backendTLS, localSocket: localSocket)
         entry.ready = true
@@ -108,18 +118,16 @@ extension CorePool {
     }
 
     func takeWaiter(_ key: Key) -> Waiter? {
-        guard var list = waiters[key], !list.isEmpty else { return nil }
-        let first = list.removeFirst()
-        waiters[key] = list.isEmpty ? nil : list
+        // (an emptied queue stays while the login has sessions: the next waiter needs no new one)
+        guard waitingCount > 0, let first = waiters[key]?.popFirst() else { return nil }
         waitingCount -= 1
         return first
     }
 
     /// A session that waited left.
     func cancelWaiting(_ session: ObjectIdentifier) {
-        for (key, list) in waiters {
-            let kept = list.filter { $0.session != session }
-            guard kept.count != list.count else { continue }
+        for (key, list) in waiters where list.contains(where: { $0.session == session }) {
+            let kept = CircularBuffer(list.lazy.filter { $0.session != session })
             waitingCount -= list.count - kept.count
             waiters[key] = kept.isEmpty ? nil : kept
         }
@@ -128,10 +136,10 @@ extension CorePool {
     /// Waiters past their deadline hear that no connection came.
     func sweepWaiters(now: NIODeadline) {
         guard waitingCount > 0 else { return }
-        for (key, list) in waiters {
+        for key in Array(waiters.keys) { askToPark(key, except: nil, thorough: true) }
+        for (key, list) in waiters where list.contains(where: { $0.deadline <= now }) {
             let late = list.filter { $0.deadline <= now }
-            guard !late.isEmpty else { continue }
-            let kept = list.filter { $0.deadline > now }
+            let kept = CircularBuffer(list.lazy.filter { $0.deadline > now })
             waiters[key] = kept.isEmpty ? nil : kept
             waitingCount -= late.count
             for waiter in late {
@@ -141,9 +149,14 @@ extension CorePool {
         }
     }
 
-    func join(_ key: Key, _ session: ClientChannelHandler) {
-        members[key, default: [:]][ObjectIdentifier(session)] = Member(session: session)
+    /// `session` joins its login's sessions on `key`'s backend; it keeps the key returned: the one
+    /// the pool's tables hold when other sessions of the login are there, whose strings are the
+    /// tables' own, so that each lookup at a hand-over compares them by identity, not byte by byte.
+    func join(_ key: Key, _ session: ClientChannelHandler) -> Key {
+        let shared = members.index(forKey: key).map { members.keys[$0] } ?? key
+        members[shared, default: [:]][ObjectIdentifier(session)] = Member(session: session)
         startSweeping()  // (a drain looks at the members)
+        return shared
     }
 
     /// `DRAIN BACKEND`: idle connections to a draining backend close, its sessions between
@@ -201,9 +214,13 @@ extension CorePool {
         let id = ObjectIdentifier(session)
         members[key]?[id] = nil
         migrating[id] = nil
-        if members[key]?.isEmpty == true { members[key] = nil }
         released(key, session)
         cancelWaiting(id)
+        if members[key]?.isEmpty == true {
+            members[key] = nil
+            if holders[key]?.isEmpty == true { holders[key] = nil }
+            if waiters[key]?.isEmpty == true { waiters[key] = nil }
+        }
     }
 
     /// A member took a connection of `key` (it may be asked to give it up).
@@ -213,10 +230,9 @@ extension CorePool {
 
     /// A member let its connection go (gave it up, lost it, or ended).
     func released(_ key: Key, _ session: ClientChannelHandler) {
-        let id = ObjectIdentifier(session)
-        guard holders[key]?[id] != nil else { return }
-        holders[key]?[id] = nil
-        if holders[key]?.isEmpty == true { holders[key] = nil }
+        // (changed in place, and kept when emptied while the login has sessions (see `leave`):
+        // this runs at every hand-over)
+        holders[key]?.removeValue(forKey: ObjectIdentifier(session))
     }
 
     /// A connection the login opened ended (closed by either side).

@@ -155,8 +155,15 @@ final class CorePool {
         }
         struct EventKey: Hashable {
             var backend: Int
-            /// A literal (`checkout_hit`, ...): hashed as its text, built by nobody per event.
+            /// A literal (`checkout_hit`, ...), built by nobody per event.
             var event: String
+
+            /// Hashed by its length, not its text (counted at every hand-over): the few names
+            /// that share a length are told apart by ==, which compares literals by identity.
+            func hash(into hasher: inout Hasher) {
+                hasher.combine(backend)
+                hasher.combine(event.utf8.count)
+            }
         }
         struct Login: Hashable {
             var backend: Int
@@ -213,7 +220,8 @@ final class CorePool {
     // Multiplexing (+Multiplex): this loop's connections per login, the sessions waiting for
     // one, and the sessions that may give theirs up.
     var connectionCounts: [Key: Int] = [:]
-    var waiters: [Key: [Waiter]] = [:]
+    /// (a queue changed in place: taking its first waiter costs the same with one waiting or a thousand)
+    var waiters: [Key: CircularBuffer<Waiter>] = [:]
     var waitingCount = 0
     var members: [Key: [ObjectIdentifier: Member]] = [:]
     /// The members that hold a connection now (at most the cap): the ones asked to give it up.
