@@ -77,8 +77,9 @@ class Target:
             self._stop()
 
 
-def haproxy_config(path, port, backend_port, threads):
-    """HAProxy in TCP mode on 127.0.0.1:port in front of the server: the plain forwarder baseline."""
+def haproxy_config(path, port, backend_port, threads, socket=None):
+    """HAProxy in TCP mode on 127.0.0.1:port in front of the server (its unix socket, given one):
+    the plain forwarder baseline."""
     path.write_text(f"""global
     maxconn 4000
     nbthread {threads}
@@ -89,14 +90,14 @@ defaults
     timeout server 8h
 listen mysql
     bind 127.0.0.1:{port}
-    server db 127.0.0.1:{backend_port}
+    server db {socket or f"127.0.0.1:{backend_port}"}
 """)
     return path
 
 
-def start_haproxy(workdir, backend_port, threads, name="haproxy"):
+def start_haproxy(workdir, backend_port, threads, name="haproxy", socket=None):
     port = free_port()
-    cfg = haproxy_config(workdir / f"{name}.cfg", port, backend_port, threads)
+    cfg = haproxy_config(workdir / f"{name.replace('/', '-')}.cfg", port, backend_port, threads, socket)
     proc = subprocess.Popen(["haproxy", "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(port)
     return Target(name, port, proc.pid, lambda: (proc.terminate(), proc.wait()))
@@ -108,14 +109,15 @@ def thread_suffix(n, first):
 
 
 def baseline_of(name):
-    """The HAProxy target a MoonProxy target is compared with: the one with as many threads."""
+    """The HAProxy target a MoonProxy target is compared with: the one with as many threads, and
+    the one on the server's unix socket for a target on it (NAME/sock)."""
     _, at, threads = name.partition("@")
-    return "haproxy" + (f"@{threads}" if at else "")
+    return "haproxy" + ("/sock" if name.endswith("/sock") else "") + (f"@{threads}" if at else "")
 
 
-def start_moonproxy(binary, backend_port, threads, name="moonproxy", extra=(), env=None):
+def start_moonproxy(binary, backend_port, threads, name="moonproxy", extra=(), env=None, backend=None):
     port = free_port()
-    proc = subprocess.Popen([binary, f"--proxy-address=127.0.0.1:{port}", f"--proxy-backend-addresses=127.0.0.1:{backend_port}",
+    proc = subprocess.Popen([binary, f"--proxy-address=127.0.0.1:{port}", f"--proxy-backend-addresses={backend or f'127.0.0.1:{backend_port}'}",
                              f"--event-threads={threads}", "--log-level=warning", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wait_for(port)
@@ -182,19 +184,37 @@ def stream(port, mib, tls=False):
     return {"count": rows, "rate": mib / elapsed, "p95": elapsed * 1000, "errors": 0}
 
 
+def server_connections_of(pid, a):
+    """The connections process `pid` holds to the server, over TCP and over its unix socket (ss)."""
+    tag = f"pid={pid},"
+    tcp = subprocess.run(["ss", "-Htnp", "state", "established", f"( dport = :{a.mariadb_port} )"], capture_output=True, text=True).stdout
+    count = sum(1 for line in tcp.splitlines() if tag in line)
+    if a.mariadb_socket:
+        lines = [line.split() for line in subprocess.run(["ss", "-Hxp"], capture_output=True, text=True).stdout.splitlines()]
+        # u_str ESTAB recv send LOCAL INODE PEER PEER_INODE users:...: the server's ends carry the socket's path
+        server_ends = {f[5] for f in lines if len(f) > 7 and f[4] == a.mariadb_socket}
+        count += sum(1 for f in lines if len(f) > 8 and f[7] in server_ends and tag in f[8])
+    return count
+
+
 def idle_clients(port, a, ps=False):
     """1000 connections, about 20 active at a time (each thinks 50 ms between point selects); the
-    server's connections are sampled meanwhile (Threads_connected, less the sampler's own)."""
+    server connections the target uses are sampled meanwhile: a proxy's own (ss), or for direct the
+    server's Threads_connected less the sampler's own and those the proxies hold."""
     peak = [0]
     done = threading.Event()
 
     def sample():
         while not done.wait(0.5):
-            r = subprocess.run(["mariadb", "-h127.0.0.1", f"-P{a.mariadb_port}", "-uroot", "--batch", "--skip-column-names", "-e",
-                                "SHOW GLOBAL STATUS LIKE 'Threads_connected'"], capture_output=True, text=True)
             try:
-                peak[0] = max(peak[0], int(r.stdout.split()[1]) - 1)
-            except (IndexError, ValueError):
+                if a.current_pid:
+                    n = server_connections_of(a.current_pid, a)
+                else:
+                    r = subprocess.run(["mariadb", "-h127.0.0.1", f"-P{a.mariadb_port}", "-uroot", "--batch", "--skip-column-names", "-e",
+                                        "SHOW GLOBAL STATUS LIKE 'Threads_connected'"], capture_output=True, text=True)
+                    n = int(r.stdout.split()[1]) - 1 - sum(server_connections_of(pid, a) for pid in a.proxy_pids)
+                peak[0] = max(peak[0], n)
+            except (IndexError, ValueError, OSError):
                 pass
     threading.Thread(target=sample, daemon=True).start()
     try:
@@ -240,6 +260,10 @@ def main():
     ap.add_argument("--workloads", default=",".join(w for w in WORKLOADS if not w.startswith("idle_clients_multiplex")))
     ap.add_argument("--idle-clients", type=int, default=1000, help="client connections of idle_clients_multiplex")
     ap.add_argument("--multiplex-pool", type=int, default=25, help="server connections of the moon+mx target")
+    ap.add_argument("--mariadb-socket", help="the server's unix socket (scripts/bench passes it)")
+    ap.add_argument("--socket-targets", action="store_true",
+                    help="with the multiplexing workloads, add moon+mx/sock and haproxy/sock, which reach the server through its "
+                         "unix socket (a proxy on the database's host), beside the TCP targets")
     ap.add_argument("--extra-moonproxy", action="append", default=[],
                     help="NAME=ARGS: another MoonProxy target started with these extra arguments")
     ap.add_argument("--metrics", action="store_true",
@@ -302,20 +326,29 @@ def main():
                         f"SET GLOBAL max_connections = {a.idle_clients + 200}; "
                         "CREATE OR REPLACE USER 'moon_bench_svc'@'127.0.0.1' IDENTIFIED BY 'bench svc'; "
                         "GRANT SELECT ON mysql.global_priv TO 'moon_bench_svc'@'127.0.0.1'"], check=True)
-        for binary, name in [(a.moonproxy, "moon+mx")] + ([(a.compare_moonproxy, "moon+mx-cmp")] if a.compare_moonproxy else []):
-            targets.append(start_moonproxy(binary, a.mariadb_port, first, name=name,
+        multiplexed = [(a.moonproxy, "moon+mx", None)] + ([(a.compare_moonproxy, "moon+mx-cmp", None)] if a.compare_moonproxy else [])
+        if a.socket_targets and a.mariadb_socket:
+            # the service account logs in over the socket too: as 'moon_bench_svc'@'localhost'
+            subprocess.run(["mariadb", "-h127.0.0.1", f"-P{a.mariadb_port}", "-uroot", "-e",
+                            "CREATE OR REPLACE USER 'moon_bench_svc'@'localhost' IDENTIFIED BY 'bench svc'; "
+                            "GRANT SELECT ON mysql.global_priv TO 'moon_bench_svc'@'localhost'"], check=True)
+            targets.append(start_haproxy(workdir, a.mariadb_port, first, name="haproxy/sock", socket=a.mariadb_socket))
+            multiplexed.append((a.moonproxy, "moon+mx/sock", a.mariadb_socket))
+        for binary, name, backend in multiplexed:
+            targets.append(start_moonproxy(binary, a.mariadb_port, first, name=name, backend=backend,
                                            extra=tls_args + ["--proxy-auth=proxy", "--proxy-users-user=moon_bench_svc",
                                                              f"--proxy-pool-max={a.multiplex_pool}", "--proxy-multiplex"],
                                            env=dict(os.environ, MOONPROXY_USERS_PASSWORD="bench svc")))
         time.sleep(1)
 
     results = {w: {t.name: [] for t in targets} for w in workloads}
+    a.current_pid, a.proxy_pids = None, [t.pid for t in targets if t.pid]
     try:
         for w in workloads:  # warm up every path once
             for t in targets:
                 if w == "stream_256mb":
                     continue
-                ns = argparse.Namespace(**{**vars(a), "seconds": 2})
+                ns = argparse.Namespace(**{**vars(a), "seconds": 2, "current_pid": t.pid})
                 WORKLOADS[w][1](t.port, ns)
         for r in range(a.rounds):
             order = targets[r % len(targets):] + targets[:r % len(targets)]
@@ -324,6 +357,7 @@ def main():
                     user0, sys0 = cpu_times(t.pid) if t.pid else (0, 0)
                     if t.pid:
                         reset_peak_rss(t.pid)
+                    a.current_pid = t.pid
                     res = WORKLOADS[w][1](t.port, a)
                     if t.pid:
                         user1, sys1 = cpu_times(t.pid)
