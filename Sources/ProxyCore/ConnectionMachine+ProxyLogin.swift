@@ -47,28 +47,6 @@ extension ConnectionMachine {
         set { ownBox = newValue.map(OwnLoginBox.some) }
     }
 
-    /// Who a pooled server connection is logged in as, and what the proxy needs to log it in
-    /// again (COM_CHANGE_USER) before the next client session uses it.
-    public struct ServerLogin: Equatable, Sendable {
-        public var user: String
-        /// The login's default database ("": none).
-        public var database: String
-        public var characterSet: UInt8
-        /// The capabilities of the server session (what the reset is written with).
-        public var capabilities: CapabilityFlags
-        /// The flags the client session negotiated: only a session that agrees on them may
-        /// take the connection.
-        public var sessionCapabilities: CapabilityFlags
-        public var credential: [UInt8]
-        public var attributes: ByteBuffer
-        /// The client's link is TLS (the server link's TLS follows from it and the policy).
-        public var clientTLS: Bool
-        /// The server link's compression.
-        public var compression: ProtocolCompression?
-        /// The host pattern of the account the proxy matched the client to.
-        public var account: String = ""
-    }
-
     /// A client connected and the proxy authenticates it with `greeting` (nil: the server does,
     /// as before). The handler makes the greeting: the servers' version and capabilities, a
     /// fresh challenge, a connection id.
@@ -329,9 +307,16 @@ extension ConnectionMachine {
 
     /// Who the session's server connection is logged in as, when the proxy logged it in with a
     /// credential it holds (nil for a relayed login, or without `--proxy-auth=proxy`).
-    public var serverLogin: ServerLogin? { own?.login }
+    /// (read from the box in place: `own` copies the whole login, greeting and plan included)
+    public var serverLogin: ServerLogin? {
+        guard case .some(.some(let ownLogin)) = ownBox else { return nil }
+        return ownLogin.login
+    }
     /// The challenge of the server the proxy logged into (a reset answers it, or the next).
-    public var serverChallenge: [UInt8] { own?.serverChallenge ?? [] }
+    public var serverChallenge: [UInt8] {
+        guard case .some(.some(let ownLogin)) = ownBox else { return [] }
+        return ownLogin.serverChallenge
+    }
 
     /// The login a pooled connection could serve (what the handler looks one up by), while the
     /// machine waits for a server connection; nil when a pooled one will not do.

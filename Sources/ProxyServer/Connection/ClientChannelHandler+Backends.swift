@@ -126,6 +126,7 @@ extension ClientChannelHandler {
     /// Lets go of the server connection: closed, or handed to the pool by the caller.
     func detachBackend(closing: Bool, publishing: Bool = true) {
         guard let handler = backend else { return }
+        mayGiveUp = false
         handler.owner = nil
         if closing { handler.close(abrupt: true) }
         backend = nil

@@ -78,6 +78,7 @@ extension ClientChannelHandler {
     }
 
     func leaveMultiplexing() {
+        mayGiveUp = false
         guard let key = multiplexKey, let pool = sweeper?.corePool else { return }
         pool.leave(key, self)
         pool.shared.pinsChanged(from: publishedPins, to: [])
@@ -119,7 +120,6 @@ extension ClientChannelHandler {
         let given = machine.connectionGivenUp()
         guard let login = handler.serverLogin ?? given.login, let state = given.state else { return }
         lastServerLogin = login
-        mayGiveUp = false
         let challenge = handler.serverLogin != nil ? handler.serverChallenge : given.challenge
         let backendTLS = described.backendTLS != nil || given.backendTLS
         detachBackend(closing: false, publishing: false)

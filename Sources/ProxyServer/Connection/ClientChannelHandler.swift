@@ -86,8 +86,12 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// The session's prepared statements as last listed (admin interface).
     var publishedStatements = 0
     /// Multiplexing: the last server read left the session between commands with nothing pinned
-    /// (it may give its connection up when asked; see CorePool.askToPark).
-    var mayGiveUp = false
+    /// (it may give its connection up when asked; see CorePool.askToPark, which counts them).
+    var mayGiveUp = false {
+        didSet {
+            if mayGiveUp != oldValue, let pool = sweeper?.corePool { pool.mayGiveUpCount += mayGiveUp ? 1 : -1 }
+        }
+    }
     /// The admin interface's MIGRATE: the backend the session is to move to (until it could),
     /// and whether it was put where it is (the pool's rebalancing leaves it there).
     var requestedBackend: Int?

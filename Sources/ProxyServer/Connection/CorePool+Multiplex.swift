@@ -75,7 +75,7 @@ extension CorePool {
     /// gives itself up when its response ends; `thorough` (the sweep, once a second) asks all.
     func askToPark(_ key: Key, except: ObjectIdentifier?, thorough: Bool = false) {
         var refused: Set<ObjectIdentifier> = []
-        while hasWaiters(key) {
+        while (thorough || mayGiveUpCount > refused.count) && hasWaiters(key) {
             // (picked before it is asked: a session giving up changes `holders`, which a loop over
             // it would hold, and so copy)
             let pick = holders[key]?.first { id, member in

@@ -17,39 +17,33 @@ import ProxyCore
 final class CorePool {
     struct Key: Hashable {
         var backend: Int
-        var user: String
-        var database: String
-        var characterSet: UInt8
-        var sessionCapabilities: CapabilityFlags
-        var credential: [UInt8]
-        var clientTLS: Bool
-        var compression: ProtocolCompression?
-        /// The account (host pattern) the proxy matched: with --proxy-backend-proxy-protocol the
-        /// server knows the session by the address of the client it was opened for, so only a
-        /// client of the same account may take it over.
-        var account: String
+        /// The login (one reference: a key is copied at every hand-over); of it the key compares
+        /// the user, password, database, character set, session capabilities, client-side TLS,
+        /// compression and account, not the server's capabilities or the connection attributes.
+        private(set) var login: ConnectionMachine.ServerLogin
+
+        var user: String { login.user }
+        var database: String { login.database }
 
         /// The key's hash, computed once: the pool looks a key up several times per connection.
         private var hash = 0
 
         static func == (a: Key, b: Key) -> Bool {
-            a.hash == b.hash && a.backend == b.backend && a.user == b.user && a.database == b.database && a.characterSet == b.characterSet
-                && a.sessionCapabilities == b.sessionCapabilities && a.credential == b.credential && a.clientTLS == b.clientTLS
-                && a.compression == b.compression && a.account == b.account
+            guard a.hash == b.hash && a.backend == b.backend else { return false }
+            let (x, y) = (a.login, b.login)
+            return x.isCopy(of: y) || x.user == y.user && x.database == y.database && x.characterSet == y.characterSet
+                && x.sessionCapabilities == y.sessionCapabilities && x.credential == y.credential && x.clientTLS == y.clientTLS
+                && x.compression == y.compression && x.account == y.account
         }
 
         func hash(into hasher: inout Hasher) { hasher.combine(hash) }
 
+        /// The server login's account (host pattern) is part of it: with
+        /// --proxy-backend-proxy-protocol the server knows the session by the address of the
+        /// client it was opened for, so only a client of the same account may take it over.
         init(backend: Int, login: ConnectionMachine.ServerLogin) {
             self.backend = backend
-            user = login.user
-            database = login.database
-            characterSet = login.characterSet
-            sessionCapabilities = login.sessionCapabilities
-            credential = login.credential
-            clientTLS = login.clientTLS
-            compression = login.compression
-            account = login.account
+            self.login = login
             rehash()
         }
 
@@ -64,14 +58,14 @@ final class CorePool {
         private mutating func rehash() {
             var hasher = Hasher()
             hasher.combine(backend)
-            hasher.combine(user)
-            hasher.combine(database)
-            hasher.combine(characterSet)
-            hasher.combine(sessionCapabilities)
-            hasher.combine(credential)
-            hasher.combine(clientTLS)
-            hasher.combine(compression)
-            hasher.combine(account)
+            hasher.combine(login.user)
+            hasher.combine(login.database)
+            hasher.combine(login.characterSet)
+            hasher.combine(login.sessionCapabilities)
+            hasher.combine(login.credential)
+            hasher.combine(login.clientTLS)
+            hasher.combine(login.compression)
+            hasher.combine(login.account)
             hash = hasher.finalize()
         }
     }
@@ -226,6 +220,9 @@ final class CorePool {
     var members: [Key: [ObjectIdentifier: Member]] = [:]
     /// The members that hold a connection now (at most the cap): the ones asked to give it up.
     var holders: [Key: [ObjectIdentifier: Member]] = [:]
+    /// How many sessions (of any login) hold a connection they may give up now: while none
+    /// does, a waiting session asks nobody.
+    var mayGiveUpCount = 0
     /// Sessions MIGRATE asked to move that could not yet.
     var migrating: [ObjectIdentifier: Member] = [:]
 
