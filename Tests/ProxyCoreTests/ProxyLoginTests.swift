@@ -400,6 +400,20 @@ import Testing
         #expect(ServerLoginReset(login: none, challenge: Self.challenge, sessionChangedUser: false).way == .changeUser)
     }
 
+    /// The login is one box shared by its copies: a change to a copy makes a box of its own.
+    @Test func aServerLoginIsAValue() {
+        let login = ConnectionMachine.ServerLogin(user: "nat", database: "app", characterSet: 33, capabilities: [.protocol41],
+                                                  sessionCapabilities: [], credential: N.sha1OfPassword, attributes: ByteBuffer(), clientTLS: false)
+        var copy = login
+        #expect(copy.isCopy(of: login) && copy == login)
+        copy.capabilities.insert(.secureConnection)
+        #expect(!copy.isCopy(of: login) && copy != login)
+        #expect(login.capabilities == [.protocol41] && copy.capabilities == [.protocol41, .secureConnection])
+        #expect(copy.user == "nat" && copy.database == "app" && copy.credential == N.sha1OfPassword)
+        copy.capabilities = [.protocol41]
+        #expect(!copy.isCopy(of: login) && copy == login)  // (equal by value, in another box)
+    }
+
     @Test func aRefusedResetFails() {
         let login = ConnectionMachine.ServerLogin(user: "nat", database: "", characterSet: 33, capabilities: [.protocol41, .secureConnection],
                                                   sessionCapabilities: [], credential: [], attributes: ByteBuffer(), clientTLS: false)
