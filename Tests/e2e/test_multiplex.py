@@ -441,6 +441,8 @@ def test_pins_and_hand_overs_are_in_the_metrics(start_proxy):
     assert s['moonproxy_sessions_pinned{reason="get_lock"}'] == 1
     backend = f"127.0.0.1:{MARIADB_PORT}"
     assert s[f'moonproxy_core_pool_events_total{{backend="{backend}",event="multiplex_park"}}'] >= 5
+    # every waiting session was served when it asked or when a response ended, none by the sweep
+    assert s.get(f'moonproxy_core_pool_events_total{{backend="{backend}",event="multiplex_swept"}}', 0) == 0
     a.close()
     assert wait_for(lambda: samples(scrape(metrics_port)).get('moonproxy_sessions_pinned{reason="temporary_table"}') == 0)
     b.close()

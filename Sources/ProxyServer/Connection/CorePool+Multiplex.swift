@@ -73,7 +73,9 @@ extension CorePool {
     /// (its `park` serves the first waiter). Only those whose last server read left them between
     /// commands are asked (`mayGiveUp`): under load every connection is busy, and one that is
     /// gives itself up when its response ends; `thorough` (the sweep, once a second) asks all.
-    func askToPark(_ key: Key, except: ObjectIdentifier?, thorough: Bool = false) {
+    /// True: a session gave its connection up.
+    @discardableResult
+    func askToPark(_ key: Key, except: ObjectIdentifier?, thorough: Bool = false) -> Bool {
         var refused: Set<ObjectIdentifier> = []
         while (thorough || mayGiveUpCount > refused.count) && hasWaiters(key) {
             // (picked before it is asked: a session giving up changes `holders`, which a loop over
@@ -81,10 +83,11 @@ extension CorePool {
             let pick = holders[key]?.first { id, member in
                 id != except && !refused.contains(id) && (member.session?.mayGiveUp == true || (thorough && member.session != nil))
             }
-            guard let (id, member) = pick, let session = member.session else { return }
-            if session.yieldServerConnection() { return }
+            guard let (id, member) = pick, let session = member.session else { return false }
+            if session.yieldServerConnection() { return true }
             refused.insert(id)
         }
+        return false
     }
 
     /// A session gave its idle connection up: to the first session waiting for one, else idle in
@@ -136,7 +139,10 @@ extension CorePool {
     /// Waiters past their deadline hear that no connection came.
     func sweepWaiters(now: NIODeadline) {
         guard waitingCount > 0 else { return }
-        for key in Array(waiters.keys) { askToPark(key, except: nil, thorough: true) }
+        for key in Array(waiters.keys) where askToPark(key, except: nil, thorough: true) {
+            // a session between commands that nobody asked: its `mayGiveUp` was wrong (0 when all is well)
+            shared.count("multiplex_swept", backend: key.backend)
+        }
         for (key, list) in waiters where list.contains(where: { $0.deadline <= now }) {
             let late = list.filter { $0.deadline <= now }
             let kept = CircularBuffer(list.lazy.filter { $0.deadline > now })

@@ -20,7 +20,7 @@ final class CorePool {
         /// The login (one reference: a key is copied at every hand-over); of it the key compares
         /// the user, password, database, character set, session capabilities, client-side TLS,
         /// compression and account, not the server's capabilities or the connection attributes.
-        private(set) var login: ConnectionMachine.ServerLogin
+        private let login: ConnectionMachine.ServerLogin
 
         var user: String { login.user }
         var database: String { login.database }
